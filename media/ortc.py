@@ -33,9 +33,15 @@ class RtpCodec:
     parameters: dict[str, str] = field(default_factory=dict)  # a=fmtp key/values
     rtcp_feedback: list[tuple[str, str | None]] = field(default_factory=list)
     rtx_payload_type: int | None = None
+    # The m-line kind this codec came from. Optional because callers building codecs by
+    # hand rarely need it, but "red" exists for both audio and video, so `mime` cannot
+    # always guess the kind from the name alone.
+    kind: str | None = None
 
     @property
     def mime(self) -> str:
+        if self.kind is not None:
+            return f"{self.kind}/{self.name}"
         kind = "audio" if self.channels is not None or self.name.lower() in ("opus", "red") else "video"
         return f"{kind}/{self.name}"
 
@@ -56,6 +62,7 @@ class Encoding:
     rid: str | None = None
     ssrc: int | None = None
     rtx_ssrc: int | None = None
+    paused: bool = False  # "~rid" in a=simulcast: negotiated but not sent until resumed
 
 
 @dataclass(slots=True)
@@ -72,6 +79,12 @@ class MediaDescription:
     cname: str | None = None
     rejected: bool = False  # port 0, or a kind Ferry does not handle
     simulcast: bool = False  # a=simulcast present (rids in encodings)
+    # m-line details needed to echo an m-line we reject (e.g. a data channel section) and
+    # to mirror what the peer asked for; defaults suit sections Ferry builds itself.
+    protocol: str = "UDP/TLS/RTP/SAVPF"
+    formats: list[str] = field(default_factory=list)  # raw fmt tokens of the m-line
+    rtcp_mux: bool = False
+    rtcp_rsize: bool = False
 
     def extension_id(self, uri: str) -> int | None:
         for ext in self.header_extensions:
@@ -97,3 +110,5 @@ class SessionDescription:
     type: Literal["offer", "answer"]
     transport: TransportParameters
     media: list[MediaDescription] = field(default_factory=list)
+    bundle: list[str] = field(default_factory=list)  # mids of a=group:BUNDLE, tag first
+    extmap_allow_mixed: bool = False  # peer accepts one- and two-byte header extensions

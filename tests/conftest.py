@@ -1,1 +1,39 @@
-"""Shared pytest fixtures."""
+"""Shared fixtures: a real Ferry server on loopback with free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from signaling.app import FerryServer
+from signaling.config import Config
+
+
+def make_config(**overrides: object) -> Config:
+    base = dict(host="127.0.0.1", http_port=0, media_port=0, quic_port=0, room_empty_timeout_s=2.0)
+    base.update(overrides)
+    return Config(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FerryServer]:
+    srv = FerryServer(make_config())
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Poll `predicate` until it is truthy or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        await asyncio.sleep(interval)

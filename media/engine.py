@@ -1,0 +1,140 @@
+"""The media engine: the only API signaling calls.
+
+Owns the shared UDP socket, the DTLS certificate, the per-room Routers and one
+ticker that drives every sans-I/O core's timers (NACK, RTCP reports, TWCC feedback,
+keyframe retries, DTLS retransmission, ICE consent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from media.ortc import TransportParameters
+from media.routing.router import Router, RouterListener
+from media.rtp.ntp import ntp_from_unix
+from media.stats import EngineStats
+from media.transport.certificate import Certificate
+from media.transport.udp_mux import UdpMux
+from media.transport.webrtc_transport import WebRtcTransport
+
+log = logging.getLogger("ferry.media.engine")
+
+TICK_MS = 20.0
+
+
+@dataclass
+class EngineConfig:
+    host: str = "127.0.0.1"
+    port: int = 7882
+    announce_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    consent_timeout_ms: float = 30000.0
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.mux = UdpMux(self.config.host, self.config.port)
+        self.certificate = Certificate.generate()
+        self.stats = EngineStats()
+        self.routers: dict[str, Router] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        # Monotonic ms -> wall clock, fixed once so NTP times in SR/RR are consistent.
+        self._wall_offset = time.time() - time.monotonic()
+
+    @property
+    def port(self) -> int:
+        return self.mux.port
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.mux.open()
+        self._schedule()
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for router in list(self.routers.values()):
+            router.close()
+        self.routers.clear()
+        self.mux.close()
+
+    def now_ms(self) -> float:
+        loop = self._loop or asyncio.get_event_loop()
+        return loop.time() * 1000.0
+
+    def ntp_at(self, now_ms: float) -> int:
+        return ntp_from_unix(now_ms / 1000.0 + self._wall_offset)
+
+    # -- rooms and transports ------------------------------------------------------------
+    def router(self, name: str, listener: RouterListener | None = None) -> Router:
+        router = self.routers.get(name)
+        if router is None:
+            router = Router(self, name, listener)
+            self.routers[name] = router
+        return router
+
+    def close_router(self, name: str) -> None:
+        router = self.routers.pop(name, None)
+        if router is not None:
+            router.close()
+
+    def create_transport(self, *, name: str = "") -> WebRtcTransport:
+        return WebRtcTransport(
+            self.mux,
+            self.certificate,
+            consent_timeout_ms=self.config.consent_timeout_ms,
+            name=name,
+        )
+
+    def local_parameters(self, transport: WebRtcTransport, *, setup: str) -> TransportParameters:
+        candidates = [
+            f"{i + 1} 1 udp {2130706431 - i} {ip} {self.port} typ host"
+            for i, ip in enumerate(self.config.announce_ips)
+        ]
+        return TransportParameters(
+            ice_ufrag=transport.ice_ufrag,
+            ice_pwd=transport.ice_pwd,
+            fingerprints=self.certificate.fingerprints(),
+            setup=setup,  # type: ignore[arg-type]
+            ice_lite=True,
+            candidates=candidates,
+        )
+
+    # -- ticker ----------------------------------------------------------------------
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._timer = self._loop.call_later(TICK_MS / 1000.0, self._tick)
+
+    def _tick(self) -> None:
+        now = self.now_ms()
+        for router in list(self.routers.values()):
+            try:
+                router.on_timer(now)
+            except Exception:
+                log.exception("timer error in room %s", router.name)
+        self._schedule()
+
+    def snapshot(self) -> dict[str, object]:
+        """Counters for /metrics (pulled at scrape time, never pushed per packet)."""
+        data = self.stats.as_dict()
+        drops = dict(data["drops"])  # type: ignore[arg-type]
+        for reason, count in self.mux.drops.items():
+            drops[f"mux_{reason}"] = count
+        for router in self.routers.values():
+            for participant in router.participants.values():
+                for transport in (participant.publisher.transport, participant.subscriber.transport):
+                    for reason, count in transport.drops.items():
+                        drops[reason] = drops.get(reason, 0) + count
+        data["drops"] = drops
+        data["udp_packets_in"] = self.mux.packets_in
+        data["udp_bytes_in"] = self.mux.bytes_in
+        data["udp_packets_out"] = self.mux.packets_out
+        data["udp_bytes_out"] = self.mux.bytes_out
+        data["rooms"] = len(self.routers)
+        data["tracks"] = sum(len(r.tracks) for r in self.routers.values())
+        return data

@@ -1,0 +1,264 @@
+"""One subscriber's copy of one published track.
+
+The DownTrack *acts*: it rewrites SSRC, payload type, sequence number, timestamp and
+VP8 picture id / TL0PICIDX so the subscriber sees one continuous stream whatever
+layer is forwarded, keeps the retransmission cache, and answers NACK and PLI.
+Which layer to forward is decided elsewhere (`target_layer`, set by the allocator or
+the subscriber's preferences); a switch happens only on a keyframe of the target.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Protocol
+
+from media.rtp.keyframe import KeyframeWaiter
+from media.rtp.rtx import RtxCache
+from media.rtp.stream_send import RtpStreamSend
+from media.wire.red import parse_red
+from media.wire.rtp import RtpView, build_rtp, build_twcc_seq, parse_rtp
+from media.wire.vp8 import Vp8Descriptor, rewrite_vp8
+
+if TYPE_CHECKING:
+    from .published_track import Layer, PublishedTrack
+
+
+class DownTrackSink(Protocol):
+    """The subscriber transport side a DownTrack sends through."""
+
+    def next_twcc_seq(self) -> int: ...
+
+    def send_rtp(self, packet: bytes, size: int, now_ms: float) -> None: ...
+
+
+class DownTrack:
+    """Forwards one PublishedTrack to one subscriber."""
+
+    def __init__(
+        self,
+        track: PublishedTrack,
+        sink: DownTrackSink,
+        *,
+        mid: str,
+        ssrc: int,
+        rtx_ssrc: int | None,
+        payload_type: int,
+        rtx_payload_type: int | None,
+        red_payload_type: int | None,
+        clock_rate: int,
+        twcc_ext_id: int | None,
+        audio_level_ext_id: int | None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.track = track
+        self.sink = sink
+        self.mid = mid
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.payload_type = payload_type
+        self.rtx_payload_type = rtx_payload_type
+        self.red_payload_type = red_payload_type
+        self.clock_rate = clock_rate
+        self.twcc_ext_id = twcc_ext_id
+        self.audio_level_ext_id = audio_level_ext_id
+        self.is_video = track.kind == "video"
+        rng = rng or random.Random()
+        self.stream = RtpStreamSend(ssrc, clock_rate)
+        self.rtx_cache = RtxCache(1024 if self.is_video else 256)
+        self.keyframe_waiter = KeyframeWaiter()
+        self.closed = False
+        self.paused = False  # by the allocator (not enough bandwidth) or the subscriber
+        # Layer selection: None means "nothing forwarded yet".
+        self.current_layer: int | None = None
+        self.target_layer: int = len(track.layers) - 1
+        self.max_layer: int = len(track.layers) - 1
+        # Munging state.
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._pid_offset = 0
+        self._tl0_offset = 0
+        self._switch_ext_seq = 0
+        self._last_out_ext_seq = rng.randrange(1 << 15)
+        self._last_out_ts = rng.randrange(1 << 31)
+        self._last_out_ms: float | None = None
+        self._last_pid: int | None = None
+        self._last_tl0: int | None = None
+        self._rtx_seq = rng.randrange(1 << 16)
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        if self.is_video:
+            self.keyframe_waiter.need(0.0)
+
+    # -- forward path ----------------------------------------------------------------
+    def write(
+        self,
+        layer: Layer,
+        view: RtpView,
+        ext_seq: int,
+        vp8: Vp8Descriptor | None,
+        keyframe: bool,
+        now_ms: float,
+    ) -> None:
+        if self.paused or self.closed:
+            return
+        if layer.index != self.current_layer:
+            if layer.index != self.target_layer or not (keyframe or not self.is_video):
+                return
+            if vp8 is not None and not vp8.start_of_partition:
+                return  # switch on the first packet of the keyframe only
+            self._switch_to(layer, view, ext_seq, vp8, now_ms)
+        elif ext_seq < self._switch_ext_seq:
+            return  # a late packet from before the switch point would collide
+        out_ext_seq = ext_seq + self._seq_offset
+        out_ts = (view.timestamp + self._ts_offset) & 0xFFFFFFFF
+        if out_ext_seq > self._last_out_ext_seq:
+            self._last_out_ext_seq = out_ext_seq
+            self._last_out_ts = out_ts
+            self._last_out_ms = now_ms
+        payload: bytes | memoryview = view.payload
+        payload_type = self.payload_type
+        track = self.track
+        if track.red_pt is not None and view.payload_type == track.red_pt:
+            if self.red_payload_type is not None:
+                payload_type = self.red_payload_type
+            else:
+                try:
+                    payload = parse_red(payload)[-1].data
+                except ValueError:
+                    track.stats.drop("red_malformed")
+                    return
+        extensions: list[tuple[int, bytes]] = []
+        if self.twcc_ext_id:
+            extensions.append((self.twcc_ext_id, build_twcc_seq(self.sink.next_twcc_seq())))
+        if self.audio_level_ext_id and not self.is_video:
+            level = view.extension(track.audio_level_ext_id) if track.audio_level_ext_id else None
+            if level:
+                extensions.append((self.audio_level_ext_id, bytes(level)))
+        packet = build_rtp(
+            payload_type=payload_type,
+            seq=out_ext_seq & 0xFFFF,
+            timestamp=out_ts,
+            ssrc=self.ssrc,
+            payload=payload,
+            marker=view.marker,
+            extensions=extensions,
+        )
+        if vp8 is not None and vp8.picture_id is not None:
+            packet = self._munge_vp8(packet, len(packet) - len(payload), vp8)
+        self.rtx_cache.put(out_ext_seq & 0xFFFF, packet, now_ms)
+        self.stream.on_packet_sent(out_ts, len(payload), now_ms)
+        self.packets_sent += 1
+        self.bytes_sent += len(packet)
+        if keyframe:
+            self.keyframe_waiter.on_keyframe()
+        self.sink.send_rtp(packet, len(packet), now_ms)
+
+    def _switch_to(
+        self, layer: Layer, view: RtpView, ext_seq: int, vp8: Vp8Descriptor | None, now_ms: float
+    ) -> None:
+        """Start forwarding `layer` from this packet on, continuing seq/ts/picture id."""
+        self._seq_offset = self._last_out_ext_seq + 1 - ext_seq
+        if self._last_out_ms is None:
+            gap = 0
+        else:
+            gap = max(1, int((now_ms - self._last_out_ms) * self.clock_rate / 1000.0))
+        self._ts_offset = (self._last_out_ts + gap - view.timestamp) & 0xFFFFFFFF
+        if vp8 is not None and vp8.picture_id is not None:
+            if self._last_pid is not None:
+                self._pid_offset = self._last_pid + 1 - vp8.picture_id
+            if vp8.tl0picidx is not None and self._last_tl0 is not None:
+                self._tl0_offset = self._last_tl0 + 1 - vp8.tl0picidx
+        self._switch_ext_seq = ext_seq
+        if self.current_layer is not None:
+            self.track.stats.layer_switches += 1
+        self.current_layer = layer.index
+
+    def _munge_vp8(self, packet: bytes, offset: int, vp8: Vp8Descriptor) -> bytes:
+        assert vp8.picture_id is not None
+        modulus = 1 << vp8.picture_id_bits
+        pid = (vp8.picture_id + self._pid_offset) % modulus
+        tl0 = None
+        if vp8.tl0picidx is not None:
+            tl0 = (vp8.tl0picidx + self._tl0_offset) & 0xFF
+            self._last_tl0 = tl0
+        self._last_pid = pid
+        if self._pid_offset == 0 and self._tl0_offset == 0:
+            return packet
+        buf = bytearray(packet)
+        rewrite_vp8(buf, offset, vp8, picture_id=pid, tl0picidx=tl0)
+        return bytes(buf)
+
+    # -- feedback from the subscriber ------------------------------------------------
+    def on_nack(self, seqs: list[int], now_ms: float) -> int:
+        """Retransmit what the cache still has; returns how many were sent."""
+        sent = 0
+        rtt = self.stream.rtt_ms or 0.0
+        for seq in seqs:
+            packet = self.rtx_cache.get(seq, now_ms, rtt)
+            if packet is None:
+                continue
+            if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
+                packet = self._wrap_rtx(packet)
+            self.sink.send_rtp(packet, len(packet), now_ms)
+            sent += 1
+        return sent
+
+    def _wrap_rtx(self, packet: bytes) -> bytes:
+        view = parse_rtp(packet)
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        extensions = []
+        if self.twcc_ext_id:
+            extensions.append((self.twcc_ext_id, build_twcc_seq(self.sink.next_twcc_seq())))
+        assert self.rtx_payload_type is not None and self.rtx_ssrc is not None
+        return build_rtp(
+            payload_type=self.rtx_payload_type,
+            seq=self._rtx_seq,
+            timestamp=view.timestamp,
+            ssrc=self.rtx_ssrc,
+            payload=view.seq.to_bytes(2, "big") + bytes(view.payload),
+            marker=view.marker,
+            extensions=extensions,
+        )
+
+    def request_keyframe(self, now_ms: float) -> None:
+        """A PLI/FIR from the subscriber, or our own need after a switch."""
+        if not self.is_video:
+            return
+        index = self.current_layer if self.current_layer is not None else self.target_layer
+        self.track.layers[index].request_keyframe(now_ms)
+
+    # -- layer choice ----------------------------------------------------------------
+    def set_target_layer(self, index: int, now_ms: float) -> None:
+        index = max(0, min(index, len(self.track.layers) - 1))
+        if index == self.target_layer:
+            return
+        self.target_layer = index
+        if index != self.current_layer:
+            self.track.layers[index].request_keyframe(now_ms)
+
+    def on_timer(self, now_ms: float) -> None:
+        if not self.is_video or self.paused:
+            return
+        if self.current_layer != self.target_layer or self.current_layer is None:
+            self.keyframe_waiter.need(now_ms)
+        if self.keyframe_waiter.poll(now_ms):
+            self.track.layers[self.target_layer].request_keyframe(now_ms)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.track.remove_down_track(self)
+
+    def info(self) -> dict[str, object]:
+        return {
+            "track_sid": self.track.sid,
+            "mid": self.mid,
+            "ssrc": self.ssrc,
+            "current_layer": self.current_layer,
+            "target_layer": self.target_layer,
+            "packets_sent": self.packets_sent,
+            "rtt_ms": self.stream.rtt_ms,
+            "fraction_lost": self.stream.fraction_lost,
+        }
+

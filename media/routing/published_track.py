@@ -1,0 +1,217 @@
+"""A track a participant publishes: audio, or video with 1..3 simulcast layers.
+
+Each layer owns its receive-side cores (RFC 3550 stats, NACK generator, keyframe
+request coalescing). Packets enter through `Layer.on_packet` from the publisher's
+transport and leave through every subscribed `DownTrack.write`. Keyframe requests
+from all subscribers of a layer are coalesced here (one PLI per ~300 ms).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Protocol
+
+from media.ortc import RtpCodec
+from media.rtp.keyframe import KeyframeRequester
+from media.rtp.nack import NackGenerator
+from media.rtp.stream_recv import RtpStreamRecv
+from media.stats import EngineStats
+from media.wire.rtp import RtpView
+from media.wire.vp8 import parse_vp8
+
+if TYPE_CHECKING:
+    from .down_track import DownTrack
+
+# Simulcast layers in ascending quality, as Chrome names them.
+RID_ORDER = {"q": 0, "l": 0, "h": 1, "m": 1, "f": 2}
+
+
+class KeyframeSink(Protocol):
+    """Where PLIs toward the publisher go (its transport side)."""
+
+    def send_pli(self, media_ssrc: int) -> None: ...
+
+
+class AudioLevel:
+    """Smoothed audio level from the ssrc-audio-level extension (RFC 6464)."""
+
+    __slots__ = ("level", "voice_until_ms")
+
+    def __init__(self) -> None:
+        self.level = 0.0  # 0..1, linear-ish loudness
+        self.voice_until_ms = 0.0
+
+    def update(self, dbov: int, voice: bool, now_ms: float) -> None:
+        # -dBov 0 is loudest, 127 silence; map 0..80 dB onto 1..0 and smooth.
+        value = max(0.0, 1.0 - min(dbov, 80) / 80.0)
+        self.level = self.level * 0.9 + value * 0.1
+        if voice and dbov < 50:
+            self.voice_until_ms = now_ms + 500.0
+
+
+class Layer:
+    """One RTP stream of a track (a simulcast encoding, or the only one)."""
+
+    __slots__ = (
+        "track",
+        "index",
+        "rid",
+        "ssrc",
+        "rtx_ssrc",
+        "stream",
+        "nack",
+        "keyframes",
+        "last_keyframe_ms",
+        "width",
+        "height",
+        "active",
+        "last_packet_ms",
+    )
+
+    def __init__(self, track: PublishedTrack, index: int, rid: str | None) -> None:
+        self.track = track
+        self.index = index
+        self.rid = rid
+        self.ssrc: int | None = None
+        self.rtx_ssrc: int | None = None
+        self.stream: RtpStreamRecv | None = None
+        self.nack = NackGenerator()
+        self.keyframes = KeyframeRequester()
+        self.last_keyframe_ms: float | None = None
+        self.width: int | None = None
+        self.height: int | None = None
+        self.active = True  # dynacast: False when paused at the publisher
+        self.last_packet_ms: float | None = None
+
+    def bind_ssrc(self, ssrc: int) -> None:
+        self.ssrc = ssrc
+        self.stream = RtpStreamRecv(ssrc, self.track.codec.clock_rate)
+
+    def on_packet(self, view: RtpView, now_ms: float, is_rtx: bool) -> None:
+        """The forward path for one received (decrypted, RTX-unwrapped) packet."""
+        stream = self.stream
+        if stream is None:
+            return
+        track = self.track
+        self.last_packet_ms = now_ms
+        ext_seq = stream.on_packet(view.seq, view.timestamp, now_ms, view.payload_end)
+        keyframe = False
+        if track.is_vp8 and view.payload_end > view.payload_start:
+            try:
+                desc = parse_vp8(view.payload)
+            except ValueError:
+                track.stats.drop("vp8_malformed")
+                return
+            keyframe = desc.is_keyframe
+            if keyframe:
+                if self.last_keyframe_ms != now_ms:
+                    track.stats.keyframes_in += 1
+                self.last_keyframe_ms = now_ms
+                self.keyframes.on_keyframe(now_ms)
+                if desc.width:
+                    self.width, self.height = desc.width, desc.height
+        else:
+            desc = None
+        self.nack.on_packet(ext_seq, now_ms, is_keyframe=keyframe, is_retransmission=is_rtx)
+        for down in track.down_tracks:
+            down.write(self, view, ext_seq, desc, keyframe, now_ms)
+
+    def request_keyframe(self, now_ms: float) -> None:
+        if self.ssrc is not None and self.keyframes.request(now_ms):
+            self.track.send_pli(self.ssrc)
+
+
+class PublishedTrack:
+    """A published audio or video track and the DownTracks that consume it."""
+
+    def __init__(
+        self,
+        *,
+        participant_sid: str,
+        mid: str,
+        kind: str,
+        codec: RtpCodec,
+        rids: list[str] | None,
+        stats: EngineStats,
+        keyframe_sink: KeyframeSink | None = None,
+        source: str = "unknown",
+        name: str = "",
+        msid_track: str | None = None,
+        red_pt: int | None = None,
+    ) -> None:
+        self.sid = "TR_" + secrets.token_hex(6)
+        self.participant_sid = participant_sid
+        self.mid = mid
+        self.kind = kind
+        self.codec = codec
+        self.red_pt = red_pt
+        self.audio_level_ext_id: int | None = None  # the publisher's id, for forwarding
+        self.is_vp8 = codec.name.upper() == "VP8"
+        self.stats = stats
+        self.keyframe_sink = keyframe_sink
+        self.source = source
+        self.name = name
+        self.msid_track = msid_track
+        self.muted = False
+        self.closed = False
+        ordered = sorted(rids, key=lambda r: RID_ORDER.get(r, 3)) if rids else [None]
+        self.layers = [Layer(self, i, rid) for i, rid in enumerate(ordered)]
+        self.down_tracks: list[DownTrack] = []
+        self.audio_level = AudioLevel()
+
+    @property
+    def simulcast(self) -> bool:
+        return len(self.layers) > 1
+
+    def layer_by_rid(self, rid: str) -> Layer | None:
+        for layer in self.layers:
+            if layer.rid == rid:
+                return layer
+        return None
+
+    def info(self) -> dict[str, object]:
+        return {
+            "sid": self.sid,
+            "participant_sid": self.participant_sid,
+            "kind": self.kind,
+            "source": self.source,
+            "name": self.name,
+            "muted": self.muted,
+            "simulcast": self.simulcast,
+            "layers": [layer.rid for layer in self.layers if layer.rid],
+            "codec": self.codec.name,
+        }
+
+    def send_pli(self, media_ssrc: int) -> None:
+        if self.keyframe_sink is not None:
+            self.stats.pli_sent += 1
+            self.keyframe_sink.send_pli(media_ssrc)
+
+    def available_layers(self, now_ms: float, window_ms: float = 1500.0) -> list[int]:
+        """Layers that received media recently (the publisher may not send them all)."""
+        return [
+            layer.index
+            for layer in self.layers
+            if layer.last_packet_ms is not None and now_ms - layer.last_packet_ms < window_ms
+        ]
+
+    def on_timer(self, now_ms: float) -> None:
+        for layer in self.layers:
+            deadline = layer.keyframes.next_deadline()
+            if deadline is not None and deadline <= now_ms and layer.keyframes.on_timer(now_ms):
+                if layer.ssrc is not None:
+                    self.send_pli(layer.ssrc)
+
+    def add_down_track(self, down: DownTrack) -> None:
+        self.down_tracks = [*self.down_tracks, down]  # copy-on-write: safe during iteration
+
+    def remove_down_track(self, down: DownTrack) -> None:
+        self.down_tracks = [d for d in self.down_tracks if d is not down]
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for down in list(self.down_tracks):
+            down.close()
+        self.down_tracks = []

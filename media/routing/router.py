@@ -1,0 +1,315 @@
+"""Per-room media state: participants' peers, published tracks, subscriptions.
+
+All engine state lives per room (DESIGN section 12), so that rooms can later be
+pinned to worker processes. Signaling talks to a Router through `MediaParticipant`
+with ortc dataclasses only; it never hands SDP text to the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from media.ortc import (
+    EXT_AUDIO_LEVEL,
+    EXT_TWCC,
+    MediaDescription,
+    TransportParameters,
+)
+from media.transport.webrtc_transport import WebRtcTransport
+
+from .down_track import DownTrack
+from .published_track import PublishedTrack
+from .publisher import PublisherPeer
+from .subscriber import SubscriberPeer
+
+if TYPE_CHECKING:
+    from media.engine import Engine
+
+log = logging.getLogger("ferry.media.router")
+
+SPEAKER_INTERVAL_MS = 500.0
+SPEAKER_THRESHOLD = 0.15
+
+
+class RouterListener(Protocol):
+    def on_active_speakers(self, speakers: list[dict[str, object]]) -> None: ...
+
+    def on_peer_failed(self, participant_sid: str, role: str, reason: str) -> None: ...
+
+
+class MediaParticipant:
+    """The media half of a participant: a publisher and a subscriber transport."""
+
+    def __init__(self, router: Router, sid: str) -> None:
+        self.router = router
+        self.sid = sid
+        engine = router.engine
+        self.cname = secrets.token_hex(8)
+        pub_transport = engine.create_transport(name=f"{sid}/pub")
+        sub_transport = engine.create_transport(name=f"{sid}/sub")
+        self.publisher = PublisherPeer(
+            sid,
+            pub_transport,
+            engine.stats,
+            rtcp_ssrc=router.new_ssrc(),
+            ntp_at=engine.ntp_at,
+            on_failed=lambda reason: router.peer_failed(sid, "publisher", reason),
+        )
+        self.subscriber = SubscriberPeer(
+            sid,
+            sub_transport,
+            engine.stats,
+            rtcp_ssrc=router.new_ssrc(),
+            cname=self.cname,
+            ntp_at=engine.ntp_at,
+            on_failed=lambda reason: router.peer_failed(sid, "subscriber", reason),
+        )
+        self.closed = False
+
+    def local_parameters(self, role: str) -> TransportParameters:
+        transport = self.publisher.transport if role == "publisher" else self.subscriber.transport
+        return self.router.engine.local_parameters(transport, setup="passive" if role == "publisher" else "actpass")
+
+    # -- publishing ------------------------------------------------------------------
+    def apply_publisher(
+        self,
+        remote: TransportParameters,
+        negotiated: list[MediaDescription],
+        offered: list[MediaDescription],
+        meta: dict[str, dict[str, str]] | None = None,
+    ) -> tuple[list[PublishedTrack], list[PublishedTrack]]:
+        """Apply a (re-)negotiated publisher description: returns (added, removed) tracks.
+
+        `negotiated` is Ferry's answer (what Ferry receives), `offered` the client's
+        offer (where its SSRCs, msids and rids are).
+        """
+        pub = self.publisher
+        pub.transport.set_remote(remote.fingerprints, remote.ice_ufrag)
+        ids: dict[str, int] = {}
+        for section in negotiated:
+            if not section.rejected:
+                for ext in section.header_extensions:
+                    ids.setdefault(ext.uri, ext.id)
+        pub.set_extensions(ids)
+        offered_by_mid = {m.mid: m for m in offered}
+        added: list[PublishedTrack] = []
+        removed: list[PublishedTrack] = []
+        live_mids = set()
+        for section in negotiated:
+            receiving = not section.rejected and section.direction in ("recvonly", "sendrecv")
+            if not receiving or section.kind not in ("audio", "video"):
+                continue
+            live_mids.add(section.mid)
+            if section.mid in pub.tracks_by_mid:
+                continue
+            track = self._make_track(section, offered_by_mid.get(section.mid, section), meta or {})
+            if track is None:
+                continue
+            offer = offered_by_mid.get(section.mid, section)
+            ssrcs = [(e.ssrc, e.rtx_ssrc) for e in offer.encodings] if not track.simulcast else []
+            pub.add_track(track, ssrcs)
+            self.router.add_track(track)
+            added.append(track)
+        for mid in list(pub.tracks_by_mid):
+            if mid not in live_mids:
+                track = pub.tracks_by_mid[mid]
+                self.router.remove_track(track)
+                pub.remove_track(mid)
+                removed.append(track)
+        return added, removed
+
+    def _make_track(
+        self, section: MediaDescription, offer: MediaDescription, meta: dict[str, dict[str, str]]
+    ) -> PublishedTrack | None:
+        codecs = [c for c in section.codecs if c.name.lower() not in ("red", "rtx", "ulpfec")]
+        if not codecs:
+            return None
+        red = next((c for c in section.codecs if c.name.lower() == "red"), None)
+        rids = [e.rid for e in offer.encodings if e.rid] if section.simulcast or offer.simulcast else None
+        track_id = offer.msid[1] if offer.msid else None
+        info = meta.get(track_id or "", {}) if track_id else {}
+        source = info.get("source") or ("microphone" if section.kind == "audio" else "camera")
+        return PublishedTrack(
+            participant_sid=self.sid,
+            mid=section.mid,
+            kind=section.kind,
+            codec=codecs[0],
+            rids=rids or None,
+            stats=self.router.engine.stats,
+            keyframe_sink=self.publisher,
+            source=source,
+            name=info.get("name", ""),
+            msid_track=track_id,
+            red_pt=red.payload_type if red is not None and section.kind == "audio" else None,
+        )
+
+    def unpublish(self, track_sid: str) -> PublishedTrack | None:
+        for mid, track in list(self.publisher.tracks_by_mid.items()):
+            if track.sid == track_sid:
+                self.router.remove_track(track)
+                self.publisher.remove_track(mid)
+                return track
+        return None
+
+    # -- subscribing -----------------------------------------------------------------
+    def set_subscriber_remote(self, remote: TransportParameters) -> None:
+        self.subscriber.transport.set_remote(remote.fingerprints, remote.ice_ufrag)
+
+    def subscribe(
+        self, track: PublishedTrack, offered: MediaDescription, accepted: MediaDescription
+    ) -> DownTrack | None:
+        """Start forwarding `track` with what the subscriber accepted for its m-line."""
+        if track.closed or accepted.rejected:
+            return None
+        existing = self.subscriber.down_tracks.get(track.sid)
+        if existing is not None:
+            return existing
+        name = track.codec.name.lower()
+        primary = next((c for c in accepted.codecs if c.name.lower() == name), None)
+        if primary is None:
+            log.info("subscriber %s accepted no %s for track %s", self.sid, name, track.sid)
+            return None
+        red = next((c for c in accepted.codecs if c.name.lower() == "red"), None)
+        encoding = offered.encodings[0] if offered.encodings else None
+        if encoding is None or encoding.ssrc is None:
+            return None
+        rtx_pt = primary.rtx_payload_type
+        ext_ids = {e.uri: e.id for e in accepted.header_extensions}
+        down = DownTrack(
+            track,
+            self.subscriber,
+            mid=accepted.mid,
+            ssrc=encoding.ssrc,
+            rtx_ssrc=encoding.rtx_ssrc if rtx_pt is not None else None,
+            payload_type=primary.payload_type,
+            rtx_payload_type=rtx_pt,
+            red_payload_type=red.payload_type if red is not None else None,
+            clock_rate=primary.clock_rate,
+            twcc_ext_id=ext_ids.get(EXT_TWCC),
+            audio_level_ext_id=ext_ids.get(EXT_AUDIO_LEVEL),
+            rng=self.router.rng,
+        )
+        self.subscriber.add_down_track(down)
+        self.router.on_subscribed(down)
+        return down
+
+    def unsubscribe(self, track_sid: str) -> None:
+        self.subscriber.remove_down_track(track_sid)
+
+    def on_timer(self, now_ms: float) -> None:
+        self.publisher.transport.on_timer(now_ms)
+        self.subscriber.transport.on_timer(now_ms)
+        self.publisher.on_timer(now_ms)
+        self.subscriber.on_timer(now_ms)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for track in list(self.publisher.tracks_by_mid.values()):
+            self.router.remove_track(track)
+        self.publisher.close()
+        self.subscriber.close()
+
+
+class Router:
+    """One room's media plane."""
+
+    def __init__(self, engine: Engine, name: str, listener: RouterListener | None = None) -> None:
+        self.engine = engine
+        self.name = name
+        self.listener = listener
+        self.participants: dict[str, MediaParticipant] = {}
+        self.tracks: dict[str, PublishedTrack] = {}
+        self.rng = random.Random()
+        self._ssrcs: set[int] = set()
+        self._next_speakers_ms = 0.0
+        self._speakers: list[str] = []
+        self.layer_policy: Callable[[DownTrack, float], None] = default_layer_policy
+        self.closed = False
+
+    def new_ssrc(self) -> int:
+        while True:
+            ssrc = self.rng.randrange(1, 1 << 32)
+            if ssrc not in self._ssrcs:
+                self._ssrcs.add(ssrc)
+                return ssrc
+
+    def add_participant(self, sid: str) -> MediaParticipant:
+        participant = MediaParticipant(self, sid)
+        self.participants[sid] = participant
+        return participant
+
+    def remove_participant(self, sid: str) -> None:
+        participant = self.participants.pop(sid, None)
+        if participant is not None:
+            participant.close()
+
+    def add_track(self, track: PublishedTrack) -> None:
+        self.tracks[track.sid] = track
+
+    def remove_track(self, track: PublishedTrack) -> None:
+        self.tracks.pop(track.sid, None)
+        for participant in self.participants.values():
+            participant.subscriber.remove_down_track(track.sid)
+        track.close()
+
+    def on_subscribed(self, down: DownTrack) -> None:
+        now = self.engine.now_ms()
+        self.layer_policy(down, now)
+        down.request_keyframe(now)
+
+    def peer_failed(self, sid: str, role: str, reason: str) -> None:
+        if self.listener is not None:
+            self.listener.on_peer_failed(sid, role, reason)
+
+    def on_timer(self, now_ms: float) -> None:
+        for participant in list(self.participants.values()):
+            participant.on_timer(now_ms)
+            for down in participant.subscriber.down_tracks.values():
+                self.layer_policy(down, now_ms)
+        if now_ms >= self._next_speakers_ms:
+            self._next_speakers_ms = now_ms + SPEAKER_INTERVAL_MS
+            self._update_speakers(now_ms)
+
+    def _update_speakers(self, now_ms: float) -> None:
+        levels: dict[str, float] = {}
+        for track in self.tracks.values():
+            if track.kind != "audio" or track.muted:
+                continue
+            level = track.audio_level.level
+            if level >= SPEAKER_THRESHOLD:
+                levels[track.participant_sid] = max(level, levels.get(track.participant_sid, 0.0))
+        ordered = sorted(levels, key=lambda sid: -levels[sid])
+        if ordered != self._speakers:
+            self._speakers = ordered
+            if self.listener is not None:
+                self.listener.on_active_speakers(
+                    [{"sid": sid, "level": round(levels[sid], 3)} for sid in ordered]
+                )
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for sid in list(self.participants):
+            self.remove_participant(sid)
+
+
+def default_layer_policy(down: DownTrack, now_ms: float) -> None:
+    """Best layer the publisher is actually sending, capped by the subscriber's max.
+
+    Bandwidth-driven allocation replaces this policy (media/routing/allocator.py).
+    """
+    if not down.is_video or not down.track.simulcast:
+        return
+    available = [i for i in down.track.available_layers(now_ms) if i <= down.max_layer]
+    if not available:
+        return
+    best = max(available)
+    if best != down.target_layer:
+        down.set_target_layer(best, now_ms)

@@ -1,0 +1,92 @@
+"""Subscriber-side retransmission cache (sans-I/O).
+
+One cache per subscriber x outgoing stream, keyed by the *outgoing* 16-bit seq: a NACK
+from a subscriber names the seqs we rewrote, not the publisher's. Packets are kept in
+plain (unencrypted) form so a retransmission is re-protected with a fresh SRTP index.
+
+A fixed ring (``seq & mask``) with a stored-seq check makes put/get O(1) with no
+per-packet allocation beyond the bytes the caller already holds. ``get`` refuses a
+packet retransmitted less than ``max(0.8 * rtt, 5 ms)`` ago: browsers repeat NACKs for
+a seq until the RTX arrives, and answering each one only adds to the congestion that
+lost the packet.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["ALLOWED_CAPACITIES", "RtxCache"]
+
+ALLOWED_CAPACITIES: tuple[int, ...] = tuple(1 << k for k in range(16))
+_MIN_RESEND_MS = 5.0
+
+
+class RtxCache:
+    """Ring buffer of recently sent packets for answering NACKs."""
+
+    __slots__ = (
+        "capacity",
+        "max_age_ms",
+        "_mask",
+        "_seqs",
+        "_packets",
+        "_put_ms",
+        "_resent_ms",
+        "hits",
+        "misses",
+        "suppressed",
+    )
+
+    def __init__(self, capacity: int = 1024, max_age_ms: float = 1000.0) -> None:
+        if type(capacity) is not int or capacity not in ALLOWED_CAPACITIES:
+            allowed = ", ".join(str(c) for c in ALLOWED_CAPACITIES)
+            raise ValueError(
+                f"capacity must be a power of two, got {capacity!r}; allowed: {allowed}"
+            )
+        if max_age_ms <= 0:
+            raise ValueError(f"max_age_ms must be > 0, got {max_age_ms!r}")
+        self.capacity = capacity
+        self.max_age_ms = max_age_ms
+        self._mask = capacity - 1
+        self._seqs: list[int] = [-1] * capacity
+        self._packets: list[bytes | None] = [None] * capacity
+        self._put_ms: list[float] = [-math.inf] * capacity
+        self._resent_ms: list[float] = [-math.inf] * capacity
+        self.hits = 0
+        self.misses = 0
+        self.suppressed = 0
+
+    def put(self, seq: int, packet: bytes, now_ms: float) -> None:
+        """Remember ``packet`` (plain RTP) as sent with outgoing ``seq`` at ``now_ms``."""
+        seq &= 0xFFFF
+        i = seq & self._mask
+        self._seqs[i] = seq
+        self._packets[i] = packet
+        self._put_ms[i] = now_ms
+        self._resent_ms[i] = -math.inf
+
+    def get(self, seq: int, now_ms: float, rtt_ms: float = 0.0) -> bytes | None:
+        """The packet to retransmit for a NACKed ``seq``, or None (missing, too old,
+        overwritten, or just retransmitted)."""
+        seq &= 0xFFFF
+        i = seq & self._mask
+        if self._seqs[i] != seq or now_ms - self._put_ms[i] > self.max_age_ms:
+            self.misses += 1
+            return None
+        hold = rtt_ms * 0.8
+        if hold < _MIN_RESEND_MS:
+            hold = _MIN_RESEND_MS
+        if now_ms - self._resent_ms[i] < hold:
+            self.suppressed += 1
+            return None
+        self._resent_ms[i] = now_ms
+        self.hits += 1
+        return self._packets[i]
+
+    def clear(self) -> None:
+        """Forget everything (e.g. when the outgoing stream is re-seeded)."""
+        n = self.capacity
+        self._seqs = [-1] * n
+        self._packets = [None] * n
+        self._put_ms = [-math.inf] * n
+        self._resent_ms = [-math.inf] * n

@@ -1,0 +1,49 @@
+"""Engine-wide counters, kept as plain ints on the hot path.
+
+Prometheus counters cost microseconds per increment; the forward path only bumps
+attributes here, and `signaling.metrics` reads them at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class EngineStats:
+    rtp_in: int = 0
+    rtp_bytes_in: int = 0
+    rtp_out: int = 0
+    rtp_bytes_out: int = 0
+    nack_received: int = 0  # seqs asked for by subscribers
+    rtx_sent: int = 0
+    rtx_missed: int = 0
+    nack_sent: int = 0  # seqs asked of publishers
+    pli_received: int = 0
+    pli_sent: int = 0
+    keyframes_in: int = 0
+    layer_switches: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+    # Set of reasons already logged once (see `drop`).
+    _logged: set[str] = field(default_factory=set)
+
+    def drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "rtp_in": self.rtp_in,
+            "rtp_bytes_in": self.rtp_bytes_in,
+            "rtp_out": self.rtp_out,
+            "rtp_bytes_out": self.rtp_bytes_out,
+            "nack_received": self.nack_received,
+            "rtx_sent": self.rtx_sent,
+            "rtx_missed": self.rtx_missed,
+            "nack_sent": self.nack_sent,
+            "pli_received": self.pli_received,
+            "pli_sent": self.pli_sent,
+            "keyframes_in": self.keyframes_in,
+            "layer_switches": self.layer_switches,
+            "drops": dict(self.drops),
+        }

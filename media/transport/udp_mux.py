@@ -1,0 +1,177 @@
+"""The one UDP socket every peer shares (ICE-lite on a single port).
+
+Demultiplexing follows RFC 7983 on the first byte: STUN (0-3) is routed by the
+USERNAME's local ufrag (which also binds the remote address once the check is
+valid), DTLS (20-63) and SRTP/SRTCP (128-191) by remote address. Everything else is a
+counted drop.
+
+The socket is read with ``loop.add_reader`` and drained until EAGAIN: asyncio's
+datagram transport reads one datagram per loop iteration, which drops keyframe bursts
+(DESIGN section 3). Each datagram is handled synchronously in the callback, with no
+per-packet await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections import Counter
+from typing import Protocol
+
+from .ice_lite import stun_local_ufrag
+
+log = logging.getLogger("ferry.media.mux")
+
+Addr = tuple[str, int]
+
+MAX_DATAGRAM = 2048
+DRAIN_LIMIT = 512  # datagrams per wakeup before yielding to the loop
+
+
+class MuxEndpoint(Protocol):
+    """What the mux routes datagrams to (a WebRtcTransport)."""
+
+    def on_stun(self, data: bytes, addr: Addr, now_ms: float) -> None: ...
+
+    def on_dtls(self, data: bytes, addr: Addr, now_ms: float) -> None: ...
+
+    def on_srtp(self, data: bytes, addr: Addr, now_ms: float) -> None: ...
+
+
+class UdpMux:
+    """Owns the shared media socket; transports register by ufrag and bind by address."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7882, *, rcvbuf: int = 4 << 20) -> None:
+        self.host = host
+        self.port = port
+        self._rcvbuf = rcvbuf
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._by_ufrag: dict[str, MuxEndpoint] = {}
+        self._by_addr: dict[Addr, MuxEndpoint] = {}
+        self.drops: Counter[str] = Counter()
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.packets_out = 0
+        self.bytes_out = 0
+        self._warned: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def open(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._rcvbuf)
+        except OSError:  # pragma: no cover - platform limits
+            pass
+        sock.bind((self.host, self.port))
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        log.info("media socket listening on udp %s:%d", self.host, self.port)
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._sock = None
+
+    def now_ms(self) -> float:
+        loop = self._loop or asyncio.get_event_loop()
+        return loop.time() * 1000.0
+
+    # -- registration ----------------------------------------------------------------
+    def register(self, ufrag: str, endpoint: MuxEndpoint) -> None:
+        self._by_ufrag[ufrag] = endpoint
+
+    def unregister(self, endpoint: MuxEndpoint) -> None:
+        for key in [k for k, v in self._by_ufrag.items() if v is endpoint]:
+            del self._by_ufrag[key]
+        for key in [k for k, v in self._by_addr.items() if v is endpoint]:
+            del self._by_addr[key]
+
+    def bind_addr(self, addr: Addr, endpoint: MuxEndpoint) -> None:
+        self._by_addr[addr] = endpoint
+
+    # -- I/O -------------------------------------------------------------------------
+    def sendto(self, data: bytes, addr: Addr) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._drop("send_buffer_full")
+            return
+        except OSError as exc:
+            self._drop("send_error", exc)
+            return
+        self.packets_out += 1
+        self.bytes_out += len(data)
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        loop = self._loop
+        assert loop is not None
+        now_ms = loop.time() * 1000.0
+        recvfrom = sock.recvfrom
+        for _ in range(DRAIN_LIMIT):
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
+                    continue  # ICMP from a gone peer; nothing to do
+                self._drop("recv_error", exc)
+                return
+            self.packets_in += 1
+            self.bytes_in += len(data)
+            try:
+                self.dispatch(data, addr[:2], now_ms)
+            except Exception:  # a bug must not kill the socket for everyone
+                self.drops["handler_error"] += 1
+                log.exception("error handling a datagram from %s", addr)
+
+    def dispatch(self, data: bytes, addr: Addr, now_ms: float) -> None:
+        if not data:
+            self._drop("empty")
+            return
+        first = data[0]
+        if first < 4:
+            endpoint = None
+            ufrag = stun_local_ufrag(data)
+            if ufrag is not None:
+                endpoint = self._by_ufrag.get(ufrag)
+            if endpoint is None:
+                endpoint = self._by_addr.get(addr)
+            if endpoint is None:
+                self._drop("stun_unknown_ufrag")
+                return
+            endpoint.on_stun(data, addr, now_ms)
+            return
+        endpoint = self._by_addr.get(addr)
+        if endpoint is None:
+            self._drop("unknown_address")
+            return
+        if 127 < first < 192:
+            endpoint.on_srtp(data, addr, now_ms)
+        elif 19 < first < 64:
+            endpoint.on_dtls(data, addr, now_ms)
+        else:
+            self._drop("unknown_protocol")
+
+    def _drop(self, reason: str, exc: BaseException | None = None) -> None:
+        self.drops[reason] += 1
+        if reason not in self._warned:
+            self._warned.add(reason)
+            log.warning("dropping datagram: %s%s (logged once)", reason, f" ({exc})" if exc else "")

@@ -1,0 +1,198 @@
+"""VP8 RTP payload descriptor (RFC 7741 §4.2), parsed and rewritten in place.
+
+The SFU needs the descriptor to pick temporal layers (TID), to detect keyframes for
+layer switches, and to keep picture ids / TL0PICIDX continuous when it switches
+simulcast layers; it never touches the VP8 bitstream itself.
+
+     0 1 2 3 4 5 6 7
+    |X|R|N|S|R| PID |   required
+    |I|L|T|K| RSV   |   if X
+    |M| PictureID   |   if I (M=1: 15-bit id, one more byte)
+    |   TL0PICIDX   |   if L
+    |TID|Y| KEYIDX  |   if T or K
+"""
+
+from __future__ import annotations
+
+ERR_TRUNCATED = "VP8 payload descriptor is truncated"
+ERR_EMPTY = "VP8 payload is empty"
+
+_KEYFRAME_START_CODE = b"\x9d\x01\x2a"
+
+
+class Vp8Descriptor:
+    """Fields of one payload descriptor; `size` is its length in bytes.
+
+    `is_keyframe` is true on the first packet of a key frame only (S=1, partition
+    index 0 and the VP8 payload header's inverse key-frame bit P == 0); `width` and
+    `height` come from that packet's key-frame header when it is long enough.
+    """
+
+    __slots__ = (
+        "start_of_partition",
+        "partition_index",
+        "non_reference",
+        "picture_id",
+        "picture_id_bits",
+        "tl0picidx",
+        "tid",
+        "layer_sync",
+        "keyidx",
+        "size",
+        "is_keyframe",
+        "width",
+        "height",
+    )
+
+    def __init__(
+        self,
+        *,
+        start_of_partition: bool = False,
+        partition_index: int = 0,
+        non_reference: bool = False,
+        picture_id: int | None = None,
+        picture_id_bits: int = 0,
+        tl0picidx: int | None = None,
+        tid: int | None = None,
+        layer_sync: bool = False,
+        keyidx: int | None = None,
+        size: int = 1,
+        is_keyframe: bool = False,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
+        self.start_of_partition = start_of_partition
+        self.partition_index = partition_index
+        self.non_reference = non_reference
+        self.picture_id = picture_id
+        self.picture_id_bits = picture_id_bits
+        self.tl0picidx = tl0picidx
+        self.tid = tid
+        self.layer_sync = layer_sync
+        self.keyidx = keyidx
+        self.size = size
+        self.is_keyframe = is_keyframe
+        self.width = width
+        self.height = height
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Vp8Descriptor({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Vp8Descriptor):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_new = object.__new__
+
+
+def parse_vp8(payload: bytes | bytearray | memoryview) -> Vp8Descriptor:
+    """Parse the descriptor at the start of an RTP payload. ValueError if truncated."""
+    n = len(payload)
+    if n < 1:
+        raise ValueError(ERR_TRUNCATED)
+    b0 = payload[0]
+    d: Vp8Descriptor = _new(Vp8Descriptor)
+    d.start_of_partition = s = bool(b0 & 0x10)
+    d.partition_index = pid = b0 & 0x07
+    d.non_reference = bool(b0 & 0x20)
+    d.picture_id = None
+    d.picture_id_bits = 0
+    d.tl0picidx = None
+    d.tid = None
+    d.layer_sync = False
+    d.keyidx = None
+    pos = 1
+    try:
+        if b0 & 0x80:
+            x = payload[1]
+            pos = 2
+            if x & 0x80:  # I: picture id, 7 or 15 bits (M)
+                b = payload[2]
+                if b & 0x80:
+                    d.picture_id = ((b & 0x7F) << 8) | payload[3]
+                    d.picture_id_bits = 15
+                    pos = 4
+                else:
+                    d.picture_id = b
+                    d.picture_id_bits = 7
+                    pos = 3
+            if x & 0x40:  # L: TL0PICIDX
+                d.tl0picidx = payload[pos]
+                pos += 1
+            if x & 0x30:  # T and/or K: TID|Y|KEYIDX
+                b = payload[pos]
+                pos += 1
+                if x & 0x20:
+                    d.tid = b >> 6
+                    d.layer_sync = bool(b & 0x20)
+                if x & 0x10:
+                    d.keyidx = b & 0x1F
+    except IndexError:
+        raise ValueError(ERR_TRUNCATED) from None
+    d.size = pos
+    if n <= pos:
+        raise ValueError(ERR_EMPTY)
+    d.width = d.height = None
+    if s and pid == 0 and not payload[pos] & 0x01:
+        _keyframe_header(d, payload, pos)
+    else:
+        d.is_keyframe = False
+    return d
+
+
+def _keyframe_header(d: Vp8Descriptor, payload: bytes | bytearray | memoryview, pos: int) -> None:
+    """Key frame: 3-byte frame tag, start code 9d 01 2a, then 14-bit width/height (LE)."""
+    d.is_keyframe = True
+    if len(payload) >= pos + 10 and payload[pos + 3 : pos + 6] == _KEYFRAME_START_CODE:
+        d.width = (payload[pos + 6] | (payload[pos + 7] << 8)) & 0x3FFF
+        d.height = (payload[pos + 8] | (payload[pos + 9] << 8)) & 0x3FFF
+
+
+def rewrite_vp8(
+    buf: bytearray,
+    offset: int,
+    desc: Vp8Descriptor,
+    *,
+    picture_id: int | None = None,
+    tl0picidx: int | None = None,
+    keyidx: int | None = None,
+) -> None:
+    """Rewrite descriptor fields in place at `buf[offset:]`, keeping their widths.
+
+    Values wrap to the field width (7/15-bit picture id, 8-bit TL0PICIDX, 5-bit
+    KEYIDX). Rewriting a field the descriptor does not carry is a ValueError: the
+    packet would have to grow, which the forwarder never does. `desc` is updated.
+    """
+    pos = offset + 2
+    bits = desc.picture_id_bits
+    if picture_id is not None:
+        if bits == 7:
+            picture_id &= 0x7F
+            buf[pos] = picture_id
+        elif bits == 15:
+            picture_id &= 0x7FFF
+            buf[pos] = 0x80 | (picture_id >> 8)
+            buf[pos + 1] = picture_id & 0xFF
+        else:
+            raise ValueError("VP8 descriptor has no picture id")
+        desc.picture_id = picture_id
+    pos += (bits + 1) >> 3
+    if desc.tl0picidx is not None:
+        if tl0picidx is not None:
+            tl0picidx &= 0xFF
+            buf[pos] = tl0picidx
+            desc.tl0picidx = tl0picidx
+        pos += 1
+    elif tl0picidx is not None:
+        raise ValueError("VP8 descriptor has no TL0PICIDX")
+    if keyidx is not None:
+        if desc.keyidx is None:
+            raise ValueError("VP8 descriptor has no KEYIDX")
+        keyidx &= 0x1F
+        buf[pos] = (buf[pos] & 0xE0) | keyidx
+        desc.keyidx = keyidx

@@ -1,0 +1,75 @@
+"""A tiny HTTP/JSON control API for the TURN relay (aiohttp).
+
+Why: a scenario runner in another process (or a human with curl) needs to
+change link profiles while calls are running, and to see which client got
+which profile. Errors come back as ``{"error": {"code", "message"}}``.
+
+Routes: ``GET /profiles``, ``PUT /profiles/{name}``, ``GET /allocations``,
+``POST /allocations/{id}/profile``, ``GET /stats``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from netem.turn import TurnRelay
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+async def _body(request: web.Request) -> Any:
+    text = await request.text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare netem spec is fine too
+
+
+def make_app(relay: TurnRelay) -> web.Application:
+    """Build the aiohttp application bound to ``relay``."""
+    routes = web.RouteTableDef()
+
+    @routes.get("/profiles")
+    async def list_profiles(request: web.Request) -> web.Response:
+        return web.json_response({n: p.to_dict() for n, p in relay.profiles.items()})
+
+    @routes.put("/profiles/{name}")
+    async def put_profile(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            profile = relay.set_profile(name, await _body(request))
+        except (ValueError, TypeError, OSError) as exc:
+            return _error(400, "bad_profile", str(exc))
+        return web.json_response(profile.to_dict())
+
+    @routes.get("/allocations")
+    async def list_allocations(request: web.Request) -> web.Response:
+        return web.json_response([a.to_dict() for a in relay.allocations])
+
+    @routes.post("/allocations/{id}/profile")
+    async def move_allocation(request: web.Request) -> web.Response:
+        body = await _body(request)
+        name = body.get("profile") if isinstance(body, dict) else None
+        if not isinstance(name, str):
+            return _error(400, "bad_request", 'body must be {"profile": NAME}')
+        try:
+            relay.set_allocation_profile(int(request.match_info["id"]), name)
+        except ValueError:
+            return _error(400, "bad_request", "allocation id must be an integer")
+        except KeyError as exc:
+            return _error(404, "not_found", str(exc.args[0]))
+        return web.json_response({"ok": True})
+
+    @routes.get("/stats")
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(relay.stats)
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,197 @@
+"""Server configuration: one validated dataclass, loaded from YAML < environment < CLI.
+
+Validation lives in ``Config.__post_init__`` (STYLE §8) so every way of building a config
+(file, env, tests constructing it directly) gets the same checks, and errors list the
+allowed values instead of failing later inside a socket call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = ["LOG_LEVELS", "Config", "ConfigError", "load_config"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message is meant for the operator, without a traceback."""
+
+
+@dataclass
+class Config:
+    """Everything ``ferry serve`` needs. Defaults match DESIGN §6.
+
+    A port of 0 asks the OS for a free one; tests use it to run many servers side by side.
+    """
+
+    host: str = "127.0.0.1"
+    http_port: int = 7880
+    quic_port: int = 7881
+    media_port: int = 7882
+    # Addresses advertised in ICE candidates (what clients dial), not the bind address.
+    announce_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    # api key -> secret. Empty means "generate and print a dev key at start".
+    api_keys: dict[str, str] = field(default_factory=dict)
+    room_empty_timeout_s: float = 20.0
+    reconnect_grace_s: float = 15.0
+    consent_timeout_s: float = 30.0
+    log_level: str = "info"
+    recordings_dir: str = "recordings"
+    max_participants_per_room: int = 200
+
+    def __post_init__(self) -> None:
+        self._check_str("host")
+        for name in ("http_port", "quic_port", "media_port"):
+            value = self._check_int(name)
+            if not 0 <= value <= 65535:
+                raise ConfigError(
+                    f"{name} must be in 1..65535 (or 0 for any free port), got {value}"
+                )
+        if self.quic_port == self.media_port != 0:
+            # Both are UDP on the same host; HTTP is TCP so it may share a number.
+            raise ConfigError(
+                f"quic_port and media_port are both UDP and must differ (both {self.media_port})"
+            )
+        self._check_announce_ips()
+        self._check_api_keys()
+        for name in ("room_empty_timeout_s", "reconnect_grace_s", "consent_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+            setattr(self, name, float(value))
+        level = self._check_str("log_level").lower()
+        if level not in LOG_LEVELS:
+            raise ConfigError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        self.log_level = level
+        self._check_str("recordings_dir")
+        if self._check_int("max_participants_per_room") < 1:
+            raise ConfigError(
+                f"max_participants_per_room must be >= 1, got {self.max_participants_per_room}"
+            )
+
+    def _check_str(self, name: str) -> str:
+        value = getattr(self, name)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+        return value
+
+    def _check_int(self, name: str) -> int:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+
+    def _check_announce_ips(self) -> None:
+        ips = self.announce_ips
+        if not isinstance(ips, list) or not ips:
+            raise ConfigError(f"announce_ips must be a non-empty list of IP addresses, got {ips!r}")
+        for ip in ips:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise ConfigError(
+                    f"announce_ips entry {ip!r} is not an IPv4/IPv6 address "
+                    "(ICE candidates need literal addresses, not host names)"
+                ) from None
+
+    def _check_api_keys(self) -> None:
+        keys = self.api_keys
+        if not isinstance(keys, dict):
+            raise ConfigError(f"api_keys must be a mapping of api key to secret, got {keys!r}")
+        for key, secret in keys.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"api_keys: key {key!r} must be a non-empty string")
+            if not isinstance(secret, str) or not secret:
+                raise ConfigError(f"api_keys[{key!r}]: secret must be a non-empty string")
+
+
+FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Config))
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping at top level")
+    unknown = sorted(str(k) for k in data if k not in FIELD_NAMES)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(FIELD_NAMES))}"
+        )
+    return data
+
+
+def _env_int(env: Mapping[str, str], var: str) -> int:
+    raw = env[var]
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+
+
+_ENV_STR = {"FERRY_HOST": "host", "FERRY_LOG_LEVEL": "log_level"}
+_ENV_INT = {
+    "FERRY_HTTP_PORT": "http_port",
+    "FERRY_QUIC_PORT": "quic_port",
+    "FERRY_MEDIA_PORT": "media_port",
+}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for var, name in _ENV_STR.items():
+        if env.get(var):
+            out[name] = env[var].strip()
+    for var, name in _ENV_INT.items():
+        if env.get(var):
+            out[name] = _env_int(env, var)
+    if env.get("FERRY_ANNOUNCE_IPS"):
+        out["announce_ips"] = [p.strip() for p in env["FERRY_ANNOUNCE_IPS"].split(",") if p.strip()]
+    key, secret = env.get("FERRY_API_KEY"), env.get("FERRY_API_SECRET")
+    if bool(key) != bool(secret):
+        raise ConfigError("FERRY_API_KEY and FERRY_API_SECRET must be set together")
+    if key and secret:
+        # Replaces (does not extend) file keys: the environment wins, as for every field.
+        out["api_keys"] = {key: secret}
+    return out
+
+
+def load_config(
+    path: str | None,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a :class:`Config` with precedence defaults < YAML file < ``env`` < ``overrides``.
+
+    ``env`` is passed in (normally ``os.environ``) so tests never touch the process
+    environment. ``overrides`` entries whose value is ``None`` are ignored, so argparse
+    namespaces can be passed through without filtering unset options. Raises
+    :class:`ConfigError`.
+    """
+    merged: dict[str, Any] = {}
+    if path is not None:
+        merged.update(_load_yaml(path))
+    merged.update(_from_env(env))
+    for name, value in (overrides or {}).items():
+        if name not in FIELD_NAMES:
+            raise ConfigError(f"unknown config override {name!r}")
+        if value is not None:
+            merged[name] = value
+    return Config(**merged)

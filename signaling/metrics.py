@@ -1,0 +1,150 @@
+"""Prometheus metrics for one Ferry server.
+
+**Pull, don't push.** Almost everything is read at scrape time from one snapshot callback
+installed with :meth:`Metrics.set_engine_stats`. ``prometheus_client`` counters take a lock
+and do a label lookup on every ``inc`` — far too slow at tens of thousands of packets per
+second — so the media engine keeps plain ``int`` attributes (``media/stats.py``) and the
+server hands us a callable that copies them into a dict. A custom collector calls it inside
+:meth:`Metrics.render`, so the forward plane pays nothing for metrics, and the gauges
+(rooms, participants, tracks, connections) can never drift from the real state because they
+are counted on demand rather than maintained by ``inc``/``dec`` pairs.
+
+The one push metric is ``ferry_signaling_errors_total{code}``: errors are events, not
+state, and happen at request rate; call :meth:`Metrics.signaling_error`.
+
+Snapshot dict (every key optional; a missing counter reads as 0, a missing gauge is
+omitted)::
+
+    # counters: cumulative, must never decrease. Alternative names accepted (first found).
+    packets_in | udp_packets_in, bytes_in | udp_bytes_in,
+    packets_out | udp_packets_out, bytes_out | udp_bytes_out,
+    nack_received, rtx_sent, pli_sent,
+    packet_drops | drops: {reason: int},
+    rtp_in, rtp_bytes_in, rtp_out, rtp_bytes_out, rtx_missed, nack_sent, pli_received,
+    keyframes_in, layer_switches
+    # gauges
+    rooms, participants, ws_connections, tracks_by_kind: {kind: int}
+
+The callback runs on the event-loop thread during a scrape, so it must be cheap and must not
+block. If it raises, the snapshot families are omitted from that scrape and the error is
+logged, instead of failing the whole ``/metrics`` response.
+
+Each server owns a private :class:`~prometheus_client.CollectorRegistry` (never the global
+one) so tests can run several servers in one process without "duplicated timeseries" errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "COUNTERS", "GAUGES", "EngineStats", "Metrics"]
+
+log = logging.getLogger("ferry.metrics")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+EngineStats = Mapping[str, Any]
+
+# metric name -> (snapshot keys, first found wins; help). Unlabelled monotonic counters.
+COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "ferry_packets_in_total": (("packets_in", "udp_packets_in"), "UDP datagrams received"),
+    "ferry_bytes_in_total": (("bytes_in", "udp_bytes_in"), "UDP bytes received"),
+    "ferry_packets_out_total": (("packets_out", "udp_packets_out"), "UDP datagrams sent"),
+    "ferry_bytes_out_total": (("bytes_out", "udp_bytes_out"), "UDP bytes sent"),
+    "ferry_nack_received_total": (("nack_received",), "Sequence numbers NACKed by subscribers"),
+    "ferry_rtx_sent_total": (("rtx_sent",), "Retransmissions sent in answer to NACKs"),
+    "ferry_pli_sent_total": (("pli_sent",), "Picture loss indications sent to publishers"),
+    "ferry_rtp_packets_in_total": (("rtp_in",), "RTP packets received from publishers"),
+    "ferry_rtp_bytes_in_total": (("rtp_bytes_in",), "RTP bytes received from publishers"),
+    "ferry_rtp_packets_out_total": (("rtp_out",), "RTP packets forwarded to subscribers"),
+    "ferry_rtp_bytes_out_total": (("rtp_bytes_out",), "RTP bytes forwarded to subscribers"),
+    "ferry_rtx_missed_total": (("rtx_missed",), "NACKed packets no longer in the RTX cache"),
+    "ferry_nack_sent_total": (("nack_sent",), "Sequence numbers NACKed to publishers"),
+    "ferry_pli_received_total": (("pli_received",), "Picture loss indications from subscribers"),
+    "ferry_keyframes_in_total": (("keyframes_in",), "Keyframes received from publishers"),
+    "ferry_layer_switches_total": (("layer_switches",), "Simulcast layer switches"),
+}
+DROPS = ("ferry_packet_drops_total", ("packet_drops", "drops"), "Packets dropped, by reason")
+
+# metric name -> (snapshot key, help). Unlabelled gauges; omitted when the key is absent.
+GAUGES: dict[str, tuple[str, str]] = {
+    "ferry_rooms": ("rooms", "Rooms currently open"),
+    "ferry_participants": ("participants", "Participants currently in a room"),
+    "ferry_ws_connections": ("ws_connections", "Open signaling WebSocket connections"),
+}
+TRACKS = ("ferry_tracks", "tracks_by_kind", "Published tracks currently live, by kind")
+
+
+def _first(stats: EngineStats, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if key in stats:
+            return stats[key]
+    return None
+
+
+class _SnapshotCollector(Collector):
+    """Turns the snapshot dict into metric families on each scrape."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], EngineStats] | None = None
+
+    def describe(self) -> list[Metric]:
+        # Explicit (empty) describe: the registry must not call collect() at register time,
+        # when the callback may not exist yet.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        stats: EngineStats = {}
+        if self.source is not None:
+            try:
+                stats = self.source()
+            except Exception:
+                log.exception("engine stats callback failed; omitting media metrics")
+                return
+        for name, (key, doc) in GAUGES.items():
+            if key in stats:
+                yield GaugeMetricFamily(name, doc, value=float(stats[key]))
+        tracks = GaugeMetricFamily(TRACKS[0], TRACKS[2], labels=["kind"])
+        for kind, count in sorted(dict(stats.get(TRACKS[1]) or {}).items()):
+            tracks.add_metric([str(kind)], float(count))
+        yield tracks
+        for name, (keys, doc) in COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=float(_first(stats, keys) or 0))
+        drops = CounterMetricFamily(DROPS[0], DROPS[2], labels=["reason"])
+        for reason, count in sorted(dict(_first(stats, DROPS[1]) or {}).items()):
+            drops.add_metric([str(reason)], float(count))
+        yield drops
+
+
+class Metrics:
+    """All metrics of one server, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.signaling_errors = Counter(
+            "ferry_signaling_errors",
+            "Signaling requests answered with an error, by protocol error code",
+            ["code"],
+            registry=self.registry,
+        )
+        self._snapshot = _SnapshotCollector()
+        self.registry.register(self._snapshot)
+
+    def signaling_error(self, code: str) -> None:
+        """Count one error reply/event (usable directly as a session ``on_error`` hook)."""
+        self.signaling_errors.labels(code=code).inc()
+
+    def set_engine_stats(self, source: Callable[[], EngineStats] | None) -> None:
+        """Install (or with ``None`` remove) the scrape-time snapshot callback."""
+        self._snapshot.source = source
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric; calls the snapshot callback."""
+        return generate_latest(self.registry)

@@ -1,0 +1,400 @@
+"""Sans-I/O signaling message layer (docs/protocol.md), shared by the WebSocket and QUIC shells.
+
+Inbound: :func:`decode` turns one frame into a validated :class:`Request` or raises a coded
+:class:`ProtocolError`. Outbound: :func:`ok`, :func:`error_reply`, :func:`event` build the
+dicts and :func:`encode` / :func:`frame` serialise them. QUIC streams carry length-prefixed
+frames; :class:`FrameDecoder` reassembles them from arbitrary chunking.
+
+Nothing here does I/O, reads a clock or knows about sessions: the shells own sockets, the
+session owns state, and this module only says whether bytes are a well-formed request.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ERROR_CODES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_TRACK_SIDS",
+    "PROTOCOL_VERSION",
+    "REQUEST_TYPES",
+    "FrameDecoder",
+    "ProtocolError",
+    "Request",
+    "decode",
+    "encode",
+    "error_reply",
+    "event",
+    "frame",
+    "ok",
+    "validate",
+]
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_TRACK_SIDS = 100
+MAX_DIMENSION = 10000
+LAYERS = ("q", "h", "f")
+TRICKLE_TARGETS = ("publisher", "subscriber")
+
+ERROR_CODES = frozenset(
+    {
+        "bad_json",
+        "bad_request",
+        "unsupported_version",
+        "unknown_type",
+        "too_large",
+        "unauthorized",
+        "forbidden",
+        "not_joined",
+        "not_found",
+        "conflict",
+        "internal",
+    }
+)
+
+_LEN = struct.Struct("!I")
+
+
+class ProtocolError(Exception):
+    """A request could not be accepted; ``code`` is one of :data:`ERROR_CODES`.
+
+    ``id`` is the request id when it could be read, so the shell can answer with an error
+    *reply* (echoing the id) instead of an ``error`` event; ``type`` likewise.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        id: int | str | None = None,
+        type: str | None = None,
+    ) -> None:
+        assert code in ERROR_CODES, code
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.id = id
+        self.type = type
+
+    def to_message(self) -> dict[str, Any]:
+        """The message to send back: an error reply if the id is known, else an error event."""
+        if self.id is not None and self.type is not None:
+            return error_reply(self.type, self.id, self.code, self.message)
+        return event("error", error={"code": self.code, "message": self.message})
+
+
+@dataclass
+class Request:
+    """A validated client request. ``data`` holds the type-specific fields (defaults filled)."""
+
+    type: str
+    id: int | str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# --- field validators -------------------------------------------------------------------
+# Each takes (msg, req) and returns the validated ``data`` dict; raising via _bad keeps the
+# request id/type on the error so it can be echoed.
+
+
+def _bad(req: Request, message: str) -> ProtocolError:
+    return ProtocolError("bad_request", message, id=req.id, type=req.type)
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass in Python but not a JSON integer.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _req_str(msg: dict[str, Any], req: Request, name: str) -> str:
+    if name not in msg:
+        raise _bad(req, f"'{name}' is required")
+    value = msg[name]
+    if not isinstance(value, str):
+        raise _bad(req, f"'{name}' must be a string")
+    return value
+
+
+def _req_int(msg: dict[str, Any], req: Request, name: str) -> int:
+    if name not in msg:
+        raise _bad(req, f"'{name}' is required")
+    value = msg[name]
+    if not _is_int(value):
+        raise _bad(req, f"'{name}' must be an integer")
+    return int(value)
+
+
+def _req_bool(msg: dict[str, Any], req: Request, name: str) -> bool:
+    if name not in msg:
+        raise _bad(req, f"'{name}' is required")
+    value = msg[name]
+    if not isinstance(value, bool):
+        raise _bad(req, f"'{name}' must be a boolean")
+    return value
+
+
+def _v_hello(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    version = _req_int(msg, req, "version")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "unsupported_version",
+            f"protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}",
+            id=req.id,
+            type=req.type,
+        )
+    return {"version": version}
+
+
+def _v_join(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    token = _req_str(msg, req, "token")
+    if not token:
+        raise _bad(req, "'token' must be non-empty")
+    auto = msg.get("auto_subscribe", True)
+    if not isinstance(auto, bool):
+        raise _bad(req, "'auto_subscribe' must be a boolean")
+    return {"token": token, "auto_subscribe": auto}
+
+
+def _v_publish(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    sdp = _req_str(msg, req, "sdp")
+    tracks = msg.get("tracks", {})
+    if tracks is None:
+        tracks = {}
+    if not isinstance(tracks, dict):
+        raise _bad(req, "'tracks' must be an object mapping msid track id to {source, name}")
+    for key, info in tracks.items():
+        if not isinstance(info, dict):
+            raise _bad(req, f"'tracks.{key}' must be an object")
+        for sub in ("source", "name"):
+            if sub in info and info[sub] is not None and not isinstance(info[sub], str):
+                raise _bad(req, f"'tracks.{key}.{sub}' must be a string")
+    return {"sdp": sdp, "tracks": tracks}
+
+
+def _v_subscriber_answer(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    return {"sdp": _req_str(msg, req, "sdp"), "version": _req_int(msg, req, "version")}
+
+
+def _v_trickle(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    target = _req_str(msg, req, "target")
+    if target not in TRICKLE_TARGETS:
+        raise _bad(req, f"'target' must be one of {', '.join(TRICKLE_TARGETS)}, got {target!r}")
+    if "candidate" not in msg:
+        raise _bad(req, "'candidate' is required (null marks end of candidates)")
+    candidate = msg["candidate"]
+    if candidate is not None and not isinstance(candidate, dict):
+        raise _bad(req, "'candidate' must be an object or null")
+    return {"target": target, "candidate": candidate}
+
+
+def _v_track_sids(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    if "track_sids" not in msg:
+        raise _bad(req, "'track_sids' is required")
+    sids = msg["track_sids"]
+    if not isinstance(sids, list):
+        raise _bad(req, "'track_sids' must be a list of strings")
+    if len(sids) > MAX_TRACK_SIDS:
+        raise _bad(req, f"'track_sids' has {len(sids)} entries; at most {MAX_TRACK_SIDS}")
+    for i, sid in enumerate(sids):
+        if not isinstance(sid, str):
+            raise _bad(req, f"'track_sids[{i}]' must be a string")
+    return {"track_sids": list(sids)}
+
+
+def _v_mute(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    return {"track_sid": _req_str(msg, req, "track_sid"), "muted": _req_bool(msg, req, "muted")}
+
+
+def _v_update_subscription(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    data: dict[str, Any] = {"track_sid": _req_str(msg, req, "track_sid")}
+    layer = msg.get("max_layer")
+    if layer is not None:
+        if layer not in LAYERS:
+            raise _bad(req, f"'max_layer' must be one of {', '.join(LAYERS)}, got {layer!r}")
+        data["max_layer"] = layer
+    for dim in ("width", "height"):
+        value = msg.get(dim)
+        if value is None:
+            continue
+        if not _is_int(value) or not 0 <= value <= MAX_DIMENSION:
+            raise _bad(req, f"'{dim}' must be an integer in 0..{MAX_DIMENSION}")
+        data[dim] = value
+    return data
+
+
+def _v_empty(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    return {}
+
+
+_VALIDATORS: dict[str, Callable[[dict[str, Any], Request], dict[str, Any]]] = {
+    "hello": _v_hello,
+    "join": _v_join,
+    "publish": _v_publish,
+    "subscriber_answer": _v_subscriber_answer,
+    "trickle": _v_trickle,
+    "subscribe": _v_track_sids,
+    "unsubscribe": _v_track_sids,
+    "mute": _v_mute,
+    "update_subscription": _v_update_subscription,
+    "leave": _v_empty,
+    "ping": _v_empty,
+}
+
+REQUEST_TYPES = frozenset(_VALIDATORS)
+
+
+def decode(frame: str | bytes) -> Request:
+    """Parse and validate one client frame.
+
+    Order of checks (each maps to one error code): size → ``too_large``; JSON →
+    ``bad_json``; object with string ``type`` and int/str ``id`` → ``bad_request``; known
+    type → ``unknown_type``; fields → ``bad_request`` / ``unsupported_version``. Errors
+    raised after the id is known carry ``id``/``type`` so the reply can echo them.
+    """
+    if isinstance(frame, str):
+        # Cheap bounds before paying for an encode: UTF-8 is 1..4 bytes per code point.
+        size = len(frame)
+        if MAX_MESSAGE_BYTES // 4 < size <= MAX_MESSAGE_BYTES:
+            size = len(frame.encode("utf-8", "surrogatepass"))
+    else:
+        size = len(frame)
+    if size > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"message exceeds the {MAX_MESSAGE_BYTES} byte limit")
+    try:
+        # The wire is UTF-8; don't let json.loads sniff UTF-16/32 from bytes.
+        text = frame.decode("utf-8") if isinstance(frame, bytes | bytearray) else frame
+        msg = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        # UnicodeDecodeError is a ValueError; RecursionError comes from deeply nested arrays.
+        raise ProtocolError("bad_json", f"invalid JSON: {exc}") from None
+    return validate(msg)
+
+
+def validate(msg: Any) -> Request:
+    """Validate an already-parsed message (the QUIC path: :class:`FrameDecoder` output).
+
+    Same checks and codes as :func:`decode` after the JSON step.
+    """
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_request", "message must be a JSON object")
+    mtype = msg.get("type")
+    if not isinstance(mtype, str):
+        raise ProtocolError("bad_request", "'type' is required and must be a string")
+    if "id" not in msg:
+        raise ProtocolError("bad_request", "'id' is required on requests", type=mtype)
+    rid = msg["id"]
+    if not (_is_int(rid) or isinstance(rid, str)):
+        raise ProtocolError("bad_request", "'id' must be an integer or a string", type=mtype)
+    validator = _VALIDATORS.get(mtype)
+    if validator is None:
+        raise ProtocolError("unknown_type", f"unknown request type {mtype!r}", id=rid, type=mtype)
+    req = Request(type=mtype, id=rid)
+    req.data = validator(msg, req)
+    return req
+
+
+# --- outbound ----------------------------------------------------------------------------
+
+
+def ok(req: Request, **fields: Any) -> dict[str, Any]:
+    """Success reply echoing the request's type and id."""
+    return {"type": req.type, "id": req.id, "ok": True, **fields}
+
+
+def error_reply(type: str, id: int | str, code: str, message: str) -> dict[str, Any]:
+    """Failure reply echoing a request's type and id."""
+    assert code in ERROR_CODES, code
+    return {"type": type, "id": id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def event(type: str, **fields: Any) -> dict[str, Any]:
+    """Server-initiated message; events never carry an ``id``."""
+    assert "id" not in fields, "events carry no id"
+    return {"type": type, **fields}
+
+
+def encode(msg: dict[str, Any]) -> str:
+    """Compact JSON text for one WebSocket text frame."""
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+
+
+def frame(msg: dict[str, Any]) -> bytes:
+    """Length-prefixed frame for QUIC streams: 4-byte big-endian length + UTF-8 JSON."""
+    body = encode(msg).encode("utf-8")
+    return _LEN.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Reassembles length-prefixed frames from a byte stream in any chunking.
+
+    ``feed`` returns, in order, a dict per valid frame or a :class:`ProtocolError` per bad
+    one (so one bad frame does not lose the good frames fed alongside it). Frames are
+    JSON-parsed but *not* request-validated: QUIC shells pass the dicts to the same session
+    code as WebSocket frames.
+
+    Oversized frames: when a length prefix exceeds ``max_bytes``, the decoder yields one
+    ``too_large`` error and then *skips* exactly that many body bytes as they arrive, so the
+    stream resyncs on the next length prefix without ever buffering the oversized body. This
+    matches the WebSocket behaviour (refuse the message, keep the socket). A peer that lies
+    about lengths only wastes its own bandwidth.
+    """
+
+    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._max = max_bytes
+        self._buf = bytearray()
+        self._skip = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame (useful for flow-control checks)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[dict[str, Any] | ProtocolError]:
+        out: list[dict[str, Any] | ProtocolError] = []
+        view = memoryview(data)
+        if self._skip:
+            n = min(self._skip, len(view))
+            self._skip -= n
+            view = view[n:]
+        self._buf += view
+        while True:
+            if self._skip:
+                n = min(self._skip, len(self._buf))
+                del self._buf[:n]
+                self._skip -= n
+                if self._skip:
+                    break
+            if len(self._buf) < _LEN.size:
+                break
+            (length,) = _LEN.unpack_from(self._buf)
+            if length > self._max:
+                del self._buf[: _LEN.size]
+                self._skip = length
+                out.append(
+                    ProtocolError("too_large", f"frame is {length} bytes; the limit is {self._max}")
+                )
+                continue
+            end = _LEN.size + length
+            if len(self._buf) < end:
+                break
+            body = bytes(self._buf[_LEN.size : end])
+            del self._buf[:end]
+            out.append(self._parse(body))
+        return out
+
+    @staticmethod
+    def _parse(body: bytes) -> dict[str, Any] | ProtocolError:
+        try:
+            msg = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            return ProtocolError("bad_json", f"invalid JSON: {exc}")
+        if not isinstance(msg, dict):
+            return ProtocolError("bad_request", "message must be a JSON object")
+        return msg

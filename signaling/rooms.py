@@ -1,0 +1,298 @@
+"""Rooms and participants on the signaling side, and subscriber renegotiation.
+
+A Room pairs the signaling state (who is here, what they publish, who to tell) with
+the media engine's per-room Router. Rooms are created on first join and closed once
+they have been empty for `room_empty_timeout_s`. A participant whose socket drops
+without `leave` is kept for `reconnect_grace_s`; joining again with the same
+identity replaces it (no duplicate participant).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from media.engine import Engine
+from media.ortc import Encoding, MediaDescription
+from media.routing.published_track import PublishedTrack
+from media.routing.router import MediaParticipant, Router
+
+from . import sdp
+from .auth import Claims
+
+log = logging.getLogger("ferry.signaling.rooms")
+
+Send = Callable[[dict], None]
+
+
+@dataclass
+class SubscriberSection:
+    """One m-line of a participant's subscriber PC (mids are never reused)."""
+
+    description: MediaDescription
+    track_sid: str | None  # None once the track is gone (m-line inactive)
+
+
+@dataclass
+class Participant:
+    sid: str
+    identity: str
+    name: str
+    claims: Claims
+    room: Room
+    media: MediaParticipant
+    send: Send
+    auto_subscribe: bool = True
+    connected: bool = True
+    disconnected_at: float | None = None
+    desired: set[str] = field(default_factory=set)  # track sids to receive
+    sections: list[SubscriberSection] = field(default_factory=list)
+    offer_version: int = 0
+    offer_pending: bool = False
+    renegotiate_needed: bool = False
+    session_id: int = field(default_factory=lambda: secrets.randbits(62))
+
+    @property
+    def hidden(self) -> bool:
+        return self.claims.grants.hidden
+
+    def tracks(self) -> list[PublishedTrack]:
+        return list(self.media.publisher.tracks_by_mid.values())
+
+    def info(self) -> dict[str, object]:
+        return {
+            "sid": self.sid,
+            "identity": self.identity,
+            "name": self.name,
+            "tracks": [t.info() for t in self.tracks()],
+        }
+
+    def emit(self, message: dict) -> None:
+        if self.connected:
+            try:
+                self.send(message)
+            except Exception:  # a dead socket must not break the room
+                log.debug("send to %s failed", self.sid, exc_info=True)
+
+    # -- subscriber negotiation -------------------------------------------------------
+    def renegotiate(self) -> None:
+        """Send a new subscriber offer if the set of received tracks changed."""
+        if self.offer_pending:
+            self.renegotiate_needed = True
+            return
+        self.renegotiate_needed = False
+        router = self.room.router
+        changed = False
+        for section in self.sections:
+            sid = section.track_sid
+            if sid is not None and (sid not in self.desired or sid not in router.tracks):
+                self.media.unsubscribe(sid)
+                section.track_sid = None
+                section.description.direction = "inactive"
+                changed = True
+        present = {s.track_sid for s in self.sections if s.track_sid}
+        for sid in sorted(self.desired):
+            track = router.tracks.get(sid)
+            if track is None or sid in present:
+                continue
+            self.sections.append(SubscriberSection(self._new_section(track), sid))
+            changed = True
+        if not changed or not self.sections:
+            return
+        self.offer_version += 1
+        self.offer_pending = True
+        text = sdp.offer_subscriber(
+            [s.description for s in self.sections],
+            transport=self.media.local_parameters("subscriber"),
+            session_id=self.session_id,
+            version=self.offer_version,
+        )
+        self.emit({"type": "subscriber_offer", "sdp": text, "version": self.offer_version})
+
+    def _new_section(self, track: PublishedTrack) -> MediaDescription:
+        router = self.room.router
+        kind = track.kind
+        codecs = sdp.default_subscriber_codecs(kind, red=track.red_pt is not None)
+        if kind == "video":
+            codecs = [c for c in codecs if c.name.upper() == track.codec.name.upper()] or codecs
+        rtx = router.new_ssrc() if kind == "video" else None
+        return MediaDescription(
+            mid=str(len(self.sections)),
+            kind=kind,
+            direction="sendonly",
+            codecs=codecs,
+            header_extensions=sdp.default_subscriber_extensions(kind),
+            encodings=[Encoding(ssrc=router.new_ssrc(), rtx_ssrc=rtx)],
+            msid=(track.participant_sid, track.sid),
+            cname=self.media.cname,
+        )
+
+    def apply_subscriber_answer(self, text: str, version: int) -> None:
+        """Raises ValueError (sdp.SdpError) or LookupError for a stale version."""
+        if not self.offer_pending or version != self.offer_version:
+            raise LookupError(f"no pending subscriber offer with version {version}")
+        answer = sdp.parse(text, "answer")
+        offered = [s.description for s in self.sections]
+        accepted = sdp.negotiated_subscriber(offered, answer)
+        self.media.set_subscriber_remote(answer.transport)
+        by_mid = {m.mid: m for m in accepted}
+        router = self.room.router
+        for section in self.sections:
+            sid = section.track_sid
+            track = router.tracks.get(sid) if sid else None
+            got = by_mid.get(section.description.mid)
+            if track is None or got is None:
+                continue
+            self.media.subscribe(track, section.description, got)
+        self.offer_pending = False
+        if self.renegotiate_needed:
+            self.renegotiate()
+
+
+class Room:
+    def __init__(self, name: str, engine: Engine, on_close: Callable[[Room], None]) -> None:
+        self.name = name
+        self.sid = "RM_" + secrets.token_hex(6)
+        self.participants: dict[str, Participant] = {}
+        self.router: Router = engine.router(name, self)
+        self.empty_since: float | None = None
+        self._on_close = on_close
+        self.closed = False
+
+    def visible(self) -> list[Participant]:
+        return [p for p in self.participants.values() if not p.hidden]
+
+    def broadcast(self, message: dict, exclude: str | None = None) -> None:
+        for participant in list(self.participants.values()):
+            if participant.sid != exclude:
+                participant.emit(message)
+
+    def by_identity(self, identity: str) -> Participant | None:
+        for participant in self.participants.values():
+            if participant.identity == identity:
+                return participant
+        return None
+
+    def info(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "sid": self.sid,
+            "participants": [p.info() for p in self.visible()],
+        }
+
+    # -- RouterListener ----------------------------------------------------------------
+    def on_active_speakers(self, speakers: list[dict[str, object]]) -> None:
+        self.broadcast({"type": "active_speakers", "speakers": speakers})
+
+    def on_peer_failed(self, participant_sid: str, role: str, reason: str) -> None:
+        participant = self.participants.get(participant_sid)
+        if participant is not None:
+            log.info("dropping %s: %s transport failed (%s)", participant_sid, role, reason)
+            self.remove(participant, reason="peer_gone")
+
+
+    # -- membership --------------------------------------------------------------------
+    def add(self, participant: Participant) -> None:
+        self.participants[participant.sid] = participant
+        self.empty_since = None
+        if not participant.hidden:
+            self.broadcast(
+                {"type": "participant_joined", "participant": participant.info()},
+                exclude=participant.sid,
+            )
+
+    def remove(self, participant: Participant, *, reason: str = "left", now: float | None = None) -> None:
+        if self.participants.pop(participant.sid, None) is None:
+            return
+        gone_tracks = [t.sid for t in participant.tracks()]
+        self.router.remove_participant(participant.sid)
+        for other in self.participants.values():
+            other.desired.difference_update(gone_tracks)
+            if gone_tracks:
+                other.renegotiate()
+        if not participant.hidden:
+            self.broadcast({"type": "participant_left", "sid": participant.sid, "reason": reason})
+        participant.connected = False
+        if not self.participants:
+            self.empty_since = now
+
+    def tracks_published(self, publisher: Participant, tracks: list[PublishedTrack]) -> None:
+        for track in tracks:
+            if not publisher.hidden:
+                self.broadcast({"type": "track_published", "track": track.info()}, exclude=publisher.sid)
+        for other in self.participants.values():
+            if other.sid == publisher.sid or not other.auto_subscribe:
+                continue
+            if not other.claims.grants.can_subscribe:
+                continue
+            other.desired.update(t.sid for t in tracks)
+            other.renegotiate()
+
+    def tracks_unpublished(self, publisher: Participant, tracks: list[PublishedTrack]) -> None:
+        for track in tracks:
+            self.broadcast(
+                {"type": "track_unpublished", "track_sid": track.sid, "participant_sid": publisher.sid},
+                exclude=publisher.sid,
+            )
+        sids = {t.sid for t in tracks}
+        for other in self.participants.values():
+            if other.desired & sids:
+                other.desired -= sids
+                other.renegotiate()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for participant in list(self.participants.values()):
+            participant.connected = False
+        self.participants.clear()
+        self._on_close(self)
+
+
+class RoomManager:
+    """All rooms of this server; the ticker closes idle rooms and expired reconnects."""
+
+    def __init__(self, engine: Engine, *, empty_timeout_s: float, reconnect_grace_s: float) -> None:
+        self.engine = engine
+        self.empty_timeout_s = empty_timeout_s
+        self.reconnect_grace_s = reconnect_grace_s
+        self.rooms: dict[str, Room] = {}
+
+    def get_or_create(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            room = Room(name, self.engine, self._closed)
+            self.rooms[name] = room
+            log.info("room %s created", name)
+        return room
+
+    def _closed(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        self.engine.close_router(room.name)
+        log.info("room %s closed", room.name)
+
+    def on_timer(self, now: float) -> None:
+        for room in list(self.rooms.values()):
+            for participant in list(room.participants.values()):
+                if (
+                    not participant.connected
+                    and participant.disconnected_at is not None
+                    and now - participant.disconnected_at > self.reconnect_grace_s
+                ):
+                    room.remove(participant, reason="disconnected", now=now)
+            if not room.participants:
+                if room.empty_since is None:
+                    room.empty_since = now
+                elif now - room.empty_since >= self.empty_timeout_s:
+                    room.close()
+
+    def participant_count(self) -> int:
+        return sum(len(r.participants) for r in self.rooms.values())
+
+    def close(self) -> None:
+        for room in list(self.rooms.values()):
+            room.close()

@@ -1,0 +1,252 @@
+"""One signaling connection: turns requests into room/engine operations.
+
+Transport-agnostic: the WebSocket and QUIC shells feed it raw frames through
+`receive(frame, now)` and give it a `send(dict)` callable. Every failure becomes a
+coded error reply (docs/protocol.md); nothing a client sends can raise out of here.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+
+from . import sdp
+from .auth import AuthError, TokenVerifier, check_join
+from .protocol import PROTOCOL_VERSION, ProtocolError, Request, decode, error_reply, ok
+from .rooms import Participant, Room, RoomManager
+
+log = logging.getLogger("ferry.signaling.session")
+
+
+class Session:
+    def __init__(
+        self,
+        rooms: RoomManager,
+        verifier: TokenVerifier,
+        send: Callable[[dict], None],
+        *,
+        max_participants: int = 200,
+        on_error: Callable[[str], None] | None = None,
+        close: Callable[[], None] | None = None,
+    ) -> None:
+        self.rooms = rooms
+        self.verifier = verifier
+        self.send = send
+        self.max_participants = max_participants
+        self.on_error = on_error
+        self._close = close
+        self.hello_done = False
+        self.participant: Participant | None = None
+        self.room: Room | None = None
+
+    # -- entry point -------------------------------------------------------------------
+    def receive(self, frame: str | bytes, now: float) -> None:
+        try:
+            request = decode(frame)
+        except ProtocolError as exc:
+            self._error(getattr(exc, "type", None) or "error", getattr(exc, "id", None), exc.code, exc.message)
+            return
+        try:
+            self.handle(request, now)
+        except ProtocolError as exc:
+            self._error(request.type, request.id, exc.code, exc.message)
+        except Exception:
+            log.exception("internal error handling %s", request.type)
+            self._error(request.type, request.id, "internal", "internal server error")
+
+    def _error(self, type_: str, id_: object, code: str, message: str) -> None:
+        if self.on_error is not None:
+            self.on_error(code)
+        if id_ is None:
+            self.send({"type": "error", "error": {"code": code, "message": message}})
+        else:
+            self.send(error_reply(type_, id_, code, message))
+
+    def handle(self, req: Request, now: float) -> None:
+        if req.type == "hello":
+            version = req.data.get("version")
+            if version != PROTOCOL_VERSION:
+                raise ProtocolError("unsupported_version", f"server speaks version {PROTOCOL_VERSION}, not {version}")
+            self.hello_done = True
+            self.send(ok(req, server="ferry", version=PROTOCOL_VERSION))
+            return
+        if req.type == "ping":
+            self.send(ok(req))
+            return
+        if not self.hello_done:
+            raise ProtocolError("bad_request", "send hello first")
+        if req.type == "join":
+            self._join(req, now)
+            return
+        participant = self.participant
+        if participant is None or self.room is None:
+            raise ProtocolError("not_joined", f"join a room before {req.type}")
+        handler = getattr(self, "_on_" + req.type, None)
+        if handler is None:
+            raise ProtocolError("unknown_type", f"unknown message type {req.type!r}")
+        handler(req, participant, now)
+
+    # -- requests ----------------------------------------------------------------------
+    def _join(self, req: Request, now: float) -> None:
+        if self.participant is not None:
+            raise ProtocolError("conflict", "already joined")
+        try:
+            claims = self.verifier.verify(req.data["token"], now=now)
+        except AuthError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        room_name = claims.grants.room
+        if not room_name:
+            raise ProtocolError("forbidden", "token grants no room")
+        try:
+            check_join(claims, room_name)
+        except AuthError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        room = self.rooms.get_or_create(room_name)
+        previous = room.by_identity(claims.identity)
+        if previous is not None:
+            room.remove(previous, reason="replaced", now=now)
+        if len(room.participants) >= self.max_participants:
+            raise ProtocolError("forbidden", f"room {room_name} is full")
+        sid = "PA_" + secrets.token_hex(6)
+        media = room.router.add_participant(sid)
+        participant = Participant(
+            sid=sid,
+            identity=claims.identity,
+            name=claims.name or claims.identity,
+            claims=claims,
+            room=room,
+            media=media,
+            send=self.send,
+            auto_subscribe=bool(req.data.get("auto_subscribe", True)),
+        )
+        others = room.visible()
+        room.add(participant)
+        self.participant = participant
+        self.room = room
+        self.send(
+            ok(
+                req,
+                room={"name": room.name, "sid": room.sid},
+                participant={"sid": sid, "identity": participant.identity, "name": participant.name},
+                participants=[p.info() for p in others],
+                ice_servers=[],
+            )
+        )
+        if participant.auto_subscribe and claims.grants.can_subscribe:
+            participant.desired.update(room.router.tracks)
+            participant.renegotiate()
+
+    def _on_publish(self, req: Request, participant: Participant, now: float) -> None:
+        if not participant.claims.grants.can_publish:
+            raise ProtocolError("forbidden", "token does not allow publishing")
+        try:
+            offer = sdp.parse(req.data["sdp"], "offer")
+        except ValueError as exc:
+            raise ProtocolError("bad_request", f"invalid offer: {exc}") from None
+        media = participant.media
+        answer, negotiated = sdp.answer_publisher(offer, transport=media.local_parameters("publisher"))
+        added, removed = media.apply_publisher(
+            offer.transport, negotiated.media, offer.media, req.data.get("tracks") or {}
+        )
+        self.send(ok(req, sdp=answer, tracks=[t.info() for t in participant.tracks()]))
+        room = participant.room
+        if removed:
+            room.tracks_unpublished(participant, removed)
+        if added:
+            room.tracks_published(participant, added)
+
+    def _on_subscriber_answer(self, req: Request, participant: Participant, now: float) -> None:
+        try:
+            participant.apply_subscriber_answer(req.data["sdp"], req.data["version"])
+        except LookupError as exc:
+            raise ProtocolError("conflict", str(exc)) from None
+        except ValueError as exc:
+            raise ProtocolError("bad_request", f"invalid answer: {exc}") from None
+        self.send(ok(req))
+
+    def _on_trickle(self, req: Request, participant: Participant, now: float) -> None:
+        # Ferry is ICE-lite: it learns client addresses from their connectivity checks.
+        self.send(ok(req))
+
+    def _on_subscribe(self, req: Request, participant: Participant, now: float) -> None:
+        if not participant.claims.grants.can_subscribe:
+            raise ProtocolError("forbidden", "token does not allow subscribing")
+        tracks = participant.room.router.tracks
+        unknown = [sid for sid in req.data["track_sids"] if sid not in tracks]
+        if unknown:
+            raise ProtocolError("not_found", f"unknown track {unknown[0]}")
+        participant.desired.update(req.data["track_sids"])
+        participant.renegotiate()
+        self.send(ok(req))
+
+    def _on_unsubscribe(self, req: Request, participant: Participant, now: float) -> None:
+        participant.desired.difference_update(req.data["track_sids"])
+        participant.renegotiate()
+        self.send(ok(req))
+
+    def _on_mute(self, req: Request, participant: Participant, now: float) -> None:
+        sid = req.data["track_sid"]
+        track = next((t for t in participant.tracks() if t.sid == sid), None)
+        if track is None:
+            raise ProtocolError("not_found", f"you publish no track {sid}")
+        track.muted = bool(req.data["muted"])
+        self.send(ok(req))
+        participant.room.broadcast(
+            {"type": "track_muted", "track_sid": sid, "participant_sid": participant.sid, "muted": track.muted},
+            exclude=participant.sid,
+        )
+
+    def _on_update_subscription(self, req: Request, participant: Participant, now: float) -> None:
+        sid = req.data["track_sid"]
+        down = participant.media.subscriber.down_tracks.get(sid)
+        if down is None:
+            raise ProtocolError("not_found", f"not subscribed to {sid}")
+        layers = down.track.layers
+        max_layer = len(layers) - 1
+        rid = req.data.get("max_layer")
+        if rid is not None:
+            found = down.track.layer_by_rid(rid)
+            max_layer = found.index if found is not None else max_layer
+        width, height = req.data.get("width"), req.data.get("height")
+        if width and height:
+            max_layer = min(max_layer, _layer_for_size(down.track, int(width), int(height)))
+        down.max_layer = max_layer
+        self.send(ok(req, max_layer=layers[max_layer].rid))
+
+    def _on_leave(self, req: Request, participant: Participant, now: float) -> None:
+        self.send(ok(req))
+        self.leave(now)
+        if self._close is not None:
+            self._close()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def leave(self, now: float) -> None:
+        participant, room = self.participant, self.room
+        self.participant = None
+        self.room = None
+        if participant is not None and room is not None:
+            room.remove(participant, reason="left", now=now)
+
+    def disconnected(self, now: float) -> None:
+        """Socket closed without leave: keep the participant for the grace period."""
+        participant = self.participant
+        if participant is None:
+            return
+        participant.connected = False
+        participant.disconnected_at = now
+
+
+def _layer_for_size(track, width: int, height: int) -> int:
+    """Smallest layer whose resolution covers the rendered size (adaptive stream)."""
+    layers = track.layers
+    full = layers[-1]
+    full_w = full.width or 1280
+    full_h = full.height or 720
+    for layer in layers:
+        scale = 2 ** (len(layers) - 1 - layer.index)
+        w = layer.width or full_w // scale
+        h = layer.height or full_h // scale
+        if w >= width * 0.9 and h >= height * 0.9:
+            return layer.index
+    return len(layers) - 1

@@ -1,0 +1,122 @@
+"""RtxCache: rows of (now_ms, op, seq, expected) in simulated time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from media.rtp.rtx import RtxCache
+
+
+def pkt(seq: int) -> bytes:
+    return b"\x80\x60" + seq.to_bytes(2, "big") + b"payload"
+
+
+Row = tuple[float, str, int, Any]
+
+CASES: list[tuple[str, dict[str, Any], list[Row], dict[str, int]]] = [
+    (
+        "hit then miss for a never-sent seq",
+        {},
+        [(0, "put", 10, None), (5, "get", 10, pkt(10)), (6, "get", 11, None)],
+        {"hits": 1, "misses": 1, "suppressed": 0},
+    ),
+    (
+        "overwritten slot is a miss (stored seq check)",
+        {"capacity": 16},
+        [
+            (0, "put", 1, None),
+            (1, "put", 17, None),  # same slot as 1
+            (2, "get", 1, None),
+            (2, "get", 17, pkt(17)),
+        ],
+        {"hits": 1, "misses": 1},
+    ),
+    (
+        "older than max_age_ms is a miss; exactly max_age is still served",
+        {"max_age_ms": 100.0},
+        [
+            (0, "put", 5, None),
+            (0, "put", 6, None),
+            (100, "get", 5, pkt(5)),
+            (100.5, "get", 6, None),
+        ],
+        {"hits": 1, "misses": 1},
+    ),
+    (
+        "repeated NACK inside 0.8 * rtt is suppressed",
+        {},
+        [
+            (0, "put", 7, None),
+            (10, "rtt", 100, None),
+            (10, "get", 7, pkt(7)),
+            (50, "get", 7, None),  # 40 ms later < 80 ms
+            (89.9, "get", 7, None),
+            (90, "get", 7, pkt(7)),
+        ],
+        {"hits": 2, "suppressed": 2, "misses": 0},
+    ),
+    (
+        "with no RTT known the floor is 5 ms",
+        {},
+        [(0, "put", 8, None), (1, "get", 8, pkt(8)), (5.9, "get", 8, None), (6, "get", 8, pkt(8))],
+        {"hits": 2, "suppressed": 1},
+    ),
+    (
+        "a re-put seq resets the suppression",
+        {"capacity": 16},
+        [(0, "put", 3, None), (1, "get", 3, pkt(3)), (2, "put", 3, None), (3, "get", 3, pkt(3))],
+        {"hits": 2, "suppressed": 0},
+    ),
+    (
+        "16-bit wrap: 65535 and 0 live in different slots",
+        {"capacity": 1024},
+        [
+            (0, "put", 65535, None),
+            (1, "put", 0, None),
+            (2, "get", 65535, pkt(65535)),
+            (2, "get", 0, pkt(0)),
+        ],
+        {"hits": 2},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "rows", "counters"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_rtx_table(kwargs: dict[str, Any], rows: list[Row], counters: dict[str, int]) -> None:
+    cache = RtxCache(**kwargs)
+    rtt = 0.0
+    for i, (now, op, seq, expected) in enumerate(rows):
+        if op == "put":
+            cache.put(seq, pkt(seq), now)
+        elif op == "rtt":
+            rtt = float(seq)
+        else:
+            assert cache.get(seq, now, rtt) == expected, f"row {i}"
+    for name, value in counters.items():
+        assert getattr(cache, name) == value, name
+
+
+def test_full_ring_keeps_the_newest_capacity_packets() -> None:
+    cache = RtxCache(capacity=64)
+    for seq in range(65500, 65500 + 200):
+        cache.put(seq, pkt(seq & 0xFFFF), seq * 0.1)
+    newest = [(s & 0xFFFF) for s in range(65500 + 200 - 64, 65500 + 200)]
+    assert all(cache.get(s, 6570.0) == pkt(s) for s in newest)
+    assert cache.get((65500 + 200 - 65) & 0xFFFF, 6570.0) is None
+    cache.clear()
+    assert cache.get(newest[-1], 6570.0) is None
+
+
+@pytest.mark.parametrize("capacity", [0, 3, 1000, 65536, 1024.0, -2])
+def test_capacity_must_be_power_of_two(capacity: Any) -> None:
+    with pytest.raises(ValueError, match=r"power of two.*allowed: 1, 2, 4, .*32768"):
+        RtxCache(capacity=capacity)
+
+
+def test_bad_age() -> None:
+    with pytest.raises(ValueError):
+        RtxCache(max_age_ms=0.0)

@@ -1,0 +1,773 @@
+// Ferry browser client: plain ES module, no build step.
+// Protocol: docs/protocol.md (hello -> join -> publish on the publisher PC; server-driven
+// subscriber_offer / subscriber_answer on the subscriber PC).
+//
+// Query parameters: room, name, autojoin=1, relay=1, turn=turn:HOST:PORT, turnuser,
+// turnpass, simulcast=0, publish=0 (subscribe only), token + url (skip the dev-token
+// endpoint, e.g. with a token from `ferry token`).
+//
+// Test hook: window.ferry = {state, participants(), stats(), localStats(), events, sids}.
+
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+
+const PROTOCOL_VERSION = 1;
+const STATES = ["idle", "joining", "joined", "left", "error"];
+
+// ------------------------------------------------------------------------- state
+
+const app = {
+  state: "idle",
+  sig: null, // Signaling
+  pub: null, // publisher RTCPeerConnection
+  sub: null, // subscriber RTCPeerConnection
+  localStream: null,
+  videoSender: null,
+  me: null, // {sid, identity, name}
+  room: null,
+  config: null, // RTCConfiguration for both PCs
+  participants: new Map(), // sid -> {info, tile}
+  trackOwner: new Map(), // track_sid -> participant sid (from TrackInfo)
+  myTracks: { audio: null, video: null }, // kind -> TrackInfo (our published tracks)
+  midMap: new Map(), // subscriber mid -> {psid, tsid, kind}
+  receivers: new Map(), // remote MediaStreamTrack.id -> {psid, tsid, kind, track}
+  offerChain: Promise.resolve(),
+  statsTimer: null,
+  prevBytes: new Map(), // inbound-rtp id -> {bytes, ts}
+  events: [],
+  leaving: false,
+};
+
+function setState(s) {
+  if (!STATES.includes(s)) throw new Error(`bad state ${s}`);
+  app.state = s;
+  const el = $("state");
+  el.textContent = s;
+  el.dataset.state = s;
+}
+
+function status(msg, isError = false) {
+  const el = $("status");
+  el.textContent = msg;
+  el.classList.toggle("error", isError);
+  if (isError) console.error("ferry:", msg);
+}
+
+function fail(where, err) {
+  const code = err && err.code ? `${err.code}: ` : "";
+  status(`${where}: ${code}${err && err.message ? err.message : err}`, true);
+}
+
+// ------------------------------------------------------------------------- signaling
+
+class FerryError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.code = code;
+  }
+}
+
+class Signaling {
+  constructor(url, onEvent, onClose) {
+    this.url = url;
+    this.onEvent = onEvent;
+    this.onClose = onClose;
+    this.nextId = 1;
+    this.pending = new Map();
+    this.ws = null;
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.url);
+      this.ws = ws;
+      ws.onopen = () => resolve();
+      ws.onerror = () => reject(new FerryError("closed", `cannot open ${this.url}`));
+      ws.onmessage = (ev) => this.handle(ev.data);
+      ws.onclose = (ev) => {
+        for (const { reject: rej } of this.pending.values()) rej(new FerryError("closed", "signaling socket closed"));
+        this.pending.clear();
+        this.onClose(ev);
+      };
+    });
+  }
+
+  handle(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      status("server sent invalid JSON", true);
+      return;
+    }
+    if (msg.id !== undefined && msg.id !== null) {
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      clearTimeout(p.timer);
+      if (msg.ok) p.resolve(msg);
+      else p.reject(new FerryError(msg.error?.code || "unknown", msg.error?.message || ""));
+      return;
+    }
+    this.onEvent(msg);
+  }
+
+  request(type, fields = {}, timeoutMs = 10000) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(new FerryError("closed", "not connected"));
+    }
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new FerryError("timeout", `no reply to ${type}`));
+      }, timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      this.ws.send(JSON.stringify({ ...fields, type, id }));
+    });
+  }
+
+  close() {
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close();
+  }
+}
+
+// ------------------------------------------------------------------------- tiles
+
+function participantName(info) {
+  return info.name || info.identity || info.sid;
+}
+
+function ensureParticipant(sid, info = null) {
+  if (!sid || (app.me && sid === app.me.sid)) return null;
+  let p = app.participants.get(sid);
+  if (!p) {
+    p = { info: info || { sid, tracks: [] }, tile: makeTile(sid), videoTrackSid: null, lastSize: "", resizeTimer: null };
+    app.participants.set(sid, p);
+  } else if (info) {
+    p.info = info;
+  }
+  for (const t of p.info.tracks || []) app.trackOwner.set(t.sid, sid);
+  p.tile.querySelector(".tile-name").textContent = participantName(p.info);
+  updateMuteBadges(p);
+  return p;
+}
+
+function makeTile(sid) {
+  const tile = document.createElement("div");
+  tile.className = "tile remote";
+  tile.dataset.sid = sid;
+  tile.innerHTML =
+    '<div class="tile-head"><span class="tile-name"></span><span class="badges"></span></div>' +
+    '<video autoplay playsinline muted></video><audio autoplay></audio><div class="stats"></div>';
+  $("tiles").appendChild(tile);
+  const video = tile.querySelector("video");
+  resizeObserver.observe(video);
+  return tile;
+}
+
+function removeParticipant(sid) {
+  const p = app.participants.get(sid);
+  if (!p) return;
+  resizeObserver.unobserve(p.tile.querySelector("video"));
+  clearTimeout(p.resizeTimer);
+  p.tile.remove();
+  app.participants.delete(sid);
+  for (const [tsid, owner] of app.trackOwner) if (owner === sid) app.trackOwner.delete(tsid);
+}
+
+function setBadge(tile, key, text, cls = "") {
+  const badges = tile.querySelector(".badges");
+  let b = badges.querySelector(`[data-key="${key}"]`);
+  if (!text) {
+    if (b) b.remove();
+    return;
+  }
+  if (!b) {
+    b = document.createElement("span");
+    b.dataset.key = key;
+    badges.appendChild(b);
+  }
+  b.className = `badge ${cls}`;
+  b.textContent = text;
+}
+
+function updateMuteBadges(p) {
+  const tracks = p.info.tracks || [];
+  const mic = tracks.find((t) => t.kind === "audio");
+  const cam = tracks.find((t) => t.kind === "video");
+  setBadge(p.tile, "mic", mic && mic.muted ? "mic off" : "", "muted");
+  setBadge(p.tile, "cam", cam && cam.muted ? "cam off" : "", "muted");
+}
+
+// Adaptive stream: tell the server how big each remote video is shown (debounced 500 ms).
+const resizeObserver = new ResizeObserver((entries) => {
+  for (const entry of entries) {
+    const tile = entry.target.closest(".tile");
+    const p = tile && app.participants.get(tile.dataset.sid);
+    if (!p) continue;
+    clearTimeout(p.resizeTimer);
+    p.resizeTimer = setTimeout(() => sendSize(p), 500);
+  }
+});
+
+function sendSize(p) {
+  if (!p.videoTrackSid || !app.sig || app.state !== "joined") return;
+  const video = p.tile.querySelector("video");
+  const dpr = window.devicePixelRatio || 1;
+  const width = Math.round(video.clientWidth * dpr);
+  const height = Math.round(video.clientHeight * dpr);
+  const key = `${p.videoTrackSid}:${width}x${height}`;
+  if (key === p.lastSize) return;
+  p.lastSize = key;
+  app.sig
+    .request("update_subscription", { track_sid: p.videoTrackSid, width, height })
+    .catch((e) => fail("update_subscription", e));
+}
+
+// ------------------------------------------------------------------------- events
+
+function onEvent(msg) {
+  app.events.push(msg);
+  if (app.events.length > 500) app.events.shift();
+  switch (msg.type) {
+    case "participant_joined":
+      ensureParticipant(msg.participant?.sid, msg.participant);
+      break;
+    case "participant_left":
+      removeParticipant(msg.sid);
+      break;
+    case "track_published": {
+      const t = msg.track || {};
+      const p = ensureParticipant(t.participant_sid);
+      if (p) {
+        p.info.tracks = (p.info.tracks || []).filter((x) => x.sid !== t.sid).concat([t]);
+        app.trackOwner.set(t.sid, t.participant_sid);
+        updateMuteBadges(p);
+      }
+      break;
+    }
+    case "track_unpublished": {
+      const p = app.participants.get(msg.participant_sid);
+      if (p) {
+        p.info.tracks = (p.info.tracks || []).filter((x) => x.sid !== msg.track_sid);
+        updateMuteBadges(p);
+      }
+      app.trackOwner.delete(msg.track_sid);
+      break;
+    }
+    case "track_muted": {
+      const p = app.participants.get(msg.participant_sid);
+      if (p) {
+        for (const t of p.info.tracks || []) if (t.sid === msg.track_sid) t.muted = msg.muted;
+        updateMuteBadges(p);
+      }
+      break;
+    }
+    case "active_speakers": {
+      const speaking = new Set((msg.speakers || []).map((s) => s.sid));
+      for (const [sid, p] of app.participants) p.tile.classList.toggle("speaking", speaking.has(sid));
+      $("local-tile").classList.toggle("speaking", !!app.me && speaking.has(app.me.sid));
+      break;
+    }
+    case "track_paused":
+    case "track_resumed": {
+      const p = app.participants.get(app.trackOwner.get(msg.track_sid));
+      if (p) {
+        const paused = msg.type === "track_paused";
+        setBadge(p.tile, `paused-${msg.track_sid}`, paused ? `paused${msg.reason ? ` (${msg.reason})` : ""}` : "");
+      }
+      break;
+    }
+    case "subscriber_offer":
+      // Serialize: each offer is fully answered before the next one is applied.
+      app.offerChain = app.offerChain.then(() => handleSubscriberOffer(msg)).catch((e) => fail("subscriber offer", e));
+      break;
+    case "publisher_layers":
+      setPublisherLayers(msg.layers || {}).catch((e) => fail("publisher_layers", e));
+      break;
+    case "error":
+      fail("server", new FerryError(msg.error?.code || "error", msg.error?.message || ""));
+      break;
+    default:
+      break;
+  }
+}
+
+function onSocketClose() {
+  if (app.leaving || app.state === "left" || app.state === "idle") return;
+  status("signaling connection lost", true);
+  teardown();
+  setState("error");
+}
+
+// ------------------------------------------------------------------------- subscriber
+
+function parseMediaSections(sdp) {
+  // mid -> {psid, tsid, kind, active}; a=msid is "<participant_sid> <track_sid>".
+  const out = new Map();
+  let cur = null;
+  const flush = () => {
+    if (cur && cur.mid !== null) out.set(cur.mid, cur);
+  };
+  for (const raw of sdp.split(/\r?\n/)) {
+    if (raw.startsWith("m=")) {
+      flush();
+      const parts = raw.slice(2).split(" ");
+      cur = { mid: null, kind: parts[0], active: parts[1] !== "0", psid: null, tsid: null };
+    } else if (!cur) {
+      continue;
+    } else if (raw.startsWith("a=mid:")) {
+      cur.mid = raw.slice(6).trim();
+    } else if (raw.startsWith("a=msid:")) {
+      const bits = raw.slice(7).trim().split(/\s+/);
+      cur.psid = bits[0];
+      cur.tsid = bits[1] || null;
+    } else if (raw === "a=inactive" || raw === "a=recvonly") {
+      cur.active = false;
+    }
+  }
+  flush();
+  return out;
+}
+
+async function handleSubscriberOffer(msg) {
+  if (!app.sub) createSubscriber();
+  app.midMap = parseMediaSections(msg.sdp);
+  await app.sub.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+  syncReceivers();
+  const answer = await app.sub.createAnswer();
+  await app.sub.setLocalDescription(answer);
+  await app.sig.request("subscriber_answer", { sdp: app.sub.localDescription.sdp, version: msg.version });
+}
+
+function createSubscriber() {
+  app.sub = new RTCPeerConnection(app.config);
+  app.sub.ontrack = () => syncReceivers();
+  app.sub.onconnectionstatechange = () => {
+    if (app.sub && app.sub.connectionState === "failed") status("subscriber connection failed", true);
+  };
+}
+
+// Attach every receiving transceiver to its participant's tile, using the mid -> msid
+// map of the latest offer (robust when the server recycles an m-line for another track).
+function syncReceivers() {
+  if (!app.sub) return;
+  const perTile = new Map(); // psid -> {video, audio}
+  app.receivers.clear();
+  for (const tr of app.sub.getTransceivers()) {
+    const m = tr.mid !== null ? app.midMap.get(tr.mid) : null;
+    const track = tr.receiver.track;
+    if (!m || !m.active || !m.psid || !track) continue;
+    app.receivers.set(track.id, { psid: m.psid, tsid: m.tsid, kind: m.kind, track, mid: tr.mid });
+    app.trackOwner.set(m.tsid, m.psid);
+    const slot = perTile.get(m.psid) || {};
+    slot[m.kind] = { track, tsid: m.tsid };
+    perTile.set(m.psid, slot);
+  }
+  for (const psid of perTile.keys()) ensureParticipant(psid);
+  for (const [psid, p] of app.participants) {
+    const slot = perTile.get(psid) || {};
+    attach(p.tile.querySelector("video"), slot.video?.track);
+    attach(p.tile.querySelector("audio"), slot.audio?.track);
+    if (!slot.video) p.videoTrackSid = null;
+    if (slot.video && p.videoTrackSid !== slot.video.tsid) {
+      p.videoTrackSid = slot.video.tsid;
+      p.lastSize = "";
+      clearTimeout(p.resizeTimer);
+      p.resizeTimer = setTimeout(() => sendSize(p), 500);
+    }
+  }
+}
+
+function attach(el, track) {
+  if (!track) {
+    if (el.srcObject) el.srcObject = null;
+    return;
+  }
+  const current = el.srcObject && el.srcObject.getTracks()[0];
+  if (current === track) return;
+  el.srcObject = new MediaStream([track]);
+  const played = el.play();
+  if (played) played.catch(() => {}); // autoplay policy: retried on the next user gesture
+}
+
+// ------------------------------------------------------------------------- publisher
+
+function preferCodecs(transceiver, kind, first) {
+  let caps = null;
+  try {
+    caps = RTCRtpSender.getCapabilities(kind) || RTCRtpReceiver.getCapabilities(kind);
+  } catch {
+    caps = null;
+  }
+  if (!caps || !transceiver.setCodecPreferences) return;
+  const rank = (c) => {
+    const i = first.indexOf(c.mimeType.toLowerCase());
+    return i < 0 ? first.length : i;
+  };
+  const codecs = caps.codecs.slice().sort((a, b) => rank(a) - rank(b));
+  try {
+    transceiver.setCodecPreferences(codecs);
+  } catch (e) {
+    try {
+      const rcaps = RTCRtpReceiver.getCapabilities(kind);
+      transceiver.setCodecPreferences(rcaps.codecs.slice().sort((a, b) => rank(a) - rank(b)));
+    } catch {
+      console.warn("ferry: setCodecPreferences failed", e);
+    }
+  }
+}
+
+function waitForGathering(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      pc.removeEventListener("icegatheringstatechange", check);
+      clearTimeout(timer);
+      resolve();
+    };
+    const check = () => {
+      if (pc.iceGatheringState === "complete") done();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+async function publish() {
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+  app.localStream = stream;
+  $("local-video").srcObject = stream;
+  const pc = new RTCPeerConnection(app.config);
+  app.pub = pc;
+  pc.onconnectionstatechange = () => {
+    if (app.pub === pc && pc.connectionState === "failed") status("publisher connection failed", true);
+  };
+  const tracks = {};
+  const [audio] = stream.getAudioTracks();
+  const [video] = stream.getVideoTracks();
+  if (audio) {
+    const tr = pc.addTransceiver(audio, { direction: "sendonly", streams: [stream] });
+    preferCodecs(tr, "audio", ["audio/red", "audio/opus"]);
+    tracks[audio.id] = { source: "microphone" };
+  }
+  if (video) {
+    const init = { direction: "sendonly", streams: [stream] };
+    if (params.get("simulcast") !== "0") {
+      init.sendEncodings = [
+        { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+        { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+        { rid: "f", maxBitrate: 1500000 },
+      ];
+    }
+    const tr = pc.addTransceiver(video, init);
+    app.videoSender = tr.sender;
+    preferCodecs(tr, "video", ["video/vp8"]);
+    tracks[video.id] = { source: "camera" };
+  }
+  await pc.setLocalDescription(await pc.createOffer());
+  // Ferry is ICE-lite and does not need our candidates, but sending them in the offer
+  // costs little on loopback/relay and makes the offer self-contained.
+  await waitForGathering(pc, 3000);
+  const reply = await app.sig.request("publish", { sdp: pc.localDescription.sdp, tracks });
+  await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+  for (const t of reply.tracks || []) app.myTracks[t.kind] = t;
+}
+
+async function setPublisherLayers(layers) {
+  const sender = app.videoSender;
+  if (!sender) return;
+  const p = sender.getParameters();
+  if (!p.encodings) return;
+  let changed = false;
+  for (const enc of p.encodings) {
+    if (enc.rid && enc.rid in layers && enc.active !== !!layers[enc.rid]) {
+      enc.active = !!layers[enc.rid];
+      changed = true;
+    }
+  }
+  if (changed) await sender.setParameters(p);
+}
+
+// ------------------------------------------------------------------------- join / leave
+
+function iceConfig(serverIce) {
+  const iceServers = [];
+  for (const s of serverIce || []) {
+    const urls = s.urls || s.url;
+    if (urls) iceServers.push({ urls, username: s.username, credential: s.credential });
+  }
+  if (params.get("turn")) {
+    iceServers.push({ urls: params.get("turn"), username: params.get("turnuser") || undefined, credential: params.get("turnpass") || undefined });
+  }
+  const config = { iceServers, bundlePolicy: "max-bundle" };
+  if (params.get("relay") === "1") config.iceTransportPolicy = "relay";
+  return config;
+}
+
+async function fetchToken(room, name) {
+  if (params.get("token")) {
+    return { token: params.get("token"), url: params.get("url") };
+  }
+  const res = await fetch(`/api/dev-token?room=${encodeURIComponent(room)}&name=${encodeURIComponent(name)}`);
+  if (!res.ok) {
+    let detail = `${res.status} ${res.statusText}`;
+    try {
+      const body = await res.json();
+      if (body.error) detail = body.error.message || body.error.code || JSON.stringify(body.error);
+    } catch {
+      /* not JSON */
+    }
+    throw new FerryError("unauthorized", `dev token: ${detail}`);
+  }
+  return res.json();
+}
+
+function defaultWsUrl() {
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+}
+
+async function join(room, name) {
+  if (app.state === "joining" || app.state === "joined") return;
+  setState("joining");
+  status(`joining ${room}…`);
+  app.leaving = false;
+  try {
+    const { token, url } = await fetchToken(room, name);
+    app.sig = new Signaling(url || defaultWsUrl(), onEvent, onSocketClose);
+    await app.sig.open();
+    await app.sig.request("hello", { version: PROTOCOL_VERSION });
+    const reply = await app.sig.request("join", { token, auto_subscribe: true });
+    app.me = reply.participant;
+    app.room = reply.room;
+    app.config = iceConfig(reply.ice_servers);
+    $("join-form").hidden = true;
+    $("call").hidden = false;
+    $("room-label").textContent = `room ${reply.room?.name ?? room} as ${participantName(reply.participant || {})}`;
+    for (const info of reply.participants || []) ensureParticipant(info.sid, info);
+    if (!app.sub) createSubscriber();
+    if (params.get("publish") !== "0") await publish();
+    setState("joined");
+    status("");
+    app.statsTimer = setInterval(updateTileStats, 1000);
+  } catch (e) {
+    fail("join", e);
+    teardown();
+    setState("error");
+    $("join-form").hidden = false;
+    $("call").hidden = true;
+  }
+}
+
+function teardown() {
+  clearInterval(app.statsTimer);
+  app.statsTimer = null;
+  for (const sid of [...app.participants.keys()]) removeParticipant(sid);
+  for (const pc of [app.pub, app.sub]) if (pc) pc.close();
+  app.pub = app.sub = null;
+  app.videoSender = null;
+  if (app.localStream) for (const t of app.localStream.getTracks()) t.stop();
+  app.localStream = null;
+  $("local-video").srcObject = null;
+  if (app.sig) {
+    app.leaving = true;
+    app.sig.close();
+  }
+  app.sig = null;
+  app.midMap = new Map();
+  app.receivers.clear();
+  app.trackOwner.clear();
+  app.myTracks = { audio: null, video: null };
+  app.offerChain = Promise.resolve();
+  app.prevBytes.clear();
+}
+
+async function leave() {
+  app.leaving = true;
+  if (app.sig) {
+    try {
+      await app.sig.request("leave", {}, 3000);
+    } catch (e) {
+      if (e.code !== "closed") fail("leave", e);
+    }
+  }
+  teardown();
+  setState("left");
+  $("call").hidden = true;
+  $("join-form").hidden = false;
+  for (const b of [$("mute-mic"), $("mute-cam")]) b.setAttribute("aria-pressed", "false");
+  $("mute-mic").textContent = "Mute mic";
+  $("mute-cam").textContent = "Stop camera";
+}
+
+async function toggleMute(kind, button) {
+  const track = app.localStream && (kind === "audio" ? app.localStream.getAudioTracks()[0] : app.localStream.getVideoTracks()[0]);
+  if (!track) return;
+  const muted = track.enabled; // currently enabled -> mute
+  track.enabled = !muted;
+  button.setAttribute("aria-pressed", String(muted));
+  button.textContent = kind === "audio" ? (muted ? "Unmute mic" : "Mute mic") : muted ? "Start camera" : "Stop camera";
+  const info = app.myTracks[kind];
+  if (!info) return;
+  try {
+    await app.sig.request("mute", { track_sid: info.sid, muted });
+  } catch (e) {
+    fail("mute", e);
+  }
+}
+
+// ------------------------------------------------------------------------- stats
+
+function selectedRtt(report) {
+  let rtt = null;
+  report.forEach((s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId) {
+      const pair = report.get(s.selectedCandidatePairId);
+      if (pair && pair.currentRoundTripTime !== undefined) rtt = pair.currentRoundTripTime;
+    }
+  });
+  if (rtt === null) {
+    report.forEach((s) => {
+      if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded" && s.currentRoundTripTime !== undefined) rtt = s.currentRoundTripTime;
+    });
+  }
+  return rtt;
+}
+
+// Per remote participant: {name, videoFramesDecoded, videoBytes, videoPacketsReceived,
+// videoPacketsLost, videoFps, videoWidth, videoHeight, videoBitrate (bit/s since the last
+// call of this function), audioSamplesReceived, audioBytes, audioPacketsReceived,
+// audioPacketsLost, rtt, trackSids}.
+async function collectStats() {
+  const out = {};
+  for (const [sid, p] of app.participants) {
+    out[sid] = {
+      name: participantName(p.info),
+      videoFramesDecoded: 0, videoBytes: 0, videoPacketsReceived: 0, videoPacketsLost: 0,
+      videoFps: null, videoWidth: null, videoHeight: null, videoBitrate: null,
+      audioSamplesReceived: 0, audioBytes: 0, audioPacketsReceived: 0, audioPacketsLost: 0,
+      rtt: null, trackSids: [],
+    };
+  }
+  if (!app.sub) return out;
+  const report = await app.sub.getStats();
+  const rtt = selectedRtt(report);
+  report.forEach((s) => {
+    if (s.type !== "inbound-rtp") return;
+    const r = app.receivers.get(s.trackIdentifier) || [...app.receivers.values()].find((x) => x.mid === s.mid);
+    if (!r || !out[r.psid]) return;
+    const o = out[r.psid];
+    o.rtt = rtt;
+    if (!o.trackSids.includes(r.tsid)) o.trackSids.push(r.tsid);
+    const prev = app.prevBytes.get(s.id);
+    const bitrate = prev && s.timestamp > prev.ts ? (8 * (s.bytesReceived - prev.bytes) * 1000) / (s.timestamp - prev.ts) : null;
+    app.prevBytes.set(s.id, { bytes: s.bytesReceived || 0, ts: s.timestamp });
+    if (s.kind === "video") {
+      o.videoFramesDecoded += s.framesDecoded || 0;
+      o.videoBytes += s.bytesReceived || 0;
+      o.videoPacketsReceived += s.packetsReceived || 0;
+      o.videoPacketsLost += s.packetsLost || 0;
+      o.videoFps = s.framesPerSecond ?? o.videoFps;
+      o.videoWidth = s.frameWidth ?? o.videoWidth;
+      o.videoHeight = s.frameHeight ?? o.videoHeight;
+      if (bitrate !== null) o.videoBitrate = (o.videoBitrate || 0) + bitrate;
+    } else {
+      o.audioSamplesReceived += s.totalSamplesReceived || 0;
+      o.audioBytes += s.bytesReceived || 0;
+      o.audioPacketsReceived += s.packetsReceived || 0;
+      o.audioPacketsLost += s.packetsLost || 0;
+    }
+  });
+  return out;
+}
+
+async function localStats() {
+  const out = { encodings: [], rtt: null };
+  if (!app.pub) return out;
+  const report = await app.pub.getStats();
+  out.rtt = selectedRtt(report);
+  report.forEach((s) => {
+    if (s.type === "outbound-rtp") {
+      out.encodings.push({
+        kind: s.kind, rid: s.rid ?? null, bytesSent: s.bytesSent, packetsSent: s.packetsSent,
+        framesEncoded: s.framesEncoded ?? null, frameWidth: s.frameWidth ?? null, frameHeight: s.frameHeight ?? null,
+        active: s.active ?? null, qualityLimitationReason: s.qualityLimitationReason ?? null,
+      });
+    }
+  });
+  return out;
+}
+
+let statsBusy = false;
+async function updateTileStats() {
+  if (statsBusy || !app.sub) return;
+  statsBusy = true;
+  try {
+    const stats = await collectStats();
+    for (const [sid, s] of Object.entries(stats)) {
+      const p = app.participants.get(sid);
+      if (!p) continue;
+      const total = s.videoPacketsLost + s.videoPacketsReceived;
+      const loss = total > 0 ? ((100 * s.videoPacketsLost) / total).toFixed(1) : "0.0";
+      const kbps = s.videoBitrate !== null ? Math.round(s.videoBitrate / 1000) : "-";
+      const rtt = s.rtt !== null ? `${Math.round(s.rtt * 1000)} ms` : "-";
+      p.tile.querySelector(".stats").textContent =
+        `${kbps} kbit/s · loss ${loss}% · ${s.videoFramesDecoded} frames · ${s.videoFps ?? "-"} fps` +
+        `${s.videoWidth ? ` · ${s.videoWidth}x${s.videoHeight}` : ""} · rtt ${rtt}`;
+    }
+  } catch (e) {
+    console.warn("ferry: stats failed", e);
+  } finally {
+    statsBusy = false;
+  }
+}
+
+// ------------------------------------------------------------------------- wiring
+
+window.ferry = {
+  get state() {
+    return app.state;
+  },
+  participants() {
+    return [...app.participants.values()].map((p) => ({
+      sid: p.info.sid,
+      identity: p.info.identity,
+      name: p.info.name,
+      tracks: p.info.tracks || [],
+      speaking: p.tile.classList.contains("speaking"),
+      hasVideo: !!p.tile.querySelector("video").srcObject,
+      hasAudio: !!p.tile.querySelector("audio").srcObject,
+      videoTrackSid: p.videoTrackSid,
+    }));
+  },
+  stats: collectStats,
+  localStats,
+  // Simulcast encodings of the camera sender as the browser applies them (dynacast tests).
+  publisherEncodings() {
+    if (!app.videoSender) return [];
+    return (app.videoSender.getParameters().encodings || []).map((e) => ({ rid: e.rid ?? null, active: e.active !== false, maxBitrate: e.maxBitrate ?? null }));
+  },
+  get me() {
+    return app.me;
+  },
+  get events() {
+    return app.events.slice();
+  },
+  join,
+  leave,
+};
+
+$("join-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  join($("room").value.trim(), $("name").value.trim());
+});
+$("leave").addEventListener("click", () => leave());
+$("mute-mic").addEventListener("click", (ev) => toggleMute("audio", ev.currentTarget));
+$("mute-cam").addEventListener("click", (ev) => toggleMute("video", ev.currentTarget));
+
+if (params.get("room")) $("room").value = params.get("room");
+if (params.get("name")) $("name").value = params.get("name");
+else $("name").value = `guest-${Math.floor(Math.random() * 1e4)}`;
+setState("idle");
+if (params.get("autojoin") === "1") join($("room").value.trim(), $("name").value.trim());
