@@ -45,7 +45,11 @@ async def test_malformed_signaling_gets_coded_errors(server):
         assert reply["error"]["code"] == "not_joined"
         reply = await _call(ws, {"type": "join", "id": 5, "token": "garbage"})
         assert reply["error"]["code"] == "unauthorized"
-        expired = server.token("r", "x", ttl_s=-10)
+        from signaling.auth import mint_token
+
+        expired = mint_token(
+            server.api_key, server.api_secret, identity="x", room="r", now=time.time() - 3600, ttl_s=60
+        )
         reply = await _call(ws, {"type": "join", "id": 6, "token": expired})
         assert reply["error"]["code"] == "unauthorized" and "expir" in reply["error"]["message"]
         reply = await _call(ws, {"type": "ping", "id": 7, "pad": "x" * (70 * 1024)})
@@ -54,8 +58,6 @@ async def test_malformed_signaling_gets_coded_errors(server):
         reply = await _call(ws, {"type": "ping", "id": 8})
         assert reply["ok"] is True
         # A token for another room / without join grant is refused.
-        from signaling.auth import mint_token
-
         other = mint_token("nokey", "nosecret", identity="y", room="r", now=time.time())
         reply = await _call(ws, {"type": "join", "id": 9, "token": other})
         assert reply["error"]["code"] == "unauthorized"

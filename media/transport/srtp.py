@@ -70,26 +70,26 @@ class SrtpContext:
         """Encrypt and authenticate one RTP packet for sending."""
         try:
             return self._tx.protect(rtp)
-        except pylibsrtp.Error as exc:
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise SrtpError(f"SRTP protect failed: {exc}") from None
 
     def protect_rtcp(self, rtcp: bytes) -> bytes:
         """Encrypt and authenticate one (compound) RTCP packet for sending."""
         try:
             return self._tx.protect_rtcp(rtcp)
-        except pylibsrtp.Error as exc:
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise SrtpError(f"SRTCP protect failed: {exc}") from None
 
     def unprotect(self, data: bytes) -> bytes:
         """Verify and decrypt one SRTP packet; `SrtpError` on auth failure or replay."""
         try:
             return self._rx.unprotect(data)
-        except pylibsrtp.Error as exc:
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise SrtpError(f"SRTP unprotect failed: {exc}") from None
 
     def unprotect_rtcp(self, data: bytes) -> bytes:
         """Verify and decrypt one SRTCP packet; `SrtpError` on auth failure or replay."""
         try:
             return self._rx.unprotect_rtcp(data)
-        except pylibsrtp.Error as exc:
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise SrtpError(f"SRTCP unprotect failed: {exc}") from None
