@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from media.rtp.twcc import (
@@ -120,8 +122,6 @@ def test_chunk_choice_long_loss_run() -> None:
 
 
 def test_every_chunk_but_last_covers_seven() -> None:
-    import random
-
     rng = random.Random(7)
     for _ in range(200):
         symbols = [rng.choice([0, 0, 1, 1, 1, 2]) for _ in range(rng.randrange(1, 60))]

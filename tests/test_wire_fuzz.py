@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from media.rtp.twcc import TwccFeedback
 from media.wire.rtcp import parse_rtcp
-from media.wire.rtp import parse_rtp
+from media.wire.rtp import build_rtp, parse_rtp
 from media.wire.vp8 import parse_vp8
 
 FUZZ = settings(derandomize=True, max_examples=300, deadline=None,
@@ -143,7 +143,8 @@ def test_build_parse_round_trip(
 ) -> None:
     # lookups return the first element with an id, so keep ids unique
     unique = list({i: (i, v) for i, v in reversed(exts)}.values())[::-1]
-    data = build(pt, seq, ts, ssrc, marker, payload, csrcs, unique)
+    data = build_rtp(payload_type=pt, seq=seq, timestamp=ts, ssrc=ssrc, payload=payload,
+                     marker=marker, extensions=unique, csrcs=csrcs)
     v = parse_rtp(data)
     assert (v.payload_type, v.seq, v.timestamp, v.ssrc, v.marker) == (pt, seq, ts, ssrc, marker)
     assert v.csrcs == csrcs
@@ -151,14 +152,6 @@ def test_build_parse_round_trip(
     assert v.extensions() == unique
     for i, val in unique:
         assert v.extension(i) == val
-
-
-def build(pt: int, seq: int, ts: int, ssrc: int, marker: bool, payload: bytes,
-          csrcs: list[int], exts: list[tuple[int, bytes]]) -> bytes:
-    from media.wire.rtp import build_rtp
-
-    return build_rtp(payload_type=pt, seq=seq, timestamp=ts, ssrc=ssrc, payload=payload,
-                     marker=marker, extensions=exts, csrcs=csrcs)
 
 
 @st.composite

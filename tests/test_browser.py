@@ -1,0 +1,66 @@
+"""Real browsers in one room through Ferry (issue 2, acceptance 1)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .browser import chromium, needs_chromium, open_page
+from .conftest import wait_until
+
+pytestmark = [pytest.mark.browser, needs_chromium]
+
+
+async def _stats(page) -> dict:
+    return await page.evaluate("window.ferry.stats()")
+
+
+async def _poll(page, predicate_js: str, timeout_ms: int = 10000) -> None:
+    await page.wait_for_function(predicate_js, timeout=timeout_ms, polling=100)
+
+
+RECEIVING = """async () => {
+  const want = %d;
+  const s = await window.ferry.stats();
+  const ok = Object.values(s).filter(p => p.videoFramesDecoded > 0 && p.audioSamplesReceived > 0);
+  if (ok.length < want) return false;
+  window.__snap = window.__snap || {};
+  const prev = window.__snap; window.__snap = s;
+  return ok.every(p => true) && Object.keys(prev).length >= want &&
+    Object.entries(s).every(([k, p]) => !prev[k] || (p.videoFramesDecoded > prev[k].videoFramesDecoded &&
+                                                      p.audioSamplesReceived > prev[k].audioSamplesReceived));
+}"""
+
+
+async def test_three_browsers_join_see_each_other_and_leave(server):
+    url = server.http_url + "/?room=class&autojoin=1&name="
+    async with chromium() as browser:
+        a = await open_page(browser, url + "alice")
+        b = await open_page(browser, url + "bob")
+        # Each decodes the other's video and receives audio within 10 s, still rising.
+        await _poll(a, RECEIVING % 1, 10000)
+        await _poll(b, RECEIVING % 1, 10000)
+        # A late joiner gets both existing participants.
+        c = await open_page(browser, url + "carol")
+        await _poll(c, RECEIVING % 2, 10000)
+        # Simulcast arrived from the browsers: three layers per video track.
+        room = server.rooms.rooms["class"]
+
+        def videos():
+            return [t for t in room.router.tracks.values() if t.kind == "video"]
+
+        await wait_until(lambda: len(videos()) == 3, 10)
+        assert all(len(t.layers) == 3 for t in videos())
+        # Chrome sends every layer once its estimate allows (Ferry sends TWCC feedback).
+        await wait_until(lambda: all(len(t.available_layers(server.engine.now_ms())) >= 2 for t in videos()), 10)
+        # Leaving disappears from the others within 2 s.
+        bob_sid = await b.evaluate("window.ferry.me.sid")
+        await b.click("#leave")
+        for page in (a, c):
+            await _poll(
+                page,
+                f"() => !window.ferry.participants().some(p => p.sid === '{bob_sid}')",
+                2000,
+            )
+        await wait_until(lambda: bob_sid not in room.participants, 2)
+        for page in (a, b, c):
+            assert page.ferry_errors == []
