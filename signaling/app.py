@@ -213,7 +213,7 @@ class FerryServer:
             queue.put_nowait(None)
             try:
                 await asyncio.wait_for(writer, 2.0)
-            except (asyncio.TimeoutError, Exception):
+            except Exception:
                 writer.cancel()
         return ws
 

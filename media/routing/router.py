@@ -19,7 +19,6 @@ from media.ortc import (
     MediaDescription,
     TransportParameters,
 )
-from media.transport.webrtc_transport import WebRtcTransport
 
 from .down_track import DownTrack
 from .published_track import PublishedTrack

@@ -25,6 +25,7 @@ _REWRITE_B1 = struct.Struct("!BHII")
 _pack_rewrite = _REWRITE.pack_into
 _pack_rewrite_b1 = _REWRITE_B1.pack_into
 _U16 = struct.Struct("!H")
+_EXT_HDR = struct.Struct("!HH")
 
 ERR_SHORT = "RTP packet length is less than 12 bytes"
 ERR_VERSION = "RTP packet has invalid version"
@@ -234,21 +235,28 @@ def is_rtcp(data: bytes | bytearray | memoryview) -> bool:
     return len(data) >= 2 and 192 <= data[1] <= 223
 
 
-def _pack_extensions(extensions: Sequence[tuple[int, bytes]]) -> tuple[int, bytes]:
+def _pack_extensions(extensions: Sequence[tuple[int, bytes]]) -> tuple[int, bytearray]:
     """(profile, padded block) in the one-byte form when every element allows it."""
-    if all(1 <= i <= 14 and 1 <= len(val) <= 16 for i, val in extensions):
-        profile = ONE_BYTE_PROFILE
-        block = b"".join(bytes([(i << 4) | (len(val) - 1)]) + bytes(val) for i, val in extensions)
+    block = bytearray()
+    for i, val in extensions:
+        if not (0 < i < 15 and 0 < len(val) <= 16):
+            break
+        block.append((i << 4) | (len(val) - 1))
+        block += val
     else:
-        for i, val in extensions:
-            if not 1 <= i <= 255:
-                raise ValueError(f"RTP header extension id {i} is invalid")
-            if len(val) > 255:
-                raise ValueError(f"RTP header extension {i} value is longer than 255 bytes")
-        profile = TWO_BYTE_PROFILE
-        block = b"".join(bytes([i, len(val)]) + bytes(val) for i, val in extensions)
-    block += b"\x00" * (-len(block) % 4)
-    return profile, block
+        block += bytes(-len(block) % 4)
+        return ONE_BYTE_PROFILE, block
+    block.clear()
+    for i, val in extensions:
+        if not 1 <= i <= 255:
+            raise ValueError(f"RTP header extension id {i} is invalid")
+        if len(val) > 255:
+            raise ValueError(f"RTP header extension {i} value is longer than 255 bytes")
+        block.append(i)
+        block.append(len(val))
+        block += val
+    block += bytes(-len(block) % 4)
+    return TWO_BYTE_PROFILE, block
 
 
 def build_rtp(
@@ -266,22 +274,25 @@ def build_rtp(
     if len(csrcs) > 15:
         raise ValueError("RTP packet cannot carry more than 15 CSRCs")
     b0 = 0x80 | len(csrcs)
-    parts = []
     if extensions:
         b0 |= 0x10
-        profile, block = _pack_extensions(extensions)
-        parts.append(struct.pack("!HH", profile, len(block) // 4))
-        parts.append(block)
-    head = _HDR12.pack(
-        b0,
-        (0x80 if marker else 0) | (payload_type & 0x7F),
-        seq & 0xFFFF,
-        timestamp & 0xFFFFFFFF,
-        ssrc & 0xFFFFFFFF,
+    out = bytearray(
+        _HDR12.pack(
+            b0,
+            (0x80 if marker else 0) | (payload_type & 0x7F),
+            seq & 0xFFFF,
+            timestamp & 0xFFFFFFFF,
+            ssrc & 0xFFFFFFFF,
+        )
     )
     if csrcs:
-        head += struct.pack(f"!{len(csrcs)}I", *csrcs)
-    return b"".join((head, *parts, bytes(payload)))
+        out += struct.pack(f"!{len(csrcs)}I", *csrcs)
+    if extensions:
+        profile, block = _pack_extensions(extensions)
+        out += _EXT_HDR.pack(profile, len(block) >> 2)
+        out += block
+    out += payload
+    return bytes(out)
 
 
 def rewrite_header(

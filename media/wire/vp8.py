@@ -96,16 +96,9 @@ def parse_vp8(payload: bytes | bytearray | memoryview) -> Vp8Descriptor:
     if n < 1:
         raise ValueError(ERR_TRUNCATED)
     b0 = payload[0]
-    d: Vp8Descriptor = _new(Vp8Descriptor)
-    d.start_of_partition = s = bool(b0 & 0x10)
-    d.partition_index = pid = b0 & 0x07
-    d.non_reference = bool(b0 & 0x20)
-    d.picture_id = None
-    d.picture_id_bits = 0
-    d.tl0picidx = None
-    d.tid = None
-    d.layer_sync = False
-    d.keyidx = None
+    picture_id = tl0 = tid = keyidx = None
+    bits = 0
+    sync = False
     pos = 1
     try:
         if b0 & 0x80:
@@ -114,29 +107,39 @@ def parse_vp8(payload: bytes | bytearray | memoryview) -> Vp8Descriptor:
             if x & 0x80:  # I: picture id, 7 or 15 bits (M)
                 b = payload[2]
                 if b & 0x80:
-                    d.picture_id = ((b & 0x7F) << 8) | payload[3]
-                    d.picture_id_bits = 15
+                    picture_id = ((b & 0x7F) << 8) | payload[3]
+                    bits = 15
                     pos = 4
                 else:
-                    d.picture_id = b
-                    d.picture_id_bits = 7
+                    picture_id = b
+                    bits = 7
                     pos = 3
             if x & 0x40:  # L: TL0PICIDX
-                d.tl0picidx = payload[pos]
+                tl0 = payload[pos]
                 pos += 1
             if x & 0x30:  # T and/or K: TID|Y|KEYIDX
                 b = payload[pos]
                 pos += 1
                 if x & 0x20:
-                    d.tid = b >> 6
-                    d.layer_sync = bool(b & 0x20)
+                    tid = b >> 6
+                    sync = b & 0x20 != 0
                 if x & 0x10:
-                    d.keyidx = b & 0x1F
+                    keyidx = b & 0x1F
     except IndexError:
         raise ValueError(ERR_TRUNCATED) from None
-    d.size = pos
     if n <= pos:
         raise ValueError(ERR_EMPTY)
+    d: Vp8Descriptor = _new(Vp8Descriptor)
+    d.start_of_partition = s = b0 & 0x10 != 0
+    d.partition_index = pid = b0 & 0x07
+    d.non_reference = b0 & 0x20 != 0
+    d.picture_id = picture_id
+    d.picture_id_bits = bits
+    d.tl0picidx = tl0
+    d.tid = tid
+    d.layer_sync = sync
+    d.keyidx = keyidx
+    d.size = pos
     d.width = d.height = None
     if s and pid == 0 and not payload[pos] & 0x01:
         _keyframe_header(d, payload, pos)
