@@ -235,28 +235,39 @@ def is_rtcp(data: bytes | bytearray | memoryview) -> bool:
     return len(data) >= 2 and 192 <= data[1] <= 223
 
 
-def _pack_extensions(extensions: Sequence[tuple[int, bytes]]) -> tuple[int, bytearray]:
-    """(profile, padded block) in the one-byte form when every element allows it."""
-    block = bytearray()
+_BYTE = [bytes((i,)) for i in range(256)]
+_PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+
+
+def _pack_extensions(extensions: Sequence[tuple[int, bytes]]) -> tuple[int, bytes]:
+    """(profile, block padded to 32 bits): one-byte form when every element allows it."""
+    parts: list[bytes] = []
+    size = 0
     for i, val in extensions:
-        if not (0 < i < 15 and 0 < len(val) <= 16):
-            break
-        block.append((i << 4) | (len(val) - 1))
-        block += val
-    else:
-        block += bytes(-len(block) % 4)
-        return ONE_BYTE_PROFILE, block
-    block.clear()
+        n = len(val)
+        if not (0 < i < 15 and 0 < n <= 16):
+            return _pack_two_byte(extensions)
+        parts.append(_BYTE[(i << 4) | (n - 1)])
+        parts.append(val)
+        size += n + 1
+    parts.append(_PAD[size & 3])
+    return ONE_BYTE_PROFILE, b"".join(parts)
+
+
+def _pack_two_byte(extensions: Sequence[tuple[int, bytes]]) -> tuple[int, bytes]:
+    parts: list[bytes] = []
+    size = 0
     for i, val in extensions:
         if not 1 <= i <= 255:
             raise ValueError(f"RTP header extension id {i} is invalid")
         if len(val) > 255:
             raise ValueError(f"RTP header extension {i} value is longer than 255 bytes")
-        block.append(i)
-        block.append(len(val))
-        block += val
-    block += bytes(-len(block) % 4)
-    return TWO_BYTE_PROFILE, block
+        parts.append(_BYTE[i])
+        parts.append(_BYTE[len(val)])
+        parts.append(val)
+        size += len(val) + 2
+    parts.append(_PAD[size & 3])
+    return TWO_BYTE_PROFILE, b"".join(parts)
 
 
 def build_rtp(
@@ -270,29 +281,25 @@ def build_rtp(
     extensions: Sequence[tuple[int, bytes]] = (),
     csrcs: Sequence[int] = (),
 ) -> bytes:
-    """Serialize an RTP packet (no padding); for Ferry's own packets and tests."""
-    if len(csrcs) > 15:
-        raise ValueError("RTP packet cannot carry more than 15 CSRCs")
-    b0 = 0x80 | len(csrcs)
-    if extensions:
-        b0 |= 0x10
-    out = bytearray(
-        _HDR12.pack(
-            b0,
-            (0x80 if marker else 0) | (payload_type & 0x7F),
-            seq & 0xFFFF,
-            timestamp & 0xFFFFFFFF,
-            ssrc & 0xFFFFFFFF,
-        )
-    )
+    """Serialize an RTP packet (no padding), copying the payload exactly once."""
+    b1 = (0x80 if marker else 0) | (payload_type & 0x7F)
+    seq &= 0xFFFF
+    timestamp &= 0xFFFFFFFF
+    ssrc &= 0xFFFFFFFF
     if csrcs:
-        out += struct.pack(f"!{len(csrcs)}I", *csrcs)
-    if extensions:
+        if len(csrcs) > 15:
+            raise ValueError("RTP packet cannot carry more than 15 CSRCs")
+        head = _HDR12.pack(0x80 | (0x10 if extensions else 0) | len(csrcs), b1, seq, timestamp, ssrc)
+        head += struct.pack(f"!{len(csrcs)}I", *csrcs)
+        if not extensions:
+            return b"".join((head, payload))
         profile, block = _pack_extensions(extensions)
-        out += _EXT_HDR.pack(profile, len(block) >> 2)
-        out += block
-    out += payload
-    return bytes(out)
+        return b"".join((head, _EXT_HDR.pack(profile, len(block) >> 2), block, payload))
+    if not extensions:
+        return b"".join((_HDR12.pack(0x80, b1, seq, timestamp, ssrc), payload))
+    profile, block = _pack_extensions(extensions)
+    head = _HDR16.pack(0x90, b1, seq, timestamp, ssrc, profile, len(block) >> 2)
+    return b"".join((head, block, payload))
 
 
 def rewrite_header(
