@@ -1,0 +1,79 @@
+"""Allocator policy, table-driven in simulated time."""
+
+from __future__ import annotations
+
+import pytest
+
+from media.routing.allocator import (
+    PRIO_AUDIO,
+    PRIO_SCREEN,
+    PRIO_SPEAKER,
+    PRIO_VIDEO,
+    UP_HOLD_MS,
+    AllocTrack,
+    Allocator,
+)
+
+LAYERS = [150_000.0, 500_000.0, 1_500_000.0]
+
+
+def video(key: str, prio: int = PRIO_VIDEO, current: int | None = None, max_layer: int = 2) -> AllocTrack:
+    return AllocTrack(key, "video", prio, list(LAYERS), max_layer, current)
+
+
+def audio(key: str = "a") -> AllocTrack:
+    return AllocTrack(key, "audio", PRIO_AUDIO, [40_000.0], 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        (3_000_000, {"a": 0, "v": 2}),
+        (1_000_000, {"a": 0, "v": 1}),
+        (300_000, {"a": 0, "v": 0}),
+        (100_000, {"a": 0, "v": None}),  # paused, audio kept
+        (0, {"a": 0, "v": None}),
+    ],
+)
+def test_single_track_layer_by_budget(budget, expected):
+    alloc = Allocator().allocate(budget, [audio(), video("v")], 0.0)
+    assert alloc.layers == expected
+
+
+def test_priority_order_screen_then_speaker_then_rest():
+    tracks = [video("cam1"), video("spk", PRIO_SPEAKER), video("screen", PRIO_SCREEN), audio()]
+    alloc = Allocator().allocate(2_300_000, tracks, 0.0)
+    # Everyone gets q first (450k + audio), then screen climbs to f (1.35M more),
+    # the speaker to h with what is left, the plain camera stays on q.
+    assert alloc.layers == {"a": 0, "screen": 2, "spk": 1, "cam1": 0}
+    assert alloc.used_bps <= 2_300_000
+
+
+def test_scarce_budget_pauses_lowest_priority_first():
+    tracks = [video("cam1"), video("spk", PRIO_SPEAKER), audio()]
+    alloc = Allocator().allocate(250_000, tracks, 0.0)
+    assert alloc.layers == {"a": 0, "spk": 0, "cam1": None}
+
+
+def test_max_layer_caps_adaptive_stream():
+    alloc = Allocator().allocate(10_000_000, [video("small", max_layer=0), video("big")], 0.0)
+    assert alloc.layers == {"small": 0, "big": 2}
+
+
+def test_hysteresis_no_flapping():
+    allocator = Allocator()
+    # Start on h; the budget falls just under what h needs: go down at once.
+    first = allocator.allocate(450_000, [video("v", current=1)], 0.0)
+    assert first.layers["v"] == 0
+    # Budget comes back to exactly h's rate: not enough headroom to go up.
+    again = allocator.allocate(500_000, [video("v", current=0)], 5000.0)
+    assert again.layers["v"] == 0
+    # With headroom but right after a change: hold.
+    held = allocator.allocate(1_000_000, [video("v", current=0)], 100.0)
+    assert held.layers["v"] == 0
+    # With headroom after the hold time: up.
+    up = allocator.allocate(1_000_000, [video("v", current=0)], 100.0 + UP_HOLD_MS + 1)
+    assert up.layers["v"] == 1
+    # Staying on a layer needs no headroom.
+    stay = allocator.allocate(500_000, [video("v", current=1)], 10_000.0)
+    assert stay.layers["v"] == 1
