@@ -7,6 +7,8 @@ top-level parser and mounts ours, so both entry points share one definition.
                       [--profile NAME=SPEC | NAME=UP|DOWN ...]
     ferry netem proxy --listen 127.0.0.1:9000 --target 127.0.0.1:7882 --up SPEC --down SPEC
     ferry netem profiles
+    ferry netem list
+    ferry netem run FILE|NAME --out DIR [--url ws://HOST:PORT/ws] [--duration S] [--seed N]
 """
 
 from __future__ import annotations
@@ -46,6 +48,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     proxy.add_argument("--seed", type=int, default=0)
     proxy.set_defaults(netem_func=_run_proxy)
 
+    run_p = sub.add_parser("run", help="run a scenario (YAML file or built-in name) and report")
+    run_p.add_argument("scenario", metavar="FILE", help="scenario YAML, or a built-in name (see list)")
+    run_p.add_argument("--out", required=True, metavar="DIR",
+                       help="where report.json, report.html and the PNG plots go")
+    run_p.add_argument("--url", default=None, metavar="WS_URL",
+                       help="use this Ferry (ws://HOST:PORT/ws) instead of starting one; "
+                            "needs FERRY_API_KEY/FERRY_API_SECRET to mint tokens")
+    run_p.add_argument("--duration", type=float, default=None, metavar="S",
+                       help="override the duration (the link schedule is scaled with it)")
+    run_p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    run_p.add_argument("--connect-timeout", type=float, default=20.0, metavar="S")
+    run_p.add_argument("--quiet", action="store_true", help="print only the summary table")
+    run_p.set_defaults(netem_func=_run_scenario)
+
+    list_p = sub.add_parser("list", help="list the built-in scenarios")
+    list_p.set_defaults(netem_func=_list_scenarios)
+
     profiles = sub.add_parser("profiles", help="list the built-in profiles")
     profiles.add_argument("--json", action="store_true")
     profiles.set_defaults(netem_func=_list_profiles)
@@ -70,6 +89,50 @@ def _list_profiles(args: argparse.Namespace) -> int:
         print(f"{name:14} {p.description}")
         print(f"{'':14}   up:   {p.up.spec() or '-'}")
         print(f"{'':14}   down: {p.down.spec() or '-'}")
+    return 0
+
+
+def _list_scenarios(args: argparse.Namespace) -> int:
+    from netem.scenario import describe_builtin
+
+    for name, desc in describe_builtin():
+        print(f"{name:16} {desc}")
+    return 0
+
+
+def _run_scenario(args: argparse.Namespace) -> int:
+    """Exit 0 when every expectation holds, 1 when one fails, 2 on a bad scenario/setup."""
+    from pathlib import Path
+
+    from netem.report import summary_table
+    from netem.runner import RunOptions, run_scenario
+    from netem.scenario import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        print(f"ferry netem run: {exc}", file=sys.stderr)
+        return 2
+    options = RunOptions(
+        out_dir=Path(args.out),
+        url=args.url,
+        duration_s=args.duration,
+        seed=args.seed,
+        connect_timeout_s=args.connect_timeout,
+        print_fn=None if args.quiet else (lambda line: print(line, flush=True)),
+    )
+    try:
+        result = asyncio.run(run_scenario(scenario, options))
+    except (RuntimeError, OSError, ScenarioError) as exc:
+        print(f"ferry netem run: {exc}", file=sys.stderr)
+        return 2
+    print(summary_table(result), flush=True)
+    print(f"report: {Path(args.out) / 'report.html'}", flush=True)
+    if not result.passed:
+        failed = [e["expect"] for e in result.expectations if not e["ok"]]
+        print(f"ferry netem run: {len(failed)} expectation(s) failed: {'; '.join(failed)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -128,7 +191,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point: ``python -m netem.cli relay|proxy|profiles``."""
+    """Standalone entry point: ``python -m netem.cli relay|proxy|profiles|list|run``."""
     parser = argparse.ArgumentParser(prog="ferry")
     register(parser.add_subparsers(dest="command", required=True))
     argv = list(sys.argv[1:] if argv is None else argv)

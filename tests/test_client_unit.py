@@ -679,7 +679,7 @@ async def test_web_client_joins_publishes_and_renders_remote(media_server: FakeF
                 r["type"] == "update_subscription" and r.get("track_sid") == BOT_VIDEO
                 for r in session.requests
             ),
-            5,
+            10,
         )
         await _wait(
             lambda: session.received.get("video", 0) > 5 and session.received.get("audio", 0) > 5,

@@ -212,7 +212,9 @@ const resizeObserver = new ResizeObserver((entries) => {
 });
 
 function sendSize(p) {
-  if (!p.videoTrackSid || !app.sig || app.state !== "joined") return;
+  // Allowed as soon as the join reply arrived (state may still be "joining" while
+  // publishing): a size dropped here would never be re-sent until the next resize.
+  if (!p.videoTrackSid || !app.sig || !app.me) return;
   const video = p.tile.querySelector("video");
   const dpr = window.devicePixelRatio || 1;
   const width = Math.round(video.clientWidth * dpr);
@@ -579,6 +581,7 @@ function teardown() {
   app.receivers.clear();
   app.trackOwner.clear();
   app.myTracks = { audio: null, video: null };
+  app.me = null;
   app.offerChain = Promise.resolve();
   app.prevBytes.clear();
 }

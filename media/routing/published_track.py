@@ -173,6 +173,8 @@ class PublishedTrack:
         return {
             "sid": self.sid,
             "participant_sid": self.participant_sid,
+            "mid": self.mid,
+            "cid": self.msid_track,
             "kind": self.kind,
             "source": self.source,
             "name": self.name,

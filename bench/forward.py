@@ -1,0 +1,338 @@
+"""Forwarding benchmark: 1 publisher -> N subscribers through a real Ferry process.
+
+Issue acceptance: "1 publisher (pre-encoded VP8 ~1 Mbps + Opus) to N subscribers
+(N = 1, 10, 50) on loopback; prints JSON with packets forwarded per second, server CPU
+microseconds per forwarded packet (from the server process's CPU time), receiver loss
+and server RSS. Aim: under 15 µs per forwarded packet".
+
+Ferry runs as its own process (``python -m signaling.cli serve``) so its CPU time can be
+read from ``/proc/<pid>/stat`` without counting the clients. The clients are
+:class:`signaling.lite_client.LiteClient` (Ferry's own cores, not aiortc, which costs
+~50-100 µs per packet and could not play 50 subscribers) in this process under uvloop.
+Each subscriber behaves like a browser: it sends transport-wide CC feedback every 50 ms,
+receiver reports every second and NACKs for gaps, so the server figure includes the RTCP
+work a real room causes, plus ingest from the publisher and the engine's timers.
+
+Run from the repo root::
+
+    python bench/forward.py --subscribers 1 10 50 --seconds 10
+
+One JSON object per N on its own line, then a JSON array of all of them. Figures are
+CPU time, not wall time, but on a shared machine other load still perturbs them: the
+host's load average is included. If the benchmark process itself (all the clients)
+nears a full core, ``client_saturated`` says so, since the server may then be starved of
+input rather than fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+
+from signaling.auth import generate_dev_keys, mint_token  # noqa: E402
+from signaling.lite_client import LiteClient, encode_opus_clip, encode_vp8_clip  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+VIDEO = {"width": 640, "height": 360, "frames": 150, "bitrate": 1_000_000, "keyframe_interval": 60}
+FPS = 30
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_times_s(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process in seconds (fields 14 and 15 of /proc/pid/stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu_s(pid: int) -> float:
+    return sum(proc_times_s(pid))
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class FerryProcess:
+    """`ferry serve` in a child process with a fixed API key, so we can mint tokens."""
+
+    def __init__(self) -> None:
+        self.key, self.secret = generate_dev_keys()
+        self.http_port = free_port(socket.SOCK_STREAM)
+        self.media_port = free_port(socket.SOCK_DGRAM)
+        self.quic_port = free_port(socket.SOCK_DGRAM)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    async def start(self, timeout: float = 20.0) -> None:
+        env = dict(os.environ, FERRY_API_KEY=self.key, FERRY_API_SECRET=self.secret)
+        env["FERRY_LOG_LEVEL"] = "warning"
+        cmd = [
+            sys.executable,
+            "-m",
+            "signaling.cli",
+            "serve",
+            "--http-port",
+            str(self.http_port),
+            "--media-port",
+            str(self.media_port),
+            "--quic-port",
+            str(self.quic_port),
+        ]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"ferry serve exited with {self.proc.returncode}")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(f"{self.http_url}/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise RuntimeError("ferry serve did not become healthy in time")
+
+    def token(self, room: str, identity: str) -> str:
+        return mint_token(self.key, self.secret, identity=identity, room=room, now=time.time())
+
+    async def metrics(self) -> dict[str, float]:
+        """Unlabelled counters from /metrics (ferry_rtp_packets_out_total & co.)."""
+        out: dict[str, float] = {}
+        async with aiohttp.ClientSession() as http, http.get(f"{self.http_url}/metrics") as resp:
+            text = await resp.text()
+        for m in re.finditer(r"^(ferry_[a-z_]+_total) ([0-9.e+]+)$", text, re.M):
+            out[m.group(1)] = float(m.group(2))
+        return out
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _receiver_totals(subs: list[LiteClient]) -> dict[str, int]:
+    totals = {"packets": 0, "bytes": 0, "expected": 0, "unique": 0, "rtx": 0}
+    for client in subs:
+        for c in client.received.values():
+            totals["packets"] += c.packets
+            totals["bytes"] += c.bytes
+            totals["expected"] += c.expected
+            totals["unique"] += c.unique
+            totals["rtx"] += c.rtx_packets
+    return totals
+
+
+async def _snapshot(ferry: FerryProcess, subs: list[LiteClient]) -> dict[str, Any]:
+    assert ferry.proc is not None
+    metrics = await ferry.metrics()
+    return {
+        "wall": time.monotonic(),
+        "server_cpu": proc_cpu_s(ferry.proc.pid),
+        "server_sys": proc_times_s(ferry.proc.pid)[1],
+        "client_cpu": self_cpu_s(),
+        "recv": _receiver_totals(subs),
+        "rtp_out": metrics.get("ferry_rtp_packets_out_total", 0.0),
+        "rtp_in": metrics.get("ferry_rtp_packets_in_total", 0.0),
+        "nack": metrics.get("ferry_nack_received_total", 0.0),
+    }
+
+
+async def run_one(
+    ferry: FerryProcess, n: int, seconds: float, warmup: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One round: a fresh room, 1 publisher and `n` subscribers, measured over `seconds`."""
+    room = f"bench-{n}-{int(time.time())}"
+    video = encode_vp8_clip(
+        VIDEO["width"],
+        VIDEO["height"],
+        VIDEO["frames"],
+        VIDEO["bitrate"],
+        keyframe_interval=VIDEO["keyframe_interval"],
+        fps=FPS,
+    )
+    audio = encode_opus_clip(5.0)
+    subs = [LiteClient(name=f"sub{i}", nack=not args.no_nack, twcc=not args.no_twcc) for i in range(n)]
+    pub = LiteClient(name="pub")
+    try:
+        # Subscribers join in small batches: 50 DTLS handshakes at once on 2 shared
+        # cores would only measure the setup burst.
+        for i in range(0, n, 10):
+            batch = subs[i : i + 10]
+            await asyncio.gather(*(c.connect(ferry.ws_url) for c in batch))
+            await asyncio.gather(*(c.join(ferry.token(room, c.name)) for c in batch))
+        await pub.connect(ferry.ws_url)
+        await pub.join(ferry.token(room, "pub"), auto_subscribe=False)
+        await pub.publish_vp8(video, fps=FPS, simulcast_rids=None, audio=audio)
+        await asyncio.gather(*(c.wait_connected("subscriber", 30.0) for c in subs))
+        await asyncio.gather(
+            *(c.wait_for(lambda c=c: any(x.keyframes for x in c.received.values()), 15.0) for c in subs)
+        )
+        await asyncio.sleep(warmup)
+        before = await _snapshot(ferry, subs)
+        await asyncio.sleep(seconds)
+        after = await _snapshot(ferry, subs)
+        assert ferry.proc is not None
+        rss = proc_rss_mb(ferry.proc.pid)
+        return _result(n, before, after, rss, pub, args)
+    finally:
+        await pub.leave()
+        await asyncio.gather(*(c.leave() for c in subs), return_exceptions=True)
+
+
+def _result(
+    n: int,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    rss_mb: float,
+    pub: LiteClient,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    wall = after["wall"] - before["wall"]
+    server_cpu = after["server_cpu"] - before["server_cpu"]
+    client_cpu = after["client_cpu"] - before["client_cpu"]
+    recv = {k: after["recv"][k] - before["recv"][k] for k in after["recv"]}
+    forwarded = recv["packets"]
+    metrics_out = after["rtp_out"] - before["rtp_out"]
+    expected = recv["expected"]
+    lost = max(0, expected - recv["unique"])
+    publisher = pub.publisher.summary() if pub.publisher else {}
+    return {
+        "subscribers": n,
+        "seconds": round(wall, 2),
+        "packets_forwarded": forwarded,
+        "packets_forwarded_per_s": round(forwarded / wall, 1),
+        "server_metrics_rtp_out": int(metrics_out),
+        "server_rtp_in_per_s": round((after["rtp_in"] - before["rtp_in"]) / wall, 1),
+        "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_pct": round(100.0 * server_cpu / wall, 1),
+        # Kernel share: loopback sendto and the wake-ups of the receiving process.
+        "server_sys_share": round((after["server_sys"] - before["server_sys"]) / server_cpu, 2)
+        if server_cpu
+        else None,
+        "server_us_per_forwarded_packet": round(server_cpu * 1e6 / forwarded, 2)
+        if forwarded
+        else None,
+        "server_rss_mb": round(rss_mb, 1),
+        "receiver_loss_pct": round(100.0 * lost / expected, 4) if expected else None,
+        "receiver_lost": lost,
+        "receiver_rtx_packets": recv["rtx"],
+        "server_nacks_received": int(after["nack"] - before["nack"]),
+        "received_mbps_total": round(recv["bytes"] * 8 / wall / 1e6, 2),
+        "client_cpu_pct": round(100.0 * client_cpu / wall, 1),
+        "client_saturated": client_cpu / wall > 0.9,
+        "client_feedback": {"twcc": not args.no_twcc, "nack": not args.no_nack},
+        "publisher_layers": publisher.get("layers"),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+async def idle_cpu_pct(ferry: FerryProcess, seconds: float = 3.0) -> float:
+    """Server CPU with no room at all (engine ticker, HTTP server): the fixed floor."""
+    assert ferry.proc is not None
+    await asyncio.sleep(1.0)
+    t0, c0 = time.monotonic(), proc_cpu_s(ferry.proc.pid)
+    await asyncio.sleep(seconds)
+    return 100.0 * (proc_cpu_s(ferry.proc.pid) - c0) / (time.monotonic() - t0)
+
+
+def add_derived(results: list[dict[str, Any]], idle_pct: float) -> None:
+    """Per-packet cost without the idle floor, and the marginal cost between rounds.
+
+    The plain figure divides *all* server CPU by forwarded packets, so at N=1 the fixed
+    costs (ticker, ingest, the publisher's RTCP) dominate; the marginal figure (extra CPU
+    per extra forwarded packet from one N to the next) is what a bigger room costs.
+    """
+    for r in results:
+        cpu = r["server_cpu_s"] - idle_pct / 100.0 * r["seconds"]
+        fwd = r["packets_forwarded"]
+        r["server_idle_cpu_pct"] = round(idle_pct, 2)
+        r["server_us_per_forwarded_packet_excl_idle"] = round(cpu * 1e6 / fwd, 2) if fwd else None
+    ordered = sorted(results, key=lambda r: r["subscribers"])
+    for prev, cur in zip(ordered, ordered[1:], strict=False):
+        extra = cur["packets_forwarded_per_s"] - prev["packets_forwarded_per_s"]
+        extra_cpu = (cur["server_cpu_pct"] - prev["server_cpu_pct"]) / 100.0
+        if extra > 0:
+            cur[f"server_marginal_us_per_packet_from_n{prev['subscribers']}"] = round(
+                extra_cpu * 1e6 / extra, 2
+            )
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    ferry = FerryProcess()
+    await ferry.start()
+    results: list[dict[str, Any]] = []
+    try:
+        idle = await idle_cpu_pct(ferry)
+        for n in args.subscribers:
+            result = await run_one(ferry, n, args.seconds, args.warmup, args)
+            add_derived([result], idle)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+            await asyncio.sleep(1.0)  # let the room wind down between rounds
+    finally:
+        ferry.stop()
+    add_derived(results, idle)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
+    parser.add_argument("--no-twcc", action="store_true", help="subscribers send no TWCC feedback")
+    parser.add_argument("--no-nack", action="store_true", help="subscribers send no NACKs")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    results = asyncio.run(main_async(args))
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Acknowledged bitrate: what the receiver actually got, from TWCC feedback.
+
+Why: AIMD cuts to ``beta * acked`` on overuse and never increases far above
+``1.5 * acked``; using the *send* rate there would trust exactly the number the
+congestion is making wrong. The rate is bytes received over a window of
+*receiver* arrival time (``window_ms``, 500 ms), so the sender's pacing and the
+feedback interval do not alias into it. libwebrtc uses a Bayesian estimator
+over 150-500 ms windows; a plain window is enough once it is long compared
+with the 50-100 ms feedback cadence.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from media.rtp.twcc import PacketResult
+
+__all__ = ["AckedBitrateEstimator"]
+
+
+class AckedBitrateEstimator:
+    """Bytes received in the last ``window_ms`` of arrival time, as bits/s."""
+
+    def __init__(self, window_ms: float = 500.0) -> None:
+        if window_ms <= 0:
+            raise ValueError(f"window_ms must be > 0 (got {window_ms})")
+        self.window_ms = window_ms
+        self._samples: deque[tuple[float, int]] = deque()
+        self._bytes = 0
+        self._first_arrival_ms: float | None = None
+        self._latest_ms: float | None = None
+
+    def on_results(self, results: Iterable[PacketResult]) -> None:
+        received = sorted(
+            (r.arrival_ms, r.size) for r in results if r.arrival_ms is not None
+        )
+        samples = self._samples
+        for arrival, size in received:
+            if self._latest_ms is not None and arrival < self._latest_ms - self.window_ms:
+                continue  # far too late to count in the current window
+            samples.append((arrival, size))
+            self._bytes += size
+            if self._latest_ms is None or arrival > self._latest_ms:
+                self._latest_ms = arrival
+            if self._first_arrival_ms is None:
+                self._first_arrival_ms = arrival
+        if self._latest_ms is None:
+            return
+        cutoff = self._latest_ms - self.window_ms
+        while samples and samples[0][0] <= cutoff:
+            self._bytes -= samples.popleft()[1]
+
+    def bitrate_bps(self) -> float | None:
+        """None until a whole window of arrivals has been seen."""
+        if self._latest_ms is None or self._first_arrival_ms is None:
+            return None
+        if self._latest_ms - self._first_arrival_ms < self.window_ms:
+            return None
+        return self._bytes * 8000.0 / self.window_ms

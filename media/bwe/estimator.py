@@ -1,0 +1,293 @@
+"""Send-side bandwidth estimation per subscriber transport (GCC with probing).
+
+``GccEstimator`` is the downlink estimator of one subscriber: the SFU sends,
+the subscriber's browser returns transport-wide CC feedback, and
+``TwccSendHistory.on_feedback`` turns it into ``PacketResult``s fed here. The
+estimate is ``min(delay-based, loss-based)``; it says nothing about policy: the
+allocator decides what to forward under it (DESIGN §1, STYLE §8: "outputs are an
+estimate and a state, no policy").
+
+Pipeline per feedback batch (``on_packet_results``)::
+
+    results ──> AckedBitrateEstimator (bytes over arrival windows)
+           ├─> ProbeResultEstimator (packets of probe clusters) ──> probe result
+           ├─> InterArrival ─> TrendlineEstimator ─> OveruseDetector ──> usage
+           │                       then AimdRateControl(usage, acked) ──> delay-based
+           └─> loss + queueing delay per batch ─> LossBasedControl ──> loss-based
+
+How the shell (the subscriber transport's DownTrack sink) drives it::
+
+    est = GccEstimator(start_bps=1_000_000)
+    est.set_desired_bps(allocator_wants)              # drives probing
+    # when feedback arrives:
+    results = send_history.on_feedback(TwccFeedback.parse(data), now_ms)
+    est.on_packet_results(results, now_ms)
+    est.on_rtt(rtt_ms, now_ms)                       # from RR/SR or feedback
+    pacer.set_rate(est.estimate_bps(now_ms), now_ms)
+    # before pacing: give the pacer any probe cluster
+    if (cluster := est.next_probe(now_ms)) is not None:
+        pacer.start_probe(cluster, now_ms)
+    # for every packet the pacer tags with a probe id, once its twcc seq is known:
+    est.on_probe_sent(cluster_id, twcc_seq_ext, size, send_ms)
+
+``NullEstimator`` (a fixed rate) stands in where estimation is disabled, as
+LiveKit's ``null_bwe`` does.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Protocol
+
+from media.bwe.acked_bitrate import AckedBitrateEstimator
+from media.bwe.aimd import DECREASE, HOLD, INCREASE, AimdRateControl
+from media.bwe.interarrival import InterArrival
+from media.bwe.loss_based import LossBasedControl
+from media.bwe.overuse import BandwidthUsage, OveruseDetector
+from media.bwe.probe import ProbeCluster, ProbeController, ProbeResultEstimator
+from media.bwe.trendline import TrendlineEstimator
+from media.rtp.twcc import PacketResult
+
+__all__ = ["BandwidthEstimator", "GccEstimator", "NullEstimator"]
+
+STATES = ("increasing", "holding", "decreasing")
+_STATE_NAME = {INCREASE: "increasing", HOLD: "holding", DECREASE: "decreasing"}
+
+
+class BandwidthEstimator(Protocol):
+    """What a subscriber transport needs from an estimator."""
+
+    def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None: ...
+
+    def on_rtt(self, rtt_ms: float, now_ms: float) -> None: ...
+
+    def on_loss_report(self, fraction_lost: float, now_ms: float) -> None: ...
+
+    def estimate_bps(self, now_ms: float) -> int: ...
+
+    @property
+    def state(self) -> str: ...
+
+    def set_desired_bps(self, bps: float | None) -> None: ...
+
+    def next_probe(self, now_ms: float) -> ProbeCluster | None: ...
+
+    def on_probe_sent(self, cluster_id: int, twcc_seq: int, size: int, send_ms: float) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class NullEstimator:
+    """A fixed estimate: no feedback needed, never probes (estimation disabled)."""
+
+    def __init__(self, rate_bps: int = 2_000_000) -> None:
+        self.rate_bps = int(rate_bps)
+
+    def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None:
+        pass
+
+    def on_rtt(self, rtt_ms: float, now_ms: float) -> None:
+        pass
+
+    def on_loss_report(self, fraction_lost: float, now_ms: float) -> None:
+        pass
+
+    def estimate_bps(self, now_ms: float) -> int:
+        return self.rate_bps
+
+    @property
+    def state(self) -> str:
+        return "holding"
+
+    def set_desired_bps(self, bps: float | None) -> None:
+        pass
+
+    def next_probe(self, now_ms: float) -> ProbeCluster | None:
+        return None
+
+    def on_probe_sent(self, cluster_id: int, twcc_seq: int, size: int, send_ms: float) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"estimate_bps": self.rate_bps, "state": "holding"}
+
+
+class _MinWindow:
+    """Minimum of a signal over the last ``window_ms`` (1 s buckets): the base delay."""
+
+    def __init__(self, window_ms: float = 10_000.0, bucket_ms: float = 1000.0) -> None:
+        self.window_ms = window_ms
+        self.bucket_ms = bucket_ms
+        self._buckets: deque[tuple[float, float]] = deque()  # (bucket start, min)
+
+    def add(self, t_ms: float, value: float) -> None:
+        b = self._buckets
+        start = t_ms - t_ms % self.bucket_ms
+        if b and b[-1][0] == start:
+            if value < b[-1][1]:
+                b[-1] = (start, value)
+        else:
+            b.append((start, value))
+        while b and b[0][0] < t_ms - self.window_ms:
+            b.popleft()
+
+    def get(self) -> float | None:
+        return min(v for _, v in self._buckets) if self._buckets else None
+
+
+class GccEstimator:
+    """Google Congestion Control, send side, with probing (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        start_bps: int = 1_000_000,
+        min_bps: int = 50_000,
+        max_bps: int = 20_000_000,
+    ) -> None:
+        if not 0 < min_bps <= max_bps:
+            raise ValueError(f"need 0 < min_bps <= max_bps (got {min_bps}, {max_bps})")
+        self.min_bps = min_bps
+        self.max_bps = max_bps
+        self.interarrival = InterArrival()
+        self.trendline = TrendlineEstimator()
+        self.detector = OveruseDetector()
+        self.aimd = AimdRateControl(start_bps, min_bps, max_bps)
+        self.loss_based = LossBasedControl(min_bps=min_bps, max_bps=max_bps)
+        self.acked = AckedBitrateEstimator()
+        self.probe_controller = ProbeController(max_bps=max_bps)
+        self.probe_results = ProbeResultEstimator()
+        self.usage = BandwidthUsage.NORMAL
+        self.rtt_ms: float | None = None
+        self.queue_delay_ms = 0.0
+        self.last_probe_bps: float | None = None
+        self._probe_set_ms: float | None = None  # when a probe result last set the estimate
+        self._base_owd = _MinWindow()
+        self._decreases_seen = 0
+
+    # ------------------------------------------------------------ inputs
+    def set_desired_bps(self, bps: float | None) -> None:
+        """What the allocator would send if it could; probing aims there, never above."""
+        self.probe_controller.set_desired_bps(bps)
+
+    def on_rtt(self, rtt_ms: float, now_ms: float) -> None:
+        self.rtt_ms = rtt_ms
+        self.aimd.set_rtt(rtt_ms)
+        self.loss_based.set_rtt(rtt_ms)
+
+    def on_loss_report(self, fraction_lost: float, now_ms: float) -> None:
+        """RTCP receiver-report loss, for transports without TWCC loss info."""
+        self.loss_based.on_loss_report(fraction_lost, now_ms)
+
+    def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None:
+        """One feedback's worth of results, in send order (TwccSendHistory output)."""
+        if not results:
+            return
+        self.acked.on_results(results)
+        probe_done = self.probe_results.on_results(results, now_ms)
+        lost = 0
+        owd_sum = 0.0
+        received = 0
+        ia, tl, det = self.interarrival, self.trendline, self.detector
+        for r in results:
+            arrival = r.arrival_ms
+            if arrival is None:
+                lost += 1
+                continue
+            owd = arrival - r.send_ms
+            self._base_owd.add(now_ms, owd)
+            owd_sum += owd
+            received += 1
+            delta = ia.add(r.send_ms, arrival, r.size)
+            if delta is not None:
+                trend = tl.update(delta.arrival_delta_ms, delta.send_delta_ms, delta.arrival_ms)
+                det.detect(trend, delta.send_delta_ms, delta.arrival_ms)
+        self.usage = det.state
+        base = self._base_owd.get()
+        if received and base is not None:
+            self.queue_delay_ms = max(0.0, owd_sum / received - base)
+        self.loss_based.on_batch(len(results), lost, self.queue_delay_ms, now_ms)
+        self._update_delay_based(probe_done, now_ms)
+        delay_bps = self.aimd.current_bps
+        self.loss_based.update(self._combined(), delay_bps, now_ms)
+        if self.aimd.decreases != self._decreases_seen or self.loss_based.state == "decrease":
+            self._decreases_seen = self.aimd.decreases
+            self.probe_controller.on_decrease(now_ms)
+
+    def _update_delay_based(self, probe_done: list[tuple[int, float | None]], now_ms: float) -> None:
+        acked = self.acked.bitrate_bps()
+        # Right after a probe raised the estimate, the acked window still holds the old,
+        # lower rate; a cut to beta * that stale figure would undo the probe for nothing.
+        # The probe measured its rate as deliverable, so it stands in as the floor.
+        if (
+            self._probe_set_ms is not None
+            and self.last_probe_bps is not None
+            and now_ms - self._probe_set_ms < self.acked.window_ms + (self.rtt_ms or 100.0)
+        ):
+            acked = max(acked or 0.0, self.last_probe_bps)
+        best_probe: float | None = None
+        for cid, bps in probe_done:
+            self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)
+            if bps is not None and (best_probe is None or bps > best_probe):
+                best_probe = bps
+        if best_probe is not None:
+            self.last_probe_bps = best_probe
+        if self.usage is not BandwidthUsage.OVERUSING and best_probe is not None:
+            if best_probe > self.aimd.current_bps:
+                self.aimd.set_estimate(best_probe, now_ms)
+                self._probe_set_ms = now_ms
+                lb = self.loss_based
+                if lb.rate_bps is not None and lb.state != "decrease":
+                    lb.rate_bps = max(lb.rate_bps, best_probe)
+            return
+        self.aimd.update(self.usage, acked, now_ms, self.queue_delay_ms)
+
+    # ----------------------------------------------------------- outputs
+    def _combined(self) -> float:
+        est = self.aimd.current_bps
+        lb = self.loss_based.rate_bps
+        if lb is not None and lb < est:
+            est = lb
+        return min(max(est, float(self.min_bps)), float(self.max_bps))
+
+    def estimate_bps(self, now_ms: float) -> int:
+        """The target send rate: min(delay-based, loss-based), within [min, max]."""
+        return int(self._combined())
+
+    @property
+    def state(self) -> str:
+        """"increasing" | "holding" | "decreasing" (what the binding controller does)."""
+        lb = self.loss_based
+        if lb.rate_bps is not None and lb.rate_bps < self.aimd.current_bps:
+            return {"decrease": "decreasing", "hold": "holding"}.get(lb.state, "increasing")
+        return _STATE_NAME[self.aimd.last_action]
+
+    def next_probe(self, now_ms: float) -> ProbeCluster | None:
+        """A probe cluster to start now (each returned once), or None."""
+        cluster = self.probe_controller.next_probe(self._combined(), now_ms)
+        if cluster is not None:
+            self.probe_results.add_cluster(cluster)
+        return cluster
+
+    def on_probe_sent(self, cluster_id: int, twcc_seq: int, size: int, send_ms: float) -> None:
+        """Mark a sent packet (extended transport-wide seq) as part of a probe cluster."""
+        self.probe_results.on_probe_sent(cluster_id, twcc_seq, size, send_ms)
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers for plots and /metrics."""
+        return {
+            "estimate_bps": self.estimate_bps(0.0),
+            "delay_based_bps": self.aimd.current_bps,
+            "loss_based_bps": self.loss_based.rate_bps,
+            "state": self.state,
+            "usage": str(self.usage),
+            "trend": self.trendline.modified_trend,
+            "threshold": self.detector.threshold,
+            "acked_bps": self.acked.bitrate_bps(),
+            "loss": self.loss_based.loss,
+            "effective_loss": self.loss_based.effective_loss,
+            "queue_delay_ms": self.queue_delay_ms,
+            "rtt_ms": self.rtt_ms,
+            "last_probe_bps": self.last_probe_bps,
+            "probes": self.probe_controller.sent_clusters,
+        }

@@ -1,0 +1,229 @@
+"""Sans-I/O pacer: a leaky bucket with priority queues, and the probe sender.
+
+Why pace: a keyframe is 10-50 packets produced at once. Sent back to back, it
+hits the subscriber's bottleneck as a burst that builds a queue the delay-based
+estimator reads as congestion, and on a shallow buffer it is simply dropped.
+The pacer spreads packets at ``pacing_factor * estimate`` (2.5, libwebrtc's
+factor): fast enough that a keyframe leaves in a few frame intervals, slow
+enough not to burst.
+
+Queues in strict priority: **audio > retransmissions ("rtx") > video >
+padding**. Audio bypasses the budget entirely (it is small and late audio is
+worse than late video, so it is never starved) but is charged to it. Video and
+retransmissions older than ``max_queue_ms`` are dropped from the head (counted
+in ``dropped``): on a link that suddenly shrank, sending seconds-old video only
+adds delay; the layer selector will ask for a keyframe after the gap.
+
+Probing: ``start_probe(cluster, now_ms)`` queues a ``ProbeCluster``; while one
+is active every packet popped (queued media first, then padding the shell must
+make, ``packet is None``) is sent at the cluster's bitrate and tagged with its
+id, until ``min_packets`` and ``min_bytes`` went out. Tagging *all* packets
+sent during the probe (not only padding) is what makes the probe result the
+link's total rate.
+
+How the DownTrack sink uses it (one pacer per subscriber transport)::
+
+    pacer.enqueue(packet, len(packet), "video", now_ms)   # from DownTrack.write
+    # the shell keeps one timer at pacer.next_send_time(now_ms); when it fires:
+    for item in pacer.pop(now_ms):
+        data = item.packet if item.packet is not None else make_padding(item.size)
+        seq = stamp_twcc(data)                   # transport-wide seq, at send time
+        send_history.on_sent(seq, now_ms, item.size)
+        if item.probe_id is not None:
+            estimator.on_probe_sent(item.probe_id, seq, item.size, now_ms)
+        transport.send(data)
+    # after every feedback: pacer.set_rate(estimator.estimate_bps(now_ms), now_ms)
+
+The transport-wide seq must be stamped when the packet *leaves the pacer*, not
+when it is enqueued: the estimator compares send times, and the wait in the
+pacer is not network delay.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, NamedTuple
+
+from media.bwe.probe import ProbeCluster
+
+__all__ = ["KINDS", "PacedPacket", "Pacer"]
+
+KINDS = ("audio", "rtx", "video", "padding")
+_PACED_KINDS = ("rtx", "video", "padding")
+_DROPPABLE = ("rtx", "video")
+
+
+class PacedPacket(NamedTuple):
+    """One packet allowed out now. ``packet`` is None for padding the shell makes."""
+
+    packet: Any
+    kind: str
+    size: int
+    probe_id: int | None = None
+
+
+class Pacer:
+    """Leaky bucket at ``pacing_factor * rate_bps``; see the module docstring."""
+
+    def __init__(
+        self,
+        rate_bps: float,
+        *,
+        burst_ms: float = 5.0,
+        max_queue_ms: float = 2000.0,
+        pacing_factor: float = 2.5,
+        padding_size: int = 1000,
+    ) -> None:
+        if rate_bps <= 0 or burst_ms <= 0 or max_queue_ms <= 0 or pacing_factor <= 0:
+            raise ValueError("rate_bps, burst_ms, max_queue_ms and pacing_factor must be > 0")
+        self.burst_ms = burst_ms
+        self.max_queue_ms = max_queue_ms
+        self.pacing_factor = pacing_factor
+        self.padding_size = padding_size
+        self.rate_bps = float(rate_bps)
+        self.dropped = {"rtx": 0, "video": 0}
+        self.sent_bytes = {k: 0 for k in KINDS}
+        self._queues: dict[str, deque[tuple[Any, int, float]]] = {k: deque() for k in KINDS}
+        self._queued_bytes = 0
+        self._budget = 0.0  # bytes; may go negative by up to one packet
+        self._budget_ms: float | None = None
+        self._probes: deque[ProbeCluster] = deque()
+        self._probe: ProbeCluster | None = None
+        self._probe_start_ms = 0.0
+        self._probe_bytes = 0
+        self._probe_packets = 0
+
+    # ------------------------------------------------------------ config
+    @property
+    def pacing_bps(self) -> float:
+        return self.rate_bps * self.pacing_factor
+
+    def set_rate(self, rate_bps: float, now_ms: float | None = None) -> None:
+        """New estimate (the pacer multiplies it by ``pacing_factor``)."""
+        if now_ms is not None:
+            self._refill(now_ms)
+        self.rate_bps = max(float(rate_bps), 1.0)
+
+    # ------------------------------------------------------------ inputs
+    def enqueue(self, packet: Any, size: int, kind: str, now_ms: float) -> None:
+        if kind not in self._queues:
+            raise ValueError(f"unknown packet kind {kind!r} (allowed: {', '.join(KINDS)})")
+        self._queues[kind].append((packet, size, now_ms))
+        self._queued_bytes += size
+        self._drop_stale(now_ms)
+
+    def start_probe(self, cluster: ProbeCluster, now_ms: float) -> None:
+        """Queue a probe cluster; it starts when the previous one is done."""
+        self._probes.append(cluster)
+        if self._probe is None:
+            self._next_probe(now_ms)
+
+    # ------------------------------------------------------------ state
+    @property
+    def queued_packets(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def probing(self) -> bool:
+        return self._probe is not None
+
+    def queue_delay_ms(self, now_ms: float) -> float:
+        """Age of the oldest paced (non-audio) packet waiting."""
+        oldest = [q[0][2] for k in _PACED_KINDS if (q := self._queues[k])]
+        return now_ms - min(oldest) if oldest else 0.0
+
+    # ------------------------------------------------------------ timing
+    def _max_budget(self) -> float:
+        return self.pacing_bps * self.burst_ms / 8000.0
+
+    def _refill(self, now_ms: float) -> None:
+        last = self._budget_ms
+        self._budget_ms = now_ms
+        if last is None or now_ms <= last:
+            return
+        self._budget = min(self._budget + self.pacing_bps * (now_ms - last) / 8000.0, self._max_budget())
+
+    def _has_paced(self) -> bool:
+        q = self._queues
+        return bool(q["rtx"] or q["video"] or q["padding"])
+
+    def next_send_time(self, now_ms: float) -> float | None:
+        """When ``pop`` will release something (``now_ms`` if now), None if idle."""
+        if self._queues["audio"]:
+            return now_ms
+        if self._probe is not None:
+            due = self._probe_start_ms + self._probe_bytes * 8000.0 / self._probe.bitrate_bps
+            return max(now_ms, due)
+        if not self._has_paced():
+            return None
+        self._refill(now_ms)
+        if self._budget > 0:
+            return now_ms
+        return now_ms + (-self._budget + 1e-6) * 8000.0 / self.pacing_bps
+
+    # ------------------------------------------------------------ output
+    def _take_paced(self) -> tuple[Any, int, str] | None:
+        for kind in _PACED_KINDS:
+            q = self._queues[kind]
+            if q:
+                packet, size, _ = q.popleft()
+                self._queued_bytes -= size
+                return packet, size, kind
+        return None
+
+    def _next_probe(self, now_ms: float) -> None:
+        self._probe = self._probes.popleft() if self._probes else None
+        self._probe_start_ms = now_ms
+        self._probe_bytes = 0
+        self._probe_packets = 0
+
+    def _drop_stale(self, now_ms: float) -> None:
+        cutoff = now_ms - self.max_queue_ms
+        for kind in _DROPPABLE:
+            q = self._queues[kind]
+            while q and q[0][2] < cutoff:
+                self._queued_bytes -= q.popleft()[1]
+                self.dropped[kind] += 1
+
+    def pop(self, now_ms: float) -> list[PacedPacket]:
+        """Everything that may leave at ``now_ms``, in send order."""
+        self._refill(now_ms)
+        self._drop_stale(now_ms)
+        out: list[PacedPacket] = []
+        sent = self.sent_bytes
+        audio = self._queues["audio"]
+        while audio:
+            packet, size, _ = audio.popleft()
+            self._queued_bytes -= size
+            self._budget -= size
+            sent["audio"] += size
+            out.append(PacedPacket(packet, "audio", size))
+        while self._probe is not None:
+            cluster = self._probe
+            allowed = cluster.bitrate_bps * (now_ms - self._probe_start_ms) / 8000.0
+            if self._probe_bytes > allowed + 1e-6:
+                break
+            item = self._take_paced()
+            if item is None:
+                item = (None, self.padding_size, "padding")
+            packet, size, kind = item
+            sent[kind] += size
+            out.append(PacedPacket(packet, kind, size, cluster.id))
+            self._probe_bytes += size
+            self._probe_packets += 1
+            if self._probe_packets >= cluster.min_packets and self._probe_bytes >= cluster.min_bytes:
+                self._next_probe(now_ms)
+        if self._probe is None:
+            while self._budget > 0:
+                item = self._take_paced()
+                if item is None:
+                    break
+                packet, size, kind = item
+                self._budget -= size
+                sent[kind] += size
+                out.append(PacedPacket(packet, kind, size))
+        return out

@@ -1,0 +1,85 @@
+"""Trendline filter: is the queueing delay growing, and how fast?
+
+Why a trendline and not the draft's Kalman filter: libwebrtc replaced the
+Kalman "offset" estimator (draft-ietf-rmcat-gcc-02 §5.3) with this one in
+send-side GoogCC because a least-squares slope over a short window reacts as
+fast and is far less noisy with paced, bursty video. Per group delta:
+
+1. ``accumulated += arrival_delta - send_delta`` (total queueing change, ms);
+2. ``smoothed = a * smoothed + (1 - a) * accumulated`` (a = 0.9);
+3. keep the last ``window`` (20) points ``(arrival time, smoothed)`` and fit a
+   line; its slope is the rate of queue growth (ms of delay per ms; 0.05 means
+   the queue grows 5 % of wall time, i.e. we send ~5 % above capacity);
+4. ``modified_trend = min(num_deltas, 60) * slope * threshold_gain`` (gain 4):
+   scaled so the overuse detector can compare it with a threshold in "ms"
+   (initial 12.5), and damped during the first 60 deltas when the fit is young.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["TrendlineEstimator", "linear_fit_slope"]
+
+MIN_DELTAS_FOR_FULL_GAIN = 60
+DELTA_COUNTER_MAX = 1000
+
+
+def linear_fit_slope(points: deque[tuple[float, float]] | list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of ``y`` over ``x``; None when all ``x`` are equal."""
+    n = len(points)
+    if n < 2:
+        return None
+    sx = sy = 0.0
+    for x, y in points:
+        sx += x
+        sy += y
+    mx, my = sx / n, sy / n
+    num = den = 0.0
+    for x, y in points:
+        dx = x - mx
+        num += dx * (y - my)
+        den += dx * dx
+    if den == 0.0:
+        return None
+    return num / den
+
+
+class TrendlineEstimator:
+    """Smoothed accumulated delay, regression slope over a window, threshold gain."""
+
+    def __init__(
+        self, window: int = 20, smoothing: float = 0.9, threshold_gain: float = 4.0
+    ) -> None:
+        if window < 2:
+            raise ValueError(f"window must be >= 2 (got {window})")
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1) (got {smoothing})")
+        self.window = window
+        self.smoothing = smoothing
+        self.threshold_gain = threshold_gain
+        self.num_deltas = 0
+        self.accumulated_delay_ms = 0.0
+        self.smoothed_delay_ms = 0.0
+        self.trend = 0.0  # last raw slope
+        self.modified_trend = 0.0
+        self._first_arrival_ms: float | None = None
+        self._history: deque[tuple[float, float]] = deque(maxlen=window)
+
+    def update(self, arrival_delta_ms: float, send_delta_ms: float, arrival_ms: float) -> float:
+        """Add one group delta; returns the modified trend (0 until the window fills)."""
+        if self._first_arrival_ms is None:
+            self._first_arrival_ms = arrival_ms
+        self.num_deltas = min(self.num_deltas + 1, DELTA_COUNTER_MAX)
+        self.accumulated_delay_ms += arrival_delta_ms - send_delta_ms
+        a = self.smoothing
+        self.smoothed_delay_ms = a * self.smoothed_delay_ms + (1.0 - a) * self.accumulated_delay_ms
+        self._history.append((arrival_ms - self._first_arrival_ms, self.smoothed_delay_ms))
+        if len(self._history) == self.window:
+            slope = linear_fit_slope(self._history)
+            if slope is not None:
+                self.trend = slope
+        self.modified_trend = (
+            min(self.num_deltas, MIN_DELTAS_FOR_FULL_GAIN) * self.trend * self.threshold_gain
+        )
+        return self.modified_trend
