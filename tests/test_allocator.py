@@ -10,8 +10,8 @@ from media.routing.allocator import (
     PRIO_SPEAKER,
     PRIO_VIDEO,
     UP_HOLD_MS,
-    AllocTrack,
     Allocator,
+    AllocTrack,
 )
 
 LAYERS = [150_000.0, 500_000.0, 1_500_000.0]
