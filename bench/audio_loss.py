@@ -159,7 +159,10 @@ def simulate(
                 done = True
         if i >= n and link.held == 0 and now > n * 20.0 + 2000:
             break
-    return RunResult(out, path.counters())
+    counters = path.counters()
+    counters["link_sent"] = link.stats.sent
+    counters["link_dropped"] = link.stats.dropped_loss
+    return RunResult(out, counters)
 
 
 def score(ref16: np.ndarray, deg16: np.ndarray) -> tuple[float, float]:
@@ -193,7 +196,8 @@ def run_clip(
             res[prof][mode] = {
                 "pesq": p,
                 "stoi": s,
-                "network_loss": c["jb_lost"] / frames,
+                "network_loss": c["link_dropped"] / max(1, c["link_sent"]),
+                "residual_loss": c["jb_lost"] / frames,  # after the buffer (RED fills holes)
                 "concealed_frames": c["frames_concealed"] + c["silence_inserted"],
                 "fec_frames": c["frames_fec_recovered"],
                 "red_frames": c["frames_red_recovered"],

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from media.wire.rtp import build_rtp, parse_rtp  # noqa: E402
 from signaling.auth import generate_dev_keys, mint_token  # noqa: E402
 from signaling.lite_client import LiteClient, encode_opus_clip, encode_vp8_clip  # noqa: E402
 
@@ -80,6 +81,29 @@ def proc_rss_mb(pid: int) -> float:
 def self_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def calibration_parse_rtp_ns(number: int = 20000) -> float:
+    """How fast this machine runs Python right now: best-of-5 ns per `parse_rtp`.
+
+    The same figure `bench/wire.py` prints; DESIGN §3's budget was measured where
+    aiortc's parse took ~1.5 µs. Scale the µs/packet figures by it across machines.
+    """
+    packet = build_rtp(
+        payload_type=96,
+        seq=1,
+        timestamp=2,
+        ssrc=3,
+        payload=bytes(1100),
+        extensions=[(3, b"\x00\x01")],
+    )
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter_ns()
+        for _ in range(number):
+            parse_rtp(packet)
+        best = min(best, (time.perf_counter_ns() - t0) / number)
+    return round(best, 1)
 
 
 class FerryProcess:
@@ -191,7 +215,9 @@ async def run_one(
         fps=FPS,
     )
     audio = encode_opus_clip(5.0)
-    subs = [LiteClient(name=f"sub{i}", nack=not args.no_nack, twcc=not args.no_twcc) for i in range(n)]
+    subs = [
+        LiteClient(name=f"sub{i}", nack=not args.no_nack, twcc=not args.no_twcc) for i in range(n)
+    ]
     pub = LiteClient(name="pub")
     try:
         # Subscribers join in small batches: 50 DTLS handshakes at once on 2 shared
@@ -205,7 +231,10 @@ async def run_one(
         await pub.publish_vp8(video, fps=FPS, simulcast_rids=None, audio=audio)
         await asyncio.gather(*(c.wait_connected("subscriber", 30.0) for c in subs))
         await asyncio.gather(
-            *(c.wait_for(lambda c=c: any(x.keyframes for x in c.received.values()), 15.0) for c in subs)
+            *(
+                c.wait_for(lambda c=c: any(x.keyframes for x in c.received.values()), 15.0)
+                for c in subs
+            )
         )
         await asyncio.sleep(warmup)
         before = await _snapshot(ferry, subs)
@@ -215,8 +244,10 @@ async def run_one(
         rss = proc_rss_mb(ferry.proc.pid)
         return _result(n, before, after, rss, pub, args)
     finally:
-        await pub.leave()
+        # Subscribers first: a publisher leaving first triggers a renegotiation per
+        # subscriber, which is setup noise, not what this benchmark measures.
         await asyncio.gather(*(c.leave() for c in subs), return_exceptions=True)
+        await pub.leave()
 
 
 def _result(
@@ -263,6 +294,7 @@ def _result(
         "client_feedback": {"twcc": not args.no_twcc, "nack": not args.no_nack},
         "publisher_layers": publisher.get("layers"),
         "loadavg_1m": round(os.getloadavg()[0], 2),
+        "calibration_parse_rtp_ns": calibration_parse_rtp_ns(),
     }
 
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import statistics
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ from netem.turn import TurnRelay
 logger = logging.getLogger("ferry.netem.runner")
 
 FREEZE_GAP_S = 0.5
+RECOVERY_GRACE_S = 1.5
 AUDIO_GAP_S = 0.06
 TURN_PASSWORD = "ferry"
 
@@ -129,6 +132,77 @@ class FrameMeter:
         return self.kind == "video" and (self.last is None or now - self.last > FREEZE_GAP_S)
 
 
+class SeqTracker:
+    """Which RTP sequence numbers of each media SSRC arrived, originals or via RTX.
+
+    Why: a receiver's ``packetsLost`` in aiortc is counted before RTX is unwrapped, so
+    it shows the network's loss, not what NACK/RTX left unrepaired. This tracker sees
+    every packet (retransmissions folded into their primary SSRC) and, at the end of the
+    run, counts what never arrived at all between two sample points.
+    """
+
+    def __init__(self) -> None:
+        self.received: dict[int, set[int]] = {}
+        self.highest: dict[int, int] = {}
+
+    def add(self, ssrc: int, seq: int) -> None:
+        high = self.highest.get(ssrc)
+        if high is None:
+            ext = seq + 65536
+        else:
+            delta = (seq - high) & 0xFFFF
+            ext = high + delta if delta < 0x8000 else high + delta - 0x10000
+        if high is None or ext > high:
+            self.highest[ssrc] = ext
+        self.received.setdefault(ssrc, set()).add(ext)
+
+    def snapshot(self) -> dict[int, int]:
+        return dict(self.highest)
+
+    def missing(self, start: dict[int, int], end: dict[int, int]) -> tuple[int, int]:
+        """(expected, missing) for sequence numbers in ``(start, end]`` per SSRC."""
+        expected = missing = 0
+        for ssrc, hi in end.items():
+            got = self.received.get(ssrc, set())
+            lo = start.get(ssrc, min(got) - 1 if got else hi)
+            if hi <= lo:
+                continue
+            n = hi - lo
+            have = sum(1 for x in range(lo + 1, hi + 1) if x in got)
+            expected += n
+            missing += n - have
+        return expected, missing
+
+
+def watch_aiortc_receiver(receiver: Any, tracker: SeqTracker) -> bool:
+    """Feed ``tracker`` from an aiortc ``RTCRtpReceiver`` (instance patch, idempotent).
+
+    Reads aiortc's private codec and RTX maps at call time, so renegotiation is seen;
+    if they are missing (another aiortc version) packets are still passed through.
+    """
+    if getattr(receiver, "_netem_watched", False):
+        return False
+    original = receiver._handle_rtp_packet
+
+    async def handle(packet: Any, arrival_time_ms: int) -> None:
+        try:
+            codecs = getattr(receiver, "_RTCRtpReceiver__codecs", {})
+            codec = codecs.get(packet.payload_type)
+            if codec is not None and codec.name.lower() == "rtx":
+                rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+                if packet.ssrc in rtx and len(packet.payload) >= 2:
+                    tracker.add(rtx[packet.ssrc], (packet.payload[0] << 8) | packet.payload[1])
+            elif codec is not None:
+                tracker.add(packet.ssrc, packet.sequence_number)
+        except Exception:  # noqa: BLE001 - measuring must never break the media path
+            logger.debug("seq tracking failed", exc_info=True)
+        await original(packet, arrival_time_ms=arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle
+    receiver._netem_watched = True
+    return True
+
+
 def _estimate_bps(obj: Any) -> float | None:
     """Ferry's bandwidth estimate for a subscriber, wherever a BWE puts it."""
     for path in ("estimate_bps", "bwe.estimate_bps", "gcc.estimate_bps", "estimator.estimate_bps",
@@ -169,6 +243,9 @@ class Participant:
         self._window_rx: tuple[int, int] | None = None
         self._window_relay: dict[str, float] | None = None
         self.rx_totals: tuple[int, int] = (0, 0)  # (received, lost) RTP packets, cumulative
+        self.tracker: SeqTracker | None = None  # set by clients that see every packet
+        self.seq_marks: list[dict[int, int]] = []  # tracker snapshot per sample
+        self.proxy: Any = None  # a UdpProxy instead of the relay (LiteClient)
 
     @property
     def publishes(self) -> bool:
@@ -179,6 +256,11 @@ class Participant:
 
     async def stop(self) -> None:
         raise NotImplementedError
+
+    def set_link(self, profile: Profile) -> None:
+        """Change this participant's network (the relay profile its TURN username names)."""
+        if self.ctx.relay is not None:
+            self.ctx.relay.set_profile(self.profile, profile)
 
     async def client_sample(self) -> dict[str, Any]:
         """rtt_ms, jitter_ms, and rx totals from the client's own stats."""
@@ -196,10 +278,12 @@ class Participant:
     def relay_counters(self) -> dict[str, float]:
         out = {"up_sent": 0.0, "up_drop": 0.0, "up_bytes": 0.0,
                "down_sent": 0.0, "down_drop": 0.0, "down_bytes": 0.0}
-        for alloc in self.ctx.relay.allocations if self.ctx.relay else []:
-            if alloc.profile != self.profile:
-                continue
-            for side, link in (("up", alloc.up), ("down", alloc.down)):
+        pairs = [(a.up, a.down) for a in (self.ctx.relay.allocations if self.ctx.relay else [])
+                 if a.profile == self.profile]
+        if self.proxy is not None:
+            pairs += [(c.up, c.down) for c in self.proxy.clients.values()]
+        for up, down in pairs:
+            for side, link in (("up", up), ("down", down)):
                 s = link.stats
                 out[f"{side}_sent"] += s.sent
                 out[f"{side}_drop"] += s.dropped_loss + s.dropped_queue + s.dropped_overflow
@@ -237,12 +321,22 @@ class FerryParticipant(Participant):
         self.connected = True
 
     def _on_track(self, psid: str, tsid: str, track: Any) -> None:
+        self._watch()
         sink = self.client.sinks.get((psid, tsid))
         if sink is not None:
             meter = self.meter(f"{psid}/{tsid}", sink.kind)
             sink.on_frame = lambda _frame, m=meter: m.on_frame()
 
+    def _watch(self) -> None:
+        if self.tracker is None:
+            self.tracker = SeqTracker()
+        sub = self.client.subscriber
+        for tr in sub.getTransceivers() if sub is not None else []:
+            if tr.kind == "video":  # NACK/RTX repairs video only; Opus loss is concealed
+                watch_aiortc_receiver(tr.receiver, self.tracker)
+
     async def client_sample(self) -> dict[str, Any]:
+        self._watch()
         for (psid, tsid), sink in list(self.client.sinks.items()):
             if sink.on_frame is None:
                 self._on_track(psid, tsid, sink.track)
@@ -323,95 +417,127 @@ class ChromiumParticipant(Participant):
             await self.context.close()
 
 
-class LiteParticipant(Participant):
-    """Ferry's own cheap endpoint (``signaling.lite_client.LiteClient``), duck-typed.
+_LITE_REMOTE: contextvars.ContextVar[Any] = contextvars.ContextVar("netem_lite_remote",
+                                                                    default=None)
 
-    Why duck-typed: the LiteClient is developed alongside; we only rely on
-    connect/join/publish/close and read frame counters wherever it exposes them.
+
+def _install_lite_redirect() -> None:
+    """Route a LiteClient's media through the UdpProxy of the participant it belongs to.
+
+    Why: ``LiteClient`` has no TURN client; it sends to the first UDP candidate of
+    Ferry's SDP. We wrap that lookup: inside a participant's task (a ContextVar set
+    before ``connect``/``publish``, inherited by the client's offer-worker task) the
+    candidate becomes the participant's proxy, whose target is set to the real one.
+    Outside a scenario the wrapper passes through unchanged.
+    """
+    from signaling import lite_client
+
+    current = lite_client._first_udp_candidate
+    if getattr(current, "_netem", False):
+        return
+
+    def redirect(candidates: Any) -> Any:
+        addr = current(candidates)
+        proxy = _LITE_REMOTE.get()
+        if proxy is None or addr is None:
+            return addr
+        proxy.target = addr
+        return proxy.listen
+
+    redirect._netem = True  # type: ignore[attr-defined]
+    lite_client._first_udp_candidate = redirect
+
+
+LITE_LAYERS = ((160, 120, 120_000), (320, 240, 350_000), (640, 480, 900_000))
+
+
+class LiteParticipant(Participant):
+    """Ferry's own cheap endpoint (``signaling.lite_client.LiteClient``).
+
+    It publishes pre-encoded simulcast VP8 (three layers, so Ferry's layer selection
+    has something to choose from) and receives without decoding; a "frame" here is a
+    video RTP packet with the marker bit (the last packet of a frame). Its network is
+    a per-participant ``UdpProxy`` with the same links a TURN allocation would get.
     """
 
     kind = "lite"
 
     async def start(self) -> None:
-        from signaling import lite_client
+        from netem.proxy import UdpProxy
+        from signaling.lite_client import LiteClient, encode_opus_clip, encode_vp8_clip
 
-        cls = lite_client.LiteClient
-        kwargs: dict[str, Any] = {
-            "turn_url": self.ctx.turn_url,
-            "turn_username": self.turn_username,
-            "turn_password": TURN_PASSWORD,
-            "relay_only": True,
-        }
-        import inspect
-
-        params = inspect.signature(cls).parameters
-        self.client = cls(**{k: v for k, v in kwargs.items() if k in params})
+        _install_lite_redirect()
+        seed = self.ctx.options.seed if self.ctx.options.seed is not None else self.ctx.scenario.seed
+        self.proxy = UdpProxy(("127.0.0.1", 0), ("127.0.0.1", 9), self.spec.link.up,
+                              self.spec.link.down, seed=zlib.crc32(f"{seed}/{self.name}".encode()))
+        await self.proxy.start()
+        _LITE_REMOTE.set(self.proxy)
+        self.tracker = SeqTracker()
+        self.client = LiteClient(connect_timeout=self.ctx.options.connect_timeout_s, name=self.name)
         await self.client.connect(self.ctx.ws_url)
-        join = self.client.join
-        token = self.ctx.token(self.name, self.spec)
-        if "auto_subscribe" in inspect.signature(join).parameters:
-            await join(token, auto_subscribe=self.spec.subscribe)
-        else:
-            await join(token)
-        if self.spec.publish and hasattr(self.client, "publish"):
-            pub = self.client.publish
-            pp = inspect.signature(pub).parameters
-            kw: dict[str, Any] = {}
-            if "audio" in pp:
-                kw["audio"] = "audio" in self.spec.publish
-            if "video" in pp:
-                kw["video"] = "video" in self.spec.publish
-            await pub(**kw)
-        wait = getattr(self.client, "wait_connected", None)
-        if wait is not None:
-            with contextlib.suppress(TypeError):
-                await wait()
+        await self.client.join(self.ctx.token(self.name, self.spec),
+                               auto_subscribe=self.spec.subscribe)
+        if self.spec.publish:
+            fps = int(self.ctx.scenario.video.get("fps", 15))
+            video = [encode_vp8_clip(w, h, 4 * fps, br, keyframe_interval=2 * fps, fps=fps)
+                     for w, h, br in LITE_LAYERS]
+            audio = encode_opus_clip(4.0) if "audio" in self.spec.publish else None
+            await self.client.publish_vp8(video, fps=fps, audio=audio)
         self.connected = True
-        self._frames: dict[str, int] = {}
+
+    def set_link(self, profile: Profile) -> None:
+        if self.proxy is not None:
+            self.proxy.set_links(profile.up, profile.down)
+
+    def _watch(self) -> None:
+        sub = self.client.subscriber
+        if sub is None or getattr(sub, "_netem_watched", False):
+            return
+        original = sub.handle_rtp
+        tracker = self.tracker
+        assert tracker is not None
+
+        def handle(packet: bytes, now_ms: float) -> None:
+            try:
+                ssrc = int.from_bytes(packet[8:12], "big")
+                counters = sub._by_ssrc.get(ssrc)
+                if counters is None or counters.kind != "video":
+                    pass
+                elif ssrc == counters.ssrc:
+                    tracker.add(ssrc, (packet[2] << 8) | packet[3])
+                    if packet[1] & 0x80:
+                        key = f"{counters.participant_sid}/{counters.track_sid}"
+                        self.meter(key, counters.kind).on_frame()
+                elif len(packet) > 14:
+                    b0 = packet[0]
+                    off = 12 + 4 * (b0 & 0x0F)
+                    if b0 & 0x10:
+                        off += 4 + 4 * ((packet[off + 2] << 8) | packet[off + 3])
+                    if len(packet) >= off + 2:
+                        tracker.add(counters.ssrc, (packet[off] << 8) | packet[off + 1])
+            except Exception:  # noqa: BLE001 - measuring must never break the media path
+                logger.debug("lite tracking failed", exc_info=True)
+            original(packet, now_ms)
+
+        sub.handle_rtp = handle  # type: ignore[method-assign]
+        sub._netem_watched = True  # type: ignore[attr-defined]
 
     async def client_sample(self) -> dict[str, Any]:
-        now = time.monotonic()
-        st: Any = None
-        stats = getattr(self.client, "stats", None)
-        if stats is not None:
-            st = stats()
-            if asyncio.iscoroutine(st):
-                st = await st
+        self._watch()
         rx = lost = 0
-        rtt = jitter = None
-        tracks: dict[str, Any] = {}
-        if isinstance(st, dict):
-            sub = st.get("subscriber", st)
-            tracks = sub.get("tracks", {}) if isinstance(sub, dict) else {}
-            totals = st.get("totals") or {}
-            if totals.get("rtt") is not None:
-                rtt = float(totals["rtt"]) * 1000.0
-        for key, t in tracks.items():
-            if not isinstance(t, dict):
-                continue
-            rx += int(t.get("packetsReceived") or 0)
-            lost += max(0, int(t.get("packetsLost") or 0))
-            if t.get("jitter") is not None:
-                jitter = max(jitter or 0.0, float(t["jitter"]) * 1000.0)
-            frames = t.get("framesDecoded", t.get("framesReceived"))
-            if frames is not None and t.get("kind", "video") == "video":
-                m = self.meter(str(key), "video")
-                for _ in range(max(0, int(frames) - self._frames.get(str(key), 0))):
-                    m.on_frame(now)
-                self._frames[str(key)] = int(frames)
-        return {"rtt_ms": rtt, "jitter_ms": jitter, "rx": (rx, lost), "connected": True}
+        for c in self.client.received.values():
+            rx += c.unique
+            lost += c.lost
+        return {"rtt_ms": None, "jitter_ms": None, "rx": (rx, lost), "connected": True}
 
     async def stop(self) -> None:
         client = getattr(self, "client", None)
-        if client is None:
-            return
-        for name in ("leave", "close"):
-            fn = getattr(client, name, None)
-            if fn is not None:
-                with contextlib.suppress(Exception):
-                    res = fn()
-                    if asyncio.iscoroutine(res):
-                        await asyncio.wait_for(res, 5.0)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.leave(), 5.0)
+        if self.proxy is not None:
+            with contextlib.suppress(Exception):
+                await self.proxy.close()
 
 
 def lite_available() -> bool:
@@ -646,6 +772,7 @@ class Runner:
                     cs = await asyncio.wait_for(p.client_sample(), 3.0)
                 except Exception as exc:  # noqa: BLE001 - record a gap, keep sampling
                     logger.debug("sample of %s failed: %s", p.name, exc)
+            p.seq_marks.append(p.tracker.snapshot() if p.tracker is not None else {})
             ss = self._server_sample(p)
             rc = p.relay_counters()
             prev = p._prev_relay or rc
@@ -693,7 +820,7 @@ class Runner:
         assert self.ctx.relay is not None
         while pending and pending[0][0] <= t:
             at, p, change = pending.pop(0)
-            self.ctx.relay.set_profile(p.profile, change.profile)
+            p.set_link(change.profile)
             self.events.append({"t": round(t, 3), "at": round(at, 3), "participant": p.name,
                                 "link": change.label, "up": change.profile.up.spec(),
                                 "down": change.profile.down.spec()})
@@ -749,6 +876,30 @@ class Runner:
         for p in self.participants:
             for m in p.meters.values():
                 m.finish(end)
+            self._residual_loss(p)
+
+    def _residual_loss(self, p: Participant) -> None:
+        """Loss after recovery from the SeqTracker, leaving RTX time at the end.
+
+        Sequence numbers sent in the last ``RECOVERY_GRACE_S`` may still be on their way
+        (or be retransmitted) when the run stops, so they are not judged.
+        """
+        p.loss_after_total = None  # type: ignore[attr-defined]
+        if p.tracker is None or len(p.seq_marks) < 2:
+            return
+        last_t = self.t[-1] - RECOVERY_GRACE_S
+        cut = max((k for k, t in enumerate(self.t) if t <= last_t), default=0)
+        series: list[Any] = [None]
+        for k in range(1, len(p.seq_marks)):
+            if k > cut:
+                series.append(None)
+                continue
+            exp, miss = p.tracker.missing(p.seq_marks[k - 1], p.seq_marks[k])
+            series.append(miss / exp if exp else 0.0)
+        p.series["loss_after"] = series
+        if cut > 0:
+            exp, miss = p.tracker.missing(p.seq_marks[0], p.seq_marks[cut])
+            p.loss_after_total = miss / exp if exp else 0.0  # type: ignore[attr-defined]
 
     async def _teardown(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.participants), return_exceptions=True)
@@ -799,7 +950,9 @@ class Runner:
             if sub and audios else None,
             "loss_before_recovery": _frac(rc["down_drop"] - w["down_drop"],
                                           rc["down_sent"] - w["down_sent"]),
-            "loss_after_recovery": _frac(d_lost, d_rx + d_lost) if sub else None,
+            "loss_after_recovery": (getattr(p, "loss_after_total", None)
+                                    if p.tracker is not None and getattr(p, "loss_after_total", None)
+                                    is not None else _frac(d_lost, d_rx + d_lost)) if sub else None,
             "uplink_loss": _frac(rc["up_drop"] - w["up_drop"], rc["up_sent"] - w["up_sent"]),
             "recv_bps": (rc["down_bytes"] - w["down_bytes"]) * 8 / dur,
             "sent_bps": (rc["up_bytes"] - w["up_bytes"]) * 8 / dur,

@@ -68,7 +68,7 @@ METRICS: dict[str, str] = {
     "freeze_total_ms": "time spent frozen, summed over remote video tracks",
     "audio_gap_ms": "audio missing (gaps between received audio frames beyond 60 ms)",
     "loss_before_recovery": "fraction of packets the relay dropped towards this client",
-    "loss_after_recovery": "fraction of RTP packets still missing at the receiver after NACK/RTX",
+    "loss_after_recovery": "fraction of video RTP packets that never arrived, even by NACK/RTX",
     "uplink_loss": "fraction of packets the relay dropped from this client",
     "recv_bps": "mean received bitrate (relay downlink of this participant)",
     "sent_bps": "mean sent bitrate (relay uplink of this participant)",

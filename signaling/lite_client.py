@@ -369,7 +369,9 @@ class LiteTransport:
                 "connect_timeout", f"{self.name} still {self.state!r} after {timeout_s}s"
             ) from None
         if self.state != "connected":
-            raise ConnectTimeout("connect_timeout", f"{self.name} ended {self.state!r}: {self.failure}")
+            raise ConnectTimeout(
+                "connect_timeout", f"{self.name} ended {self.state!r}: {self.failure}"
+            )
 
     # -- receive path -------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -1001,14 +1003,28 @@ class LitePublisher(LiteTransport):
         ntp = ntp_from_unix(self._wall_offset + now_ms / 1000.0)
         chunk = b""
         streams: list[tuple[int, int, float, int, int, int]] = [
-            (layer.ssrc, layer.last_ts, layer.last_ts_ms, 90000, layer.packets_sent, layer.bytes_sent)
+            (
+                layer.ssrc,
+                layer.last_ts,
+                layer.last_ts_ms,
+                90000,
+                layer.packets_sent,
+                layer.bytes_sent,
+            )
             for layer in self.layers
             if layer.packets_sent
         ]
         audio = self.audio
         if audio is not None and audio.packets_sent:
             streams.append(
-                (audio.ssrc, audio.last_ts, audio.last_ts_ms, 48000, audio.packets_sent, audio.bytes_sent)
+                (
+                    audio.ssrc,
+                    audio.last_ts,
+                    audio.last_ts_ms,
+                    48000,
+                    audio.packets_sent,
+                    audio.bytes_sent,
+                )
             )
         for ssrc, last_ts, last_ms, rate, count, octets in streams:
             rtp_ts = last_ts + int((now_ms - last_ms) * rate / 1000.0)
@@ -1029,7 +1045,11 @@ class LitePublisher(LiteTransport):
             "layers": {(layer.rid or "single"): layer.summary() for layer in self.layers},
             "audio": None
             if audio is None
-            else {"ssrc": audio.ssrc, "packets_sent": audio.packets_sent, "bytes_sent": audio.bytes_sent},
+            else {
+                "ssrc": audio.ssrc,
+                "packets_sent": audio.packets_sent,
+                "bytes_sent": audio.bytes_sent,
+            },
             "twcc_feedback_received": self.twcc_feedback_received,
             "packets_out": self.packets_out,
             "bytes_out": self.bytes_out,
@@ -1165,10 +1185,14 @@ def _answer_section(md: MediaDescription, ice: list[str], twcc: bool) -> list[st
     if md.rtcp_rsize:
         lines.append("a=rtcp-rsize")
     for c in codecs:
-        name = f"{c.name}/{c.clock_rate}" + (f"/{c.channels}" if c.channels and c.channels != 1 else "")
+        name = f"{c.name}/{c.clock_rate}" + (
+            f"/{c.channels}" if c.channels and c.channels != 1 else ""
+        )
         lines.append(f"a=rtpmap:{c.payload_type} {name}")
         for fb_type, fb_param in _answer_feedback(c, twcc):
-            lines.append(f"a=rtcp-fb:{c.payload_type} {fb_type}" + (f" {fb_param}" if fb_param else ""))
+            lines.append(
+                f"a=rtcp-fb:{c.payload_type} {fb_type}" + (f" {fb_param}" if fb_param else "")
+            )
         if c.parameters:
             fmtp = ";".join(k if v == "" else f"{k}={v}" for k, v in c.parameters.items())
             lines.append(f"a=fmtp:{c.payload_type} {fmtp}")
@@ -1207,7 +1231,11 @@ def build_subscriber_answer(
             lines = _answer_section(md, ice, twcc)
         if lines is None:
             formats = " ".join(md.formats[:1]) or "0"
-            lines = [f"m={md.kind} 0 {md.protocol} {formats}", "c=IN IP4 0.0.0.0", f"a=mid:{md.mid}"]
+            lines = [
+                f"m={md.kind} 0 {md.protocol} {formats}",
+                "c=IN IP4 0.0.0.0",
+                f"a=mid:{md.mid}",
+            ]
             if md.kind in ("audio", "video"):
                 lines.append("a=inactive")
         else:
@@ -1372,7 +1400,9 @@ class LiteSubscriber(LiteTransport):
             expected, unique = c.expected, c.unique
             exp_int, got_int = expected - c.rr_expected, unique - c.rr_unique
             c.rr_expected, c.rr_unique = expected, unique
-            fraction = 0 if exp_int <= 0 or got_int >= exp_int else ((exp_int - got_int) << 8) // exp_int
+            fraction = (
+                0 if exp_int <= 0 or got_int >= exp_int else ((exp_int - got_int) << 8) // exp_int
+            )
             lsr, dlsr = 0, 0
             if c.ssrc in self._lsr:
                 lsr, at_ms = self._lsr[c.ssrc]
@@ -1481,6 +1511,7 @@ class LiteClient:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._starter: asyncio.Future[None] | None = None
+        self._leaving = False
         self._closed = False
 
     # -- signaling -----------------------------------------------------------------------
@@ -1651,7 +1682,12 @@ class LiteClient:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("%s: subscriber offer v%s failed: %r", self.name, offer.get("version"), exc)
+                # An offer racing our own leave/close is expected, not worth a warning.
+                closing = self._closed or self._leaving
+                closing = closing or (isinstance(exc, FerryError) and exc.code == "closed")
+                (logger.debug if closing else logger.warning)(
+                    "%s: subscriber offer v%s failed: %r", self.name, offer.get("version"), exc
+                )
                 self.subscriber_errors.append(exc)
 
     async def _answer_offer(self, event: dict[str, Any]) -> None:
@@ -1702,7 +1738,14 @@ class LiteClient:
 
     def stats(self) -> dict[str, Any]:
         """JSON-friendly counters of both PCs plus subscriber totals."""
-        totals = {"packets": 0, "bytes": 0, "expected": 0, "lost": 0, "recovered": 0, "keyframes": 0}
+        totals = {
+            "packets": 0,
+            "bytes": 0,
+            "expected": 0,
+            "lost": 0,
+            "recovered": 0,
+            "keyframes": 0,
+        }
         for c in self.received.values():
             totals["packets"] += c.packets
             totals["bytes"] += c.bytes
@@ -1719,6 +1762,7 @@ class LiteClient:
     # -- teardown ------------------------------------------------------------------------
     async def leave(self) -> None:
         """Send ``leave`` (errors ignored), then :meth:`close`."""
+        self._leaving = True
         if self._ws is not None and not self._ws.closed:
             with contextlib.suppress(FerryError, TimeoutError):
                 await self.request("leave", timeout=min(self.request_timeout, 5.0))

@@ -187,11 +187,33 @@ class Room:
         self.broadcast({"type": "active_speakers", "speakers": speakers})
 
     def on_peer_failed(self, participant_sid: str, role: str, reason: str) -> None:
+        """A transport lost ICE consent (or never connected).
+
+        A participant whose signaling socket is gone too is dropped at once. One that is
+        still connected keeps its place (it may re-publish or reconnect), but a dead
+        publisher transport takes its tracks with it so nobody waits on frozen media.
+        """
         participant = self.participants.get(participant_sid)
-        if participant is not None:
+        if participant is None:
+            return
+        if not participant.connected:
             log.info("dropping %s: %s transport failed (%s)", participant_sid, role, reason)
             self.remove(participant, reason="peer_gone")
-
+            return
+        log.info("%s transport of %s failed (%s)", role, participant_sid, reason)
+        participant.emit({"type": "transport_failed", "target": role, "reason": reason})
+        if role == "publisher":
+            tracks = participant.tracks()
+            for track in tracks:
+                participant.media.unpublish(track.sid)
+            if tracks:
+                self.tracks_unpublished(participant, tracks)
+            participant.media.replace_transport("publisher")
+        else:
+            participant.media.replace_transport("subscriber")
+            participant.sections.clear()
+            participant.offer_pending = False
+            participant.renegotiate()
 
     # -- membership --------------------------------------------------------------------
     def add(self, participant: Participant) -> None:

@@ -88,7 +88,9 @@ def test_subscriber_answer_round_trips_through_ferry() -> None:
                 direction="sendonly",
                 codecs=sdp.default_subscriber_codecs(kind),
                 header_extensions=sdp.default_subscriber_extensions(kind),
-                encodings=[sdp.Encoding(ssrc=10 + int(mid), rtx_ssrc=20 if kind == "video" else None)],
+                encodings=[
+                    sdp.Encoding(ssrc=10 + int(mid), rtx_ssrc=20 if kind == "video" else None)
+                ],
                 msid=("PA_x", f"TR_{mid}"),
             )
         )
@@ -110,7 +112,9 @@ def test_subscriber_answer_round_trips_through_ferry() -> None:
     video = accepted[0]
     assert [c.name for c in video.codecs] == ["VP8"]  # H.264 declined
     assert video.codecs[0].rtx_payload_type == 97
-    assert video.codecs[0].has_feedback("transport-cc") and video.codecs[0].has_feedback("nack", "pli")
+    assert video.codecs[0].has_feedback("transport-cc") and video.codecs[0].has_feedback(
+        "nack", "pli"
+    )
 
 
 def test_recv_counters_loss_recovery_and_wrap() -> None:
@@ -150,8 +154,10 @@ async def test_lite_simulcast_publisher_lite_and_aiortc_subscribers(server: Ferr
         await wait_until(lambda: all(layer.ssrc is not None for layer in video_track.layers), 8.0)
 
         await wait_until(
-            lambda: any(c.keyframes and c.packets > 60 for c in video_counters(sub))
-            and any(c.packets > 50 for c in audio_counters(sub)),
+            lambda: (
+                any(c.keyframes and c.packets > 60 for c in video_counters(sub))
+                and any(c.packets > 50 for c in audio_counters(sub))
+            ),
             10.0,
         )
         await wait_until(
@@ -232,7 +238,12 @@ async def test_lite_rtx_repairs_loss_both_ways(server: FerryServer) -> None:
         subscriber.handle_rtp = handle  # type: ignore[method-assign]
         await asyncio.sleep(0.5)  # let the last repairs land
         video = video_counters(sub)[0]
-        assert video.lost == 0, video.summary()
+        # Only losses the NACK logic skips on purpose stay lost: gaps just before a
+        # keyframe are obsolete (here or in Ferry, toward the publisher), not repaired.
+        assert video.nack is not None
+        obsolete = video.nack.obsoleted + sum(layer.nack.obsoleted for layer in ferry_layers)
+        assert video.lost <= obsolete, (video.summary(), obsolete)
+        assert video.recovered > video.lost
         assert video.rtx_packets > 0 and video.keyframes > 0
     finally:
         await pub.close()

@@ -19,10 +19,12 @@ transit over the last ``window_packets`` packets (the fastest packet: pure
 network delay), and a packet's *relative delay* is ``transit - base`` (jitter).
 The target delay is::
 
-    target = clamp(frame_ms + jitter_factor * quantile(relative delays), min, max)
+    target = clamp(lookahead + jitter_factor * quantile(relative delays), min, max)
 
-``frame_ms`` is there because FEC needs the *next* packet in hand when a slot
-is played out missing. The current delay is how long after the fastest possible
+``lookahead`` is ``frame_ms`` because FEC needs the *next* packet in hand when
+a slot is played out missing; with RED input it grows to the oldest redundant
+block's offset seen in the latest RED packet (RED distance 2 can only fill a
+two-frame hole if the second packet after it arrives in time). The current delay is how long after the fastest possible
 arrival a slot is played out. When ``current`` falls half a frame short of the
 target the buffer emits a ``stretch`` slot (plays a frame of concealment without
 consuming a timestamp); when it is a whole frame above, it consumes a timestamp
@@ -165,6 +167,7 @@ class AudioJitterBuffer:
         self._last_played_seq: int | None = None
         self._last_played_ts: int | None = None
         self._since_shrink = 0
+        self._red_span_ms = 0.0
 
     def _ts_ms(self, ext_ts: int) -> float:
         return ext_ts * 1000.0 / self.clock_rate
@@ -187,11 +190,14 @@ class AudioJitterBuffer:
                 base = min(q)
                 rel = sorted(t - base for t in q)
                 idx = min(len(rel) - 1, max(0, math.ceil(self.jitter_quantile * len(rel)) - 1))
-                target = self.frame_ms + self.jitter_factor * rel[idx]
+                target = self._lookahead_ms() + self.jitter_factor * rel[idx]
             target = min(self.max_delay_ms, max(self.min_delay_ms, target))
             self._target_cache = target
             self.stats.target_delay_ms = target
         return self._target_cache
+
+    def _lookahead_ms(self) -> float:
+        return max(float(self.frame_ms), self._red_span_ms)
 
     def current_delay_ms(self) -> float:
         """How long after the fastest possible arrival the next slot plays."""
@@ -285,6 +291,10 @@ class AudioJitterBuffer:
         result = self._put_ext(ext_seq, ext_ts, primary.data, arrival_ms)
         if result == "duplicate" or self._next_ts is None:
             return result
+        span = max((b.timestamp_offset for b in blocks), default=0) * 1000.0 / self.clock_rate
+        if span != self._red_span_ms:
+            self._red_span_ms = span
+            self._target_cache = None
         for block in blocks[:-1]:
             off = block.timestamp_offset
             if block.payload_type != opus_pt or not block.data or off <= 0:

@@ -69,6 +69,22 @@ class MediaParticipant:
         )
         self.closed = False
 
+    def replace_transport(self, role: str) -> None:
+        """Give a failed peer connection a fresh transport (new ICE credentials)."""
+        engine = self.router.engine
+        transport = engine.create_transport(name=f"{self.sid}/{role[:3]}")
+        if role == "publisher":
+            old = self.publisher.transport
+            self.publisher.transport = transport
+            transport.listener = self.publisher
+        else:
+            for sid in list(self.subscriber.down_tracks):
+                self.subscriber.remove_down_track(sid)
+            old = self.subscriber.transport
+            self.subscriber.transport = transport
+            transport.listener = self.subscriber
+        old.close()
+
     def local_parameters(self, role: str) -> TransportParameters:
         transport = self.publisher.transport if role == "publisher" else self.subscriber.transport
         return self.router.engine.local_parameters(transport, setup="passive" if role == "publisher" else "actpass")

@@ -46,7 +46,12 @@ class WebRtcTransport:
         self.certificate = certificate
         self.name = name
         ufrag, pwd = generate_credentials()
-        self.ice = IceLiteAgent(ufrag, pwd, consent_timeout_ms=consent_timeout_ms)
+        self.ice = IceLiteAgent(
+            ufrag,
+            pwd,
+            consent_timeout_ms=consent_timeout_ms,
+            disconnected_after_ms=min(7500.0, consent_timeout_ms),
+        )
         # Created now so a ClientHello that beats the SDP answer is not lost; the
         # handshake completes but keys are held until the fingerprints are known.
         self.dtls = DtlsSession(certificate, role="server", remote_fingerprints=[])
