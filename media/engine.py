@@ -67,6 +67,11 @@ class Engine:
         loop = self._loop or asyncio.get_event_loop()
         return loop.time() * 1000.0
 
+    def call_at(self, when_ms: float, callback) -> asyncio.TimerHandle:
+        """One-shot timer on the engine's clock (ms), e.g. for the pacer."""
+        loop = self._loop or asyncio.get_event_loop()
+        return loop.call_at(when_ms / 1000.0, callback)
+
     def ntp_at(self, now_ms: float) -> int:
         return ntp_from_unix(now_ms / 1000.0 + self._wall_offset)
 

@@ -215,6 +215,22 @@ class Room:
             participant.offer_pending = False
             participant.renegotiate()
 
+    def on_track_paused(self, participant_sid: str, track_sid: str, paused: bool) -> None:
+        participant = self.participants.get(participant_sid)
+        if participant is not None:
+            participant.emit(
+                {
+                    "type": "track_paused" if paused else "track_resumed",
+                    "track_sid": track_sid,
+                    "reason": "bandwidth",
+                }
+            )
+
+    def on_publisher_layers(self, participant_sid: str, track_sid: str, layers: dict[str, bool]) -> None:
+        participant = self.participants.get(participant_sid)
+        if participant is not None:
+            participant.emit({"type": "publisher_layers", "track_sid": track_sid, "layers": layers})
+
     # -- membership --------------------------------------------------------------------
     def add(self, participant: Participant) -> None:
         self.participants[participant.sid] = participant

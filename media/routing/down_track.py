@@ -16,19 +16,22 @@ from media.rtp.keyframe import KeyframeWaiter
 from media.rtp.rtx import RtxCache
 from media.rtp.stream_send import RtpStreamSend
 from media.wire.red import parse_red
-from media.wire.rtp import RtpView, build_rtp, build_twcc_seq, parse_rtp
+from media.wire.rtp import RtpView, build_rtp, parse_rtp
 from media.wire.vp8 import Vp8Descriptor, rewrite_vp8
 
 if TYPE_CHECKING:
     from .published_track import Layer, PublishedTrack
 
 
+# Where the transport-wide seq sits in packets built with it as the first one-byte
+# extension and no CSRCs: 12-byte header + 4-byte extension header + 1-byte id/len.
+TWCC_OFFSET = 17
+
+
 class DownTrackSink(Protocol):
     """The subscriber transport side a DownTrack sends through."""
 
-    def next_twcc_seq(self) -> int: ...
-
-    def send_rtp(self, packet: bytes, size: int, now_ms: float) -> None: ...
+    def send_rtp(self, packet: bytes, kind: str, now_ms: float) -> None: ...
 
 
 class DownTrack:
@@ -71,7 +74,8 @@ class DownTrack:
         # Layer selection: None means "nothing forwarded yet".
         self.current_layer: int | None = None
         self.target_layer: int = len(track.layers) - 1
-        self.max_layer: int = len(track.layers) - 1
+        self.max_layer: int = len(track.layers) - 1  # the subscriber's cap (pinned / rendered size)
+        self.desired_layer: int = len(track.layers) - 1  # the allocator's choice within the cap
         # Munging state.
         self._seq_offset = 0
         self._ts_offset = 0
@@ -129,7 +133,8 @@ class DownTrack:
                     return
         extensions: list[tuple[int, bytes]] = []
         if self.twcc_ext_id:
-            extensions.append((self.twcc_ext_id, build_twcc_seq(self.sink.next_twcc_seq())))
+            # Placeholder stamped when the packet leaves the pacer (TWCC_OFFSET).
+            extensions.append((self.twcc_ext_id, b"\x00\x00"))
         if self.audio_level_ext_id and not self.is_video:
             level = view.extension(track.audio_level_ext_id) if track.audio_level_ext_id else None
             if level:
@@ -151,7 +156,16 @@ class DownTrack:
         self.bytes_sent += len(packet)
         if keyframe:
             self.keyframe_waiter.on_keyframe()
-        self.sink.send_rtp(packet, len(packet), now_ms)
+        self.sink.send_rtp(packet, "video" if self.is_video else "audio", now_ms)
+
+    def set_paused(self, paused: bool) -> bool:
+        """Pause/resume for bandwidth; returns True when the state changed."""
+        if paused == self.paused:
+            return False
+        self.paused = paused
+        if paused:
+            self.current_layer = None  # resume only on a keyframe
+        return True
 
     def _switch_to(
         self, layer: Layer, view: RtpView, ext_seq: int, vp8: Vp8Descriptor | None, now_ms: float
@@ -199,7 +213,7 @@ class DownTrack:
                 continue
             if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
                 packet = self._wrap_rtx(packet)
-            self.sink.send_rtp(packet, len(packet), now_ms)
+            self.sink.send_rtp(packet, "rtx", now_ms)
             sent += 1
         return sent
 
@@ -208,7 +222,7 @@ class DownTrack:
         self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         extensions = []
         if self.twcc_ext_id:
-            extensions.append((self.twcc_ext_id, build_twcc_seq(self.sink.next_twcc_seq())))
+            extensions.append((self.twcc_ext_id, b"\x00\x00"))
         assert self.rtx_payload_type is not None and self.rtx_ssrc is not None
         return build_rtp(
             payload_type=self.rtx_payload_type,
@@ -219,6 +233,23 @@ class DownTrack:
             marker=view.marker,
             extensions=extensions,
         )
+
+    def padding_header(self, twcc_ext_id: int) -> bytes:
+        """RTP header (with P bit and a TWCC placeholder) for a padding-only RTX packet."""
+        assert self.rtx_payload_type is not None and self.rtx_ssrc is not None
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        header = bytearray(
+            build_rtp(
+                payload_type=self.rtx_payload_type,
+                seq=self._rtx_seq,
+                timestamp=self._last_out_ts,
+                ssrc=self.rtx_ssrc,
+                payload=b"",
+                extensions=[(twcc_ext_id, b"\x00\x00")],
+            )
+        )
+        header[0] |= 0x20
+        return bytes(header)
 
     def request_keyframe(self, now_ms: float) -> None:
         """A PLI/FIR from the subscriber, or our own need after a switch."""
@@ -257,6 +288,8 @@ class DownTrack:
             "ssrc": self.ssrc,
             "current_layer": self.current_layer,
             "target_layer": self.target_layer,
+            "desired_layer": self.desired_layer,
+            "paused": self.paused,
             "packets_sent": self.packets_sent,
             "rtt_ms": self.stream.rtt_ms,
             "fraction_lost": self.stream.fraction_lost,

@@ -66,6 +66,7 @@ class Layer:
         "height",
         "active",
         "last_packet_ms",
+        "last_bps",
     )
 
     def __init__(self, track: PublishedTrack, index: int, rid: str | None) -> None:
@@ -82,6 +83,7 @@ class Layer:
         self.height: int | None = None
         self.active = True  # dynacast: False when paused at the publisher
         self.last_packet_ms: float | None = None
+        self.last_bps = 0.0
 
     def bind_ssrc(self, ssrc: int) -> None:
         self.ssrc = ssrc
@@ -188,6 +190,29 @@ class PublishedTrack:
         if self.keyframe_sink is not None:
             self.stats.pli_sent += 1
             self.keyframe_sink.send_pli(media_ssrc)
+
+    def layer_bitrates(self, now_ms: float) -> list[float]:
+        """Expected bitrate per layer: measured when flowing, else last seen or nominal.
+
+        A layer paused by dynacast measures 0, so its last measured rate is kept; it
+        must still be priced, or nobody would ever ask for it back.
+        """
+        from .allocator import NOMINAL_LAYER_BPS
+
+        rates = []
+        for layer in self.layers:
+            measured = layer.stream.bitrate_bps(now_ms) if layer.stream is not None else 0.0
+            if measured > 20_000:
+                layer.last_bps = measured
+            if layer.last_bps:
+                rates.append(layer.last_bps)
+            elif len(self.layers) == 1:
+                rates.append(NOMINAL_LAYER_BPS[1])
+            else:
+                rates.append(NOMINAL_LAYER_BPS[min(layer.index + 3 - len(self.layers), 2)])
+        for i in range(1, len(rates)):  # keep it monotonic for the allocator
+            rates[i] = max(rates[i], rates[i - 1] + 1.0)
+        return rates
 
     def available_layers(self, now_ms: float, window_ms: float = 1500.0) -> list[int]:
         """Layers that received media recently (the publisher may not send them all)."""

@@ -32,12 +32,19 @@ log = logging.getLogger("ferry.media.router")
 
 SPEAKER_INTERVAL_MS = 500.0
 SPEAKER_THRESHOLD = 0.15
+DYNACAST_INTERVAL_MS = 500.0
+DYNACAST_OFF_AFTER_MS = 1000.0  # a layer must be unneeded this long before pausing it
+TOP_SPEAKERS = 3
 
 
 class RouterListener(Protocol):
     def on_active_speakers(self, speakers: list[dict[str, object]]) -> None: ...
 
     def on_peer_failed(self, participant_sid: str, role: str, reason: str) -> None: ...
+
+    def on_track_paused(self, participant_sid: str, track_sid: str, paused: bool) -> None: ...
+
+    def on_publisher_layers(self, participant_sid: str, track_sid: str, layers: dict[str, bool]) -> None: ...
 
 
 class MediaParticipant:
@@ -244,6 +251,10 @@ class Router:
         self._ssrcs: set[int] = set()
         self._next_speakers_ms = 0.0
         self._speakers: list[str] = []
+        self._next_dynacast_ms = 0.0
+        self._layer_needed_ms: dict[tuple[str, int], float] = {}
+        self.publisher_layers: dict[str, dict[str, bool]] = {}  # track sid -> rid -> enabled
+        self.dynacast = True
         self.layer_policy: Callable[[DownTrack, float], None] = default_layer_policy
         self.closed = False
 
@@ -269,6 +280,9 @@ class Router:
 
     def remove_track(self, track: PublishedTrack) -> None:
         self.tracks.pop(track.sid, None)
+        self.publisher_layers.pop(track.sid, None)
+        for layer in track.layers:
+            self._layer_needed_ms.pop((track.sid, layer.index), None)
         for participant in self.participants.values():
             participant.subscriber.remove_down_track(track.sid)
         track.close()
@@ -277,6 +291,10 @@ class Router:
         now = self.engine.now_ms()
         self.layer_policy(down, now)
         down.request_keyframe(now)
+
+    def track_paused(self, sid: str, track_sid: str, paused: bool) -> None:
+        if self.listener is not None:
+            self.listener.on_track_paused(sid, track_sid, paused)
 
     def peer_failed(self, sid: str, role: str, reason: str) -> None:
         if self.listener is not None:
@@ -290,6 +308,39 @@ class Router:
         if now_ms >= self._next_speakers_ms:
             self._next_speakers_ms = now_ms + SPEAKER_INTERVAL_MS
             self._update_speakers(now_ms)
+        if self.dynacast and now_ms >= self._next_dynacast_ms:
+            self._next_dynacast_ms = now_ms + DYNACAST_INTERVAL_MS
+            self._update_dynacast(now_ms)
+
+    def _update_dynacast(self, now_ms: float) -> None:
+        """Pause simulcast layers nobody receives; resume them as soon as one is wanted.
+
+        A layer is wanted when some subscriber's allocation (`desired_layer`, within its
+        cap) reaches it. The lowest layer always stays on: it is cheap and it is what a
+        new or struggling subscriber starts from.
+        """
+        for track in self.tracks.values():
+            if not track.simulcast or track.kind != "video":
+                continue
+            wanted = 0
+            for down in track.down_tracks:
+                if not down.paused:
+                    wanted = max(wanted, min(down.desired_layer, down.max_layer))
+            state = {}
+            for layer in track.layers:
+                key = (track.sid, layer.index)
+                if layer.index <= wanted:
+                    self._layer_needed_ms[key] = now_ms
+                    state[layer.rid or str(layer.index)] = True
+                else:
+                    last = self._layer_needed_ms.setdefault(key, now_ms)
+                    state[layer.rid or str(layer.index)] = now_ms - last < DYNACAST_OFF_AFTER_MS
+            if state != self.publisher_layers.get(track.sid):
+                self.publisher_layers[track.sid] = state
+                for layer in track.layers:
+                    layer.active = state[layer.rid or str(layer.index)]
+                if self.listener is not None:
+                    self.listener.on_publisher_layers(track.participant_sid, track.sid, dict(state))
 
     def _update_speakers(self, now_ms: float) -> None:
         levels: dict[str, float] = {}
@@ -300,6 +351,9 @@ class Router:
             if level >= SPEAKER_THRESHOLD:
                 levels[track.participant_sid] = max(level, levels.get(track.participant_sid, 0.0))
         ordered = sorted(levels, key=lambda sid: -levels[sid])
+        top = set(ordered[:TOP_SPEAKERS])
+        for participant in self.participants.values():
+            participant.subscriber.speakers = top
         if ordered != self._speakers:
             self._speakers = ordered
             if self.listener is not None:
@@ -316,15 +370,20 @@ class Router:
 
 
 def default_layer_policy(down: DownTrack, now_ms: float) -> None:
-    """Best layer the publisher is actually sending, capped by the subscriber's max.
+    """Best layer the publisher is actually sending, within the allocator's choice.
 
-    Bandwidth-driven allocation replaces this policy (media/routing/allocator.py).
+    The allocator (per subscriber) decides how much each track may use
+    (`desired_layer`); this picks the best layer that is really arriving under that
+    cap, so a layer the publisher stopped sending (dynacast, its own congestion) is
+    left at once.
     """
     if not down.is_video or not down.track.simulcast:
         return
-    available = [i for i in down.track.available_layers(now_ms) if i <= down.max_layer]
-    if not available:
+    cap = min(down.max_layer, down.desired_layer)
+    live = down.track.available_layers(now_ms)
+    if not live:
         return
-    best = max(available)
+    available = [i for i in live if i <= cap]
+    best = max(available) if available else min(live)
     if best != down.target_layer:
         down.set_target_layer(best, now_ms)

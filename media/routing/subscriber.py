@@ -8,18 +8,32 @@ bandwidth estimator) and sends sender reports.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 from aiortc.rtp import RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket
 
+from media.bwe.estimator import GccEstimator
+from media.bwe.pacer import Pacer
 from media.rtp.twcc import TwccFeedback, TwccSendHistory
 from media.stats import EngineStats
 from media.transport.webrtc_transport import WebRtcTransport
-from media.wire.rtcp import Fir, build_sdes_cname, build_sr, nack_seqs, parse_rtcp
+from media.wire.rtcp import Fir, Remb, build_sdes_cname, build_sr, nack_seqs, parse_rtcp
 
-from .down_track import DownTrack
+from .allocator import (
+    PRIO_AUDIO,
+    PRIO_SCREEN,
+    PRIO_SPEAKER,
+    PRIO_VIDEO,
+    Allocator,
+    AllocTrack,
+)
+from .down_track import TWCC_OFFSET, DownTrack
 
 SR_INTERVAL_MS = 1000.0
+ALLOCATE_INTERVAL_MS = 500.0
+START_BPS = 1_000_000
+AUDIO_BPS = 48_000.0
 
 
 class SubscriberPeer:
@@ -50,10 +64,39 @@ class SubscriberPeer:
         self.feedback_listeners: list[Callable[[list, float], None]] = []
         self._next_sr_ms = 0.0
         self.connected = False
+        # Bandwidth: a GCC estimator once the subscriber negotiated transport-cc, else
+        # its REMB if it sends one, else unlimited. The pacer runs only with GCC.
+        self.estimator: GccEstimator | None = None
+        self.pacer: Pacer | None = None
+        self.remb_bps: int | None = None
+        self.allocator = Allocator()
+        self._next_alloc_ms = 0.0
+        self.speakers: set[str] = set()  # participant sids currently speaking (priority)
+        self.on_track_paused: Callable[[str, bool], None] | None = None
+        self.schedule: Callable[[float, Callable[[], None]], object] | None = None
+        self._pacer_timer_at: float | None = None
+        self._twcc_id: int | None = None
+        self.padding_sent = 0
         transport.listener = self
 
     # -- DownTracks ----------------------------------------------------------------
+    def enable_bwe(self, twcc_ext_id: int | None) -> None:
+        """Turn on send-side estimation once the subscriber accepted transport-cc."""
+        if twcc_ext_id is None or self.estimator is not None:
+            return
+        self._twcc_id = twcc_ext_id
+        self.estimator = GccEstimator(start_bps=START_BPS)
+        self.pacer = Pacer(START_BPS)
+
+    def estimate_bps(self, now_ms: float) -> float | None:
+        if self.estimator is not None:
+            return float(self.estimator.estimate_bps(now_ms))
+        if self.remb_bps is not None:
+            return float(self.remb_bps)
+        return None
+
     def add_down_track(self, down: DownTrack) -> None:
+        self.enable_bwe(down.twcc_ext_id)
         self.down_tracks[down.track.sid] = down
         self._by_ssrc[down.ssrc] = down
         if down.rtx_ssrc is not None:
@@ -68,16 +111,66 @@ class SubscriberPeer:
         return down
 
     # -- DownTrackSink -------------------------------------------------------------
-    def next_twcc_seq(self) -> int:
-        self._twcc_seq += 1
-        return self._twcc_seq & 0xFFFF
+    def send_rtp(self, packet: bytes, kind: str, now_ms: float) -> None:
+        pacer = self.pacer
+        if pacer is None:
+            self._transmit(packet, now_ms)
+            return
+        pacer.enqueue(packet, len(packet), kind, now_ms)
+        self._drain(now_ms)
 
-    def send_rtp(self, packet: bytes, size: int, now_ms: float) -> None:
-        self.send_history.on_sent(self._twcc_seq, now_ms, size)
+    def _drain(self, now_ms: float) -> None:
+        pacer = self.pacer
+        assert pacer is not None
+        for item in pacer.pop(now_ms):
+            packet = item.packet
+            if packet is None:
+                packet = self._padding_packet(item.size)
+                if packet is None:
+                    continue
+            seq = self._transmit(packet, now_ms)
+            if item.probe_id is not None and self.estimator is not None and seq is not None:
+                self.estimator.on_probe_sent(item.probe_id, seq, item.size, now_ms)
+        when = pacer.next_send_time(now_ms)
+        if when is not None and self.schedule is not None:
+            if self._pacer_timer_at is None or when < self._pacer_timer_at:
+                self._pacer_timer_at = when
+                self.schedule(when, self._on_pacer_timer)
+
+    def _on_pacer_timer(self) -> None:
+        self._pacer_timer_at = None
+        if self.pacer is not None and not self.transport.state == "closed":
+            self._drain(self.transport.mux.now_ms())
+
+    def _transmit(self, packet: bytes, now_ms: float) -> int | None:
+        """Stamp the transport-wide seq (at send time, for the estimator) and send."""
+        seq = None
+        twcc_id = self._twcc_id
+        if twcc_id is not None and len(packet) > TWCC_OFFSET + 2 and packet[16] == (twcc_id << 4) | 1:
+            self._twcc_seq += 1
+            seq = self._twcc_seq
+            buf = bytearray(packet)
+            struct.pack_into("!H", buf, TWCC_OFFSET, seq & 0xFFFF)
+            packet = bytes(buf)
+            self.send_history.on_sent(seq, now_ms, len(packet))
         stats = self.stats
         stats.rtp_out += 1
-        stats.rtp_bytes_out += size
+        stats.rtp_bytes_out += len(packet)
         self.transport.send_rtp(packet)
+        return seq
+
+    def _padding_packet(self, size: int) -> bytes | None:
+        """A padding-only RTX packet for probing (padding goes on RTX SSRCs, as Chrome's)."""
+        down = next(
+            (d for d in self.down_tracks.values() if d.rtx_ssrc is not None and d.rtx_payload_type),
+            None,
+        )
+        if down is None or self._twcc_id is None:
+            return None
+        pad = max(1, min(size, 1200) - 20)
+        header = down.padding_header(self._twcc_id)
+        self.padding_sent += 1
+        return header + bytes(pad - 1) + bytes([pad])
 
     # -- TransportListener -----------------------------------------------------------
     def on_transport_connected(self, now_ms: float) -> None:
@@ -102,37 +195,56 @@ class SubscriberPeer:
             self._handle_rtcp(packet, now_ms)
 
     def _handle_rtcp(self, packet: object, now_ms: float) -> None:
-        stats = self.stats
         if isinstance(packet, TwccFeedback):
-            results = self.send_history.on_feedback(packet, now_ms)
-            for listener in self.feedback_listeners:
-                listener(results, now_ms)
+            self._on_twcc(packet, now_ms)
+        elif isinstance(packet, Remb):
+            self.remb_bps = packet.bitrate
         elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == 1:
-            down = self._by_ssrc.get(packet.media_ssrc)
-            if down is None:
-                return
-            seqs = nack_seqs(packet)
-            stats.nack_received += len(seqs)
-            sent = down.on_nack(seqs, now_ms)
-            stats.rtx_sent += sent
-            stats.rtx_missed += len(seqs) - sent
+            self._on_nack(packet, now_ms)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == 1:
-            down = self._by_ssrc.get(packet.media_ssrc)
-            if down is not None:
-                stats.pli_received += 1
-                down.request_keyframe(now_ms)
+            self._keyframe_for(packet.media_ssrc, now_ms)
         elif isinstance(packet, Fir):
             for ssrc, _seqnr in packet.entries:
-                down = self._by_ssrc.get(ssrc)
-                if down is not None:
-                    stats.pli_received += 1
-                    down.request_keyframe(now_ms)
+                self._keyframe_for(ssrc, now_ms)
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
-            ntp_mid = (self.ntp_at(now_ms) >> 16) & 0xFFFFFFFF
-            for report in packet.reports:
-                down = self._by_ssrc.get(report.ssrc)
-                if down is not None:
-                    down.stream.on_report_block(report, now_ms, ntp_mid)
+            self._on_reports(packet.reports, now_ms)
+
+    def _on_twcc(self, feedback: TwccFeedback, now_ms: float) -> None:
+        results = self.send_history.on_feedback(feedback, now_ms)
+        if self.estimator is not None and results:
+            self.estimator.on_packet_results(results, now_ms)
+            if self.pacer is not None:
+                self.pacer.set_rate(self.estimator.estimate_bps(now_ms), now_ms)
+        for listener in self.feedback_listeners:
+            listener(results, now_ms)
+
+    def _on_nack(self, packet: RtcpRtpfbPacket, now_ms: float) -> None:
+        down = self._by_ssrc.get(packet.media_ssrc)
+        if down is None:
+            return
+        seqs = nack_seqs(packet)
+        stats = self.stats
+        stats.nack_received += len(seqs)
+        sent = down.on_nack(seqs, now_ms)
+        stats.rtx_sent += sent
+        stats.rtx_missed += len(seqs) - sent
+
+    def _keyframe_for(self, ssrc: int, now_ms: float) -> None:
+        down = self._by_ssrc.get(ssrc)
+        if down is not None:
+            self.stats.pli_received += 1
+            down.request_keyframe(now_ms)
+
+    def _on_reports(self, reports: list, now_ms: float) -> None:
+        ntp_mid = (self.ntp_at(now_ms) >> 16) & 0xFFFFFFFF
+        for report in reports:
+            down = self._by_ssrc.get(report.ssrc)
+            if down is None:
+                continue
+            down.stream.on_report_block(report, now_ms, ntp_mid)
+            rtt = down.stream.rtt_ms
+            if rtt is not None and self.estimator is not None:
+                self.estimator.on_rtt(rtt, now_ms)
 
     # -- timers ----------------------------------------------------------------------
     def on_timer(self, now_ms: float) -> None:
@@ -140,9 +252,64 @@ class SubscriberPeer:
             return
         for down in self.down_tracks.values():
             down.on_timer(now_ms)
+        if now_ms >= self._next_alloc_ms:
+            self._next_alloc_ms = now_ms + ALLOCATE_INTERVAL_MS
+            self.allocate(now_ms)
+        if self.estimator is not None and self.pacer is not None:
+            cluster = self.estimator.next_probe(now_ms)
+            if cluster is not None:
+                self.pacer.start_probe(cluster, now_ms)
+            self._drain(now_ms)
         if now_ms >= self._next_sr_ms:
             self._next_sr_ms = now_ms + SR_INTERVAL_MS
             self._send_sender_reports(now_ms)
+
+    def allocate(self, now_ms: float) -> None:
+        """Split the estimate over the DownTracks (audio, screen, speaker, rest)."""
+        budget = self.estimate_bps(now_ms)
+        tracks: list[AllocTrack] = []
+        for sid, down in self.down_tracks.items():
+            track = down.track
+            if track.kind == "audio":
+                tracks.append(AllocTrack(sid, "audio", PRIO_AUDIO, [AUDIO_BPS], 0, 0))
+                continue
+            if track.source == "screen":
+                prio = PRIO_SCREEN
+            elif track.participant_sid in self.speakers:
+                prio = PRIO_SPEAKER
+            else:
+                prio = PRIO_VIDEO
+            current = None if down.paused else down.desired_layer
+            tracks.append(AllocTrack(sid, "video", prio, track.layer_bitrates(now_ms), down.max_layer, current))
+        if budget is None:
+            for down in self.down_tracks.values():
+                down.desired_layer = down.max_layer
+                self._set_paused(down, False)
+            return
+        allocation = self.allocator.allocate(budget, tracks, now_ms)
+        if self.estimator is not None:
+            self.estimator.set_desired_bps(allocation.wanted_bps)
+        for sid, layer in allocation.layers.items():
+            down = self.down_tracks[sid]
+            if not down.is_video:
+                continue
+            if layer is None:
+                self._set_paused(down, True)
+            else:
+                down.desired_layer = layer
+                self._set_paused(down, False)
+
+    def _set_paused(self, down: DownTrack, paused: bool) -> None:
+        if down.set_paused(paused) and self.on_track_paused is not None:
+            self.on_track_paused(down.track.sid, paused)
+
+    def bwe_stats(self, now_ms: float) -> dict[str, object]:
+        out: dict[str, object] = {"estimate_bps": self.estimate_bps(now_ms)}
+        if self.estimator is not None:
+            out.update(self.estimator.stats())
+        if self.pacer is not None:
+            out["pacer_queue_ms"] = self.pacer.queue_delay_ms(now_ms)
+        return out
 
     def _send_sender_reports(self, now_ms: float) -> None:
         ntp = self.ntp_at(now_ms)
