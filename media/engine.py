@@ -136,6 +136,12 @@ class Engine:
                     for reason, count in transport.drops.items():
                         drops[reason] = drops.get(reason, 0) + count
         data["drops"] = drops
+        for router in self.routers.values():
+            for track in router.tracks.values():
+                for layer in track.layers:
+                    data["upstream_lost"] += layer.nack.lost  # type: ignore[operator]
+                    data["upstream_recovered"] += layer.nack.recovered  # type: ignore[operator]
+                    data["upstream_unrecovered"] += layer.nack.given_up  # type: ignore[operator]
         data["udp_packets_in"] = self.mux.packets_in
         data["udp_bytes_in"] = self.mux.bytes_in
         data["udp_packets_out"] = self.mux.packets_out

@@ -24,6 +24,12 @@ class EngineStats:
     pli_sent: int = 0
     keyframes_in: int = 0
     layer_switches: int = 0
+    red_recovered: int = 0  # Opus packets rebuilt from RED redundancy for non-RED subscribers
+    red_added: int = 0  # audio packets wrapped in RED by Ferry toward lossy subscribers
+    # NACK counters of closed publisher tracks (live ones are summed at snapshot time).
+    upstream_lost: int = 0
+    upstream_recovered: int = 0
+    upstream_unrecovered: int = 0
     drops: Counter[str] = field(default_factory=Counter)
     # Set of reasons already logged once (see `drop`).
     _logged: set[str] = field(default_factory=set)
@@ -45,5 +51,10 @@ class EngineStats:
             "pli_sent": self.pli_sent,
             "keyframes_in": self.keyframes_in,
             "layer_switches": self.layer_switches,
+            "red_recovered": self.red_recovered,
+            "red_added": self.red_added,
+            "upstream_lost": self.upstream_lost,
+            "upstream_recovered": self.upstream_recovered,
+            "upstream_unrecovered": self.upstream_unrecovered,
             "drops": dict(self.drops),
         }

@@ -203,8 +203,11 @@ def watch_aiortc_receiver(receiver: Any, tracker: SeqTracker) -> bool:
     return True
 
 
-def _estimate_bps(obj: Any) -> float | None:
-    """Ferry's bandwidth estimate for a subscriber, wherever a BWE puts it."""
+def _estimate_bps(obj: Any, now_ms: float | None = None) -> float | None:
+    """Ferry's bandwidth estimate for a subscriber, wherever a BWE puts it.
+
+    An attribute or a method (called with the engine's ``now_ms`` when it takes one).
+    """
     for path in ("estimate_bps", "bwe.estimate_bps", "gcc.estimate_bps", "estimator.estimate_bps",
                  "allocator.estimate_bps", "bwe.estimate", "available_bps"):
         cur: Any = obj
@@ -213,8 +216,15 @@ def _estimate_bps(obj: Any) -> float | None:
             if cur is None:
                 break
         if callable(cur):
-            with contextlib.suppress(Exception):
-                cur = cur()
+            fn, cur = cur, None
+            for args in ((now_ms,), ()) if now_ms is not None else ((),):
+                try:
+                    cur = fn(*args)
+                    break
+                except TypeError:
+                    continue
+                except Exception:  # noqa: BLE001 - an estimator that cannot answer yet
+                    break
         if isinstance(cur, int | float) and not isinstance(cur, bool):
             return float(cur)
     return None
@@ -755,7 +765,8 @@ class Runner:
                     targets.append(down.target_layer)
             out["layer"] = min(layers) if layers else None
             out["target_layer"] = min(targets) if targets else None
-            out["estimate_bps"] = _estimate_bps(sub)
+            now_fn = getattr(server.engine, "now_ms", None)
+            out["estimate_bps"] = _estimate_bps(sub, now_fn() if callable(now_fn) else None)
             out["server_rtt_ms"] = max(rtts) if rtts else None
         except Exception:  # noqa: BLE001 - the server's internals may change under us
             logger.debug("server sample failed", exc_info=True)

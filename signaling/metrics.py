@@ -70,6 +70,14 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "ferry_pli_received_total": (("pli_received",), "Picture loss indications from subscribers"),
     "ferry_keyframes_in_total": (("keyframes_in",), "Keyframes received from publishers"),
     "ferry_layer_switches_total": (("layer_switches",), "Simulcast layer switches"),
+    "ferry_red_recovered_total": (
+        ("red_recovered",),
+        "Opus packets rebuilt from RED redundancy for subscribers without RED",
+    ),
+    "ferry_red_added_total": (("red_added",), "Audio packets Ferry wrapped in RED toward lossy subscribers"),
+    "ferry_upstream_lost_total": (("upstream_lost",), "Publisher packets found missing"),
+    "ferry_upstream_recovered_total": (("upstream_recovered",), "Missing publisher packets recovered by RTX"),
+    "ferry_upstream_unrecovered_total": (("upstream_unrecovered",), "Missing publisher packets given up on"),
 }
 DROPS = ("ferry_packet_drops_total", ("packet_drops", "drops"), "Packets dropped, by reason")
 

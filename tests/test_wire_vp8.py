@@ -107,7 +107,7 @@ def test_rewrite_15_bit_wraps() -> None:
     assert again.tl0picidx == 9
     assert again.keyidx == 1
     assert (again.tid, again.layer_sync) == (1, True)  # untouched bits
-    assert (d.picture_id, d.tl0picidx, d.keyidx) == (3, 9, 1)  # desc follows the buffer
+    assert (d.picture_id, d.tl0picidx, d.keyidx) == (32767, 7, 5)  # shared desc untouched
     assert buf[:12] == prefix and buf[18:] == INTER_HEADER
 
 

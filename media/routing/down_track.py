@@ -10,8 +10,10 @@ the subscriber's preferences); a switch happens only on a keyframe of the target
 from __future__ import annotations
 
 import random
+import struct
 from typing import TYPE_CHECKING, Protocol
 
+from media.audio.red_encoder import RedEncoder
 from media.rtp.keyframe import KeyframeWaiter
 from media.rtp.rtx import RtxCache
 from media.rtp.stream_send import RtpStreamSend
@@ -22,6 +24,8 @@ from media.wire.vp8 import Vp8Descriptor, rewrite_vp8
 if TYPE_CHECKING:
     from .published_track import Layer, PublishedTrack
 
+
+_HEADER = struct.Struct("!BBHII")
 
 # Where the transport-wide seq sits in packets built with it as the first one-byte
 # extension and no CSRCs: 12-byte header + 4-byte extension header + 1-byte id/len.
@@ -90,6 +94,23 @@ class DownTrack:
         self._rtx_seq = rng.randrange(1 << 16)
         self.packets_sent = 0
         self.bytes_sent = 0
+        self.red_added = 0
+        self._red_level = 0
+        self._red_encoder: RedEncoder | None = None
+        # Extension blocks (one-byte form). The TWCC value is a placeholder stamped at
+        # send time by the subscriber peer, at TWCC_OFFSET.
+        self._ext_video = b""
+        if twcc_ext_id:
+            self._ext_video = b"\xbe\xde\x00\x01" + bytes((twcc_ext_id << 4 | 1, 0, 0, 0))
+        twcc_el = bytes((twcc_ext_id << 4 | 1, 0, 0)) if twcc_ext_id else b""
+        body = len(twcc_el) + (2 if audio_level_ext_id else 0)
+        padded = (body + 3) // 4 * 4
+        self._ext_audio_head = (
+            b"\xbe\xde" + (padded // 4).to_bytes(2, "big") + twcc_el if body else b""
+        )
+        self._ext_audio_pad = bytes(padded - body)
+        has_ext = bool(self._ext_video) if self.is_video else bool(body)
+        self._first_byte = 0x90 if has_ext else 0x80
         if self.is_video:
             self.keyframe_waiter.need(0.0)
 
@@ -102,6 +123,7 @@ class DownTrack:
         vp8: Vp8Descriptor | None,
         keyframe: bool,
         now_ms: float,
+        recovered: bool = False,
     ) -> None:
         if self.paused or self.closed:
             return
@@ -121,35 +143,30 @@ class DownTrack:
             self._last_out_ms = now_ms
         payload: bytes | memoryview = view.payload
         payload_type = self.payload_type
-        track = self.track
-        if track.red_pt is not None and view.payload_type == track.red_pt:
-            if self.red_payload_type is not None:
-                payload_type = self.red_payload_type
-            else:
-                try:
-                    payload = parse_red(payload)[-1].data
-                except ValueError:
-                    track.stats.drop("red_malformed")
-                    return
-        extensions: list[tuple[int, bytes]] = []
-        if self.twcc_ext_id:
-            # Placeholder stamped when the packet leaves the pacer (TWCC_OFFSET).
-            extensions.append((self.twcc_ext_id, b"\x00\x00"))
-        if self.audio_level_ext_id and not self.is_video:
-            level = view.extension(track.audio_level_ext_id) if track.audio_level_ext_id else None
-            if level:
-                extensions.append((self.audio_level_ext_id, bytes(level)))
-        packet = build_rtp(
-            payload_type=payload_type,
-            seq=out_ext_seq & 0xFFFF,
-            timestamp=out_ts,
-            ssrc=self.ssrc,
-            payload=payload,
-            marker=view.marker,
-            extensions=extensions,
+        if not self.is_video:
+            audio = self._audio_payload(view, out_ts, recovered)
+            if audio is None:
+                return
+            payload_type, payload = audio
+        # One copy: fixed header + Ferry's own extension block + payload. The
+        # publisher's extensions (its mid/rid/twcc ids) mean nothing downstream.
+        header = _HEADER.pack(
+            self._first_byte,
+            payload_type | (0x80 if view.marker else 0),
+            out_ext_seq & 0xFFFF,
+            out_ts,
+            self.ssrc,
         )
-        if vp8 is not None and vp8.picture_id is not None:
-            packet = self._munge_vp8(packet, len(packet) - len(payload), vp8)
+        ext = self._ext_video if self.is_video else self._audio_extensions(view)
+        if vp8 is not None and vp8.picture_id is not None and (self._pid_offset or self._tl0_offset):
+            head = self._munge_vp8(payload, vp8)
+            packet = b"".join((header, ext, head, payload[vp8.size :]))
+        else:
+            if vp8 is not None and vp8.picture_id is not None:
+                self._last_pid = vp8.picture_id
+                if vp8.tl0picidx is not None:
+                    self._last_tl0 = vp8.tl0picidx
+            packet = b"".join((header, ext, payload))
         self.rtx_cache.put(out_ext_seq & 0xFFFF, packet, now_ms)
         self.stream.on_packet_sent(out_ts, len(payload), now_ms)
         self.packets_sent += 1
@@ -157,6 +174,73 @@ class DownTrack:
         if keyframe:
             self.keyframe_waiter.on_keyframe()
         self.sink.send_rtp(packet, "video" if self.is_video else "audio", now_ms)
+
+    # -- audio: RED in, RED out ----------------------------------------------------
+    def _audio_payload(
+        self, view: RtpView, out_ts: int, recovered: bool
+    ) -> tuple[int, bytes | memoryview] | None:
+        """Choose plain Opus or RED for this subscriber (RFC 2198).
+
+        Subscribers without RED get the primary block. RED subscribers get
+        redundancy only while their receiver reports show loss (clean links pay
+        nothing): Chrome's RED is forwarded as it is, plain Opus is wrapped here.
+        Packets Ferry rebuilt from redundancy (`recovered`) go only to non-RED
+        subscribers; RED ones already had the copy inside the RED packet.
+        """
+        track = self.track
+        payload = view.payload
+        is_red = track.red_pt is not None and view.payload_type == track.red_pt
+        red_pt = self.red_payload_type
+        if recovered and red_pt is not None and self._red_distance() > 0:
+            return None
+        primary: bytes | memoryview = payload
+        if is_red:
+            try:
+                primary = parse_red(payload)[-1].data
+            except ValueError:
+                track.stats.drop("red_malformed")
+                return None
+        if red_pt is None:
+            return self.payload_type, primary
+        distance = self._red_distance()
+        encoder = self._red_encoder
+        if encoder is None or encoder.distance != max(distance, 1):
+            encoder = self._red_encoder = RedEncoder(max(distance, 1), self.payload_type)
+        wrapped = encoder.encode(out_ts, bytes(primary))  # keeps its history warm
+        if distance == 0:
+            return self.payload_type, primary
+        if is_red:
+            return red_pt, payload
+        self.red_added += 1
+        track.stats.red_added += 1
+        return red_pt, wrapped
+
+    def _red_distance(self) -> int:
+        """Redundancy by the subscriber's reported loss, with hysteresis."""
+        loss = self.stream.fraction_lost or 0.0
+        current = self._red_level
+        if loss >= 0.10:
+            level = 2
+        elif loss >= 0.02:
+            level = max(1, current) if loss >= 0.05 or current else 1
+        elif loss < 0.01:
+            level = 0
+        else:
+            level = current
+        self._red_level = level
+        return level
+
+    def _audio_extensions(self, view: RtpView) -> bytes:
+        head = self._ext_audio_head
+        if not head:
+            return b""
+        level_el = b""
+        if self.audio_level_ext_id:
+            track = self.track
+            value = view.extension(track.audio_level_ext_id) if track.audio_level_ext_id else None
+            level = value[0] if value and len(value) == 1 else 127
+            level_el = bytes((self.audio_level_ext_id << 4, level))
+        return head + level_el + self._ext_audio_pad
 
     def set_paused(self, paused: bool) -> bool:
         """Pause/resume for bandwidth; returns True when the state changed."""
@@ -187,7 +271,8 @@ class DownTrack:
             self.track.stats.layer_switches += 1
         self.current_layer = layer.index
 
-    def _munge_vp8(self, packet: bytes, offset: int, vp8: Vp8Descriptor) -> bytes:
+    def _munge_vp8(self, payload: bytes | memoryview, vp8: Vp8Descriptor) -> bytes:
+        """Rewritten copy of the VP8 descriptor only (picture id / TL0PICIDX continuity)."""
         assert vp8.picture_id is not None
         modulus = 1 << vp8.picture_id_bits
         pid = (vp8.picture_id + self._pid_offset) % modulus
@@ -196,11 +281,9 @@ class DownTrack:
             tl0 = (vp8.tl0picidx + self._tl0_offset) & 0xFF
             self._last_tl0 = tl0
         self._last_pid = pid
-        if self._pid_offset == 0 and self._tl0_offset == 0:
-            return packet
-        buf = bytearray(packet)
-        rewrite_vp8(buf, offset, vp8, picture_id=pid, tl0picidx=tl0)
-        return bytes(buf)
+        head = bytearray(payload[: vp8.size])
+        rewrite_vp8(head, 0, vp8, picture_id=pid, tl0picidx=tl0)
+        return bytes(head)
 
     # -- feedback from the subscriber ------------------------------------------------
     def on_nack(self, seqs: list[int], now_ms: float) -> int:

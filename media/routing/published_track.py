@@ -16,7 +16,8 @@ from media.rtp.keyframe import KeyframeRequester
 from media.rtp.nack import NackGenerator
 from media.rtp.stream_recv import RtpStreamRecv
 from media.stats import EngineStats
-from media.wire.rtp import RtpView
+from media.wire.red import parse_red
+from media.wire.rtp import RtpView, build_rtp, parse_rtp
 from media.wire.vp8 import parse_vp8
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Layer:
         "active",
         "last_packet_ms",
         "last_bps",
+        "_highest_ext",
     )
 
     def __init__(self, track: PublishedTrack, index: int, rid: str | None) -> None:
@@ -84,6 +86,7 @@ class Layer:
         self.active = True  # dynacast: False when paused at the publisher
         self.last_packet_ms: float | None = None
         self.last_bps = 0.0
+        self._highest_ext: int | None = None
 
     def bind_ssrc(self, ssrc: int) -> None:
         self.ssrc = ssrc
@@ -115,8 +118,48 @@ class Layer:
         else:
             desc = None
         self.nack.on_packet(ext_seq, now_ms, is_keyframe=keyframe, is_retransmission=is_rtx)
+        highest = self._highest_ext
+        if highest is None or ext_seq > highest:
+            self._highest_ext = ext_seq
+            if (
+                highest is not None
+                and ext_seq > highest + 1
+                and track.red_pt is not None
+                and view.payload_type == track.red_pt
+            ):
+                self._recover_from_red(view, ext_seq, ext_seq - highest - 1, now_ms)
         for down in track.down_tracks:
             down.write(self, view, ext_seq, desc, keyframe, now_ms)
+
+    def _recover_from_red(self, view: RtpView, ext_seq: int, missing: int, now_ms: float) -> None:
+        """Rebuild lost Opus packets from the redundant blocks of this RED packet.
+
+        Chrome's RED carries the previous packets' frames (distance 1 or 2), so the
+        k-th block from the end is the packet k sequence numbers back. The rebuilt
+        packets go to subscribers that do not take RED themselves.
+        """
+        try:
+            blocks = parse_red(view.payload)[:-1]
+        except ValueError:
+            return
+        track = self.track
+        assert self.ssrc is not None
+        for k in range(min(missing, len(blocks)), 0, -1):
+            block = blocks[-k]
+            if not block.data:
+                continue
+            rebuilt = parse_rtp(
+                build_rtp(
+                    payload_type=block.payload_type,
+                    seq=(ext_seq - k) & 0xFFFF,
+                    timestamp=(view.timestamp - block.timestamp_offset) & 0xFFFFFFFF,
+                    ssrc=self.ssrc,
+                    payload=block.data,
+                )
+            )
+            track.stats.red_recovered += 1
+            for down in track.down_tracks:
+                down.write(self, rebuilt, ext_seq - k, None, False, now_ms, recovered=True)
 
     def request_keyframe(self, now_ms: float) -> None:
         if self.ssrc is not None and self.keyframes.request(now_ms):
@@ -239,6 +282,10 @@ class PublishedTrack:
         if self.closed:
             return
         self.closed = True
+        for layer in self.layers:
+            self.stats.upstream_lost += layer.nack.lost
+            self.stats.upstream_recovered += layer.nack.recovered
+            self.stats.upstream_unrecovered += layer.nack.given_up
         for down in list(self.down_tracks):
             down.close()
         self.down_tracks = []

@@ -169,7 +169,8 @@ def rewrite_vp8(
 
     Values wrap to the field width (7/15-bit picture id, 8-bit TL0PICIDX, 5-bit
     KEYIDX). Rewriting a field the descriptor does not carry is a ValueError: the
-    packet would have to grow, which the forwarder never does. `desc` is updated.
+    packet would have to grow, which the forwarder never does. `desc` is left
+    untouched: one parsed descriptor is shared by every DownTrack of the packet.
     """
     pos = offset + 2
     bits = desc.picture_id_bits
@@ -183,13 +184,11 @@ def rewrite_vp8(
             buf[pos + 1] = picture_id & 0xFF
         else:
             raise ValueError("VP8 descriptor has no picture id")
-        desc.picture_id = picture_id
     pos += (bits + 1) >> 3
     if desc.tl0picidx is not None:
         if tl0picidx is not None:
             tl0picidx &= 0xFF
             buf[pos] = tl0picidx
-            desc.tl0picidx = tl0picidx
         pos += 1
     elif tl0picidx is not None:
         raise ValueError("VP8 descriptor has no TL0PICIDX")
@@ -198,4 +197,3 @@ def rewrite_vp8(
             raise ValueError("VP8 descriptor has no KEYIDX")
         keyidx &= 0x1F
         buf[pos] = (buf[pos] & 0xE0) | keyidx
-        desc.keyidx = keyidx
