@@ -31,6 +31,7 @@ class EngineConfig:
     port: int = 7882
     announce_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     consent_timeout_ms: float = 30000.0
+    add_red: bool = True  # audio redundancy toward RED-capable subscribers that report loss
 
 
 class Engine:

@@ -56,6 +56,7 @@ class DownTrack:
         twcc_ext_id: int | None,
         audio_level_ext_id: int | None,
         rng: random.Random | None = None,
+        add_red: bool = True,
     ) -> None:
         self.track = track
         self.sink = sink
@@ -94,6 +95,7 @@ class DownTrack:
         self._rtx_seq = rng.randrange(1 << 16)
         self.packets_sent = 0
         self.bytes_sent = 0
+        self.add_red = add_red  # Ferry may wrap plain Opus in RED toward lossy subscribers
         self.red_added = 0
         self._red_level = 0
         self._red_encoder: RedEncoder | None = None
@@ -217,6 +219,8 @@ class DownTrack:
 
     def _red_distance(self) -> int:
         """Redundancy by the subscriber's reported loss, with hysteresis."""
+        if not self.add_red:
+            return 0
         loss = self.stream.fraction_lost or 0.0
         current = self._red_level
         if loss >= 0.10:

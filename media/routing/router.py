@@ -214,6 +214,7 @@ class MediaParticipant:
             twcc_ext_id=ext_ids.get(EXT_TWCC),
             audio_level_ext_id=ext_ids.get(EXT_AUDIO_LEVEL),
             rng=self.router.rng,
+            add_red=self.router.engine.config.add_red,
         )
         self.subscriber.add_down_track(down)
         self.router.on_subscribed(down)
