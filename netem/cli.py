@@ -25,7 +25,10 @@ from netem.profiles import builtin_profiles, parse_profile_arg
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``netem`` command (with its subcommands) to ``subparsers``."""
-    netem = subparsers.add_parser("netem", help="weak-network emulation (TURN relay, UDP proxy)")
+    netem = subparsers.add_parser(
+        "netem", help="weak-network emulation (TURN relay, UDP proxy, scenarios)"
+    )
+    netem.set_defaults(func=run)
     sub = netem.add_subparsers(dest="netem_command", required=True)
 
     relay = sub.add_parser("relay", help="run the impairing TURN relay")

@@ -446,3 +446,16 @@ def test_gcc_estimator_cuts_on_a_growing_queue() -> None:
         e.on_packet_results(results, t_send + 30.0)
     assert e.estimate_bps(t_send) < 1_000_000
     assert e.aimd.decreases >= 1
+
+
+def test_pacer_fast_path_only_when_idle_and_in_budget():
+    from media.bwe.pacer import Pacer
+
+    pacer = Pacer(1_000_000, burst_ms=5.0)  # 2.5 Mbit/s pacing: 1562 bytes per 5 ms
+    assert pacer.try_send_now(1000, "video", 0.0) is False  # no budget accrued yet
+    assert pacer.try_send_now(1000, "video", 10.0) is True
+    assert pacer.try_send_now(1000, "video", 10.0) is True  # may overdraw by one packet
+    assert pacer.try_send_now(1000, "video", 10.0) is False  # budget spent
+    assert pacer.try_send_now(200, "audio", 10.0) is True  # audio is never held
+    pacer.enqueue(b"x", 1000, "video", 10.0)
+    assert pacer.try_send_now(100, "audio", 100.0) is False  # keep order behind the queue

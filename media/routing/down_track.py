@@ -97,6 +97,7 @@ class DownTrack:
         self.bytes_sent = 0
         self.add_red = add_red  # Ferry may wrap plain Opus in RED toward lossy subscribers
         self.red_added = 0
+        self._last_packet: bytes | None = None  # newest video packet, reused for RTX probes
         self._red_level = 0
         self._red_encoder: RedEncoder | None = None
         # Extension blocks (one-byte form). The TWCC value is a placeholder stamped at
@@ -170,6 +171,8 @@ class DownTrack:
                     self._last_tl0 = vp8.tl0picidx
             packet = b"".join((header, ext, payload))
         self.rtx_cache.put(out_ext_seq & 0xFFFF, packet, now_ms)
+        if self.is_video:
+            self._last_packet = packet
         self.stream.on_packet_sent(out_ts, len(payload), now_ms)
         self.packets_sent += 1
         self.bytes_sent += len(packet)
@@ -320,6 +323,12 @@ class DownTrack:
             marker=view.marker,
             extensions=extensions,
         )
+
+    def rtx_probe(self) -> bytes | None:
+        """The newest video packet again, RTX-wrapped: bandwidth probe payload."""
+        if self._last_packet is None or self.rtx_ssrc is None or self.rtx_payload_type is None:
+            return None
+        return self._wrap_rtx(self._last_packet)
 
     def padding_header(self, twcc_ext_id: int) -> bytes:
         """RTP header (with P bit and a TWCC placeholder) for a padding-only RTX packet."""

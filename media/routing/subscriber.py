@@ -113,7 +113,7 @@ class SubscriberPeer:
     # -- DownTrackSink -------------------------------------------------------------
     def send_rtp(self, packet: bytes, kind: str, now_ms: float) -> None:
         pacer = self.pacer
-        if pacer is None:
+        if pacer is None or pacer.try_send_now(len(packet), kind, now_ms):
             self._transmit(packet, now_ms)
             return
         pacer.enqueue(packet, len(packet), kind, now_ms)
@@ -160,17 +160,23 @@ class SubscriberPeer:
         return seq
 
     def _padding_packet(self, size: int) -> bytes | None:
-        """A padding-only RTX packet for probing (padding goes on RTX SSRCs, as Chrome's)."""
+        """A probe packet on an RTX SSRC, as Chrome does.
+
+        Preferably a retransmission of the newest video packet (full size, harmless to
+        the receiver), else a padding-only packet (RTP padding is at most 255 bytes).
+        """
         down = next(
             (d for d in self.down_tracks.values() if d.rtx_ssrc is not None and d.rtx_payload_type),
             None,
         )
         if down is None or self._twcc_id is None:
             return None
-        pad = max(1, min(size, 1200) - 20)
-        header = down.padding_header(self._twcc_id)
         self.padding_sent += 1
-        return header + bytes(pad - 1) + bytes([pad])
+        probe = down.rtx_probe()
+        if probe is not None:
+            return probe
+        pad = max(1, min(size - 20, 255))
+        return down.padding_header(self._twcc_id) + bytes(pad - 1) + bytes([pad])
 
     # -- TransportListener -----------------------------------------------------------
     def on_transport_connected(self, now_ms: float) -> None:
