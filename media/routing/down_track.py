@@ -99,7 +99,7 @@ class DownTrack:
         self.red_added = 0
         self._last_packet: bytes | None = None  # newest video packet, reused for RTX probes
         self._red_level = 0
-        self._red_encoder: RedEncoder | None = None
+        self._red_encoders: dict[int, RedEncoder] = {}
         # Extension blocks (one-byte form). The TWCC value is a placeholder stamped at
         # send time by the subscriber peer, at TWCC_OFFSET.
         self._ext_video = b""
@@ -140,7 +140,8 @@ class DownTrack:
             return  # a late packet from before the switch point would collide
         out_ext_seq = ext_seq + self._seq_offset
         out_ts = (view.timestamp + self._ts_offset) & 0xFFFFFFFF
-        if out_ext_seq > self._last_out_ext_seq:
+        newest = out_ext_seq > self._last_out_ext_seq
+        if newest:
             self._last_out_ext_seq = out_ext_seq
             self._last_out_ts = out_ts
             self._last_out_ms = now_ms
@@ -162,10 +163,12 @@ class DownTrack:
         )
         ext = self._ext_video if self.is_video else self._audio_extensions(view)
         if vp8 is not None and vp8.picture_id is not None and (self._pid_offset or self._tl0_offset):
-            head = self._munge_vp8(payload, vp8)
+            head = self._munge_vp8(payload, vp8, newest)
             packet = b"".join((header, ext, head, payload[vp8.size :]))
         else:
-            if vp8 is not None and vp8.picture_id is not None:
+            if newest and vp8 is not None and vp8.picture_id is not None:
+                # Only the newest packet moves the continuity point: a late packet or
+                # an RTX repair of an older frame must not pull it back.
                 self._last_pid = vp8.picture_id
                 if vp8.tl0picidx is not None:
                     self._last_tl0 = vp8.tl0picidx
@@ -197,7 +200,7 @@ class DownTrack:
         is_red = track.red_pt is not None and view.payload_type == track.red_pt
         red_pt = self.red_payload_type
         if recovered and red_pt is not None and self._red_distance() > 0:
-            return None
+            return None  # the RED packet already carried this frame to them
         primary: bytes | memoryview = payload
         if is_red:
             try:
@@ -208,22 +211,36 @@ class DownTrack:
         if red_pt is None:
             return self.payload_type, primary
         distance = self._red_distance()
-        encoder = self._red_encoder
-        if encoder is None or encoder.distance != max(distance, 1):
-            encoder = self._red_encoder = RedEncoder(max(distance, 1), self.payload_type)
-        wrapped = encoder.encode(out_ts, bytes(primary))  # keeps its history warm
         if distance == 0:
+            if not is_red:
+                self._red_history(out_ts, primary, 0)
             return self.payload_type, primary
         if is_red:
             return red_pt, payload
+        if not self.add_red:
+            return self.payload_type, primary
+        wrapped = self._red_history(out_ts, primary, distance)
         self.red_added += 1
         track.stats.red_added += 1
         return red_pt, wrapped
 
+    def _red_history(self, out_ts: int, primary: bytes | memoryview, distance: int) -> bytes:
+        """RED payload at `distance`; both encoders see every frame, so a switch from
+        distance 1 to 2 has its history ready."""
+        encoders = self._red_encoders
+        if not encoders:
+            encoders[1] = RedEncoder(1, self.payload_type)
+            encoders[2] = RedEncoder(2, self.payload_type)
+        data = bytes(primary)
+        out = b""
+        for d, encoder in encoders.items():
+            red = encoder.encode(out_ts, data)
+            if d == distance:
+                out = red
+        return out
+
     def _red_distance(self) -> int:
         """Redundancy by the subscriber's reported loss, with hysteresis."""
-        if not self.add_red:
-            return 0
         loss = self.stream.fraction_lost or 0.0
         current = self._red_level
         if loss >= 0.10:
@@ -278,7 +295,7 @@ class DownTrack:
             self.track.stats.layer_switches += 1
         self.current_layer = layer.index
 
-    def _munge_vp8(self, payload: bytes | memoryview, vp8: Vp8Descriptor) -> bytes:
+    def _munge_vp8(self, payload: bytes | memoryview, vp8: Vp8Descriptor, newest: bool = True) -> bytes:
         """Rewritten copy of the VP8 descriptor only (picture id / TL0PICIDX continuity)."""
         assert vp8.picture_id is not None
         modulus = 1 << vp8.picture_id_bits
@@ -286,8 +303,10 @@ class DownTrack:
         tl0 = None
         if vp8.tl0picidx is not None:
             tl0 = (vp8.tl0picidx + self._tl0_offset) & 0xFF
-            self._last_tl0 = tl0
-        self._last_pid = pid
+            if newest:
+                self._last_tl0 = tl0
+        if newest:
+            self._last_pid = pid
         head = bytearray(payload[: vp8.size])
         rewrite_vp8(head, 0, vp8, picture_id=pid, tl0picidx=tl0)
         return bytes(head)

@@ -16,6 +16,7 @@ from media.rtp.keyframe import KeyframeRequester
 from media.rtp.nack import NackGenerator
 from media.rtp.stream_recv import RtpStreamRecv
 from media.stats import EngineStats
+from media.wire.h264 import is_keyframe_start
 from media.wire.red import parse_red
 from media.wire.rtp import RtpView, build_rtp, parse_rtp
 from media.wire.vp8 import parse_vp8
@@ -117,6 +118,13 @@ class Layer:
                     self.width, self.height = desc.width, desc.height
         else:
             desc = None
+            if track.is_h264 and view.payload_end > view.payload_start:
+                keyframe = is_keyframe_start(view.payload)
+                if keyframe:
+                    if self.last_keyframe_ms != now_ms:
+                        track.stats.keyframes_in += 1
+                    self.last_keyframe_ms = now_ms
+                    self.keyframes.on_keyframe(now_ms)
         self.nack.on_packet(ext_seq, now_ms, is_keyframe=keyframe, is_retransmission=is_rtx)
         highest = self._highest_ext
         if highest is None or ext_seq > highest:
@@ -192,6 +200,7 @@ class PublishedTrack:
         self.red_pt = red_pt
         self.audio_level_ext_id: int | None = None  # the publisher's id, for forwarding
         self.is_vp8 = codec.name.upper() == "VP8"
+        self.is_h264 = codec.name.upper() == "H264"
         self.stats = stats
         self.keyframe_sink = keyframe_sink
         self.source = source
