@@ -114,7 +114,9 @@ class Participant:
     def _new_section(self, track: PublishedTrack) -> MediaDescription:
         router = self.room.router
         kind = track.kind
-        codecs = sdp.default_subscriber_codecs(kind, red=track.red_pt is not None)
+        # RED is offered when the publisher sends it, or when Ferry may add it itself.
+        red = track.red_pt is not None or router.engine.config.add_red
+        codecs = sdp.default_subscriber_codecs(kind, red=red)
         if kind == "video":
             codecs = [c for c in codecs if c.name.upper() == track.codec.name.upper()] or codecs
         rtx = router.new_ssrc() if kind == "video" else None

@@ -438,7 +438,7 @@ function waitForGathering(pc, timeoutMs) {
 }
 
 async function publish() {
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 1280, height: 720 } });
   app.localStream = stream;
   $("local-video").srcObject = stream;
   const pc = new RTCPeerConnection(app.config);

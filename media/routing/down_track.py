@@ -138,6 +138,11 @@ class DownTrack:
             self._switch_to(layer, view, ext_seq, vp8, now_ms)
         elif ext_seq < self._switch_ext_seq:
             return  # a late packet from before the switch point would collide
+        elif self.desired_layer < layer.index and self.target_layer != layer.index:
+            # The allocator cut this subscriber below the layer it is on: the link is
+            # congested. Shed the layer now (a short freeze until the lower layer's
+            # keyframe) instead of filling the bottleneck queue while waiting for it.
+            return
         out_ext_seq = ext_seq + self._seq_offset
         out_ts = (view.timestamp + self._ts_offset) & 0xFFFFFFFF
         newest = out_ext_seq > self._last_out_ext_seq
@@ -322,6 +327,12 @@ class DownTrack:
                 continue
             if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
                 packet = self._wrap_rtx(packet)
+            elif self.twcc_ext_id:
+                # Without RTX the resend reuses the original SRTP index; restamping its
+                # transport-wide seq would encrypt different bytes under the same
+                # nonce (AES-GCM). Skip it: the receiver's PLI path recovers.
+                self.rtx_cache.suppressed += 1
+                continue
             self.sink.send_rtp(packet, "rtx", now_ms)
             sent += 1
         return sent

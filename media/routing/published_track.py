@@ -70,6 +70,7 @@ class Layer:
         "last_packet_ms",
         "last_bps",
         "_highest_ext",
+        "_rebuilt",
     )
 
     def __init__(self, track: PublishedTrack, index: int, rid: str | None) -> None:
@@ -88,6 +89,7 @@ class Layer:
         self.last_packet_ms: float | None = None
         self.last_bps = 0.0
         self._highest_ext: int | None = None
+        self._rebuilt: set[int] = set()  # audio seqs rebuilt from RED (not to forward twice)
 
     def bind_ssrc(self, ssrc: int) -> None:
         self.ssrc = ssrc
@@ -125,6 +127,9 @@ class Layer:
                         track.stats.keyframes_in += 1
                     self.last_keyframe_ms = now_ms
                     self.keyframes.on_keyframe(now_ms)
+        if self._rebuilt and ext_seq in self._rebuilt:
+            self._rebuilt.discard(ext_seq)
+            return  # already rebuilt from RED and forwarded: a late original or a resend
         self.nack.on_packet(ext_seq, now_ms, is_keyframe=keyframe, is_retransmission=is_rtx)
         highest = self._highest_ext
         if highest is None or ext_seq > highest:
@@ -166,6 +171,11 @@ class Layer:
                 )
             )
             track.stats.red_recovered += 1
+            seq = ext_seq - k
+            self.nack.on_packet(seq, now_ms, is_retransmission=True)  # no NACK for it
+            self._rebuilt.add(seq)
+            if len(self._rebuilt) > 64:
+                self._rebuilt = {s for s in self._rebuilt if s > ext_seq - 64}
             for down in track.down_tracks:
                 down.write(self, rebuilt, ext_seq - k, None, False, now_ms, recovered=True)
 
@@ -254,7 +264,9 @@ class PublishedTrack:
         rates = []
         for layer in self.layers:
             measured = layer.stream.bitrate_bps(now_ms) if layer.stream is not None else 0.0
-            if measured > 20_000:
+            # Only a flowing, enabled layer updates its price: a layer dynacast just
+            # paused fades over the rate window and would look nearly free.
+            if layer.active and measured > max(20_000.0, 0.5 * layer.last_bps):
                 layer.last_bps = measured
             if layer.last_bps:
                 rates.append(layer.last_bps)

@@ -105,6 +105,12 @@ class PublisherPeer:
         if self.on_failed is not None:
             self.on_failed(reason)
 
+    def _media_ssrc_for_feedback(self, ssrc: int) -> None:
+        # Chrome ignores transport-wide feedback whose media SSRC is 0: name a real one.
+        twcc = self.twcc
+        if twcc is not None and twcc.media_ssrc == 0:
+            twcc.media_ssrc = ssrc
+
     def on_rtp(self, data: bytes, now_ms: float) -> None:
         stats = self.stats
         stats.rtp_in += 1
@@ -123,6 +129,8 @@ class PublisherPeer:
         if self.twcc is not None:
             value = view.extension(self._ext_twcc) if self._ext_twcc else None
             if value is not None and len(value) == 2:
+                if self.twcc.media_ssrc == 0:
+                    self._media_ssrc_for_feedback(view.ssrc)
                 self.twcc.record(parse_twcc_seq(value), now_ms)
         layer, is_rtx = entry
         track = layer.track

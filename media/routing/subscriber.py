@@ -34,6 +34,7 @@ SR_INTERVAL_MS = 1000.0
 ALLOCATE_INTERVAL_MS = 500.0
 START_BPS = 1_000_000
 AUDIO_BPS = 48_000.0
+DESIRED_HEADROOM = 1.3  # > allocator.UP_HEADROOM, so probing can unlock the next layer
 
 
 class SubscriberPeer:
@@ -71,6 +72,7 @@ class SubscriberPeer:
         self.remb_bps: int | None = None
         self.allocator = Allocator()
         self._next_alloc_ms = 0.0
+        self._allocated_budget = 0.0
         self.speakers: set[str] = set()  # participant sids currently speaking (priority)
         self.on_track_paused: Callable[[str, bool], None] | None = None
         self.schedule: Callable[[float, Callable[[], None]], object] | None = None
@@ -219,8 +221,11 @@ class SubscriberPeer:
         results = self.send_history.on_feedback(feedback, now_ms)
         if self.estimator is not None and results:
             self.estimator.on_packet_results(results, now_ms)
+            estimate = self.estimator.estimate_bps(now_ms)
             if self.pacer is not None:
-                self.pacer.set_rate(self.estimator.estimate_bps(now_ms), now_ms)
+                self.pacer.set_rate(estimate, now_ms)
+            if estimate < 0.85 * self._allocated_budget:
+                self.allocate(now_ms)  # a drop: shed layers now, not at the next round
         for listener in self.feedback_listeners:
             listener(results, now_ms)
 
@@ -292,9 +297,11 @@ class SubscriberPeer:
                 down.desired_layer = down.max_layer
                 self._set_paused(down, False)
             return
+        self._allocated_budget = budget
         allocation = self.allocator.allocate(budget, tracks, now_ms)
         if self.estimator is not None:
-            self.estimator.set_desired_bps(allocation.wanted_bps)
+            # Probe past what the layers need: going up requires the allocator's headroom.
+            self.estimator.set_desired_bps(allocation.wanted_bps * DESIRED_HEADROOM)
         for sid, layer in allocation.layers.items():
             down = self.down_tracks[sid]
             if not down.is_video:

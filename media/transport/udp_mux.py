@@ -17,6 +17,7 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections import Counter
 from typing import Protocol
 
@@ -120,10 +121,8 @@ class UdpMux:
         sock = self._sock
         if sock is None:
             return
-        loop = self._loop
-        assert loop is not None
-        now_ms = loop.time() * 1000.0
         recvfrom = sock.recvfrom
+        clock = time.monotonic  # the loop's clock base; read per datagram (TWCC needs it)
         for _ in range(DRAIN_LIMIT):
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
@@ -137,7 +136,7 @@ class UdpMux:
             self.packets_in += 1
             self.bytes_in += len(data)
             try:
-                self.dispatch(data, addr[:2], now_ms)
+                self.dispatch(data, addr[:2], clock() * 1000.0)
             except Exception:  # a bug must not kill the socket for everyone
                 self.drops["handler_error"] += 1
                 log.exception("error handling a datagram from %s", addr)
