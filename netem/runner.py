@@ -38,6 +38,7 @@ from typing import Any
 from netem.profiles import Profile
 from netem.scenario import Expectation, ParticipantSpec, Scenario
 from netem.turn import TurnRelay
+from signaling.chromium import CHROMIUM_ARGS
 
 logger = logging.getLogger("ferry.netem.runner")
 
@@ -46,20 +47,6 @@ RECOVERY_GRACE_S = 1.5
 AUDIO_GAP_S = 0.06
 TURN_PASSWORD = "ferry"
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,OptimizationHints,Translate",
-    "--autoplay-policy=no-user-gesture-required",
-]
 
 
 @dataclass

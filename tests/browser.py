@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from contextlib import asynccontextmanager
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,OptimizationHints,Translate",
-    "--autoplay-policy=no-user-gesture-required",
-]
+from signaling.chromium import CHROMIUM_ARGS
+from signaling.chromium import CHROMIUM_PATH as CHROMIUM
 
 needs_chromium = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (apt-get install chromium)"

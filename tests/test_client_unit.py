@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from signaling.chromium import CHROMIUM_ARGS, CHROMIUM_PATH
 from signaling.client import (
     FerryClient,
     FerryError,
@@ -40,19 +41,8 @@ from signaling.media_sources import (
 )
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--autoplay-policy=no-user-gesture-required",
-]
+CHROMIUM = CHROMIUM_PATH
+CHROMIUM_FLAGS = [a for a in CHROMIUM_ARGS if a != "--headless=new"]
 BOT_SID = "PA_bot"
 BOT_VIDEO = "TR_botv"
 BOT_AUDIO = "TR_bota"
