@@ -624,8 +624,16 @@ async def test_chromium_publisher_adapts_below_uplink_cap(server: FerryServer) -
                     for layer in track.layers if layer.stream
                 },
             )
-            # Below the cap from 5 s on, and still using the link (adapting, not starving).
-            assert offered[-1] < UPLINK_CAP_BPS, over
+            # Chrome's own send rate (outbound-rtp bytes) is below the cap from 5 s on, and
+            # it still uses the link (adapting, not starving). The wire rate adds TURN,
+            # RTCP and STUN overhead that Chrome's estimator does not pace.
+            # Sustained rate: 2 s windows, so one probe burst is not read as the rate.
+            payload_late = [
+                8 * (p1 - p0) / (t1 - t0)
+                for (t0, _, p0), (t1, _, p1) in zip(samples, samples[4:], strict=False)
+                if t0 >= 5.0
+            ]
+            assert max(payload_late) < UPLINK_CAP_BPS, (over, payload_late)
             assert median >= UPLINK_CAP_BPS / 2, f"publisher starved: median {median / 1000:.0f} kbit/s"
             assert page.ferry_errors == []
     finally:
