@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import inspect
-import itertools
 import json
 import logging
 import sys
@@ -37,7 +36,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import aioice.ice
 from aiortc import (
     RTCConfiguration,
@@ -49,6 +47,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 
+from .channel import FerryError, RequestTimeout, SignalingChannel  # noqa: F401 (re-exported)
+
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
@@ -57,25 +57,6 @@ TrackKey = tuple[str, str]
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class FerryError(Exception):
-    """An ``ok: false`` reply (or a local failure described with the same shape).
-
-    ``code`` is one of the protocol's error codes (``unauthorized``, ``not_joined``...)
-    or a local one: ``timeout`` (no reply in time), ``closed`` (socket went away),
-    ``connect_timeout`` (ICE/DTLS did not connect in time).
-    """
-
-    def __init__(self, code: str, message: str = "", reply: dict[str, Any] | None = None) -> None:
-        super().__init__(f"{code}: {message}" if message else code)
-        self.code = code
-        self.message = message
-        self.reply = reply
-
-
-class RequestTimeout(FerryError, TimeoutError):
-    """No reply with the request's id arrived in time (also a :class:`TimeoutError`)."""
 
 
 class ConnectTimeout(FerryError, TimeoutError):
@@ -332,13 +313,9 @@ class FerryClient:
         self.subscriber_version: int | None = None
         self.subscriber_errors: list[BaseException] = []
 
-        self._session: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._channel: SignalingChannel | None = None
         self._offer_worker: asyncio.Task[None] | None = None
         self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
         self._mid_map: dict[str, TrackKey] = {}
         self._closed = False
 
@@ -347,17 +324,11 @@ class FerryClient:
     async def connect(self, url: str, *, timeout: float | None = None) -> None:
         """Open the WebSocket and send ``hello`` (the reply is kept in ``server_info``)."""
         self.url = url
-        self._session = aiohttp.ClientSession()
         t = timeout if timeout is not None else self.request_timeout
-        try:
-            self._ws = await self._session.ws_connect(
-                url, timeout=aiohttp.ClientWSTimeout(ws_close=t), heartbeat=None
-            )
-        except Exception:
-            await self._session.close()
-            self._session = None
-            raise
-        self._reader = asyncio.ensure_future(self._read_loop())
+        self._channel = SignalingChannel(
+            self._dispatch, request_timeout=self.request_timeout, name="client"
+        )
+        await self._channel.open(url, timeout=t)
         self._offer_worker = asyncio.ensure_future(self._process_offers())
         self.server_info = await self.request("hello", version=PROTOCOL_VERSION, timeout=t)
 
@@ -371,55 +342,12 @@ class FerryClient:
         and ``FerryError("closed")`` if the socket closes first. Events that arrive
         meanwhile go to ``events`` as usual.
         """
-        if self._ws is None or self._ws.closed:
+        if self._channel is None:
             raise FerryError("closed", "not connected")
-        req_id = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = fut
-        t = self.request_timeout if timeout is None else timeout
-        try:
-            await self._ws.send_str(json.dumps({"type": msg_type, "id": req_id, **fields}))
-            reply = await asyncio.wait_for(fut, t)
-        except TimeoutError:
-            raise RequestTimeout(
-                "timeout", f"no reply to {msg_type!r} (id {req_id}) within {t}s"
-            ) from None
-        finally:
-            self._pending.pop(req_id, None)
-        if not reply.get("ok", False):
-            err = reply.get("error") or {}
-            raise FerryError(str(err.get("code", "unknown")), str(err.get("message", "")), reply)
-        return reply
-
-    async def _read_loop(self) -> None:
-        assert self._ws is not None
-        try:
-            async for msg in self._ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                try:
-                    data = json.loads(msg.data)
-                except ValueError:
-                    logger.warning("non-JSON frame from server: %.80r", msg.data)
-                    continue
-                if isinstance(data, dict):
-                    await self._dispatch(data)
-        except Exception:
-            logger.exception("signaling read loop failed")
-        finally:
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(FerryError("closed", "signaling socket closed"))
+        return await self._channel.request(msg_type, timeout=timeout, **fields)
 
     async def _dispatch(self, msg: dict[str, Any]) -> None:
-        req_id = msg.get("id")
-        if req_id is not None:
-            fut = self._pending.get(req_id)  # type: ignore[arg-type]
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-            else:
-                logger.warning("reply with unknown id %r: %s", req_id, msg.get("type"))
-            return
+        """An event from the server (replies are matched by the channel)."""
         self._apply_event(msg)
         self.event_log.append(msg)
         self.events.put_nowait(msg)
@@ -783,7 +711,7 @@ class FerryClient:
 
     async def leave(self) -> None:
         """Send ``leave`` (errors ignored: the session ends either way), then close."""
-        if self._ws is not None and not self._ws.closed:
+        if self._channel is not None and not self._channel.closed:
             with contextlib.suppress(FerryError, TimeoutError):
                 await self.request("leave", timeout=min(self.request_timeout, 5.0))
         await self.close()
@@ -808,14 +736,8 @@ class FerryClient:
             if pc is not None:
                 with contextlib.suppress(Exception):
                     await pc.close()
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 2.0)
-        if self._session is not None:
-            await self._session.close()
+        if self._channel is not None:
+            await self._channel.close()
 
     async def __aenter__(self) -> FerryClient:
         return self

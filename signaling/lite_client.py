@@ -34,8 +34,6 @@ import collections
 import contextlib
 import fractions
 import functools
-import itertools
-import json
 import logging
 import random
 import secrets
@@ -46,7 +44,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aioice import stun
 from aiortc.rtp import (
     RtcpPsfbPacket,
@@ -89,7 +86,8 @@ from media.wire.rtcp import (
 from media.wire.rtp import build_audio_level, build_rtp, build_twcc_seq, parse_rtp
 from media.wire.vp8 import parse_vp8
 from signaling import sdp
-from signaling.client import ConnectTimeout, FerryError, RequestTimeout
+from signaling.channel import FerryError, RequestTimeout, SignalingChannel  # noqa: F401
+from signaling.client import ConnectTimeout
 
 __all__ = [
     "LiteClient",
@@ -1503,13 +1501,9 @@ class LiteClient:
         self.subscriber: LiteSubscriber | None = None
         self.subscriber_version: int | None = None
         self.subscriber_errors: list[BaseException] = []
-        self._session: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._channel: SignalingChannel | None = None
         self._offer_worker: asyncio.Task[None] | None = None
         self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=64)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
         self._starter: asyncio.Future[None] | None = None
         self._leaving = False
         self._closed = False
@@ -1517,16 +1511,10 @@ class LiteClient:
     # -- signaling -----------------------------------------------------------------------
     async def connect(self, url: str) -> dict[str, Any]:
         """Open the WebSocket and send ``hello``; returns (and keeps) its reply."""
-        self._session = aiohttp.ClientSession()
-        try:
-            self._ws = await self._session.ws_connect(
-                url, timeout=aiohttp.ClientWSTimeout(ws_close=self.request_timeout), heartbeat=None
-            )
-        except Exception:
-            await self._session.close()
-            self._session = None
-            raise
-        self._reader = asyncio.ensure_future(self._read_loop())
+        self._channel = SignalingChannel(
+            self._dispatch, request_timeout=self.request_timeout, name=self.name
+        )
+        await self._channel.open(url)
         self._offer_worker = asyncio.ensure_future(self._process_offers())
         self.server_info = await self.request("hello", version=PROTOCOL_VERSION)
         return self.server_info
@@ -1535,52 +1523,12 @@ class LiteClient:
         self, msg_type: str, /, *, timeout: float | None = None, **fields: Any
     ) -> dict[str, Any]:
         """Send a request, await the reply with the same ``id``; FerryError on ``ok: false``."""
-        ws = self._ws
-        if ws is None or ws.closed:
+        if self._channel is None:
             raise FerryError("closed", "not connected")
-        req_id = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = fut
-        t = self.request_timeout if timeout is None else timeout
-        try:
-            await ws.send_str(json.dumps({"type": msg_type, "id": req_id, **fields}))
-            reply = await asyncio.wait_for(fut, t)
-        except TimeoutError:
-            raise RequestTimeout("timeout", f"no reply to {msg_type!r} within {t}s") from None
-        finally:
-            self._pending.pop(req_id, None)
-        if not reply.get("ok", False):
-            err = reply.get("error") or {}
-            raise FerryError(str(err.get("code", "unknown")), str(err.get("message", "")), reply)
-        return reply
-
-    async def _read_loop(self) -> None:
-        assert self._ws is not None
-        try:
-            async for msg in self._ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                try:
-                    data = json.loads(msg.data)
-                except ValueError:
-                    logger.warning("%s: non-JSON frame from server", self.name)
-                    continue
-                if isinstance(data, dict):
-                    self._dispatch(data)
-        except Exception:
-            logger.exception("%s: signaling read loop failed", self.name)
-        finally:
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(FerryError("closed", "signaling socket closed"))
+        return await self._channel.request(msg_type, timeout=timeout, **fields)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
-        req_id = msg.get("id")
-        if req_id is not None:
-            fut = self._pending.get(req_id)  # type: ignore[arg-type]
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-            return
+        """An event from the server (replies are matched by the channel)."""
         self.events.append(msg)
         kind = msg.get("type")
         if kind == "subscriber_offer":
@@ -1763,7 +1711,7 @@ class LiteClient:
     async def leave(self) -> None:
         """Send ``leave`` (errors ignored), then :meth:`close`."""
         self._leaving = True
-        if self._ws is not None and not self._ws.closed:
+        if self._channel is not None and not self._channel.closed:
             with contextlib.suppress(FerryError, TimeoutError):
                 await self.request("leave", timeout=min(self.request_timeout, 5.0))
         await self.close()
@@ -1782,15 +1730,8 @@ class LiteClient:
             self._offer_worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._offer_worker
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 2.0)
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 2.0)
-        if self._session is not None:
-            with contextlib.suppress(Exception):
-                await self._session.close()
+        if self._channel is not None:
+            await self._channel.close()
 
     async def __aenter__(self) -> LiteClient:
         return self
