@@ -17,7 +17,7 @@ from media.engine import Engine, EngineConfig
 
 from .auth import AuthError, TokenVerifier, generate_dev_keys, mint_token
 from .config import Config
-from .metrics import Metrics
+from .metrics import CONTENT_TYPE, Metrics
 from .protocol import MAX_MESSAGE_BYTES, encode
 from .rooms import RoomManager
 from .session import Session
@@ -138,7 +138,7 @@ class FerryServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = self.metrics.render()
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _api_dev_token(self, request: web.Request) -> web.Response:
         if not self.dev_mode:

@@ -64,10 +64,7 @@ class Session:
             self.send(error_reply(type_, id_, code, message))
 
     def handle(self, req: Request, now: float) -> None:
-        if req.type == "hello":
-            version = req.data.get("version")
-            if version != PROTOCOL_VERSION:
-                raise ProtocolError("unsupported_version", f"server speaks version {PROTOCOL_VERSION}, not {version}")
+        if req.type == "hello":  # decode() already refused other protocol versions
             self.hello_done = True
             self.send(ok(req, server="ferry", version=PROTOCOL_VERSION))
             return

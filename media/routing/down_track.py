@@ -97,6 +97,7 @@ class DownTrack:
         self.bytes_sent = 0
         self.add_red = add_red  # Ferry may wrap plain Opus in RED toward lossy subscribers
         self.red_added = 0
+        self.resends_skipped = 0  # NACKed packets not resent (no RTX, see on_nack)
         self._last_packet: bytes | None = None  # newest video packet, reused for RTX probes
         self._red_level = 0
         self._red_encoders: dict[int, RedEncoder] = {}
@@ -331,7 +332,7 @@ class DownTrack:
                 # Without RTX the resend reuses the original SRTP index; restamping its
                 # transport-wide seq would encrypt different bytes under the same
                 # nonce (AES-GCM). Skip it: the receiver's PLI path recovers.
-                self.rtx_cache.suppressed += 1
+                self.resends_skipped += 1
                 continue
             self.sink.send_rtp(packet, "rtx", now_ms)
             sent += 1

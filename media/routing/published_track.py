@@ -21,6 +21,8 @@ from media.wire.red import parse_red
 from media.wire.rtp import RtpView, build_rtp, parse_rtp
 from media.wire.vp8 import parse_vp8
 
+from .allocator import NOMINAL_LAYER_BPS
+
 if TYPE_CHECKING:
     from .down_track import DownTrack
 
@@ -259,8 +261,6 @@ class PublishedTrack:
         A layer paused by dynacast measures 0, so its last measured rate is kept; it
         must still be priced, or nobody would ever ask for it back.
         """
-        from .allocator import NOMINAL_LAYER_BPS
-
         rates = []
         for layer in self.layers:
             measured = layer.stream.bitrate_bps(now_ms) if layer.stream is not None else 0.0

@@ -105,12 +105,6 @@ class PublisherPeer:
         if self.on_failed is not None:
             self.on_failed(reason)
 
-    def _media_ssrc_for_feedback(self, ssrc: int) -> None:
-        # Chrome ignores transport-wide feedback whose media SSRC is 0: name a real one.
-        twcc = self.twcc
-        if twcc is not None and twcc.media_ssrc == 0:
-            twcc.media_ssrc = ssrc
-
     def on_rtp(self, data: bytes, now_ms: float) -> None:
         stats = self.stats
         stats.rtp_in += 1
@@ -130,7 +124,8 @@ class PublisherPeer:
             value = view.extension(self._ext_twcc) if self._ext_twcc else None
             if value is not None and len(value) == 2:
                 if self.twcc.media_ssrc == 0:
-                    self._media_ssrc_for_feedback(view.ssrc)
+                    # Chrome ignores transport-wide feedback naming media SSRC 0.
+                    self.twcc.media_ssrc = view.ssrc
                 self.twcc.record(parse_twcc_seq(value), now_ms)
         layer, is_rtx = entry
         track = layer.track

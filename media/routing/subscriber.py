@@ -62,7 +62,6 @@ class SubscriberPeer:
         self._by_ssrc: dict[int, DownTrack] = {}
         self._twcc_seq = 0
         self.send_history = TwccSendHistory()
-        self.feedback_listeners: list[Callable[[list, float], None]] = []
         self._next_sr_ms = 0.0
         self.connected = False
         # Bandwidth: a GCC estimator once the subscriber negotiated transport-cc, else
@@ -226,8 +225,6 @@ class SubscriberPeer:
                 self.pacer.set_rate(estimate, now_ms)
             if estimate < 0.85 * self._allocated_budget:
                 self.allocate(now_ms)  # a drop: shed layers now, not at the next round
-        for listener in self.feedback_listeners:
-            listener(results, now_ms)
 
     def _on_nack(self, packet: RtcpRtpfbPacket, now_ms: float) -> None:
         down = self._by_ssrc.get(packet.media_ssrc)
