@@ -1253,8 +1253,8 @@ class LiteSubscriber(LiteTransport):
     The per-packet path is deliberately small (no decode, no allocation beyond the
     decrypted packet): unprotect, read SSRC/seq, update counters, and look at the VP8
     descriptor only on the first packet of a frame to spot keyframes. NACKs (if
-    ``nack``), TWCC feedback (if ``twcc`` and negotiated) and RRs (every second, with
-    LSR/DLSR so Ferry gets an RTT) are produced from the 20 ms timer.
+    ``nack``) and RRs (every second, with LSR/DLSR so Ferry gets an RTT) are produced
+    from the 20 ms timer, TWCC feedback (if ``twcc`` and negotiated) every 50 ms.
     """
 
     def __init__(
@@ -1268,6 +1268,7 @@ class LiteSubscriber(LiteTransport):
         self._rtx_ssrcs: set[int] = set()
         self._twcc_ext = 0
         self.twcc: TwccRecorder | None = None
+        self._feedback_timer: asyncio.TimerHandle | None = None
         self._next_rr_ms = 0.0
         self._lsr: dict[int, tuple[int, float]] = {}  # sender ssrc -> (LSR, arrival ms)
         self.unknown_ssrc = 0
@@ -1319,6 +1320,8 @@ class LiteSubscriber(LiteTransport):
             value = parse_rtp(packet).extension(self._twcc_ext)
             if value is not None and len(value) == 2:
                 twcc.record((value[0] << 8) | value[1], now_ms)
+                if self._feedback_timer is None:
+                    self._arm_feedback()
         counters.packets += 1
         counters.bytes += len(packet)
         counters.last_packet_ms = now_ms
@@ -1380,15 +1383,32 @@ class LiteSubscriber(LiteTransport):
             if gen.take_keyframe_needed():
                 self.plis_sent += 1
                 send(build_pli(self.rtcp_ssrc, counters.ssrc))
-        twcc = self.twcc
-        if twcc is not None:
-            deadline = twcc.next_deadline()
-            if deadline is not None and deadline <= now_ms:
-                for fb in twcc.build_feedback(now_ms):
-                    send(fb)
         if now_ms >= self._next_rr_ms:
             self._next_rr_ms = now_ms + RR_INTERVAL_MS
             self._send_receiver_reports(now_ms)
+
+    def _arm_feedback(self) -> None:
+        """TWCC feedback on its own timer, at the recorder's deadline, as browsers do:
+        on the 20 ms tick a 50 ms interval became 60 ms, and congestion news is late."""
+        deadline = self.twcc.next_deadline() if self.twcc is not None else None
+        if deadline is not None and self.state != "closed":
+            self._feedback_timer = self._loop.call_at(deadline / 1000.0, self._send_feedback)
+
+    def _send_feedback(self) -> None:
+        self._feedback_timer = None
+        twcc = self.twcc
+        if twcc is None or self.state == "closed":
+            return
+        now_ms = self._loop.time() * 1000.0
+        for fb in twcc.build_feedback(now_ms):
+            self.send_rtcp(fb)
+        self._arm_feedback()
+
+    def close(self) -> None:
+        if self._feedback_timer is not None:
+            self._feedback_timer.cancel()
+            self._feedback_timer = None
+        super().close()
 
     def _send_receiver_reports(self, now_ms: float) -> None:
         reports: list[RtcpReceiverInfo] = []

@@ -136,6 +136,7 @@ class Sample:
     pacer_ms: float | None
     rx: dict[str, float] = field(default_factory=dict)  # Ferry's receive rate per rid
     link_qd_ms: float | None = None  # sojourn of the last packet queued on the watched link
+    bwe: dict[str, Any] = field(default_factory=dict)  # the estimator's stats (debug dump)
 
 
 class Timeline:
@@ -184,6 +185,7 @@ class Timeline:
             bwe.get("pacer_queue_ms"),
             rx,
             link_qd,
+            bwe,
         )
 
     def dump(self, t0: float) -> None:
@@ -194,8 +196,15 @@ class Timeline:
             print(
                 f"{s.t - t0:7.2f} layer={s.layer} tgt={s.target} des={s.desired} "
                 f"est={(s.estimate or 0) / 1000:.0f}k pacer={s.pacer_ms or 0:.0f}ms "
-                f"linkq={s.link_qd_ms or 0:.0f}ms rx={ {k: round(v / 1000) for k, v in s.rx.items()} }"
+                f"linkq={s.link_qd_ms or 0:.0f}ms rx={ {k: round(v / 1000) for k, v in s.rx.items()} } "
+                f"{s.bwe.get('state')} {s.bwe.get('usage')} probes={s.bwe.get('probes')} "
+                f"trig={s.bwe.get('queue_triggers')} loss={s.bwe.get('loss') or 0:.3f} "
+                f"lb={(s.bwe.get('loss_based_bps') or 0) / 1000:.0f}k q={s.bwe.get('queue_delay_ms') or 0:.0f} "
+                f"probe={(s.bwe.get('last_probe_bps') or 0) / 1000:.0f}k"
             )
+        down = self.down()
+        if down is not None and getattr(down.sink, "estimator", None) is not None:
+            print("probe results", down.sink.estimator.probe_results.results)
 
     async def _run(self) -> None:
         while True:

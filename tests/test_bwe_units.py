@@ -459,3 +459,82 @@ def test_pacer_fast_path_only_when_idle_and_in_budget():
     assert pacer.try_send_now(200, "audio", 10.0) is True  # audio is never held
     pacer.enqueue(b"x", 1000, "video", 10.0)
     assert pacer.try_send_now(100, "audio", 100.0) is False  # keep order behind the queue
+
+
+def test_pacer_probe_is_timed_by_the_padding_really_made() -> None:
+    """An RTX copy of a small packet is smaller than ``padding_size``: the probe must
+    still go out at its bitrate (it went at a third of it when sizes were assumed)."""
+    p = Pacer(500_000, padding_size=1000)
+    c = ProbeCluster.make(3, 2_000_000, 0.0)
+    p.start_probe(c, 0.0)
+    items, t = [], 0.0
+    while p.probing:
+        items += p.pop(t, lambda size: b"r" * 300)
+        if not p.probing:
+            break
+        t = p.next_send_time(t) or t
+    assert all(x.size == 300 and x.packet == b"r" * 300 and x.probe_id == 3 for x in items)
+    assert sum(x.size for x in items) >= c.min_bytes
+    assert t == pytest.approx((sum(x.size for x in items) - 300) * 8 / 2000, rel=0.05)
+    # nothing to probe with: the cluster is abandoned, not spun on
+    p.start_probe(ProbeCluster.make(4, 2_000_000, t), t)
+    assert p.pop(t, lambda size: None) == [] and not p.probing
+
+
+def test_acked_recent_window_sees_a_capacity_drop_first() -> None:
+    ab = AckedBitrateEstimator(window_ms=500.0)
+    ab.on_results([PacketResult(i, i * 8.0, i * 8.0, 1000) for i in range(100)])  # 1 Mbit/s
+    t0 = 99 * 8.0
+    ab.on_results([PacketResult(100 + i, 0, t0 + (i + 1) * 16.0, 1000) for i in range(10)])  # 500 kbit/s
+    assert ab.recent_bps(150.0) == pytest.approx(10 * 8000 * 1000 / 150, rel=0.01)  # ~530k: the new rate
+    assert ab.bitrate_bps() > 800_000  # the 500 ms window still mostly holds the old rate
+
+
+def test_aimd_does_not_cut_twice_for_packets_sent_before_the_cut() -> None:
+    a = AimdRateControl(2_000_000)
+    a.set_rtt(10.0)  # rtt rule alone would allow a cut every 10 ms
+    a.update(OV, 1_000_000, 100.0, newest_send_ms=60.0)
+    assert a.current_bps == pytest.approx(850_000)
+    a.update(OV, 600_000, 300.0, newest_send_ms=90.0)  # the same queue, reported late
+    assert a.current_bps == pytest.approx(850_000)
+    a.update(OV, 600_000, 400.0, newest_send_ms=150.0)  # sent after the cut: still over
+    assert a.current_bps == pytest.approx(510_000)
+
+
+def _drop_detect_ms(early: bool) -> float:
+    """A 1.1 Mbit/s layer (15 fps frames of 8 x 1150 B paced at 3.25 Mbit/s, audio every
+    20 ms) through a link that falls from 2.5 Mbit/s to 500 kbit/s at 1 s; feedback every
+    50 ms. How long after the drop does the estimate fall under 1 Mbit/s?"""
+    import media.bwe.estimator as est_mod
+
+    sends = sorted(
+        [(f * 1000 / 15 + i * 2.8, 1150) for f in range(60) for i in range(8)]
+        + [(a * 20.0 + 1.0, 100) for a in range(200)]
+    )
+    results, link_free = [], 0.0
+    for seq, (send, size) in enumerate(sends, 1):
+        rate_kbps = 2500.0 if send < 1000.0 else 500.0
+        link_free = max(link_free, send + 20.0) + size * 8 / rate_kbps
+        results.append(PacketResult(seq, send, link_free, size))
+    saved = est_mod.QUEUE_OVERUSE_MS
+    est_mod.QUEUE_OVERUSE_MS = saved if early else float("inf")
+    try:
+        e = GccEstimator(start_bps=1_300_000)
+        reported = 0
+        for k in range(1, 80):
+            now = k * 50.0
+            batch = [r for r in results[reported:] if r.arrival_ms is not None and r.arrival_ms <= now - 20.0]
+            reported += len(batch)
+            e.on_rtt(60.0, now)
+            e.on_packet_results(batch, now)
+            if now > 1000.0 and e.estimate_bps(now) < 1_000_000:
+                return now - 1000.0
+        return float("inf")
+    finally:
+        est_mod.QUEUE_OVERUSE_MS = saved
+
+
+def test_gcc_estimator_early_signal_cuts_sooner_after_a_capacity_drop() -> None:
+    early, trend_only = _drop_detect_ms(True), _drop_detect_ms(False)
+    assert early <= 250.0, early
+    assert early < trend_only, (early, trend_only)

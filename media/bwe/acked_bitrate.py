@@ -18,6 +18,8 @@ from media.rtp.twcc import PacketResult
 
 __all__ = ["AckedBitrateEstimator"]
 
+RECENT_MS = 150.0
+
 
 class AckedBitrateEstimator:
     """Bytes received in the last ``window_ms`` of arrival time, as bits/s."""
@@ -50,6 +52,26 @@ class AckedBitrateEstimator:
         cutoff = self._latest_ms - self.window_ms
         while samples and samples[0][0] <= cutoff:
             self._bytes -= samples.popleft()[1]
+
+    def recent_bps(self, window_ms: float = RECENT_MS) -> float | None:
+        """Bytes received in the last ``window_ms`` of arrival time, as bits/s.
+
+        Why a second, shorter window: while a bottleneck queue builds, the link is busy,
+        so what arrived in the last 150 ms *is* its capacity; the 500 ms window still
+        holds the rate from before a capacity drop and a cut to ``beta`` times it does
+        not stop the queue growing. Used for decreases only (noisy at low rates).
+        """
+        if self._latest_ms is None or self._first_arrival_ms is None:
+            return None
+        if self._latest_ms - self._first_arrival_ms < window_ms:
+            return None
+        cutoff = self._latest_ms - window_ms
+        total = 0
+        for arrival, size in reversed(self._samples):
+            if arrival <= cutoff:
+                break
+            total += size
+        return total * 8000.0 / window_ms
 
     def bitrate_bps(self) -> float | None:
         """None until a whole window of arrivals has been seen."""

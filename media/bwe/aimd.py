@@ -19,7 +19,8 @@ State machine driven by the overuse detector's signal:
 - **decrease**: to ``beta * acked`` (beta 0.85), i.e. below what actually got
   through, so the queue drains. At most once per ``clamp(rtt, 10, 200)`` ms
   (the effect of a cut is not visible sooner) unless the estimate is more than
-  twice the acked rate. Then the state goes to hold.
+  twice the acked rate, and never on feedback that reports only packets sent
+  before the last cut. Then the state goes to hold.
 - **hold**: keep the rate while the queue drains (underuse).
 """
 
@@ -111,6 +112,7 @@ class AimdRateControl:
         self.decreases = 0
         self._last_change_ms: float | None = None  # last increase/decrease applied
         self._last_decrease_ms: float | None = None
+        self._last_cut_ms: float | None = None  # last decrease that lowered the rate
 
     def set_rtt(self, rtt_ms: float) -> None:
         self.rtt_ms = rtt_ms
@@ -120,10 +122,17 @@ class AimdRateControl:
         self.current_bps = min(max(float(bps), self.min_bps), self.max_bps)
         self._last_change_ms = now_ms
 
-    def time_to_reduce_further(self, now_ms: float, acked_bps: float | None) -> bool:
+    def time_to_reduce_further(
+        self, now_ms: float, acked_bps: float | None, newest_send_ms: float | None = None
+    ) -> bool:
         """True when a new decrease may be applied now (see the module docstring)."""
         if self._last_decrease_ms is None:
             return True
+        if newest_send_ms is not None and self._last_cut_ms is not None and newest_send_ms <= self._last_cut_ms:
+            # Every packet this feedback reports left before the last cut: the queue it
+            # shows is the one that cut is already draining. Cutting again would answer
+            # the same congestion twice (feedback lags by the queue it reports).
+            return False
         interval = min(max(self.rtt_ms, 10.0), 200.0)
         if now_ms - self._last_decrease_ms >= interval:
             return True
@@ -145,14 +154,16 @@ class AimdRateControl:
         acked_bps: float | None,
         now_ms: float,
         queue_delay_ms: float = 0.0,
+        newest_send_ms: float | None = None,
     ) -> float:
         """Apply one detector signal at ``now_ms``; returns the new estimate (bps).
 
         ``queue_delay_ms`` is the standing queue the estimator measured (one-way
         delay above its recent minimum); a decrease also drains it (see ``_decrease``).
+        ``newest_send_ms`` is the send time of the newest packet the feedback reports.
         """
         if usage is BandwidthUsage.OVERUSING and not self.time_to_reduce_further(
-            now_ms, acked_bps
+            now_ms, acked_bps, newest_send_ms
         ):
             return self.current_bps
         self._transition(usage)
@@ -214,6 +225,7 @@ class AimdRateControl:
         if new < cur:
             self.current_bps = max(new, self.min_bps)
             self.decreases += 1
+            self._last_cut_ms = now_ms
         self._last_change_ms = now_ms
         self._last_decrease_ms = now_ms
         self.state = HOLD

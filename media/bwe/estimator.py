@@ -50,6 +50,12 @@ from media.rtp.twcc import PacketResult
 
 __all__ = ["BandwidthEstimator", "GccEstimator", "NullEstimator"]
 
+# Ferry's early congestion signal (see _early_overuse): the queue the newest packets
+# met (one-way delay above the 10 s minimum) and its growth since the last feedback.
+QUEUE_OVERUSE_MS = 60.0
+QUEUE_GROWTH_MS = 20.0
+NEWEST_N = 3  # the newest queue figure: mean over the last few packets received
+
 STATES = ("increasing", "holding", "decreasing")
 _STATE_NAME = {INCREASE: "increasing", HOLD: "holding", DECREASE: "decreasing"}
 
@@ -164,6 +170,9 @@ class GccEstimator:
         self._probe_set_ms: float | None = None  # when a probe result last set the estimate
         self._base_owd = _MinWindow()
         self._decreases_seen = 0
+        self.queue_triggers = 0
+        self._newest_send_ms: float | None = None
+        self._newest_queue_ms: float | None = None
 
     # ------------------------------------------------------------ inputs
     def set_desired_bps(self, bps: float | None) -> None:
@@ -185,9 +194,11 @@ class GccEstimator:
             return
         self.acked.on_results(results)
         probe_done = self.probe_results.on_results(results, now_ms)
+        self._newest_send_ms = results[-1].send_ms
         lost = 0
         owd_sum = 0.0
         received = 0
+        newest: deque[float] = deque(maxlen=NEWEST_N)
         ia, tl, det = self.interarrival, self.trendline, self.detector
         for r in results:
             arrival = r.arrival_ms
@@ -197,6 +208,7 @@ class GccEstimator:
             owd = arrival - r.send_ms
             self._base_owd.add(now_ms, owd)
             owd_sum += owd
+            newest.append(owd)
             received += 1
             delta = ia.add(r.send_ms, arrival, r.size)
             if delta is not None:
@@ -206,6 +218,7 @@ class GccEstimator:
         base = self._base_owd.get()
         if received and base is not None:
             self.queue_delay_ms = max(0.0, owd_sum / received - base)
+            self._early_overuse(sum(newest) / len(newest) - base)
         self.loss_based.on_batch(len(results), lost, self.queue_delay_ms, now_ms)
         self._update_delay_based(probe_done, now_ms)
         delay_bps = self.aimd.current_bps
@@ -213,6 +226,27 @@ class GccEstimator:
         if self.aimd.decreases != self._decreases_seen or self.loss_based.state == "decrease":
             self._decreases_seen = self.aimd.decreases
             self.probe_controller.on_decrease(now_ms)
+
+    def _early_overuse(self, newest_queue_ms: float) -> None:
+        """Overuse when the newest packets met a deep queue that grew since last time.
+
+        Ferry's addition to GCC, for a capacity that drops under the stream (2.5 -> 0.5
+        Mbit/s under a 1.1 Mbit/s layer: the queue grows 1.2 ms per ms). The trendline
+        (smoothed, 20-point fit) says so only after ~250 ms, and news of a queue arrives
+        that queue's length late, so the bottleneck already holds ~300 ms. The queue
+        the newest packets met is the earliest evidence there is. One keyframe burst
+        can trip it too; the cost is one cut to 0.85x what the link just delivered.
+        """
+        previous = self._newest_queue_ms
+        self._newest_queue_ms = newest_queue_ms
+        if (
+            self.usage is not BandwidthUsage.OVERUSING
+            and previous is not None
+            and newest_queue_ms > QUEUE_OVERUSE_MS
+            and newest_queue_ms > previous + QUEUE_GROWTH_MS
+        ):
+            self.usage = BandwidthUsage.OVERUSING
+            self.queue_triggers += 1
 
     def _update_delay_based(self, probe_done: list[tuple[int, float | None]], now_ms: float) -> None:
         acked = self.acked.bitrate_bps()
@@ -225,6 +259,12 @@ class GccEstimator:
             and now_ms - self._probe_set_ms < self.acked.window_ms + (self.rtt_ms or 100.0)
         ):
             acked = max(acked or 0.0, self.last_probe_bps)
+        if self.usage is BandwidthUsage.OVERUSING and acked is not None:
+            # Overuse means the bottleneck is busy: what it delivered in the last
+            # 150 ms is its capacity now (see AckedBitrateEstimator.recent_bps).
+            recent = self.acked.recent_bps()
+            if recent is not None and recent < acked:
+                acked = recent
         best_probe: float | None = None
         for cid, bps in probe_done:
             self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)
@@ -240,7 +280,7 @@ class GccEstimator:
                 if lb.rate_bps is not None and lb.state != "decrease":
                     lb.rate_bps = max(lb.rate_bps, best_probe)
             return
-        self.aimd.update(self.usage, acked, now_ms, self.queue_delay_ms)
+        self.aimd.update(self.usage, acked, now_ms, self.queue_delay_ms, self._newest_send_ms)
 
     # ----------------------------------------------------------- outputs
     def _combined(self) -> float:
@@ -290,4 +330,5 @@ class GccEstimator:
             "rtt_ms": self.rtt_ms,
             "last_probe_bps": self.last_probe_bps,
             "probes": self.probe_controller.sent_clusters,
+            "queue_triggers": self.queue_triggers,
         }

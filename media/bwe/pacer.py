@@ -15,8 +15,8 @@ in ``dropped``): on a link that suddenly shrank, sending seconds-old video only
 adds delay; the layer selector will ask for a keyframe after the gap.
 
 Probing: ``start_probe(cluster, now_ms)`` queues a ``ProbeCluster``; while one
-is active every packet popped (queued media first, then padding the shell must
-make, ``packet is None``) is sent at the cluster's bitrate and tagged with its
+is active every packet popped (queued media first, then padding from the shell's
+``make_padding``) is sent at the cluster's bitrate and tagged with its
 id, until ``min_packets`` and ``min_bytes`` went out. Tagging *all* packets
 sent during the probe (not only padding) is what makes the probe result the
 link's total rate.
@@ -25,8 +25,8 @@ How the DownTrack sink uses it (one pacer per subscriber transport)::
 
     pacer.enqueue(packet, len(packet), "video", now_ms)   # from DownTrack.write
     # the shell keeps one timer at pacer.next_send_time(now_ms); when it fires:
-    for item in pacer.pop(now_ms):
-        data = item.packet if item.packet is not None else make_padding(item.size)
+    for item in pacer.pop(now_ms, make_padding):   # make_padding(size) -> bytes | None
+        data = item.packet
         seq = stamp_twcc(data)                   # transport-wide seq, at send time
         send_history.on_sent(seq, now_ms, item.size)
         if item.probe_id is not None:
@@ -42,6 +42,7 @@ pacer is not network delay.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from media.bwe.probe import ProbeCluster
@@ -205,8 +206,17 @@ class Pacer:
                 self._queued_bytes -= q.popleft()[1]
                 self.dropped[kind] += 1
 
-    def pop(self, now_ms: float) -> list[PacedPacket]:
-        """Everything that may leave at ``now_ms``, in send order."""
+    def pop(
+        self, now_ms: float, make_padding: Callable[[int], Any] | None = None
+    ) -> list[PacedPacket]:
+        """Everything that may leave at ``now_ms``, in send order.
+
+        ``make_padding(size)`` builds a probe packet of about ``size`` bytes (None: it
+        cannot). With it the probe is timed by the real packet sizes: an RTX copy of a
+        small low-layer packet is a third of ``padding_size``, and counting it as
+        ``padding_size`` sent the probe at a third of its rate (and measured that).
+        Without it, padding items have ``packet=None`` and the shell makes them.
+        """
         self._refill(now_ms)
         self._drop_stale(now_ms)
         out: list[PacedPacket] = []
@@ -225,7 +235,14 @@ class Pacer:
                 break
             item = self._take_paced()
             if item is None:
-                item = (None, self.padding_size, "padding")
+                if make_padding is None:
+                    item = (None, self.padding_size, "padding")
+                else:
+                    made = make_padding(self.padding_size)
+                    if made is None:
+                        self._next_probe(now_ms)  # nothing to probe with: give up
+                        break
+                    item = (made, len(made), "padding")
             packet, size, kind = item
             sent[kind] += size
             out.append(PacedPacket(packet, kind, size, cluster.id))

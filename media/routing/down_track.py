@@ -32,6 +32,8 @@ _HEADER = struct.Struct("!BBHII")
 TWCC_OFFSET = 17
 
 
+PROBE_PACKET_MAX_AGE_MS = 1000.0  # a probe packet is replaced by a smaller one after this
+
 class DownTrackSink(Protocol):
     """The subscriber transport side a DownTrack sends through."""
 
@@ -98,7 +100,8 @@ class DownTrack:
         self.add_red = add_red  # Ferry may wrap plain Opus in RED toward lossy subscribers
         self.red_added = 0
         self.resends_skipped = 0  # NACKed packets not resent (no RTX, see on_nack)
-        self._last_packet: bytes | None = None  # newest video packet, reused for RTX probes
+        self._probe_packet: bytes | None = None  # a recent large video packet (RTX probes)
+        self._probe_packet_ms = 0.0
         self._red_level = 0
         self._red_encoders: dict[int, RedEncoder] = {}
         # Extension blocks (one-byte form). The TWCC value is a placeholder stamped at
@@ -180,8 +183,13 @@ class DownTrack:
                     self._last_tl0 = vp8.tl0picidx
             packet = b"".join((header, ext, payload))
         self.rtx_cache.put(out_ext_seq & 0xFFFF, packet, now_ms)
-        if self.is_video:
-            self._last_packet = packet
+        if self.is_video and (
+            self._probe_packet is None
+            or len(packet) >= len(self._probe_packet)
+            or now_ms - self._probe_packet_ms > PROBE_PACKET_MAX_AGE_MS
+        ):
+            self._probe_packet = packet
+            self._probe_packet_ms = now_ms
         self.stream.on_packet_sent(out_ts, len(payload), now_ms)
         self.packets_sent += 1
         self.bytes_sent += len(packet)
@@ -355,11 +363,20 @@ class DownTrack:
             extensions=extensions,
         )
 
+    @property
+    def can_probe(self) -> bool:
+        """True when ``rtx_probe`` has a packet to send."""
+        return self._probe_packet is not None and self.rtx_ssrc is not None and bool(self.rtx_payload_type)
+
     def rtx_probe(self) -> bytes | None:
-        """The newest video packet again, RTX-wrapped: bandwidth probe payload."""
-        if self._last_packet is None or self.rtx_ssrc is None or self.rtx_payload_type is None:
+        """A recent large video packet again, RTX-wrapped: bandwidth probe payload.
+
+        Large, because a probe's result is bytes over arrival time: a burst of small
+        packets measures the receiver's per-packet cost more than the link.
+        """
+        if self._probe_packet is None or self.rtx_ssrc is None or self.rtx_payload_type is None:
             return None
-        return self._wrap_rtx(self._last_packet)
+        return self._wrap_rtx(self._probe_packet)
 
     def padding_header(self, twcc_ext_id: int) -> bytes:
         """RTP header (with P bit and a TWCC placeholder) for a padding-only RTX packet."""

@@ -73,6 +73,7 @@ class MediaParticipant:
             cname=self.cname,
             ntp_at=engine.ntp_at,
             on_failed=lambda reason: router.peer_failed(sid, "subscriber", reason),
+            schedule=engine.call_at,
         )
         self.closed = False
 

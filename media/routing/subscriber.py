@@ -50,6 +50,7 @@ class SubscriberPeer:
         cname: str,
         ntp_at: Callable[[float], int],
         on_failed: Callable[[str], None] | None = None,
+        schedule: Callable[[float, Callable[[], None]], object] | None = None,
     ) -> None:
         self.participant_sid = participant_sid
         self.transport = transport
@@ -74,7 +75,10 @@ class SubscriberPeer:
         self._allocated_budget = 0.0
         self.speakers: set[str] = set()  # participant sids currently speaking (priority)
         self.on_track_paused: Callable[[str, bool], None] | None = None
-        self.schedule: Callable[[float, Callable[[], None]], object] | None = None
+        # One-shot timer at an engine time (ms) for the pacer's next send. Without it
+        # the pacer drains on the 20 ms tick only: a probe cluster then leaves in 20 ms
+        # bursts and can never measure more than ~1 Mbit/s.
+        self.schedule = schedule
         self._pacer_timer_at: float | None = None
         self._twcc_id: int | None = None
         self.padding_sent = 0
@@ -123,15 +127,13 @@ class SubscriberPeer:
     def _drain(self, now_ms: float) -> None:
         pacer = self.pacer
         assert pacer is not None
-        for item in pacer.pop(now_ms):
+        for item in pacer.pop(now_ms, self._padding_packet):
             packet = item.packet
             if packet is None:
-                packet = self._padding_packet(item.size)
-                if packet is None:
-                    continue
+                continue
             seq = self._transmit(packet, now_ms)
             if item.probe_id is not None and self.estimator is not None and seq is not None:
-                self.estimator.on_probe_sent(item.probe_id, seq, item.size, now_ms)
+                self.estimator.on_probe_sent(item.probe_id, seq, len(packet), now_ms)
         when = pacer.next_send_time(now_ms)
         if when is not None and self.schedule is not None:
             if self._pacer_timer_at is None or when < self._pacer_timer_at:
@@ -166,7 +168,7 @@ class SubscriberPeer:
         Preferably a retransmission of the newest video packet (full size, harmless to
         the receiver), else a padding-only packet (RTP padding is at most 255 bytes).
         """
-        down = next(
+        down = next((d for d in self.down_tracks.values() if d.can_probe), None) or next(
             (d for d in self.down_tracks.values() if d.rtx_ssrc is not None and d.rtx_payload_type),
             None,
         )
@@ -264,9 +266,12 @@ class SubscriberPeer:
             self._next_alloc_ms = now_ms + ALLOCATE_INTERVAL_MS
             self.allocate(now_ms)
         if self.estimator is not None and self.pacer is not None:
-            cluster = self.estimator.next_probe(now_ms)
-            if cluster is not None:
-                self.pacer.start_probe(cluster, now_ms)
+            # Probe only once video flows: RTX copies of real packets are full-size,
+            # RTP padding (<= 255 bytes) would measure per-packet cost, not the link.
+            if any(d.can_probe for d in self.down_tracks.values()):
+                cluster = self.estimator.next_probe(now_ms)
+                if cluster is not None:
+                    self.pacer.start_probe(cluster, now_ms)
             self._drain(now_ms)
         if now_ms >= self._next_sr_ms:
             self._next_sr_ms = now_ms + SR_INTERVAL_MS
