@@ -1310,11 +1310,8 @@ class LiteSubscriber(LiteTransport):
 
     # -- hot path ---------------------------------------------------------------------
     def handle_rtp(self, packet: bytes, now_ms: float) -> None:
-        ssrc = _SSRC.unpack_from(packet, 8)[0]
-        counters = self._by_ssrc.get(ssrc)
-        if counters is None:
-            self.unknown_ssrc += 1
-            return
+        # Transport-wide: every packet counts, whatever its SSRC (as in browsers), or
+        # Ferry's probes on an SSRC we do not know would read as loss.
         twcc = self.twcc
         if twcc is not None and packet[0] & 0x10:
             value = parse_rtp(packet).extension(self._twcc_ext)
@@ -1322,6 +1319,11 @@ class LiteSubscriber(LiteTransport):
                 twcc.record((value[0] << 8) | value[1], now_ms)
                 if self._feedback_timer is None:
                     self._arm_feedback()
+        ssrc = _SSRC.unpack_from(packet, 8)[0]
+        counters = self._by_ssrc.get(ssrc)
+        if counters is None:
+            self.unknown_ssrc += 1
+            return
         counters.packets += 1
         counters.bytes += len(packet)
         counters.last_packet_ms = now_ms

@@ -497,7 +497,9 @@ def test_aimd_does_not_cut_twice_for_packets_sent_before_the_cut() -> None:
     assert a.current_bps == pytest.approx(850_000)
     a.update(OV, 600_000, 300.0, newest_send_ms=90.0)  # the same queue, reported late
     assert a.current_bps == pytest.approx(850_000)
-    a.update(OV, 600_000, 400.0, newest_send_ms=150.0)  # sent after the cut: still over
+    a.update(OV, 600_000, 350.0, newest_send_ms=150.0)  # only 50 ms of post-cut traffic
+    assert a.current_bps == pytest.approx(850_000)
+    a.update(OV, 600_000, 400.0, newest_send_ms=250.0)  # 150 ms after the cut: still over
     assert a.current_bps == pytest.approx(510_000)
 
 
@@ -516,8 +518,9 @@ def _drop_detect_ms(early: bool) -> float:
         rate_kbps = 2500.0 if send < 1000.0 else 500.0
         link_free = max(link_free, send + 20.0) + size * 8 / rate_kbps
         results.append(PacketResult(seq, send, link_free, size))
-    saved = est_mod.QUEUE_OVERUSE_MS
-    est_mod.QUEUE_OVERUSE_MS = saved if early else float("inf")
+    saved = est_mod.QUEUE_OVERUSE_MS, est_mod.COLLAPSE_QUEUE_MS
+    if not early:
+        est_mod.QUEUE_OVERUSE_MS = est_mod.COLLAPSE_QUEUE_MS = float("inf")
     try:
         e = GccEstimator(start_bps=1_300_000)
         reported = 0
@@ -531,10 +534,10 @@ def _drop_detect_ms(early: bool) -> float:
                 return now - 1000.0
         return float("inf")
     finally:
-        est_mod.QUEUE_OVERUSE_MS = saved
+        est_mod.QUEUE_OVERUSE_MS, est_mod.COLLAPSE_QUEUE_MS = saved
 
 
 def test_gcc_estimator_early_signal_cuts_sooner_after_a_capacity_drop() -> None:
     early, trend_only = _drop_detect_ms(True), _drop_detect_ms(False)
-    assert early <= 250.0, early
+    assert early <= 150.0, early
     assert early < trend_only, (early, trend_only)

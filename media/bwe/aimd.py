@@ -40,6 +40,7 @@ FRAME_RATE = 30.0
 PACKET_BYTES = 1200.0
 MIN_ADDITIVE_BPS_PER_S = 4000.0
 DRAIN_MS = 1000.0
+CUT_EVIDENCE_MS = 100.0  # of traffic sent after a cut before another cut is justified
 DRAIN_MIN_QUEUE_MS = 100.0
 
 
@@ -128,10 +129,16 @@ class AimdRateControl:
         """True when a new decrease may be applied now (see the module docstring)."""
         if self._last_decrease_ms is None:
             return True
-        if newest_send_ms is not None and self._last_cut_ms is not None and newest_send_ms <= self._last_cut_ms:
-            # Every packet this feedback reports left before the last cut: the queue it
-            # shows is the one that cut is already draining. Cutting again would answer
-            # the same congestion twice (feedback lags by the queue it reports).
+        if (
+            newest_send_ms is not None
+            and self._last_cut_ms is not None
+            and newest_send_ms <= self._last_cut_ms + CUT_EVIDENCE_MS
+        ):
+            # The packets this feedback reports left before the last cut, or too soon
+            # after it to show whether it was enough: the queue they show is the one
+            # that cut is already draining, and the trendline still averages over
+            # them. Cutting again would answer the same congestion twice; after a
+            # cut the sender is app-limited and each cut lowers the next "acked" rate.
             return False
         interval = min(max(self.rtt_ms, 10.0), 200.0)
         if now_ms - self._last_decrease_ms >= interval:

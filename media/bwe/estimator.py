@@ -55,6 +55,10 @@ __all__ = ["BandwidthEstimator", "GccEstimator", "NullEstimator"]
 QUEUE_OVERUSE_MS = 60.0
 QUEUE_GROWTH_MS = 20.0
 NEWEST_N = 3  # the newest queue figure: mean over the last few packets received
+# ... and sooner when the link delivers far less than the estimate (it collapsed):
+COLLAPSE_QUEUE_MS = 30.0
+COLLAPSE_RATIO = 0.6
+COLLAPSE_MIN_SPAN_MS = 20.0
 
 STATES = ("increasing", "holding", "decreasing")
 _STATE_NAME = {INCREASE: "increasing", HOLD: "holding", DECREASE: "decreasing"}
@@ -173,6 +177,7 @@ class GccEstimator:
         self.queue_triggers = 0
         self._newest_send_ms: float | None = None
         self._newest_queue_ms: float | None = None
+        self._queue_growing = False
 
     # ------------------------------------------------------------ inputs
     def set_desired_bps(self, bps: float | None) -> None:
@@ -195,10 +200,13 @@ class GccEstimator:
         self.acked.on_results(results)
         probe_done = self.probe_results.on_results(results, now_ms)
         self._newest_send_ms = results[-1].send_ms
+        self._queue_growing = False
         lost = 0
         owd_sum = 0.0
         received = 0
         newest: deque[float] = deque(maxlen=NEWEST_N)
+        first_arrival = last_arrival = None
+        later_bytes = 0
         ia, tl, det = self.interarrival, self.trendline, self.detector
         for r in results:
             arrival = r.arrival_ms
@@ -209,6 +217,12 @@ class GccEstimator:
             self._base_owd.add(now_ms, owd)
             owd_sum += owd
             newest.append(owd)
+            if first_arrival is None or arrival < first_arrival:
+                first_arrival = arrival
+            else:
+                later_bytes += r.size
+            if last_arrival is None or arrival > last_arrival:
+                last_arrival = arrival
             received += 1
             delta = ia.add(r.send_ms, arrival, r.size)
             if delta is not None:
@@ -218,7 +232,12 @@ class GccEstimator:
         base = self._base_owd.get()
         if received and base is not None:
             self.queue_delay_ms = max(0.0, owd_sum / received - base)
-            self._early_overuse(sum(newest) / len(newest) - base)
+            delivered = None
+            if first_arrival is not None and last_arrival is not None:
+                span = last_arrival - first_arrival
+                if span >= COLLAPSE_MIN_SPAN_MS and received >= 3:
+                    delivered = later_bytes * 8000.0 / span
+            self._early_overuse(sum(newest) / len(newest) - base, delivered)
         self.loss_based.on_batch(len(results), lost, self.queue_delay_ms, now_ms)
         self._update_delay_based(probe_done, now_ms)
         delay_bps = self.aimd.current_bps
@@ -227,7 +246,7 @@ class GccEstimator:
             self._decreases_seen = self.aimd.decreases
             self.probe_controller.on_decrease(now_ms)
 
-    def _early_overuse(self, newest_queue_ms: float) -> None:
+    def _early_overuse(self, newest_queue_ms: float, delivered_bps: float | None) -> None:
         """Overuse when the newest packets met a deep queue that grew since last time.
 
         Ferry's addition to GCC, for a capacity that drops under the stream (2.5 -> 0.5
@@ -236,15 +255,20 @@ class GccEstimator:
         that queue's length late, so the bottleneck already holds ~300 ms. The queue
         the newest packets met is the earliest evidence there is. One keyframe burst
         can trip it too; the cost is one cut to 0.85x what the link just delivered.
+        When this feedback's arrivals came at well under the estimate (the link
+        collapsed, it did not just queue one burst), a shallower queue is enough.
         """
         previous = self._newest_queue_ms
         self._newest_queue_ms = newest_queue_ms
-        if (
-            self.usage is not BandwidthUsage.OVERUSING
-            and previous is not None
-            and newest_queue_ms > QUEUE_OVERUSE_MS
-            and newest_queue_ms > previous + QUEUE_GROWTH_MS
-        ):
+        self._queue_growing = previous is not None and newest_queue_ms > previous + QUEUE_GROWTH_MS
+        if self.usage is BandwidthUsage.OVERUSING or not self._queue_growing:
+            return
+        collapsed = (
+            delivered_bps is not None
+            and delivered_bps < COLLAPSE_RATIO * self.aimd.current_bps
+            and newest_queue_ms > COLLAPSE_QUEUE_MS
+        )
+        if newest_queue_ms > QUEUE_OVERUSE_MS or collapsed:
             self.usage = BandwidthUsage.OVERUSING
             self.queue_triggers += 1
 
@@ -259,11 +283,13 @@ class GccEstimator:
             and now_ms - self._probe_set_ms < self.acked.window_ms + (self.rtt_ms or 100.0)
         ):
             acked = max(acked or 0.0, self.last_probe_bps)
-        if self.usage is BandwidthUsage.OVERUSING and acked is not None:
-            # Overuse means the bottleneck is busy: what it delivered in the last
-            # 150 ms is its capacity now (see AckedBitrateEstimator.recent_bps).
+        if self.usage is BandwidthUsage.OVERUSING and self._queue_growing:
+            # The queue grew since the last feedback, so the bottleneck is busy: what
+            # it delivered in the last 150 ms is its capacity now (see
+            # AckedBitrateEstimator.recent_bps). Not when it has stopped growing:
+            # then the sender is below capacity and "recent" is only its own rate.
             recent = self.acked.recent_bps()
-            if recent is not None and recent < acked:
+            if recent is not None and (acked is None or recent < acked):
                 acked = recent
         best_probe: float | None = None
         for cid, bps in probe_done:

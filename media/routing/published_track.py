@@ -53,6 +53,8 @@ class AudioLevel:
             self.voice_until_ms = now_ms + 500.0
 
 
+SEEN_WINDOW = 2048  # duplicate detection span, in packets (seconds of video at 1 Mbit/s)
+
 class Layer:
     """One RTP stream of a track (a simulcast encoding, or the only one)."""
 
@@ -73,6 +75,7 @@ class Layer:
         "last_bps",
         "_highest_ext",
         "_rebuilt",
+        "_seen",
     )
 
     def __init__(self, track: PublishedTrack, index: int, rid: str | None) -> None:
@@ -92,6 +95,7 @@ class Layer:
         self.last_bps = 0.0
         self._highest_ext: int | None = None
         self._rebuilt: set[int] = set()  # audio seqs rebuilt from RED (not to forward twice)
+        self._seen = [-1] * SEEN_WINDOW  # ext seqs received, by ext_seq % SEEN_WINDOW
 
     def bind_ssrc(self, ssrc: int) -> None:
         self.ssrc = ssrc
@@ -105,6 +109,15 @@ class Layer:
         track = self.track
         self.last_packet_ms = now_ms
         ext_seq = stream.on_packet(view.seq, view.timestamp, now_ms, view.payload_end)
+        slot = ext_seq % SEEN_WINDOW
+        if self._seen[slot] == ext_seq:
+            # Chrome probes its uplink with RTX copies of packets it already sent, and
+            # answers a NACK twice when the first repair was late. Forwarded, each
+            # copy reuses an SRTP index downstream: the subscriber drops it as a
+            # replay, and its transport-wide feedback reports it lost.
+            track.stats.drop("duplicate")
+            return
+        self._seen[slot] = ext_seq
         keyframe = False
         if track.is_vp8 and view.payload_end > view.payload_start:
             try:
