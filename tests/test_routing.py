@@ -211,6 +211,23 @@ def test_a_late_packet_fills_its_gap_with_the_same_offset() -> None:
     assert [out[parse_tag(f)] for f in frames] == [(first + i) & SEQ_MASK for i in range(5)]
 
 
+def test_duplicates_are_dropped_and_counted_not_forwarded() -> None:
+    """Chrome probes with RTX copies of packets it sent; a repair can arrive twice.
+    A second copy forwarded would reuse an SRTP index downstream (a replay)."""
+    track, _, stats = video_track()
+    down, sink = subscribe(track)
+    pub = Vp8Layer(0, LAYER_SSRCS[0])
+    frames = [pub.frame(keyframe=i == 0)[0] for i in range(4)]
+    feed(track, 0, frames[:2], 0.0)
+    feed(track, 0, [frames[1], frames[0]], 10.0, rtx=True)  # probe copies: already here
+    feed(track, 0, [frames[3]], 20.0)
+    feed(track, 0, [frames[2]], 30.0, rtx=True)  # a real repair: forwarded
+    feed(track, 0, [frames[2]], 40.0, rtx=True)  # ...and its late twin: not
+    out = [p.view.seq for p in sink.media()]
+    assert len(out) == len(set(out)) == 4
+    assert stats.drops["duplicate"] == 3
+
+
 # --------------------------------------------------------------------------- 2. simulcast
 
 

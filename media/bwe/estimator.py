@@ -283,14 +283,22 @@ class GccEstimator:
             and now_ms - self._probe_set_ms < self.acked.window_ms + (self.rtt_ms or 100.0)
         ):
             acked = max(acked or 0.0, self.last_probe_bps)
-        if self.usage is BandwidthUsage.OVERUSING and self._queue_growing:
-            # The queue grew since the last feedback, so the bottleneck is busy: what
-            # it delivered in the last 150 ms is its capacity now (see
-            # AckedBitrateEstimator.recent_bps). Not when it has stopped growing:
-            # then the sender is below capacity and "recent" is only its own rate.
+        if self.usage is BandwidthUsage.OVERUSING:
+            # What the link delivered in the last 150 ms (AckedBitrateEstimator.
+            # recent_bps) is a lower bound of its capacity, and while the queue grows
+            # (the bottleneck is busy) it is the capacity: after a drop the 500 ms
+            # window still holds the old rate, so take the smaller. Otherwise take
+            # the larger: an app-limited sender (one low layer) that drew a keyframe
+            # through a slow link would cut to 0.85x its own rate and pause video,
+            # while the link just showed, draining that keyframe, that it carries more.
             recent = self.acked.recent_bps()
-            if recent is not None and (acked is None or recent < acked):
-                acked = recent
+            if recent is not None:
+                if acked is None:
+                    acked = recent
+                elif self._queue_growing:
+                    acked = min(acked, recent)
+                else:
+                    acked = max(acked, recent)
         best_probe: float | None = None
         for cid, bps in probe_done:
             self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)

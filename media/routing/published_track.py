@@ -53,6 +53,7 @@ class AudioLevel:
             self.voice_until_ms = now_ms + 500.0
 
 
+PRICE_HALF_LIFE_MS = 2000.0  # how fast a layer's price forgets a peak
 SEEN_WINDOW = 2048  # duplicate detection span, in packets (seconds of video at 1 Mbit/s)
 
 class Layer:
@@ -73,6 +74,7 @@ class Layer:
         "active",
         "last_packet_ms",
         "last_bps",
+        "_price_ms",
         "_highest_ext",
         "_rebuilt",
         "_seen",
@@ -93,6 +95,7 @@ class Layer:
         self.active = True  # dynacast: False when paused at the publisher
         self.last_packet_ms: float | None = None
         self.last_bps = 0.0
+        self._price_ms = 0.0
         self._highest_ext: int | None = None
         self._rebuilt: set[int] = set()  # audio seqs rebuilt from RED (not to forward twice)
         self._seen = [-1] * SEEN_WINDOW  # ext seqs received, by ext_seq % SEEN_WINDOW
@@ -269,10 +272,15 @@ class PublishedTrack:
             self.keyframe_sink.send_pli(media_ssrc)
 
     def layer_bitrates(self, now_ms: float) -> list[float]:
-        """Expected bitrate per layer: measured when flowing, else last seen or nominal.
+        """Expected bitrate per layer: its recent peak when flowing, else last seen or
+        nominal.
 
-        A layer paused by dynacast measures 0, so its last measured rate is kept; it
-        must still be priced, or nobody would ever ask for it back.
+        A recent peak (decaying with a 2 s half-life), not the rate of this instant:
+        a browser's layer swings +-30 % with motion and its own estimate, and priced at
+        a dip it looks affordable to a link that cannot carry it a second later (a
+        300 kbit/s viewer would flap between q and h). A layer paused by dynacast
+        measures 0, so its last price is kept; it must still be priced, or nobody
+        would ever ask for it back.
         """
         rates = []
         for layer in self.layers:
@@ -280,7 +288,9 @@ class PublishedTrack:
             # Only a flowing, enabled layer updates its price: a layer dynacast just
             # paused fades over the rate window and would look nearly free.
             if layer.active and measured > max(20_000.0, 0.5 * layer.last_bps):
-                layer.last_bps = measured
+                age = max(0.0, now_ms - layer._price_ms)
+                layer.last_bps = max(measured, layer.last_bps * 0.5 ** (age / PRICE_HALF_LIFE_MS))
+                layer._price_ms = now_ms
             if layer.last_bps:
                 rates.append(layer.last_bps)
             elif len(self.layers) == 1:
