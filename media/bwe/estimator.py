@@ -56,7 +56,7 @@ QUEUE_OVERUSE_MS = 60.0
 QUEUE_GROWTH_MS = 20.0
 NEWEST_N = 3  # the newest queue figure: mean over the last few packets received
 # ... and sooner when the link delivers far less than the estimate (it collapsed):
-COLLAPSE_QUEUE_MS = 30.0
+COLLAPSE_QUEUE_MS = 20.0
 COLLAPSE_RATIO = 0.6
 COLLAPSE_MIN_SPAN_MS = 20.0
 
@@ -178,6 +178,7 @@ class GccEstimator:
         self._newest_send_ms: float | None = None
         self._newest_queue_ms: float | None = None
         self._queue_growing = False
+        self._delivered_bps: float | None = None  # this feedback's arrival rate
 
     # ------------------------------------------------------------ inputs
     def set_desired_bps(self, bps: float | None) -> None:
@@ -201,6 +202,7 @@ class GccEstimator:
         probe_done = self.probe_results.on_results(results, now_ms)
         self._newest_send_ms = results[-1].send_ms
         self._queue_growing = False
+        self._delivered_bps = None
         lost = 0
         owd_sum = 0.0
         received = 0
@@ -237,6 +239,7 @@ class GccEstimator:
                 span = last_arrival - first_arrival
                 if span >= COLLAPSE_MIN_SPAN_MS and received >= 3:
                     delivered = later_bytes * 8000.0 / span
+            self._delivered_bps = delivered
             self._early_overuse(sum(newest) / len(newest) - base, delivered)
         self.loss_based.on_batch(len(results), lost, self.queue_delay_ms, now_ms)
         self._update_delay_based(probe_done, now_ms)
@@ -284,21 +287,21 @@ class GccEstimator:
         ):
             acked = max(acked or 0.0, self.last_probe_bps)
         if self.usage is BandwidthUsage.OVERUSING:
-            # What the link delivered in the last 150 ms (AckedBitrateEstimator.
-            # recent_bps) is a lower bound of its capacity, and while the queue grows
-            # (the bottleneck is busy) it is the capacity: after a drop the 500 ms
-            # window still holds the old rate, so take the smaller. Otherwise take
-            # the larger: an app-limited sender (one low layer) that drew a keyframe
-            # through a slow link would cut to 0.85x its own rate and pause video,
-            # while the link just showed, draining that keyframe, that it carries more.
+            # What the link delivered lately is a lower bound of its capacity, and
+            # while the queue grows (the bottleneck is busy) it is the capacity. When
+            # not growing, take the larger of the 500 ms and 150 ms windows
+            # (AckedBitrateEstimator.recent_bps): an app-limited sender (one low
+            # layer) that drew a keyframe through a slow link would otherwise cut to
+            # 0.85x its own rate and pause video, while the link just showed,
+            # draining that keyframe, that it carries more.
             recent = self.acked.recent_bps()
-            if recent is not None:
-                if acked is None:
-                    acked = recent
-                elif self._queue_growing:
-                    acked = min(acked, recent)
-                else:
-                    acked = max(acked, recent)
+            if self._queue_growing and self._delivered_bps is not None:
+                # Busy right now: this feedback's own arrival rate is the freshest
+                # measure of the capacity (the 150 ms window may still hold
+                # arrivals from before a drop; the 500 ms one, an app-limited rate).
+                acked = self._delivered_bps
+            elif recent is not None:
+                acked = recent if acked is None else max(acked, recent)
         best_probe: float | None = None
         for cid, bps in probe_done:
             self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)

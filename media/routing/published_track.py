@@ -53,7 +53,7 @@ class AudioLevel:
             self.voice_until_ms = now_ms + 500.0
 
 
-PRICE_HALF_LIFE_MS = 2000.0  # how fast a layer's price forgets a peak
+PRICE_HALF_LIFE_MS = 4000.0  # how fast a layer's price forgets a peak
 SEEN_WINDOW = 2048  # duplicate detection span, in packets (seconds of video at 1 Mbit/s)
 
 class Layer:
@@ -275,7 +275,7 @@ class PublishedTrack:
         """Expected bitrate per layer: its recent peak when flowing, else last seen or
         nominal.
 
-        A recent peak (decaying with a 2 s half-life), not the rate of this instant:
+        A recent peak (decaying with a 4 s half-life), not the rate of this instant:
         a browser's layer swings +-30 % with motion and its own estimate, and priced at
         a dip it looks affordable to a link that cannot carry it a second later (a
         300 kbit/s viewer would flap between q and h). A layer paused by dynacast
