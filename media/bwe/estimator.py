@@ -56,8 +56,10 @@ QUEUE_OVERUSE_MS = 60.0
 QUEUE_GROWTH_MS = 20.0
 NEWEST_N = 3  # the newest queue figure: mean over the last few packets received
 # ... and sooner when the link delivers far less than the estimate (it collapsed):
-COLLAPSE_QUEUE_MS = 20.0
+COLLAPSE_QUEUE_MS = 15.0
+COLLAPSE_GROWTH_MS = 10.0
 COLLAPSE_RATIO = 0.6
+LINK_LIMITED_RATIO = 0.6  # arrival span vs send span: < 0.6 x the send rate
 COLLAPSE_MIN_SPAN_MS = 20.0
 
 STATES = ("increasing", "holding", "decreasing")
@@ -207,7 +209,7 @@ class GccEstimator:
         owd_sum = 0.0
         received = 0
         newest: deque[float] = deque(maxlen=NEWEST_N)
-        first_arrival = last_arrival = None
+        first_arrival = last_arrival = first_send = last_send = None
         later_bytes = 0
         ia, tl, det = self.interarrival, self.trendline, self.detector
         for r in results:
@@ -225,6 +227,9 @@ class GccEstimator:
                 later_bytes += r.size
             if last_arrival is None or arrival > last_arrival:
                 last_arrival = arrival
+            if first_send is None:
+                first_send = r.send_ms
+            last_send = r.send_ms
             received += 1
             delta = ia.add(r.send_ms, arrival, r.size)
             if delta is not None:
@@ -235,9 +240,19 @@ class GccEstimator:
         if received and base is not None:
             self.queue_delay_ms = max(0.0, owd_sum / received - base)
             delivered = None
-            if first_arrival is not None and last_arrival is not None:
+            if (
+                first_arrival is not None
+                and last_arrival is not None
+                and first_send is not None
+                and last_send is not None
+                and received >= 3
+            ):
                 span = last_arrival - first_arrival
-                if span >= COLLAPSE_MIN_SPAN_MS and received >= 3:
+                send_span = last_send - first_send
+                # Link-limited: these packets arrived much slower than they left (a
+                # bottleneck spaced them), so their arrival rate measures the link. An
+                # app-limited trickle, spread or bunched by jitter, does not count.
+                if span >= COLLAPSE_MIN_SPAN_MS and span * LINK_LIMITED_RATIO > send_span:
                     delivered = later_bytes * 8000.0 / span
             self._delivered_bps = delivered
             self._early_overuse(sum(newest) / len(newest) - base, delivered)
@@ -258,20 +273,23 @@ class GccEstimator:
         that queue's length late, so the bottleneck already holds ~300 ms. The queue
         the newest packets met is the earliest evidence there is. One keyframe burst
         can trip it too; the cost is one cut to 0.85x what the link just delivered.
-        When this feedback's arrivals came at well under the estimate (the link
-        collapsed, it did not just queue one burst), a shallower queue is enough.
+        When this feedback's arrivals were spaced by the link (well under their send
+        rate) and came at well under the estimate, the link collapsed rather than
+        queued one burst, and 15 ms of queue growing by 10 ms is enough.
         """
         previous = self._newest_queue_ms
         self._newest_queue_ms = newest_queue_ms
-        self._queue_growing = previous is not None and newest_queue_ms > previous + QUEUE_GROWTH_MS
-        if self.usage is BandwidthUsage.OVERUSING or not self._queue_growing:
-            return
+        growth = newest_queue_ms - previous if previous is not None else 0.0
         collapsed = (
             delivered_bps is not None
             and delivered_bps < COLLAPSE_RATIO * self.aimd.current_bps
             and newest_queue_ms > COLLAPSE_QUEUE_MS
+            and growth > COLLAPSE_GROWTH_MS
         )
-        if newest_queue_ms > QUEUE_OVERUSE_MS or collapsed:
+        self._queue_growing = growth > QUEUE_GROWTH_MS or collapsed
+        if self.usage is BandwidthUsage.OVERUSING:
+            return
+        if collapsed or (growth > QUEUE_GROWTH_MS and newest_queue_ms > QUEUE_OVERUSE_MS):
             self.usage = BandwidthUsage.OVERUSING
             self.queue_triggers += 1
 
