@@ -374,26 +374,10 @@ class DownTrack:
         Large, because a probe's result is bytes over arrival time: a burst of small
         packets measures the receiver's per-packet cost more than the link.
         """
-        if self._probe_packet is None or self.rtx_ssrc is None or self.rtx_payload_type is None:
+        if not self.can_probe:
             return None
+        assert self._probe_packet is not None
         return self._wrap_rtx(self._probe_packet)
-
-    def padding_header(self, twcc_ext_id: int) -> bytes:
-        """RTP header (with P bit and a TWCC placeholder) for a padding-only RTX packet."""
-        assert self.rtx_payload_type is not None and self.rtx_ssrc is not None
-        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-        header = bytearray(
-            build_rtp(
-                payload_type=self.rtx_payload_type,
-                seq=self._rtx_seq,
-                timestamp=self._last_out_ts,
-                ssrc=self.rtx_ssrc,
-                payload=b"",
-                extensions=[(twcc_ext_id, b"\x00\x00")],
-            )
-        )
-        header[0] |= 0x20
-        return bytes(header)
 
     def request_keyframe(self, now_ms: float) -> None:
         """A PLI/FIR from the subscriber, or our own need after a switch."""

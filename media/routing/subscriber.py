@@ -163,23 +163,16 @@ class SubscriberPeer:
         return seq
 
     def _padding_packet(self, size: int) -> bytes | None:
-        """A probe packet on an RTX SSRC, as Chrome does.
-
-        Preferably a retransmission of the newest video packet (full size, harmless to
-        the receiver), else a padding-only packet (RTP padding is at most 255 bytes).
+        """A probe packet on an RTX SSRC, as Chrome does: a recent full-size video packet
+        again (harmless to the receiver). None when no track has one: probes start only
+        once video flows (``on_timer``), and RTP padding (<= 255 bytes) would measure the
+        receiver's per-packet cost, not the link; the pacer then abandons the cluster.
         """
-        down = next((d for d in self.down_tracks.values() if d.can_probe), None) or next(
-            (d for d in self.down_tracks.values() if d.rtx_ssrc is not None and d.rtx_payload_type),
-            None,
-        )
+        down = next((d for d in self.down_tracks.values() if d.can_probe), None)
         if down is None or self._twcc_id is None:
             return None
         self.padding_sent += 1
-        probe = down.rtx_probe()
-        if probe is not None:
-            return probe
-        pad = max(1, min(size - 20, 255))
-        return down.padding_header(self._twcc_id) + bytes(pad - 1) + bytes([pad])
+        return down.rtx_probe()
 
     # -- TransportListener -----------------------------------------------------------
     def on_transport_connected(self, now_ms: float) -> None:
