@@ -331,6 +331,26 @@ def test_no_probe_when_estimate_reaches_desired() -> None:
     assert pc.next_probe(1_000_000, 0.0) is None
 
 
+def test_no_probe_of_any_kind_right_after_a_cut() -> None:
+    """The start-up pair waits while the estimate meets the desired rate; when a cut
+    first takes it below, the queue behind that cut is still draining: no burst then."""
+    pc = ProbeController(quiet_after_decrease_ms=1000.0)
+    pc.set_desired_bps(1_300_000)
+    assert pc.next_probe(1_300_000, 0.0) is None  # enough: start-up probing waits
+    pc.on_decrease(100.0)
+    assert pc.next_probe(420_000, 120.0) is None
+    assert pc.next_probe(420_000, 1050.0) is None
+    first = pc.next_probe(420_000, 1100.0)  # quiet period over: the start-up pair
+    assert first is not None and first.bitrate_bps == 1_260_000
+    # A cut drops what was still queued (the pair's second cluster), and further
+    # probing after a success does not fire inside the fresh quiet period either.
+    pc.on_decrease(1150.0)
+    pc.on_result(first.id, 1_200_000, 420_000, 1160.0)
+    assert pc.next_probe(420_000, 1170.0) is None
+    assert pc.next_probe(420_000, 2160.0) is None  # periodic: 3 s after the last
+    assert pc.next_probe(420_000, 4100.0) is not None
+
+
 # ---------------------------------------------------------------- pacer
 def test_pacer_priority_order() -> None:
     p = Pacer(1_000_000)

@@ -15,7 +15,9 @@ gets it at that rate, the link can carry it.
   probed rate while the estimate is still below the desired rate, probe 2x
   higher at once (exponential search);
 - periodically (every ``interval_ms``) while the estimate is below the desired
-  rate and no decrease happened recently;
+  rate;
+- none of these within ``quiet_after_decrease_ms`` of a cut (the queue that caused
+  it is still draining);
 - never above the desired rate (the allocator would not use more) or max_bps.
 
 ``ProbeResultEstimator`` computes the result from the cluster's feedback
@@ -208,9 +210,19 @@ class ProbeController:
         self._next_id += 1
         self._pending.append(cluster)
 
+    def _recently_decreased(self, now_ms: float) -> bool:
+        last = self._last_decrease_ms
+        return last is not None and now_ms - last < self.quiet_after_decrease_ms
+
     def _plan(self, estimate_bps: float, now_ms: float) -> None:
         cap = self._cap()
         if estimate_bps >= cap * 0.95:
+            return
+        if self._recently_decreased(now_ms):
+            # Right after a cut the bottleneck still holds a queue: a probe burst would
+            # only lengthen it. This holds for the start-up pair too, which is pending
+            # until the estimate first falls short of the desired rate, and that is
+            # often exactly at a cut.
             return
         if not self._initial_done:
             self._initial_done = True
@@ -222,11 +234,7 @@ class ProbeController:
         if self._in_flight:
             return
         last = self._last_probe_ms
-        recent_decrease = (
-            self._last_decrease_ms is not None
-            and now_ms - self._last_decrease_ms < self.quiet_after_decrease_ms
-        )
-        if not recent_decrease and (last is None or now_ms - last >= self.interval_ms):
+        if last is None or now_ms - last >= self.interval_ms:
             self._schedule(min(estimate_bps * self.further_multiplier, cap), now_ms)
 
     def next_probe(self, estimate_bps: float, now_ms: float) -> ProbeCluster | None:
@@ -250,6 +258,7 @@ class ProbeController:
         if (
             not self._pending
             and not self._in_flight
+            and not self._recently_decreased(now_ms)
             and result_bps >= self.further_threshold * cluster.bitrate_bps
             and cluster.bitrate_bps < cap * 0.95
             and estimate_bps < cap * 0.95
