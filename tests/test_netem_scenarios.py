@@ -143,3 +143,38 @@ def test_impossible_expectation_fails_the_run(tmp_path: Path,
     assert verdicts["ear.audio_frames > 10"] is True
     assert "ear.loss_before_recovery < 0%" in capsys.readouterr().err
     assert cli.main(["run", str(tmp_path / "missing.yaml"), "--out", str(out)]) == 2
+
+
+@pytest.mark.skipif(not lite_available(), reason="signaling.lite_client is not available")
+def test_capacity_step_report_plots_estimate_and_layer(tmp_path: Path) -> None:
+    """Issue 4, item 2's report: a viewer's link steps 2.5 -> 0.3 -> 2.5 Mbit/s and the
+    report's series (and plots) show Ferry's estimate and the forwarded layer follow."""
+    scenario = tmp_path / "step.yaml"
+    scenario.write_text(
+        "name: step\n"
+        "duration: 14s\n"
+        "seed: 3\n"
+        "participants:\n"
+        "  - {name: presenter, client: lite, publish: [audio, video], subscribe: false}\n"
+        "  - name: viewer\n"
+        "    client: lite\n"
+        "    publish: []\n"
+        "    link: 'delay 20ms rate 2500kbit limit 64kb'\n"
+        "    schedule:\n"
+        "      - {at: 5s, link: 'delay 20ms rate 300kbit limit 32kb'}\n"
+        "      - {at: 9s, link: 'delay 20ms rate 2500kbit limit 64kb'}\n"
+    )
+    out = tmp_path / "step"
+    rc = cli.main(["run", str(scenario), "--out", str(out), "--quiet"])
+    report = _check_report(out, rc)
+    assert (out / "estimate.png").stat().st_size > 0 and (out / "layer.png").stat().st_size > 0
+    t = report["t"]
+    series = report["participants"]["viewer"]["series"]
+
+    def during(key: str, start: float, end: float) -> list[float]:
+        return [v for ts, v in zip(t, series[key], strict=True) if start <= ts < end and v is not None]
+
+    before, low = during("estimate_bps", 3.0, 5.0), during("estimate_bps", 6.5, 9.0)
+    assert before and low and max(low) < 300_000 < min(before), (before, low)
+    assert max(during("layer", 3.0, 5.0)) == 2
+    assert max(during("layer", 6.5, 9.0)) < 2
