@@ -15,6 +15,9 @@ Cases (RFC 8867 §5; bottleneck buffer 300 ms, as the RFC's reference setup):
   congestion is emulated: 16 kbit/s, 10 % loss, 300 ms buffer);
 - ``5.4-like``: RTT variation on a 1.5 Mbit/s link: one-way delay 25 -> 150 ->
   50 -> 250 -> 25 ms at 0/20/40/60/80 s (applied to both directions).
+- ``jitter`` (not an RFC 8867 case; lossy Wi-Fi is jittery): 1.5 Mbit/s, 50 ms,
+  with +-10 ms then +-25 ms of delay jitter from 20 s and 40 s: jitter must not
+  read as congestion.
 
 Run: python bench/bwe.py [--case NAME] [--seed N] [--plot DIR]
 """
@@ -60,6 +63,14 @@ def cases(seed: int) -> dict[str, Scenario]:
             100_000,
             [Phase(t, 1.5 * MBIT, dd) for t, dd in ((0, 25.0), (20_000, 150.0), (40_000, 50.0), (60_000, 250.0), (80_000, 25.0))],
             up=[Phase(t, None, dd) for t, dd in ((0, 25.0), (20_000, 150.0), (40_000, 50.0), (60_000, 250.0), (80_000, 25.0))],
+            desired_bps=3 * MBIT,
+            seed=seed,
+        ),
+        "jitter": Scenario(
+            "jitter",
+            60_000,
+            [Phase(0, 1.5 * MBIT, d), Phase(20_000, 1.5 * MBIT, d, jitter_ms=10.0), Phase(40_000, 1.5 * MBIT, d, jitter_ms=25.0)],
+            up=[Phase(0, None, d)],
             desired_bps=3 * MBIT,
             seed=seed,
         ),

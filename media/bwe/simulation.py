@@ -56,11 +56,12 @@ class Phase:
     delay_ms: float = 25.0
     loss: float = 0.0
     queue_ms: float = 300.0  # drop-tail buffer, in ms at this rate (RFC 8867 uses 300 ms)
+    jitter_ms: float = 0.0  # +- uniform delay variation (netem keeps packet order)
 
 
 def link_spec(phase: Phase) -> str:
     """netem words for a phase (``rate 1500kbit delay 25ms limit 56250b``)."""
-    parts = [f"delay {phase.delay_ms:g}ms"]
+    parts = [f"delay {phase.delay_ms:g}ms" + (f" {phase.jitter_ms:g}ms" if phase.jitter_ms else "")]
     if phase.loss:
         parts.append(f"loss {phase.loss * 100:g}%")
     if phase.rate_bps is not None:
