@@ -48,6 +48,17 @@ def test_random_loss_does_not_collapse_the_estimate() -> None:
     assert 0.03 < r.counters["down"]["dropped_loss"] / r.counters["down"]["sent"] < 0.07
 
 
+def test_delay_jitter_is_not_read_as_congestion() -> None:
+    """+-25 ms of delay jitter (order kept, as on Wi-Fi) on a 1.5 Mbit/s link: the
+    estimate stays near capacity instead of being cut at every bunch of arrivals."""
+    cap = 1_500_000
+    sc = Scenario("jitter", 30_000, [Phase(0, cap, 25.0, jitter_ms=25.0)], desired_bps=2_500_000, seed=4)
+    r = run(sc)
+    est = r.series("estimate_bps", WARMUP_MS)
+    assert statistics.mean(est) / cap > 0.8
+    assert min(est) / cap > 0.5
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_capacity_drop_and_recovery(seed: int) -> None:
     """2.5 -> 0.5 -> 2.5 Mbit/s (300 ms drop-tail buffer, RFC 8867's figure)."""
