@@ -226,6 +226,11 @@ def _v_update_subscription(msg: dict[str, Any], req: Request) -> dict[str, Any]:
         if not _is_int(value) or not 0 <= value <= MAX_DIMENSION:
             raise _bad(req, f"'{dim}' must be an integer in 0..{MAX_DIMENSION}")
         data[dim] = value
+    enabled = msg.get("enabled")
+    if enabled is not None:
+        if not isinstance(enabled, bool):
+            raise _bad(req, "'enabled' must be a boolean")
+        data["enabled"] = enabled
     return data
 
 

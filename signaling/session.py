@@ -200,16 +200,24 @@ class Session:
         if down is None:
             raise ProtocolError("not_found", f"not subscribed to {sid}")
         layers = down.track.layers
-        max_layer = len(layers) - 1
-        rid = req.data.get("max_layer")
+        data = req.data
+        # Each field is remembered on its own, so the web client's size reports do not
+        # undo a pin, nor a pin the size (a missing field keeps its last value).
+        rid = data.get("max_layer")
         if rid is not None:
             found = down.track.layer_by_rid(rid)
-            max_layer = found.index if found is not None else max_layer
-        width, height = req.data.get("width"), req.data.get("height")
-        if width and height:
-            max_layer = min(max_layer, _layer_for_size(down.track, int(width), int(height)))
+            down.pinned_layer = found.index if found is not None else len(layers) - 1
+        if "width" in data or "height" in data:
+            width, height = data.get("width") or 0, data.get("height") or 0
+            down.size_layer = _layer_for_size(down.track, width, height) if width and height else None
+        max_layer = len(layers) - 1
+        for cap in (down.pinned_layer, down.size_layer):
+            if cap is not None:
+                max_layer = min(max_layer, cap)
         down.max_layer = max_layer
-        self.send(ok(req, max_layer=layers[max_layer].rid))
+        if "enabled" in data:
+            down.set_enabled(data["enabled"])
+        self.send(ok(req, max_layer=layers[max_layer].rid, enabled=down.enabled))
 
     def _on_leave(self, req: Request, participant: Participant, now: float) -> None:
         self.send(ok(req))

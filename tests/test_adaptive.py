@@ -438,6 +438,65 @@ async def test_dynacast_pauses_unwanted_layers_and_resumes_them(server: FerrySer
             await client.close()
 
 
+async def test_adaptive_stream_size_cap_and_hidden_tile(server: FerryServer) -> None:
+    """A subscriber says how big it shows the video (a small tile never gets f) and
+    hides it (``enabled: false``): Ferry forwards nothing for it, dynacast drops the
+    layers nobody needs, and showing it again resumes on a keyframe."""
+    room = "adaptive-stream"
+    clips = lite_clips(SMALL_LAYERS)  # 160x90 / 320x180 / 640x360
+    pub = LiteClient(name="pub")
+    sub = LiteClient(name="viewer")
+    log = FrameLog()
+    try:
+        await sub.connect(server.ws_url)
+        await sub.join(server.token(room, "viewer"))
+        await pub.connect(server.ws_url)
+        await pub.join(server.token(room, "pub"), auto_subscribe=False)
+        tracks = await pub.publish_vp8(clips, fps=FPS)
+        sid = tracks[0]["sid"]
+        router = server.rooms.rooms[room].router
+        track = router.tracks[sid]
+        await attach_frames(sub, log)
+        downs = router.participants[sub.participant["sid"]].subscriber.down_tracks
+        await wait_until(lambda: downs.get(sid) is not None and downs[sid].current_layer == 2, 15.0)
+        down = downs[sid]
+
+        # A 300x170 tile: h (320x180) covers it; a 150x80 one: q.
+        reply = await sub.request("update_subscription", track_sid=sid, width=300, height=170)
+        assert reply["max_layer"] == "h" and reply["enabled"] is True
+        await wait_until(lambda: down.current_layer == 1, 5.0, 0.02)
+        reply = await sub.request("update_subscription", track_sid=sid, width=150, height=80)
+        assert reply["max_layer"] == "q"
+        await wait_until(lambda: down.current_layer == 0, 5.0, 0.02)
+        # A pin is remembered apart from the size: growing the tile leaves it at h.
+        await sub.request("update_subscription", track_sid=sid, max_layer="h")
+        reply = await sub.request("update_subscription", track_sid=sid, width=1280, height=720)
+        assert reply["max_layer"] == "h"
+        await wait_until(lambda: down.current_layer == 1, 5.0, 0.02)
+
+        # Hidden: no more frames, and the publisher may stop h (the only viewer hid it).
+        reply = await sub.request("update_subscription", track_sid=sid, enabled=False)
+        assert reply["enabled"] is False
+        sent = down.packets_sent
+        t_off = time.monotonic()
+        await wait_until(lambda: router.publisher_layers.get(sid, {}).get("h") is False, 4.0, 0.05)
+        assert down.packets_sent == sent
+        assert log.count(t_off + 0.2) == 0
+        assert all(e.get("type") != "track_paused" for e in sub.events)  # not a bandwidth pause
+
+        # Shown again: frames resume (on a keyframe) and h comes back.
+        t_on = time.monotonic()
+        reply = await sub.request("update_subscription", track_sid=sid, enabled=True)
+        assert reply["enabled"] is True and reply["max_layer"] == "h"
+        await wait_until(lambda: log.count(t_on) >= 3, 3.0, 0.02)
+        first_resume = min(t for t in log.times if t >= t_on) - t_on
+        await wait_until(lambda: down.current_layer == 1 and layer_rates(server, track)["h"] > 0, 5.0, 0.02)
+        report("adaptive_stream", first_frame_after_show_s=first_resume, back_on_h_s=time.monotonic() - t_on)
+    finally:
+        await pub.close()
+        await sub.close()
+
+
 # ------------------------------------------------------------------ Chromium helpers
 
 # web/ferry.js captures 640x480, for which Chrome keeps only 2 simulcast layers (its log:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from .browser import chromium, needs_chromium, open_page
@@ -15,7 +17,17 @@ async def _stats(page) -> dict:
 
 
 async def _poll(page, predicate_js: str, timeout_ms: int = 10000) -> None:
-    await page.wait_for_function(predicate_js, timeout=timeout_ms, polling=100)
+    """Evaluate ``predicate_js`` (it may be async) every 100 ms until it is truthy.
+
+    Not ``page.wait_for_function``: it does not await an async predicate, and the
+    Promise it gets back is truthy, so the wait would pass at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_ms / 1000.0
+    while not await page.evaluate(predicate_js):
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {timeout_ms} ms: {predicate_js[:200]}")
+        await asyncio.sleep(0.1)
 
 
 RECEIVING = """async () => {
@@ -63,4 +75,47 @@ async def test_three_browsers_join_see_each_other_and_leave(server):
             )
         await wait_until(lambda: bob_sid not in room.participants, 2)
         for page in (a, b, c):
+            assert page.ferry_errors == []
+
+
+async def test_a_hidden_tile_stops_its_video_and_showing_it_resumes(server):
+    """web/ferry.js tells Ferry when a remote tile is off screen (IntersectionObserver)
+    or the tab is hidden: Ferry stops forwarding that video until it is seen again."""
+    url = server.http_url + "/?room=tiles&autojoin=1&name="
+    async with chromium() as browser:
+        a = await open_page(browser, url + "alice")
+        b = await open_page(browser, url + "bob")
+        await _poll(b, RECEIVING % 1, 10000)
+        room = server.rooms.rooms["tiles"]
+        bob_sid = await b.evaluate("window.ferry.me.sid")
+        alice_sid = await b.evaluate("window.ferry.participants()[0].sid")
+
+        def down():
+            downs = room.router.participants[bob_sid].subscriber.down_tracks.values()
+            return next(
+                d for d in downs if d.track.kind == "video" and d.track.participant_sid == alice_sid
+            )
+
+        await wait_until(lambda: down().enabled and down().packets_sent > 0, 5)
+        video = down().track
+        await b.evaluate("document.querySelector('.tile.remote').style.display = 'none'")
+        await wait_until(lambda: not down().enabled, 5)
+        sent = down().packets_sent
+        decoded = await b.evaluate("window.ferry.stats()")
+
+        def received() -> int:
+            return sum(layer.stream.packets_received for layer in video.layers if layer.stream)
+
+        before = received()
+        await wait_until(lambda: received() > before + 50, 5)  # alice keeps publishing...
+        assert down().packets_sent == sent  # ...and none of it goes to bob while hidden
+        await b.evaluate("document.querySelector('.tile.remote').style.display = ''")
+        await wait_until(lambda: down().enabled, 5)
+        frames = max(p.get("videoFramesDecoded", 0) for p in decoded.values())
+        await _poll(
+            b,
+            f"async () => Object.values(await window.ferry.stats()).some(p => p.videoFramesDecoded > {frames + 10})",
+            10000,
+        )
+        for page in (a, b):
             assert page.ferry_errors == []

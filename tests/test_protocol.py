@@ -72,6 +72,7 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {"track_sid": "TR_a", "max_layer": "h", "width": 640, "height": 0},
         {"track_sid": "TR_a", "max_layer": "h", "width": 640, "height": 0},
     ),
+    ("update_subscription", {"track_sid": "TR_a", "enabled": False}, {"track_sid": "TR_a", "enabled": False}),
     ("leave", {}, {}),
     ("ping", {}, {}),
 ]
@@ -196,6 +197,7 @@ FIELD_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("update_subscription", {"track_sid": "a", "max_layer": "x"}, "'max_layer' must be one"),
     ("update_subscription", {"track_sid": "a", "width": -1}, "'width' must be an integer"),
     ("update_subscription", {"track_sid": "a", "width": 10001}, "'width'"),
+    ("update_subscription", {"track_sid": "a", "enabled": 1}, "'enabled' must be a boolean"),
     ("update_subscription", {"track_sid": "a", "height": 1.5}, "'height'"),
     ("update_subscription", {"track_sid": "a", "height": True}, "'height'"),
 ]

@@ -592,6 +592,46 @@ def test_pause_stops_output_and_resume_restarts_on_a_keyframe_with_continuous_se
     assert_continuous(before + after)
 
 
+def test_disabled_by_the_subscriber_forwards_nothing_and_resumes_on_a_keyframe() -> None:
+    track, plis, _ = video_track()
+    down, sink = subscribe(track)
+    pub = Vp8Layer(0, LAYER_SSRCS[0], picture_id=7)
+    clock = ManualClock(0.0)
+    feed(track, 0, pub.frame(keyframe=True, packets=2), clock.advance(33))
+    feed(track, 0, pub.frame(), clock.advance(33))
+    assert down.set_enabled(False) is True and down.set_enabled(False) is False
+    assert not down.active and not down.paused  # not a bandwidth pause
+    before = sink.take()
+    plis.plis.clear()
+    for key in (True, False):
+        feed(track, 0, pub.frame(keyframe=key), clock.advance(33))
+    down.on_timer(clock.advance(600))
+    assert sink.sent == [] and plis.plis == [], "hidden: no media, no keyframe requests"
+    assert down.set_enabled(True) is True
+    down.on_timer(clock.advance(20))
+    assert plis.plis == [LAYER_SSRCS[0]], "shown again: a keyframe is asked for at once"
+    feed(track, 0, pub.frame(), clock.advance(33))
+    assert sink.sent == []
+    key = pub.frame(keyframe=True, packets=2)
+    feed(track, 0, key, clock.advance(33))
+    after = sink.take()
+    assert after[0].tag == parse_tag(key[0])
+    assert_continuous(before + after)
+
+
+def test_a_layer_dynacast_resumed_is_available_only_once_media_flows_again() -> None:
+    track, _, _ = video_track(["q", "h", "f"])
+    for index in range(3):
+        feed(track, index, Vp8Layer(index, LAYER_SSRCS[index]).frame(keyframe=True), 1000.0)
+    assert track.available_layers(1100.0) == [0, 1, 2]
+    track.layers[2].set_active(False, 1100.0)
+    assert track.available_layers(1200.0) == [0, 1]  # paused: gone at once, not after 1.5 s
+    track.layers[2].set_active(True, 1300.0)
+    assert track.available_layers(1400.0) == [0, 1], "its packets from before the pause do not count"
+    feed(track, 2, Vp8Layer(2, LAYER_SSRCS[2], picture_id=50).frame(keyframe=True), 1450.0)
+    assert track.available_layers(1500.0) == [0, 1, 2]
+
+
 # --------------------------------------------------------------------------- 6. extensions
 
 

@@ -142,7 +142,7 @@ function ensureParticipant(sid, info = null) {
   if (!sid || (app.me && sid === app.me.sid)) return null;
   let p = app.participants.get(sid);
   if (!p) {
-    p = { info: info || { sid, tracks: [] }, tile: makeTile(sid), videoTrackSid: null, lastSize: "", resizeTimer: null };
+    p = { info: info || { sid, tracks: [] }, tile: makeTile(sid), videoTrackSid: null, lastSize: "", resizeTimer: null, onScreen: true };
     app.participants.set(sid, p);
   } else if (info) {
     p.info = info;
@@ -163,6 +163,7 @@ function makeTile(sid) {
   $("tiles").appendChild(tile);
   const video = tile.querySelector("video");
   resizeObserver.observe(video);
+  visibilityObserver.observe(video);
   return tile;
 }
 
@@ -170,6 +171,7 @@ function removeParticipant(sid) {
   const p = app.participants.get(sid);
   if (!p) return;
   resizeObserver.unobserve(p.tile.querySelector("video"));
+  visibilityObserver.unobserve(p.tile.querySelector("video"));
   clearTimeout(p.resizeTimer);
   p.tile.remove();
   app.participants.delete(sid);
@@ -211,6 +213,32 @@ const resizeObserver = new ResizeObserver((entries) => {
   }
 });
 
+// A tile scrolled out of view, or the whole tab in the background, needs no video:
+// Ferry stops forwarding it (enabled: false) and resumes on a keyframe when it is seen
+// again. Turning off waits a second, so scrolling past a tile does not churn keyframes.
+const HIDE_AFTER_MS = 1000;
+const visibilityObserver = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    const tile = entry.target.closest(".tile");
+    const p = tile && app.participants.get(tile.dataset.sid);
+    if (!p) continue;
+    p.onScreen = entry.isIntersecting;
+    scheduleSubscription(p);
+  }
+});
+document.addEventListener("visibilitychange", () => {
+  for (const p of app.participants.values()) scheduleSubscription(p);
+});
+
+function wantsVideo(p) {
+  return p.onScreen && document.visibilityState !== "hidden";
+}
+
+function scheduleSubscription(p) {
+  clearTimeout(p.resizeTimer);
+  p.resizeTimer = setTimeout(() => sendSize(p), wantsVideo(p) ? 0 : HIDE_AFTER_MS);
+}
+
 function sendSize(p) {
   // Allowed as soon as the join reply arrived (state may still be "joining" while
   // publishing): a size dropped here would never be re-sent until the next resize.
@@ -219,11 +247,12 @@ function sendSize(p) {
   const dpr = window.devicePixelRatio || 1;
   const width = Math.round(video.clientWidth * dpr);
   const height = Math.round(video.clientHeight * dpr);
-  const key = `${p.videoTrackSid}:${width}x${height}`;
+  const enabled = wantsVideo(p);
+  const key = `${p.videoTrackSid}:${width}x${height}:${enabled}`;
   if (key === p.lastSize) return;
   p.lastSize = key;
   app.sig
-    .request("update_subscription", { track_sid: p.videoTrackSid, width, height })
+    .request("update_subscription", { track_sid: p.videoTrackSid, width, height, enabled })
     .catch((e) => fail("update_subscription", e));
 }
 
@@ -742,6 +771,7 @@ window.ferry = {
       hasVideo: !!p.tile.querySelector("video").srcObject,
       hasAudio: !!p.tile.querySelector("audio").srcObject,
       videoTrackSid: p.videoTrackSid,
+      videoEnabled: p.lastSize.endsWith(":true"),
     }));
   },
   stats: collectStats,

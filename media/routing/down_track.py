@@ -77,12 +77,15 @@ class DownTrack:
         self.rtx_cache = RtxCache(1024 if self.is_video else 256)
         self.keyframe_waiter = KeyframeWaiter()
         self.closed = False
-        self.paused = False  # by the allocator (not enough bandwidth) or the subscriber
+        self.paused = False  # by the allocator: not enough bandwidth
+        self.enabled = True  # by the subscriber: false while its tile is hidden
         # Layer selection: None means "nothing forwarded yet".
         self.current_layer: int | None = None
         self.target_layer: int = len(track.layers) - 1
         self.max_layer: int = len(track.layers) - 1  # the subscriber's cap (pinned / rendered size)
         self.desired_layer: int = len(track.layers) - 1  # the allocator's choice within the cap
+        self.pinned_layer: int | None = None  # max_layer the subscriber asked for
+        self.size_layer: int | None = None  # smallest layer covering its rendered size
         # Munging state.
         self._seq_offset = 0
         self._ts_offset = 0
@@ -132,7 +135,7 @@ class DownTrack:
         now_ms: float,
         recovered: bool = False,
     ) -> None:
-        if self.paused or self.closed:
+        if self.paused or not self.enabled or self.closed:
             return
         if layer.index != self.current_layer:
             if layer.index != self.target_layer or not (keyframe or not self.is_video):
@@ -289,6 +292,19 @@ class DownTrack:
             self.current_layer = None  # resume only on a keyframe
         return True
 
+    def set_enabled(self, enabled: bool) -> bool:
+        """The subscriber's own on/off (a hidden tile); True when the state changed.
+
+        Disabled, the track is forwarded nothing and counts for nothing: the allocator
+        gives its share to other tracks and dynacast may pause its layers. It resumes on
+        a keyframe, which ``on_timer`` asks for.
+        """
+        if enabled == self.enabled:
+            return False
+        self.enabled = enabled
+        self.current_layer = None
+        return True
+
     def _switch_to(
         self, layer: Layer, view: RtpView, ext_seq: int, vp8: Vp8Descriptor | None, now_ms: float
     ) -> None:
@@ -395,8 +411,13 @@ class DownTrack:
         if index != self.current_layer:
             self.track.layers[index].request_keyframe(now_ms)
 
+    @property
+    def active(self) -> bool:
+        """Forwarding, or waiting to: neither paused for bandwidth nor disabled."""
+        return self.enabled and not self.paused and not self.closed
+
     def on_timer(self, now_ms: float) -> None:
-        if not self.is_video or self.paused:
+        if not self.is_video or not self.active:
             return
         if self.current_layer != self.target_layer or self.current_layer is None:
             self.keyframe_waiter.need(now_ms)

@@ -72,6 +72,7 @@ class Layer:
         "width",
         "height",
         "active",
+        "resumed_ms",
         "last_packet_ms",
         "last_bps",
         "_price_ms",
@@ -93,6 +94,7 @@ class Layer:
         self.width: int | None = None
         self.height: int | None = None
         self.active = True  # dynacast: False when paused at the publisher
+        self.resumed_ms: float | None = None  # when dynacast last turned it back on
         self.last_packet_ms: float | None = None
         self.last_bps = 0.0
         self._price_ms = 0.0
@@ -196,6 +198,12 @@ class Layer:
                 self._rebuilt = {s for s in self._rebuilt if s > ext_seq - 64}
             for down in track.down_tracks:
                 down.write(self, rebuilt, ext_seq - k, None, False, now_ms, recovered=True)
+
+    def set_active(self, active: bool, now_ms: float) -> None:
+        """Dynacast paused (False) or resumed (True) this layer at the publisher."""
+        if active and not self.active:
+            self.resumed_ms = now_ms
+        self.active = active
 
     def request_keyframe(self, now_ms: float) -> None:
         if self.ssrc is not None and self.keyframes.request(now_ms):
@@ -302,12 +310,22 @@ class PublishedTrack:
         return rates
 
     def available_layers(self, now_ms: float, window_ms: float = 1500.0) -> list[int]:
-        """Layers that received media recently (the publisher may not send them all)."""
-        return [
-            layer.index
-            for layer in self.layers
-            if layer.last_packet_ms is not None and now_ms - layer.last_packet_ms < window_ms
-        ]
+        """Layers that received media recently (the publisher may not send them all).
+
+        A layer dynacast paused is not available, and one it resumed only once media
+        arrived since: its last packets from before the pause are recent enough to pass
+        the window, and a subscriber sent to it would wait for the publisher to restart
+        it instead of taking a running lower layer at once.
+        """
+        out = []
+        for layer in self.layers:
+            last = layer.last_packet_ms
+            if last is None or now_ms - last >= window_ms or not layer.active:
+                continue
+            if layer.resumed_ms is not None and last < layer.resumed_ms:
+                continue
+            out.append(layer.index)
+        return out
 
     def on_timer(self, now_ms: float) -> None:
         for layer in self.layers:

@@ -326,7 +326,7 @@ class Router:
                 continue
             wanted = 0
             for down in track.down_tracks:
-                if not down.paused:
+                if down.active:
                     wanted = max(wanted, min(down.desired_layer, down.max_layer))
             state = {}
             for layer in track.layers:
@@ -340,7 +340,7 @@ class Router:
             if state != self.publisher_layers.get(track.sid):
                 self.publisher_layers[track.sid] = state
                 for layer in track.layers:
-                    layer.active = state[layer.rid or str(layer.index)]
+                    layer.set_active(state[layer.rid or str(layer.index)], now_ms)
                 if self.listener is not None:
                     self.listener.on_publisher_layers(track.participant_sid, track.sid, dict(state))
 
@@ -379,7 +379,7 @@ def default_layer_policy(down: DownTrack, now_ms: float) -> None:
     cap, so a layer the publisher stopped sending (dynacast, its own congestion) is
     left at once.
     """
-    if not down.is_video or not down.track.simulcast:
+    if not down.is_video or not down.track.simulcast or not down.enabled:
         return
     cap = min(down.max_layer, down.desired_layer)
     live = down.track.available_layers(now_ms)

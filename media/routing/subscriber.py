@@ -276,6 +276,8 @@ class SubscriberPeer:
         tracks: list[AllocTrack] = []
         for sid, down in self.down_tracks.items():
             track = down.track
+            if not down.enabled:
+                continue  # hidden by the subscriber: its share goes to the others
             if track.kind == "audio":
                 tracks.append(AllocTrack(sid, "audio", PRIO_AUDIO, [AUDIO_BPS], 0, 0))
                 continue
@@ -289,6 +291,8 @@ class SubscriberPeer:
             tracks.append(AllocTrack(sid, "video", prio, track.layer_bitrates(now_ms), down.max_layer, current))
         if budget is None:
             for down in self.down_tracks.values():
+                if not down.enabled:
+                    continue
                 down.desired_layer = down.max_layer
                 self._set_paused(down, False)
             return
