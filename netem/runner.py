@@ -380,6 +380,7 @@ class ChromiumParticipant(Participant):
             "turnpass": TURN_PASSWORD,
             "token": self.ctx.token(self.name, self.spec),
             "url": self.ctx.ws_url,
+            "hidden": "keep",  # every tile is measured, on screen or not
         }
         if not self.spec.publish:
             q["publish"] = "0"

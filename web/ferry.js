@@ -230,8 +230,11 @@ document.addEventListener("visibilitychange", () => {
   for (const p of app.participants.values()) scheduleSubscription(p);
 });
 
+// ?hidden=keep turns this off (QA pages measure every tile, seen or not).
+const PAUSE_HIDDEN = params.get("hidden") !== "keep";
+
 function wantsVideo(p) {
-  return p.onScreen && document.visibilityState !== "hidden";
+  return !PAUSE_HIDDEN || (p.onScreen && document.visibilityState !== "hidden");
 }
 
 function scheduleSubscription(p) {
