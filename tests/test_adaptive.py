@@ -590,9 +590,19 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer, 
         loop = asyncio.get_running_loop()
         start_loop, start = loop.time(), time.monotonic()
         layers_seen: dict[str, set[int | None]] = {"slow": set(), "fast": set()}
+        slow_trace: list[tuple[float, int | None, int | None, float]] = []
         while time.monotonic() - start < 3.0:
             for name in subs:
                 layers_seen[name].add(down(name).current_layer)
+            slow = down("slow")
+            slow_trace.append(
+                (
+                    round(time.monotonic() - start, 2),
+                    slow.current_layer,
+                    slow.target_layer,
+                    round((slow.sink.estimate_bps(server.engine.now_ms()) or 0) / 1000),
+                )
+            )
             await asyncio.sleep(0.05)
         end_loop = loop.time()
         fps = {n: frames[n].count(start_loop) / (end_loop - start_loop) for n in subs}
@@ -608,6 +618,10 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer, 
             keyframes=keyframes,
             **summary(),
         )
+        if layers_seen != {"slow": {0}, "fast": {2}}:
+            est = down("slow").sink.estimator
+            print("slow trace (t, layer, target, estimate kbit/s):", slow_trace)
+            print("slow probe results:", getattr(getattr(est, "probe_results", None), "results", None))
         assert layers_seen == {"slow": {0}, "fast": {2}}
         for name in subs:
             assert keyframes[name] >= 1

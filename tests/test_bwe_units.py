@@ -286,6 +286,20 @@ def test_probe_result_computation(recv_gap: float, expect: float) -> None:
     assert res == pytest.approx(expect)
 
 
+def test_probe_result_ignores_arrivals_held_by_a_stalled_receiver() -> None:
+    """A 780 kbit/s probe through a 300 kbit/s link whose receiver stalled for 100 ms
+    and then stamped the first four packets at once: the capacity, not the probe rate."""
+    cluster = ProbeCluster.make(1, 780_000, 0.0)
+    size, send_gap, link_gap = 1200, 1200 * 8 / 780.0, 1200 * 8 / 300.0
+    arrivals = [20.0 + (i + 1) * link_gap for i in range(6)]  # 52, 84, ... 212
+    results = [PacketResult(i, i * send_gap, arrivals[i], size) for i in range(6)]
+    assert ProbeResultEstimator.compute(cluster, results) == pytest.approx(0.95 * 300_000)
+    stalled = [max(a, 152.0) for a in arrivals]  # 152, 152, 152, 152, 180, 212
+    held = [PacketResult(i, i * send_gap, stalled[i], size) for i in range(6)]
+    result = ProbeResultEstimator.compute(cluster, held)
+    assert result is not None and result < 350_000  # not the 780k the 60 ms span implies
+
+
 def test_probe_result_needs_most_packets_back() -> None:
     cluster = ProbeCluster.make(1, 2_000_000, 0.0)
     assert ProbeResultEstimator.compute(cluster, _cluster_results(6, 4.0, 4.0, lost=3)) is None

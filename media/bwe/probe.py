@@ -44,6 +44,7 @@ MAX_PROBE_INTERVAL_MS = 1000.0
 MIN_RATIO_FOR_UNSATURATED = 0.90
 TARGET_UTILIZATION = 0.95
 MAX_VALID_RATIO = 2.0
+LATE_ARRIVAL_MS = 5.0  # a leading packet this much later than a successor's delay was held
 CLUSTER_TIMEOUT_MS = 2000.0
 
 
@@ -148,6 +149,10 @@ class ProbeResultEstimator:
             or len(recv) < 2
         ):
             return None
+        recv = ProbeResultEstimator._drop_held_leaders(recv)
+        if len(recv) < 3:
+            return None
+        recv_bytes = sum(r.size for r in recv)
         send_interval = sent[-1].send_ms - sent[0].send_ms
         first_arrival = recv[0].arrival_ms
         last_arrival = recv[-1].arrival_ms
@@ -162,6 +167,29 @@ class ProbeResultEstimator:
         if recv_bps < MIN_RATIO_FOR_UNSATURATED * send_bps:
             return TARGET_UTILIZATION * recv_bps
         return min(send_bps, recv_bps)
+
+    @staticmethod
+    def _drop_held_leaders(recv: list[PacketResult]) -> list[PacketResult]:
+        """Drop leading packets whose one-way delay exceeds a later packet's.
+
+        While a probe fills the bottleneck, each packet waits at least as long as the
+        one before it. A first packet that arrived later than its successors' timing
+        allows was held elsewhere (a receiver that stalled and stamped a batch at once,
+        Wi-Fi aggregation): counting it shortens the arrival span and reads the probe's
+        own send rate as capacity, which moves a 300 kbit/s viewer up a layer it cannot
+        carry. The rest of the cluster still measures the link.
+        """
+        delays = [(r.arrival_ms or 0.0) - r.send_ms for r in recv]
+        later_min = math.inf
+        start = len(recv)
+        floor = [0.0] * len(recv)
+        for i in range(len(recv) - 1, -1, -1):
+            floor[i] = later_min
+            later_min = min(later_min, delays[i])
+        start = 0
+        while start < len(recv) - 1 and delays[start] > floor[start] + LATE_ARRIVAL_MS:
+            start += 1
+        return recv[start:] if start else recv
 
 
 class ProbeController:
