@@ -590,7 +590,7 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer, 
         loop = asyncio.get_running_loop()
         start_loop, start = loop.time(), time.monotonic()
         layers_seen: dict[str, set[int | None]] = {"slow": set(), "fast": set()}
-        slow_trace: list[tuple[float, int | None, int | None, float]] = []
+        slow_trace: list[tuple[Any, ...]] = []
         while time.monotonic() - start < 3.0:
             for name in subs:
                 layers_seen[name].add(down(name).current_layer)
@@ -600,7 +600,10 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer, 
                     round(time.monotonic() - start, 2),
                     slow.current_layer,
                     slow.target_layer,
+                    slow.desired_layer,
                     round((slow.sink.estimate_bps(server.engine.now_ms()) or 0) / 1000),
+                    track.available_layers(server.engine.now_ms()),
+                    [round(b / 1000) for b in track.layer_bitrates(server.engine.now_ms())],
                 )
             )
             await asyncio.sleep(0.05)
@@ -620,7 +623,7 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer, 
         )
         if layers_seen != {"slow": {0}, "fast": {2}}:
             est = down("slow").sink.estimator
-            print("slow trace (t, layer, target, estimate kbit/s):", slow_trace)
+            print("slow trace (t, layer, target, desired, estimate, live, prices):", slow_trace)
             print("slow probe results:", getattr(getattr(est, "probe_results", None), "results", None))
         assert layers_seen == {"slow": {0}, "fast": {2}}
         for name in subs:

@@ -54,6 +54,9 @@ class AudioLevel:
 
 
 PRICE_HALF_LIFE_MS = 4000.0  # how fast a layer's price forgets a peak
+# A spatial layer has 4x the pixels of the one below; encoders give it at least 2x the
+# bits (Chrome ~2.7-3x, libvpx at default settings ~3x). Used as a floor on its price.
+SPATIAL_PRICE_RATIO = 2.0
 SEEN_WINDOW = 2048  # duplicate detection span, in packets (seconds of video at 1 Mbit/s)
 
 class Layer:
@@ -305,8 +308,17 @@ class PublishedTrack:
                 rates.append(NOMINAL_LAYER_BPS[1])
             else:
                 rates.append(NOMINAL_LAYER_BPS[min(layer.index + 3 - len(self.layers), 2)])
-        for i in range(1, len(rates)):  # keep it monotonic for the allocator
-            rates[i] = max(rates[i], rates[i - 1] + 1.0)
+        layers = self.layers
+        for i in range(1, len(rates)):
+            # A layer still ramping up (a browser starts its upper layers low and raises
+            # them with its own estimate) must not look cheap: priced at its first
+            # seconds, h looked affordable to a 300 kbit/s viewer that then had to drop
+            # back when h reached its real rate. Floor: twice the layer below when it
+            # has a larger resolution (or the resolutions are unknown).
+            below, this = layers[i - 1].width, layers[i].width
+            spatial = below is None or this is None or this > 1.4 * below
+            floor = rates[i - 1] * SPATIAL_PRICE_RATIO if spatial else rates[i - 1] + 1.0
+            rates[i] = max(rates[i], floor)
         return rates
 
     def available_layers(self, now_ms: float, window_ms: float = 1500.0) -> list[int]:
