@@ -180,16 +180,14 @@ class ProbeResultEstimator:
         carry. The rest of the cluster still measures the link.
         """
         delays = [(r.arrival_ms or 0.0) - r.send_ms for r in recv]
-        later_min = math.inf
-        start = len(recv)
-        floor = [0.0] * len(recv)
-        for i in range(len(recv) - 1, -1, -1):
-            floor[i] = later_min
-            later_min = min(later_min, delays[i])
+        n = len(recv)
+        later_min = [math.inf] * n  # the smallest delay among the packets after i
+        for i in range(n - 2, -1, -1):
+            later_min[i] = min(later_min[i + 1], delays[i + 1])
         start = 0
-        while start < len(recv) - 1 and delays[start] > floor[start] + LATE_ARRIVAL_MS:
+        while start < n - 1 and delays[start] > later_min[start] + LATE_ARRIVAL_MS:
             start += 1
-        return recv[start:] if start else recv
+        return recv[start:]
 
 
 class ProbeController:
