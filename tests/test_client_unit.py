@@ -756,6 +756,14 @@ async def test_web_client_dynacast_layers() -> None:
                     "window.ferry.publisherEncodings().map(e => e.active).join() === 'true,true,false'",
                     timeout=5_000,
                 )
+                # Back to back: the second arrives while the first setParameters is in
+                # flight; both apply, and neither call fails.
+                await ws.send_json({"type": "publisher_layers", "layers": {"f": True}})
+                await ws.send_json({"type": "publisher_layers", "layers": {"h": False}})
+                await page.wait_for_function(
+                    "window.ferry.publisherEncodings().map(e => e.active).join() === 'true,false,true'",
+                    timeout=5_000,
+                )
                 assert await page.text_content("#status") == ""
                 assert errors == []
         finally:
