@@ -210,14 +210,9 @@ class Session:
         if "width" in data or "height" in data:
             width, height = data.get("width") or 0, data.get("height") or 0
             down.size_layer = _layer_for_size(down.track, width, height) if width and height else None
-        max_layer = len(layers) - 1
-        for cap in (down.pinned_layer, down.size_layer):
-            if cap is not None:
-                max_layer = min(max_layer, cap)
-        down.max_layer = max_layer
         if "enabled" in data:
             down.set_enabled(data["enabled"])
-        self.send(ok(req, max_layer=layers[max_layer].rid, enabled=down.enabled))
+        self.send(ok(req, max_layer=layers[down.max_layer].rid, enabled=down.enabled))
 
     def _on_leave(self, req: Request, participant: Participant, now: float) -> None:
         self.send(ok(req))

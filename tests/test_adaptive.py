@@ -603,7 +603,7 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer, 
                     slow.desired_layer,
                     round((slow.sink.estimate_bps(server.engine.now_ms()) or 0) / 1000),
                     track.available_layers(server.engine.now_ms()),
-                    [round(b / 1000) for b in track.layer_bitrates(server.engine.now_ms())],
+                    [round(layer.last_bps / 1000) for layer in track.layers],  # prices, read only
                 )
             )
             await asyncio.sleep(0.05)

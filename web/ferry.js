@@ -142,7 +142,7 @@ function ensureParticipant(sid, info = null) {
   if (!sid || (app.me && sid === app.me.sid)) return null;
   let p = app.participants.get(sid);
   if (!p) {
-    p = { info: info || { sid, tracks: [] }, tile: makeTile(sid), videoTrackSid: null, lastSize: "", resizeTimer: null, onScreen: true };
+    p = { info: info || { sid, tracks: [] }, tile: makeTile(sid), videoTrackSid: null, lastSize: "", sendTimer: null, onScreen: true };
     app.participants.set(sid, p);
   } else if (info) {
     p.info = info;
@@ -172,7 +172,7 @@ function removeParticipant(sid) {
   if (!p) return;
   resizeObserver.unobserve(p.tile.querySelector("video"));
   visibilityObserver.unobserve(p.tile.querySelector("video"));
-  clearTimeout(p.resizeTimer);
+  clearTimeout(p.sendTimer);
   p.tile.remove();
   app.participants.delete(sid);
   for (const [tsid, owner] of app.trackOwner) if (owner === sid) app.trackOwner.delete(tsid);
@@ -203,15 +203,24 @@ function updateMuteBadges(p) {
 }
 
 // Adaptive stream: tell the server how big each remote video is shown (debounced 500 ms).
+const SIZE_DEBOUNCE_MS = 500;
 const resizeObserver = new ResizeObserver((entries) => {
   for (const entry of entries) {
-    const tile = entry.target.closest(".tile");
-    const p = tile && app.participants.get(tile.dataset.sid);
-    if (!p) continue;
-    clearTimeout(p.resizeTimer);
-    p.resizeTimer = setTimeout(() => sendSize(p), 500);
+    const p = tileParticipant(entry.target);
+    if (p) scheduleSend(p, SIZE_DEBOUNCE_MS);
   }
 });
+
+function tileParticipant(el) {
+  const tile = el.closest(".tile");
+  return tile && app.participants.get(tile.dataset.sid);
+}
+
+// One pending update_subscription per tile: the latest reason to send wins.
+function scheduleSend(p, delayMs) {
+  clearTimeout(p.sendTimer);
+  p.sendTimer = setTimeout(() => sendSize(p), delayMs);
+}
 
 // A tile scrolled out of view, or the whole tab in the background, needs no video:
 // Ferry stops forwarding it (enabled: false) and resumes on a keyframe when it is seen
@@ -219,15 +228,14 @@ const resizeObserver = new ResizeObserver((entries) => {
 const HIDE_AFTER_MS = 1000;
 const visibilityObserver = new IntersectionObserver((entries) => {
   for (const entry of entries) {
-    const tile = entry.target.closest(".tile");
-    const p = tile && app.participants.get(tile.dataset.sid);
+    const p = tileParticipant(entry.target);
     if (!p) continue;
     p.onScreen = entry.isIntersecting;
-    scheduleSubscription(p);
+    scheduleVisibility(p);
   }
 });
 document.addEventListener("visibilitychange", () => {
-  for (const p of app.participants.values()) scheduleSubscription(p);
+  for (const p of app.participants.values()) scheduleVisibility(p);
 });
 
 // ?hidden=keep turns this off (QA pages measure every tile, seen or not).
@@ -237,9 +245,8 @@ function wantsVideo(p) {
   return !PAUSE_HIDDEN || (p.onScreen && document.visibilityState !== "hidden");
 }
 
-function scheduleSubscription(p) {
-  clearTimeout(p.resizeTimer);
-  p.resizeTimer = setTimeout(() => sendSize(p), wantsVideo(p) ? 0 : HIDE_AFTER_MS);
+function scheduleVisibility(p) {
+  scheduleSend(p, wantsVideo(p) ? 0 : HIDE_AFTER_MS);
 }
 
 function sendSize(p) {
@@ -408,8 +415,7 @@ function syncReceivers() {
     if (slot.video && p.videoTrackSid !== slot.video.tsid) {
       p.videoTrackSid = slot.video.tsid;
       p.lastSize = "";
-      clearTimeout(p.resizeTimer);
-      p.resizeTimer = setTimeout(() => sendSize(p), 500);
+      scheduleSend(p, SIZE_DEBOUNCE_MS);
     }
   }
 }
@@ -774,7 +780,6 @@ window.ferry = {
       hasVideo: !!p.tile.querySelector("video").srcObject,
       hasAudio: !!p.tile.querySelector("audio").srcObject,
       videoTrackSid: p.videoTrackSid,
-      videoEnabled: p.lastSize.endsWith(":true"),
     }));
   },
   stats: collectStats,

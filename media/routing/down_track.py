@@ -82,7 +82,6 @@ class DownTrack:
         # Layer selection: None means "nothing forwarded yet".
         self.current_layer: int | None = None
         self.target_layer: int = len(track.layers) - 1
-        self.max_layer: int = len(track.layers) - 1  # the subscriber's cap (pinned / rendered size)
         self.desired_layer: int = len(track.layers) - 1  # the allocator's choice within the cap
         self.pinned_layer: int | None = None  # max_layer the subscriber asked for
         self.size_layer: int | None = None  # smallest layer covering its rendered size
@@ -410,6 +409,16 @@ class DownTrack:
         self.target_layer = index
         if index != self.current_layer:
             self.track.layers[index].request_keyframe(now_ms)
+
+    @property
+    def max_layer(self) -> int:
+        """The subscriber's cap: the lower of its pin and its rendered size."""
+        cap = len(self.track.layers) - 1
+        if self.pinned_layer is not None:
+            cap = min(cap, self.pinned_layer)
+        if self.size_layer is not None:
+            cap = min(cap, self.size_layer)
+        return cap
 
     @property
     def active(self) -> bool:
