@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import opuslib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from media.audio.decode_path import AudioDecodePath, Mode  # noqa: E402
-from media.audio.opus_decoder import OpusDecoder, set_encoder_ctl  # noqa: E402
+from media.audio.opus_decoder import OpusDecoder, opuslib, set_encoder_ctl  # noqa: E402
 from media.audio.red_encoder import RedEncoder  # noqa: E402
 from netem.link import Link, LinkConfig  # noqa: E402
 

@@ -93,9 +93,7 @@ def rms(x: np.ndarray) -> float:
 
 
 def test_opus_decoder_decode_fec_and_conceal_shapes() -> None:
-    import opuslib
-
-    from media.audio.opus_decoder import set_encoder_ctl
+    from media.audio.opus_decoder import opuslib, set_encoder_ctl
 
     enc = opuslib.Encoder(48000, 2, "voip")
     set_encoder_ctl(enc, "set_inband_fec", 1)
@@ -118,9 +116,7 @@ def test_opus_decoder_decode_fec_and_conceal_shapes() -> None:
 
 
 def test_packet_has_fec_follows_the_encoder_setting() -> None:
-    import opuslib
-
-    from media.audio.opus_decoder import set_encoder_ctl
+    from media.audio.opus_decoder import opuslib, set_encoder_ctl
 
     t = np.arange(FRAME * 30) / 48000
     x = (8000 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 2 * t))).astype(np.int16)
@@ -232,7 +228,7 @@ def test_corrupt_packet_is_concealed_and_counted() -> None:
 
 
 def test_sixteen_khz_output_for_captions() -> None:
-    import opuslib
+    from media.audio.opus_decoder import opuslib
 
     enc = opuslib.Encoder(48000, 1, "voip")
     tone = (5000 * np.sin(2 * np.pi * 300 * np.arange(FRAME * 5) / 48000)).astype(np.int16)

@@ -38,10 +38,9 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
-import opuslib
 
 from media.audio.jitter_buffer import AudioJitterBuffer, JitterStats, PlayoutSlot
-from media.audio.opus_decoder import OpusDecoder, packet_has_fec
+from media.audio.opus_decoder import OpusDecoder, OpusError, packet_has_fec
 
 Mode = Literal["silence", "plc", "plc+fec"]
 MODES: tuple[Mode, ...] = ("silence", "plc", "plc+fec")
@@ -156,7 +155,7 @@ class AudioDecodePath:
             assert slot.payload is not None
             try:
                 pcm = self.decoder.decode(slot.payload)
-            except (opuslib.OpusError, ValueError):
+            except (OpusError, ValueError):
                 stats.decode_errors += 1
                 if slot.discard:
                     return None
@@ -176,7 +175,7 @@ class AudioDecodePath:
         if self.mode == "plc+fec" and nxt is not None and packet_has_fec(nxt):
             try:
                 pcm = self.decoder.decode_fec(nxt, self.frame_samples)
-            except opuslib.OpusError:
+            except OpusError:
                 stats.decode_errors += 1
             else:
                 stats.frames_fec_recovered += 1

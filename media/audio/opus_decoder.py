@@ -18,19 +18,25 @@ Facts checked against opuslib 3.0.1 / libopus 1.3.1:
   ``set_encoder_ctl(enc, "set_inband_fec", 1)`` below.
 
 Output is 1-D for mono and ``(samples, channels)`` for more channels.
+
+opuslib is imported through :mod:`media.audio.opus_loader` (the system libopus, else
+the one in PyAV's wheel), so this module works with only what pip installs.
 """
 
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import opuslib
-import opuslib.api
-import opuslib.api.ctl
-import opuslib.api.decoder
-import opuslib.api.encoder
+
+from media.audio.opus_loader import load_opuslib
+
+if TYPE_CHECKING:
+    from opuslib import Encoder
+
+opuslib = load_opuslib()
+OpusError: type[Exception] = opuslib.OpusError
 
 MAX_PACKET_MS = 120
 
@@ -85,7 +91,7 @@ def _samples_per_frame(toc: int, fs: int = 48000) -> int:
     return fs * 60 // 1000 if size == 3 else (fs << size) // 100
 
 
-def set_encoder_ctl(encoder: opuslib.Encoder, name: str, value: int) -> None:
+def set_encoder_ctl(encoder: Encoder, name: str, value: int) -> None:
     """Set an encoder CTL by name (works around opuslib's broken setters)."""
     request: Any = getattr(opuslib.api.ctl, name)
     opuslib.api.encoder.encoder_ctl(encoder.encoder_state, request, value)
@@ -109,7 +115,7 @@ class OpusDecoder:
         return out if self.channels == 1 else out.reshape(-1, self.channels)
 
     def decode(self, payload: bytes) -> np.ndarray:
-        """Decode one packet (any Opus duration). Raises ``opuslib.OpusError``."""
+        """Decode one packet (any Opus duration). Raises ``OpusError``."""
         if not payload:
             raise ValueError("empty Opus payload (use conceal for a lost frame)")
         return self._array(self._dec.decode(bytes(payload), self._max_samples))
