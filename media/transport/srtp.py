@@ -32,6 +32,32 @@ class SrtpError(ValueError):
     """An SRTP/SRTCP packet failed authentication, was replayed, or is malformed."""
 
 
+class SrtpReplayError(SrtpError):
+    """An SRTP/SRTCP packet's index was already seen or is behind the replay window.
+
+    Kept apart from authentication failures because the two mean different things to an
+    operator: replays are duplicates on the path (or an attack replaying captured
+    packets), auth failures are corruption, a wrong key or forged packets. libsrtp checks
+    the index before the tag, so an unauthenticated packet with an old index counts here.
+    """
+
+
+# pylibsrtp raises one `Error` type whose text is libsrtp's status string; these are the
+# statuses of its replay check (srtp_err_status_replay_fail, _replay_old, _pkt_idx_old).
+_REPLAY_STATUSES = frozenset(
+    {
+        "replay check failed (bad index)",
+        "replay check failed (index too old)",
+        "packet index is too old to consider",
+    }
+)
+
+
+def _unprotect_error(what: str, exc: Exception) -> SrtpError:
+    cls = SrtpReplayError if str(exc) in _REPLAY_STATUSES else SrtpError
+    return cls(f"{what} unprotect failed: {exc}")
+
+
 def key_salt_length(profile: str) -> int:
     """Length of the concatenated master key + salt for `profile`."""
     try:
@@ -81,15 +107,21 @@ class SrtpContext:
             raise SrtpError(f"SRTCP protect failed: {exc}") from None
 
     def unprotect(self, data: bytes) -> bytes:
-        """Verify and decrypt one SRTP packet; `SrtpError` on auth failure or replay."""
+        """Verify and decrypt one SRTP packet.
+
+        Raises `SrtpReplayError` for a replayed index, `SrtpError` for anything else.
+        """
         try:
             return self._rx.unprotect(data)
         except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise SrtpError(f"SRTP unprotect failed: {exc}") from None
+            raise _unprotect_error("SRTP", exc) from None
 
     def unprotect_rtcp(self, data: bytes) -> bytes:
-        """Verify and decrypt one SRTCP packet; `SrtpError` on auth failure or replay."""
+        """Verify and decrypt one SRTCP packet.
+
+        Raises `SrtpReplayError` for a replayed index, `SrtpError` for anything else.
+        """
         try:
             return self._rx.unprotect_rtcp(data)
         except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise SrtpError(f"SRTCP unprotect failed: {exc}") from None
+            raise _unprotect_error("SRTCP", exc) from None

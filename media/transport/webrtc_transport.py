@@ -15,7 +15,7 @@ from typing import Protocol
 from .certificate import Certificate
 from .dtls import DtlsSession
 from .ice_lite import IceLiteAgent, generate_credentials
-from .srtp import SrtpContext, SrtpError
+from .srtp import SrtpContext, SrtpError, SrtpReplayError
 from .udp_mux import Addr, UdpMux
 
 log = logging.getLogger("ferry.media.transport")
@@ -98,15 +98,15 @@ class WebRtcTransport:
         response = self.ice.handle(data, addr, now_ms)
         if response is not None:
             self.mux.sendto(response, addr)
+        # Only an authenticated binding request moves the selected address (RFC 8445
+        # 7.3), so only then is the sender bound: a 400/401 answer binds nothing, or
+        # whoever saw the ufrag pair could take the peer's DTLS before it connects.
         selected = self.ice.selected_addr
         if selected is not None and selected != before:
             self.remote_addr = selected
             self.mux.bind_addr(selected, self)
             if self.state == "new":
                 self.state = "connecting"
-        elif response is not None and self.remote_addr is None:
-            self.remote_addr = addr
-            self.mux.bind_addr(addr, self)
 
     def on_dtls(self, data: bytes, addr: Addr, now_ms: float) -> None:
         was_connected = self.dtls.state == "connected"
@@ -132,6 +132,8 @@ class WebRtcTransport:
             else:
                 plain = srtp.unprotect(data)
                 listener.on_rtp(plain, now_ms)
+        except SrtpReplayError:
+            self.drops["srtp_replay"] += 1
         except SrtpError:
             self.drops["srtp_auth"] += 1
 

@@ -1,0 +1,89 @@
+"""WebRtcTransport behind the shared mux: who gets bound, and what SRTP drops count as.
+
+Driven through `UdpMux.dispatch` with an in-memory engine (tests/fuzz/harness.py), so
+every datagram takes the socket's path without a socket.
+"""
+
+from __future__ import annotations
+
+import pytest
+from aioice import stun
+
+from media.transport.dtls import DtlsSession
+from media.wire.rtp import build_rtp
+
+from .fuzz.harness import CLIENT_CERT, PUBLISHER_ADDR, Call, ClientPeer, Stack, binding_request
+
+ATTACKER = ("127.0.0.1", 45555)
+
+
+@pytest.mark.parametrize(
+    ("remote_ufrag", "pwd", "code"),
+    [
+        ("brws", "not-the-password-at-all!", 401),  # right ufrag pair, wrong MESSAGE-INTEGRITY
+        ("evil", None, 400),  # a remote ufrag other than the one in the SDP
+    ],
+)
+def test_failed_stun_check_does_not_bind_the_sender(remote_ufrag: str, pwd: str | None, code: int) -> None:
+    stack = Stack()
+    mux = stack.mux
+    transport = stack.engine.create_transport(name="victim")
+    transport.set_remote(CLIENT_CERT.fingerprints(), "brws")
+    now = stack.engine.clock_ms
+
+    forged = binding_request(transport.ice_ufrag, remote_ufrag, pwd or transport.ice_pwd)
+    mux.dispatch(forged, ATTACKER, now)
+    [reply] = mux.take(ATTACKER)
+    answer = stun.parse_message(reply)
+    assert answer.message_class == stun.Class.ERROR and answer.attributes["ERROR-CODE"][0] == code
+    assert transport.remote_addr is None
+
+    # The attacker's ClientHello is not routed to the victim's DTLS session.
+    attacker_dtls = DtlsSession(CLIENT_CERT, role="client", remote_fingerprints=[])
+    attacker_dtls.start(now)
+    for datagram in attacker_dtls.datagrams_to_send():
+        mux.dispatch(datagram, ATTACKER, now)
+    assert mux.drops["unknown_address"] >= 1
+    assert transport.dtls.state == "new"
+    assert mux.take(ATTACKER) == []
+
+    # The real peer still connects, on its own address.
+    peer = ClientPeer(mux, PUBLISHER_ADDR)
+    peer.connect(transport, now)
+    assert transport.state == "connected" and transport.remote_addr == PUBLISHER_ADDR
+
+
+def test_authenticated_check_binds_the_sender() -> None:
+    stack = Stack()
+    transport = stack.engine.create_transport(name="t")
+    transport.set_remote(CLIENT_CERT.fingerprints(), "brws")
+    stack.mux.dispatch(binding_request(transport.ice_ufrag, "brws", transport.ice_pwd), PUBLISHER_ADDR, 0.0)
+    assert transport.remote_addr == PUBLISHER_ADDR and transport.state == "connecting"
+
+
+def _rtp(seq: int, ssrc: int = 0x1111) -> bytes:
+    return build_rtp(payload_type=111, seq=seq, timestamp=seq * 960, ssrc=ssrc, payload=b"\xfc" + bytes(40))
+
+
+def test_srtp_replays_and_auth_failures_are_counted_apart() -> None:
+    call = Call()
+    mux, srtp, now = call.stack.mux, call.publisher.srtp, call.stack.engine.clock_ms
+    assert srtp is not None
+    drops = call.pub_transport.drops
+
+    packet = srtp.protect(_rtp(100))
+    mux.dispatch(packet, PUBLISHER_ADDR, now)
+    mux.dispatch(packet, PUBLISHER_ADDR, now)  # replayed
+    assert (drops["srtp_replay"], drops["srtp_auth"]) == (1, 0)
+
+    forged = bytearray(srtp.protect(_rtp(101)))
+    forged[-1] ^= 0x01  # tag no longer matches
+    mux.dispatch(bytes(forged), PUBLISHER_ADDR, now)
+    assert (drops["srtp_replay"], drops["srtp_auth"]) == (1, 1)
+
+    rtcp = srtp.protect_rtcp(bytes.fromhex("80c9000100001111"))  # empty receiver report
+    mux.dispatch(rtcp, PUBLISHER_ADDR, now)
+    mux.dispatch(rtcp, PUBLISHER_ADDR, now)
+    assert (drops["srtp_replay"], drops["srtp_auth"]) == (2, 1)
+    snapshot = call.stack.engine.snapshot()["drops"]
+    assert snapshot["srtp_replay"] == 2 and snapshot["srtp_auth"] == 1
