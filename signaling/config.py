@@ -9,15 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-__all__ = ["LOG_LEVELS", "Config", "ConfigError", "load_config"]
+__all__ = ["LOG_LEVELS", "Config", "ConfigError", "is_loopback_host", "load_config"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_ORIGIN = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?$|^https?://\[[0-9a-fA-F:.]+\](:\d{1,5})?$")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` names and loopback IP literals (what only this machine reaches)."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(ValueError):
@@ -45,6 +59,24 @@ class Config:
     log_level: str = "info"
     recordings_dir: str = "recordings"
     max_participants_per_room: int = 200
+    # Generated dev keys (no api_keys) on a non-loopback bind expose /api/dev-token, which
+    # mints a token for any identity, to the network: only when asked for (`--dev`).
+    allow_dev_keys: bool = False
+    # Browser origins allowed on /ws besides the server's own host and loopback pages
+    # ("https://meet.example.com"; "*" allows any). Clients without Origin are not browsers.
+    allowed_origins: list[str] = field(default_factory=list)
+    # WebSocket connections in total and per remote address (0: no per-address cap).
+    max_connections: int = 2000
+    max_connections_per_ip: int = 100
+    # A socket that has not joined a room this long after connecting is closed.
+    join_timeout_s: float = 10.0
+    # A connection must complete its request headers (and an idle keep-alive connection
+    # send its next request) within this time.
+    http_header_timeout_s: float = 10.0
+    # Messages queued toward one client that does not read; beyond it the socket is aborted.
+    ws_send_queue_limit: int = 1000
+    # SIGTERM/SIGINT: time allowed for telling clients, finishing recordings, closing.
+    shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         self._check_str("host")
@@ -77,6 +109,21 @@ class Config:
             raise ConfigError(
                 f"max_participants_per_room must be >= 1, got {self.max_participants_per_room}"
             )
+        if not isinstance(self.allow_dev_keys, bool):
+            raise ConfigError(f"allow_dev_keys must be true or false, got {self.allow_dev_keys!r}")
+        self._check_allowed_origins()
+        for name in ("max_connections", "ws_send_queue_limit"):
+            if self._check_int(name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self._check_int("max_connections_per_ip") < 0:
+            raise ConfigError(
+                f"max_connections_per_ip must be >= 0 (0: no cap), got {self.max_connections_per_ip}"
+            )
+        for name in ("join_timeout_s", "http_header_timeout_s", "shutdown_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+            setattr(self, name, float(value))
 
     def _check_str(self, name: str) -> str:
         value = getattr(self, name)
@@ -102,6 +149,20 @@ class Config:
                     f"announce_ips entry {ip!r} is not an IPv4/IPv6 address "
                     "(ICE candidates need literal addresses, not host names)"
                 ) from None
+
+    def _check_allowed_origins(self) -> None:
+        origins = self.allowed_origins
+        if not isinstance(origins, list):
+            raise ConfigError(f"allowed_origins must be a list of origins, got {origins!r}")
+        for origin in origins:
+            if origin == "*":
+                continue
+            if not isinstance(origin, str) or not _ORIGIN.match(origin):
+                raise ConfigError(
+                    f"allowed_origins entry {origin!r} is not an origin like "
+                    "https://meet.example.com (scheme://host[:port], no path) or *"
+                )
+        self.allowed_origins = [o.lower() for o in origins]
 
     def _check_api_keys(self) -> None:
         keys = self.api_keys
@@ -147,6 +208,7 @@ def _env_int(env: Mapping[str, str], var: str) -> int:
 
 
 _ENV_STR = {"FERRY_HOST": "host", "FERRY_LOG_LEVEL": "log_level"}
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _ENV_INT = {
     "FERRY_HTTP_PORT": "http_port",
     "FERRY_QUIC_PORT": "quic_port",
@@ -164,6 +226,15 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             out[name] = _env_int(env, var)
     if env.get("FERRY_ANNOUNCE_IPS"):
         out["announce_ips"] = [p.strip() for p in env["FERRY_ANNOUNCE_IPS"].split(",") if p.strip()]
+    if env.get("FERRY_ALLOWED_ORIGINS"):
+        out["allowed_origins"] = [
+            p.strip() for p in env["FERRY_ALLOWED_ORIGINS"].split(",") if p.strip()
+        ]
+    if env.get("FERRY_ALLOW_DEV_KEYS"):
+        raw = env["FERRY_ALLOW_DEV_KEYS"].strip().lower()
+        if raw not in _BOOL_WORDS:
+            raise ConfigError(f"FERRY_ALLOW_DEV_KEYS must be true or false, got {raw!r}")
+        out["allow_dev_keys"] = _BOOL_WORDS[raw]
     key, secret = env.get("FERRY_API_KEY"), env.get("FERRY_API_SECRET")
     if bool(key) != bool(secret):
         raise ConfigError("FERRY_API_KEY and FERRY_API_SECRET must be set together")
