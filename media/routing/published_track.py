@@ -2,7 +2,8 @@
 
 Each layer owns its receive-side cores (RFC 3550 stats, NACK generator, keyframe
 request coalescing). Packets enter through `Layer.on_packet` from the publisher's
-transport and leave through every subscribed `DownTrack.write`. Keyframe requests
+transport and leave through every subscribed `DownTrack.write` and every internal
+`PacketSink` (recorder, captions; see `sink.py`). Keyframe requests
 from all subscribers of a layer are coalesced here (one PLI per ~300 ms).
 """
 
@@ -25,6 +26,7 @@ from .allocator import NOMINAL_LAYER_BPS
 
 if TYPE_CHECKING:
     from .down_track import DownTrack
+    from .sink import PacketSink
 
 # Simulcast layers in ascending quality, as Chrome names them.
 RID_ORDER = {"q": 0, "l": 0, "h": 1, "m": 1, "f": 2}
@@ -135,10 +137,7 @@ class Layer:
                 return
             keyframe = desc.is_keyframe
             if keyframe:
-                if self.last_keyframe_ms != now_ms:
-                    track.stats.keyframes_in += 1
-                self.last_keyframe_ms = now_ms
-                self.keyframes.on_keyframe(now_ms)
+                self._on_keyframe(now_ms)
                 if desc.width:
                     self.width, self.height = desc.width, desc.height
         else:
@@ -146,10 +145,7 @@ class Layer:
             if track.is_h264 and view.payload_end > view.payload_start:
                 keyframe = is_keyframe_start(view.payload)
                 if keyframe:
-                    if self.last_keyframe_ms != now_ms:
-                        track.stats.keyframes_in += 1
-                    self.last_keyframe_ms = now_ms
-                    self.keyframes.on_keyframe(now_ms)
+                    self._on_keyframe(now_ms)
         if self._rebuilt and ext_seq in self._rebuilt:
             self._rebuilt.discard(ext_seq)
             return  # already rebuilt from RED and forwarded: a late original or a resend
@@ -166,6 +162,14 @@ class Layer:
                 self._recover_from_red(view, ext_seq, ext_seq - highest - 1, now_ms)
         for down in track.down_tracks:
             down.write(self, view, ext_seq, desc, keyframe, now_ms)
+        if track.sinks:  # internal consumers (recorder, captions); empty list costs one test
+            track.fan_out(self.index, view, ext_seq, keyframe, now_ms)
+
+    def _on_keyframe(self, now_ms: float) -> None:
+        if self.last_keyframe_ms != now_ms:
+            self.track.stats.keyframes_in += 1
+        self.last_keyframe_ms = now_ms
+        self.keyframes.on_keyframe(now_ms)
 
     def _recover_from_red(self, view: RtpView, ext_seq: int, missing: int, now_ms: float) -> None:
         """Rebuild lost Opus packets from the redundant blocks of this RED packet.
@@ -201,6 +205,8 @@ class Layer:
                 self._rebuilt = {s for s in self._rebuilt if s > ext_seq - 64}
             for down in track.down_tracks:
                 down.write(self, rebuilt, ext_seq - k, None, False, now_ms, recovered=True)
+            if track.sinks:
+                track.fan_out(self.index, rebuilt, ext_seq - k, False, now_ms)
 
     def set_active(self, active: bool, now_ms: float) -> None:
         """Dynacast paused (False) or resumed (True) this layer at the publisher."""
@@ -211,6 +217,13 @@ class Layer:
     def request_keyframe(self, now_ms: float) -> None:
         if self.ssrc is not None and self.keyframes.request(now_ms):
             self.track.send_pli(self.ssrc)
+
+    def on_sender_report(self, ntp: int, rtp_timestamp: int, now_ms: float) -> None:
+        """An RTCP SR for this layer: LSR/DLSR bookkeeping, then the sinks' clock mapping."""
+        if self.stream is not None:
+            self.stream.on_sender_report((ntp >> 16) & 0xFFFFFFFF, now_ms)
+        for sink in self.track.sinks:
+            sink.on_sender_report(self.index, ntp, rtp_timestamp, now_ms)
 
 
 class PublishedTrack:
@@ -250,6 +263,7 @@ class PublishedTrack:
         ordered = sorted(rids, key=lambda r: RID_ORDER.get(r, 3)) if rids else [None]
         self.layers = [Layer(self, i, rid) for i, rid in enumerate(ordered)]
         self.down_tracks: list[DownTrack] = []
+        self.sinks: list[PacketSink] = []  # copy-on-write, like down_tracks
         self.audio_level = AudioLevel()
 
     @property
@@ -352,6 +366,26 @@ class PublishedTrack:
     def remove_down_track(self, down: DownTrack) -> None:
         self.down_tracks = [d for d in self.down_tracks if d is not down]
 
+    # -- internal sinks (media.routing.sink) ---------------------------------------------
+    def add_sink(self, sink: PacketSink) -> None:
+        self.sinks = [*self.sinks, sink]
+
+    def remove_sink(self, sink: PacketSink) -> None:
+        self.sinks = [s for s in self.sinks if s is not sink]
+
+    def request_keyframe(self, layer: int, now_ms: float) -> None:
+        """SinkHost: a sink asks for a keyframe on `layer` (coalesced per layer)."""
+        if 0 <= layer < len(self.layers):
+            self.layers[layer].request_keyframe(now_ms)
+
+    def fan_out(self, layer: int, view: RtpView, ext_seq: int, keyframe: bool, now_ms: float) -> None:
+        """Hand one packet to every sink; a failing sink is counted, never fatal to forwarding."""
+        for sink in self.sinks:
+            try:
+                sink.on_packet(layer, view, ext_seq, keyframe, now_ms)
+            except Exception:  # a recorder bug must not stop the room's media
+                self.stats.drop("sink_error")
+
     def close(self) -> None:
         if self.closed:
             return
@@ -363,3 +397,6 @@ class PublishedTrack:
         for down in list(self.down_tracks):
             down.close()
         self.down_tracks = []
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.on_track_closed()

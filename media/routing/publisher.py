@@ -219,8 +219,8 @@ class PublisherPeer:
             if isinstance(packet, RtcpSrPacket):
                 entry = self._ssrc_map.get(packet.ssrc)
                 if entry is not None and not entry[1] and entry[0].stream is not None:
-                    ntp = packet.sender_info.ntp_timestamp
-                    entry[0].stream.on_sender_report((ntp >> 16) & 0xFFFFFFFF, now_ms)
+                    info = packet.sender_info
+                    entry[0].on_sender_report(info.ntp_timestamp, info.rtp_timestamp, now_ms)
 
     def send_pli(self, media_ssrc: int) -> None:
         self.transport.send_rtcp(build_pli(self.rtcp_ssrc, media_ssrc))
