@@ -6,9 +6,12 @@ to what a client sends and ``down`` to what it receives, so a profile's RTT is
 profile at run time by handing a new value to ``TurnRelay.set_profile`` (or
 ``Link.set_config``), which keeps packets in flight.
 
-``congested-lte`` reads a real cellular trace from ``../shared/data/traces``
-(GPL-3+ data, never copied into the repo; override the directory with
-``FERRY_TRACES_DIR``). The trace is loaded lazily, when a link is built.
+``congested-lte`` runs on the synthetic LTE traces the package ships
+(``netem/traces/ferry-lte.*``, made by ``netem.tracegen``), so every built-in
+profile and scenario works from an installed package. ``verizon-lte`` reads the real
+Mahimahi trace from ``../shared/data/traces`` (GPL-3+ data, never copied into the
+repo; override the directory with ``FERRY_TRACES_DIR``) and exists only where that
+directory does. Traces are loaded lazily, when a profile is built.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from netem.link import LinkConfig
+from netem.tracegen import shipped_path
 
 
 def traces_dir() -> Path:
@@ -73,7 +77,8 @@ def parse_profile_arg(arg: str) -> Profile:
 
 
 def _trace_config(file: str, extra: str) -> LinkConfig:
-    path = traces_dir() / file
+    shipped = shipped_path(file)
+    path = shipped if shipped.exists() else traces_dir() / file
     if not path.exists():
         raise FileNotFoundError(f"trace {path} not found (set FERRY_TRACES_DIR)")
     return LinkConfig.parse(f"trace {path} {extra}")
@@ -110,11 +115,18 @@ _SPECS: dict[str, tuple[str, str, str]] = {
 
 _TRACE_PROFILES: dict[str, tuple[str, str, str, str, str]] = {
     "congested-lte": (
+        "ferry-lte.up",
+        "delay 30ms limit 150kb",
+        "ferry-lte.down",
+        "delay 30ms limit 150kb",
+        "synthetic congested LTE (shipped trace: ~1.2/2.8 Mbit/s, fades, outages), deep buffers",
+    ),
+    "verizon-lte": (
         "Verizon-LTE-short.up",
         "delay 30ms limit 150kb",
         "Verizon-LTE-short.down",
         "delay 30ms limit 150kb",
-        "real Verizon LTE trace (Mahimahi), deep buffers",
+        "real Verizon LTE trace (Mahimahi, from FERRY_TRACES_DIR), deep buffers",
     ),
 }
 

@@ -16,17 +16,20 @@ Keywords: ``delay TIME [JITTER [CORR]]``, ``distribution uniform|normal``,
 ``loss [random] PCT [CORR]``, ``loss gemodel p [r [1-h [1-k]]]``, ``loss state
 p13 [p31 [p32 [p23 [p14]]]]``, ``duplicate PCT [CORR]``, ``corrupt PCT [CORR]``,
 ``reorder PCT [CORR] [gap N]``, ``rate RATE``, ``limit N|SIZE``, ``seed N``, and
-two extensions: ``trace PATH`` (Mahimahi) and ``steps 0s:2mbit,20s:300kbit
+two extensions: ``trace PATH`` (Mahimahi; a bare name of a trace Ferry ships, such
+as ``ferry-lte.down``, works from any directory) and ``steps 0s:2mbit,20s:300kbit
 [period 60s]``. Errors are ``ValueError`` with a message naming the bad word.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 from netem.loss import Bernoulli, FourState, GilbertElliott
 from netem.rate import ConstantRate, MahimahiTrace, StepRate
+from netem.tracegen import shipped_path
 
 KEYWORDS = (
     "delay",
@@ -259,7 +262,11 @@ def _parse_one(word: str, tok: _Tokens, out: dict[str, Any]) -> None:
             raise ValueError(f"bad seed {value!r} (a non-negative integer)")
         out["seed"] = int(value)
     elif word == "trace":
-        out["rate"] = MahimahiTrace.load(tok.take("trace path"))
+        path = tok.take("trace path")
+        shipped = shipped_path(path)
+        if not os.path.exists(path) and os.sep not in path and shipped.exists():
+            path = str(shipped)
+        out["rate"] = MahimahiTrace.load(path)
     elif word == "steps":
         out["rate"] = _parse_steps(tok)
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import re
 import struct
@@ -19,7 +20,12 @@ from netem.link import JsonlEventLog, Link, LinkConfig
 from netem.loss import Bernoulli, FourState, GilbertElliott, NullLoss
 from netem.rate import ConstantRate, MahimahiTrace, StepRate
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
+# Real Mahimahi traces (GPL-3+ data, kept outside the repository): $FERRY_TRACES_DIR, or
+# ../shared/data/traces beside the checkout.
+TRACES = Path(
+    os.environ.get("FERRY_TRACES_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
+)
 N = 100_000
 
 
@@ -206,7 +212,10 @@ def test_synthetic_trace_bytes_and_small_packets() -> None:
     assert _trace_run(trace, 0.6, 1500, 2000.0) == pytest.approx(12e6 / 8 * 2, rel=0.01)
 
 
-@pytest.mark.skipif(not TRACES.exists(), reason="shared traces not present")
+@pytest.mark.skipif(
+    not (TRACES / "TMobile-UMTS-driving.up").exists(),
+    reason=f"real Mahimahi traces not found in {TRACES} (set FERRY_TRACES_DIR)",
+)
 def test_real_trace_delivers_its_capacity() -> None:
     trace = MahimahiTrace.load(TRACES / "TMobile-UMTS-driving.up")
     period = trace.period_ms
