@@ -7,16 +7,28 @@ is what `ferry serve` calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
+import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
+from yarl import URL
 
 from media.engine import Engine, EngineConfig
 
-from .auth import AuthError, TokenVerifier, generate_dev_keys, mint_token
-from .config import Config
+from .auth import (
+    ADMIN_ALL_ROOMS,
+    AuthError,
+    TokenVerifier,
+    admin_scope,
+    generate_dev_keys,
+    mint_token,
+)
+from .config import Config, ConfigError, is_loopback_host
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import MAX_MESSAGE_BYTES, encode
 from .rooms import RoomManager
@@ -25,14 +37,113 @@ from .session import Session
 log = logging.getLogger("ferry.signaling.app")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-SEND_QUEUE_LIMIT = 2000
 ROOM_TICK_S = 0.5
+# How long a polite close (queued messages, then a close frame) may take before the
+# TCP connection is aborted.
+CLOSE_GRACE_S = 2.0
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+ShutdownHook = Callable[[], Awaitable[None]]
+
+
+class _Connection:
+    """The outgoing side of one /ws socket: a bounded queue drained by a writer task.
+
+    A client that stops reading fills the kernel's socket buffers, then this queue; at
+    ``limit`` messages the TCP connection is aborted. A polite close would not do: its
+    close frame waits behind everything queued, for the very client that does not read.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, limit: int, remote: str) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.limit = limit
+        self.remote = remote
+        self.closing = False
+        self.session: Session | None = None
+        self.closed = asyncio.Event()  # set when the /ws handler has finished
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._close_code: int = WSCloseCode.OK
+        self._close_message = b""
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self.writer = asyncio.create_task(self._write())
+
+    def send(self, message: dict) -> None:
+        if self.closing:
+            return
+        if self._queue.qsize() >= self.limit:
+            log.warning(
+                "signaling client %s does not read (%d messages queued); aborting its socket",
+                self.remote,
+                self.limit,
+            )
+            self.abort()
+            return
+        self._queue.put_nowait(encode(message))
+
+    def close(self, code: int = WSCloseCode.OK, message: bytes = b"") -> None:
+        """Send what is queued, then a close frame; abort if that takes over CLOSE_GRACE_S."""
+        if self.closing:
+            return
+        self.closing = True
+        self._close_code, self._close_message = code, message
+        self._queue.put_nowait(None)
+        self._abort_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.abort)
+
+    def abort(self) -> None:
+        """Drop the TCP connection now; the /ws handler's read loop then ends."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+        self.writer.cancel()
+
+    def finished(self) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+
+    async def _write(self) -> None:
+        while True:
+            text = await self._queue.get()
+            if text is None:
+                with contextlib.suppress(ConnectionError):
+                    await self.ws.close(code=self._close_code, message=self._close_message)
+                return
+            try:
+                await self.ws.send_str(text)
+            except ConnectionError:
+                return
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard limit; returns (before, after).
+
+    Every WebSocket and HTTP connection is a file descriptor; the usual soft limit of
+    1,024 would let a thousand idle sockets lock everyone out.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        target = 1 << 20  # Linux refuses more than fs.nr_open (2^20 by default)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+            return soft, soft
+        return soft, target
+    return soft, soft
 
 
 class FerryServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.dev_mode = not config.api_keys
+        if self.dev_mode and not is_loopback_host(config.host) and not config.allow_dev_keys:
+            raise ConfigError(
+                f"no API key configured and host {config.host} is not loopback: set "
+                "FERRY_API_KEY/FERRY_API_SECRET (or api_keys), or pass --dev "
+                "(allow_dev_keys: true) to hand out generated dev tokens on the network"
+            )
         if self.dev_mode:
             key, secret = generate_dev_keys()
             self.api_keys = {key: secret}
@@ -56,6 +167,12 @@ class FerryServer:
         self.metrics = Metrics()
         self.metrics.set_engine_stats(self._metrics_snapshot)
         self.ws_connections = 0
+        self._connections_by_ip: dict[str, int] = {}
+        self._connections: set[_Connection] = set()
+        self._shutdown_hooks: list[ShutdownHook] = []
+        self.stopping = False
+        self._stopped = False
+        self._cut_short = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._site_port: int | None = None
         self._room_timer: asyncio.Task | None = None
@@ -73,9 +190,24 @@ class FerryServer:
         app.router.add_get(r"/{name:[A-Za-z0-9_.-]+\.(?:js|css|html|svg|png)}", self._web_file)
         return app
 
+    def add_shutdown_hook(self, hook: ShutdownHook) -> None:
+        """Run ``hook`` on stop, after clients were told and before rooms and transports close.
+
+        Meant for work that must finish cleanly (a recorder finalizing its files). Hooks
+        run in order within what is left of ``shutdown_timeout_s``; errors are logged.
+        """
+        self._shutdown_hooks.append(hook)
+
     async def start(self) -> None:
         await self.engine.start()
-        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        # keepalive_timeout also closes a connection that has not completed its request
+        # headers in that time (aiohttp arms it at connect): the header timeout.
+        self._runner = web.AppRunner(
+            self.make_app(),
+            access_log=None,
+            keepalive_timeout=self.config.http_header_timeout_s,
+            shutdown_timeout=CLOSE_GRACE_S,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
         await site.start()
@@ -91,13 +223,58 @@ class FerryServer:
             self.engine.port,
         )
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully within ``timeout`` (default ``shutdown_timeout_s``).
+
+        Stops accepting, ends every session with a ``leave`` event (reason
+        ``server_shutdown``, so clients reconnect elsewhere), waits for the sockets to
+        close, runs the shutdown hooks, then closes rooms, HTTP and the media transports.
+        Whatever overruns the budget is cut short; the last steps always run.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self.stopping = True
+        budget = self.config.shutdown_timeout_s if timeout is None else timeout
+        graceful = asyncio.ensure_future(self._stop_gracefully())
+        cut = asyncio.ensure_future(self._cut_short.wait())
+        await asyncio.wait([graceful, cut], timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+        cut.cancel()
+        if not graceful.done():
+            graceful.cancel()
+            log.warning("graceful stop cut short (budget %.1f s); closing the rest now", budget)
+        elif graceful.exception() is not None:
+            log.error("graceful stop failed", exc_info=graceful.exception())
+        for conn in list(self._connections):
+            conn.abort()
         if self._room_timer is not None:
             self._room_timer.cancel()
         self.rooms.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.engine.stop()
+
+    def cut_short(self) -> None:
+        """Make a running :meth:`stop` skip what is left of its graceful part."""
+        self._cut_short.set()
+
+    async def _stop_gracefully(self) -> None:
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()  # closes the listening socket; open connections stay
+        connections = list(self._connections)
+        for conn in connections:
+            if conn.session is not None:
+                conn.session.end("server_shutdown")
+            else:
+                conn.close()
+        if connections:
+            await asyncio.wait([asyncio.ensure_future(c.closed.wait()) for c in connections])
+        for hook in self._shutdown_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook %r failed", hook)
 
     async def _room_ticker(self) -> None:
         while True:
@@ -140,10 +317,58 @@ class FerryServer:
         body = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
+    def _known_host(self, host: str | None) -> bool:
+        """Whether ``host`` (from a Host header) names this server, not some other domain.
+
+        A web page on another domain that re-points its name at this address (DNS
+        rebinding) reaches the server with its own name in Host; only loopback names,
+        the bind and announce addresses and the hosts of ``allowed_origins`` pass.
+        """
+        if not host:
+            return False
+        host = host.strip("[]").lower().rstrip(".")
+        if is_loopback_host(host):
+            return True
+        names = {self.config.host.lower(), *(ip.lower() for ip in self.config.announce_ips)}
+        names.update((URL(o).host or "").lower() for o in self.config.allowed_origins if o != "*")
+        return host in names - _WILDCARD_HOSTS
+
+    def _origin_allowed(self, request: web.Request) -> bool:
+        """Browsers send Origin on WebSocket upgrades; other clients send none (allowed).
+
+        Allowed by default: pages from this server's own host and from loopback; beyond
+        that only ``allowed_origins`` (``*`` for any).
+        """
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True
+        allowed = self.config.allowed_origins
+        origin = origin.strip().lower().rstrip("/")
+        if "*" in allowed or origin in allowed:
+            return True
+        try:
+            host = URL(origin).host
+        except ValueError:
+            return False
+        if not host:
+            return False
+        return is_loopback_host(host) or host == (request.url.host or "").lower()
+
     async def _api_dev_token(self, request: web.Request) -> web.Response:
         if not self.dev_mode:
             return web.json_response(
                 {"error": {"code": "forbidden", "message": "dev tokens exist only when no API key is configured"}},
+                status=403,
+            )
+        if not self._known_host(request.url.host):
+            return web.json_response(
+                {
+                    "error": {
+                        "code": "forbidden",
+                        "message": f"Host {request.host!r} is not this server's address (dev tokens are "
+                        "served only to the bind, announce and loopback addresses)",
+                    }
+                },
                 status=403,
             )
         room = request.query.get("room", "").strip()
@@ -166,67 +391,96 @@ class FerryServer:
             claims = self.verifier.verify(token, now=time.time())
         except AuthError as exc:
             return web.json_response({"error": {"code": exc.code, "message": exc.message}}, status=401)
-        if not claims.grants.room_admin:
-            return web.json_response(
-                {"error": {"code": "forbidden", "message": "roomAdmin grant required"}}, status=403
+        try:
+            scope = admin_scope(claims)
+        except AuthError as exc:
+            return web.json_response({"error": {"code": exc.code, "message": exc.message}}, status=403)
+        rooms = [r for r in self.rooms.rooms.values() if scope in (ADMIN_ALL_ROOMS, r.name)]
+        return web.json_response({"rooms": [room.info() for room in rooms]})
+
+    def _ws_refusal(self, request: web.Request, remote: str) -> tuple[int, str, str] | None:
+        """(HTTP status, metrics code, message) when this upgrade must be refused."""
+        if self.stopping:
+            return 503, "shutting_down", "server shutting down"
+        if not self._origin_allowed(request):
+            return 403, "origin_forbidden", (
+                f"Origin {request.headers.get('Origin')!r} is not allowed (allowed_origins)"
             )
-        return web.json_response({"rooms": [room.info() for room in self.rooms.rooms.values()]})
+        if self.ws_connections >= self.config.max_connections:
+            return 503, "connection_limit", (
+                f"server full: {self.ws_connections} connections (max_connections)"
+            )
+        per_ip = self.config.max_connections_per_ip
+        if per_ip and self._connections_by_ip.get(remote, 0) >= per_ip:
+            return 429, "connection_limit", (
+                f"too many connections from {remote} (max_connections_per_ip={per_ip})"
+            )
+        return None
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=4 * MAX_MESSAGE_BYTES, heartbeat=20.0)
-        await ws.prepare(request)
+        remote = request.remote or "?"
+        refusal = self._ws_refusal(request, remote)
+        if refusal is not None:
+            status, code, message = refusal
+            self.metrics.signaling_error(code)
+            log.debug("refused /ws from %s: %s", remote, message)
+            return web.json_response({"error": {"code": code, "message": message}}, status=status)
         self.ws_connections += 1
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._connections_by_ip[remote] = self._connections_by_ip.get(remote, 0) + 1
+        try:
+            return await self._serve_ws(request, remote)
+        finally:
+            self.ws_connections -= 1
+            left = self._connections_by_ip.pop(remote) - 1
+            if left:
+                self._connections_by_ip[remote] = left
 
-        def send(message: dict) -> None:
-            if queue.qsize() >= SEND_QUEUE_LIMIT:
-                log.warning("signaling client too slow; closing its socket")
-                queue.put_nowait(None)
-                return
-            queue.put_nowait(encode(message))
-
-        def close() -> None:
-            queue.put_nowait(None)
-
+    async def _serve_ws(self, request: web.Request, remote: str) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=4 * MAX_MESSAGE_BYTES, heartbeat=20.0)
+        transport = request.transport
+        await ws.prepare(request)
+        conn = _Connection(ws, transport, self.config.ws_send_queue_limit, remote)
         session = Session(
             self.rooms,
             self.verifier,
-            send,
+            conn.send,
             max_participants=self.config.max_participants_per_room,
             on_error=self.metrics.signaling_error,
-            close=close,
+            close=conn.close,
         )
-        writer = asyncio.create_task(self._writer(ws, queue))
+        conn.session = session
+        self._connections.add(conn)
+        join_timer = asyncio.get_running_loop().call_later(
+            self.config.join_timeout_s, self._join_timeout, conn
+        )
         try:
             async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    session.receive(msg.data, time.time())
-                elif msg.type == WSMsgType.BINARY:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     session.receive(msg.data, time.time())
                 elif msg.type == WSMsgType.ERROR:
                     break
-                if writer.done():
+                if conn.writer.done():
                     break
         finally:
-            self.ws_connections -= 1
+            join_timer.cancel()
             session.disconnected(time.time())
-            queue.put_nowait(None)
+            conn.close()
             try:
-                await asyncio.wait_for(writer, 2.0)
-            except Exception:
-                writer.cancel()
+                await asyncio.wait_for(asyncio.shield(conn.writer), CLOSE_GRACE_S)
+            except (asyncio.CancelledError, Exception):
+                conn.abort()
+            conn.finished()
+            self._connections.discard(conn)
+            conn.closed.set()
         return ws
 
-    async def _writer(self, ws: web.WebSocketResponse, queue: asyncio.Queue[str | None]) -> None:
-        while True:
-            text = await queue.get()
-            if text is None:
-                await ws.close()
-                return
-            try:
-                await ws.send_str(text)
-            except ConnectionError:
-                return
+    def _join_timeout(self, conn: _Connection) -> None:
+        session = conn.session
+        if session is None or session.joined or conn.closing:
+            return
+        log.info("closing signaling socket from %s: no join within %.0f s", conn.remote, self.config.join_timeout_s)
+        self.metrics.signaling_error("join_timeout")
+        conn.close(WSCloseCode.POLICY_VIOLATION, b"no join within join_timeout_s")
 
     def _metrics_snapshot(self) -> dict[str, object]:
         data = self.engine.snapshot()
@@ -242,13 +496,26 @@ class FerryServer:
 
 
 def run(config: Config) -> None:
-    """Blocking entry point of `ferry serve`."""
+    """Blocking entry point of `ferry serve`; returns after a clean stop.
+
+    SIGTERM (systemd, Docker, Kubernetes) and SIGINT both start :meth:`FerryServer.stop`,
+    bounded by ``shutdown_timeout_s``; a second signal cuts the graceful part short.
+    """
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
+    before, after = raise_fd_limit()
+    if after != before:
+        log.info("open-file limit raised from %d to %d", before, after)
+    if config.max_connections + 64 > after:
+        log.warning(
+            "max_connections=%d is close to the open-file limit %d: connections past it fail",
+            config.max_connections,
+            after,
+        )
 
     async def main() -> None:
         server = FerryServer(config)
@@ -260,12 +527,22 @@ def run(config: Config) -> None:
                 f"Open {server.http_url}/ in Chrome to join a meeting.",
                 flush=True,
             )
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for signum in signals:
+            loop.add_signal_handler(signum, stop_requested.set)
         try:
-            await asyncio.Event().wait()
-        finally:
+            await stop_requested.wait()
+            log.info("stopping: telling clients, closing rooms (at most %.0f s)", config.shutdown_timeout_s)
+            for signum in signals:
+                loop.add_signal_handler(signum, server.cut_short)
             await server.stop()
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+            if not server.stopping:  # an exception got here before the stop path ran
+                await server.stop()
+        log.info("stopped")
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(main())

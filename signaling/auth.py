@@ -22,17 +22,22 @@ from typing import Any
 import jwt
 
 __all__ = [
+    "ADMIN_ALL_ROOMS",
     "ALGORITHM",
     "AuthError",
     "Claims",
     "Grants",
     "TokenVerifier",
+    "admin_scope",
     "check_join",
     "generate_dev_keys",
     "mint_token",
 ]
 
 ALGORITHM = "HS256"
+
+# The room name of a server-wide admin token: `roomAdmin` over every room. No one joins it.
+ADMIN_ALL_ROOMS = "*"
 
 # Clock skew tolerated between the minting host and this server, in seconds.
 DEFAULT_LEEWAY_S = 10.0
@@ -199,6 +204,21 @@ def check_join(claims: Claims, room: str) -> None:
             "forbidden",
             f"token is for room {claims.grants.room!r}, not {room!r}",
         )
+
+
+def admin_scope(claims: Claims) -> str:
+    """The room a ``roomAdmin`` grant covers, or :data:`ADMIN_ALL_ROOMS` for every room.
+
+    An admin grant is scoped to its token's room, so a room host's token cannot list other
+    rooms; a server-wide admin must say so with room ``"*"``. A grant without a room
+    covers nothing. Raises ``AuthError("forbidden", ...)``.
+    """
+    if not claims.grants.room_admin:
+        raise AuthError("forbidden", "roomAdmin grant required")
+    room = claims.grants.room
+    if not room:
+        raise AuthError("forbidden", "roomAdmin token names no room (use room '*' for all rooms)")
+    return room
 
 
 def mint_token(

@@ -114,6 +114,21 @@ def _add_serve(sub: Any) -> None:
         help="address put in ICE candidates; repeat for several",
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    p.add_argument(
+        "--dev",
+        action="store_const",
+        const=True,
+        dest="allow_dev_keys",
+        help="allow generated dev keys (no API key) on a non-loopback --host",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        dest="allowed_origins",
+        metavar="ORIGIN",
+        help="browser origin allowed on /ws besides this host and loopback "
+        "(https://meet.example.com, or * for any); repeat for several",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -125,6 +140,8 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "quic_port": args.quic_port,
         "announce_ips": args.announce_ips,
         "log_level": args.log_level,
+        "allow_dev_keys": args.allow_dev_keys,
+        "allowed_origins": args.allowed_origins,
     }
 
 

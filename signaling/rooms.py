@@ -53,6 +53,9 @@ class Participant:
     offer_pending: bool = False
     renegotiate_needed: bool = False
     session_id: int = field(default_factory=lambda: secrets.randbits(62))
+    # Ends the signaling session bound to this participant (tells the client why and
+    # closes its socket); set by the Session, called when another session replaces it.
+    end_session: Callable[[str], None] | None = None
 
     @property
     def hidden(self) -> bool:

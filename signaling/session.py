@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 
 from . import sdp
-from .auth import AuthError, TokenVerifier, check_join
+from .auth import ADMIN_ALL_ROOMS, AuthError, TokenVerifier, check_join
 from .protocol import PROTOCOL_VERSION, ProtocolError, Request, decode, error_reply, ok
 from .rooms import Participant, Room, RoomManager
 
@@ -39,9 +39,16 @@ class Session:
         self.hello_done = False
         self.participant: Participant | None = None
         self.room: Room | None = None
+        # True once a join succeeded (the shell closes sockets that never join).
+        self.joined = False
+        # Set when the server ended the session (replaced, shutdown): frames still in
+        # flight from this socket are dropped, so it can never act for a removed participant.
+        self.ended_reason: str | None = None
 
     # -- entry point -------------------------------------------------------------------
     def receive(self, frame: str | bytes, now: float) -> None:
+        if self.ended_reason is not None:
+            return
         try:
             request = decode(frame)
         except ProtocolError as exc:
@@ -79,6 +86,10 @@ class Session:
         participant = self.participant
         if participant is None or self.room is None:
             raise ProtocolError("not_joined", f"join a room before {req.type}")
+        if self.room.participants.get(participant.sid) is not participant:
+            # Removed by the room (grace expiry, dead peer): nothing may act in its name.
+            self.participant = self.room = None
+            raise ProtocolError("not_joined", f"no longer in a room; join again before {req.type}")
         handler = getattr(self, "_on_" + req.type, None)
         if handler is None:
             raise ProtocolError("unknown_type", f"unknown message type {req.type!r}")
@@ -99,10 +110,14 @@ class Session:
             check_join(claims, room_name)
         except AuthError as exc:
             raise ProtocolError(exc.code, exc.message) from None
+        if room_name == ADMIN_ALL_ROOMS:
+            raise ProtocolError("forbidden", "a token for room '*' is a server-wide admin token; it joins no room")
         room = self.rooms.get_or_create(room_name)
         previous = room.by_identity(claims.identity)
         if previous is not None:
             room.remove(previous, reason="replaced", now=now)
+            if previous.end_session is not None:
+                previous.end_session("replaced")
         if len(room.participants) >= self.max_participants:
             raise ProtocolError("forbidden", f"room {room_name} is full")
         sid = "PA_" + secrets.token_hex(6)
@@ -116,11 +131,13 @@ class Session:
             media=media,
             send=self.send,
             auto_subscribe=bool(req.data.get("auto_subscribe", True)),
+            end_session=self.end,
         )
         others = room.visible()
         room.add(participant)
         self.participant = participant
         self.room = room
+        self.joined = True
         self.send(
             ok(
                 req,
@@ -227,6 +244,32 @@ class Session:
         self.room = None
         if participant is not None and room is not None:
             room.remove(participant, reason="left", now=now)
+
+    def end(self, reason: str) -> None:
+        """The server ends this session: tell the client why, then close its socket.
+
+        ``replaced``: the same identity joined from elsewhere (the room has already
+        removed this participant). ``server_shutdown``: clients should reconnect
+        elsewhere; the rooms are closed afterwards as a whole (removing participants one
+        by one would send everyone a ``participant_left`` and a new offer per leaver).
+        The ``leave`` event is the last message; frames the client sends afterwards are
+        dropped.
+        """
+        if self.ended_reason is not None:
+            return
+        self.ended_reason = reason
+        participant = self.participant
+        self.participant = None
+        self.room = None
+        if participant is not None:
+            participant.end_session = None
+            participant.connected = False  # nothing more is emitted to it
+        try:
+            self.send({"type": "leave", "reason": reason})
+        except Exception:  # the socket may be gone already; closing is all that is left
+            log.debug("leave to a closed socket", exc_info=True)
+        if self._close is not None:
+            self._close()
 
     def disconnected(self, now: float) -> None:
         """Socket closed without leave: keep the participant for the grace period."""
