@@ -251,8 +251,9 @@ class FerryClient:
 
     * ``events``: :class:`asyncio.Queue` of every server event (messages without ``id``),
       ``event_log``: the same events as a list (for :meth:`wait_for` predicates).
-    * ``tracks``: (participant_sid, track_sid) -> remote :class:`MediaStreamTrack`;
-      ``sinks``: the same keys -> :class:`TrackSink`.
+    * ``tracks``: (participant_sid, track_sid) -> remote :class:`MediaStreamTrack`, the
+      tracks received *now*; ``sinks``: the same keys -> :class:`TrackSink` (kept when a
+      track ends); :meth:`received` summarises every track received during the session.
     * ``participants``: sid -> ParticipantInfo, kept current from join/events.
     * ``published``: TrackInfo list from the last ``publish`` reply.
     * ``room``, ``participant``, ``ice_servers`` from the join reply.
@@ -305,6 +306,8 @@ class FerryClient:
         self.event_log: list[dict[str, Any]] = []
         self.tracks: dict[TrackKey, MediaStreamTrack] = {}
         self.sinks: dict[TrackKey, TrackSink] = {}
+        # Counters of tracks whose sink was rebound to a recycled m-line's next track.
+        self.past_tracks: dict[TrackKey, dict[str, Any]] = {}
         self.on_track: list[TrackCallback] = [on_track] if on_track else []
         self.on_event: list[EventCallback] = [on_event] if on_event else []
 
@@ -554,10 +557,15 @@ class FerryClient:
                 continue
             if old is not None:
                 self.tracks.pop(old, None)
-                sink = self.sinks.pop(old, None)
-                if sink is not None:
-                    sink.rebind(*key)
-                    self.sinks[key] = sink
+            # The sink of a recycled m-line is found by its track: its key may already be
+            # gone from ``tracks`` (track_unpublished, an inactive section), and a second
+            # sink on the same track would split its frames with the first.
+            prev = next((k for k, s in self.sinks.items() if s.track is track), None)
+            if prev is not None and prev != key:
+                sink = self.sinks.pop(prev)
+                self.past_tracks[prev] = {"kind": sink.kind, **sink.summary()}
+                sink.rebind(*key)
+                self.sinks[key] = sink
             self.tracks[key] = track
             if self.sink_enabled and key not in self.sinks:
                 sink = TrackSink(key[0], key[1], track.kind, track)
@@ -596,6 +604,19 @@ class FerryClient:
                 raise TimeoutError(message or f"condition not met within {timeout}s")
             await asyncio.sleep(interval)
 
+    def received(self) -> dict[str, dict[str, Any]]:
+        """Every remote track received during the session, ended ones included.
+
+        Keyed ``"participant_sid/track_sid"``; each entry is the sink's counters plus
+        ``kind`` and ``live`` (still subscribed). ``stats()["subscriber"]["tracks"]`` shows
+        only live tracks, so once the other side has left it is empty: this is what tells
+        "received everything, then they left" from "received nothing".
+        """
+        out = {f"{k[0]}/{k[1]}": {**v, "live": False} for k, v in self.past_tracks.items()}
+        for key, sink in self.sinks.items():
+            out[f"{key[0]}/{key[1]}"] = {"kind": sink.kind, **sink.summary(), "live": key in self.tracks}
+        return out
+
     def sink_for(self, participant_sid: str, kind: str) -> TrackSink | None:
         """The sink of ``participant_sid``'s first ``kind`` track, if subscribed."""
         for (psid, _), sink in self.sinks.items():
@@ -611,7 +632,8 @@ class FerryClient:
             {"publisher": {"state", "transport": {...}, "tracks": {id: {...}}},
              "subscriber": {"state", "transport": {...}, "tracks": {"psid/tsid": {...}}},
              "totals": {bytesSent, bytesReceived, packetsSent, packetsReceived,
-                        packetsLost, rtt}}
+                        packetsLost, rtt},
+             "received": {"psid/tsid": {...}}}    # see received(): ended tracks too
 
         Publisher tracks are keyed by the published track sid when known (else the local
         track id) and carry packets/bytes sent plus ``rtt``/``packetsLost``/``jitter``
@@ -643,6 +665,7 @@ class FerryClient:
             totals["packetsReceived"] += t.get("packetsReceived") or 0
             totals["packetsLost"] += t.get("packetsLost") or 0
         out["totals"] = totals
+        out["received"] = self.received()
         return out
 
     async def _pc_stats(self, pc: RTCPeerConnection | None, *, sending: bool) -> dict[str, Any]:
@@ -765,7 +788,12 @@ def _make_tracks(spec: str | None) -> list[MediaStreamTrack]:
 
 
 async def run_join(args: argparse.Namespace) -> int:
-    """``ferry client join``: join, optionally publish, print a JSON stats line per interval."""
+    """``ferry client join``: join, optionally publish, print a JSON stats line per interval.
+
+    Stats lines show the tracks received at that moment (empty once the others have
+    left); the final ``{"event": "left", "received": ...}`` line lists every track
+    received during the call with its counters.
+    """
     patch = None if args.no_loopback or args.relay else allow_loopback()
     client = FerryClient(
         turn_url=args.turn,
@@ -799,6 +827,9 @@ async def run_join(args: argparse.Namespace) -> int:
             line = {"t": round(time.monotonic() - start, 3), **await client.stats()}
             print(json.dumps(line, default=str), flush=True)
         await client.leave()
+        # The last word: what arrived over the whole call, whoever left first.
+        summary = {"event": "left", "t": round(time.monotonic() - start, 3), "received": client.received()}
+        print(json.dumps(summary, default=str), flush=True)
         return 0
     except FerryError as exc:
         print(
