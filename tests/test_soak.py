@@ -1,0 +1,309 @@
+"""Soak: join/publish/leave churn against a `ferry serve` process; RSS and fds stay flat.
+
+A long-lived viewer sits in one room while short-lived LiteClient publishers (simulcast
+VP8 + Opus) join, publish, reach the viewer, and leave, ``LANES`` of them alive at a
+time. The server runs in its own process so its RSS and open fds are read from /proc
+without counting the clients. Both are measured at two quiet points (only the viewer
+left in the room, no tracks): after ``WARMUP_CYCLES`` publishers (imports, caches and
+allocator arenas have reached their working size) and at the end. A leak of per-
+participant or per-track state grows both with the number of publishers seen; the
+assertion is that the end is within 5% of the warm-up figure.
+
+CI runs a short form (``FERRY_SOAK_SECONDS``, default 75 s of churn after warm-up);
+by hand, for an hour, in a loopback-only network namespace::
+
+    FERRY_SOAK_SECONDS=3600 unshare --net sh -c \\
+        'ip link set lo up && exec nice -n 10 python3 -m pytest -q -s -m soak tests/test_soak.py'
+
+``-s`` shows the RSS/fd series as JSON lines. ``FERRY_SOAK_TRACEMALLOC=DIR`` runs the
+server under tracemalloc (``tests/soak_server.py``), takes a snapshot at both quiet
+points and prints the allocation sites that grew (RSS figures then include
+tracemalloc's own bookkeeping, so the 5% check is skipped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from signaling.auth import generate_dev_keys, mint_token
+from signaling.lite_client import LiteClient, RecvCounters, encode_opus_clip, encode_vp8_clip
+from tests.soak_server import growth
+
+ROOT = Path(__file__).resolve().parent.parent
+ROOM = "soak"
+SOAK_SECONDS = float(os.environ.get("FERRY_SOAK_SECONDS", "75"))
+WARMUP_CYCLES = int(os.environ.get("FERRY_SOAK_WARMUP_CYCLES", "8"))
+LANES = 2  # publishers alive at the same time
+HOLD_S = 3.0  # a publisher's life once its media has reached the viewer
+MEDIA_TIMEOUT_S = 20.0  # publish -> viewer has audio and a video keyframe
+TOLERANCE = 0.05
+FPS = 15
+LAYERS = ((160, 90, 50_000), (320, 180, 120_000), (640, 360, 300_000))
+
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(int(SOAK_SECONDS) + 600)]
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Usage:
+    rss_kb: int
+    fds: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"rss_mb": round(self.rss_kb / 1024, 1), "fds": self.fds}
+
+
+class SoakServer:
+    """`ferry serve` in a child process, with a known API key so the test can mint tokens."""
+
+    def __init__(self, log_path: Path, tracemalloc_dir: Path | None = None) -> None:
+        self.key, self.secret = generate_dev_keys()
+        self.http_port = _free_port(socket.SOCK_STREAM)
+        self.media_port = _free_port(socket.SOCK_DGRAM)
+        self.quic_port = _free_port(socket.SOCK_DGRAM)
+        self.log_path = log_path
+        self.tracemalloc_dir = tracemalloc_dir
+        self.snapshots = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}/ws"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, timeout: float = 30.0) -> None:
+        env = dict(os.environ, FERRY_API_KEY=self.key, FERRY_API_SECRET=self.secret)
+        env["FERRY_LOG_LEVEL"] = "warning"
+        module = "signaling.cli"
+        if self.tracemalloc_dir is not None:
+            env["FERRY_SOAK_TRACEMALLOC"] = str(self.tracemalloc_dir)
+            module = "tests.soak_server"
+        cmd = [sys.executable, "-m", module, "serve"]
+        cmd += ["--http-port", str(self.http_port), "--media-port", str(self.media_port)]
+        cmd += ["--quic-port", str(self.quic_port)]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, f"ferry serve exited: {self.log_tail()}"
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(f"http://127.0.0.1:{self.http_port}/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"ferry serve not healthy within {timeout}s: {self.log_tail()}")
+
+    def token(self, identity: str) -> str:
+        return mint_token(self.key, self.secret, identity=identity, room=ROOM, now=time.time())
+
+    def usage(self) -> Usage:
+        rss = 0
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+        return Usage(rss, len(os.listdir(f"/proc/{self.pid}/fd")))
+
+    async def gauges(self) -> dict[str, float]:
+        """``ferry_participants`` and the sum of ``ferry_tracks{kind}`` from /metrics."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            text = await resp.text()
+        out = {"participants": -1.0, "tracks": 0.0}
+        if m := re.search(r"^ferry_participants ([0-9.e+]+)$", text, re.M):
+            out["participants"] = float(m.group(1))
+        for m in re.finditer(r"^ferry_tracks\{[^}]*\} ([0-9.e+]+)$", text, re.M):
+            out["tracks"] += float(m.group(1))
+        return out
+
+    async def wait_quiet(self, timeout: float = 30.0) -> None:
+        """Until only the viewer is left and no track is published."""
+        deadline = time.monotonic() + timeout
+        while True:
+            g = await self.gauges()
+            if g["participants"] == 1 and g["tracks"] == 0:
+                return
+            assert time.monotonic() < deadline, f"server not quiet within {timeout}s: {g}"
+            await asyncio.sleep(0.2)
+
+    async def snapshot(self, timeout: float = 120.0) -> Path | None:
+        """A tracemalloc snapshot of the server (None when tracemalloc is off)."""
+        if self.tracemalloc_dir is None:
+            return None
+        self.snapshots += 1
+        done = self.tracemalloc_dir / f"snapshot-{self.snapshots}.done"
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while not done.exists():
+            assert time.monotonic() < deadline, "no tracemalloc snapshot from the server"
+            await asyncio.sleep(0.2)
+        return self.tracemalloc_dir / f"snapshot-{self.snapshots}.pickle"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@dataclass
+class Churn:
+    """Publishers that join, publish, reach the viewer and leave, ``LANES`` at a time."""
+
+    server: SoakServer
+    viewer: LiteClient
+    video: list[list[bytes]]
+    audio: list[bytes]
+    started: int = 0
+    delivered: int = 0
+    missing: list[dict[str, Any]] = field(default_factory=list)
+
+    def _viewer_counters(self, track_sid: str) -> list[RecvCounters]:
+        return [c for c in self.viewer.received.values() if c.track_sid == track_sid]
+
+    def _reached_viewer(self, tracks: list[dict[str, Any]]) -> bool:
+        for track in tracks:
+            counters = self._viewer_counters(track["sid"])
+            if not any(c.packets > 0 for c in counters):
+                return False
+            if track["kind"] == "video" and not any(c.keyframes for c in counters):
+                return False
+        return True
+
+    async def one_publisher(self) -> None:
+        self.started += 1
+        name = f"pub{self.started}"
+        pub = LiteClient(name=name)
+        try:
+            await pub.connect(self.server.ws_url)
+            await pub.join(self.server.token(name), auto_subscribe=False)
+            tracks = await pub.publish_vp8(self.video, fps=FPS, audio=self.audio)
+            try:
+                await pub.wait_for(lambda: self._reached_viewer(tracks), MEDIA_TIMEOUT_S)
+                self.delivered += 1
+            except TimeoutError:
+                self.missing.append(
+                    {
+                        "publisher": name,
+                        "tracks": [(t["kind"], t["sid"]) for t in tracks],
+                        "viewer": [
+                            c.summary()
+                            for t in tracks
+                            for c in self._viewer_counters(t["sid"])
+                        ],
+                        "viewer_subscriber_version": self.viewer.subscriber_version,
+                        "viewer_errors": [repr(e) for e in self.viewer.subscriber_errors[-3:]],
+                    }
+                )
+            await asyncio.sleep(HOLD_S)  # pacing of the churn, not a wait for a condition
+        finally:
+            await pub.leave()
+
+    async def run(self, *, cycles: int | None = None, until: float | None = None) -> None:
+        """``cycles`` publishers in all, or new ones until monotonic time ``until``."""
+
+        def more() -> bool:
+            if cycles is not None:
+                return self.started < cycles
+            assert until is not None
+            return time.monotonic() < until
+
+        async def lane(index: int) -> None:
+            await asyncio.sleep(index * HOLD_S / LANES)  # stagger the lanes
+            while more():
+                await self.one_publisher()
+
+        await asyncio.gather(*(lane(i) for i in range(LANES)))
+
+
+async def test_churn_keeps_server_rss_and_fds_flat(tmp_path: Path) -> None:
+    trace_env = os.environ.get("FERRY_SOAK_TRACEMALLOC")
+    trace_dir = Path(trace_env) if trace_env else None
+    server = SoakServer(tmp_path / "ferry.log", trace_dir)
+    video = [encode_vp8_clip(w, h, 30, br, keyframe_interval=15, fps=FPS) for w, h, br in LAYERS]
+    audio = encode_opus_clip(1.0)
+    await server.start()
+    viewer = LiteClient(name="viewer")
+    report: dict[str, Any] = {"soak_s": SOAK_SECONDS, "lanes": LANES, "hold_s": HOLD_S}
+    try:
+        await viewer.connect(server.ws_url)
+        await viewer.join(server.token("viewer"))
+        churn = Churn(server, viewer, video, audio)
+        report["start"] = server.usage().as_dict()
+
+        await churn.run(cycles=WARMUP_CYCLES)
+        await server.wait_quiet()
+        warm = server.usage()
+        before = await server.snapshot()
+        report["warm"] = warm.as_dict() | {"publishers": churn.started}
+        print(json.dumps({"soak": "warm"} | report["warm"]), flush=True)
+
+        t0 = time.monotonic()
+        deadline = t0 + SOAK_SECONDS
+        samples: list[dict[str, float]] = []
+        while time.monotonic() < deadline:
+            until = min(deadline, time.monotonic() + max(10.0, SOAK_SECONDS / 20))
+            await churn.run(until=until)
+            sample = server.usage().as_dict()
+            sample |= {"t_s": round(time.monotonic() - t0), "publishers": churn.started}
+            samples.append(sample)
+            print(json.dumps({"soak": "sample"} | sample), flush=True)
+
+        await server.wait_quiet()
+        # A closed WebSocket's fd goes once aiohttp's handler returns: poll, bounded.
+        end = server.usage()
+        fd_deadline = time.monotonic() + 10.0
+        while end.fds > warm.fds and time.monotonic() < fd_deadline:
+            await asyncio.sleep(0.2)
+            end = server.usage()
+        after = await server.snapshot()
+        report["end"] = end.as_dict() | {"publishers": churn.started}
+        report["rss_max_mb"] = max(s["rss_mb"] for s in samples)
+        report["delivered"] = churn.delivered
+        print(json.dumps({"soak": "end"} | report), flush=True)
+        if before is not None and after is not None:
+            print("\n".join(growth(before, after)), flush=True)
+
+        assert churn.started >= WARMUP_CYCLES + 2, report
+        assert not churn.missing, f"publishers whose media never reached the viewer: {churn.missing}"
+        assert churn.delivered == churn.started, report
+        # The viewer still receives at the end: the last publisher's media reached it above.
+        assert end.fds <= warm.fds * (1 + TOLERANCE), report
+        if trace_dir is None:
+            assert end.rss_kb <= warm.rss_kb * (1 + TOLERANCE), report
+    finally:
+        await viewer.close()
+        server.stop()
