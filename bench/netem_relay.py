@@ -75,7 +75,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def main(pings: int, packets: int) -> dict:
-    relay = TurnRelay(port=0)
+    relay = TurnRelay(port=0, users={"bench": "ferry"}, allowed_peers=["127.0.0.1"])
     server = await relay.start()
     client, echo, sink = await sock(), await sock(echo=True), await sock()
     key = hashlib.md5(b"unimpaired:bench:ferry:ferry").digest()

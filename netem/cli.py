@@ -4,6 +4,7 @@ Why a ``register(subparsers)`` function: the lead's ``ferry`` CLI owns the
 top-level parser and mounts ours, so both entry points share one definition.
 
     ferry netem relay [--host 127.0.0.1] [--port 3478] [--control-port 0]
+                      [--user NAME=PASSWORD ... | --password PW] [--allow-peer IP[:PORT] ...]
                       [--profile NAME=SPEC | NAME=UP|DOWN ...]
     ferry netem proxy --listen 127.0.0.1:9000 --target 127.0.0.1:7882 --up SPEC --down SPEC
     ferry netem profiles
@@ -35,7 +36,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     relay.add_argument("--host", default="127.0.0.1")
     relay.add_argument("--port", type=int, default=3478)
     relay.add_argument("--realm", default="ferry")
-    relay.add_argument("--password", default="ferry", help="shared password for every user")
+    relay.add_argument("--user", action="append", default=[], metavar="NAME=PASSWORD",
+                       help="a TURN user (the username may carry a profile: PROFILE:NAME)")
+    relay.add_argument("--password", default=None,
+                       help="one password for every username (env FERRY_NETEM_TURN_PASSWORD); "
+                            "with neither this nor --user a random one is generated and printed")
+    relay.add_argument("--allow-peer", action="append", default=None, metavar="IP[:PORT]",
+                       help="an address allocations may reach (repeat; '*' for any); "
+                            "default 127.0.0.1:7882, Ferry's default media address")
+    relay.add_argument("--control-token", default=None,
+                       help="bearer token for the control API (env FERRY_NETEM_CONTROL_TOKEN; "
+                            "generated and printed when absent)")
     relay.add_argument("--profile", action="append", default=[], metavar="NAME=SPEC",
                        help="add/override a profile: NAME=SPEC or NAME=UP|DOWN (netem words)")
     relay.add_argument("--control-port", type=int, default=None,
@@ -58,6 +69,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     run_p.add_argument("--url", default=None, metavar="WS_URL",
                        help="use this Ferry (ws://HOST:PORT/ws) instead of starting one; "
                             "needs FERRY_API_KEY/FERRY_API_SECRET to mint tokens")
+    run_p.add_argument("--relay-peer", action="append", default=None, metavar="IP[:PORT]",
+                       help="with --url: Ferry's media address the relay may reach (repeat); "
+                            "default: any port of the URL's host")
     run_p.add_argument("--duration", type=float, default=None, metavar="S",
                        help="override the duration (the link schedule is scaled with it)")
     run_p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
@@ -122,6 +136,7 @@ def _run_scenario(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         seed=args.seed,
         connect_timeout_s=args.connect_timeout,
+        relay_peers=args.relay_peer,
         print_fn=None if args.quiet else (lambda line: print(line, flush=True)),
     )
     try:
@@ -143,23 +158,50 @@ async def _serve_forever() -> None:
     await asyncio.Event().wait()
 
 
+def _relay_credentials(args: argparse.Namespace) -> tuple[dict[str, str], str | None, bool]:
+    """(users, shared password, generated?) from ``--user``, ``--password`` or the env."""
+    import os
+    import secrets
+
+    users: dict[str, str] = {}
+    for arg in args.user:
+        name, sep, password = arg.partition("=")
+        if not sep or not name or not password:
+            raise ValueError(f"bad --user {arg!r} (use NAME=PASSWORD)")
+        users[name] = password
+    password = args.password or os.environ.get("FERRY_NETEM_TURN_PASSWORD") or None
+    if users or password:
+        return users, password, False
+    return users, secrets.token_urlsafe(12), True
+
+
 def _run_relay(args: argparse.Namespace) -> int:
-    from netem.turn import TurnRelay
+    import os
+
+    from netem.turn import DEFAULT_ALLOWED_PEERS, TurnRelay
 
     profiles: dict[str, Any] = dict(builtin_profiles())
     for arg in args.profile:
         p = parse_profile_arg(arg)
         profiles[p.name] = p
+    users, password, generated = _relay_credentials(args)
+    peers = args.allow_peer or list(DEFAULT_ALLOWED_PEERS)
+    control_token = args.control_token or os.environ.get("FERRY_NETEM_CONTROL_TOKEN") or None
 
     async def main() -> None:
-        relay = TurnRelay(args.host, args.port, realm=args.realm, password=args.password,
-                          profiles=profiles, seed=args.seed)
+        relay = TurnRelay(args.host, args.port, realm=args.realm, users=users, password=password,
+                          allowed_peers=peers, profiles=profiles, seed=args.seed)
         host, port = await relay.start()
         print(f"turn relay on {host}:{port} realm {args.realm}; profiles: {', '.join(profiles)}",
               flush=True)
+        print(f"relaying only to: {', '.join(relay.allowed_peers)}", flush=True)
+        if generated:
+            print(f"TURN password (any username, e.g. 3g:alice): {password}", flush=True)
         if args.control_port is not None:
-            chost, cport = await relay.start_control(port=args.control_port)
-            print(f"control API on http://{chost}:{cport}/", flush=True)
+            chost, cport = await relay.start_control(port=args.control_port, token=control_token)
+            shown = "the configured token" if control_token else relay.control_token
+            print(f"control API on http://{chost}:{cport}/ (Authorization: Bearer {shown})",
+                  flush=True)
         try:
             await _serve_forever()
         finally:

@@ -5,12 +5,17 @@ change link profiles while calls are running, and to see which client got
 which profile. Errors come back as ``{"error": {"code", "message"}}``.
 
 Routes: ``GET /profiles``, ``PUT /profiles/{name}``, ``GET /allocations``,
-``POST /allocations/{id}/profile``, ``GET /stats``.
+``POST /allocations/{id}/profile``, ``GET /stats``. Every request must carry
+``Authorization: Bearer TOKEN`` (the relay's ``control_token``): the API changes what
+every client's network does, and a web page the operator visits can reach 127.0.0.1.
+Without the token the answer is 401 ``unauthorized``.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -31,8 +36,26 @@ async def _body(request: web.Request) -> Any:
         return text  # a bare netem spec is fine too
 
 
-def make_app(relay: TurnRelay) -> web.Application:
-    """Build the aiohttp application bound to ``relay``."""
+def _bearer_auth(token: str) -> Any:
+    """Middleware: 401 unless the request's bearer token equals ``token``."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return _error(401, "unauthorized", "missing or wrong bearer token")
+        return await handler(request)
+
+    return check
+
+
+def make_app(relay: TurnRelay, token: str) -> web.Application:
+    """Build the aiohttp application bound to ``relay``, guarded by ``token``."""
+    if not token:
+        raise ValueError("the control API needs a non-empty token")
     routes = web.RouteTableDef()
 
     @routes.get("/profiles")
@@ -70,6 +93,6 @@ def make_app(relay: TurnRelay) -> web.Application:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(relay.stats)
 
-    app = web.Application()
+    app = web.Application(middlewares=[_bearer_auth(token)])
     app.add_routes(routes)
     return app

@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import ipaddress
 import logging
 import os
+import secrets
 import statistics
 import time
 import zlib
@@ -45,7 +47,6 @@ logger = logging.getLogger("ferry.netem.runner")
 FREEZE_GAP_S = 0.5
 RECOVERY_GRACE_S = 1.5
 AUDIO_GAP_S = 0.06
-TURN_PASSWORD = "ferry"
 
 
 
@@ -61,6 +62,7 @@ class RunOptions:
     connect_timeout_s: float = 20.0
     chromium_path: str = "/usr/bin/chromium"
     print_fn: Callable[[str], None] | None = print
+    relay_peers: list[str] | None = None  # Ferry's media addresses for --url (default: its host)
 
 
 # --------------------------------------------------------------------------- meters
@@ -231,6 +233,7 @@ class Participant:
         self.ctx = ctx
         self.profile = f"sc-{name}"
         self.turn_username = f"{self.profile}:{name}"
+        self.turn_password = ctx.turn_passwords.get(name, "")
         self.meters: dict[str, FrameMeter] = {}
         self.error: str | None = None
         self.connected = False
@@ -300,7 +303,7 @@ class FerryParticipant(Participant):
         self.client = FerryClient(
             turn_url=self.ctx.turn_url,
             turn_username=self.turn_username,
-            turn_password=TURN_PASSWORD,
+            turn_password=self.turn_password,
             relay_only=True,
             connect_timeout=self.ctx.options.connect_timeout_s,
             on_track=self._on_track,
@@ -377,7 +380,7 @@ class ChromiumParticipant(Participant):
             "relay": "1",
             "turn": self.ctx.turn_url,
             "turnuser": self.turn_username,
-            "turnpass": TURN_PASSWORD,
+            "turnpass": self.turn_password,
             "token": self.ctx.token(self.name, self.spec),
             "url": self.ctx.ws_url,
             "hidden": "keep",  # every tile is measured, on screen or not
@@ -539,11 +542,18 @@ class LiteParticipant(Participant):
 
 
 def lite_available() -> bool:
-    """True when ``signaling.lite_client.LiteClient`` imports."""
+    """True when ``signaling.lite_client`` exists (a trimmed install may leave it out).
+
+    Only the module itself being absent counts as "not available": any other import
+    error (a syntax error, a missing name, a broken dependency) propagates, so a broken
+    client fails the run and its tests instead of silently falling back or skipping.
+    """
     try:
         from signaling.lite_client import LiteClient  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import problem means "not available"
-        return False
+    except ModuleNotFoundError as exc:
+        if exc.name == "signaling.lite_client":
+            return False
+        raise
     return True
 
 
@@ -564,6 +574,7 @@ class RunContext:
     http_url: str = ""
     turn_url: str = ""
     relay: TurnRelay | None = None
+    turn_passwords: dict[str, str] = field(default_factory=dict)  # participant -> TURN password
     server: Any = None
     t0: float | None = None
     api_key: str = ""
@@ -683,11 +694,33 @@ class Runner:
                 profiles[f"sc-{name}"] = spec.link
                 self._instances.append((name, spec))
         seed = self.options.seed if self.options.seed is not None else self.scenario.seed
-        relay = TurnRelay("127.0.0.1", 0, profiles=profiles, password=TURN_PASSWORD, seed=seed,
+        # One random password per participant, for its own username only (no shared one).
+        self.ctx.turn_passwords = {name: secrets.token_urlsafe(12) for name, _ in self._instances}
+        users = {f"sc-{name}:{name}": pw for name, pw in self.ctx.turn_passwords.items()}
+        relay = TurnRelay("127.0.0.1", 0, profiles=profiles, users=users, seed=seed,
+                          allowed_peers=await self._ferry_media_peers(),
                           default_profile="unimpaired")
         host, port = await relay.start()
         self.ctx.relay = relay
         self.ctx.turn_url = f"turn:{host}:{port}"
+
+    async def _ferry_media_peers(self) -> list[str]:
+        """What the relay may reach: the in-process Ferry's media addresses, or for an
+        external Ferry ``relay_peers`` (default: every port of its URL's host)."""
+        server = self.ctx.server
+        if server is not None:
+            return [f"{ip}:{server.engine.port}" for ip in server.config.announce_ips]
+        if self.options.relay_peers:
+            return list(self.options.relay_peers)
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.ctx.ws_url).hostname or "127.0.0.1"
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+            return sorted({str(info[4][0]) for info in infos if ":" not in str(info[4][0])})
 
     def _resolve_client(self, spec: ParticipantSpec) -> ParticipantSpec:
         """Apply ``fallback`` when the wanted client kind is not available here."""

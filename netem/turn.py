@@ -12,18 +12,26 @@ XOR-PEER-ADDRESS), ChannelBind, Send/Data indications, ChannelData, and Binding
 (for plain STUN). Not supported: TCP/TLS, EVEN-PORT, RESERVATION-TOKEN,
 DONT-FRAGMENT (ignored), IPv6 relaying, ADDITIONAL-ADDRESS-FAMILY.
 
-Users and profiles:
+Users, peers and profiles (the relay listens on a port, so nothing is open by default):
 
 * The password for a username is looked up in ``users`` by the full username,
-  then by the part after ``profile:``; otherwise the shared ``password``
-  (default ``"ferry"``) is accepted; with ``password=None`` unknown users get 401.
+  then by the part after ``profile:``; a shared ``password`` for every username
+  applies only when one is configured (``password=None``, the default, refuses
+  unknown users with 401).
+* Peers: an allocation may reach only the addresses in ``allowed_peers``
+  (``"IP:PORT"``, ``"IP"`` for any port, ``"*"`` for anywhere; default
+  ``127.0.0.1:7882``, Ferry's default media address). CreatePermission and
+  ChannelBind for any other peer get 403, and datagrams to or from one are
+  dropped and counted (``forbidden_peer``), so the relay is no open proxy into
+  the machine's other services.
 * The profile is the part of the username before ``:`` (or the whole
   username). A bare username that is not a profile (``alice``) gets the
   ``default_profile`` (``unimpaired``); an explicit ``NAME:...`` with an unknown
   NAME is refused with 403, so a typo never silently yields a perfect network.
 * ``set_profile(name, value)`` changes a profile at run time; allocations
   using it switch at once and keep packets in flight. A small aiohttp control
-  API (``start_control``) lists allocations and changes profiles.
+  API (``start_control``) lists allocations and changes profiles; every request
+  needs ``Authorization: Bearer <control_token>``.
 
 Bad input never raises out of the protocol: it is counted in ``stats`` and
 logged once at debug level through ``ferry.netem.turn``.
@@ -33,12 +41,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import itertools
 import logging
 import random
 import secrets
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +63,33 @@ UDP_TRANSPORT = 17 << 24
 PERMISSION_LIFETIME_S = 300.0
 CHANNEL_LIFETIME_S = 600.0
 CHANNEL_MIN, CHANNEL_MAX = 0x4000, 0x4FFF
+DEFAULT_ALLOWED_PEERS = ("127.0.0.1:7882",)  # Ferry's default media address
+ANY_PEER = "*"
+
+
+def parse_peer(entry: str | Addr) -> tuple[str, int | None]:
+    """``"IP:PORT"``, ``"IP"`` (any port) or ``(ip, port)`` -> (ip, port or None).
+
+    ``ValueError`` names the entry when the address is not an IP literal (the relay
+    compares addresses as the socket reports them, so host names would never match).
+    """
+    if isinstance(entry, tuple):
+        host, port = entry[0], int(entry[1])
+    else:
+        text = entry.strip()
+        host, sep, port_text = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+        if not sep:
+            host = text.strip("[]")
+        if sep and not port_text.isdigit():
+            raise ValueError(f"bad peer {entry!r} (use IP, IP:PORT or *)")
+        port = int(port_text) if sep else None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad peer {entry!r}: {host!r} is not an IP address") from None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"bad peer {entry!r}: port out of range")
+    return host, port
 
 
 def _peer_addresses(data: bytes, transaction_id: bytes) -> list[Addr]:
@@ -131,7 +167,8 @@ class TurnRelay:
         *,
         realm: str = "ferry",
         users: Mapping[str, str] | None = None,
-        password: str | None = "ferry",
+        password: str | None = None,
+        allowed_peers: Iterable[str | Addr] = DEFAULT_ALLOWED_PEERS,
         profiles: Mapping[str, Any] | None = None,
         default_profile: str = "unimpaired",
         relay_host: str | None = None,
@@ -146,6 +183,8 @@ class TurnRelay:
         self.realm = realm
         self.users = dict(users or {})
         self.password = password
+        self.set_allowed_peers(allowed_peers)
+        self.control_token: str | None = None
         self.default_profile = default_profile
         self.relay_host = relay_host or host
         self.default_lifetime = default_lifetime
@@ -174,6 +213,7 @@ class TurnRelay:
             "relayed_up": 0,
             "relayed_down": 0,
             "send_errors": 0,
+            "forbidden_peer": 0,
         }
 
     # ------------------------------------------------------------- lifecycle
@@ -205,6 +245,37 @@ class TurnRelay:
         if self._control is not None:
             runner, self._control = self._control, None
             await runner.cleanup()
+
+    # ----------------------------------------------------------------- peers
+    def set_allowed_peers(self, peers: Iterable[str | Addr]) -> None:
+        """Replace the peer allow-list (``"*"`` allows any peer); ``ValueError`` if bad."""
+        entries = list(peers)
+        self.any_peer = any(e == ANY_PEER for e in entries)
+        parsed = [parse_peer(e) for e in entries if e != ANY_PEER]
+        self._peer_hosts = {host for host, port in parsed if port is None}
+        self._peer_addrs = {(host, port) for host, port in parsed if port is not None}
+
+    @property
+    def allowed_peers(self) -> list[str]:
+        """The allow-list in its string form (what ``set_allowed_peers`` accepts)."""
+        out = sorted(self._peer_hosts) + [f"{h}:{p}" for h, p in sorted(self._peer_addrs)]
+        return [ANY_PEER, *out] if self.any_peer else out
+
+    def peer_allowed(self, peer: Addr) -> bool:
+        """May an allocation exchange datagrams with ``peer``?"""
+        return (
+            self.any_peer
+            or peer[0] in self._peer_hosts
+            or (peer[0], peer[1]) in self._peer_addrs
+        )
+
+    def _host_allowed(self, host: str) -> bool:
+        """May a permission for ``host`` exist (some allowed port on it)?"""
+        return (
+            self.any_peer
+            or host in self._peer_hosts
+            or any(h == host for h, _ in self._peer_addrs)
+        )
 
     # -------------------------------------------------------------- profiles
     @property
@@ -475,6 +546,10 @@ class TurnRelay:
         if not peers:
             self._reply(msg, addr, error=(400, "Bad Request"), key=key)
             return
+        if not all(self._host_allowed(peer[0]) for peer in peers):
+            self._count("forbidden_peer", str(peers))
+            self._reply(msg, addr, error=(403, "Forbidden: peer not allowed"), key=key)
+            return
         expiry = asyncio.get_running_loop().time() + PERMISSION_LIFETIME_S
         for peer in peers:
             alloc.permissions[peer[0]] = expiry
@@ -487,6 +562,10 @@ class TurnRelay:
             self._reply(msg, addr, error=(400, "Bad Request"), key=key)
             return
         peer = (peer[0], peer[1])
+        if not self.peer_allowed(peer):
+            self._count("forbidden_peer", str(peer))
+            self._reply(msg, addr, error=(403, "Forbidden: peer not allowed"), key=key)
+            return
         bound = alloc.channels.get(number)
         other = alloc.peer_channel.get(peer)
         if (bound is not None and bound[0] != peer) or (other is not None and other != number):
@@ -511,6 +590,9 @@ class TurnRelay:
         if peer[0] not in alloc.permissions:
             self._count("no_permission", peer[0])
             return
+        if not self.peer_allowed(peer):
+            self._count("forbidden_peer", str(peer))
+            return
         alloc.up.push(payload, self._now_ms(), (peer[0], peer[1]))
         self._service(alloc)
 
@@ -518,6 +600,9 @@ class TurnRelay:
     def _on_peer(self, alloc: Allocation, data: bytes, addr: Addr) -> None:
         if addr[0] not in alloc.permissions:
             self._count("no_permission", addr[0])
+            return
+        if not self.peer_allowed(addr):
+            self._count("forbidden_peer", str(addr))
             return
         alloc.down.push(data, self._now_ms(), (addr[0], addr[1]))
         self._service(alloc)
@@ -589,19 +674,23 @@ class TurnRelay:
             alloc.transport = None
 
     # ------------------------------------------------------------ control API
-    async def start_control(self, host: str = "127.0.0.1", port: int = 0) -> Addr:
+    async def start_control(
+        self, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None
+    ) -> Addr:
         """Serve the JSON control API; returns its address.
 
         ``GET /profiles``, ``PUT /profiles/{name}`` (body: a spec string,
         ``"UP|DOWN"``, or ``{"up": ..., "down": ...}``), ``GET /allocations``,
         ``POST /allocations/{id}/profile`` (body ``{"profile": NAME}``),
-        ``GET /stats``.
+        ``GET /stats``. Every request needs ``Authorization: Bearer TOKEN``:
+        ``token``, or a random one generated here; either is ``control_token``.
         """
         from aiohttp import web
 
         from netem.control import make_app
 
-        runner = web.AppRunner(make_app(self))
+        self.control_token = token or secrets.token_urlsafe(24)
+        runner = web.AppRunner(make_app(self, self.control_token))
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

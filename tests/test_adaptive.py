@@ -643,10 +643,10 @@ UPLINK_CAP_BPS = 800_000
 async def test_chromium_publisher_adapts_below_uplink_cap(server: FerryServer) -> None:
     room = "uplink"
     relay = TurnRelay("127.0.0.1", 0, profiles={"up800": "delay 20ms rate 800kbit limit 64kb|delay 20ms"},
-                      password="ferry")
+                      users={"cam": "cam-pw"}, allowed_peers=[f"127.0.0.1:{server.engine.port}"])
     await relay.start()
     url = (f"{server.http_url}/?room={room}&name=cam&autojoin=1&relay=1"
-           f"&turn=turn:127.0.0.1:{relay.port}&turnuser=up800:cam&turnpass=ferry")
+           f"&turn=turn:127.0.0.1:{relay.port}&turnuser=up800:cam&turnpass=cam-pw")
     # A viewer on an unimpaired link that wants every layer, or dynacast would (rightly)
     # pause h and f and the publisher would never want more than ~200 kbit/s.
     viewer = LiteClient(name="viewer")

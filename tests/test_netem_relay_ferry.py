@@ -30,11 +30,14 @@ from .browser import chromium, needs_chromium, open_page
 from .conftest import wait_until
 
 DELAY = "delay 100ms|delay 100ms"  # 100 ms each way: +200 ms round trip
+TURN_USERS = {"py": "py-secret", "web": "web-secret"}  # usernames carry the profile: rttpy:py
 
 
 @pytest.fixture
-async def relay() -> AsyncIterator[TurnRelay]:
-    r = TurnRelay("127.0.0.1", 0, profiles={"rttpy": "", "rttweb": ""}, password="ferry")
+async def relay(server) -> AsyncIterator[TurnRelay]:
+    # Configured as the netem runner does: per-user passwords, only Ferry's media address.
+    r = TurnRelay("127.0.0.1", 0, profiles={"rttpy": "", "rttweb": ""}, users=TURN_USERS,
+                  allowed_peers=[f"127.0.0.1:{server.engine.port}"])
     await r.start()
     try:
         yield r
@@ -79,7 +82,7 @@ class RawRtt:
 
 async def test_aiortc_through_relay_sees_200ms_more_rtt(server, relay: TurnRelay) -> None:
     client = FerryClient(turn_url=f"turn:127.0.0.1:{relay.port}", turn_username="rttpy:py",
-                         turn_password="ferry", relay_only=True, connect_timeout=15)
+                         turn_password=TURN_USERS["py"], relay_only=True, connect_timeout=15)
     try:
         await client.connect(server.ws_url)
         await client.join(server.token("relayrtt", "py"))
@@ -106,7 +109,7 @@ async def test_aiortc_through_relay_sees_200ms_more_rtt(server, relay: TurnRelay
 @needs_chromium
 async def test_chromium_through_relay_sees_200ms_more_rtt(server, relay: TurnRelay) -> None:
     url = (f"{server.http_url}/?room=relayweb&name=web&autojoin=1&relay=1"
-           f"&turn=turn:127.0.0.1:{relay.port}&turnuser=rttweb:web&turnpass=ferry")
+           f"&turn=turn:127.0.0.1:{relay.port}&turnuser=rttweb:web&turnpass={TURN_USERS['web']}")
 
     async with chromium() as browser:
         page = await open_page(browser, url)

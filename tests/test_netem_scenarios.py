@@ -9,6 +9,8 @@ makes the command exit non-zero. Kept short: the machine is shared.
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,20 @@ def test_expectation_and_value_parsing() -> None:
             {"name": "a", "schedule": [{"at": "6s", "link": "3g"}]}]})
 
 
+def test_lite_client_is_available_and_a_broken_import_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The LiteClient ships with Ferry: its tests run rather than skip, and an import
+    that breaks must fail loudly, not read as "client not installed"."""
+    assert lite_available()
+    broken = types.ModuleType("signaling.lite_client")  # imports, but has no LiteClient
+    monkeypatch.setitem(sys.modules, "signaling.lite_client", broken)
+    with pytest.raises(ImportError, match="LiteClient"):
+        lite_available()
+    monkeypatch.setitem(sys.modules, "signaling.lite_client", None)  # module absent
+    assert lite_available() is False
+
+
 def test_seq_tracker_counts_rtx_recovered_packets_once() -> None:
     t = SeqTracker()
     for seq in (65534, 65535, 1, 2, 4):  # wraps; 0 and 3 lost
@@ -106,7 +122,6 @@ def test_run_broadband_writes_report(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "alice" in text and "result:" in text
 
 
-@pytest.mark.skipif(not lite_available(), reason="signaling.lite_client is not available")
 def test_run_classroom_with_lite_students(tmp_path: Path) -> None:
     out = tmp_path / "class"
     rc = cli.main(["run", "classroom", "--out", str(out), "--duration", "6", "--quiet"])
@@ -145,7 +160,6 @@ def test_impossible_expectation_fails_the_run(tmp_path: Path,
     assert cli.main(["run", str(tmp_path / "missing.yaml"), "--out", str(out)]) == 2
 
 
-@pytest.mark.skipif(not lite_available(), reason="signaling.lite_client is not available")
 def test_capacity_step_report_plots_estimate_and_layer(tmp_path: Path) -> None:
     """Issue 4, item 2's report: a viewer's link steps 2.5 -> 0.3 -> 2.5 Mbit/s and the
     report's series (and plots) show Ferry's estimate and the forwarded layer follow."""

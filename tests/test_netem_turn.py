@@ -5,6 +5,7 @@ Everything on 127.0.0.1 with ephemeral ports; waits are deadline-bounded.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import statistics
@@ -99,8 +100,9 @@ class TurnClient:
 
 @pytest.fixture
 async def relay() -> AsyncIterator[TurnRelay]:
+    # A shared password is opted into here; peers are test sockets on ephemeral ports.
     r = TurnRelay(port=0, profiles={"slow": "delay 50ms", "lossy": "loss 100%"},
-                  users={"alice": "secret"})
+                  users={"alice": "secret"}, password=PASSWORD, allowed_peers=["127.0.0.1"])
     await r.start()
     yield r
     await r.close()
@@ -142,6 +144,69 @@ async def test_allocate_requires_long_term_credentials(relay: TurnRelay) -> None
     other = TurnClient(await udp(), relay.address, "carol", PASSWORD)
     await other.allocate()
     assert {a.profile for a in relay.allocations} == {"slow", "unimpaired"}
+
+
+async def test_unconfigured_relay_refuses_the_documented_password() -> None:
+    relay = TurnRelay(port=0, profiles={"slow": "delay 50ms"}, users={"alice": "secret"})
+    await relay.start()
+    try:
+        assert relay.password is None and relay.allowed_peers == ["127.0.0.1:7882"]
+        sock = await udp()
+        for user in ("slow:bob", "bob", "slow:alice"):
+            reply = await TurnClient(sock, relay.address, user, PASSWORD).request(
+                stun.Method.ALLOCATE, {"REQUESTED-TRANSPORT": 17 << 24})
+            assert reply.error_code == 401, user
+        assert not relay.allocations and relay.stats["unauthorized"] == 3
+        await TurnClient(await udp(), relay.address, "slow:alice", "secret").allocate()
+        assert [a.username for a in relay.allocations] == ["slow:alice"]
+    finally:
+        await relay.close()
+
+
+async def test_relay_reaches_only_allowed_peers() -> None:
+    peer, stranger = await udp(), await udp()
+    relay = TurnRelay(port=0, users={"u": "pw"}, allowed_peers=[f"{peer.addr[0]}:{peer.addr[1]}"])
+    await relay.start()
+    try:
+        sock = await udp()
+        client = TurnClient(sock, relay.address, "u", "pw")
+        relayed = await client.allocate()
+        elsewhere = await client.request(stun.Method.CREATE_PERMISSION,
+                                         {"XOR-PEER-ADDRESS": ("10.9.8.7", 7882)})
+        assert elsewhere.error_code == 403
+        bind = await client.request(stun.Method.CHANNEL_BIND,
+                                    {"CHANNEL-NUMBER": 0x4000, "XOR-PEER-ADDRESS": stranger.addr})
+        assert bind.error_code == 403  # same host as the peer, another port
+        ok = await client.request(stun.Method.CREATE_PERMISSION, {"XOR-PEER-ADDRESS": peer.addr})
+        assert ok.message_class == stun.Class.RESPONSE
+        for target, data in ((stranger.addr, b"to-stranger"), (peer.addr, b"to-peer")):
+            send = stun.Message(stun.Method.SEND, stun.Class.INDICATION)
+            send.attributes.update({"XOR-PEER-ADDRESS": target, "DATA": data})
+            sock.send(bytes(send), relay.address)
+        assert (await peer.recv())[0] == b"to-peer"
+        assert await stranger.nothing()
+        stranger.send(b"from-stranger", relayed)  # the host has a permission, the port is not allowed
+        peer.send(b"from-peer", relayed)
+        ind = stun.parse_message((await sock.recv())[0])
+        assert ind.attributes["DATA"] == b"from-peer"
+        assert await sock.nothing()
+        assert relay.stats["forbidden_peer"] == 4
+    finally:
+        await relay.close()
+
+
+def test_relay_cli_credentials_come_from_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from netem.cli import _relay_credentials
+
+    monkeypatch.delenv("FERRY_NETEM_TURN_PASSWORD", raising=False)
+    users, password, generated = _relay_credentials(argparse.Namespace(user=[], password=None))
+    assert users == {} and generated and password and password != PASSWORD
+    assert _relay_credentials(argparse.Namespace(user=["3g:a=x", "b=y"], password=None)) == (
+        {"3g:a": "x", "b": "y"}, None, False)
+    monkeypatch.setenv("FERRY_NETEM_TURN_PASSWORD", "from-env")
+    assert _relay_credentials(argparse.Namespace(user=[], password=None)) == ({}, "from-env", False)
+    with pytest.raises(ValueError, match="NAME=PASSWORD"):
+        _relay_credentials(argparse.Namespace(user=["nopassword"], password=None))
 
 
 async def test_permission_send_and_data_indications(relay: TurnRelay) -> None:
@@ -252,12 +317,28 @@ async def test_profile_delay_and_runtime_change(relay: TurnRelay) -> None:
     del relayed
 
 
+async def test_control_api_needs_its_token(relay: TurnRelay) -> None:
+    host, port = await relay.start_control(token="s3cret-token")
+    assert relay.control_token == "s3cret-token"
+    base = f"http://{host}:{port}"
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+            async with http.put(f"{base}/profiles/slow", data="loss 100%", headers=headers) as resp:
+                assert resp.status == 401
+                assert (await resp.json())["error"]["code"] == "unauthorized"
+            async with http.get(f"{base}/allocations", headers=headers) as resp:
+                assert resp.status == 401
+    assert relay.profiles["slow"].up.spec() == "delay 50ms"  # unchanged
+
+
 async def test_control_api(relay: TurnRelay) -> None:
     host, port = await relay.start_control()
+    assert relay.control_token and len(relay.control_token) >= 24  # generated when not given
     client = TurnClient(await udp(), relay.address, "slow:api", PASSWORD)
     await client.allocate()
     base = f"http://{host}:{port}"
-    async with aiohttp.ClientSession() as http:
+    auth = {"Authorization": f"Bearer {relay.control_token}"}
+    async with aiohttp.ClientSession(headers=auth) as http:
         async with http.get(f"{base}/allocations") as resp:
             (alloc,) = await resp.json()
         assert alloc["profile"] == "slow" and alloc["username"] == "slow:api"
@@ -285,7 +366,8 @@ async def test_aiortc_relay_only_and_200ms_profile_shows_in_rtt() -> None:
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
     from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-    relay = TurnRelay(port=0, profiles={"rtt": ""})
+    # Both peers are this relay's own relayed addresses (ephemeral loopback ports).
+    relay = TurnRelay(port=0, profiles={"rtt": ""}, password=PASSWORD, allowed_peers=["127.0.0.1"])
     _, port = await relay.start()
 
     def config(user: str) -> RTCConfiguration:

@@ -523,7 +523,8 @@ async def test_chromium_red_uplink_20pct_rebuilt_for_plain_opus_subscriber(
     Chromium (Ferry's web client: RED preferred for audio, one video layer) reaches
     Ferry only through netem's TURN relay with profile ``loss 20%|`` (uplink only).
     """
-    relay = TurnRelay("127.0.0.1", 0, profiles={"red20": "loss 20%|"}, password="ferry", seed=5)
+    relay = TurnRelay("127.0.0.1", 0, profiles={"red20": "loss 20%|"}, users={"web": "web-pw"},
+                      allowed_peers=[f"127.0.0.1:{server.engine.port}"], seed=5)
     await relay.start()
     patch = allow_loopback()
     client = FerryClient(connect_timeout=15)
@@ -549,7 +550,7 @@ async def test_chromium_red_uplink_20pct_rebuilt_for_plain_opus_subscriber(
         await client.join(server.token(room, "py"), auto_subscribe=False)
         url = (
             f"{server.http_url}/?room={room}&name=web&autojoin=1&simulcast=0&relay=1"
-            f"&turn=turn:127.0.0.1:{relay.port}&turnuser=red20:web&turnpass=ferry"
+            f"&turn=turn:127.0.0.1:{relay.port}&turnuser=red20:web&turnpass=web-pw"
         )
         async with chromium() as browser:
             page = await open_page(browser, url)
