@@ -75,6 +75,7 @@ class MediaParticipant:
             on_failed=lambda reason: router.peer_failed(sid, "subscriber", reason),
             schedule=engine.call_at,
         )
+        self.subscriber.on_down_track_removed = lambda down: router.release_ssrcs(down.ssrc, down.rtx_ssrc)
         self.closed = False
 
     def replace_transport(self, role: str) -> None:
@@ -238,6 +239,7 @@ class MediaParticipant:
             self.router.remove_track(track)
         self.publisher.close()
         self.subscriber.close()
+        self.router.release_ssrcs(self.publisher.rtcp_ssrc, self.subscriber.rtcp_ssrc)
 
 
 class Router:
@@ -266,6 +268,11 @@ class Router:
             if ssrc not in self._ssrcs:
                 self._ssrcs.add(ssrc)
                 return ssrc
+
+    def release_ssrcs(self, *ssrcs: int | None) -> None:
+        """Free SSRCs nothing sends or announces any more (a closed peer's RTCP SSRC, a
+        removed DownTrack's), so a long-lived room's set is the size of what is live."""
+        self._ssrcs.difference_update(s for s in ssrcs if s is not None)
 
     def add_participant(self, sid: str) -> MediaParticipant:
         participant = MediaParticipant(self, sid)

@@ -75,6 +75,8 @@ class SubscriberPeer:
         self._allocated_budget = 0.0
         self.speakers: set[str] = set()  # participant sids currently speaking (priority)
         self.on_track_paused: Callable[[str, bool], None] | None = None
+        # Told when a DownTrack is gone, so the router can free its SSRCs.
+        self.on_down_track_removed: Callable[[DownTrack], None] | None = None
         # One-shot timer at an engine time (ms) for the pacer's next send. Without it
         # the pacer drains on the 20 ms tick only: a probe cluster then leaves in 20 ms
         # bursts and can never measure more than ~1 Mbit/s.
@@ -112,7 +114,10 @@ class SubscriberPeer:
         down = self.down_tracks.pop(track_sid, None)
         if down is not None:
             self._by_ssrc = {k: v for k, v in self._by_ssrc.items() if v is not down}
+            self.allocator.forget(track_sid)
             down.close()
+            if self.on_down_track_removed is not None:
+                self.on_down_track_removed(down)
         return down
 
     # -- DownTrackSink -------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Per-participant, per-track and per-SSRC engine state is released, without sockets.
+
+A room that lives for hours sees thousands of publishers come and go past the same
+viewer (tests/test_soak.py measures that against a server process). Here the same churn
+runs on one Router in memory (the engine's socket is never opened): a real Chromium
+simulcast offer is published, a viewer subscribes to its tracks, the timers run
+(dynacast, allocation) and the publisher leaves. After the churn every map keyed by
+track, SSRC, transport or participant must be back to the viewer's own entries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from media.engine import Engine, EngineConfig
+from media.ortc import Encoding, MediaDescription
+from media.routing.published_track import PublishedTrack
+from media.routing.router import MediaParticipant, Router
+from signaling import sdp
+
+OFFER = (Path(__file__).parent / "fixtures" / "chromium156-simulcast-offer.sdp").read_text()
+CYCLES = 12
+
+
+def publish(participant: MediaParticipant) -> list[PublishedTrack]:
+    """What the publish request does: answer Chromium's offer and apply it."""
+    offer = sdp.parse(OFFER, "offer")
+    _, negotiated = sdp.answer_publisher(offer, transport=participant.local_parameters("publisher"))
+    added, removed = participant.apply_publisher(offer.transport, negotiated.media, offer.media)
+    assert len(added) == 2 and not removed
+    return added
+
+
+def subscribe(viewer: MediaParticipant, track: PublishedTrack, mid: int) -> None:
+    """What a subscriber offer and its answer do, with the section the room would build."""
+    router = viewer.router
+    section = MediaDescription(
+        mid=str(mid),
+        kind=track.kind,
+        direction="sendonly",
+        codecs=sdp.default_subscriber_codecs(track.kind, red=track.kind == "audio"),
+        header_extensions=sdp.default_subscriber_extensions(track.kind),
+        encodings=[
+            Encoding(
+                ssrc=router.new_ssrc(),
+                rtx_ssrc=router.new_ssrc() if track.kind == "video" else None,
+            )
+        ],
+        msid=(track.participant_sid, track.sid),
+    )
+    assert viewer.subscribe(track, section, section) is not None
+
+
+def state(router: Router, viewer: MediaParticipant) -> dict[str, int]:
+    """The size of every map that grows with tracks, SSRCs, transports or participants."""
+    sub = viewer.subscriber
+    mux = router.engine.mux
+    return {
+        "participants": len(router.participants),
+        "tracks": len(router.tracks),
+        "ssrcs": len(router._ssrcs),
+        "publisher_layers": len(router.publisher_layers),
+        "layer_needed": len(router._layer_needed_ms),
+        "down_tracks": len(sub.down_tracks),
+        "down_by_ssrc": len(sub._by_ssrc),
+        "allocator": len(sub.allocator._last_change_ms),
+        "mux_ufrags": len(mux._by_ufrag),
+        "mux_addrs": len(mux._by_addr),
+    }
+
+
+async def test_publish_subscribe_leave_churn_leaves_only_the_viewer() -> None:
+    engine = Engine(EngineConfig(port=0))
+    router = engine.router("churn")
+    viewer = router.add_participant("PA_viewer")
+    idle = state(router, viewer)
+    mid = 0
+    now = engine.now_ms()
+    for cycle in range(CYCLES):
+        publisher = router.add_participant(f"PA_pub{cycle}")
+        tracks = publish(publisher)
+        for track in tracks:
+            subscribe(viewer, track, mid)
+            mid += 1
+        # Timers as the engine's ticker runs them: dynacast and the layer policy per
+        # room, the allocator per subscriber (it runs from on_timer once connected).
+        for _ in range(3):
+            now += 600.0
+            router.on_timer(now)
+            viewer.subscriber.allocate(now)
+        live = state(router, viewer)
+        assert live["tracks"] == 2 and live["down_tracks"] == 2
+        assert live["publisher_layers"] == 1 and live["layer_needed"] == 3  # q, h, f
+        assert live["allocator"] >= 1  # the video track's last layer change
+        router.remove_participant(publisher.sid)
+
+    assert state(router, viewer) == idle
+    # Only the viewer's own RTCP SSRCs stay reserved.
+    assert router._ssrcs == {viewer.publisher.rtcp_ssrc, viewer.subscriber.rtcp_ssrc}
+    router.remove_participant(viewer.sid)
+    assert not router._ssrcs and not engine.mux._by_ufrag
