@@ -154,12 +154,19 @@ class Session:
     def _on_publish(self, req: Request, participant: Participant, now: float) -> None:
         if not participant.claims.grants.can_publish:
             raise ProtocolError("forbidden", "token does not allow publishing")
+        media = participant.media
+        # Parsing and answering both refuse SDP Ferry cannot accept (no BUNDLE,
+        # setup:passive, ...) with SdpError: the client's mistake, so bad_request.
         try:
             offer = sdp.parse(req.data["sdp"], "offer")
-        except ValueError as exc:
+            answer, negotiated = sdp.answer_publisher(offer, transport=media.local_parameters("publisher"))
+        except sdp.SdpError as exc:
             raise ProtocolError("bad_request", f"invalid offer: {exc}") from None
-        media = participant.media
-        answer, negotiated = sdp.answer_publisher(offer, transport=media.local_parameters("publisher"))
+        # Every published track is an m-line in every subscriber's SDP: bounded per publisher.
+        count = sum(1 for m in negotiated.media if not m.rejected and m.direction in ("recvonly", "sendrecv"))
+        limit = self.rooms.max_tracks_per_participant
+        if count > limit:
+            raise ProtocolError("too_many_tracks", f"the offer publishes {count} tracks; at most {limit} are allowed")
         added, removed = media.apply_publisher(
             offer.transport, negotiated.media, offer.media, req.data.get("tracks") or {}
         )

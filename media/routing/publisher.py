@@ -109,19 +109,25 @@ class PublisherPeer:
         stats = self.stats
         stats.rtp_in += 1
         stats.rtp_bytes_in += len(data)
+        # Extension elements are parsed on demand and raise ValueError when one runs
+        # past the block: every read here is inside the try, so such a packet is a
+        # counted drop before anything downstream (DownTrack reads the same elements).
         try:
             view = parse_rtp(data)
+            entry = self._ssrc_map.get(view.ssrc)
+            if entry is None:
+                entry = self._latch(view)
+                if entry is None:
+                    stats.drop("rtp_unknown_ssrc")
+                    return
+            value = view.extension(self._ext_twcc) if self.twcc is not None and self._ext_twcc else None
+            level = None
+            if self._ext_audio_level and not entry[1] and entry[0].track.kind == "audio":
+                level = view.extension(self._ext_audio_level)
         except ValueError:
             stats.drop("rtp_malformed")
             return
-        entry = self._ssrc_map.get(view.ssrc)
-        if entry is None:
-            entry = self._latch(view)
-            if entry is None:
-                stats.drop("rtp_unknown_ssrc")
-                return
         if self.twcc is not None:
-            value = view.extension(self._ext_twcc) if self._ext_twcc else None
             if value is not None and len(value) == 2:
                 if self.twcc.media_ssrc == 0:
                     # Chrome ignores transport-wide feedback naming media SSRC 0.
@@ -152,11 +158,9 @@ class PublisherPeer:
                     marker=view.marker,
                 )
             )
-        elif track.kind == "audio" and self._ext_audio_level:
-            value = view.extension(self._ext_audio_level)
-            if value:
-                voice, level = parse_audio_level(value)
-                track.audio_level.update(level, voice, now_ms)
+        elif level:
+            voice, dbov = parse_audio_level(level)
+            track.audio_level.update(dbov, voice, now_ms)
         layer.on_packet(view, now_ms, is_rtx)
 
     def _latch(self, view: RtpView) -> tuple[Layer, bool] | None:

@@ -145,6 +145,10 @@ class ClientPeer:
         self.dtls = DtlsSession(CLIENT_CERT, role="client", remote_fingerprints=SERVER_CERT.fingerprints())
         self.srtp: SrtpContext | None = None
 
+    def consent(self, transport: WebRtcTransport, now_ms: float) -> None:
+        """A consent-freshness check (RFC 7675), as browsers send every few seconds."""
+        self.mux.dispatch(binding_request(transport.ice_ufrag, self.ufrag, transport.ice_pwd), self.addr, now_ms)
+
     def connect(self, transport: WebRtcTransport, now_ms: float) -> None:
         """ICE check with USE-CANDIDATE, then the DTLS handshake, all through the mux."""
         self.mux.dispatch(binding_request(transport.ice_ufrag, self.ufrag, transport.ice_pwd), self.addr, now_ms)
