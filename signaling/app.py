@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import resource
 import signal
@@ -163,11 +164,14 @@ class FerryServer:
             self.engine,
             empty_timeout_s=config.room_empty_timeout_s,
             reconnect_grace_s=config.reconnect_grace_s,
+            max_tracks_per_participant=config.max_tracks_per_participant,
+            subscriber_answer_timeout_s=config.subscriber_answer_timeout_s,
         )
         self.metrics = Metrics()
         self.metrics.set_engine_stats(self._metrics_snapshot)
         self.ws_connections = 0
         self._connections_by_ip: dict[str, int] = {}
+        self._per_ip_exempt = [ipaddress.ip_network(n) for n in config.per_ip_exempt]
         self._connections: set[_Connection] = set()
         self._shutdown_hooks: list[ShutdownHook] = []
         self.stopping = False
@@ -177,6 +181,7 @@ class FerryServer:
         self._site_port: int | None = None
         self._room_timer: asyncio.Task | None = None
         self.http_port = config.http_port
+        self.http_port_bound = False
 
     # -- lifecycle -----------------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -214,6 +219,7 @@ class FerryServer:
         server = site._server  # aiohttp keeps the asyncio server here
         if server is not None and server.sockets:
             self.http_port = server.sockets[0].getsockname()[1]
+        self.http_port_bound = True
         self._room_timer = asyncio.create_task(self._room_ticker())
         log.info(
             "Ferry listening: http://%s:%d/ (ws /ws, /metrics), media udp %s:%d",
@@ -411,11 +417,18 @@ class FerryServer:
                 f"server full: {self.ws_connections} connections (max_connections)"
             )
         per_ip = self.config.max_connections_per_ip
-        if per_ip and self._connections_by_ip.get(remote, 0) >= per_ip:
+        if per_ip and self._connections_by_ip.get(remote, 0) >= per_ip and not self._cap_exempt(remote):
             return 429, "connection_limit", (
                 f"too many connections from {remote} (max_connections_per_ip={per_ip})"
             )
         return None
+
+    def _cap_exempt(self, remote: str) -> bool:
+        try:
+            address = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        return any(address in net for net in self._per_ip_exempt)
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         remote = request.remote or "?"
@@ -519,20 +532,20 @@ def run(config: Config) -> None:
 
     async def main() -> None:
         server = FerryServer(config)
-        await server.start()
-        if server.dev_mode:
-            print(
-                f"No API key configured: generated a dev key for this run.\n"
-                f"  FERRY_API_KEY={server.api_key}\n  FERRY_API_SECRET={server.api_secret}\n"
-                f"Open {server.http_url}/ in Chrome to join a meeting.",
-                flush=True,
-            )
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         signals = (signal.SIGTERM, signal.SIGINT)
-        for signum in signals:
+        for signum in signals:  # before start: a signal during start-up stops after it
             loop.add_signal_handler(signum, stop_requested.set)
         try:
+            await server.start()
+            if server.dev_mode:
+                print(
+                    f"No API key configured: generated a dev key for this run.\n"
+                    f"  FERRY_API_KEY={server.api_key}\n  FERRY_API_SECRET={server.api_secret}\n"
+                    f"Open {server.http_url}/ in Chrome to join a meeting.",
+                    flush=True,
+                )
             await stop_requested.wait()
             log.info("stopping: telling clients, closing rooms (at most %.0f s)", config.shutdown_timeout_s)
             for signum in signals:
@@ -541,7 +554,7 @@ def run(config: Config) -> None:
         finally:
             for signum in signals:
                 loop.remove_signal_handler(signum)
-            if not server.stopping:  # an exception got here before the stop path ran
+            if server.http_port_bound and not server.stopping:  # an error skipped the stop path
                 await server.stop()
         log.info("stopped")
 

@@ -68,6 +68,9 @@ class Config:
     # WebSocket connections in total and per remote address (0: no per-address cap).
     max_connections: int = 2000
     max_connections_per_ip: int = 100
+    # Networks the per-address cap does not apply to: a reverse proxy on this host makes
+    # every client look like 127.0.0.1 (the total cap still applies).
+    per_ip_exempt: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     # A socket that has not joined a room this long after connecting is closed.
     join_timeout_s: float = 10.0
     # A connection must complete its request headers (and an idle keep-alive connection
@@ -119,6 +122,7 @@ class Config:
             raise ConfigError(
                 f"max_connections_per_ip must be >= 0 (0: no cap), got {self.max_connections_per_ip}"
             )
+        self._check_per_ip_exempt()
         for name in ("join_timeout_s", "http_header_timeout_s", "shutdown_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -148,6 +152,18 @@ class Config:
                 raise ConfigError(
                     f"announce_ips entry {ip!r} is not an IPv4/IPv6 address "
                     "(ICE candidates need literal addresses, not host names)"
+                ) from None
+
+    def _check_per_ip_exempt(self) -> None:
+        nets = self.per_ip_exempt
+        if not isinstance(nets, list):
+            raise ConfigError(f"per_ip_exempt must be a list of networks, got {nets!r}")
+        for net in nets:
+            try:
+                ipaddress.ip_network(net)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"per_ip_exempt entry {net!r} is not a network like 10.0.0.0/8 or ::1/128"
                 ) from None
 
     def _check_allowed_origins(self) -> None:

@@ -378,7 +378,8 @@ async def test_socket_that_never_joins_is_closed_after_join_timeout() -> None:
 
 async def test_connections_are_capped_per_address_and_in_total() -> None:
     for config, refused_status, setting in [
-        (make_config(max_connections_per_ip=2), 429, "max_connections_per_ip"),
+        (make_config(max_connections_per_ip=2, per_ip_exempt=[]), 429, "max_connections_per_ip"),
+        (make_config(max_connections=3, max_connections_per_ip=2), 503, "max_connections"),  # loopback exempt
         (make_config(max_connections=3, max_connections_per_ip=0), 503, "max_connections"),
     ]:
         server = FerryServer(config)
@@ -414,3 +415,34 @@ async def test_half_sent_http_request_is_closed_after_the_header_timeout() -> No
         writer.close()
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"allowed_origins": ["https://a.example/path"]}, "allowed_origins"),
+        ({"allowed_origins": "https://a.example"}, "allowed_origins"),
+        ({"per_ip_exempt": ["localhost"]}, "per_ip_exempt"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"max_connections_per_ip": -1}, "max_connections_per_ip"),
+        ({"join_timeout_s": 0}, "join_timeout_s"),
+        ({"allow_dev_keys": "yes"}, "allow_dev_keys"),
+    ],
+)
+def test_hardening_settings_are_validated(overrides: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        make_config(**overrides)
+
+
+def test_hardening_settings_from_environment_and_cli() -> None:
+    from signaling.cli import _serve_overrides, build_parser
+    from signaling.config import load_config
+
+    env = {"FERRY_ALLOWED_ORIGINS": "https://a.example, https://b.example:8443", "FERRY_ALLOW_DEV_KEYS": "true"}
+    assert load_config(None, env).allowed_origins == ["https://a.example", "https://b.example:8443"]
+    assert load_config(None, env).allow_dev_keys is True
+    args = build_parser(()).parse_args(["serve", "--dev", "--allowed-origin", "https://c.example"])
+    config = load_config(None, {}, _serve_overrides(args))
+    assert config.allow_dev_keys and config.allowed_origins == ["https://c.example"]
+    with pytest.raises(ConfigError, match="FERRY_ALLOW_DEV_KEYS"):
+        load_config(None, {"FERRY_ALLOW_DEV_KEYS": "maybe"})
