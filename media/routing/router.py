@@ -76,6 +76,11 @@ class MediaParticipant:
             schedule=engine.call_at,
         )
         self.subscriber.on_down_track_removed = lambda down: router.release_ssrcs(down.ssrc, down.rtx_ssrc)
+        # The allocator pausing (or resuming) a track for bandwidth reaches signaling as
+        # track_paused / track_resumed for this subscriber.
+        self.subscriber.on_track_paused = lambda track_sid, paused: router.track_paused(
+            sid, track_sid, paused
+        )
         self.closed = False
 
     def replace_transport(self, role: str) -> None:
