@@ -80,6 +80,10 @@ class Config:
     ws_send_queue_limit: int = 1000
     # SIGTERM/SIGINT: time allowed for telling clients, finishing recordings, closing.
     shutdown_timeout_s: float = 10.0
+    # Tracks one participant may publish at once (each is an m-line in every viewer's SDP).
+    max_tracks_per_participant: int = 16
+    # A subscriber offer without a usable answer after this long is sent again.
+    subscriber_answer_timeout_s: float = 15.0
 
     def __post_init__(self) -> None:
         self._check_str("host")
@@ -123,7 +127,11 @@ class Config:
                 f"max_connections_per_ip must be >= 0 (0: no cap), got {self.max_connections_per_ip}"
             )
         self._check_per_ip_exempt()
-        for name in ("join_timeout_s", "http_header_timeout_s", "shutdown_timeout_s"):
+        if self._check_int("max_tracks_per_participant") < 1:
+            raise ConfigError(
+                f"max_tracks_per_participant must be >= 1, got {self.max_tracks_per_participant}"
+            )
+        for name in ("join_timeout_s", "http_header_timeout_s", "shutdown_timeout_s", "subscriber_answer_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")

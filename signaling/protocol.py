@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "ERROR_CODES",
     "MAX_MESSAGE_BYTES",
+    "MAX_RECOVERABLE_BYTES",
     "MAX_TRACK_SIDS",
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
@@ -37,6 +38,9 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
+# Oversized frames up to this size are still parsed, only to echo their id in the
+# ``too_large`` reply (a client waiting on that id learns at once why).
+MAX_RECOVERABLE_BYTES = 4 * MAX_MESSAGE_BYTES
 MAX_TRACK_SIDS = 100
 MAX_DIMENSION = 10000
 LAYERS = ("q", "h", "f")
@@ -54,6 +58,7 @@ ERROR_CODES = frozenset(
         "not_joined",
         "not_found",
         "conflict",
+        "too_many_tracks",
         "internal",
     }
 )
@@ -258,7 +263,8 @@ REQUEST_TYPES = frozenset(_VALIDATORS)
 def decode(frame: str | bytes) -> Request:
     """Parse and validate one client frame.
 
-    Order of checks (each maps to one error code): size → ``too_large``; JSON →
+    Order of checks (each maps to one error code): size → ``too_large`` (echoing the id
+    of a frame up to :data:`MAX_RECOVERABLE_BYTES` that has one); JSON →
     ``bad_json``; object with string ``type`` and int/str ``id`` → ``bad_request``; known
     type → ``unknown_type``; fields → ``bad_request`` / ``unsupported_version``. Errors
     raised after the id is known carry ``id``/``type`` so the reply can echo them.
@@ -271,7 +277,11 @@ def decode(frame: str | bytes) -> Request:
     else:
         size = len(frame)
     if size > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", f"message exceeds the {MAX_MESSAGE_BYTES} byte limit")
+        raise ProtocolError(
+            "too_large",
+            f"message exceeds the {MAX_MESSAGE_BYTES} byte limit",
+            **(_request_ids(frame) if size <= MAX_RECOVERABLE_BYTES else {}),
+        )
     try:
         # The wire is UTF-8; don't let json.loads sniff UTF-16/32 from bytes.
         text = frame.decode("utf-8") if isinstance(frame, bytes | bytearray) else frame
@@ -280,6 +290,21 @@ def decode(frame: str | bytes) -> Request:
         # UnicodeDecodeError is a ValueError; RecursionError comes from deeply nested arrays.
         raise ProtocolError("bad_json", f"invalid JSON: {exc}") from None
     return validate(msg)
+
+
+def _request_ids(frame: str | bytes) -> dict[str, Any]:
+    """``id`` and ``type`` of an oversized frame when it is a JSON object carrying
+    valid ones (to echo in the error), else nothing."""
+    try:
+        msg = json.loads(frame.decode("utf-8") if isinstance(frame, bytes | bytearray) else frame)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(msg, dict):
+        return {}
+    mtype, rid = msg.get("type"), msg.get("id")
+    if isinstance(mtype, str) and (_is_int(rid) or isinstance(rid, str)):
+        return {"id": rid, "type": mtype}
+    return {}
 
 
 def validate(msg: Any) -> Request:

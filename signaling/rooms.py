@@ -27,12 +27,26 @@ log = logging.getLogger("ferry.signaling.rooms")
 Send = Callable[[dict], None]
 
 
+# A subscriber offer that gets no answer this long is sent again (LiveKit waits 15 s too).
+SUBSCRIBER_ANSWER_TIMEOUT_S = 15.0
+# First delay before re-offering after an answer Ferry could not apply; doubles per
+# failure in a row, up to the answer timeout.
+ANSWER_RETRY_S = 0.5
+
+
 @dataclass
 class SubscriberSection:
-    """One m-line of a participant's subscriber PC (mids are never reused)."""
+    """One m-line of a participant's subscriber PC.
+
+    A section whose track is gone goes inactive. Once the client has answered an offer
+    with it inactive (`free`), the next track of the same kind takes over its mid with
+    new SSRCs and msid, as browsers and LiveKit reuse transceivers, so the SDP grows
+    with the most tracks received at once rather than with every track ever received.
+    """
 
     description: MediaDescription
     track_sid: str | None  # None once the track is gone (m-line inactive)
+    free: bool = False  # inactive in an answered offer: may carry the next track of its kind
 
 
 @dataclass
@@ -52,6 +66,10 @@ class Participant:
     offer_version: int = 0
     offer_pending: bool = False
     renegotiate_needed: bool = False
+    # When the pending offer is sent again (set by the first tick that sees it pending,
+    # or sooner after a failed answer); failures in a row set the retry backoff.
+    offer_deadline: float | None = None
+    answer_failures: int = 0
     session_id: int = field(default_factory=lambda: secrets.randbits(62))
     # Ends the signaling session bound to this participant (tells the client why and
     # closes its socket); set by the Session, called when another session replaces it.
@@ -86,6 +104,12 @@ class Participant:
             self.renegotiate_needed = True
             return
         self.renegotiate_needed = False
+        if self._update_sections() and self.sections:
+            self._send_offer()
+
+    def _update_sections(self) -> bool:
+        """Match sections to `desired`: gone tracks go inactive, new ones take a free
+        section of their kind or a new one. Returns whether anything changed."""
         router = self.room.router
         changed = False
         for section in self.sections:
@@ -100,12 +124,19 @@ class Participant:
             track = router.tracks.get(sid)
             if track is None or sid in present:
                 continue
-            self.sections.append(SubscriberSection(self._new_section(track), sid))
+            reuse = next((s for s in self.sections if s.free and s.description.kind == track.kind), None)
+            if reuse is None:
+                self.sections.append(SubscriberSection(self._new_section(track, str(len(self.sections))), sid))
+            else:
+                reuse.description = self._new_section(track, reuse.description.mid)
+                reuse.track_sid, reuse.free = sid, False
             changed = True
-        if not changed or not self.sections:
-            return
+        return changed
+
+    def _send_offer(self) -> None:
         self.offer_version += 1
         self.offer_pending = True
+        self.offer_deadline = None
         text = sdp.offer_subscriber(
             [s.description for s in self.sections],
             transport=self.media.local_parameters("subscriber"),
@@ -114,7 +145,22 @@ class Participant:
         )
         self.emit({"type": "subscriber_offer", "sdp": text, "version": self.offer_version})
 
-    def _new_section(self, track: PublishedTrack) -> MediaDescription:
+    def on_timer(self, now: float, answer_timeout_s: float = SUBSCRIBER_ANSWER_TIMEOUT_S) -> None:
+        """Re-offer (with any change queued meanwhile) when the pending offer got no
+        usable answer in time: a lost or failed answer must not stop this participant
+        from receiving anything ever again."""
+        if not self.offer_pending or not self.connected:
+            self.offer_deadline = None
+            return
+        if self.offer_deadline is None:
+            self.offer_deadline = now + answer_timeout_s
+        elif now >= self.offer_deadline:
+            log.info("%s: no usable answer to subscriber offer v%d; offering again", self.sid, self.offer_version)
+            self.offer_pending = self.renegotiate_needed = False
+            self._update_sections()
+            self._send_offer()
+
+    def _new_section(self, track: PublishedTrack, mid: str) -> MediaDescription:
         router = self.room.router
         kind = track.kind
         # RED is offered when the publisher sends it, or when Ferry may add it itself.
@@ -124,7 +170,7 @@ class Participant:
             codecs = [c for c in codecs if c.name.upper() == track.codec.name.upper()] or codecs
         rtx = router.new_ssrc() if kind == "video" else None
         return MediaDescription(
-            mid=str(len(self.sections)),
+            mid=mid,
             kind=kind,
             direction="sendonly",
             codecs=codecs,
@@ -134,26 +180,51 @@ class Participant:
             cname=self.media.cname,
         )
 
-    def apply_subscriber_answer(self, text: str, version: int) -> None:
-        """Raises ValueError (sdp.SdpError) or LookupError for a stale version."""
+    def apply_subscriber_answer(
+        self, text: str, version: int, now: float, answer_timeout_s: float = SUBSCRIBER_ANSWER_TIMEOUT_S
+    ) -> None:
+        """Raises ValueError (sdp.SdpError) or LookupError for a stale version.
+
+        An answer to the pending offer that cannot be applied ends that offer: a new one
+        follows after a backoff (`answer_failed`), instead of waiting for an answer that
+        will not come.
+        """
         if not self.offer_pending or version != self.offer_version:
             raise LookupError(f"no pending subscriber offer with version {version}")
-        answer = sdp.parse(text, "answer")
-        offered = [s.description for s in self.sections]
-        accepted = sdp.negotiated_subscriber(offered, answer)
-        self.media.set_subscriber_remote(answer.transport)
+        try:
+            answer = sdp.parse(text, "answer")
+            offered = [s.description for s in self.sections]
+            accepted = sdp.negotiated_subscriber(offered, answer)
+            self.media.set_subscriber_remote(answer.transport)
+        except Exception:
+            self.answer_failed(now, answer_timeout_s)
+            raise
         by_mid = {m.mid: m for m in accepted}
         router = self.room.router
         for section in self.sections:
             sid = section.track_sid
-            track = router.tracks.get(sid) if sid else None
+            if sid is None:
+                section.free = True  # the client saw it inactive
+                continue
+            track = router.tracks.get(sid)
             got = by_mid.get(section.description.mid)
             if track is None or got is None:
                 continue
             self.media.subscribe(track, section.description, got)
         self.offer_pending = False
+        self.offer_deadline = None
+        self.answer_failures = 0
         if self.renegotiate_needed:
             self.renegotiate()
+
+    def answer_failed(self, now: float, answer_timeout_s: float = SUBSCRIBER_ANSWER_TIMEOUT_S) -> None:
+        """The answer to the pending offer was refused (unparsable, too large): offer
+        again after ANSWER_RETRY_S, doubling per failure in a row up to the timeout."""
+        if not self.offer_pending:
+            return
+        delay = min(answer_timeout_s, ANSWER_RETRY_S * 2**self.answer_failures)
+        self.answer_failures += 1
+        self.offer_deadline = now + delay
 
 
 class Room:
@@ -298,10 +369,20 @@ class Room:
 class RoomManager:
     """All rooms of this server; the ticker closes idle rooms and expired reconnects."""
 
-    def __init__(self, engine: Engine, *, empty_timeout_s: float, reconnect_grace_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        empty_timeout_s: float,
+        reconnect_grace_s: float,
+        max_tracks_per_participant: int = 16,
+        subscriber_answer_timeout_s: float = SUBSCRIBER_ANSWER_TIMEOUT_S,
+    ) -> None:
         self.engine = engine
         self.empty_timeout_s = empty_timeout_s
         self.reconnect_grace_s = reconnect_grace_s
+        self.max_tracks_per_participant = max_tracks_per_participant
+        self.subscriber_answer_timeout_s = subscriber_answer_timeout_s
         self.rooms: dict[str, Room] = {}
 
     def get_or_create(self, name: str) -> Room:
@@ -327,6 +408,8 @@ class RoomManager:
                     and now - participant.disconnected_at > self.reconnect_grace_s
                 ):
                     room.remove(participant, reason="disconnected", now=now)
+            for participant in list(room.participants.values()):
+                participant.on_timer(now, self.subscriber_answer_timeout_s)
             if not room.participants:
                 if room.empty_since is None:
                     room.empty_since = now

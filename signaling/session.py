@@ -179,7 +179,9 @@ class Session:
 
     def _on_subscriber_answer(self, req: Request, participant: Participant, now: float) -> None:
         try:
-            participant.apply_subscriber_answer(req.data["sdp"], req.data["version"])
+            participant.apply_subscriber_answer(
+                req.data["sdp"], req.data["version"], now, self.rooms.subscriber_answer_timeout_s
+            )
         except LookupError as exc:
             raise ProtocolError("conflict", str(exc)) from None
         except ValueError as exc:
