@@ -100,6 +100,18 @@ def test_pyav_ships_a_libopus_to_fall_back_on() -> None:
     assert bundled_libopus_paths(), "PyAV's wheel no longer ships libopus: the fresh-machine fallback is gone"
 
 
+def test_serving_never_imports_the_opus_decoder() -> None:
+    """The forward path needs no libopus at all: importing the server loads none."""
+    code = (
+        "import sys, signaling.cli, signaling.app, media.engine, media.audio.red_encoder\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opuslib') or m.endswith('opus_decoder')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=_env(), timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_decoder_uses_pyavs_libopus_when_the_system_has_none(hiding: None) -> None:
     command = f"{shlex.quote(sys.executable)} -c {shlex.quote(DECODE_SCRIPT)}"
     done = subprocess.run(_hidden(command), capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=120)
