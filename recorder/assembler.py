@@ -21,6 +21,9 @@ __all__ = ["SenderClock", "TrackAssembler"]
 
 LIVE_WINDOW_MS = 1000.0  # a layer with no packet for this long is not being sent
 KEYFRAME_RETRY_MS = 500.0  # ask again for a keyframe we are still waiting for
+# Simulcast start: wait this long after the first packet so every layer the publisher
+# sends has shown up, and start on the best one (nothing is lost: it is buffered).
+START_WAIT_MS = 300.0
 
 
 class SenderClock:
@@ -69,6 +72,7 @@ class TrackAssembler:
         self.keyframe_requests: list[int] = []
         self.last_timestamp: int | None = None  # output timeline
         self._last_arrival_ms = 0.0
+        self._first_packet_ms: float | None = None
         self.frames = 0
         self.gaps = 0
         self.switches = 0
@@ -89,6 +93,8 @@ class TrackAssembler:
         if layer >= len(self._last_seen):
             self._last_seen.extend([None] * (layer + 1 - len(self._last_seen)))
         self._last_seen[layer] = now_ms
+        if self._first_packet_ms is None:
+            self._first_packet_ms = now_ms
         if layer != self.current and layer != self.target:
             self._retarget(now_ms)
             if layer != self.current and layer != self.target:
@@ -120,6 +126,10 @@ class TrackAssembler:
         """Frames ready for the muxer, with `timestamp` on the output timeline."""
         self._retarget(now_ms)
         out: list[Frame] = []
+        if self.current is None and len(self._last_seen) > 1:
+            started = self._first_packet_ms
+            if started is None or now_ms - started < START_WAIT_MS:
+                return out
         current = self.current
         if current is not None and current in self._buffers:
             for item in self._buffers[current].pop(now_ms):
@@ -183,18 +193,23 @@ class TrackAssembler:
         clock_old = self._clocks.get(old) if old is not None else None
         if clock_new is not None and clock_old is not None and old is not None:
             mapped = clock_old.from_unix(clock_new.to_unix(frame.timestamp)) + self._offsets.get(old, 0)
-        if mapped is None or mapped <= last:
-            # No sender reports (or they disagree): place it by arrival, at this one frame.
+        if mapped is None:
+            # No sender reports: place it by arrival, at this one frame.
             elapsed = round((now_ms - self._last_arrival_ms) * self.clock_rate / 1000.0)
-            mapped = max(mapped or 0, last + max(1, elapsed))
+            mapped = last + max(1, elapsed)
         self._offsets[layer] = mapped - frame.timestamp
 
     def _stamp(self, frame: Frame, now_ms: float) -> Frame:
         if self.current is None:
             self.current = frame.layer
             self._offsets.setdefault(frame.layer, 0)
-        frame.timestamp += self._offsets.get(frame.layer, 0)
-        self.last_timestamp = frame.timestamp
+        ts = frame.timestamp + self._offsets.get(frame.layer, 0)
+        last = self.last_timestamp
+        if last is not None and ts <= last:
+            # A switch keyframe captured with (or before) the old layer's last frame:
+            # one tick later, so the file stays monotonic; the offset stays exact.
+            ts = last + 1
+        frame.timestamp = self.last_timestamp = ts
         self._last_arrival_ms = now_ms
         self.frames += 1
         return frame

@@ -131,7 +131,11 @@ class JitterBuffer:
         packets = self._packets
         if self.need_keyframe:
             if not self._keyframe_seqs:
-                packets.clear()  # nothing decodable before a keyframe
+                # Nothing decodable before a keyframe. Keep only the newest frame's
+                # packets: its first packet (the keyframe flag) may still be on its way.
+                newest = self._ts.highest
+                for seq in [s for s, p in packets.items() if p.ts != newest]:
+                    del packets[seq]
                 return False
             start = min(self._keyframe_seqs)
             for seq in [s for s in packets if s < start]:
