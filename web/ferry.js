@@ -330,6 +330,17 @@ function onEvent(msg) {
     case "error":
       fail("server", new FerryError(msg.error?.code || "error", msg.error?.message || ""));
       break;
+    case "leave": {
+      // The server ended this session (the same name joined elsewhere, or it is stopping).
+      const why = msg.reason === "replaced" ? "you joined from another tab or device" : "the server is stopping";
+      app.leaving = true;
+      teardown();
+      setState("left");
+      $("call").hidden = true;
+      $("join-form").hidden = false;
+      status(`Left the room: ${why}.`, msg.reason !== "replaced");
+      break;
+    }
     default:
       break;
   }
