@@ -1,0 +1,67 @@
+"""Real clients receive tracks on recycled subscriber m-lines (issue 10, defect 4).
+
+Ferry reuses an inactive m-line's mid for the next track of its kind, with new SSRCs
+and msid. aiortc keeps one transceiver (and one receiver track) per mid and starts its
+receiver only once, so this checks for real that the next track's packets still reach
+the same receiver and decode; LiteClient keys its counters by SSRC.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from signaling.client import FerryClient, allow_loopback
+from signaling.lite_client import LiteClient
+from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
+
+
+@pytest.fixture(autouse=True)
+def _loopback():
+    with allow_loopback():
+        yield
+
+
+def _lite_packets(viewer: LiteClient, track_sid: str) -> int:
+    return sum(c.packets for c in viewer.received.values() if c.track_sid == track_sid)
+
+
+async def test_viewers_receive_each_next_publisher_on_recycled_mlines(server):
+    room = "recycle"
+    viewer = FerryClient(connect_timeout=15.0)
+    lite = LiteClient()
+    publisher: FerryClient | None = None
+    try:
+        await viewer.connect(server.ws_url)
+        await viewer.join(server.token(room, "viewer"))
+        await lite.connect(server.ws_url)
+        await lite.join(server.token(room, "lite"))
+        participants = server.rooms.rooms[room].participants
+        watchers = [participants[viewer.participant["sid"]], participants[lite.participant["sid"]]]
+        for generation in range(3):
+            publisher = FerryClient(connect_timeout=15.0)
+            await publisher.connect(server.ws_url)
+            await publisher.join(server.token(room, f"pub{generation}"))
+            tracks = await publisher.publish(ToneAudioTrack(), TestPatternVideoTrack())
+            psid = publisher.participant["sid"]
+
+            def decoded(psid: str = psid) -> bool:
+                video, audio = viewer.sink_for(psid, "video"), viewer.sink_for(psid, "audio")
+                return bool(video and audio and video.received_frames >= 5 and audio.received_audio_samples > 0)
+
+            await viewer.wait_for(decoded, timeout=15, message=f"aiortc viewer, generation {generation}")
+            await lite.wait_for(lambda tracks=tracks: all(_lite_packets(lite, t["sid"]) > 20 for t in tracks), timeout=15)
+            await publisher.leave()
+            publisher = None
+            # Both viewers have answered the offer that made the two m-lines inactive.
+            await viewer.wait_for(
+                lambda: all(not w.offer_pending and all(s.free for s in w.sections) for w in watchers), timeout=10
+            )
+        for watcher in watchers:
+            assert [s.description.mid for s in watcher.sections] == ["0", "1"]
+        assert len(viewer.subscriber.getTransceivers()) == 2
+        assert not viewer.subscriber_errors and not lite.subscriber_errors
+    finally:
+        if publisher is not None:
+            await publisher.close()
+        await lite.close()
+        await viewer.close()
