@@ -68,7 +68,7 @@ def _mutated_seed(t: targets.Target, index: int, byte_ops: list) -> bytes:
 # ------------------------------------------------------------------------- the targets
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=300)
 @given(st.integers(0, 2), st.integers(0, 100), st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=12),
        st.one_of(st.none(), ops(len(BYTE_OPS), 3)))
 def test_fuzz_signaling_json_never_internal(which: int, index: int, bits: list[int], raw_ops: list | None) -> None:
@@ -87,7 +87,7 @@ def test_fuzz_signaling_json_never_internal(which: int, index: int, bits: list[i
     t.run((which, frame))
 
 
-@settings(FUZZ, max_examples=120)
+@settings(FUZZ, max_examples=200)
 @given(st.integers(0, 100), ops(len(LINE_OPS), 5))
 def test_fuzz_publish_sdp_never_internal(index: int, line_ops: list) -> None:
     t = target("sdp")
@@ -95,21 +95,21 @@ def test_fuzz_publish_sdp_never_internal(index: int, line_ops: list) -> None:
     t.run(apply_line_ops(seeds[index % len(seeds)], line_ops, seeds))
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=500)
 @given(st.integers(0, 100), st.integers(0, 100), ops(len(BYTE_OPS)), st.booleans())
 def test_fuzz_stun_never_binds_unauthenticated(which: int, index: int, byte_ops: list, resign: bool) -> None:
     t = target("stun")
     t.run((which, _mutated_seed(t, index, byte_ops), resign))
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=500)
 @given(st.integers(0, 100), ops(len(BYTE_OPS)), st.booleans(), st.integers(0, 29), st.booleans())
 def test_fuzz_rtp_receive_path(index: int, byte_ops: list, via_srtp: bool, advance: int, renumber: bool) -> None:
     t = target("rtp")
     t.run((_mutated_seed(t, index, byte_ops), via_srtp, advance, renumber))
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=500)
 @given(st.integers(0, 100), ops(len(BYTE_OPS)), st.booleans(), st.booleans(), st.integers(0, 29), st.booleans())
 def test_fuzz_rtcp_receive_path(
     index: int, byte_ops: list, from_viewer: bool, via_srtp: bool, advance: int, reframe: bool
@@ -118,7 +118,7 @@ def test_fuzz_rtcp_receive_path(
     t.run((_mutated_seed(t, index, byte_ops), from_viewer, via_srtp, advance, reframe))
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=500)
 @given(st.integers(0, 100), st.integers(0, 100), ops(len(BYTE_OPS)), st.booleans())
 def test_fuzz_turn_relay(which: int, index: int, byte_ops: list, resign: bool) -> None:
     t = target("turn")
