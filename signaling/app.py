@@ -47,6 +47,15 @@ _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 ShutdownHook = Callable[[], Awaitable[None]]
 
 
+def _request_host(request: web.Request) -> str | None:
+    """The host name of the request's Host header, lower case; None when unparsable."""
+    try:
+        host = request.url.host
+    except ValueError:  # a Host header yarl cannot parse ("x:y:z") names no host of ours
+        return None
+    return host.lower() if host else None
+
+
 class _Connection:
     """The outgoing side of one /ws socket: a bounded queue drained by a writer task.
 
@@ -358,7 +367,7 @@ class FerryServer:
             return False
         if not host:
             return False
-        return is_loopback_host(host) or host == (request.url.host or "").lower()
+        return is_loopback_host(host) or host == _request_host(request)
 
     async def _api_dev_token(self, request: web.Request) -> web.Response:
         if not self.dev_mode:
@@ -366,7 +375,7 @@ class FerryServer:
                 {"error": {"code": "forbidden", "message": "dev tokens exist only when no API key is configured"}},
                 status=403,
             )
-        if not self._known_host(request.url.host):
+        if not self._known_host(_request_host(request)):
             return web.json_response(
                 {
                     "error": {

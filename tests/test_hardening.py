@@ -255,6 +255,7 @@ async def test_dev_token_refuses_a_foreign_host_header() -> None:
                 (f"localhost:{server.http_port}", 200),
                 (f"attacker.example:{server.http_port}", 403),  # DNS rebinding
                 ("attacker.example", 403),
+                ("x:y:z", 403),  # unparsable
             ]:
                 async with http.get(url, headers={"Host": host}) as resp:
                     assert resp.status == status, (host, await resp.text())
@@ -299,6 +300,7 @@ async def test_ws_refuses_origins_that_are_neither_this_host_loopback_nor_allowe
                 ({"Origin": "https://evil.example"}, False),
                 ({"Origin": "https://evil.example", "Host": f"ferry.example.org:{port}"}, False),
                 ({"Origin": "null"}, False),
+                ({"Origin": "https://evil.example", "Host": "x:y:z"}, False),
             ]:
                 try:
                     ws = await http.ws_connect(server.ws_url, headers=headers)
