@@ -499,14 +499,24 @@ class FerryClient:
     # ------------------------------------------------------------------ subscriber
 
     async def _process_offers(self) -> None:
-        """Answer ``subscriber_offer`` events strictly one at a time, in arrival order."""
+        """Answer ``subscriber_offer`` events strictly one at a time, in arrival order.
+
+        Only the newest queued offer is answered: the server accepts an answer to its
+        latest offer only (it offers again when an answer is late), and each offer
+        describes the whole session.
+        """
         while True:
             offer = await self._offers.get()
+            while not self._offers.empty():
+                offer = self._offers.get_nowait()
             try:
                 await self._answer_offer(offer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if isinstance(exc, FerryError) and exc.code == "conflict":
+                    logger.info("subscriber offer v%s superseded", offer.get("version"))
+                    continue
                 logger.exception("subscriber offer v%s failed", offer.get("version"))
                 self.subscriber_errors.append(exc)
 

@@ -1644,14 +1644,23 @@ class LiteClient:
 
     # -- subscribing ---------------------------------------------------------------------
     async def _process_offers(self) -> None:
-        """Answer ``subscriber_offer`` events strictly one at a time, in arrival order."""
+        """Answer ``subscriber_offer`` events strictly one at a time, in arrival order.
+
+        Only the newest queued offer is answered (the server accepts only an answer to
+        its latest offer); a ``conflict`` reply means a newer offer is on its way.
+        """
         while True:
             offer = await self._offers.get()
+            while not self._offers.empty():
+                offer = self._offers.get_nowait()
             try:
                 await self._answer_offer(offer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if isinstance(exc, FerryError) and exc.code == "conflict":
+                    logger.info("%s: subscriber offer v%s superseded", self.name, offer.get("version"))
+                    continue
                 # An offer racing our own leave/close is expected, not worth a warning.
                 closing = self._closed or self._leaving
                 closing = closing or (isinstance(exc, FerryError) and exc.code == "closed")

@@ -8,11 +8,16 @@ the same receiver and decode; LiteClient keys its counters by SSRC.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from signaling.app import FerryServer
 from signaling.client import FerryClient, allow_loopback
 from signaling.lite_client import LiteClient
 from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
+
+from .conftest import make_config
 
 
 @pytest.fixture(autouse=True)
@@ -65,3 +70,39 @@ async def test_viewers_receive_each_next_publisher_on_recycled_mlines(server):
             await publisher.close()
         await lite.close()
         await viewer.close()
+
+
+async def test_viewer_whose_answer_was_lost_receives_after_the_offer_is_sent_again():
+    server = FerryServer(make_config(subscriber_answer_timeout_s=1.0))
+    await server.start()
+    viewer = FerryClient(connect_timeout=15.0)
+    publisher = FerryClient(connect_timeout=15.0)
+    lost: list[int] = []
+    send = viewer.request
+
+    async def lossy(msg_type: str, /, **fields: Any) -> dict[str, Any]:
+        if msg_type == "subscriber_answer" and not lost:
+            lost.append(fields["version"])  # the client thinks it answered; Ferry never hears
+            return {"type": msg_type, "ok": True}
+        return await send(msg_type, **fields)
+
+    viewer.request = lossy  # type: ignore[method-assign]
+    try:
+        await publisher.connect(server.ws_url)
+        await publisher.join(server.token("lossy", "pub"))
+        await publisher.publish(ToneAudioTrack(), TestPatternVideoTrack())
+        await viewer.connect(server.ws_url)
+        await viewer.join(server.token("lossy", "viewer"))
+        psid = publisher.participant["sid"]
+        await viewer.wait_for(
+            lambda: (s := viewer.sink_for(psid, "video")) is not None and s.received_frames >= 5,
+            timeout=15,
+            message="no video after the lost answer",
+        )
+        watcher = server.rooms.rooms["lossy"].participants[viewer.participant["sid"]]
+        assert lost and watcher.offer_version > lost[0] and not watcher.offer_pending
+        assert not viewer.subscriber_errors
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await server.stop()
