@@ -30,6 +30,7 @@ class MuxWorker:
         self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue(
             max_jobs
         )
+        self.submitted = 0
         self.dropped = 0
         self.errors = 0
         self.done = 0
@@ -49,11 +50,17 @@ class MuxWorker:
         except queue.Full:
             self.dropped += 1
             return False
+        self.submitted += 1
         return True
 
     @property
     def pending(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def idle(self) -> bool:
+        """Every job submitted so far has run (for tests and orderly shutdown)."""
+        return self.done >= self.submitted
 
     def close(self, timeout_s: float = 10.0) -> bool:
         """Run what is queued, then stop; True when the thread finished within the timeout."""

@@ -141,7 +141,7 @@ def decode_count(path: str) -> int:
         return sum(1 for _ in c.decode(c.streams[0]))
 
 
-SIMULCAST_SIZES = ((80, 60), (160, 120), (320, 240))
+SIMULCAST_SIZES = ((64, 48), (128, 96), (256, 192))
 
 
 def simulcast(n: int, *, gop: int = 30, fps: int = 30,
@@ -166,3 +166,44 @@ def simulcast(n: int, *, gop: int = 30, fps: int = 30,
 
 
 LAYER_TS_BASE = (4_294_000_000, 1_000_000, 3_000_000_000)  # each layer's own random base
+
+
+def wait_until(predicate: object, timeout_s: float = 10.0) -> None:
+    """Poll `predicate()` until true or the deadline (no bare sleeps in tests)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met before the deadline")
+        time.sleep(0.005)
+
+
+def crash_child(directory: str, seconds: int) -> None:
+    """Run in a subprocess: record `seconds` of VP8 + Opus, say "ready", then hang.
+
+    The parent SIGKILLs it at that point: the writer is idle, everything submitted
+    has gone through PyAV, and only the open cluster / page is not on disk.
+    """
+    import sys
+
+    from recorder.recording import Recording
+
+    rec = Recording(directory, room="crash", recording_id="r1", unix_offset_s=1.7e9, now_ms=0.0)
+    rec.add_participant("PA_1", "alice", "Alice")
+    video = rec.add_track(sid="TR_v", participant_sid="PA_1", kind="video", source="camera",
+                          codec="VP8", clock_rate=90000, host=FakeHost())
+    audio = rec.add_track(sid="TR_a", participant_sid="PA_1", kind="audio", source="microphone",
+                          codec="opus", clock_rate=48000)
+    frames = [f for f, _ in encode_video("vp8", seconds * 30)]
+    vpk = packetize("vp8", frames)
+    apk = packetize("opus", list(encode_opus(seconds * 50)), ts_step=960)
+    stream = [(p.frame * 1000 / 30, video, p) for p in vpk] + [(p.frame * 20.0, audio, p) for p in apk]
+    stream.sort(key=lambda item: item[0])
+    for now, recorder, p in stream:
+        recorder.on_packet(p.layer, p.view, p.ext_seq, p.keyframe, now)
+        rec.on_timer(now)
+    rec.on_timer(seconds * 1000.0 + 6000.0)  # a last manifest rewrite
+    wait_until(lambda: rec.worker.idle)
+    print("ready", flush=True)
+    sys.stdin.read()  # until killed
