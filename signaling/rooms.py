@@ -39,9 +39,10 @@ class SubscriberSection:
     """One m-line of a participant's subscriber PC.
 
     A section whose track is gone goes inactive. Once the client has answered an offer
-    with it inactive (`free`), the next track of the same kind takes over its mid with
-    new SSRCs and msid, as browsers and LiveKit reuse transceivers, so the SDP grows
-    with the most tracks received at once rather than with every track ever received.
+    with it inactive (`free`), the next track of the same kind and codecs takes over its
+    mid with new SSRCs and msid, as browsers and LiveKit reuse transceivers, so the SDP
+    grows with the most tracks received at once rather than with every track ever
+    received.
     """
 
     description: MediaDescription
@@ -124,12 +125,13 @@ class Participant:
             track = router.tracks.get(sid)
             if track is None or sid in present:
                 continue
-            reuse = next((s for s in self.sections if s.free and s.description.kind == track.kind), None)
+            description = self._new_section(track, str(len(self.sections)))
+            reuse = next((s for s in self.sections if s.free and _same_media(s.description, description)), None)
             if reuse is None:
-                self.sections.append(SubscriberSection(self._new_section(track, str(len(self.sections))), sid))
+                self.sections.append(SubscriberSection(description, sid))
             else:
-                reuse.description = self._new_section(track, reuse.description.mid)
-                reuse.track_sid, reuse.free = sid, False
+                description.mid = reuse.description.mid
+                reuse.description, reuse.track_sid, reuse.free = description, sid, False
             changed = True
         return changed
 
@@ -225,6 +227,13 @@ class Participant:
         delay = min(answer_timeout_s, ANSWER_RETRY_S * 2**self.answer_failures)
         self.answer_failures += 1
         self.offer_deadline = now + delay
+
+
+def _same_media(a: MediaDescription, b: MediaDescription) -> bool:
+    """Same kind and codec table: aiortc fixes a receiver's payload types when the
+    m-line first receives, so a recycled m-line must keep them."""
+    codecs = [(c.name.lower(), c.payload_type, c.rtx_payload_type) for c in a.codecs]
+    return a.kind == b.kind and codecs == [(c.name.lower(), c.payload_type, c.rtx_payload_type) for c in b.codecs]
 
 
 class Room:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 
+from media.ortc import MediaDescription
 from signaling import sdp
 from signaling.lite_client import build_subscriber_answer
 from signaling.protocol import MAX_MESSAGE_BYTES, MAX_RECOVERABLE_BYTES
-from signaling.rooms import ANSWER_RETRY_S, SUBSCRIBER_ANSWER_TIMEOUT_S, Participant
+from signaling.rooms import ANSWER_RETRY_S, SUBSCRIBER_ANSWER_TIMEOUT_S, Participant, _same_media
 
 from .fuzz.harness import CLIENT_CERT, Conn, Stack, lite_offer
 
@@ -196,3 +197,12 @@ def test_failed_subscriber_answer_is_offered_again_with_backoff():
     assert not viewer.offer_pending and viewer.answer_failures == 0
     assert len(viewer.media.subscriber.down_tracks) == 2
     assert stack.internal_errors == 0
+
+
+def test_only_an_mline_with_the_same_kind_and_codecs_is_recycled():
+    def section(kind: str, *, red: bool = False) -> MediaDescription:
+        return MediaDescription(mid="0", kind=kind, direction="sendonly", codecs=sdp.default_subscriber_codecs(kind, red=red))
+
+    assert _same_media(section("audio"), section("audio"))
+    assert not _same_media(section("audio"), section("audio", red=True))  # RED changes the payload types
+    assert not _same_media(section("audio"), section("video"))
