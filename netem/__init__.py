@@ -3,7 +3,8 @@
 Sans-I/O cores (no clock, seeded randomness): ``netem.link`` (``Link``,
 ``LinkConfig`` in ``tc netem`` words), ``netem.loss``, ``netem.rate``
 (constant, steps, Mahimahi traces), ``netem.sim`` (virtual-time harness),
-``netem.profiles``. Shells: ``netem.turn`` (impairing TURN relay),
+``netem.profiles``, ``netem.tracegen`` (the synthetic LTE traces the package ships
+in ``netem/traces/``). Shells: ``netem.turn`` (impairing TURN relay),
 ``netem.proxy`` (UDP proxy), ``netem.control`` (HTTP API), ``netem.cli``.
 """
 

@@ -2,7 +2,8 @@
 
 Why this shape (DESIGN §9): every participant reaches Ferry only through netem's TURN
 relay with a relay-only ICE policy, and its TURN username names a profile that exists
-for that participant alone (``sc-<name>``). Changing the participant's network over
+for that participant alone (``sc-<name>:<name>``, with a random password of its own for
+the run; the relay reaches only this run's Ferry). Changing the participant's network over
 time is then one ``TurnRelay.set_profile`` call, for any client kind: aiortc
 (``FerryClient``), Ferry's own ``LiteClient`` (cheap, for crowds and simulcast), or
 a headless Chromium page. Clients stay unmodified and the relay's per-allocation link
