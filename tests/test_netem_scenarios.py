@@ -1,7 +1,7 @@
 """``ferry netem run`` / ``list``: scenario files, the runner and its reports (issue 3).
 
 Every built-in scenario is loaded and validated; two of them (2 aiortc clients, and the
-classroom of LiteClients when that client exists) run for real with a short
+classroom of LiteClients, which ship with Ferry: never skipped) run for real with a short
 ``--duration`` (the schedule is compressed with it), and an expectation that cannot hold
 makes the command exit non-zero. Kept short: the machine is shared.
 """
