@@ -69,7 +69,7 @@ def _mutated_seed(t: targets.Target, index: int, byte_ops: list) -> bytes:
 
 
 @settings(FUZZ, max_examples=300)
-@given(st.integers(0, 2), st.integers(0, 100), st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=12),
+@given(st.integers(0, 3), st.integers(0, 100), st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=12),
        st.one_of(st.none(), ops(len(BYTE_OPS), 3)))
 def test_fuzz_signaling_json_never_internal(which: int, index: int, bits: list[int], raw_ops: list | None) -> None:
     t = target("json")

@@ -101,7 +101,7 @@ class JsonTarget(Target):
 
     Seeds are valid requests of every type that name the room's real track sids and
     the pending offer version, so mutations reach the handlers, not only the validator.
-    Input: (which connection, frame).
+    Input: (which connection: publisher, viewer, new, new after hello; frame).
     """
 
     name = "json"
@@ -142,22 +142,25 @@ class JsonTarget(Target):
         text = json.dumps(msg, allow_nan=True)
         if rng.random() < 0.15:
             raw = m.bytes(text.encode())
-            return rng.randrange(3), raw if rng.random() < 0.5 else raw.decode("utf-8", "replace")
-        return rng.randrange(3), text
+            return rng.randrange(4), raw if rng.random() < 0.5 else raw.decode("utf-8", "replace")
+        return rng.randrange(4), text
 
     def run(self, inp: tuple[int, str | bytes]) -> None:
         which, frame = inp
         call = self.call
-        conn = (call.pub_conn, call.view_conn, call.pub_conn)[which % 3]
-        if which % 3 == 2:  # a fresh, unjoined connection
+        fresh = which % 4 >= 2
+        conn = (call.pub_conn, call.view_conn)[which % 2]
+        if fresh:  # a new connection, unjoined; after a valid hello for 3
             conn = call.stack.session()
+            if which % 4 == 3:
+                conn.call("hello", version=1)
         before = call.stack.internal_errors
         replies = conn.raw(frame)
         if call.stack.internal_errors != before:
             raise Finding(f"internal error: {replies}")
         if not replies:
             raise Finding("no reply to a frame")
-        if conn.session.participant is None and which % 3 != 2:
+        if conn.session.participant is None and not fresh:
             self.reset()  # left or replaced: start again from a joined pair
 
 
