@@ -12,11 +12,13 @@ import contextlib
 import itertools
 import json
 import os
+import queue
 import re
 import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -123,20 +125,35 @@ def watcher_sid(room: Any) -> str:
 
 
 def _spawn_serve(env_extra: dict[str, str], *, preexec: Any = None) -> tuple[subprocess.Popen[str], int]:
-    """`python -m signaling.cli serve` on free ports; returns the process and its HTTP port."""
+    """`python -m signaling.cli serve` on free ports; returns the process and its HTTP port.
+
+    A thread keeps reading the server's log, so a full pipe never blocks it.
+    """
     env = dict(os.environ, FERRY_LOG_LEVEL="info", **env_extra)
     cmd = [sys.executable, "-m", "signaling.cli", "serve", "--http-port", "0", "--media-port", "0",
            "--quic-port", "0", "--host", "127.0.0.1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, preexec_fn=preexec)
-    assert proc.stderr is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + 30
-    for line in proc.stderr:
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            break
+        if line is None:
+            break
         match = re.search(r"Ferry listening: http://127\.0\.0\.1:(\d+)/", line)
         if match:
             return proc, int(match.group(1))
-        if time.monotonic() > deadline:
-            break
     proc.kill()
     raise AssertionError(f"ferry serve did not start (exit {proc.wait()})")
 
@@ -161,8 +178,6 @@ async def test_sigterm_tells_clients_server_shutdown_and_exits_0() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 def test_serve_raises_the_open_file_soft_limit_to_the_hard_limit() -> None:
@@ -183,8 +198,6 @@ def test_serve_raises_the_open_file_soft_limit_to_the_hard_limit() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 async def test_stop_tells_clients_and_runs_shutdown_hooks() -> None:
