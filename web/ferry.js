@@ -32,6 +32,7 @@ const app = {
   midMap: new Map(), // subscriber mid -> {psid, tsid, kind}
   receivers: new Map(), // remote MediaStreamTrack.id -> {psid, tsid, kind, track}
   offerChain: Promise.resolve(),
+  latestOffer: 0, // version of the newest subscriber_offer received
   statsTimer: null,
   prevBytes: new Map(), // inbound-rtp id -> {bytes, ts}
   events: [],
@@ -322,6 +323,7 @@ function onEvent(msg) {
     }
     case "subscriber_offer":
       // Serialize: each offer is fully answered before the next one is applied.
+      app.latestOffer = Math.max(app.latestOffer, msg.version);
       app.offerChain = app.offerChain.then(() => handleSubscriberOffer(msg)).catch((e) => fail("subscriber offer", e));
       break;
     case "publisher_layers":
@@ -384,13 +386,20 @@ function parseMediaSections(sdp) {
 }
 
 async function handleSubscriberOffer(msg) {
+  // Ferry accepts an answer to its newest offer only (it offers again when an answer is
+  // late), and every offer describes the whole session: older queued ones are skipped.
+  if (msg.version < app.latestOffer) return;
   if (!app.sub) createSubscriber();
   app.midMap = parseMediaSections(msg.sdp);
   await app.sub.setRemoteDescription({ type: "offer", sdp: msg.sdp });
   syncReceivers();
   const answer = await app.sub.createAnswer();
   await app.sub.setLocalDescription(answer);
-  await app.sig.request("subscriber_answer", { sdp: app.sub.localDescription.sdp, version: msg.version });
+  try {
+    await app.sig.request("subscriber_answer", { sdp: app.sub.localDescription.sdp, version: msg.version });
+  } catch (e) {
+    if (e.code !== "conflict") throw e; // conflict: superseded by a newer offer, which follows
+  }
 }
 
 function createSubscriber() {
@@ -632,6 +641,7 @@ function teardown() {
   app.myTracks = { audio: null, video: null };
   app.me = null;
   app.offerChain = Promise.resolve();
+  app.latestOffer = 0;
   app.prevBytes.clear();
 }
 
