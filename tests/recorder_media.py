@@ -44,19 +44,18 @@ def encode_video(codec: str, n: int, width: int = 160, height: int = 120, fps: i
     ctx.framerate = fps
     ctx.gop_size = gop
     if codec == "vp8":
-        ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+        ctx.options = {"deadline": "realtime", "cpu-used": "16", "threads": "1"}  # threads spin
     else:
-        ctx.options = {"preset": "ultrafast", "tune": "zerolatency", "bframes": "0",
+        ctx.options = {"preset": "ultrafast", "tune": "zerolatency", "bframes": "0", "threads": "1",
                        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
     ramp = np.arange(width, dtype=np.uint16)
-    noise = np.random.default_rng(7).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    noise = np.random.default_rng(7).integers(0, 256, (height, width), dtype=np.uint8)
+    chroma = np.full((height // 2, width), 128, np.uint8)  # U and V planes, grey
     out = []
     for i in range(n):
-        row = ((ramp + i * 4 + shade) % 256).astype(np.uint8)
-        img = np.repeat(np.repeat(row[None, :, None], height, 0), 3, 2)
-        if noisy:
-            img = np.roll(noise, i, axis=1)
-        frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        luma = np.roll(noise, i, axis=1) if noisy else np.broadcast_to(
+            ((ramp + i * 4 + shade) % 256).astype(np.uint8), (height, width))
+        frame = av.VideoFrame.from_ndarray(np.vstack([luma, chroma]), format="yuv420p")
         frame.pts = i
         out += [(bytes(p), bool(p.is_keyframe)) for p in ctx.encode(frame)]
     out += [(bytes(p), bool(p.is_keyframe)) for p in ctx.encode(None)]
