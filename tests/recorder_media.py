@@ -35,7 +35,8 @@ class Pkt:
 
 @functools.lru_cache(maxsize=8)
 def encode_video(codec: str, n: int, width: int = 160, height: int = 120, fps: int = 30,
-                 gop: int = 30, shade: int = 0, noisy: bool = False) -> tuple[tuple[bytes, bool], ...]:
+                 gop: int = 30, shade: int = 0, noisy: bool = False,
+                 bit_rate: int = 0) -> tuple[tuple[bytes, bool], ...]:
     """`n` frames of a moving gradient (or seeded noise: large frames); keyframes every `gop`."""
     name = {"vp8": "libvpx", "h264": "libx264"}[codec]
     ctx = av.CodecContext.create(name, "w")
@@ -43,6 +44,8 @@ def encode_video(codec: str, n: int, width: int = 160, height: int = 120, fps: i
     ctx.time_base = fractions.Fraction(1, fps)
     ctx.framerate = fps
     ctx.gop_size = gop
+    if bit_rate:
+        ctx.bit_rate = bit_rate
     if codec == "vp8":
         ctx.options = {"deadline": "realtime", "cpu-used": "16", "threads": "1"}  # threads spin
     else:
