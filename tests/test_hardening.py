@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -30,6 +31,7 @@ from signaling.app import FerryServer
 from signaling.auth import generate_dev_keys, mint_token
 from signaling.config import ConfigError
 
+from .browser import chromium, needs_chromium, open_page
 from .conftest import make_config, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +121,31 @@ async def test_replaced_session_is_told_closed_and_cannot_publish_ghost_tracks(s
 
 def watcher_sid(room: Any) -> str:
     return next(p.sid for p in room.participants.values() if p.identity == "watcher")
+
+
+@pytest.mark.browser
+@needs_chromium
+async def test_web_page_replaced_by_another_join_ends_its_call(server: FerryServer) -> None:
+    token = server.token("tab", "alice")
+    url = f"{server.http_url}/?room=tab&autojoin=1&publish=0&" + urlencode({"token": token, "url": server.ws_url})
+    async with chromium() as browser:
+        page = await open_page(browser, url)
+
+        def page_joined() -> bool:
+            room = server.rooms.rooms.get("tab")
+            return room is not None and any(p.identity == "alice" for p in room.participants.values())
+
+        await wait_until(page_joined, 15)
+        async with aiohttp.ClientSession() as http:
+            other, _ = await joined(http, server, "tab", "alice")
+            deadline = time.monotonic() + 10
+            while await page.evaluate("window.ferry.state") != "left":
+                assert time.monotonic() < deadline, await page.evaluate("window.ferry.state")
+                await asyncio.sleep(0.1)
+            events = await page.evaluate("window.ferry.events.filter(e => e.type === 'leave')")
+            assert events == [{"type": "leave", "reason": "replaced"}]
+            assert page.ferry_errors == []
+            await other.close()
 
 
 # --- defect 7: SIGTERM ------------------------------------------------------------------
