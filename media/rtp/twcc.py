@@ -31,6 +31,11 @@ REFERENCE_UNIT_US = 64000
 MAX_RUN_LENGTH = 0x1FFF
 MAX_STATUS_COUNT = 0xFFFF
 DEFAULT_MAX_PACKET_SIZE = 1200
+# Most not-received seqs one feedback round reports. Building costs O(seqs covered),
+# and each packet may move the transport-wide seq up to 32767 ahead, so without a bound
+# a sender jumping its seq costs seconds of CPU per round. A gap that does not fit what
+# is left of the budget is not reported: the next feedback packet starts after it.
+MAX_LOST_PER_ROUND = 8192
 
 # packet status symbols
 NOT_RECEIVED = 0
@@ -269,13 +274,29 @@ class TwccRecorder:
         arrivals = self._arrivals
         if not arrivals:
             return []
-        high = max(arrivals)
-        start = self._next_base if self._next_base is not None else min(arrivals)
+        received = sorted(arrivals)
+        high = received[-1]
+        first = self._next_base if self._next_base is not None else received[0]
+        # (first, last) seq ranges to report: everything but gaps past the budget.
+        ranges: list[tuple[int, int]] = []
+        budget = MAX_LOST_PER_ROUND
+        prev = first - 1
+        for ext in received:
+            gap = ext - prev - 1
+            if gap > budget:
+                if prev >= first:
+                    ranges.append((first, prev))
+                first = ext
+            else:
+                budget -= gap
+            prev = ext
+        ranges.append((first, high))
         reference = int(now_ms * 1000 // REFERENCE_UNIT_US)
         out: list[bytes] = []
-        while start <= high:
-            data, start, reference = self._build_one(start, high, reference)
-            out.append(data)
+        for start, last in ranges:
+            while start <= last:
+                data, start, reference = self._build_one(start, last, reference)
+                out.append(data)
         self._next_base = high + 1
         arrivals.clear()
         self._first_pending_ms = None
