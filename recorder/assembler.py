@@ -85,11 +85,11 @@ class TrackAssembler:
         ext_seq: int,
         timestamp: int,
         marker: bool,
-        payload: bytes,
+        payload: bytes | memoryview,
         keyframe: bool,
         now_ms: float,
     ) -> None:
-        """One packet (payload already copied) of `layer`."""
+        """One packet of `layer`; the payload is copied only if the layer is kept."""
         if layer >= len(self._last_seen):
             self._last_seen.extend([None] * (layer + 1 - len(self._last_seen)))
         self._last_seen[layer] = now_ms

@@ -83,13 +83,15 @@ class JitterBuffer:
         """Highest extended RTP timestamp seen (to unwrap SR timestamps near it)."""
         return self._ts.highest
 
-    def push(self, ext_seq: int, timestamp: int, marker: bool, payload: bytes, keyframe: bool) -> None:
+    def push(
+        self, ext_seq: int, timestamp: int, marker: bool, payload: bytes | memoryview, keyframe: bool
+    ) -> None:
         """Store one packet (a copy of its payload); duplicates and late packets are ignored."""
         nxt = self._next
         if (nxt is not None and ext_seq < nxt) or ext_seq in self._packets:
             self.packets_late += 1
             return
-        self._packets[ext_seq] = _Packet(self._ts.unwrap(timestamp), marker, payload, keyframe)
+        self._packets[ext_seq] = _Packet(self._ts.unwrap(timestamp), marker, bytes(payload), keyframe)
         if keyframe:
             self._keyframe_seqs.add(ext_seq)
         if self._highest is None or ext_seq > self._highest:

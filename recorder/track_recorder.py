@@ -50,6 +50,7 @@ class TrackRecorder:
         self.red_pt = red_pt
         self.unix_offset_s = unix_offset_s  # monotonic ms -> Unix, for arrival-time sync
         self.video = entry.kind == "video"
+        self.wanted_layer = layers - 1  # PacketSink: dynacast keeps every layer on for us
         self.assembler = TrackAssembler(video=self.video, layers=layers, clock_rate=entry.clock_rate)
         self.file = TrackFile(str(directory / entry.file), entry.codec, entry.clock_rate)
         self._depacketize = _DEPACKETIZE[entry.codec]
@@ -65,6 +66,7 @@ class TrackRecorder:
         if self.closed or view.payload_end <= view.payload_start:
             return  # padding-only packets carry no media
         self.packets += 1
+        payload: bytes | memoryview
         if self.red_pt is not None and view.payload_type == self.red_pt:
             try:
                 payload = parse_red(view.payload)[-1].data  # the primary block
@@ -72,7 +74,7 @@ class TrackRecorder:
                 self.malformed += 1
                 return
         else:
-            payload = bytes(view.payload)
+            payload = view.payload  # copied by the jitter buffer if this layer is kept
         asm = self.assembler
         asm.push(layer, ext_seq, view.timestamp, view.marker, payload, keyframe, now_ms)
         self._drain(now_ms)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from media.routing.published_track import PublishedTrack
+from media.routing.router import Router
 from media.wire.rtp import RtpView, build_rtp, parse_rtp
 
 from .test_routing import audio_track, subscribe, video_track
 
 
 class RecordingSink:
-    def __init__(self) -> None:
+    def __init__(self, wanted_layer: int = 0) -> None:
+        self.wanted_layer = wanted_layer
         self.packets: list[tuple[int, int, int, bool]] = []
         self.reports: list[tuple[int, int, int]] = []
         self.closed = 0
@@ -83,3 +85,18 @@ def test_a_failing_sink_is_counted_and_does_not_stop_others() -> None:
     feed(track, 0, vp8_packet(1001, 5, keyframe=True), 0.0)
     assert stats.drops["sink_error"] == 1
     assert len(good.packets) == 1
+
+
+def test_dynacast_keeps_the_layers_a_recording_sink_wants() -> None:
+    def layers_after(sink: RecordingSink | None) -> dict[str, bool]:
+        track, _, _ = video_track(["q", "h", "f"])
+        router = Router(engine=None, name="room")  # type: ignore[arg-type]  # timers only
+        router.add_track(track)
+        if sink is not None:
+            track.add_sink(sink)
+        for now in (0.0, 600.0, 1200.0, 1800.0):
+            router.on_timer(now)
+        return router.publisher_layers[track.sid]
+
+    assert layers_after(None) == {"q": True, "h": False, "f": False}  # nobody watches
+    assert layers_after(RecordingSink(wanted_layer=2)) == {"q": True, "h": True, "f": True}

@@ -373,6 +373,11 @@ class PublishedTrack:
     def remove_sink(self, sink: PacketSink) -> None:
         self.sinks = [s for s in self.sinks if s is not sink]
 
+    @property
+    def sink_layer(self) -> int:
+        """The highest layer an internal sink wants sent (dynacast keeps it on); 0 if none."""
+        return max((sink.wanted_layer for sink in self.sinks), default=0)
+
     def request_keyframe(self, layer: int, now_ms: float) -> None:
         """SinkHost: a sink asks for a keyframe on `layer` (coalesced per layer)."""
         if 0 <= layer < len(self.layers):

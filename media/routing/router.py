@@ -330,13 +330,14 @@ class Router:
         """Pause simulcast layers nobody receives; resume them as soon as one is wanted.
 
         A layer is wanted when some subscriber's allocation (`desired_layer`, within its
-        cap) reaches it. The lowest layer always stays on: it is cheap and it is what a
-        new or struggling subscriber starts from.
+        cap) or an internal sink (`wanted_layer`: a recording) reaches it. The lowest
+        layer always stays on: it is cheap and it is what a new or struggling
+        subscriber starts from.
         """
         for track in self.tracks.values():
             if not track.simulcast or track.kind != "video":
                 continue
-            wanted = 0
+            wanted = track.sink_layer  # internal sinks (the recorder) keep their layers on
             for down in track.down_tracks:
                 if down.active:
                     wanted = max(wanted, min(down.desired_layer, down.max_layer))

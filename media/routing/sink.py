@@ -24,6 +24,10 @@ class SinkHost(Protocol):
 class PacketSink(Protocol):
     """Receives one track's packets; all calls come from the event loop and must not block."""
 
+    # The highest simulcast layer this sink wants the publisher to keep sending:
+    # dynacast pauses no layer at or below it (a recorder wants the best one).
+    wanted_layer: int
+
     def on_packet(
         self, layer: int, view: RtpView, ext_seq: int, keyframe: bool, now_ms: float
     ) -> None:
