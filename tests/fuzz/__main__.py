@@ -41,10 +41,11 @@ def signature(exc: BaseException) -> str:
 
 
 def run(target: Target, cases: int, seed: int, hang_s: float, save_dir: Path | None,
-        progress_every: int) -> dict[str, Any]:
+        progress_every: int, slow_s: float = 0.1) -> dict[str, Any]:
     mutator = Mutator(random.Random(seed))
     crashes: dict[str, dict[str, Any]] = {}
     slowest = 0.0
+    slow: list[int] = []  # cases over slow_s: CPU amplification, or just a loaded machine
     signal.signal(signal.SIGALRM, _on_alarm)
     start = time.perf_counter()
     done = 0
@@ -72,7 +73,10 @@ def run(target: Target, cases: int, seed: int, hang_s: float, save_dir: Path | N
                 target.reset()  # the state after a crash is not trustworthy
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            slowest = max(slowest, time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            slowest = max(slowest, took)
+            if took > slow_s:
+                slow.append(i)
             done = i + 1
             if progress_every and done % progress_every == 0:
                 elapsed = time.perf_counter() - start
@@ -91,6 +95,8 @@ def run(target: Target, cases: int, seed: int, hang_s: float, save_dir: Path | N
         "crashes": sum(c["count"] for c in crashes.values()),
         "unique_crashes": crashes,
         "slowest_case_ms": round(slowest * 1000, 1),
+        "slow_cases": len(slow),
+        "first_slow_cases": slow[:10],
         "seed": seed,
     }
     swallowed = getattr(target, "swallowed", None)
@@ -111,12 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hang-s", type=float, default=5.0, help="an input taking longer is a hang")
     parser.add_argument("--save-dir", type=Path, default=None, help="write the first input of each crash here")
     parser.add_argument("--progress", type=int, default=0, help="print progress to stderr every N cases")
+    parser.add_argument("--slow-ms", type=float, default=100.0, help="count inputs taking longer than this")
     args = parser.parse_args(argv)
     # Ferry logs what it drops (once per reason) and tracebacks for internal errors;
     # the summary counts those, so keep stderr for the fuzzer's own lines.
     logging.disable(logging.CRITICAL)
     target = make(args.name, args.seed)
-    report = run(target, args.cases, args.seed, args.hang_s, args.save_dir, args.progress)
+    report = run(target, args.cases, args.seed, args.hang_s, args.save_dir, args.progress, args.slow_ms / 1000.0)
     print(json.dumps(report, indent=2))
     return 1 if report["crashes"] else 0
 
