@@ -20,6 +20,9 @@ CORES = [
     ROOT / "netem" / "loss.py",
     ROOT / "netem" / "rate.py",
     ROOT / "netem" / "sim.py",
+    ROOT / "recorder" / "depacketize.py",
+    ROOT / "recorder" / "jitter.py",
+    ROOT / "recorder" / "assembler.py",
 ]
 BANNED_MODULES = {"asyncio", "time", "socket"}
 # random.Random(seed) instances are fine; the module-level functions are not.
