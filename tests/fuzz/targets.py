@@ -398,7 +398,8 @@ class RtpTarget(_MediaTarget):
     """RTP from the publisher into the transport's receive path after SRTP.
 
     Input: (plain RTP, through SRTP and the mux or straight after decryption, ms to
-    advance). Forwarded packets must reach the viewer as valid SRTP.
+    advance, give it the next seq/timestamp?). Forwarded packets must reach the viewer
+    as valid SRTP.
     """
 
     name = "rtp"
@@ -440,7 +441,8 @@ class RtcpTarget(_MediaTarget):
 
     Seeds name the real SSRCs both ways (the publisher's layers, the viewer's down
     tracks): SR, RR, SDES, BYE, NACK, PLI, FIR, REMB, transport-wide feedback.
-    Input: (compound RTCP, from the viewer?, through SRTP?, ms to advance).
+    Input: (compound RTCP, from the viewer?, through SRTP?, ms to advance, make the
+    length field span the datagram?).
     """
 
     name = "rtcp"
@@ -464,7 +466,7 @@ class RtcpTarget(_MediaTarget):
         out.append(out[0] + out[2])
         return out
 
-    def generate(self, m: Mutator) -> tuple[bytes, bool, bool, int]:
+    def generate(self, m: Mutator) -> tuple[bytes, bool, bool, int, bool]:
         rng = m.rng
         return (m.bytes(rng.choice(self.seeds), self.seeds), rng.random() < 0.6, rng.random() < 0.1,
                 rng.randrange(30), rng.random() < 0.5)
@@ -492,15 +494,14 @@ class RtcpTarget(_MediaTarget):
             listener = transport.listener
             assert listener is not None
             listener.on_rtcp(data, now)
-        if not from_viewer:
-            # Keep media flowing, so viewer feedback has packets to act on.
-            self.seq = (self.seq + 1) & 0xFFFF
-            listener = call.pub_transport.listener
-            assert listener is not None
-            listener.on_rtp(self.seeds_rtp_next(), now)
+        # Keep media flowing, so feedback has packets to act on (NACKs to answer).
+        self.seq = (self.seq + 1) & 0xFFFF
+        listener = call.pub_transport.listener
+        assert listener is not None
+        listener.on_rtp(self._next_audio(), now)
         self._step(float(advance))
 
-    def seeds_rtp_next(self) -> bytes:
+    def _next_audio(self) -> bytes:
         ids = self.call.ext_ids
         return build_rtp(payload_type=111, seq=self.seq, timestamp=self.seq * 960, ssrc=0x1111,
                          payload=b"\xfc" + bytes(40),
