@@ -31,6 +31,7 @@ _BY_EXT = {ext: (codec, fmt) for codec, (fmt, ext) in CODEC_FORMATS.items()}
 class FileInfo:
     frames: int
     duration_s: float
+    last_s: float  # start of the last frame, from the first (its RTP time in the file)
     truncated: bool  # the input ended in a partial cluster or page
 
 
@@ -39,7 +40,7 @@ def remux(path: str | os.PathLike[str]) -> FileInfo:
     path = Path(path)
     fmt = _BY_EXT[path.suffix.lstrip(".")][1]
     tmp = path.with_name(f".{path.name}.repair")
-    frames, first, end, truncated = 0, None, None, False
+    frames, first, end, last, truncated = 0, None, None, 0.0, False
     with av.open(str(path)) as src:
         if not src.streams:
             raise ValueError(f"{path}: no stream to repair")
@@ -55,6 +56,7 @@ def remux(path: str | os.PathLike[str]) -> FileInfo:
                     stop = start + float((packet.duration or 0) * packet.time_base)
                     first = start if first is None else first
                     end = stop if end is None else max(end, stop)
+                    last = max(last, start)
                     packet.stream = out
                     dst.mux(packet)
                     frames += 1
@@ -62,8 +64,9 @@ def remux(path: str | os.PathLike[str]) -> FileInfo:
                 truncated = True  # a cluster or page cut short by the crash
                 log.info("%s: stopped at a damaged tail (%s)", path, exc)
     os.replace(tmp, path)
-    duration = 0.0 if first is None or end is None else end - first
-    return FileInfo(frames, duration, truncated)
+    if first is None or end is None:
+        return FileInfo(frames, 0.0, 0.0, truncated)
+    return FileInfo(frames, end - first, last - first, truncated)
 
 
 def repair(directory: str | os.PathLike[str]) -> mf.Manifest:
@@ -104,6 +107,10 @@ def repair(directory: str | os.PathLike[str]) -> mf.Manifest:
         entry.frames = info.frames
         entry.duration_s = round(info.duration_s, 3)
         entry.closed = True
+        if entry.first_rtp is not None:  # the manifest may predate the crash by seconds
+            entry.last_rtp = entry.first_rtp + round(info.last_s * entry.clock_rate)
+            if entry.first_unix is not None:
+                entry.last_unix = entry.first_unix + info.last_s
     ends = [t.last_unix for t in manifest.tracks if t.last_unix is not None]
     if manifest.stopped_unix is None and ends:
         manifest.stopped_unix = max(ends)

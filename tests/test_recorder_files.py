@@ -205,6 +205,9 @@ def test_sigkill_leaves_playable_files_and_repair_finalizes_them(tmp_path: Path)
         path = str(directory / track.file)
         frames, duration, _, _ = probe(path)
         assert track.frames == frames and track.closed
+        assert track.last_rtp is not None and track.first_rtp is not None
+        held = (track.last_rtp - track.first_rtp) / track.clock_rate
+        assert held == pytest.approx(duration - 1 / {"vp8": FPS, "opus": 50}[track.codec], abs=0.01)
         assert track.duration_s == pytest.approx(duration, abs=0.05)
         assert decode_count(path) == frames
         out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
