@@ -49,6 +49,7 @@ class TrackEntry:
     layer_switches: int = 0
     duration_s: float | None = None  # measured from the file (close or repair)
     closed: bool = False
+    error: str | None = None  # why the file stopped early (e.g. a full disk)
 
 
 @dataclass(slots=True)

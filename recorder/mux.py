@@ -29,8 +29,9 @@ OGG_PAGE_US = 500_000  # Ogg: a page holds at most this much audio
 class TrackFile:
     """A muxer for one track; `write` frames in timestamp order, then `close`.
 
-    Not thread-safe: one writer thread owns it. Every error is an `av.FFmpegError`
-    or `OSError` for the caller to count; a file that failed stays closed.
+    Not thread-safe: one writer thread owns it. The first error (a full disk: OSError
+    ENOSPC; an `av.FFmpegError`) is raised for the caller to count, kept in `error`,
+    and closes the file for good: what was flushed before it stays readable.
     """
 
     def __init__(self, path: str, codec: str, clock_rate: int) -> None:
@@ -46,11 +47,19 @@ class TrackFile:
         self.bytes = 0
         self.first_pts: int | None = None
         self.closed = False
+        self.error: str | None = None
 
     def write(self, data: bytes, pts: int, keyframe: bool, duration: int = 0) -> None:
         """Mux one frame; `pts` in clock units, strictly increasing (others are skipped)."""
         if self.closed:
             return
+        try:
+            self._write(data, pts, keyframe, duration)
+        except Exception as exc:
+            self._fail(exc)
+            raise
+
+    def _write(self, data: bytes, pts: int, keyframe: bool, duration: int) -> None:
         if self._container is None:
             self._open(data)
         if self._last_pts is not None and pts <= self._last_pts:
@@ -80,7 +89,23 @@ class TrackFile:
             return
         self.closed = True
         if self._container is not None:
-            self._container.close()
+            try:
+                self._container.close()
+            except Exception as exc:
+                self._fail(exc)
+                raise
+
+    def _fail(self, exc: Exception) -> None:
+        """Remember the first error and drop the container without writing more."""
+        if self.error is None:
+            self.error = f"{type(exc).__name__}: {exc}"
+        self.closed = True
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()  # may fail again (the trailer): nothing more to save
+            except Exception:  # noqa: S110 - the first error is the one reported
+                pass
 
     def _open(self, first: bytes) -> None:
         fmt = CODEC_FORMATS[self.codec][0]
@@ -90,14 +115,9 @@ class TrackFile:
         else:
             options["cluster_time_limit"] = str(CLUSTER_MS)
         container = av.open(self.path, "w", format=fmt, options=options)
-        try:
-            self._stream = self._add_stream(container, first)
-            self._stream.time_base = self.time_base
-        except Exception:
-            container.close()
-            self.closed = True
-            raise
-        self._container = container
+        self._container = container  # closed by _fail if the stream cannot be set up
+        self._stream = self._add_stream(container, first)
+        self._stream.time_base = self.time_base
 
     def _add_stream(self, container: av.container.OutputContainer, first: bytes) -> av.stream.Stream:
         if self.codec == "vp8":

@@ -142,6 +142,8 @@ class Recording:
             self.manifest.stopped_unix = self.unix_offset_s + now_ms / 1000.0
             self._save()
             self.worker.close(timeout_s)
+            for recorder in self.tracks.values():
+                recorder.snapshot()  # the writer is done: its errors are final
         return self.manifest
 
     def stats(self) -> dict[str, object]:
@@ -163,9 +165,12 @@ class Recording:
 
     def _write_manifest(self, snapshot: mf.Manifest) -> None:
         # Runs after the jobs queued before it: a closed track's duration is known.
-        by_sid = {t.entry.file: t.entry for t in self.tracks.values()}
+        by_file = {t.entry.file: t for t in self.tracks.values()}
         for track in snapshot.tracks:
-            live = by_sid.get(track.file)
-            if live is not None and live.closed:
-                track.closed, track.duration_s = True, live.duration_s
+            live = by_file.get(track.file)
+            if live is None:
+                continue
+            track.error = live.file.error
+            if live.entry.closed:
+                track.closed, track.duration_s = True, live.entry.duration_s
         mf.save(self.directory, snapshot)

@@ -105,6 +105,7 @@ class TrackRecorder:
         entry.frames = asm.frames
         entry.gaps = asm.gaps
         entry.layer_switches = asm.switches
+        entry.error = self.file.error
         first, last = self._first_ts, asm.last_timestamp
         if first is None or last is None:
             return entry
@@ -143,6 +144,8 @@ class TrackRecorder:
         if self._first_ts is None:
             self._first_ts = frame.timestamp
             self._first_arrival_ms = now_ms
+        if self.file.error is not None:
+            return False  # the file failed (full disk): counted once, nothing more to write
         pts = frame.timestamp - self._first_ts
         duration = opus_samples(data) if not self.video else 0
         if self.worker.submit(self.file.write, data, pts, frame.keyframe, duration):
@@ -156,8 +159,8 @@ class TrackRecorder:
     def _finish(self) -> None:
         """Writer thread: close the file and note its duration for the manifest."""
         file = self.file
-        file.close()
         entry = self.entry
-        entry.closed = True
         if file.first_pts is not None and file.last_pts is not None:
             entry.duration_s = (file.last_pts - file.first_pts) / entry.clock_rate
+        entry.closed = True
+        file.close()  # raises if the trailer cannot be written; the worker counts it

@@ -226,3 +226,31 @@ def test_cli_record_repair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["record", "repair", str(rec.directory)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["state"] == "repaired" and report["tracks"][0]["frames"] == 50
+
+
+def test_a_full_disk_stops_that_file_only_and_is_reported(tmp_path: Path) -> None:
+    rec = new_recording(tmp_path)
+    (rec.directory / "alice_TR_vp8.webm").symlink_to("/dev/full")  # every write: ENOSPC
+    video, audio = add(rec, "vp8", FakeHost()), add(rec, "opus")
+    feed(video, media("vp8", 30)[0], 1000 / FPS)
+    feed(audio, media("opus", 50)[0], 20.0)
+    manifest = rec.stop(1000.0)
+    v, a = manifest.tracks
+    assert v.error is not None and "No space left" in v.error
+    assert rec.worker.errors == 1  # the first failure only: later frames are not written
+    assert a.error is None and a.closed and probe(str(rec.directory / a.file))[0] == 50
+    assert mf.load(rec.directory).tracks[0].error == v.error
+
+
+def test_a_pause_in_the_stream_is_a_gap_in_pts(tmp_path: Path) -> None:
+    # The camera stopped for 2 s (muted): sequence numbers continue, timestamps jump.
+    rec = new_recording(tmp_path)
+    recorder = add(rec, "vp8", FakeHost())
+    frames = [f for f, _ in encode_video("vp8", 120)]
+    first = packetize("vp8", frames[:30])
+    second = packetize("vp8", frames[90:], seq0=first[-1].ext_seq + 1, first_frame=90)
+    feed(recorder, first + second, 1000 / FPS)
+    rec.stop(4000.0)
+    _, _, times, keys = probe(str(rec.directory / rec.manifest.tracks[0].file))
+    assert [round(t * FPS) for t in times] == [*range(30), *range(90, 120)]
+    assert rec.manifest.tracks[0].gaps == 0  # nothing was lost: no keyframe needed
