@@ -17,7 +17,7 @@ from media.wire.red import parse_red
 from media.wire.rtp import RtpView
 
 from .assembler import TrackAssembler
-from .depacketize import h264_frame, opus_samples, vp8_frame
+from .depacketize import h264_frame, h264_parameter_sets, opus_samples, vp8_frame
 from .jitter import Frame
 from .manifest import TrackEntry
 from .mux import TrackFile
@@ -142,6 +142,11 @@ class TrackRecorder:
             self.assembler.resync()
             return False
         if self._first_ts is None:
+            if self.entry.codec == "h264" and h264_parameter_sets(data) is None:
+                # A "keyframe" that is only an SPS: the file header needs SPS, PPS and
+                # an IDR together, so wait for a full one.
+                self.assembler.resync()
+                return False
             self._first_ts = frame.timestamp
             self._first_arrival_ms = now_ms
         if self.file.error is not None:
