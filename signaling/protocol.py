@@ -351,8 +351,16 @@ def event(type: str, **fields: Any) -> dict[str, Any]:
 
 
 def encode(msg: dict[str, Any]) -> str:
-    """Compact JSON text for one WebSocket text frame."""
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text for one WebSocket text frame; always encodable as UTF-8."""
+    text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (a client's "\ud800" echoed in a reply) has no UTF-8
+            # form; escaped, the text is ASCII and the same JSON.
+            text = json.dumps(msg, separators=(",", ":"))
+    return text
 
 
 def frame(msg: dict[str, Any]) -> bytes:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from media.rtp.twcc import MAX_LOST_PER_ROUND, TwccFeedback, TwccRecorder
 from media.wire.rtp import build_rtp
 from signaling import sdp
+from signaling.protocol import encode
 
 from .fuzz import targets
 from .fuzz.harness import Call, Stack, lite_offer
@@ -202,3 +203,18 @@ def test_twcc_feedback_for_a_seq_jumping_sender_stays_bounded() -> None:
     reported = [(seq, arrival) for fb in fbs for seq, arrival in fb.packets]
     assert sorted(seq for seq, arrival in reported if arrival is not None) == sorted(sent)
     assert sum(1 for _, arrival in reported if arrival is None) <= MAX_LOST_PER_ROUND
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "\\ud800", "id": 1}',  # echoed in the unknown_type error
+        '{"type": "hello", "id": "\\udc00", "version": 1}',  # echoed as the reply's id
+    ],
+)
+def test_reply_echoing_a_lone_surrogate_is_still_utf8_json(frame: str) -> None:
+    stack = Stack()
+    [reply] = stack.session().raw(frame)
+    text = encode(reply)
+    assert json.loads(text.encode("utf-8")) == reply  # sendable, and the same message
+    assert stack.bad_output == 0

@@ -28,6 +28,7 @@ from media.transport.webrtc_transport import WebRtcTransport
 from signaling import sdp
 from signaling.auth import TokenVerifier, mint_token
 from signaling.lite_client import build_publisher_offer, build_subscriber_answer
+from signaling.protocol import encode
 from signaling.rooms import RoomManager
 from signaling.session import Session
 
@@ -179,6 +180,7 @@ class Stack:
         self.rooms = RoomManager(self.engine, empty_timeout_s=20.0, reconnect_grace_s=15.0)
         self.verifier = TokenVerifier({API_KEY: API_SECRET})
         self.internal_errors = 0
+        self.bad_output = 0  # replies that could not be sent as UTF-8 JSON text
         self._wall0 = time.time() - self.engine.clock_ms / 1000.0
 
     def now(self) -> float:
@@ -204,8 +206,13 @@ class Conn:
         self._ids = itertools.count(1)
 
     def _send(self, message: dict) -> None:
-        # Everything sent must be JSON-encodable, as the WebSocket writer would need.
-        json.dumps(message)
+        # What the WebSocket writer sends: UTF-8 text of strict JSON (no NaN, which
+        # browsers' JSON.parse refuses). Counted, not raised: this runs inside Ferry.
+        try:
+            encode(message).encode("utf-8")
+            json.dumps(message, allow_nan=False)
+        except (ValueError, TypeError):
+            self.stack.bad_output += 1
         error = message.get("error")
         if isinstance(error, dict) and error.get("code") == "internal":
             self.stack.internal_errors += 1

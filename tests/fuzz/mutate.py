@@ -301,7 +301,7 @@ LINE_OPS: tuple[Callable[[list[str], int, int, list[str]], list[str]], ...] = (
 
 JSON_ODDITIES: tuple[Any, ...] = (
     None, True, False, 0, -1, 1.5, 2**63, -(2**70), float("inf"), float("nan"), "", "x" * 300,
-    "TR_x", "PA_x", "\u0000", [], [None], {}, {"a": 1}, [1, [2, [3]]], "h", "q", "f", 1e308,
+    "TR_x", "PA_x", "\u0000", "\ud800", "a\udfffb", [], [None], {}, {"a": 1}, [1, [2, [3]]], "h", "q", "f", 1e308,
 )
 
 

@@ -154,10 +154,12 @@ class JsonTarget(Target):
             conn = call.stack.session()
             if which % 4 == 3:
                 conn.call("hello", version=1)
-        before = call.stack.internal_errors
+        before = call.stack.internal_errors, call.stack.bad_output
         replies = conn.raw(frame)
-        if call.stack.internal_errors != before:
+        if call.stack.internal_errors != before[0]:
             raise Finding(f"internal error: {replies}")
+        if call.stack.bad_output != before[1]:
+            raise Finding(f"a reply is not UTF-8 JSON text: {replies!r}")
         if not replies:
             raise Finding("no reply to a frame")
         if conn.session.participant is None and not fresh:
@@ -197,6 +199,8 @@ class SdpTarget(Target):
         reply = call.pub_conn.call("publish", sdp=inp)
         if stack.internal_errors != before or not reply.get("ok") and reply["error"]["code"] == "internal":
             raise Finding(f"internal error: {reply}")
+        if stack.bad_output:
+            raise Finding(f"a reply is not UTF-8 JSON text: {reply!r}")
         if reply.get("ok"):
             try:
                 sdp.parse(reply["sdp"], "answer")
