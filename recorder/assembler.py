@@ -24,6 +24,7 @@ KEYFRAME_RETRY_MS = 500.0  # ask again for a keyframe we are still waiting for
 # Simulcast start: wait this long after the first packet so every layer the publisher
 # sends has shown up, and start on the best one (nothing is lost: it is buffered).
 START_WAIT_MS = 300.0
+SANE_SR_S = 5.0  # sender-report placement further than this from arrival is not trusted
 
 
 class SenderClock:
@@ -188,15 +189,15 @@ class TrackAssembler:
         if last is None:
             self._offsets[layer] = 0
             return
-        mapped = None
+        # By arrival, at this one frame: what is left without (sane) sender reports.
+        by_arrival = last + max(1, round((now_ms - self._last_arrival_ms) * self.clock_rate / 1000.0))
+        mapped = by_arrival
         clock_new = self._clocks.get(layer)
         clock_old = self._clocks.get(old) if old is not None else None
         if clock_new is not None and clock_old is not None and old is not None:
-            mapped = clock_old.from_unix(clock_new.to_unix(frame.timestamp)) + self._offsets.get(old, 0)
-        if mapped is None:
-            # No sender reports: place it by arrival, at this one frame.
-            elapsed = round((now_ms - self._last_arrival_ms) * self.clock_rate / 1000.0)
-            mapped = last + max(1, elapsed)
+            by_reports = clock_old.from_unix(clock_new.to_unix(frame.timestamp)) + self._offsets.get(old, 0)
+            if abs(by_reports - by_arrival) < SANE_SR_S * self.clock_rate:
+                mapped = by_reports  # a report from another wrap cycle would be hours off
         self._offsets[layer] = mapped - frame.timestamp
 
     def _stamp(self, frame: Frame, now_ms: float) -> Frame:
