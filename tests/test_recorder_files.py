@@ -198,6 +198,10 @@ def test_sigkill_leaves_playable_files_and_repair_finalizes_them(tmp_path: Path)
         frames, _, times, _ = probe(path)
         assert frames >= expect[track.codec] - 2 * per_second[track.codec], track.file
         assert decode_count(path) >= frames - 1  # at most a cut-off last frame
+        counted = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-show_entries",
+                                  "stream=nb_read_packets", "-of", "csv=p=0", path],
+                                 capture_output=True, text=True, check=True)
+        assert int(counted.stdout) == frames  # ffmpeg's own tools read it as far too
         assert track.last_unix is not None and track.first_unix is not None
     repaired = repair(directory)
     assert repaired.state == "repaired"
