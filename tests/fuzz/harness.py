@@ -3,8 +3,9 @@
 `Stack` is a signaling server without HTTP: an `Engine` whose UDP mux records what it
 would send, a `RoomManager`, and `Session`s fed frames directly. `ClientPeer` is the
 browser side of one transport (ICE check + DTLS client + SRTP), driven through
-`UdpMux.dispatch` exactly as datagrams from the socket would be. Time only moves when
-`Stack.advance` is called, so every run is deterministic for a given seed.
+`UdpMux.dispatch` exactly as datagrams from the socket would be. Media time only moves
+in `VirtualEngine.advance`, so timers (NACK, pacer, feedback, consent) fire where the
+caller says, not where the machine's load puts them.
 """
 
 from __future__ import annotations
