@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from media.ortc import TransportParameters
 from media.routing.router import Router, RouterListener
 from media.rtp.ntp import ntp_from_unix
-from media.stats import EngineStats
+from media.stats import DownTrackStats, EngineStats, SubscriberStats
 from media.transport.certificate import Certificate
 from media.transport.udp_mux import UdpMux
 from media.transport.webrtc_transport import WebRtcTransport
@@ -124,6 +124,31 @@ class Engine:
             except Exception:
                 log.exception("timer error in room %s", router.name)
         self._schedule()
+
+    def subscriber_stats(self, participant_sid: str) -> SubscriberStats | None:
+        """What `participant_sid` receives now (estimate; per track: layers, pause, RTT).
+
+        None when no room has that participant.
+        """
+        for router in self.routers.values():
+            participant = router.participants.get(participant_sid)
+            if participant is not None:
+                break
+        else:
+            return None
+        subscriber = participant.subscriber
+        tracks = {
+            sid: DownTrackStats(
+                track_sid=sid,
+                kind=down.track.kind,
+                current_layer=down.current_layer,
+                target_layer=down.target_layer if down.is_video else None,
+                paused=down.paused,
+                rtt_ms=down.stream.rtt_ms,
+            )
+            for sid, down in subscriber.down_tracks.items()
+        }
+        return SubscriberStats(participant_sid, subscriber.estimate_bps(self.now_ms()), tracks)
 
     def snapshot(self) -> dict[str, object]:
         """Counters for /metrics (pulled at scrape time, never pushed per packet)."""

@@ -58,3 +58,24 @@ class EngineStats:
             "upstream_unrecovered": self.upstream_unrecovered,
             "drops": dict(self.drops),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class DownTrackStats:
+    """What one subscriber receives of one published track, at the time of asking."""
+
+    track_sid: str
+    kind: str  # "audio" | "video"
+    current_layer: int | None  # simulcast layer being forwarded; None before the first
+    target_layer: int | None  # layer being switched to (video); None for audio
+    paused: bool  # paused by the allocator: the subscriber's bandwidth cannot carry it
+    rtt_ms: float | None  # from the subscriber's receiver reports
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberStats:
+    """One participant's receiving side: its bandwidth estimate and each track it gets."""
+
+    participant_sid: str
+    estimate_bps: float | None  # transport-cc (GCC) estimate, else its REMB; None if neither
+    tracks: dict[str, DownTrackStats]  # by track sid
