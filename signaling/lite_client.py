@@ -1264,6 +1264,7 @@ class LiteSubscriber(LiteTransport):
         self.nack_enabled = nack
         self.twcc_enabled = twcc
         self.received: dict[int, RecvCounters] = {}
+        self.ended: list[RecvCounters] = []  # counters of tracks whose SSRC went to another track
         self._by_ssrc: dict[int, RecvCounters] = {}  # primary and RTX SSRCs
         self._rtx_ssrcs: set[int] = set()
         self._twcc_ext = 0
@@ -1286,6 +1287,10 @@ class LiteSubscriber(LiteTransport):
                 continue
             live.add(enc.ssrc)
             counters = self.received.get(enc.ssrc)
+            if counters is not None and md.msid is not None and counters.track_sid not in (None, md.msid[1]):
+                # A recycled m-line: Ferry kept the SSRC for another track.
+                self.ended.append(counters)
+                counters = None
             if counters is None:
                 counters = RecvCounters(ssrc=enc.ssrc, kind=str(md.kind), mid=md.mid)
                 if self.nack_enabled and md.kind == "video":

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from media.engine import Engine
-from media.ortc import Encoding, MediaDescription
+from media.ortc import Encoding, MediaDescription, RtpCodec
 from media.routing.published_track import PublishedTrack
 from media.routing.router import MediaParticipant, Router
 
@@ -48,6 +48,7 @@ class SubscriberSection:
     description: MediaDescription
     track_sid: str | None  # None once the track is gone (m-line inactive)
     free: bool = False  # inactive in an answered offer: may carry the next track of its kind
+    released: bool = False  # its DownTrack was removed, so the router freed its SSRCs
 
 
 @dataclass
@@ -116,7 +117,7 @@ class Participant:
         for section in self.sections:
             sid = section.track_sid
             if sid is not None and (sid not in self.desired or sid not in router.tracks):
-                self.media.unsubscribe(sid)
+                section.released = self.media.unsubscribe(sid)
                 section.track_sid = None
                 section.description.direction = "inactive"
                 changed = True
@@ -125,13 +126,17 @@ class Participant:
             track = router.tracks.get(sid)
             if track is None or sid in present:
                 continue
-            description = self._new_section(track, str(len(self.sections)))
-            reuse = next((s for s in self.sections if s.free and _same_media(s.description, description)), None)
+            codecs = self._codecs_for(track)
+            reuse = next((s for s in self.sections if s.free and _same_media(s.description, track.kind, codecs)), None)
             if reuse is None:
-                self.sections.append(SubscriberSection(description, sid))
+                self.sections.append(SubscriberSection(self._new_section(track, str(len(self.sections)), codecs), sid))
             else:
-                description.mid = reuse.description.mid
-                reuse.description, reuse.track_sid, reuse.free = description, sid, False
+                # The same SSRCs again: aiortc routes an m-line by the SSRCs it had when it
+                # first received, and the new DownTrack continues that stream's numbering.
+                old = reuse.description.encodings[0]
+                keep = not reuse.released or router.claim_ssrcs(old.ssrc, old.rtx_ssrc)
+                reuse.description = self._new_section(track, reuse.description.mid, codecs, old if keep else None)
+                reuse.track_sid, reuse.free, reuse.released = sid, False, False
             changed = True
         return changed
 
@@ -162,22 +167,28 @@ class Participant:
             self._update_sections()
             self._send_offer()
 
-    def _new_section(self, track: PublishedTrack, mid: str) -> MediaDescription:
+    def _codecs_for(self, track: PublishedTrack) -> list[RtpCodec]:
+        # RED is offered when the publisher sends it, or when Ferry may add it itself.
+        red = track.red_pt is not None or self.room.router.engine.config.add_red
+        codecs = sdp.default_subscriber_codecs(track.kind, red=red)
+        if track.kind == "video":
+            codecs = [c for c in codecs if c.name.upper() == track.codec.name.upper()] or codecs
+        return codecs
+
+    def _new_section(
+        self, track: PublishedTrack, mid: str, codecs: list[RtpCodec], encoding: Encoding | None = None
+    ) -> MediaDescription:
         router = self.room.router
         kind = track.kind
-        # RED is offered when the publisher sends it, or when Ferry may add it itself.
-        red = track.red_pt is not None or router.engine.config.add_red
-        codecs = sdp.default_subscriber_codecs(kind, red=red)
-        if kind == "video":
-            codecs = [c for c in codecs if c.name.upper() == track.codec.name.upper()] or codecs
-        rtx = router.new_ssrc() if kind == "video" else None
+        if encoding is None:
+            encoding = Encoding(ssrc=router.new_ssrc(), rtx_ssrc=router.new_ssrc() if kind == "video" else None)
         return MediaDescription(
             mid=mid,
             kind=kind,
             direction="sendonly",
             codecs=codecs,
             header_extensions=sdp.default_subscriber_extensions(kind),
-            encodings=[Encoding(ssrc=router.new_ssrc(), rtx_ssrc=rtx)],
+            encodings=[encoding],
             msid=(track.participant_sid, track.sid),
             cname=self.media.cname,
         )
@@ -229,11 +240,14 @@ class Participant:
         self.offer_deadline = now + delay
 
 
-def _same_media(a: MediaDescription, b: MediaDescription) -> bool:
+def _same_media(section: MediaDescription, kind: str, codecs: list[RtpCodec]) -> bool:
     """Same kind and codec table: aiortc fixes a receiver's payload types when the
     m-line first receives, so a recycled m-line must keep them."""
-    codecs = [(c.name.lower(), c.payload_type, c.rtx_payload_type) for c in a.codecs]
-    return a.kind == b.kind and codecs == [(c.name.lower(), c.payload_type, c.rtx_payload_type) for c in b.codecs]
+
+    def table(cs: list[RtpCodec]) -> list[tuple[str, int, int | None]]:
+        return [(c.name.lower(), c.payload_type, c.rtx_payload_type) for c in cs]
+
+    return section.kind == kind and table(section.codecs) == table(codecs)
 
 
 class Room:

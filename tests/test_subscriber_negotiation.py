@@ -10,6 +10,7 @@ sent again from the room ticker.
 from __future__ import annotations
 
 import json
+import random
 
 from media.ortc import MediaDescription
 from signaling import sdp
@@ -17,7 +18,9 @@ from signaling.lite_client import build_subscriber_answer
 from signaling.protocol import MAX_MESSAGE_BYTES, MAX_RECOVERABLE_BYTES
 from signaling.rooms import ANSWER_RETRY_S, SUBSCRIBER_ANSWER_TIMEOUT_S, Participant, _same_media
 
+from .fakes import ManualClock, Vp8Layer, vp8_fields
 from .fuzz.harness import CLIENT_CERT, Conn, Stack, lite_offer
+from .test_routing import LAYER_SSRCS, feed, subscribe, video_track
 
 
 def _participant(stack: Stack, room: str, identity: str) -> Participant:
@@ -86,7 +89,7 @@ def test_track_churn_recycles_mlines_so_the_viewer_sdp_stays_bounded():
     assert stack.internal_errors == 0
 
 
-def test_recycled_mline_keeps_its_kind_and_gets_new_ssrcs():
+def test_recycled_mline_keeps_its_kind_and_ssrcs_for_the_next_track():
     stack = Stack()
     view = stack.session()
     view.join("kinds", "view")
@@ -105,8 +108,8 @@ def test_recycled_mline_keeps_its_kind_and_gets_new_ssrcs():
     _settle(view, viewer)
     after = {s.description.mid: (s.description.kind, s.description.encodings[0].ssrc) for s in viewer.sections}
     assert set(after) == set(before)
-    for mid, (kind, ssrc) in after.items():
-        assert kind == before[mid][0] and ssrc != before[mid][1]
+    # Same SSRCs: aiortc routes by the SSRCs an m-line had when it first received.
+    assert after == before
     offer = sdp.parse(view.last("subscriber_offer")["sdp"], "offer")
     second_sid = _participant(stack, "kinds", "second").sid
     assert all(m.direction == "sendonly" and m.msid and m.msid[0] == second_sid for m in offer.media)
@@ -200,9 +203,31 @@ def test_failed_subscriber_answer_is_offered_again_with_backoff():
 
 
 def test_only_an_mline_with_the_same_kind_and_codecs_is_recycled():
-    def section(kind: str, *, red: bool = False) -> MediaDescription:
-        return MediaDescription(mid="0", kind=kind, direction="sendonly", codecs=sdp.default_subscriber_codecs(kind, red=red))
+    audio = MediaDescription(mid="0", kind="audio", direction="inactive", codecs=sdp.default_subscriber_codecs("audio"))
+    assert _same_media(audio, "audio", sdp.default_subscriber_codecs("audio"))
+    assert not _same_media(audio, "audio", sdp.default_subscriber_codecs("audio", red=True))  # other payload types
+    assert not _same_media(audio, "video", sdp.default_subscriber_codecs("video"))
 
-    assert _same_media(section("audio"), section("audio"))
-    assert not _same_media(section("audio"), section("audio", red=True))  # RED changes the payload types
-    assert not _same_media(section("audio"), section("video"))
+
+def test_next_downtrack_on_a_recycled_mline_continues_the_stream():
+    # Publisher 1's video reaches the viewer, then publisher 2's takes the same m-line
+    # and SSRC half a second later: one stream for the receiver, no jump in seq/ts/pid.
+    first, _, _ = video_track()
+    down1, sink1 = subscribe(first)
+    clock = ManualClock(1000.0)
+    pub1 = Vp8Layer(0, LAYER_SSRCS[0], seq=5000, ts=10_000, picture_id=300)
+    feed(first, 0, pub1.frame(keyframe=True, packets=2), clock.advance(33))
+    for _ in range(5):
+        feed(first, 0, pub1.frame(packets=2), clock.advance(33))
+    last = sink1.media()[-1]
+    down1.close()
+    second, _, _ = video_track()
+    down2, sink2 = subscribe(second, rng=random.Random(2))  # another random start
+    down2.continue_from(down1.continuity())
+    pub2 = Vp8Layer(0, LAYER_SSRCS[0], seq=100, ts=777_000, picture_id=20)
+    feed(second, 0, pub2.frame(keyframe=True, packets=2), clock.advance(500))
+    head = sink2.media()[0]
+    assert head.view.ssrc == last.view.ssrc
+    assert head.view.seq == (last.view.seq + 1) & 0xFFFF
+    assert (head.view.timestamp - last.view.timestamp) & 0xFFFFFFFF == 500 * 90
+    assert vp8_fields(head.data)[0] == vp8_fields(last.data)[0] + 1

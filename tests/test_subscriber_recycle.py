@@ -8,16 +8,19 @@ the same receiver and decode; LiteClient keys its counters by SSRC.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from signaling.app import FerryServer
+from signaling.channel import SignalingChannel
 from signaling.client import FerryClient, allow_loopback
 from signaling.lite_client import LiteClient
 from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
 
 from .conftest import make_config
+from .fuzz.harness import lite_offer
 
 
 @pytest.fixture(autouse=True)
@@ -106,3 +109,53 @@ async def test_viewer_whose_answer_was_lost_receives_after_the_offer_is_sent_aga
         await viewer.close()
         await publisher.close()
         await server.stop()
+
+
+async def test_aiortc_viewer_keeps_receiving_after_150_tracks_of_churn(server):
+    # 75 signaling-only publishers (audio + video each, no media), at most two at once,
+    # then one that sends real media: the viewer's SDP stays small and it decodes the last.
+    room = "churn"
+    viewer = FerryClient(connect_timeout=15.0)
+    offers: list[dict[str, Any]] = []
+    viewer.on_event.append(lambda msg: offers.append(msg) if msg.get("type") == "subscriber_offer" else None)
+    churners: list[SignalingChannel] = []
+    publisher = FerryClient(connect_timeout=15.0)
+    try:
+        await viewer.connect(server.ws_url)
+        await viewer.join(server.token(room, "viewer"))
+        watcher = server.rooms.rooms[room].participants[viewer.participant["sid"]]
+        tracks = server.rooms.rooms[room].router.tracks
+
+        def settled() -> bool:
+            return not watcher.offer_pending and set(watcher.media.subscriber.down_tracks) == set(tracks)
+
+        for i in range(75):
+            channel = SignalingChannel(lambda msg: None, request_timeout=10.0)
+            await channel.open(server.ws_url)
+            await channel.request("hello", version=1)
+            await channel.request("join", token=server.token(room, f"churn{i}"))
+            await channel.request("publish", sdp=lite_offer(simulcast=False))
+            churners.append(channel)
+            if len(churners) > 2:
+                old = churners.pop(0)
+                await old.request("leave")
+                await old.close()
+            await viewer.wait_for(settled, timeout=10, interval=0.02, message=f"churn step {i}")
+        assert len(watcher.sections) <= 6 and max(len(json.dumps(o)) for o in offers) < 16 * 1024
+        await publisher.connect(server.ws_url)
+        await publisher.join(server.token(room, "last"))
+        await publisher.publish(ToneAudioTrack(), TestPatternVideoTrack())
+        psid = publisher.participant["sid"]
+        await viewer.wait_for(
+            lambda: (v := viewer.sink_for(psid, "video")) is not None and v.received_frames >= 5
+            and (a := viewer.sink_for(psid, "audio")) is not None and a.received_audio_samples > 0,
+            timeout=15,
+            message="the viewer does not decode the publisher after the churn",
+        )
+        assert len(watcher.sections) <= 6 and len(viewer.subscriber.getTransceivers()) == len(watcher.sections)
+        assert not viewer.subscriber_errors
+    finally:
+        for channel in churners:
+            await channel.close()
+        await publisher.close()
+        await viewer.close()

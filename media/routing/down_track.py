@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from media.audio.red_encoder import RedEncoder
@@ -33,6 +34,20 @@ TWCC_OFFSET = 17
 
 
 PROBE_PACKET_MAX_AGE_MS = 1000.0  # a probe packet is replaced by a smaller one after this
+
+@dataclass(frozen=True, slots=True)
+class StreamContinuity:
+    """Where a DownTrack's output stream stopped: its successor on the same m-line and
+    SSRC goes on from here, so the subscriber sees one stream rather than a jump."""
+
+    ssrc: int
+    last_ext_seq: int
+    last_ts: int
+    last_ms: float | None
+    last_pid: int | None
+    last_tl0: int | None
+    rtx_seq: int
+
 
 class DownTrackSink(Protocol):
     """The subscriber transport side a DownTrack sends through."""
@@ -122,6 +137,28 @@ class DownTrack:
         self._first_byte = 0x90 if has_ext else 0x80
         if self.is_video:
             self.keyframe_waiter.need(0.0)
+
+    def continuity(self) -> StreamContinuity:
+        return StreamContinuity(
+            self.ssrc,
+            self._last_out_ext_seq,
+            self._last_out_ts,
+            self._last_out_ms,
+            self._last_pid,
+            self._last_tl0,
+            self._rtx_seq,
+        )
+
+    def continue_from(self, previous: StreamContinuity) -> None:
+        """Go on with `previous`'s sequence numbers, timestamps and picture ids (same
+        SSRC, recycled m-line): the first packet forwarded is the next one of that stream."""
+        assert previous.ssrc == self.ssrc, "only a stream on the same SSRC continues"
+        self._last_out_ext_seq = previous.last_ext_seq
+        self._last_out_ts = previous.last_ts
+        self._last_out_ms = previous.last_ms
+        self._last_pid = previous.last_pid
+        self._last_tl0 = previous.last_tl0
+        self._rtx_seq = previous.rtx_seq
 
     # -- forward path ----------------------------------------------------------------
     def write(

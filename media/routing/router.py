@@ -94,6 +94,7 @@ class MediaParticipant:
         else:
             for sid in list(self.subscriber.down_tracks):
                 self.subscriber.remove_down_track(sid)
+            self.subscriber.ended_streams.clear()  # the new transport's m-lines start afresh
             old = self.subscriber.transport
             self.subscriber.transport = transport
             transport.listener = self.subscriber
@@ -223,12 +224,16 @@ class MediaParticipant:
             rng=self.router.rng,
             add_red=self.router.engine.config.add_red,
         )
+        previous = self.subscriber.ended_streams.pop(accepted.mid, None)
+        if previous is not None and previous.ssrc == down.ssrc:
+            down.continue_from(previous)
         self.subscriber.add_down_track(down)
         self.router.on_subscribed(down)
         return down
 
-    def unsubscribe(self, track_sid: str) -> None:
-        self.subscriber.remove_down_track(track_sid)
+    def unsubscribe(self, track_sid: str) -> bool:
+        """Stop forwarding `track_sid`; True if it was forwarded (its SSRCs are released)."""
+        return self.subscriber.remove_down_track(track_sid) is not None
 
     def on_timer(self, now_ms: float) -> None:
         self.publisher.transport.on_timer(now_ms)
@@ -273,6 +278,16 @@ class Router:
             if ssrc not in self._ssrcs:
                 self._ssrcs.add(ssrc)
                 return ssrc
+
+    def claim_ssrcs(self, *ssrcs: int | None) -> bool:
+        """Take released SSRCs back (a recycled m-line keeps its SSRCs, so receivers that
+        learn SSRCs once per m-line still route it). False, claiming none, if one of them
+        is in use again."""
+        wanted = {s for s in ssrcs if s is not None}
+        if wanted & self._ssrcs:
+            return False
+        self._ssrcs.update(wanted)
+        return True
 
     def release_ssrcs(self, *ssrcs: int | None) -> None:
         """Free SSRCs nothing sends or announces any more (a closed peer's RTCP SSRC, a

@@ -28,7 +28,7 @@ from .allocator import (
     Allocator,
     AllocTrack,
 )
-from .down_track import TWCC_OFFSET, DownTrack
+from .down_track import TWCC_OFFSET, DownTrack, StreamContinuity
 
 SR_INTERVAL_MS = 1000.0
 ALLOCATE_INTERVAL_MS = 500.0
@@ -60,6 +60,9 @@ class SubscriberPeer:
         self.ntp_at = ntp_at
         self.on_failed = on_failed
         self.down_tracks: dict[str, DownTrack] = {}  # by track sid
+        # Where each removed DownTrack's stream stopped, by mid: the next one on that
+        # m-line with the same SSRC continues it.
+        self.ended_streams: dict[str, StreamContinuity] = {}
         self._by_ssrc: dict[int, DownTrack] = {}
         self._twcc_seq = 0
         self.send_history = TwccSendHistory()
@@ -113,6 +116,7 @@ class SubscriberPeer:
     def remove_down_track(self, track_sid: str) -> DownTrack | None:
         down = self.down_tracks.pop(track_sid, None)
         if down is not None:
+            self.ended_streams[down.mid] = down.continuity()
             self._by_ssrc = {k: v for k, v in self._by_ssrc.items() if v is not down}
             self.allocator.forget(track_sid)
             down.close()
