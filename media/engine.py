@@ -12,8 +12,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from media.heap import HeapTrimmer
 from media.ortc import TransportParameters
+from media.routing.published_track import PublishedTrack
 from media.routing.router import Router, RouterListener
+from media.routing.sink import PacketSink
 from media.rtp.ntp import ntp_from_unix
 from media.stats import DownTrackStats, EngineStats, SubscriberStats
 from media.transport.certificate import Certificate
@@ -45,6 +48,8 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         # Monotonic ms -> wall clock, fixed once so NTP times in SR/RR are consistent.
         self._wall_offset = time.time() - time.monotonic()
+        # Returns heap pages freed by churn (closed tracks' caches) to the OS (media/heap.py).
+        self.heap = HeapTrimmer()
 
     @property
     def port(self) -> int:
@@ -89,6 +94,25 @@ class Engine:
         if router is not None:
             router.close()
 
+    # -- internal sinks (recorder, captions: media.routing.sink) ------------------------
+    def add_sink(self, room: str, track_sid: str, sink: PacketSink) -> PublishedTrack:
+        """Feed `sink` every packet of a published track; returns the track (its SinkHost).
+
+        Raises KeyError when the room or the track does not exist (any more).
+        """
+        track = self.routers[room].tracks[track_sid]
+        track.add_sink(sink)
+        return track
+
+    def remove_sink(self, room: str, track_sid: str, sink: PacketSink) -> bool:
+        """Stop feeding `sink`; False when the track is gone (a closed track drops its sinks)."""
+        router = self.routers.get(room)
+        track = router.tracks.get(track_sid) if router is not None else None
+        if track is None or sink not in track.sinks:
+            return False
+        track.remove_sink(sink)
+        return True
+
     def create_transport(self, *, name: str = "") -> WebRtcTransport:
         return WebRtcTransport(
             self.mux,
@@ -123,6 +147,7 @@ class Engine:
                 router.on_timer(now)
             except Exception:
                 log.exception("timer error in room %s", router.name)
+        self.heap.on_timer(now)
         self._schedule()
 
     def subscriber_stats(self, participant_sid: str) -> SubscriberStats | None:

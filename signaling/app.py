@@ -32,6 +32,7 @@ from .auth import (
 from .config import Config, ConfigError, is_loopback_host
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import MAX_MESSAGE_BYTES, encode
+from .recording import RecordingService, add_routes
 from .rooms import RoomManager
 from .session import Session
 
@@ -176,13 +177,16 @@ class FerryServer:
             max_tracks_per_participant=config.max_tracks_per_participant,
             subscriber_answer_timeout_s=config.subscriber_answer_timeout_s,
         )
+        self.recordings = RecordingService(
+            self.engine, self.rooms, config.recordings_dir, auto_record=config.auto_record_rooms
+        )
         self.metrics = Metrics()
         self.metrics.set_engine_stats(self._metrics_snapshot)
         self.ws_connections = 0
         self._connections_by_ip: dict[str, int] = {}
         self._per_ip_exempt = [ipaddress.ip_network(n) for n in config.per_ip_exempt]
         self._connections: set[_Connection] = set()
-        self._shutdown_hooks: list[ShutdownHook] = []
+        self._shutdown_hooks: list[ShutdownHook] = [self.recordings.stop_all]
         self.stopping = False
         self._stopped = False
         self._cut_short = asyncio.Event()
@@ -199,6 +203,7 @@ class FerryServer:
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/api/rooms", self._api_rooms)
         app.router.add_get("/api/dev-token", self._api_dev_token)
+        add_routes(app, self.recordings, self.verifier)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get(r"/{name:[A-Za-z0-9_.-]+\.(?:js|css|html|svg|png)}", self._web_file)
@@ -296,6 +301,7 @@ class FerryServer:
             await asyncio.sleep(ROOM_TICK_S)
             try:
                 self.rooms.on_timer(time.time())
+                self.recordings.on_timer(self.engine.now_ms())
             except Exception:
                 log.exception("room ticker failed")
 
@@ -394,8 +400,11 @@ class FerryServer:
                 status=400,
             )
         identity = request.query.get("identity") or f"{name}-{int(time.time() * 1000) % 100000}"
+        # Dev tokens may record (the page shows its record button) unless ?record=0.
+        record = request.query.get("record", "1") != "0"
         token = mint_token(
-            self.api_key, self.api_secret, identity=identity, name=name, room=room, now=time.time()
+            self.api_key, self.api_secret, identity=identity, name=name, room=room, now=time.time(),
+            room_record=record,
         )
         return web.json_response({"token": token, "url": self.ws_url, "identity": identity})
 
@@ -469,6 +478,7 @@ class FerryServer:
             max_participants=self.config.max_participants_per_room,
             on_error=self.metrics.signaling_error,
             close=conn.close,
+            recordings=self.recordings,
         )
         conn.session = session
         self._connections.add(conn)
@@ -514,6 +524,7 @@ class FerryServer:
             for track in room.router.tracks.values():
                 kinds[track.kind] = kinds.get(track.kind, 0) + 1
         data["tracks_by_kind"] = kinds
+        data.update(self.recordings.snapshot())
         return data
 
 

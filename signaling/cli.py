@@ -129,6 +129,14 @@ def _add_serve(sub: Any) -> None:
         help="browser origin allowed on /ws besides this host and loopback "
         "(https://meet.example.com, or * for any); repeat for several",
     )
+    p.add_argument("--recordings", dest="recordings_dir", metavar="DIR", help="where recordings go (default ./recordings)")
+    p.add_argument(
+        "--auto-record",
+        action="append",
+        dest="auto_record_rooms",
+        metavar="ROOM",
+        help="record this room from its creation on (* for every room); repeat for several",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -142,6 +150,8 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": args.log_level,
         "allow_dev_keys": args.allow_dev_keys,
         "allowed_origins": args.allowed_origins,
+        "recordings_dir": args.recordings_dir,
+        "auto_record_rooms": args.auto_record_rooms,
     }
 
 

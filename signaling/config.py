@@ -58,6 +58,8 @@ class Config:
     consent_timeout_s: float = 30.0
     log_level: str = "info"
     recordings_dir: str = "recordings"
+    # Rooms recorded from their creation on, by name; "*" records every room.
+    auto_record_rooms: list[str] = field(default_factory=list)
     max_participants_per_room: int = 200
     # Generated dev keys (no api_keys) on a non-loopback bind expose /api/dev-token, which
     # mints a token for any identity, to the network: only when asked for (`--dev`).
@@ -112,6 +114,7 @@ class Config:
             )
         self.log_level = level
         self._check_str("recordings_dir")
+        self._check_auto_record_rooms()
         if self._check_int("max_participants_per_room") < 1:
             raise ConfigError(
                 f"max_participants_per_room must be >= 1, got {self.max_participants_per_room}"
@@ -161,6 +164,11 @@ class Config:
                     f"announce_ips entry {ip!r} is not an IPv4/IPv6 address "
                     "(ICE candidates need literal addresses, not host names)"
                 ) from None
+
+    def _check_auto_record_rooms(self) -> None:
+        rooms = self.auto_record_rooms
+        if not isinstance(rooms, list) or not all(isinstance(r, str) and r for r in rooms):
+            raise ConfigError(f"auto_record_rooms must be a list of room names (or \"*\" for all), got {rooms!r}")
 
     def _check_per_ip_exempt(self) -> None:
         nets = self.per_ip_exempt
@@ -231,7 +239,7 @@ def _env_int(env: Mapping[str, str], var: str) -> int:
         raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
 
 
-_ENV_STR = {"FERRY_HOST": "host", "FERRY_LOG_LEVEL": "log_level"}
+_ENV_STR = {"FERRY_HOST": "host", "FERRY_LOG_LEVEL": "log_level", "FERRY_RECORDINGS_DIR": "recordings_dir"}
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _ENV_INT = {
     "FERRY_HTTP_PORT": "http_port",

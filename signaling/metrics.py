@@ -24,6 +24,10 @@ omitted)::
     keyframes_in, layer_switches
     # gauges
     rooms, participants, ws_connections, tracks_by_kind: {kind: int}
+    # recorder (signaling.recording): counters, then gauges
+    recordings_started, recorder_frames | recorder_dropped | recorder_bytes: {kind: int},
+    recorder_errors, recorder_writer_cpu_s;
+    recordings_active, recorder_queue, recorder_tracks: {kind: int}
 
 The callback runs on the event-loop thread during a scrape, so it must be cheap and must not
 block. If it raises, the snapshot families are omitted from that scrape and the error is
@@ -78,16 +82,34 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "ferry_upstream_lost_total": (("upstream_lost",), "Publisher packets found missing"),
     "ferry_upstream_recovered_total": (("upstream_recovered",), "Missing publisher packets recovered by RTX"),
     "ferry_upstream_unrecovered_total": (("upstream_unrecovered",), "Missing publisher packets given up on"),
+    "ferry_recordings_started_total": (("recordings_started",), "Room recordings started"),
+    "ferry_recorder_errors_total": (("recorder_errors",), "Recorder writer jobs that failed (a full disk, a bad frame)"),
+    "ferry_recorder_writer_cpu_seconds_total": (
+        ("recorder_writer_cpu_s",),
+        "CPU time of the recorders' writer threads (muxing, file I/O)",
+    ),
 }
 DROPS = ("ferry_packet_drops_total", ("packet_drops", "drops"), "Packets dropped, by reason")
+# metric name -> (snapshot key, help). Monotonic counters labelled by track kind.
+KIND_COUNTERS: dict[str, tuple[str, str]] = {
+    "ferry_recorder_frames_total": ("recorder_frames", "Frames written to recording files, by track kind"),
+    "ferry_recorder_dropped_total": (
+        "recorder_dropped",
+        "Frames a recording's full writer queue could not take, by track kind",
+    ),
+    "ferry_recorder_bytes_total": ("recorder_bytes", "Media bytes written to recording files, by track kind"),
+}
 
 # metric name -> (snapshot key, help). Unlabelled gauges; omitted when the key is absent.
 GAUGES: dict[str, tuple[str, str]] = {
     "ferry_rooms": ("rooms", "Rooms currently open"),
     "ferry_participants": ("participants", "Participants currently in a room"),
     "ferry_ws_connections": ("ws_connections", "Open signaling WebSocket connections"),
+    "ferry_recordings_active": ("recordings_active", "Rooms being recorded"),
+    "ferry_recorder_queue": ("recorder_queue", "Jobs waiting for the recorders' writer threads"),
 }
 TRACKS = ("ferry_tracks", "tracks_by_kind", "Published tracks currently live, by kind")
+RECORDER_TRACKS = ("ferry_recorder_tracks", "recorder_tracks", "Tracks being recorded now, by kind")
 
 
 def _first(stats: EngineStats, keys: tuple[str, ...]) -> Any:
@@ -123,6 +145,16 @@ class _SnapshotCollector(Collector):
         for kind, count in sorted(dict(stats.get(TRACKS[1]) or {}).items()):
             tracks.add_metric([str(kind)], float(count))
         yield tracks
+        if RECORDER_TRACKS[1] in stats:
+            recording = GaugeMetricFamily(RECORDER_TRACKS[0], RECORDER_TRACKS[2], labels=["kind"])
+            for kind, count in sorted(dict(stats[RECORDER_TRACKS[1]]).items()):
+                recording.add_metric([str(kind)], float(count))
+            yield recording
+        for name, (key, doc) in KIND_COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=["kind"])
+            for kind, count in sorted(dict(stats.get(key) or {}).items()):
+                family.add_metric([str(kind)], float(count))
+            yield family
         for name, (keys, doc) in COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=float(_first(stats, keys) or 0))
         drops = CounterMetricFamily(DROPS[0], DROPS[2], labels=["reason"])

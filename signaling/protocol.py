@@ -59,6 +59,9 @@ ERROR_CODES = frozenset(
         "not_found",
         "conflict",
         "too_many_tracks",
+        "already_recording",
+        "not_recording",
+        "storage_error",
         "internal",
     }
 )
@@ -255,6 +258,8 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], Request], dict[str, Any]]] = {
     "update_subscription": _v_update_subscription,
     "leave": _v_empty,
     "ping": _v_empty,
+    "start_recording": _v_empty,
+    "stop_recording": _v_empty,
 }
 
 REQUEST_TYPES = frozenset(_VALIDATORS)

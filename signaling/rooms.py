@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from media.engine import Engine
 from media.ortc import Encoding, MediaDescription, RtpCodec
@@ -250,9 +251,44 @@ def _same_media(section: MediaDescription, kind: str, codecs: list[RtpCodec]) ->
     return section.kind == kind and table(section.codecs) == table(codecs)
 
 
+class RoomObserver(Protocol):
+    """Told of rooms, members and tracks as they change (the recorder), on the event loop.
+
+    Called after the room's own state changed; an observer that raises is logged and
+    never breaks the room.
+    """
+
+    def room_created(self, room: Room) -> None: ...
+
+    def room_closed(self, room: Room) -> None: ...
+
+    def participant_joined(self, room: Room, participant: Participant) -> None: ...
+
+    def participant_left(self, room: Room, participant: Participant) -> None: ...
+
+    def tracks_published(self, room: Room, participant: Participant, tracks: list[PublishedTrack]) -> None: ...
+
+    def tracks_unpublished(self, room: Room, participant: Participant, tracks: list[PublishedTrack]) -> None: ...
+
+
+def _notify(observers: list[RoomObserver], method: str, *args: object) -> None:
+    for observer in list(observers):
+        try:
+            getattr(observer, method)(*args)
+        except Exception:
+            log.exception("room observer %r failed in %s", observer, method)
+
+
 class Room:
-    def __init__(self, name: str, engine: Engine, on_close: Callable[[Room], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        engine: Engine,
+        on_close: Callable[[Room], None],
+        observers: list[RoomObserver] | None = None,
+    ) -> None:
         self.name = name
+        self.observers = observers if observers is not None else []
         self.sid = "RM_" + secrets.token_hex(6)
         self.participants: dict[str, Participant] = {}
         self.router: Router = engine.router(name, self)
@@ -339,6 +375,7 @@ class Room:
                 {"type": "participant_joined", "participant": participant.info()},
                 exclude=participant.sid,
             )
+        _notify(self.observers, "participant_joined", self, participant)
 
     def remove(self, participant: Participant, *, reason: str = "left", now: float | None = None) -> None:
         if self.participants.pop(participant.sid, None) is None:
@@ -354,6 +391,7 @@ class Room:
         participant.connected = False
         if not self.participants:
             self.empty_since = now
+        _notify(self.observers, "participant_left", self, participant)
 
     def tracks_published(self, publisher: Participant, tracks: list[PublishedTrack]) -> None:
         for track in tracks:
@@ -366,6 +404,7 @@ class Room:
                 continue
             other.desired.update(t.sid for t in tracks)
             other.renegotiate()
+        _notify(self.observers, "tracks_published", self, publisher, tracks)
 
     def tracks_unpublished(self, publisher: Participant, tracks: list[PublishedTrack]) -> None:
         for track in tracks:
@@ -378,6 +417,7 @@ class Room:
             if other.desired & sids:
                 other.desired -= sids
                 other.renegotiate()
+        _notify(self.observers, "tracks_unpublished", self, publisher, tracks)
 
     def close(self) -> None:
         if self.closed:
@@ -386,6 +426,7 @@ class Room:
         for participant in list(self.participants.values()):
             participant.connected = False
         self.participants.clear()
+        _notify(self.observers, "room_closed", self)
         self._on_close(self)
 
 
@@ -407,13 +448,15 @@ class RoomManager:
         self.max_tracks_per_participant = max_tracks_per_participant
         self.subscriber_answer_timeout_s = subscriber_answer_timeout_s
         self.rooms: dict[str, Room] = {}
+        self.observers: list[RoomObserver] = []  # shared with every room
 
     def get_or_create(self, name: str) -> Room:
         room = self.rooms.get(name)
         if room is None:
-            room = Room(name, self.engine, self._closed)
+            room = Room(name, self.engine, self._closed, self.observers)
             self.rooms[name] = room
             log.info("room %s created", name)
+            _notify(self.observers, "room_created", room)
         return room
 
     def _closed(self, room: Room) -> None:

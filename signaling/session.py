@@ -14,6 +14,7 @@ from collections.abc import Callable
 from . import sdp
 from .auth import ADMIN_ALL_ROOMS, AuthError, TokenVerifier, check_join
 from .protocol import PROTOCOL_VERSION, ProtocolError, Request, decode, error_reply, ok
+from .recording import RecordingError, RecordingService, check_record
 from .rooms import Participant, Room, RoomManager
 
 log = logging.getLogger("ferry.signaling.session")
@@ -29,8 +30,10 @@ class Session:
         max_participants: int = 200,
         on_error: Callable[[str], None] | None = None,
         close: Callable[[], None] | None = None,
+        recordings: RecordingService | None = None,
     ) -> None:
         self.rooms = rooms
+        self.recordings = recordings
         self.verifier = verifier
         self.send = send
         self.max_participants = max_participants
@@ -145,6 +148,7 @@ class Session:
                 participant={"sid": sid, "identity": participant.identity, "name": participant.name},
                 participants=[p.info() for p in others],
                 ice_servers=[],
+                recording=self.recordings.active(room.name) if self.recordings is not None else None,
             )
         )
         if participant.auto_subscribe and claims.grants.can_subscribe:
@@ -239,6 +243,34 @@ class Session:
         if "enabled" in data:
             down.set_enabled(data["enabled"])
         self.send(ok(req, max_layer=layers[down.max_layer].rid, enabled=down.enabled))
+
+    def _on_start_recording(self, req: Request, participant: Participant, now: float) -> None:
+        service = self._recording_service(participant)
+        try:
+            info = service.start(participant.room.name, by=participant.identity)
+        except RecordingError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        self.send(ok(req, recording_id=info["id"], dir=info["dir"]))
+
+    def _on_stop_recording(self, req: Request, participant: Participant, now: float) -> None:
+        """Replies once capture stopped; `recording_stopped` goes to everyone meanwhile."""
+        service = self._recording_service(participant)
+        active = service.active(participant.room.name)
+        try:
+            service.request_stop(participant.room.name, "stopped")
+        except RecordingError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        assert active is not None
+        self.send(ok(req, recording_id=active["id"], dir=active["dir"]))
+
+    def _recording_service(self, participant: Participant) -> RecordingService:
+        if self.recordings is None:
+            raise ProtocolError("not_found", "this server does not record")
+        try:
+            check_record(participant.claims, participant.room.name)
+        except AuthError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        return self.recordings
 
     def _on_leave(self, req: Request, participant: Participant, now: float) -> None:
         self.send(ok(req))

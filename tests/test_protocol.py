@@ -75,6 +75,8 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("update_subscription", {"track_sid": "TR_a", "enabled": False}, {"track_sid": "TR_a", "enabled": False}),
     ("leave", {}, {}),
     ("ping", {}, {}),
+    ("start_recording", {}, {}),
+    ("stop_recording", {}, {}),
 ]
 
 
