@@ -1,7 +1,8 @@
 """The web client receives tracks on recycled subscriber m-lines (issue 10, defect 4).
 
-Three Python publishers in turn; Chromium keeps one transceiver per mid, and Ferry gives
-each next publisher's audio and video the two m-lines the previous one left inactive.
+One Python publisher stays; three more come and go in turn. Chromium keeps one
+transceiver per mid, and Ferry gives each next publisher's audio and video the two
+m-lines the previous one left inactive (same SSRCs, new msid), beside two live ones.
 """
 
 from __future__ import annotations
@@ -46,19 +47,30 @@ async def test_web_client_receives_each_next_publisher_on_recycled_mlines(server
             await _until_joined(page)
             viewer_sid = await page.evaluate("window.ferry.me.sid")
             watcher = server.rooms.rooms[room].participants[viewer_sid]
-            for generation in range(3):
-                publisher = FerryClient(connect_timeout=15.0)
-                try:
-                    await publisher.connect(server.ws_url)
-                    await publisher.join(server.token(room, f"pub{generation}"))
-                    await publisher.publish(ToneAudioTrack(), TestPatternVideoTrack())
-                    await _until(page, publisher.participant["sid"], 15)
-                finally:
-                    await publisher.leave()
-                await publisher.wait_for(
-                    lambda: not watcher.offer_pending and all(s.free for s in watcher.sections), timeout=10
-                )
-            assert [s.description.mid for s in watcher.sections] == ["0", "1"]
+            steady = FerryClient(connect_timeout=15.0)
+            try:
+                await steady.connect(server.ws_url)
+                await steady.join(server.token(room, "steady"))
+                await steady.publish(ToneAudioTrack(), TestPatternVideoTrack())
+                await _until(page, steady.participant["sid"], 15)
+                for generation in range(3):
+                    publisher = FerryClient(connect_timeout=15.0)
+                    try:
+                        await publisher.connect(server.ws_url)
+                        await publisher.join(server.token(room, f"pub{generation}"))
+                        await publisher.publish(ToneAudioTrack(), TestPatternVideoTrack())
+                        await _until(page, publisher.participant["sid"], 15)
+                        await _until(page, steady.participant["sid"], 5)
+                    finally:
+                        await publisher.leave()
+                    await publisher.wait_for(
+                        lambda: not watcher.offer_pending
+                        and all(s.free for s in watcher.sections if s.track_sid is None),
+                        timeout=10,
+                    )
+                assert [s.description.mid for s in watcher.sections] == ["0", "1", "2", "3"]
+            finally:
+                await steady.close()
             assert page.ferry_errors == []
             status = await page.evaluate("document.getElementById('status')?.textContent || ''")
             assert "subscriber" not in status, status
