@@ -4,9 +4,11 @@
 //
 // Query parameters: room, name, autojoin=1, relay=1, turn=turn:HOST:PORT, turnuser,
 // turnpass, simulcast=0, publish=0 (subscribe only), token + url (skip the dev-token
-// endpoint, e.g. with a token from `ferry token`).
+// endpoint, e.g. with a token from `ferry token`), record=0 (a dev token without the
+// roomRecord grant: no record button).
 //
-// Test hook: window.ferry = {state, participants(), stats(), localStats(), events, sids}.
+// Test hook: window.ferry = {state, participants(), stats(), localStats(), events, sids,
+// recording, canRecord, toggleRecording()}.
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -37,6 +39,8 @@ const app = {
   prevBytes: new Map(), // inbound-rtp id -> {bytes, ts}
   events: [],
   leaving: false,
+  recording: null, // id of the room's active recording, or null
+  canRecord: false, // the token has roomRecord or roomAdmin: the record button is shown
 };
 
 function setState(s) {
@@ -130,6 +134,43 @@ class Signaling {
 
   close() {
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close();
+  }
+}
+
+// ------------------------------------------------------------------------- recording
+
+// The token's grants, read from its payload (the server checks them; this only decides
+// whether to show the record button).
+function tokenGrants(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const payload = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+    return payload.video || {};
+  } catch {
+    return {};
+  }
+}
+
+// Everyone sees the badge while the room is recorded; hosts also get the button.
+function setRecording(id) {
+  app.recording = id || null;
+  $("rec-badge").hidden = !app.recording;
+  const button = $("record");
+  button.hidden = !app.canRecord;
+  button.setAttribute("aria-pressed", String(!!app.recording));
+  button.textContent = app.recording ? "Stop recording" : "Record";
+}
+
+async function toggleRecording() {
+  const button = $("record");
+  button.disabled = true;
+  try {
+    if (app.recording) await app.sig.request("stop_recording");
+    else setRecording((await app.sig.request("start_recording")).recording_id);
+  } catch (e) {
+    fail("recording", e);
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -328,6 +369,16 @@ function onEvent(msg) {
       break;
     case "publisher_layers":
       setPublisherLayers(msg.layers || {}).catch((e) => fail("publisher_layers", e));
+      break;
+    case "recording_started":
+      setRecording(msg.recording_id);
+      break;
+    case "recording_stopped":
+      if (msg.recording_id === app.recording) setRecording(null);
+      if (msg.reason && msg.reason !== "stopped") status(`recording stopped: ${msg.reason}`, msg.reason === "disk_full");
+      break;
+    case "recording_error":
+      status(`recording: ${msg.track_sid} ${msg.reason}`, true);
       break;
     case "error":
       fail("server", new FerryError(msg.error?.code || "error", msg.error?.message || ""));
@@ -570,7 +621,8 @@ async function fetchToken(room, name) {
   if (params.get("token")) {
     return { token: params.get("token"), url: params.get("url") };
   }
-  const res = await fetch(`/api/dev-token?room=${encodeURIComponent(room)}&name=${encodeURIComponent(name)}`);
+  const record = params.get("record") === "0" ? "&record=0" : "";
+  const res = await fetch(`/api/dev-token?room=${encodeURIComponent(room)}&name=${encodeURIComponent(name)}${record}`);
   if (!res.ok) {
     let detail = `${res.status} ${res.statusText}`;
     try {
@@ -599,6 +651,9 @@ async function join(room, name) {
     await app.sig.open();
     await app.sig.request("hello", { version: PROTOCOL_VERSION });
     const reply = await app.sig.request("join", { token, auto_subscribe: true });
+    const grants = tokenGrants(token);
+    app.canRecord = !!(grants.roomRecord || grants.roomAdmin);
+    setRecording(reply.recording?.id);
     app.me = reply.participant;
     app.room = reply.room;
     app.config = iceConfig(reply.ice_servers);
@@ -640,6 +695,8 @@ function teardown() {
   app.trackOwner.clear();
   app.myTracks = { audio: null, video: null };
   app.me = null;
+  app.canRecord = false;
+  setRecording(null);
   app.offerChain = Promise.resolve();
   app.latestOffer = 0;
   app.prevBytes.clear();
@@ -816,6 +873,13 @@ window.ferry = {
   get events() {
     return app.events.slice();
   },
+  get recording() {
+    return app.recording;
+  },
+  get canRecord() {
+    return app.canRecord;
+  },
+  toggleRecording,
   join,
   leave,
 };
@@ -825,6 +889,7 @@ $("join-form").addEventListener("submit", (ev) => {
   join($("room").value.trim(), $("name").value.trim());
 });
 $("leave").addEventListener("click", () => leave());
+$("record").addEventListener("click", () => toggleRecording());
 $("mute-mic").addEventListener("click", (ev) => toggleMute("audio", ev.currentTarget));
 $("mute-cam").addEventListener("click", (ev) => toggleMute("video", ev.currentTarget));
 
