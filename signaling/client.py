@@ -618,13 +618,14 @@ class FerryClient:
         """Every remote track received during the session, ended ones included.
 
         Keyed ``"participant_sid/track_sid"``; each entry is the sink's counters plus
-        ``kind`` and ``live`` (still subscribed). ``stats()["subscriber"]["tracks"]`` shows
+        ``kind`` and ``live`` (still received; false after close). ``stats()["subscriber"]["tracks"]`` shows
         only live tracks, so once the other side has left it is empty: this is what tells
         "received everything, then they left" from "received nothing".
         """
         out = {f"{k[0]}/{k[1]}": {**v, "live": False} for k, v in self.past_tracks.items()}
         for key, sink in self.sinks.items():
-            out[f"{key[0]}/{key[1]}"] = {"kind": sink.kind, **sink.summary(), "live": key in self.tracks}
+            live = key in self.tracks and not self._closed
+            out[f"{key[0]}/{key[1]}"] = {"kind": sink.kind, **sink.summary(), "live": live}
         return out
 
     def sink_for(self, participant_sid: str, kind: str) -> TrackSink | None:
