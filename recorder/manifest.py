@@ -59,6 +59,7 @@ class Manifest:
     started_unix: float
     state: str = "recording"  # "recording" | "stopped" | "repaired"
     stopped_unix: float | None = None
+    stop_reason: str | None = None  # "stopped", "room_closed", "disk_full", "server_shutdown"
     participants: list[ParticipantEntry] = field(default_factory=list)
     tracks: list[TrackEntry] = field(default_factory=list)
     version: int = VERSION

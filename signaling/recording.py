@@ -176,6 +176,7 @@ class RecordingService:
         if active is None:
             raise RecordingError("not_recording", f"room {room_name!r} is not being recorded", 409)
         active.stopping, active.reason = True, reason
+        active.recording.manifest.stop_reason = reason
         self._stopping[active.id] = active
         now_ms = self.engine.now_ms()
         for sid, sink in list(active.sinks.items()):
@@ -404,6 +405,7 @@ def _describe(directory: Path, manifest: mf.Manifest, active: bool) -> dict[str,
         "state": "recording" if active else manifest.state,
         "started_unix": manifest.started_unix,
         "stopped_unix": manifest.stopped_unix,
+        "stop_reason": manifest.stop_reason,
         "participants": [{"sid": p.sid, "identity": p.identity, "name": p.name} for p in manifest.participants],
         "files": files,
     }

@@ -98,7 +98,7 @@ async def test_two_publishers_recorded_by_rest_every_file_plays_with_every_frame
             await client.close()
     span = t_stop - t_start
     manifest = mf.load(directory)
-    assert manifest.state == "stopped"
+    assert (manifest.state, manifest.stop_reason) == ("stopped", "stopped")
     assert sorted(p.identity for p in manifest.participants) == ["alice", "bob"]
     assert sorted((t.kind, t.file.split("_")[0]) for t in manifest.tracks) == [
         ("audio", "alice"), ("audio", "bob"), ("video", "alice"), ("video", "bob"),
@@ -267,6 +267,7 @@ async def test_a_full_disk_stops_the_recording_with_a_reason_and_other_files_sta
     finally:
         await client.close()
     manifest = mf.load(started["dir"])  # type: ignore[arg-type]
+    assert manifest.stop_reason == "disk_full"
     by_kind = {t.kind: t for t in manifest.tracks}
     assert "No space left" in (by_kind["video"].error or "")
     video = str(Path(str(started["dir"])) / by_kind["video"].file)
@@ -304,3 +305,43 @@ def _metrics(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+async def test_auto_recorded_room_starts_at_creation_and_server_stop_finalizes_it(tmp_path: Path) -> None:
+    server = FerryServer(make_config(recordings_dir=str(tmp_path / "rec"), auto_record_rooms=["lecture"]))
+    await server.start()
+    stopped = False
+    try:
+        other = await publisher(server, "chat", "carol")  # not listed: not recorded
+        client = await publisher(server, "lecture", "alice")
+        active = server.recordings._active["lecture"]
+        assert active.started_by == "auto_record" and "chat" not in server.recordings._active
+        await wait_until(lambda: len(active.sinks) == 2 and all(s.file.frames > 30 for s in active.sinks.values()), 10)
+        directory = active.recording.directory
+        await client.close()
+        await other.close()
+        await server.stop()  # SIGTERM's path: the shutdown hook finalizes the recording
+        stopped = True
+    finally:
+        if not stopped:
+            await server.stop()
+    manifest = mf.load(directory)
+    assert (manifest.state, manifest.stop_reason) == ("stopped", "server_shutdown")
+    for track in manifest.tracks:
+        path = str(directory / track.file)
+        assert track.closed and decode_count(path) == probe(path)[0] > 30
+
+
+def test_config_takes_recordings_dir_and_auto_record_rooms_from_file_env_and_flags(tmp_path: Path) -> None:
+    from signaling.cli import _serve_overrides, build_parser
+    from signaling.config import ConfigError, load_config
+
+    config_file = tmp_path / "ferry.yaml"
+    config_file.write_text("auto_record_rooms: [lecture]\nrecordings_dir: /srv/a\n")
+    assert load_config(str(config_file), {}).auto_record_rooms == ["lecture"]
+    assert load_config(str(config_file), {"FERRY_RECORDINGS_DIR": "/srv/b"}).recordings_dir == "/srv/b"
+    args = build_parser().parse_args(["serve", "--recordings", "/srv/c", "--auto-record", "*"])
+    config = load_config(str(config_file), {"FERRY_RECORDINGS_DIR": "/srv/b"}, _serve_overrides(args))
+    assert (config.recordings_dir, config.auto_record_rooms) == ("/srv/c", ["*"])
+    with pytest.raises(ConfigError, match="auto_record_rooms"):
+        load_config(None, {}, {"auto_record_rooms": "lecture"})
