@@ -1,4 +1,5 @@
-"""media.rtp.twcc: feedback codec, recorder and send history, in simulated time."""
+"""media.wire.twcc (the feedback codec) and media.rtp.twcc (recorder and send history),
+in simulated time."""
 
 from __future__ import annotations
 
@@ -6,13 +7,8 @@ import random
 
 import pytest
 
-from media.rtp.twcc import (
-    PacketResult,
-    TwccFeedback,
-    TwccRecorder,
-    TwccSendHistory,
-    _encode_chunks,
-)
+from media.rtp.twcc import PacketResult, TwccRecorder, TwccSendHistory
+from media.wire.twcc import TwccFeedback, _encode_chunks
 
 # Captures published with pion/rtcp's tests (draft-holmer-...-01 format).
 ONE_PACKET = bytes.fromhex("afcd0005fa17fa17" "43032fa0" "00990001" "3de80217" "2001" "94" "01")

@@ -10,9 +10,9 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from media.rtp.twcc import TwccFeedback
 from media.wire.rtcp import parse_rtcp
 from media.wire.rtp import build_rtp, parse_rtp
+from media.wire.twcc import TwccFeedback
 from media.wire.vp8 import parse_vp8
 
 FUZZ = settings(derandomize=True, max_examples=300, deadline=None,

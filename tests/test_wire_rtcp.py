@@ -13,7 +13,6 @@ from aiortc.rtp import (
     RtcpSrPacket,
 )
 
-from media.rtp.twcc import TwccFeedback
 from media.wire.rtcp import (
     Fir,
     Remb,
@@ -29,6 +28,7 @@ from media.wire.rtcp import (
     nack_seqs,
     parse_rtcp,
 )
+from media.wire.twcc import TwccFeedback
 
 REPORT = RtcpReceiverInfo(
     ssrc=0x11, fraction_lost=12, packets_lost=-3, highest_sequence=70000, jitter=40, lsr=0x1234, dlsr=99

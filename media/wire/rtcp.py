@@ -27,8 +27,8 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
-from media.rtp.twcc import TwccFeedback
 from media.wire.seqnum import Unwrapper
+from media.wire.twcc import TwccFeedback
 
 RTCP_SR = 200
 RTCP_RR = 201
