@@ -15,13 +15,33 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from netem.turn import TurnRelay
+from netem.profiles import Profile
+
+
+class Described(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class ControlledRelay(Protocol):
+    """What the API reads and changes of a relay (``netem.turn.TurnRelay`` is one)."""
+
+    @property
+    def profiles(self) -> Mapping[str, Profile]: ...
+
+    @property
+    def allocations(self) -> Sequence[Described]: ...
+
+    @property
+    def stats(self) -> Mapping[str, int]: ...
+
+    def set_profile(self, name: str, value: Any) -> Profile: ...
+
+    def set_allocation_profile(self, alloc_id: int, name: str) -> None: ...
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -52,7 +72,7 @@ def _bearer_auth(token: str) -> Any:
     return check
 
 
-def make_app(relay: TurnRelay, token: str) -> web.Application:
+def make_app(relay: ControlledRelay, token: str) -> web.Application:
     """Build the aiohttp application bound to ``relay``, guarded by ``token``."""
     if not token:
         raise ValueError("the control API needs a non-empty token")
@@ -91,7 +111,7 @@ def make_app(relay: TurnRelay, token: str) -> web.Application:
 
     @routes.get("/stats")
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(relay.stats)
+        return web.json_response(dict(relay.stats))
 
     app = web.Application(middlewares=[_bearer_auth(token)])
     app.add_routes(routes)
