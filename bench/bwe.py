@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from media.bwe.simulation import Phase, Scenario, SimResult, Simulation, percentile  # noqa: E402
+from qa.bwe_simulation import Phase, Scenario, SimResult, Simulation, percentile  # noqa: E402
 
 MBIT = 1_000_000
 

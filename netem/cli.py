@@ -1,15 +1,14 @@
-"""``ferry netem ...`` subcommands (and ``python -m netem.cli`` standalone).
+"""``ferry netem ...``: the emulator's subcommands (and ``python -m netem.cli`` standalone).
 
-Why a ``register(subparsers)`` function: the lead's ``ferry`` CLI owns the
-top-level parser and mounts ours, so both entry points share one definition.
+``register(subparsers)`` mounts the ``netem`` command on the ``ferry`` CLI's parser, so
+both entry points share one definition. Other packages add subcommands to it through
+:func:`subcommands` (``qa.cli`` adds ``run`` and ``list``, the scenario runner).
 
     ferry netem relay [--host 127.0.0.1] [--port 3478] [--control-port 0]
                       [--user NAME=PASSWORD ... | --password PW] [--allow-peer IP[:PORT] ...]
                       [--profile NAME=SPEC | NAME=UP|DOWN ...]
     ferry netem proxy --listen 127.0.0.1:9000 --target 127.0.0.1:7882 --up SPEC --down SPEC
     ferry netem profiles
-    ferry netem list
-    ferry netem run FILE|NAME --out DIR [--url ws://HOST:PORT/ws] [--duration S] [--seed N]
 """
 
 from __future__ import annotations
@@ -18,10 +17,24 @@ import argparse
 import asyncio
 import json
 import sys
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from netem.profiles import builtin_profiles, parse_profile_arg
+
+# The ``netem`` parser -> its subcommands, for packages that add their own (qa).
+_SUBCOMMANDS: weakref.WeakKeyDictionary[argparse.ArgumentParser, Any] = weakref.WeakKeyDictionary()
+
+
+def subcommands(subparsers: Any) -> Any:
+    """The ``netem`` command's subparsers in ``subparsers`` (registering ``netem`` first
+    when it is not there yet). A subcommand added here sets ``netem_func``: it is called
+    with the parsed arguments and returns the exit code (a ValueError exits 2)."""
+    netem = subparsers.choices.get("netem")
+    if netem is None or netem not in _SUBCOMMANDS:
+        netem = register(subparsers)
+    return _SUBCOMMANDS[netem]
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -31,6 +44,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     netem.set_defaults(func=run)
     sub = netem.add_subparsers(dest="netem_command", required=True)
+    _SUBCOMMANDS[netem] = sub
 
     relay = sub.add_parser("relay", help="run the impairing TURN relay")
     relay.add_argument("--host", default="127.0.0.1")
@@ -62,26 +76,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     proxy.add_argument("--seed", type=int, default=0)
     proxy.set_defaults(netem_func=_run_proxy)
 
-    run_p = sub.add_parser("run", help="run a scenario (YAML file or built-in name) and report")
-    run_p.add_argument("scenario", metavar="FILE", help="scenario YAML, or a built-in name (see list)")
-    run_p.add_argument("--out", required=True, metavar="DIR",
-                       help="where report.json, report.html and the PNG plots go")
-    run_p.add_argument("--url", default=None, metavar="WS_URL",
-                       help="use this Ferry (ws://HOST:PORT/ws) instead of starting one; "
-                            "needs FERRY_API_KEY/FERRY_API_SECRET to mint tokens")
-    run_p.add_argument("--relay-peer", action="append", default=None, metavar="IP[:PORT]",
-                       help="with --url: Ferry's media address the relay may reach (repeat); "
-                            "default: any port of the URL's host")
-    run_p.add_argument("--duration", type=float, default=None, metavar="S",
-                       help="override the duration (the link schedule is scaled with it)")
-    run_p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
-    run_p.add_argument("--connect-timeout", type=float, default=20.0, metavar="S")
-    run_p.add_argument("--quiet", action="store_true", help="print only the summary table")
-    run_p.set_defaults(netem_func=_run_scenario)
-
-    list_p = sub.add_parser("list", help="list the built-in scenarios")
-    list_p.set_defaults(netem_func=_list_scenarios)
-
     profiles = sub.add_parser("profiles", help="list the built-in profiles")
     profiles.add_argument("--json", action="store_true")
     profiles.set_defaults(netem_func=_list_profiles)
@@ -106,51 +100,6 @@ def _list_profiles(args: argparse.Namespace) -> int:
         print(f"{name:14} {p.description}")
         print(f"{'':14}   up:   {p.up.spec() or '-'}")
         print(f"{'':14}   down: {p.down.spec() or '-'}")
-    return 0
-
-
-def _list_scenarios(args: argparse.Namespace) -> int:
-    from netem.scenario import describe_builtin
-
-    for name, desc in describe_builtin():
-        print(f"{name:16} {desc}")
-    return 0
-
-
-def _run_scenario(args: argparse.Namespace) -> int:
-    """Exit 0 when every expectation holds, 1 when one fails, 2 on a bad scenario/setup."""
-    from pathlib import Path
-
-    from netem.report import summary_table
-    from netem.runner import RunOptions, run_scenario
-    from netem.scenario import ScenarioError, load_scenario
-
-    try:
-        scenario = load_scenario(args.scenario)
-    except ScenarioError as exc:
-        print(f"ferry netem run: {exc}", file=sys.stderr)
-        return 2
-    options = RunOptions(
-        out_dir=Path(args.out),
-        url=args.url,
-        duration_s=args.duration,
-        seed=args.seed,
-        connect_timeout_s=args.connect_timeout,
-        relay_peers=args.relay_peer,
-        print_fn=None if args.quiet else (lambda line: print(line, flush=True)),
-    )
-    try:
-        result = asyncio.run(run_scenario(scenario, options))
-    except (RuntimeError, OSError, ScenarioError) as exc:
-        print(f"ferry netem run: {exc}", file=sys.stderr)
-        return 2
-    print(summary_table(result), flush=True)
-    print(f"report: {Path(args.out) / 'report.html'}", flush=True)
-    if not result.passed:
-        failed = [e["expect"] for e in result.expectations if not e["ok"]]
-        print(f"ferry netem run: {len(failed)} expectation(s) failed: {'; '.join(failed)}",
-              file=sys.stderr)
-        return 1
     return 0
 
 
@@ -236,7 +185,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point: ``python -m netem.cli relay|proxy|profiles|list|run``."""
+    """Standalone entry point: ``python -m netem.cli relay|proxy|profiles``."""
     parser = argparse.ArgumentParser(prog="ferry")
     register(parser.add_subparsers(dest="command", required=True))
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -11,7 +11,7 @@ import statistics
 
 import pytest
 
-from media.bwe.simulation import Phase, Scenario, SimResult, Simulation
+from qa.bwe_simulation import Phase, Scenario, SimResult, Simulation
 
 WARMUP_MS = 10_000.0
 

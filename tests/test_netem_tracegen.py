@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netem import cli
 from netem.link import LinkConfig
 from netem.profiles import builtin_profiles, get_profile
 from netem.rate import MahimahiTrace
-from netem.scenario import builtin_scenarios, describe_builtin, load_scenario
 from netem.tracegen import SHIPPED, capacity_steps, generate, opportunities, render, shipped_path
+from qa import cli
+from qa.scenario import builtin_scenarios, describe_builtin, load_scenario
 
 
 @pytest.mark.parametrize("trace", SHIPPED, ids=lambda t: t.name)

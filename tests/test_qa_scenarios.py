@@ -1,4 +1,4 @@
-"""``ferry netem run`` / ``list``: scenario files, the runner and its reports (issue 3).
+"""``ferry netem run`` / ``list``: scenario files, the runner and its reports.
 
 Every built-in scenario is loaded and validated; two of them (2 aiortc clients, and the
 classroom of LiteClients, which ship with Ferry: never skipped) run for real with a short
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from netem import cli
-from netem.runner import SeqTracker, lite_available
-from netem.scenario import (
+from qa import cli
+from qa.measurement import SeqTracker
+from qa.participants import lite_available
+from qa.scenario import (
     Expectation,
     ScenarioError,
     builtin_scenarios,
@@ -161,8 +162,8 @@ def test_impossible_expectation_fails_the_run(tmp_path: Path,
 
 
 def test_capacity_step_report_plots_estimate_and_layer(tmp_path: Path) -> None:
-    """Issue 4, item 2's report: a viewer's link steps 2.5 -> 0.3 -> 2.5 Mbit/s and the
-    report's series (and plots) show Ferry's estimate and the forwarded layer follow."""
+    """A viewer's link steps 2.5 -> 0.3 -> 2.5 Mbit/s: the report's series (and plots)
+    show Ferry's estimate and the forwarded layer follow."""
     scenario = tmp_path / "step.yaml"
     scenario.write_text(
         "name: step\n"

@@ -36,7 +36,8 @@ from typing import Any
 
 from media.bwe.estimator import GccEstimator
 from media.bwe.pacer import Pacer
-from media.rtp.twcc import TwccFeedback, TwccRecorder, TwccSendHistory
+from media.rtp.twcc import TwccRecorder, TwccSendHistory
+from media.wire.twcc import TwccFeedback
 from netem.link import Link
 
 __all__ = ["Phase", "Sample", "Scenario", "SimResult", "Simulation", "link_spec", "percentile"]

@@ -13,10 +13,9 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from netem.runner import RunResult
+from qa.result import RunResult
 
 PLOTS: list[tuple[str, str, list[tuple[str, str, float]], str]] = [
     # file stem, title, [(series key, line style, scale)], y label

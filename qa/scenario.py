@@ -2,7 +2,7 @@
 
 Why a declarative file: QA people describe a *situation* ("a teacher on broadband and
 twenty students, three of them on 3G, one loses its uplink for ten seconds") and
-what a good call looks like under it; the runner (``netem.runner``) turns that into
+what a good call looks like under it; the runner (``qa.runner``) turns that into
 Ferry, the impairing TURN relay, real WebRTC clients and a report. The same file runs
 in CI with a short ``--duration`` (the schedule is compressed with it) and by hand at
 full length.
@@ -392,7 +392,7 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
 
 
 def resolve_scenario_path(source: str | Path) -> Path:
-    """A path as given, or a built-in scenario name (``3g`` -> ``netem/scenarios/3g.yaml``)."""
+    """A path as given, or a built-in scenario name (``3g`` -> ``qa/scenarios/3g.yaml``)."""
     path = Path(source)
     if path.exists():
         return path

@@ -1,0 +1,192 @@
+"""What a scenario run measures, per participant, and how.
+
+Client side: ``FrameMeter`` turns decoded-frame times into fps, freezes and audio gaps;
+``SeqTracker`` (fed by ``watch_aiortc_receiver`` or a LiteClient hook) counts the RTP
+packets that never arrived, after NACK/RTX. Server side: ``server_sample`` reads what
+Ferry forwards to a participant (layer, estimate, RTT) through
+``Engine.subscriber_stats``, when the server runs in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from typing import Any
+
+logger = logging.getLogger("ferry.qa.measurement")
+
+FREEZE_GAP_S = 0.5
+RECOVERY_GRACE_S = 1.5
+AUDIO_GAP_S = 0.06
+
+SERIES_KEYS = ("recv_bps", "sent_bps", "estimate_bps", "layer", "target_layer", "loss_before",
+               "loss_after", "uplink_loss", "rtt_ms", "jitter_ms", "fps", "freezes", "frozen")
+
+
+class FrameMeter:
+    """Decoded-frame times of one remote track -> fps, freezes and gaps.
+
+    Why per-frame callbacks rather than polling counters: a freeze is a gap between
+    two frames, and 500 ms sampling cannot see a 600 ms gap reliably.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.frames = 0
+        self.last: float | None = None
+        self.t0: float | None = None
+        self.window_frames = 0
+        self.gaps: list[tuple[float, float]] = []  # (start, length s) of gaps over threshold
+        self.max_gap = 0.0
+        self.audio_missing = 0.0
+
+    def start_window(self, t0: float) -> None:
+        self.t0 = t0
+        self.window_frames = 0
+
+    def on_frame(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.frames += 1
+        if self.t0 is not None and now >= self.t0:
+            self.window_frames += 1
+            prev = self.last if self.last is not None and self.last >= self.t0 else None
+            if prev is None and self.last is not None:
+                prev = self.t0  # a gap spanning t0 counts from t0
+            if prev is not None:
+                self._gap(prev, now - prev)
+        self.last = now
+
+    def _gap(self, start: float, gap: float) -> None:
+        if self.kind == "video":
+            self.max_gap = max(self.max_gap, gap)
+            if gap > FREEZE_GAP_S:
+                self.gaps.append((start, gap))
+        elif gap > AUDIO_GAP_S:
+            self.audio_missing += gap - 0.02
+
+    def finish(self, end: float) -> None:
+        """Count a trailing gap (media that stopped and never came back)."""
+        if self.t0 is None:
+            return
+        last = self.last if self.last is not None and self.last >= self.t0 else self.t0
+        if end - last > (FREEZE_GAP_S if self.kind == "video" else AUDIO_GAP_S):
+            self._gap(last, end - last)
+
+    def frozen_at(self, now: float) -> bool:
+        return self.kind == "video" and (self.last is None or now - self.last > FREEZE_GAP_S)
+
+
+class SeqTracker:
+    """Which RTP sequence numbers of each media SSRC arrived, originals or via RTX.
+
+    Why: a receiver's ``packetsLost`` in aiortc is counted before RTX is unwrapped, so
+    it shows the network's loss, not what NACK/RTX left unrepaired. This tracker sees
+    every packet (retransmissions folded into their primary SSRC) and, at the end of the
+    run, counts what never arrived at all between two sample points.
+    """
+
+    def __init__(self) -> None:
+        self.received: dict[int, set[int]] = {}
+        self.highest: dict[int, int] = {}
+
+    def add(self, ssrc: int, seq: int) -> None:
+        high = self.highest.get(ssrc)
+        if high is None:
+            ext = seq + 65536
+        else:
+            delta = (seq - high) & 0xFFFF
+            ext = high + delta if delta < 0x8000 else high + delta - 0x10000
+        if high is None or ext > high:
+            self.highest[ssrc] = ext
+        self.received.setdefault(ssrc, set()).add(ext)
+
+    def snapshot(self) -> dict[int, int]:
+        return dict(self.highest)
+
+    def missing(self, start: dict[int, int], end: dict[int, int]) -> tuple[int, int]:
+        """(expected, missing) for sequence numbers in ``(start, end]`` per SSRC."""
+        expected = missing = 0
+        for ssrc, hi in end.items():
+            got = self.received.get(ssrc, set())
+            lo = start.get(ssrc, min(got) - 1 if got else hi)
+            if hi <= lo:
+                continue
+            n = hi - lo
+            have = sum(1 for x in range(lo + 1, hi + 1) if x in got)
+            expected += n
+            missing += n - have
+        return expected, missing
+
+
+def watch_aiortc_receiver(receiver: Any, tracker: SeqTracker) -> bool:
+    """Feed ``tracker`` from an aiortc ``RTCRtpReceiver`` (instance patch, idempotent).
+
+    Reads aiortc's private codec and RTX maps at call time, so renegotiation is seen;
+    if they are missing (another aiortc version) packets are still passed through.
+    """
+    if getattr(receiver, "_qa_watched", False):
+        return False
+    original = receiver._handle_rtp_packet
+
+    async def handle(packet: Any, arrival_time_ms: int) -> None:
+        try:
+            codecs = getattr(receiver, "_RTCRtpReceiver__codecs", {})
+            codec = codecs.get(packet.payload_type)
+            if codec is not None and codec.name.lower() == "rtx":
+                rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+                if packet.ssrc in rtx and len(packet.payload) >= 2:
+                    tracker.add(rtx[packet.ssrc], (packet.payload[0] << 8) | packet.payload[1])
+            elif codec is not None:
+                tracker.add(packet.ssrc, packet.sequence_number)
+        except Exception:  # noqa: BLE001 - measuring must never break the media path
+            logger.debug("seq tracking failed", exc_info=True)
+        await original(packet, arrival_time_ms=arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle
+    receiver._qa_watched = True
+    return True
+
+
+def server_sample(server: Any, room: str, identity: str) -> dict[str, Any]:
+    """Ferry's side of one participant: the lowest video layer forwarded to it and
+    targeted, its bandwidth estimate, and the highest RTT of its tracks.
+
+    ``server`` is an in-process ``signaling.app.FerryServer`` (None: an external Ferry,
+    whose figures are unknown); every value is None until the participant is in the room.
+    """
+    out: dict[str, Any] = {"layer": None, "target_layer": None, "estimate_bps": None,
+                           "server_rtt_ms": None}
+    if server is None:
+        return out
+    joined = server.rooms.rooms.get(room)
+    member = joined.by_identity(identity) if joined is not None else None
+    stats = server.engine.subscriber_stats(member.sid) if member is not None else None
+    if stats is None:
+        return out
+    videos = [t for t in stats.tracks.values() if t.kind == "video"]
+    layers = [t.current_layer for t in videos if t.current_layer is not None]
+    targets = [t.target_layer for t in videos if t.target_layer is not None]
+    rtts = [t.rtt_ms for t in stats.tracks.values() if t.rtt_ms]
+    out["layer"] = min(layers) if layers else None
+    out["target_layer"] = min(targets) if targets else None
+    out["estimate_bps"] = stats.estimate_bps
+    out["server_rtt_ms"] = max(rtts) if rtts else None
+    return out
+
+
+def median_of(xs: list[Any]) -> float | None:
+    """Median of the values that are not None; None when there are none."""
+    vals = [float(x) for x in xs if x is not None]
+    return statistics.median(vals) if vals else None
+
+
+def mean_of(xs: list[Any]) -> float | None:
+    """Mean of the values that are not None; None when there are none."""
+    vals = [float(x) for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def fraction(drop: float, sent: float) -> float:
+    """``drop / sent``, 0 when nothing was sent."""
+    return drop / sent if sent > 0 else 0.0

@@ -1,0 +1,430 @@
+"""The participants of a scenario run, one class per client kind, and what they share.
+
+Every participant reaches Ferry only through netem (DESIGN §9): the aiortc
+``FerryClient`` and headless Chromium through the impairing TURN relay with a
+relay-only ICE policy, under a TURN username naming a profile that exists for that
+participant alone (``sc-<name>:<name>``, with a random password of its own for the run);
+the ``LiteClient``, which has no TURN client, through a ``UdpProxy`` of its own with the
+same links. Changing a participant's network is then one call (``set_link``) for any
+client kind, and the relay's and proxy's link counters give every kind the same bitrate
+and network-loss figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netem.profiles import Profile
+from netem.turn import TurnRelay
+from qa.measurement import SERIES_KEYS, FrameMeter, SeqTracker, watch_aiortc_receiver
+from qa.scenario import ParticipantSpec, Scenario
+from signaling.chromium import CHROMIUM_ARGS
+
+logger = logging.getLogger("ferry.qa.participants")
+
+
+@dataclass
+class RunOptions:
+    """How to run (not what: that is the scenario)."""
+
+    out_dir: Path
+    url: str | None = None
+    duration_s: float | None = None
+    seed: int | None = None
+    sample_interval_s: float = 0.5
+    connect_timeout_s: float = 20.0
+    chromium_path: str = "/usr/bin/chromium"
+    print_fn: Callable[[str], None] | None = print
+    relay_peers: list[str] | None = None  # Ferry's media addresses for --url (default: its host)
+
+
+
+@dataclass
+class RunContext:
+    """What participants need from the run: URLs, tokens, relay, server, browser."""
+
+    scenario: Scenario
+    options: RunOptions
+    ws_url: str = ""
+    http_url: str = ""
+    turn_url: str = ""
+    relay: TurnRelay | None = None
+    turn_passwords: dict[str, str] = field(default_factory=dict)  # participant -> TURN password
+    server: Any = None
+    t0: float | None = None
+    api_key: str = ""
+    api_secret: str = ""
+    _pw: Any = None
+    _browser: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    def token(self, identity: str, spec: ParticipantSpec) -> str:
+        from signaling.auth import mint_token
+
+        return mint_token(self.api_key, self.api_secret, identity=identity,
+                          room=self.scenario.room, now=time.time(), name=identity,
+                          can_publish=bool(spec.publish), can_subscribe=spec.subscribe)
+
+    async def browser(self) -> Any:
+        if self._browser is None:
+            from playwright.async_api import async_playwright
+
+            self._pw = await async_playwright().start()
+            self._browser = await self._pw.chromium.launch(
+                executable_path=self.options.chromium_path, args=CHROMIUM_ARGS)
+        return self._browser
+
+    async def close_browser(self) -> None:
+        if self._browser is not None:
+            with contextlib.suppress(Exception):
+                await self._browser.close()
+        if self._pw is not None:
+            with contextlib.suppress(Exception):
+                await self._pw.stop()
+
+
+
+class Participant:
+    """One joined identity, whatever the client kind; subclasses do the client part."""
+
+    kind = "base"
+
+    def __init__(self, name: str, spec: ParticipantSpec, ctx: RunContext) -> None:
+        self.name = name
+        self.spec = spec
+        self.ctx = ctx
+        self.profile = f"sc-{name}"
+        self.turn_username = f"{self.profile}:{name}"
+        self.turn_password = ctx.turn_passwords.get(name, "")
+        self.meters: dict[str, FrameMeter] = {}
+        self.error: str | None = None
+        self.connected = False
+        self.series: dict[str, list[Any]] = {k: [] for k in SERIES_KEYS}
+        self._prev_relay: dict[str, float] | None = None
+        self._prev_rx: tuple[int, int] | None = None
+        self._window_rx: tuple[int, int] | None = None
+        self._window_relay: dict[str, float] | None = None
+        self.rx_totals: tuple[int, int] = (0, 0)  # (received, lost) RTP packets, cumulative
+        self.tracker: SeqTracker | None = None  # set by clients that see every packet
+        self.seq_marks: list[dict[int, int]] = []  # tracker snapshot per sample
+        self.loss_after_total: float | None = None  # from the tracker, set when the run ends
+        self.frame_counts: dict[int, int] = {}  # decoded frames per meter at the last sample
+        self.proxy: Any = None  # a UdpProxy instead of the relay (LiteClient)
+
+    @property
+    def publishes(self) -> bool:
+        return bool(self.spec.publish)
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    def set_link(self, profile: Profile) -> None:
+        """Change this participant's network (the relay profile its TURN username names)."""
+        if self.ctx.relay is not None:
+            self.ctx.relay.set_profile(self.profile, profile)
+
+    async def client_sample(self) -> dict[str, Any]:
+        """rtt_ms, jitter_ms, and rx totals from the client's own stats."""
+        return {}
+
+    def meter(self, key: str, kind: str) -> FrameMeter:
+        m = self.meters.get(key)
+        if m is None:
+            m = self.meters[key] = FrameMeter(kind)
+            if self.ctx.t0 is not None:
+                m.start_window(self.ctx.t0)
+        return m
+
+    # -- relay counters: the same for every client kind
+    def relay_counters(self) -> dict[str, float]:
+        out = {"up_sent": 0.0, "up_drop": 0.0, "up_bytes": 0.0,
+               "down_sent": 0.0, "down_drop": 0.0, "down_bytes": 0.0}
+        pairs = [(a.up, a.down) for a in (self.ctx.relay.allocations if self.ctx.relay else [])
+                 if a.profile == self.profile]
+        if self.proxy is not None:
+            pairs += [(c.up, c.down) for c in self.proxy.clients.values()]
+        for up, down in pairs:
+            for side, link in (("up", up), ("down", down)):
+                s = link.stats
+                out[f"{side}_sent"] += s.sent
+                out[f"{side}_drop"] += s.dropped_loss + s.dropped_queue + s.dropped_overflow
+                out[f"{side}_bytes"] += s.bytes_sent if side == "up" else s.bytes_delivered
+        return out
+
+
+class FerryParticipant(Participant):
+    """The aiortc ``FerryClient`` through the relay (relay-only ICE)."""
+
+    kind = "ferry"
+
+    async def start(self) -> None:
+        from signaling.client import FerryClient
+        from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
+
+        self.client = FerryClient(
+            turn_url=self.ctx.turn_url,
+            turn_username=self.turn_username,
+            turn_password=self.turn_password,
+            relay_only=True,
+            connect_timeout=self.ctx.options.connect_timeout_s,
+            on_track=self._on_track,
+        )
+        await self.client.connect(self.ctx.ws_url)
+        await self.client.join(self.ctx.token(self.name, self.spec), auto_subscribe=self.spec.subscribe)
+        tracks: list[Any] = []
+        if "audio" in self.spec.publish:
+            tracks.append(ToneAudioTrack(freq=300.0 + 20.0 * (len(self.name) % 20)))
+        if "video" in self.spec.publish:
+            v = self.ctx.scenario.video
+            tracks.append(TestPatternVideoTrack(int(v["width"]), int(v["height"]), float(v["fps"])))
+        if tracks:
+            await self.client.publish(*tracks)
+        self.connected = True
+
+    def _on_track(self, psid: str, tsid: str, track: Any) -> None:
+        self._watch()
+        sink = self.client.sinks.get((psid, tsid))
+        if sink is not None:
+            meter = self.meter(f"{psid}/{tsid}", sink.kind)
+            sink.on_frame = lambda _frame, m=meter: m.on_frame()
+
+    def _watch(self) -> None:
+        if self.tracker is None:
+            self.tracker = SeqTracker()
+        sub = self.client.subscriber
+        for tr in sub.getTransceivers() if sub is not None else []:
+            if tr.kind == "video":  # NACK/RTX repairs video only; Opus loss is concealed
+                watch_aiortc_receiver(tr.receiver, self.tracker)
+
+    async def client_sample(self) -> dict[str, Any]:
+        self._watch()
+        for (psid, tsid), sink in list(self.client.sinks.items()):
+            if sink.on_frame is None:
+                self._on_track(psid, tsid, sink.track)
+        st = await self.client.stats()
+        rtts = [t["rtt"] for t in st["publisher"]["tracks"].values() if t.get("rtt") is not None]
+        jit = [t["jitter"] for t in st["subscriber"]["tracks"].values() if t.get("jitter") is not None]
+        rx = sum(t.get("packetsReceived") or 0 for t in st["subscriber"]["tracks"].values())
+        lost = sum(max(0, t.get("packetsLost") or 0) for t in st["subscriber"]["tracks"].values())
+        pcs = [pc for pc in (self.client.publisher, self.client.subscriber) if pc is not None]
+        return {
+            "rtt_ms": max(rtts) * 1000.0 if rtts else None,
+            "jitter_ms": max(jit) * 1000.0 if jit else None,
+            "rx": (rx, lost),
+            "connected": all(pc.connectionState == "connected" for pc in pcs) if pcs else False,
+        }
+
+    async def stop(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.leave(), 5.0)
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+class ChromiumParticipant(Participant):
+    """A headless Chromium page of Ferry's web client, relay-only through netem."""
+
+    kind = "chromium"
+
+    async def start(self) -> None:
+        from urllib.parse import urlencode
+
+        browser = await self.ctx.browser()
+        self.context = await browser.new_context()
+        self.page = await self.context.new_page()
+        q = {
+            "room": self.ctx.scenario.room,
+            "name": self.name,
+            "autojoin": "1",
+            "relay": "1",
+            "turn": self.ctx.turn_url,
+            "turnuser": self.turn_username,
+            "turnpass": self.turn_password,
+            "token": self.ctx.token(self.name, self.spec),
+            "url": self.ctx.ws_url,
+            "hidden": "keep",  # every tile is measured, on screen or not
+        }
+        if not self.spec.publish:
+            q["publish"] = "0"
+        await self.page.goto(f"{self.ctx.http_url}/?{urlencode(q)}")
+        await self.page.wait_for_function("window.ferry && window.ferry.state === 'joined'",
+                                          timeout=self.ctx.options.connect_timeout_s * 1000)
+        self.connected = True
+        self._frames: dict[str, int] = {}
+
+    async def client_sample(self) -> dict[str, Any]:
+        stats = await self.page.evaluate("window.ferry.stats()")
+        local = await self.page.evaluate("window.ferry.localStats()")
+        now = time.monotonic()
+        rx = lost = 0
+        rtt = local.get("rtt")
+        for psid, s in stats.items():
+            rx += (s.get("videoPacketsReceived") or 0) + (s.get("audioPacketsReceived") or 0)
+            lost += max(0, (s.get("videoPacketsLost") or 0) + (s.get("audioPacketsLost") or 0))
+            if rtt is None and s.get("rtt") is not None:
+                rtt = s["rtt"]
+            frames = int(s.get("videoFramesDecoded") or 0)
+            if frames or s.get("trackSids"):
+                m = self.meter(f"{psid}/video", "video")
+                for _ in range(max(0, frames - self._frames.get(psid, 0))):
+                    m.on_frame(now)  # page stats are polled: gaps are sample-resolution
+                self._frames[psid] = frames
+        return {"rtt_ms": rtt * 1000.0 if rtt is not None else None, "jitter_ms": None,
+                "rx": (rx, lost), "connected": True}
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.context.close()
+
+
+_LITE_REMOTE: contextvars.ContextVar[Any] = contextvars.ContextVar("qa_lite_remote",
+                                                                    default=None)
+
+
+def _install_lite_redirect() -> None:
+    """Route a LiteClient's media through the UdpProxy of the participant it belongs to.
+
+    Why: ``LiteClient`` has no TURN client; it sends to the first UDP candidate of
+    Ferry's SDP. We wrap that lookup: inside a participant's task (a ContextVar set
+    before ``connect``/``publish``, inherited by the client's offer-worker task) the
+    candidate becomes the participant's proxy, whose target is set to the real one.
+    Outside a scenario the wrapper passes through unchanged.
+    """
+    from signaling import lite_client
+
+    current = lite_client._first_udp_candidate
+    if getattr(current, "_qa", False):
+        return
+
+    def redirect(candidates: Any) -> Any:
+        addr = current(candidates)
+        proxy = _LITE_REMOTE.get()
+        if proxy is None or addr is None:
+            return addr
+        proxy.target = addr
+        return proxy.listen
+
+    redirect._qa = True  # type: ignore[attr-defined]
+    lite_client._first_udp_candidate = redirect
+
+
+LITE_LAYERS = ((160, 120, 120_000), (320, 240, 350_000), (640, 480, 900_000))
+
+
+class LiteParticipant(Participant):
+    """Ferry's own cheap endpoint (``signaling.lite_client.LiteClient``).
+
+    It publishes pre-encoded simulcast VP8 (three layers, so Ferry's layer selection
+    has something to choose from) and receives without decoding; a "frame" here is a
+    video RTP packet with the marker bit (the last packet of a frame). Its network is
+    a per-participant ``UdpProxy`` with the same links a TURN allocation would get.
+    """
+
+    kind = "lite"
+
+    async def start(self) -> None:
+        from netem.proxy import UdpProxy
+        from signaling.lite_client import LiteClient, encode_opus_clip, encode_vp8_clip
+
+        _install_lite_redirect()
+        seed = self.ctx.options.seed if self.ctx.options.seed is not None else self.ctx.scenario.seed
+        self.proxy = UdpProxy(("127.0.0.1", 0), ("127.0.0.1", 9), self.spec.link.up,
+                              self.spec.link.down, seed=zlib.crc32(f"{seed}/{self.name}".encode()))
+        await self.proxy.start()
+        _LITE_REMOTE.set(self.proxy)
+        self.tracker = SeqTracker()
+        self.client = LiteClient(connect_timeout=self.ctx.options.connect_timeout_s, name=self.name)
+        await self.client.connect(self.ctx.ws_url)
+        await self.client.join(self.ctx.token(self.name, self.spec),
+                               auto_subscribe=self.spec.subscribe)
+        if self.spec.publish:
+            fps = int(self.ctx.scenario.video.get("fps", 15))
+            video = [encode_vp8_clip(w, h, 4 * fps, br, keyframe_interval=2 * fps, fps=fps)
+                     for w, h, br in LITE_LAYERS]
+            audio = encode_opus_clip(4.0) if "audio" in self.spec.publish else None
+            await self.client.publish_vp8(video, fps=fps, audio=audio)
+        self.connected = True
+
+    def set_link(self, profile: Profile) -> None:
+        if self.proxy is not None:
+            self.proxy.set_links(profile.up, profile.down)
+
+    def _watch(self) -> None:
+        sub = self.client.subscriber
+        if sub is None or getattr(sub, "_qa_watched", False):
+            return
+        original = sub.handle_rtp
+        tracker = self.tracker
+        assert tracker is not None
+
+        def handle(packet: bytes, now_ms: float) -> None:
+            try:
+                ssrc = int.from_bytes(packet[8:12], "big")
+                counters = sub._by_ssrc.get(ssrc)
+                if counters is None or counters.kind != "video":
+                    pass
+                elif ssrc == counters.ssrc:
+                    tracker.add(ssrc, (packet[2] << 8) | packet[3])
+                    if packet[1] & 0x80:
+                        key = f"{counters.participant_sid}/{counters.track_sid}"
+                        self.meter(key, counters.kind).on_frame()
+                elif len(packet) > 14:
+                    b0 = packet[0]
+                    off = 12 + 4 * (b0 & 0x0F)
+                    if b0 & 0x10:
+                        off += 4 + 4 * ((packet[off + 2] << 8) | packet[off + 3])
+                    if len(packet) >= off + 2:
+                        tracker.add(counters.ssrc, (packet[off] << 8) | packet[off + 1])
+            except Exception:  # noqa: BLE001 - measuring must never break the media path
+                logger.debug("lite tracking failed", exc_info=True)
+            original(packet, now_ms)
+
+        sub.handle_rtp = handle  # type: ignore[method-assign]
+        sub._qa_watched = True  # type: ignore[attr-defined]
+
+    async def client_sample(self) -> dict[str, Any]:
+        self._watch()
+        rx = lost = 0
+        for c in self.client.received.values():
+            rx += c.unique
+            lost += c.lost
+        return {"rtt_ms": None, "jitter_ms": None, "rx": (rx, lost), "connected": True}
+
+    async def stop(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.leave(), 5.0)
+        if self.proxy is not None:
+            with contextlib.suppress(Exception):
+                await self.proxy.close()
+
+
+def lite_available() -> bool:
+    """True when ``signaling.lite_client`` exists (a trimmed install may leave it out).
+
+    Only the module itself being absent counts as "not available": any other import
+    error (a syntax error, a missing name, a broken dependency) propagates, so a broken
+    client fails the run and its tests instead of silently falling back or skipping.
+    """
+    try:
+        from signaling.lite_client import LiteClient  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name == "signaling.lite_client":
+            return False
+        raise
+    return True
