@@ -14,8 +14,12 @@ argparse subparsers object. A plugin adds its parser and sets ``func``::
 
 ``args.env`` holds the environment mapping to use instead of ``os.environ``.
 
-Plugins that are missing or fail to import are skipped (logged at debug level) so one
-team's half-finished module cannot break ``ferry serve``.
+A plugin whose module (or package) is not there at all is skipped: an install may leave
+a package out. One that is there but fails to import (a syntax error, a missing name or
+dependency) makes every ``ferry`` command fail with the error and its traceback, never
+a command that silently vanishes; so a plugin module imports only what every install
+has, and its commands import optional dependencies when they run. A module without
+``register`` adds no command.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
@@ -36,6 +41,7 @@ from signaling.config import LOG_LEVELS, ConfigError, load_config
 __all__ = [
     "LOG_FORMAT",
     "PLUGIN_MODULES",
+    "PluginError",
     "build_parser",
     "main",
     "parse_duration",
@@ -45,7 +51,8 @@ __all__ = [
 log = logging.getLogger("ferry.cli")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-PLUGIN_MODULES = ("netem.cli", "signaling.client", "recorder.cli", "asr.cli")
+# Order matters where one plugin extends another's command: qa.cli adds to `ferry netem`.
+PLUGIN_MODULES = ("netem.cli", "qa.cli", "signaling.client", "recorder.cli", "asr.cli")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -53,6 +60,16 @@ _UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 class CliError(Exception):
     """A runtime failure to report as ``ferry: error: <message>`` with exit code 1."""
+
+
+class PluginError(CliError):
+    """One of Ferry's own subcommand modules is there but cannot be imported."""
+
+    def __init__(self, module: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the subcommands of {module} cannot be loaded: {type(cause).__name__}: {cause}"
+        )
+        self.module = module
 
 
 def parse_duration(text: str) -> float:
@@ -219,15 +236,26 @@ def _cmd_token(args: argparse.Namespace) -> int:
 # --- plumbing ----------------------------------------------------------------------------
 
 
+def _absent(module: str, exc: ModuleNotFoundError) -> bool:
+    """True when `module` itself or a package above it is missing (not a dependency)."""
+    missing = exc.name or ""
+    return bool(missing) and (module == missing or module.startswith(missing + "."))
+
+
 def _register_plugins(sub: Any, modules: Sequence[str]) -> None:
     for name in modules:
         try:
             module = importlib.import_module(name)
-            register = module.register
-        except (ImportError, AttributeError) as exc:
-            log.debug("no ferry subcommands from %s: %s", name, exc)
+        except ModuleNotFoundError as exc:
+            if not _absent(name, exc):
+                raise PluginError(name, exc) from exc
+            log.debug("no ferry subcommands from %s: not installed", name)
             continue
-        register(sub)
+        except Exception as exc:  # a SyntaxError, a missing name: anything but absence
+            raise PluginError(name, exc) from exc
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(sub)
 
 
 def build_parser(plugins: Sequence[str] = PLUGIN_MODULES) -> argparse.ArgumentParser:
@@ -242,7 +270,12 @@ def build_parser(plugins: Sequence[str] = PLUGIN_MODULES) -> argparse.ArgumentPa
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Entry point of the ``ferry`` console script; returns the exit code."""
     env = os.environ if env is None else env
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except PluginError as exc:
+        traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+        print(f"ferry: error: {exc}", file=sys.stderr)
+        return 1
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)

@@ -220,6 +220,7 @@ def test_plugins_registered(
         p.set_defaults(func=lambda args: calls.append(args) or 3)
 
     _plugin(monkeypatch, "netem.cli", register=register)
+    _plugin(monkeypatch, "qa.cli")  # would extend the real netem command
     _plugin(monkeypatch, "recorder.cli")  # no register(): skipped quietly
     monkeypatch.setitem(sys.modules, "asr.cli", None)  # import fails: skipped quietly
     assert cli.main(["netem", "--scenario", "3g"], env={"X": "1"}) == 3
@@ -227,6 +228,45 @@ def test_plugins_registered(
     assert args.scenario == "3g" and args.env == {"X": "1"}
     assert cli.main(["--help"], env={}) == 0
     assert "network emulator" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from netem.runner import RunOptions\n",  # a module that moved away
+        "from netem.profiles import no_such_name\n",  # a name that is gone
+        "def register(subparsers:\n",  # a syntax error
+    ],
+    ids=["missing-module", "missing-name", "syntax-error"],
+)
+def test_a_subcommand_module_that_fails_to_import_fails_every_command(
+    source: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import qa
+
+    (tmp_path / "cli.py").write_text(source)
+    monkeypatch.setattr(qa, "__path__", [str(tmp_path), *qa.__path__])  # shadows qa/cli.py
+    monkeypatch.delitem(sys.modules, "qa.cli", raising=False)
+    with pytest.raises(cli.PluginError, match="qa.cli"):
+        cli.build_parser()
+    argv = ["token", "--room", "r", "--identity", "a", "--api-key", KEY, "--api-secret", SECRET]
+    assert cli.main(argv, env={}) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no token: the command did not run
+    assert "Traceback" in captured.err
+    assert "ferry: error: the subcommands of qa.cli cannot be loaded" in captured.err
+
+
+def test_netem_commands_come_from_the_emulator_and_qa(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["netem", "--help"], env={}) == 0
+    out = capsys.readouterr().out
+    for command in ("relay", "proxy", "profiles", "run", "list"):
+        assert command in out
+    assert cli.main(["netem", "list"], env={}) == 0
+    assert "bandwidth-cliff" in capsys.readouterr().out
 
 
 def test_setup_logging_format_and_idempotence() -> None:
