@@ -100,18 +100,12 @@ class Engine:
 
         Raises KeyError when the room or the track does not exist (any more).
         """
-        track = self.routers[room].tracks[track_sid]
-        track.add_sink(sink)
-        return track
+        return self.routers[room].add_sink(track_sid, sink)
 
     def remove_sink(self, room: str, track_sid: str, sink: PacketSink) -> bool:
-        """Stop feeding `sink`; False when the track is gone (a closed track drops its sinks)."""
+        """Stop feeding `sink`; False when the room or track is gone (a closed track drops its sinks)."""
         router = self.routers.get(room)
-        track = router.tracks.get(track_sid) if router is not None else None
-        if track is None or sink not in track.sinks:
-            return False
-        track.remove_sink(sink)
-        return True
+        return router is not None and router.remove_sink(track_sid, sink)
 
     def create_transport(self, *, name: str = "") -> WebRtcTransport:
         return WebRtcTransport(

@@ -50,6 +50,8 @@ class TrackEntry:
     duration_s: float | None = None  # measured from the file (close or repair)
     closed: bool = False
     error: str | None = None  # why the file stopped early (e.g. a full disk)
+    # [start, end] Unix times the publisher had the track muted (end None: still muted).
+    muted: list[list[float | None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -238,6 +238,8 @@ class RecordingService:
             active.recording.remove_track(track.sid, self.engine.now_ms())
             return
         active.sinks[track.sid] = sink
+        if track.muted:
+            sink.entry.muted.append([time.time(), None])
 
     def _detach(self, active: _Active, track_sids: list[str]) -> None:
         now_ms = self.engine.now_ms()
@@ -283,6 +285,19 @@ class RecordingService:
         if active is not None:
             self._detach(active, [t.sid for t in tracks])
 
+    def track_muted(self, room: Room, participant: Participant, track: PublishedTrack) -> None:
+        """Note the mute in the manifest; the file itself keeps whatever the publisher
+        sends while muted (silence, black frames) or a gap when it sends nothing."""
+        active = self._active.get(room.name)
+        sink = active.sinks.get(track.sid) if active is not None else None
+        if sink is None:
+            return
+        spans = sink.entry.muted
+        if track.muted and (not spans or spans[-1][1] is not None):
+            spans.append([time.time(), None])
+        elif not track.muted and spans and spans[-1][1] is None:
+            spans[-1][1] = time.time()
+
     # -- timer -------------------------------------------------------------------------
     def on_timer(self, now_ms: float) -> None:
         """Drive the recordings' timers (holes, manifest rewrites); report failed files."""
@@ -291,6 +306,10 @@ class RecordingService:
                 active.recording.on_timer(now_ms)
             except Exception:
                 log.exception("recording %s timer failed", active.id)
+            if _is_disk_full(active.recording.worker.last_error or ""):  # the manifest, say
+                log.error("recording %s: disk full (%s); stopping", active.id, active.recording.worker.last_error)
+                self.request_stop(room_name, "disk_full")
+                continue
             for sid, sink in list(active.sinks.items()):
                 error = sink.file.error
                 if error is None or sink.entry.file in active.reported:
@@ -322,6 +341,8 @@ class RecordingService:
             try:
                 manifest = mf.load(directory)
             except (OSError, ValueError):
+                continue
+            if manifest.room != room_name:  # another room whose name maps to the same folder
                 continue
             out.append(_describe(directory, manifest, active is not None and active.id == manifest.id))
         return out
@@ -396,6 +417,7 @@ def _describe(directory: Path, manifest: mf.Manifest, active: bool) -> dict[str,
                 "frames": track.frames,
                 "closed": track.closed,
                 "error": track.error,
+                "muted": track.muted,
             }
         )
     return {

@@ -270,6 +270,8 @@ class RoomObserver(Protocol):
 
     def tracks_unpublished(self, room: Room, participant: Participant, tracks: list[PublishedTrack]) -> None: ...
 
+    def track_muted(self, room: Room, participant: Participant, track: PublishedTrack) -> None: ...
+
 
 def _notify(observers: list[RoomObserver], method: str, *args: object) -> None:
     for observer in list(observers):
@@ -418,6 +420,14 @@ class Room:
                 other.desired -= sids
                 other.renegotiate()
         _notify(self.observers, "tracks_unpublished", self, publisher, tracks)
+
+    def track_muted(self, publisher: Participant, track: PublishedTrack) -> None:
+        """`track.muted` changed: tell everyone else and the observers."""
+        self.broadcast(
+            {"type": "track_muted", "track_sid": track.sid, "participant_sid": publisher.sid, "muted": track.muted},
+            exclude=publisher.sid,
+        )
+        _notify(self.observers, "track_muted", self, publisher, track)
 
     def close(self) -> None:
         if self.closed:

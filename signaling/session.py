@@ -219,10 +219,7 @@ class Session:
             raise ProtocolError("not_found", f"you publish no track {sid}")
         track.muted = bool(req.data["muted"])
         self.send(ok(req))
-        participant.room.broadcast(
-            {"type": "track_muted", "track_sid": sid, "participant_sid": participant.sid, "muted": track.muted},
-            exclude=participant.sid,
-        )
+        participant.room.track_muted(participant, track)
 
     def _on_update_subscription(self, req: Request, participant: Participant, now: float) -> None:
         sid = req.data["track_sid"]

@@ -225,6 +225,10 @@ async def test_tracks_published_mid_recording_and_rejoins_get_their_own_files(re
         active = server.recordings._active["class"]
         bob = await publisher(server, "class", "bob")  # mid-recording
         await wait_until(lambda: len(active.sinks) == 4 and all(s.file.frames > 20 for s in active.sinks.values()), 10)
+        mic = next(t["sid"] for t in alice.published if t["kind"] == "audio")
+        await alice.request("mute", track_sid=mic, muted=True)
+        muted_at = time.time()
+        await alice.request("mute", track_sid=mic, muted=False)
         await alice.leave()  # her files are finalized at once
         await wait_until(lambda: len(active.sinks) == 2, 5)
         alice = await publisher(server, "class", "alice")  # a rejoin: new tracks, new files
@@ -240,6 +244,10 @@ async def test_tracks_published_mid_recording_and_rejoins_get_their_own_files(re
     for track in manifest.tracks:
         frames, _, _, _ = probe(str(directory / track.file))
         assert track.closed and frames > 20 and decode_count(str(directory / track.file)) == frames
+    (muted,) = [t for t in manifest.tracks if t.muted]
+    assert muted.sid == mic and len(muted.muted) == 1
+    start, end = muted.muted[0]
+    assert start is not None and end is not None and abs(start - muted_at) < 1.0 and start <= end
 
 
 async def test_a_full_disk_stops_the_recording_with_a_reason_and_other_files_stay_whole(

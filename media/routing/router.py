@@ -23,6 +23,7 @@ from media.ortc import (
 from .down_track import DownTrack
 from .published_track import PublishedTrack
 from .publisher import PublisherPeer
+from .sink import PacketSink
 from .subscriber import SubscriberPeer
 
 if TYPE_CHECKING:
@@ -315,6 +316,21 @@ class Router:
         for participant in self.participants.values():
             participant.subscriber.remove_down_track(track.sid)
         track.close()
+
+    def add_sink(self, track_sid: str, sink: PacketSink) -> PublishedTrack:
+        """Feed `sink` (recorder, captions) every packet of a track; returns the track, its
+        SinkHost. KeyError when the track is not published (any more)."""
+        track = self.tracks[track_sid]
+        track.add_sink(sink)
+        return track
+
+    def remove_sink(self, track_sid: str, sink: PacketSink) -> bool:
+        """Stop feeding `sink`; False when the track is gone (a closed track drops its sinks)."""
+        track = self.tracks.get(track_sid)
+        if track is None or sink not in track.sinks:
+            return False
+        track.remove_sink(sink)
+        return True
 
     def on_subscribed(self, down: DownTrack) -> None:
         now = self.engine.now_ms()
