@@ -137,6 +137,9 @@ class TokenVerifier:
         """
         if not isinstance(token, str) or not token:
             raise AuthError("unauthorized", "malformed token: empty")
+        if not token.isascii():
+            # A JWT is base64url and dots; PyJWT's UTF-8 encode raises on a lone surrogate.
+            raise AuthError("unauthorized", "malformed token: not ASCII")
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})

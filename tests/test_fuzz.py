@@ -218,3 +218,13 @@ def test_reply_echoing_a_lone_surrogate_is_still_utf8_json(frame: str) -> None:
     text = encode(reply)
     assert json.loads(text.encode("utf-8")) == reply  # sendable, and the same message
     assert stack.bad_output == 0
+
+
+@pytest.mark.parametrize("token", ["\ud800", "eyJ\udfff.e30.x", "é.é.é"])
+def test_join_with_a_non_ascii_token_is_unauthorized(token: str) -> None:
+    stack = Stack()
+    conn = stack.session()
+    assert conn.call("hello", version=1)["ok"]
+    reply = conn.call("join", token=token)
+    assert reply["ok"] is False and reply["error"]["code"] == "unauthorized"
+    assert stack.internal_errors == 0
