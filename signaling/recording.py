@@ -320,8 +320,9 @@ class RecordingService:
                     self.request_stop(room_name, "disk_full")
                     break
                 log.error("recording %s: %s failed: %s", active.id, sink.entry.file, error)
+                # Participants learn which track failed, not the server's paths and errors.
                 active.room.broadcast(
-                    {"type": "recording_error", "recording_id": active.id, "track_sid": sid, "reason": "write_error", "message": error}
+                    {"type": "recording_error", "recording_id": active.id, "track_sid": sid, "reason": "write_error"}
                 )
 
     # -- listing ---------------------------------------------------------------------

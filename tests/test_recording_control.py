@@ -124,7 +124,10 @@ async def test_two_publishers_recorded_by_rest_every_file_plays_with_every_frame
     for f in entry["files"]:
         assert f["size"] == (directory / f["file"]).stat().st_size > 0
         assert abs(f["duration_s"] - span) <= 0.02 * span
-    print("RECORDING", json.dumps({"span_s": round(span, 3), "files": entry["files"]}))
+    cpu_s = server.recordings.snapshot()["recorder_writer_cpu_s"]
+    per_track = 100.0 * float(cpu_s) / span / len(entry["files"])  # type: ignore[arg-type]
+    print("RECORDING", json.dumps({"span_s": round(span, 3), "writer_cpu_pct_per_track": round(per_track, 3),
+                                   "files": entry["files"]}))
 
 
 async def test_recording_needs_the_grant_for_that_room_and_refuses_bad_requests(
