@@ -11,7 +11,7 @@ import logging
 import random
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from media.ortc import (
     EXT_AUDIO_LEVEL,
@@ -19,15 +19,14 @@ from media.ortc import (
     MediaDescription,
     TransportParameters,
 )
+from media.stats import EngineStats
+from media.transport.webrtc_transport import WebRtcTransport
 
 from .down_track import DownTrack
 from .published_track import PublishedTrack
 from .publisher import PublisherPeer
 from .sink import PacketSink
 from .subscriber import SubscriberPeer
-
-if TYPE_CHECKING:
-    from media.engine import Engine
 
 log = logging.getLogger("ferry.media.router")
 
@@ -36,6 +35,32 @@ SPEAKER_THRESHOLD = 0.15
 DYNACAST_INTERVAL_MS = 500.0
 DYNACAST_OFF_AFTER_MS = 1000.0  # a layer must be unneeded this long before pausing it
 TOP_SPEAKERS = 3
+
+
+class HostConfig(Protocol):
+    @property
+    def add_red(self) -> bool: ...  # wrap Opus in RED toward lossy RED-capable subscribers
+
+
+class RouterHost(Protocol):
+    """What a Router needs of the engine that hosts it (`media.engine.Engine` is one):
+    its clock and timers, transports on the shared socket, and the shared counters."""
+
+    @property
+    def stats(self) -> EngineStats: ...
+
+    @property
+    def config(self) -> HostConfig: ...
+
+    def now_ms(self) -> float: ...
+
+    def call_at(self, when_ms: float, callback: Callable[[], None]) -> object: ...
+
+    def ntp_at(self, now_ms: float) -> int: ...
+
+    def create_transport(self, *, name: str = "") -> WebRtcTransport: ...
+
+    def local_parameters(self, transport: WebRtcTransport, *, setup: str) -> TransportParameters: ...
 
 
 class RouterListener(Protocol):
@@ -256,7 +281,7 @@ class MediaParticipant:
 class Router:
     """One room's media plane."""
 
-    def __init__(self, engine: Engine, name: str, listener: RouterListener | None = None) -> None:
+    def __init__(self, engine: RouterHost, name: str, listener: RouterListener | None = None) -> None:
         self.engine = engine
         self.name = name
         self.listener = listener
