@@ -14,7 +14,9 @@ and ``asr`` import ``media`` only. Wiring modules are the named exceptions in
 ``cli`` modules of recorder and asr may use signaling's configuration and auth. tests/
 and bench/ may import anything. Imports inside ``if TYPE_CHECKING:`` count for the
 direction (a type from above is still a dependency on above) but not for circles: they
-never run, so they make no import-time circle. Every other import counts for both,
+never run, so they make no import-time circle (``media.routing.published_track`` and
+``down_track`` name each other's types this way: a track lists its DownTracks, a
+DownTrack forwards its track). Every other import counts for both,
 including one inside a function (it runs on first call: a lazy import hides a circle,
 it does not remove it).
 
