@@ -185,6 +185,7 @@ class RecordingService:
         loop = asyncio.get_running_loop()
         stop = loop.run_in_executor(None, active.recording.stop, now_ms)
         active.done = asyncio.ensure_future(self._finished(active, stop))
+        active.done.add_done_callback(_log_failure)  # also when nobody awaits (room closed)
         log.info("recording %s of room %s stopping (%s)", active.id, room_name, reason)
         active.room.broadcast({"type": "recording_stopped", "recording_id": active.id, "reason": reason})
         return active.done
@@ -389,6 +390,11 @@ class RecordingService:
             "recorder_writer_cpu_s": cpu_s,
             "recorder_queue": queued,
         }
+
+
+def _log_failure(done: asyncio.Future[mf.Manifest]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("finalizing a recording failed", exc_info=done.exception())
 
 
 def _describe(directory: Path, manifest: mf.Manifest, active: bool) -> dict[str, object]:
