@@ -405,3 +405,6 @@ class PublishedTrack:
         sinks, self.sinks = self.sinks, []
         for sink in sinks:
             sink.on_track_closed()
+        # Layers point back at the track (a cycle the cyclic GC frees late): without the
+        # publisher peer, a closed track holds no transport, DTLS or SRTP state meanwhile.
+        self.keyframe_sink = None

@@ -51,7 +51,8 @@ MAX_RETRANSMITS = 6  # 1+2+4+8+16+32 s: the handshake fails about a minute after
 def _verify_callback(
     conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
 ) -> bool:
-    session = conn.get_app_data()
+    ref = conn.get_app_data()
+    session = ref() if isinstance(ref, weakref.ref) else None
     if not isinstance(session, DtlsSession) or depth != 0:
         return True  # only the leaf certificate is identified, by fingerprint
     return session._verify_peer(cert)
@@ -122,7 +123,9 @@ class DtlsSession:
         self.set_remote_fingerprints(remote_fingerprints)
 
         self._conn = SSL.Connection(_context(certificate, tuple(srtp_profiles)), None)
-        self._conn.set_app_data(self)
+        # A weak reference: a strong one would make session and connection a cycle, and
+        # every closed transport's OpenSSL state would wait for the cyclic GC.
+        self._conn.set_app_data(weakref.ref(self))
         self._conn.set_ciphertext_mtu(mtu)
         if role == "server":
             self._conn.set_accept_state()
