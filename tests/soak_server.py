@@ -1,31 +1,85 @@
-"""`ferry serve` with tracemalloc, for telling a leak from allocator noise in the soak.
+"""`ferry serve` with a memory-dump hook, for telling a leak from allocator noise.
 
-RSS alone cannot say whether memory is held by live Python objects (a leak) or by
-arenas the allocator keeps after a peak (reused, not growing). This wrapper runs the
-ordinary ``ferry serve`` entry point with tracemalloc on; each SIGUSR2 runs a full
-garbage collection and writes a snapshot to ``$FERRY_SOAK_TRACEMALLOC/snapshot-N.pickle``
-(N counts from 1), then touches ``snapshot-N.done`` so a driver can wait for it.
-:func:`growth` diffs two snapshots by allocation site.
+RSS alone cannot say whether memory is held by live objects (a leak) or by memory the
+allocators keep after a peak (reused, not growing). This wrapper runs the ordinary
+``ferry serve`` entry point and, on each SIGUSR2, runs a full garbage collection and
+writes ``dump-N.json`` (N counts from 1) into ``$FERRY_SOAK_DUMP_DIR``:
 
-Usage (what ``tests/test_soak.py`` does when ``FERRY_SOAK_TRACEMALLOC`` is set)::
+* ``py_blocks`` (``sys.getallocatedblocks``) and ``gc_objects``: live Python objects;
+* ``malloc_in_use`` / ``malloc_free`` / ``malloc_mmap`` (glibc ``mallinfo2``): bytes the C
+  allocator hands out (C libraries such as OpenSSL and libsrtp, and Python objects over
+  512 bytes), bytes it holds free (fragmentation), and large blocks it mapped;
+* with ``FERRY_SOAK_TRACEMALLOC`` set, tracemalloc runs from the start and
+  ``dump-N.pickle`` holds a snapshot; :func:`growth` diffs two by allocation site.
 
-    FERRY_SOAK_TRACEMALLOC=/tmp/tm python -m tests.soak_server serve --http-port 7880
+``dump-N.done`` is written last, so a driver can wait for it. Usage (what
+``tests/test_soak.py`` does)::
+
+    FERRY_SOAK_DUMP_DIR=/tmp/tm FERRY_SOAK_TRACEMALLOC=1 python -m tests.soak_server serve
     kill -USR2 <pid>   # after warm-up, and again after N churn cycles
-    python -m tests.soak_server diff /tmp/tm/snapshot-1.pickle /tmp/tm/snapshot-2.pickle
+    python -m tests.soak_server diff /tmp/tm/dump-1.pickle /tmp/tm/dump-2.pickle
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
+import json
 import os
 import signal
 import sys
 import tracemalloc
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 FRAMES = 12  # stack depth kept per allocation: enough to reach the owning module
 ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def malloc_info() -> dict[str, int]:
+    """glibc's heap figures (empty where mallinfo2 is missing: musl, glibc < 2.33)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return {
+        "malloc_in_use": info.uordblks + info.hblkhd,
+        "malloc_free": info.fordblks,
+        "malloc_mmap": info.hblkhd,
+    }
+
+
+def memory_figures() -> dict[str, Any]:
+    """What :func:`_install_dump_hook` writes, after a full collection."""
+    gc.collect()
+    rss_kb = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kb = int(line.split()[1])
+    out: dict[str, Any] = {
+        "rss_kb": rss_kb,
+        "py_blocks": sys.getallocatedblocks(),
+        "gc_objects": len(gc.get_objects()),
+    }
+    out.update(malloc_info())
+    if tracemalloc.is_tracing():
+        out["traced_bytes"] = tracemalloc.get_traced_memory()[0]
+    return out
 
 
 def _install_dump_hook(out_dir: Path) -> None:
@@ -35,12 +89,11 @@ def _install_dump_hook(out_dir: Path) -> None:
     def dump(signum: int, frame: FrameType | None) -> None:
         nonlocal count
         count += 1
-        gc.collect()
-        snapshot = tracemalloc.take_snapshot()
-        path = out_dir / f"snapshot-{count}.pickle"
-        snapshot.dump(str(path))
-        current, peak = tracemalloc.get_traced_memory()
-        (out_dir / f"snapshot-{count}.done").write_text(f"{current} {peak}\n")
+        figures = memory_figures()
+        if tracemalloc.is_tracing():
+            tracemalloc.take_snapshot().dump(str(out_dir / f"dump-{count}.pickle"))
+        (out_dir / f"dump-{count}.json").write_text(json.dumps(figures))
+        (out_dir / f"dump-{count}.done").write_text("")
 
     signal.signal(signal.SIGUSR2, dump)
 
@@ -82,9 +135,10 @@ def main(argv: list[str]) -> int:
         paths = [a for a in argv[1:] if not a.startswith("--")]
         print("\n".join(growth(paths[0], paths[1], limit=40, key=key)))
         return 0
-    out = os.environ.get("FERRY_SOAK_TRACEMALLOC")
-    if out:
+    if os.environ.get("FERRY_SOAK_TRACEMALLOC"):
         tracemalloc.start(FRAMES)
+    out = os.environ.get("FERRY_SOAK_DUMP_DIR")
+    if out:
         _install_dump_hook(Path(out))
     from signaling.cli import main as ferry_main
 

@@ -16,10 +16,13 @@ by hand, for an hour, in a loopback-only network namespace::
     FERRY_SOAK_SECONDS=3600 unshare --net sh -c \\
         'ip link set lo up && exec nice -n 10 python3 -m pytest -q -s -m soak tests/test_soak.py'
 
-``-s`` shows the RSS/fd series as JSON lines. ``FERRY_SOAK_TRACEMALLOC=DIR`` runs the
-server under tracemalloc (``tests/soak_server.py``), takes a snapshot at both quiet
-points and prints the allocation sites that grew (RSS figures then include
-tracemalloc's own bookkeeping, so the 5% check is skipped).
+``-s`` shows the RSS/fd series as JSON lines. At both quiet points the server also
+reports, after a full gc, its live Python blocks and glibc's heap figures
+(``tests/soak_server.py``): Python blocks must stay within 5% too, and ``malloc_in_use``
+against ``malloc_free`` tells C-level growth from fragmentation.
+``FERRY_SOAK_TRACEMALLOC=DIR`` runs the server under tracemalloc, keeps both snapshots in
+DIR and prints the allocation sites that grew (RSS then includes tracemalloc's own
+bookkeeping, so the RSS check is skipped).
 """
 
 from __future__ import annotations
@@ -80,14 +83,15 @@ class Usage:
 class SoakServer:
     """`ferry serve` in a child process, with a known API key so the test can mint tokens."""
 
-    def __init__(self, log_path: Path, tracemalloc_dir: Path | None = None) -> None:
+    def __init__(self, log_path: Path, dump_dir: Path, *, tracemalloc: bool = False) -> None:
         self.key, self.secret = generate_dev_keys()
         self.http_port = _free_port(socket.SOCK_STREAM)
         self.media_port = _free_port(socket.SOCK_DGRAM)
         self.quic_port = _free_port(socket.SOCK_DGRAM)
         self.log_path = log_path
-        self.tracemalloc_dir = tracemalloc_dir
-        self.snapshots = 0
+        self.dump_dir = dump_dir
+        self.tracemalloc = tracemalloc
+        self.dumps = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -102,11 +106,12 @@ class SoakServer:
     async def start(self, timeout: float = 30.0) -> None:
         env = dict(os.environ, FERRY_API_KEY=self.key, FERRY_API_SECRET=self.secret)
         env["FERRY_LOG_LEVEL"] = "warning"
-        module = "signaling.cli"
-        if self.tracemalloc_dir is not None:
-            env["FERRY_SOAK_TRACEMALLOC"] = str(self.tracemalloc_dir)
-            module = "tests.soak_server"
-        cmd = [sys.executable, "-m", module, "serve"]
+        env["FERRY_SOAK_DUMP_DIR"] = str(self.dump_dir)
+        env.pop("FERRY_SOAK_TRACEMALLOC", None)
+        if self.tracemalloc:
+            env["FERRY_SOAK_TRACEMALLOC"] = "1"
+        # `ferry serve`'s own entry point, with the SIGUSR2 memory-dump hook installed.
+        cmd = [sys.executable, "-m", "tests.soak_server", "serve"]
         cmd += ["--http-port", str(self.http_port), "--media-port", str(self.media_port)]
         cmd += ["--quic-port", str(self.quic_port)]
         with self.log_path.open("wb") as log:
@@ -154,18 +159,18 @@ class SoakServer:
             assert time.monotonic() < deadline, f"server not quiet within {timeout}s: {g}"
             await asyncio.sleep(0.2)
 
-    async def snapshot(self, timeout: float = 120.0) -> Path | None:
-        """A tracemalloc snapshot of the server (None when tracemalloc is off)."""
-        if self.tracemalloc_dir is None:
-            return None
-        self.snapshots += 1
-        done = self.tracemalloc_dir / f"snapshot-{self.snapshots}.done"
+    async def dump(self, timeout: float = 120.0) -> tuple[dict[str, Any], Path | None]:
+        """The server's memory figures after a full gc (tests/soak_server.py), and the
+        path of its tracemalloc snapshot when tracing."""
+        self.dumps += 1
+        stem = self.dump_dir / f"dump-{self.dumps}"
         os.kill(self.pid, signal.SIGUSR2)
         deadline = time.monotonic() + timeout
-        while not done.exists():
-            assert time.monotonic() < deadline, "no tracemalloc snapshot from the server"
+        while not stem.with_suffix(".done").exists():
+            assert time.monotonic() < deadline, "no memory dump from the server"
             await asyncio.sleep(0.2)
-        return self.tracemalloc_dir / f"snapshot-{self.snapshots}.pickle"
+        figures = json.loads(stem.with_suffix(".json").read_text())
+        return figures, stem.with_suffix(".pickle") if self.tracemalloc else None
 
     def log_tail(self, chars: int = 3000) -> str:
         with contextlib.suppress(OSError):
@@ -255,8 +260,8 @@ class Churn:
 
 async def test_churn_keeps_server_rss_and_fds_flat(tmp_path: Path) -> None:
     trace_env = os.environ.get("FERRY_SOAK_TRACEMALLOC")
-    trace_dir = Path(trace_env) if trace_env else None
-    server = SoakServer(tmp_path / "ferry.log", trace_dir)
+    dump_dir = Path(trace_env) if trace_env else tmp_path / "dumps"
+    server = SoakServer(tmp_path / "ferry.log", dump_dir, tracemalloc=bool(trace_env))
     video = [encode_vp8_clip(w, h, 30, br, keyframe_interval=15, fps=FPS) for w, h, br in LAYERS]
     audio = encode_opus_clip(1.0)
     await server.start()
@@ -271,8 +276,8 @@ async def test_churn_keeps_server_rss_and_fds_flat(tmp_path: Path) -> None:
         await churn.run(cycles=WARMUP_CYCLES)
         await server.wait_quiet()
         warm = server.usage()
-        before = await server.snapshot()
-        report["warm"] = warm.as_dict() | {"publishers": churn.started}
+        warm_mem, before = await server.dump()
+        report["warm"] = warm.as_dict() | {"publishers": churn.started} | warm_mem
         print(json.dumps({"soak": "warm"} | report["warm"]), flush=True)
 
         t0 = time.monotonic()
@@ -293,8 +298,8 @@ async def test_churn_keeps_server_rss_and_fds_flat(tmp_path: Path) -> None:
         while end.fds > warm.fds and time.monotonic() < fd_deadline:
             await asyncio.sleep(0.2)
             end = server.usage()
-        after = await server.snapshot()
-        report["end"] = end.as_dict() | {"publishers": churn.started}
+        end_mem, after = await server.dump()
+        report["end"] = end.as_dict() | {"publishers": churn.started} | end_mem
         report["rss_max_mb"] = max(s["rss_mb"] for s in samples)
         report["delivered"] = churn.delivered
         print(json.dumps({"soak": "end"} | report), flush=True)
@@ -306,7 +311,9 @@ async def test_churn_keeps_server_rss_and_fds_flat(tmp_path: Path) -> None:
         assert churn.delivered == churn.started, report
         # The viewer still receives at the end: the last publisher's media reached it above.
         assert end.fds <= warm.fds * (1 + TOLERANCE), report
-        if trace_dir is None:
+        # Live Python objects (after a full gc): the direct sign of a leak in Ferry's code.
+        assert end_mem["py_blocks"] <= warm_mem["py_blocks"] * (1 + TOLERANCE), report
+        if not trace_env:  # tracemalloc's own bookkeeping grows RSS
             assert end.rss_kb <= warm.rss_kb * (1 + TOLERANCE), report
     finally:
         await viewer.close()
