@@ -28,7 +28,7 @@ SDP_TOKENS = (
     "holdconn", "send", "recv", "q;h;f", "~q;h", "q,h;f", "rid", "mid", "pt=96",
     "max-width=0", "sha-256", "sha-1", "md5", "UDP/TLS/RTP/SAVPF", "RTP/AVP", "DTLS/SCTP",
     "BUNDLE", "FID", "SIM", "FEC-FR", "goog-remb", "transport-cc", "nack", "pli", "ccm fir",
-    "\x00", "\u00e9", "\ufffd", "%s", "\t",
+    "\x00", "\u00e9", "\ufffd", "\ud800", "%s", "\t",
 )
 SDP_LINES = (
     "a=group:BUNDLE", "a=group:BUNDLE 0 0", "a=group:BUNDLE 7", "a=group:LS 0 1",
@@ -39,6 +39,7 @@ SDP_LINES = (
     "a=simulcast:send q;h;f", "a=simulcast:send ~q;h", "a=simulcast:recv q", "a=simulcast:send",
     "a=ssrc-group:FID 1 2", "a=ssrc-group:FID 1", "a=ssrc-group:SIM 1 2 3", "a=ssrc:1 cname:x",
     "a=ssrc:0 msid:s t", "a=ssrc:4294967295 cname:y", "a=msid:s t", "a=msid:-", "a=msid:",
+    "a=msid:\ud800 \udfff", "a=ssrc:1 cname:\ud800", "a=mid:\ud800", "a=rid:\ud800 send",
     "a=rtpmap:96 VP8/90000", "a=rtpmap:97 rtx/90000", "a=fmtp:97 apt=96", "a=fmtp:97 apt=97",
     "a=rtpmap:111 opus/48000/2", "a=rtpmap:63 red/48000/2", "a=fmtp:63 111/111", "a=fmtp:63 63/63",
     "a=rtpmap:96 H264/90000", "a=fmtp:96 profile-level-id=42e01f;packetization-mode=1",
