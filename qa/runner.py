@@ -23,14 +23,13 @@ from typing import Any
 
 from netem.profiles import Profile
 from netem.turn import TurnRelay
+from qa.context import RunContext, RunOptions
 from qa.measurement import RECOVERY_GRACE_S, fraction, server_sample
 from qa.participants import (
     ChromiumParticipant,
     FerryParticipant,
     LiteParticipant,
     Participant,
-    RunContext,
-    RunOptions,
     lite_available,
 )
 from qa.report import write_report
