@@ -43,12 +43,18 @@ def h264_encoder() -> str:
 
 
 def open_streams(container: Any, width: int, height: int, fps: Fraction, *, preset: str,
-                 crf: int, gop: int, audio_kbit: int = 96) -> tuple[Any, Any]:
-    """Add the H.264 video and AAC (mono, 48 kHz) streams the composite is encoded to."""
+                 crf: int, gop: int, audio_kbit: int = 96, tune: str | None = None) -> tuple[Any, Any]:
+    """Add the H.264 video and AAC (mono, 48 kHz) streams the composite is encoded to.
+
+    A keyframe exactly every `gop` frames (no scene-cut ones), so HLS segments and
+    seeking land on a regular grid.
+    """
     name = h264_encoder()
     options = {"preset": preset, "crf": str(crf)} if name == "libx264" else {}
     if name == "libx264":
         options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+        if tune:
+            options["tune"] = tune
     video = container.add_stream(name, rate=fps, options=options)
     video.width, video.height, video.pix_fmt = width, height, "yuv420p"
     video.codec_context.gop_size = gop

@@ -1,7 +1,7 @@
 """Drawing on a YUV 4:2:0 canvas with numpy: tiles, name labels, name cards, highlight.
 
-The composite is built in the encoder's own format (one `(h * 3 / 2, w)` uint8
-array: Y plane, then U, then V), so no colour conversion runs per frame. Text is
+The composite is drawn straight into the planes of the frame handed to the encoder,
+in its own format (YUV 4:2:0), so no colour conversion or copy runs per frame. Text is
 rendered once per (text, size) with Pillow and DejaVu Sans into an alpha mask and
 blended into the luma plane; everything per frame is slice arithmetic.
 """
@@ -58,14 +58,20 @@ class Canvas:
 
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
-        self.data = np.empty((height * 3 // 2, width), np.uint8)
-        self.y = self.data[:height]
-        # U and V planes are (h/2, w/2) each, stored one after the other.
-        chroma = self.data[height:].reshape(2, height // 2, width // 2)
-        self.u, self.v = chroma[0], chroma[1]
         self._scaled: dict[int, tuple[object, np.ndarray]] = {}
+        self._new()
+
+    def _new(self) -> None:
+        """Draw straight into a new frame's planes (no copy of the picture to encode it)."""
+        self._frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        self.y, self.u, self.v = (
+            np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+            for p in self._frame.planes
+        )
 
     def clear(self, rgb: tuple[int, int, int] = BACKGROUND) -> None:
+        """Start a new picture, all background."""
+        self._new()
         y, u, v = yuv(rgb)
         self.y.fill(y)
         self.u.fill(u)
@@ -139,4 +145,5 @@ class Canvas:
             self.fill(r, rgb)
 
     def frame(self) -> av.VideoFrame:
-        return av.VideoFrame.from_ndarray(self.data, format="yuv420p")
+        """The picture drawn since `clear` (the next `clear` starts another)."""
+        return self._frame

@@ -3,8 +3,9 @@
 Sans-I/O towards the event loop: the shell passes `now_ms` (monotonic) and the
 one-off `unix_offset_s` (wall minus monotonic), and calls `on_timer`. All file I/O,
 the manifest included, runs on the recording's writer thread, in order. The
-manifest is rewritten when tracks come and go and every few seconds while
-recording, so a crash leaves one that lists every file and its timing up to then.
+manifest is rewritten when tracks come and go, when a track's first frame fixes
+its timing, and every few seconds while recording, so a crash leaves one that
+lists every file and its timing up to then.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Recording:
         self.tracks: dict[str, TrackRecorder] = {}
         self._identities: dict[str, str] = {}
         self._next_manifest_ms = now_ms + MANIFEST_INTERVAL_MS
+        self._timed: set[str] = set()  # tracks whose first frame the manifest has
         self.stopped = False
         mf.save(self.directory, self.manifest)  # on the caller: fails loudly if unwritable
 
@@ -125,7 +127,11 @@ class Recording:
             return
         for recorder in self.tracks.values():
             recorder.on_timer(now_ms)
-        if now_ms >= self._next_manifest_ms:
+        # A track that just started gets its timing into the manifest at once: a live
+        # renderer (recorder.hls) cannot place it before.
+        fresh = [key for key, r in self.tracks.items() if r.started and key not in self._timed]
+        self._timed.update(fresh)
+        if now_ms >= self._next_manifest_ms or fresh:
             self._next_manifest_ms = now_ms + MANIFEST_INTERVAL_MS
             self._save()
 

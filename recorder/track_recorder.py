@@ -99,6 +99,11 @@ class TrackRecorder:
         self.closed = True
         self.worker.submit(self._finish)
 
+    @property
+    def started(self) -> bool:
+        """The first frame was written: its RTP time (file time 0) is known."""
+        return self._first_ts is not None
+
     def snapshot(self) -> TrackEntry:
         """The manifest entry with the timing known so far (called on the event loop)."""
         entry, asm = self.entry, self.assembler

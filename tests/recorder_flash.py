@@ -22,7 +22,7 @@ from media.rtp.ntp import ntp_from_unix
 from recorder.recording import Recording
 from recorder.track_recorder import TrackRecorder
 
-from .recorder_media import FakeHost, Pkt, packetize
+from .recorder_media import FakeHost, Pkt, packetize, wait_until
 
 FPS = 30
 FLASH_S = 0.1
@@ -150,6 +150,8 @@ class Feeder:
                 sink.on_sender_report(0, ntp, p.view.timestamp, arrival)
             sink.on_packet(p.layer, p.view, p.ext_seq, p.keyframe, arrival)
             rec.on_timer(arrival)
+            if rec.worker.pending > 256:  # fed faster than real time: let the writer catch up
+                wait_until(lambda: rec.worker.pending < 64)
 
     @property
     def end_ms(self) -> float:
