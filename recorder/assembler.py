@@ -15,7 +15,7 @@ from __future__ import annotations
 from media.rtp.ntp import NTP_UNIX_OFFSET_S
 from media.wire.seqnum import TS_MOD, seq_diff
 
-from .jitter import LOSS_WAIT_MS, Frame, Gap, JitterBuffer
+from .jitter import AUDIO_LOSS_WAIT_MS, LOSS_WAIT_MS, Frame, Gap, JitterBuffer
 
 __all__ = ["SenderClock", "TrackAssembler"]
 
@@ -58,10 +58,12 @@ class TrackAssembler:
         video: bool,
         layers: int = 1,
         clock_rate: int = 90000,
-        loss_wait_ms: float = LOSS_WAIT_MS,
+        loss_wait_ms: float | None = None,
     ) -> None:
         self.video = video
         self.clock_rate = clock_rate
+        if loss_wait_ms is None:
+            loss_wait_ms = LOSS_WAIT_MS if video else AUDIO_LOSS_WAIT_MS
         self.loss_wait_ms = loss_wait_ms
         self._last_seen: list[float | None] = [None] * layers
         self._buffers: dict[int, JitterBuffer] = {}
@@ -106,7 +108,7 @@ class TrackAssembler:
             buf = self._buffers[layer] = JitterBuffer(
                 video=self.video, layer=layer, loss_wait_ms=self.loss_wait_ms
             )
-        buf.push(ext_seq, timestamp, marker, payload, keyframe)
+        buf.push(ext_seq, timestamp, marker, payload, keyframe, now_ms)
 
     def on_sender_report(self, layer: int, ntp: int, rtp_timestamp: int) -> None:
         """Remember the layer's RTP <-> wall mapping (in its unwrapped timestamp domain)."""
@@ -123,8 +125,12 @@ class TrackAssembler:
             self._ask(self.current, None)
 
     # -- outputs ---------------------------------------------------------------------
-    def pop(self, now_ms: float) -> list[Frame]:
-        """Frames ready for the muxer, with `timestamp` on the output timeline."""
+    def pop(self, now_ms: float, *, flush: bool = False) -> list[Frame]:
+        """Frames ready for the muxer, with `timestamp` on the output timeline.
+
+        `flush` (the track ends): holes are declared lost at once, so what follows them
+        is written instead of waiting for repairs that can no longer matter.
+        """
         self._retarget(now_ms)
         out: list[Frame] = []
         if self.current is None and len(self._last_seen) > 1:
@@ -133,7 +139,7 @@ class TrackAssembler:
                 return out
         current = self.current
         if current is not None and current in self._buffers:
-            for item in self._buffers[current].pop(now_ms):
+            for item in self._buffers[current].pop(now_ms, flush=flush):
                 if isinstance(item, Gap):
                     self.gaps += 1
                     self._ask(current, now_ms)
@@ -141,7 +147,7 @@ class TrackAssembler:
                     out.append(self._stamp(item, now_ms))
         target = self.target
         if target != self.current and target in self._buffers:
-            items = self._buffers[target].pop(now_ms)
+            items = self._buffers[target].pop(now_ms, flush=flush)
             for i, item in enumerate(items):
                 if isinstance(item, Frame) and item.keyframe:
                     self._switch(target, item, now_ms)

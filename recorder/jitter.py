@@ -4,7 +4,9 @@ This is the only jitter buffer in Ferry (DESIGN §12: never in the forward path)
 exists because the recorder sees packets as they arrive: reordered, and with NACK
 repairs up to a second late. Frames leave in sequence order once complete; a hole
 is waited for `loss_wait_ms` (the NACK generator's give-up age) after a later packet
-revealed it, then declared lost. Video then drops everything up to the next keyframe
+revealed it (its arrival, when `push` is given `now_ms`), then declared lost: holes
+that wait behind one another expire together, so steady loss never makes the
+buffer fall behind. Video then drops everything up to the next keyframe
 (a decoder cannot continue past a missing reference) and reports a `Gap` so the
 caller asks the publisher for a keyframe; audio just skips the hole. Nothing here is
 stamped with arrival time: frames carry their extended RTP timestamp, so a gap stays
@@ -20,6 +22,9 @@ from media.wire.seqnum import TS_MOD, Unwrapper
 __all__ = ["Frame", "Gap", "JitterBuffer"]
 
 LOSS_WAIT_MS = 1000.0  # NackGenerator.max_age_ms: after this a repair will not come
+# Audio holes are seldom repaired (browsers negotiate no NACK for Opus; a RED copy comes
+# with the next packets): wait for reordering and a quick resend only.
+AUDIO_LOSS_WAIT_MS = 250.0
 MAX_PACKETS = 2048  # a hole older than this many packets is lost whatever the time
 
 
@@ -42,13 +47,14 @@ class Gap:
 
 
 class _Packet:
-    __slots__ = ("ts", "marker", "payload", "keyframe")
+    __slots__ = ("ts", "marker", "payload", "keyframe", "arrival_ms")
 
-    def __init__(self, ts: int, marker: bool, payload: bytes, keyframe: bool) -> None:
+    def __init__(self, ts: int, marker: bool, payload: bytes, keyframe: bool, arrival_ms: float | None) -> None:
         self.ts = ts
         self.marker = marker
         self.payload = payload
         self.keyframe = keyframe
+        self.arrival_ms = arrival_ms
 
 
 class JitterBuffer:
@@ -71,7 +77,8 @@ class JitterBuffer:
         self._ts = Unwrapper(TS_MOD)
         self._next: int | None = None  # first seq of the next frame to emit
         self._scan = 0  # next seq to look at inside the frame starting at _next
-        self._hole_since: float | None = None
+        self._hole_since: float | None = None  # when the hole at _hole_seq was revealed
+        self._hole_seq: int | None = None
         self._highest: int | None = None
         self.need_keyframe = video  # video starts at a keyframe
         self.packets_late = 0
@@ -84,14 +91,24 @@ class JitterBuffer:
         return self._ts.highest
 
     def push(
-        self, ext_seq: int, timestamp: int, marker: bool, payload: bytes | memoryview, keyframe: bool
+        self,
+        ext_seq: int,
+        timestamp: int,
+        marker: bool,
+        payload: bytes | memoryview,
+        keyframe: bool,
+        now_ms: float | None = None,
     ) -> None:
-        """Store one packet (a copy of its payload); duplicates and late packets are ignored."""
+        """Store one packet (a copy of its payload); duplicates and late packets are ignored.
+
+        `now_ms` is its arrival: a hole counts as revealed from the first later arrival.
+        Without it a hole counts from when `pop` first finds it at the head.
+        """
         nxt = self._next
         if (nxt is not None and ext_seq < nxt) or ext_seq in self._packets:
             self.packets_late += 1
             return
-        self._packets[ext_seq] = _Packet(self._ts.unwrap(timestamp), marker, bytes(payload), keyframe)
+        self._packets[ext_seq] = _Packet(self._ts.unwrap(timestamp), marker, bytes(payload), keyframe, now_ms)
         if keyframe:
             self._keyframe_seqs.add(ext_seq)
         if self._highest is None or ext_seq > self._highest:
@@ -105,8 +122,11 @@ class JitterBuffer:
         self._hole_since = None
         self.need_keyframe = self.video
 
-    def pop(self, now_ms: float) -> list[Frame | Gap]:
-        """Frames completed since the last call, and gaps declared lost (in order)."""
+    def pop(self, now_ms: float, *, flush: bool = False) -> list[Frame | Gap]:
+        """Frames completed since the last call, and gaps declared lost (in order).
+
+        `flush`: nothing more will come (the recording stops), so every hole is lost now.
+        """
         out: list[Frame | Gap] = []
         packets = self._packets
         while packets:
@@ -121,12 +141,19 @@ class JitterBuffer:
             # The frame at _next is incomplete: a hole at _scan (or the tail not here yet).
             if self._highest is None or self._highest <= self._scan:
                 break  # nothing after it: still arriving, not a loss
-            if self._hole_since is None:
-                self._hole_since = now_ms
-            if now_ms - self._hole_since < self.loss_wait_ms and len(packets) <= self.max_packets:
+            if self._hole_since is None or self._hole_seq != self._scan:
+                self._hole_seq = self._scan
+                self._hole_since = self._revealed(self._scan, now_ms)
+            waiting = now_ms - self._hole_since < self.loss_wait_ms and len(packets) <= self.max_packets
+            if waiting and not flush:
                 break
             out.append(self._declare_lost())
         return out
+
+    def _revealed(self, hole: int, now_ms: float) -> float:
+        """When the first packet after `hole` arrived (once per hole: a scan of the buffer)."""
+        arrivals = [p.arrival_ms for s, p in self._packets.items() if s > hole and p.arrival_ms is not None]
+        return min(arrivals, default=now_ms)
 
     def _start(self) -> bool:
         """Pick where the next frame starts: the oldest keyframe (video) or packet (audio)."""

@@ -95,7 +95,7 @@ class TrackRecorder:
         """Write what is complete and finalize the file (on the writer thread); idempotent."""
         if self.closed:
             return
-        self._drain(now_ms)
+        self._drain(now_ms, flush=True)  # nothing more comes: what waits behind a hole goes out
         self.closed = True
         self.worker.submit(self._finish)
 
@@ -125,9 +125,9 @@ class TrackRecorder:
         return entry
 
     # -- internals -------------------------------------------------------------------
-    def _drain(self, now_ms: float) -> None:
+    def _drain(self, now_ms: float, flush: bool = False) -> None:
         asm = self.assembler
-        frames = asm.pop(now_ms)
+        frames = asm.pop(now_ms, flush=flush)
         if asm.keyframe_requests:
             layers, asm.keyframe_requests = asm.keyframe_requests, []
             if self.host is not None:

@@ -104,3 +104,19 @@ def test_buffer_overflow_declares_loss_without_waiting() -> None:
     out = run(buf, pkts, now_ms=0.0)
     assert any(isinstance(i, Gap) for i in out)
     assert frames_of(out)[-1] == 39
+
+
+def test_steady_audio_loss_never_lets_the_buffer_fall_behind() -> None:
+    """Every 10th packet lost for good: each hole expires WAIT after it was revealed,
+    not WAIT after the hole before it, so output lags arrival by about WAIT at most."""
+    buf = JitterBuffer(video=False)
+    out: list[Frame | Gap] = []
+    for i in range(500):  # 10 s of 20 ms Opus packets
+        now = i * 20.0
+        if i % 10 != 5:
+            buf.push(1000 + i, i * 960, False, bytes([i & 0xFF]), False, now)
+        out += buf.pop(now)
+        done = [(f.timestamp - out[0].timestamp) // 960 for f in out if isinstance(f, Frame)]
+        if i >= 100:
+            assert done[-1] >= i - (WAIT + 60) / 20, (i, done[-1])
+    assert sum(isinstance(g, Gap) for g in out) >= 44
