@@ -11,9 +11,24 @@ a `Recording` as fast as it goes (simulated arrival times). Measured separately:
   recorded track costs a server (issue target: < 3 % per video track).
 
 ``video_simulcast3`` feeds all three layers (the recorder keeps the top one and must
-still look at the others' packets). Best of ``--repeat`` runs. Prints one JSON object.
+still look at the others' packets). Best of ``--repeat`` runs.
 
-Run: python bench/record.py [--seconds 10] [--repeat 3]
+Then the composite (``--compose-seconds``, default 60; 0 skips it): four people, each
+VP8 640x360 30 fps ~1 Mbit/s (a moving lit shape on a gradient with sensor noise:
+webcam-like) and Opus, recorded through the recorder core, then
+
+* ``compose_4p_720p``: ``ferry record compose`` to 1280x720 25 fps (x264 veryfast):
+  ``speed_x`` (media seconds per wall second, on this machine as loaded now),
+  ``cpu_speed_x`` (media seconds per CPU second of the whole process, all threads:
+  what one free core would do);
+* ``hls_live_720p``: the live HLS renderer's work for the same composite (x264
+  veryfast + zerolatency, 2 s segments), run on the finished recording as fast as
+  it goes: ``core_pct`` is its CPU per second of media, i.e. the share of a core
+  a live stream of this room costs.
+
+Prints one JSON object.
+
+Run: python bench/record.py [--seconds 10] [--repeat 3] [--compose-seconds 60]
 """
 
 from __future__ import annotations
@@ -84,10 +99,51 @@ def run_once(stream: list[tuple[float, Pkt]], kind: str, layers: int, seconds: i
     }
 
 
+def bench_composite(seconds: int) -> dict[str, object]:
+    """Compose speed and live HLS CPU for four people (see the module docstring)."""
+    from recorder.compose import compose
+    from recorder.hls import LiveRenderer
+    from tests.recorder_flash import Person, record
+
+    people = [Person(f"PA_{i}", f"p{i}", f"Person {i}", 0.0, float(seconds),
+                     tuple(k + 0.25 * i for k in range(1, seconds - 1, 4)))  # each speaks in turn
+              for i in range(4)]
+    out: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = record(str(Path(tmp) / "rec"), people, width=640, height=360, texture="camera")
+        inputs = sum(os.path.getsize(rec.directory / t.file) for t in rec.manifest.tracks)
+        cpu, wall = time.process_time(), time.monotonic()
+        made = compose(rec.directory, Path(tmp) / "out.mp4")
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        media_s = float(made["duration_s"])
+        out["compose_4p_720p"] = {
+            "media_s": media_s,
+            "inputs_kbit_s": round(inputs * 8 / media_s / 1000, 1),
+            "output_kbit_s": round(os.path.getsize(Path(tmp) / "out.mp4") * 8 / media_s / 1000, 1),
+            "wall_s": round(wall, 2),
+            "cpu_s": round(cpu, 2),
+            "speed_x": round(media_s / wall, 2),
+            "cpu_speed_x": round(media_s / cpu, 2),
+        }
+        renderer = LiveRenderer(rec.directory, Path(tmp) / "hls")  # 1280x720 25 fps, 2 s segments
+        cpu, wall = time.process_time(), time.monotonic()
+        result = renderer.run()
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        media_s = result["frames"] / renderer.fps
+        out["hls_live_720p"] = {
+            "media_s": media_s,
+            "cpu_s": round(cpu, 2),
+            "core_pct": round(cpu / media_s * 100, 1),
+            "speed_x": round(media_s / wall, 2),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--compose-seconds", type=int, default=60, help="0: skip the composite")
     args = parser.parse_args(argv)
     cases = {
         "audio_opus": (audio(args.seconds), "audio", 1),
@@ -98,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (stream, kind, layers) in cases.items():
         runs = [run_once(stream, kind, layers, args.seconds) for _ in range(args.repeat)]
         results[name] = min(runs, key=lambda r: r["core_pct"])
+    if args.compose_seconds:
+        results.update(bench_composite(args.compose_seconds))
     print(json.dumps(results, indent=2))
     return 0
 

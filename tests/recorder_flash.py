@@ -46,25 +46,37 @@ class Person:
 
 @functools.lru_cache(maxsize=16)
 def flash_video(n: int, flashes: tuple[float, ...], width: int = 160, height: int = 120,
-                level: int = -1, noisy: bool = False) -> tuple[tuple[bytes, bool], ...]:
-    """`n` VP8 frames at FPS; white during each flash (or flat `level` if given)."""
+                level: int = -1, texture: str = "flat") -> tuple[tuple[bytes, bool], ...]:
+    """`n` VP8 frames at FPS; white during each flash (or flat `level` if given).
+
+    `texture` between flashes: "flat" grey; "camera" a slowly moving lit shape on a
+    gradient with a little sensor noise (what a webcam sends); "noise" a moving
+    noise texture (the worst case for every codec).
+    """
     ctx = av.CodecContext.create("libvpx", "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
     ctx.time_base = fractions.Fraction(1, FPS)
     ctx.framerate = FPS
     ctx.gop_size = FPS
-    ctx.bit_rate = 1_000_000 if noisy else 300_000
+    ctx.bit_rate = 300_000 if texture == "flat" else 1_000_000
     ctx.options = {"deadline": "realtime", "cpu-used": "16", "threads": "1"}
     chroma = np.full((height // 2, width), 128, np.uint8)
-    noise = np.random.default_rng(3).integers(0, 60, (height, width), dtype=np.uint8)
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 60, (height, width), dtype=np.uint8)
+    yy, xx = np.mgrid[0:height, 0:width]
     out = []
     for i in range(n):
         t = i / FPS
         on = any(f <= t < f + FLASH_S for f in flashes)
         value = level if level >= 0 else (BRIGHT if on else DARK)
         luma = np.full((height, width), value, np.uint8)
-        if noisy and not on:
+        if texture == "noise" and not on:
             luma = luma + np.roll(noise, i * 3, axis=1)
+        elif texture == "camera" and not on:
+            cx, cy = width * (0.5 + 0.08 * np.sin(t * 1.3)), height * (0.55 + 0.05 * np.sin(t * 0.7))
+            head = ((xx - cx) / (width * 0.16)) ** 2 + ((yy - cy) / (height * 0.3)) ** 2 < 1
+            shade = 30 + xx * 40 // width + yy * 20 // height + 90 * head
+            luma = (shade + rng.integers(0, 4, (height, width))).astype(np.uint8)
         frame = av.VideoFrame.from_ndarray(np.vstack([luma, chroma]), format="yuv420p")
         frame.pts = i
         out += [(bytes(p), bool(p.is_keyframe)) for p in ctx.encode(frame)]
@@ -95,11 +107,11 @@ def beep_audio(n: int, flashes: tuple[float, ...]) -> tuple[bytes, ...]:
 
 
 def packets(person: Person, index: int, width: int = 160, height: int = 120,
-            noisy: bool = False) -> dict[str, list[tuple[float, Pkt]]]:
+            texture: str = "flat") -> dict[str, list[tuple[float, Pkt]]]:
     """(capture ms from the recording's start, packet) per track kind of `person`."""
     nv, na = round(person.seconds * FPS), round(person.seconds * 50)
     start_ms = person.start_s * 1000.0
-    video = [f for f, _ in flash_video(nv, person.flashes, width, height, noisy=noisy)]
+    video = [f for f, _ in flash_video(nv, person.flashes, width, height, texture=texture)]
     vp = packetize("vp8", video, ssrc=10 + index, ts0=(123_456 + index * 7_777_777) & 0xFFFFFFFF)
     ap = packetize("opus", list(beep_audio(na, person.flashes)), ssrc=20 + index, ts_step=960,
                    ts0=(3_999_999_000 + index * 55_555) & 0xFFFFFFFF)
