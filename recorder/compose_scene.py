@@ -9,7 +9,7 @@ composite time `k / fps` and its audio is the samples from `k * 48000 / fps` on.
 
 A person is on screen while any of their tracks is (first to last frame); they
 get a tile with their camera, or a name card while there is none (audio only, a
-muted camera, a video gap of more than `CAMERA_HOLD_S`). A screen share takes
+camera muted (the manifest's mute spans), a video gap of more than `CAMERA_HOLD_S`). A screen share takes
 the big tile. The loudest person over the last 0.4 s gets a highlighted border.
 Decoders start a second before a track is due and stop after it ends.
 """
@@ -175,6 +175,8 @@ class Scene:
     # -- internals -------------------------------------------------------------------
     def _tile(self, box: Rect, name: str, state: TrackState | None, now: float, hold: float) -> None:
         frame = None
+        if state is not None and self._muted(state, now):
+            state = None  # the publisher muted it: their card at once, not a frozen picture
         if state is not None and state.feed is not None and state.video is not None:
             state.video.hold_s = hold
             frame = state.video.frame_at(now - state.offset_s)
@@ -199,6 +201,16 @@ class Scene:
         if tiles is None:
             tiles = self._layouts[key] = layout(self.width, self.height, people, screen)
         return tiles
+
+    def _muted(self, state: TrackState, now: float) -> bool:
+        """Within one of the track's mute spans (manifest `muted`, Unix times)."""
+        assert self.t0 is not None
+        wall = self.t0 + now
+        for span in state.entry.muted:
+            start, end = span[0], span[1] if len(span) > 1 else None
+            if start is not None and start <= wall and (end is None or wall < end):
+                return True
+        return False
 
     def _within(self, state: TrackState, now: float) -> bool:
         return state.offset_s <= now and (state.end_s is None or now < state.end_s)

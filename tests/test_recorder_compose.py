@@ -142,6 +142,24 @@ def test_screen_share_gets_the_big_tile_and_audio_only_a_name_card(tmp_path: Pat
     assert float(np.abs(pcm).max()) > 0.3  # and his beep is in the mix
 
 
+def test_a_muted_camera_shows_the_name_card_at_once(tmp_path: Path) -> None:
+    rec = record(str(tmp_path / "rec"), [Person("PA_a", "alice", "Alice Smith", 0.0, 1.6, ())],
+                 unix_offset_s=T0)
+    data = json.loads((rec.directory / "manifest.json").read_text())
+    video = next(t for t in data["tracks"] if t["kind"] == "video")
+    video["muted"] = [[T0 + 0.6, T0 + 1.0]]  # frames kept coming: only the span says so
+    (rec.directory / "manifest.json").write_text(json.dumps(data))
+    out = tmp_path / "muted.mp4"
+    compose(rec.directory, out, width=W, height=H, fps=FPS)
+    times, frames, _ = decode(out)
+    tile = layout(W, H, ["PA_a"])["PA_a"]
+    corner = {round(t, 2): float(f[tile.y + 4 : tile.y + 10, tile.x + 60 : tile.x + 66].mean())
+              for t, f in zip(times, frames, strict=True)}
+    card_y = yuv(CARD)[0]
+    assert abs(corner[0.4] - 40) < 8 and abs(corner[1.2] - 40) < 8  # the camera
+    assert abs(corner[0.64] - card_y) < 6 and abs(corner[0.96] - card_y) < 6  # muted: the card
+
+
 def test_captions_from_transcript_become_a_mov_text_track(tmp_path: Path) -> None:
     rec = record(str(tmp_path / "rec"), people()[:1], unix_offset_s=T0)
     segments = [{"speaker": "alice", "start_ms": T0 * 1000 + 1000, "end_ms": T0 * 1000 + 2200,
