@@ -420,7 +420,8 @@ class FerryServer:
         except AuthError as exc:
             return web.json_response({"error": {"code": exc.code, "message": exc.message}}, status=403)
         rooms = [r for r in self.rooms.rooms.values() if scope in (ADMIN_ALL_ROOMS, r.name)]
-        return web.json_response({"rooms": [room.info() for room in rooms]})
+        active = self.recordings.active
+        return web.json_response({"rooms": [{**room.info(), "recording": active(room.name)} for room in rooms]})
 
     def _ws_refusal(self, request: web.Request, remote: str) -> tuple[int, str, str] | None:
         """(HTTP status, metrics code, message) when this upgrade must be refused."""

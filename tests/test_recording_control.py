@@ -157,6 +157,8 @@ async def test_recording_needs_the_grant_for_that_room_and_refuses_bad_requests(
         assert first["id"] in body["error"]["message"]
         status, listing = await api(server, "GET", "/api/rooms/class/recordings", host)
         assert listing["active"]["id"] == first["id"] and listing["recordings"][0]["state"] == "recording"
+        status, rooms = await api(server, "GET", "/api/rooms", recorder_token(server))
+        assert [r["recording"]["id"] for r in rooms["rooms"]] == [first["id"]]
         assert (await api(server, "DELETE", path, host))[0] == 200
         # An unwritable directory: a clear error, and the SFU goes on serving the room.
         blocker = tmp_path / "a-file"
