@@ -14,7 +14,9 @@ seconds, H.264 (a keyframe at every segment start) + AAC, a sliding playlist
 of `list-size` segments (0: keep all, an EVENT playlist). `HLSDIR/stream.json`
 says when composite time 0 is (`t0_unix`) and whether the stream is live.
 
-Stop: SIGTERM (or SIGINT) finishes the segment being written and ends the
+Started while a recording is under way, it begins at the live edge (wall clock
+minus `delay`); given a stopped recording, it renders all of it as fast as it can
+(an HLS copy of the recording). Stop: SIGTERM (or SIGINT) finishes the segment being written and ends the
 playlist with EXT-X-ENDLIST, exit status 0. It also ends by itself once the
 recording is stopped and everything in it has been rendered. Use `command()`,
 `start()` and `stop()` to run it from Ferry.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -119,7 +122,7 @@ class LiveRenderer:
                                         Fraction(self.fps).limit_denominator(1001), preset=self.preset,
                                         crf=23, gop=max(1, round(self.segment_s * self.fps)),
                                         tune="zerolatency")
-            k = 0
+            k = self._first_frame(manifest)
             while not self.stopping.is_set():
                 due = self.t0 + k / self.fps + self.delay_s
                 wait = due - self.clock()
@@ -144,7 +147,7 @@ class LiveRenderer:
                 picture.pts = k
                 container.mux(video.encode(picture))
                 k += 1
-                self.frames = k
+                self.frames += 1
             container.mux(video.encode(None))
             container.mux(audio.encode(None))
         finally:
@@ -165,6 +168,13 @@ class LiveRenderer:
         if not self.list_size:
             options["hls_playlist_type"] = "event"
         return options
+
+    def _first_frame(self, manifest: mf.Manifest) -> int:
+        """Join a recording in progress at its live edge; a stopped one is rendered whole."""
+        assert self.t0 is not None
+        if manifest.state != "recording":
+            return 0
+        return max(0, math.floor((self.clock() - self.delay_s - self.t0) * self.fps))
 
     def _end(self, manifest: mf.Manifest, scene: Scene) -> float:
         """Composite time at which a stopped recording has been rendered in full."""

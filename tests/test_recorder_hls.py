@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -105,6 +106,28 @@ def test_renderer_of_a_stopped_recording_renders_it_all_and_exits(tmp_path: Path
     text = (out / hls.PLAYLIST).read_text()
     assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and text.rstrip().endswith("#EXT-X-ENDLIST")
     assert ffprobe_codecs(out / hls.PLAYLIST) == ["h264", "aac"]
+
+
+def test_renderer_joins_a_recording_in_progress_at_its_live_edge(tmp_path: Path) -> None:
+    rec = record(str(tmp_path / "rec"), [Person("PA_a", "alice", "Alice", 0.0, 1.0, ())])
+    data = json.loads((rec.directory / "manifest.json").read_text())
+    data["state"], data["started_unix"] = "recording", time.time() - 30.0  # 30 s in
+    (rec.directory / "manifest.json").write_text(json.dumps(data))
+    out = tmp_path / "hls"
+    renderer = hls.LiveRenderer(rec.directory, out, width=W, height=H, fps=FPS, delay_s=1.5)
+    thread = threading.Thread(target=renderer.run)
+    thread.start()
+    try:
+        wait_until(lambda: len(segments(out / hls.PLAYLIST)) >= 1, 15.0)
+    finally:
+        renderer.stopping.set()
+        thread.join(10)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+                            "stream=start_time", "-of", "csv=p=0", str(out / hls.PLAYLIST)],
+                           capture_output=True, text=True, check=True)
+    start = float(probe.stdout.split()[0])
+    assert 28.0 < start < 29.0  # wall clock minus the delay, not the recording's first second
+    assert (out / hls.PLAYLIST).read_text().rstrip().endswith("#EXT-X-ENDLIST")
 
 
 def test_command_line_for_the_server() -> None:
