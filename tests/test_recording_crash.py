@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+import av
+import pytest
 
 from recorder import manifest as mf
 from signaling.auth import mint_token
@@ -57,15 +59,15 @@ async def wait_healthy(url: str, child: subprocess.Popen[bytes], timeout: float 
             await asyncio.sleep(0.1)
 
 
-async def test_sigkill_mid_recording_then_repair_keeps_all_but_the_last_two_seconds(tmp_path: Path) -> None:
+async def start_recording(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[LiteClient], Path]:
+    """`ferry serve` in a subprocess, two publishers (VP8 + Opus), a recording started by REST."""
     http_port = free_port(socket.SOCK_STREAM)
     media_port, quic_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
-    recordings = tmp_path / "recordings"
     env = {**os.environ, "FERRY_API_KEY": KEY, "FERRY_API_SECRET": SECRET}
     child = subprocess.Popen(
         [sys.executable, "-m", "signaling.cli", "serve", "--http-port", str(http_port),
-         "--media-port", str(media_port), "--quic-port", str(quic_port), "--recordings", str(recordings),
-         "--log-level", "warning"],
+         "--media-port", str(media_port), "--quic-port", str(quic_port),
+         "--recordings", str(tmp_path / "recordings"), "--log-level", "warning"],
         cwd=ROOT, env=env,
     )
     url = f"http://127.0.0.1:{http_port}"
@@ -83,18 +85,34 @@ async def test_sigkill_mid_recording_then_repair_keeps_all_but_the_last_two_seco
         async with aiohttp.ClientSession() as http, http.post(url + "/api/rooms/class/recording", headers=headers) as res:
             assert res.status == 201, await res.text()
             started = json.loads(await res.text())
-        t_start = time.monotonic()
-        await asyncio.sleep(RECORD_S)  # the recorded span before the crash
-        os.kill(child.pid, signal.SIGKILL)
-        t_kill = time.monotonic()
+    except BaseException:
+        child.kill()
         child.wait(10)
+        for client in clients:
+            await client.close()
+        raise
+    return child, clients, Path(started["dir"])
+
+
+async def stop(child: subprocess.Popen[bytes], clients: list[LiteClient], signum: int) -> int:
+    """Send `signum`, wait for the exit (killing on timeout); returns the exit code."""
+    try:
+        os.kill(child.pid, signum)
+        return child.wait(20)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait(10)
         for client in clients:
             await client.close()
-    directory = Path(started["dir"])
+
+
+async def test_sigkill_mid_recording_then_repair_keeps_all_but_the_last_two_seconds(tmp_path: Path) -> None:
+    child, clients, directory = await start_recording(tmp_path)
+    t_start = time.monotonic()
+    await asyncio.sleep(RECORD_S)  # the recorded span before the crash
+    t_kill = time.monotonic()
+    await stop(child, clients, signal.SIGKILL)
     assert mf.load(directory).state == "recording"  # nobody finalized it
     repaired = subprocess.run(
         [sys.executable, "-m", "signaling.cli", "record", "repair", str(directory)],
@@ -115,3 +133,20 @@ async def test_sigkill_mid_recording_then_repair_keeps_all_but_the_last_two_seco
         assert duration >= recorded - LOSS_BOUND_S, (track.file, duration, recorded)
         print("CRASH", json.dumps({"file": track.file, "recorded_s": round(recorded, 3),
                                    "held_s": round(duration, 3), "lost_s": round(recorded - duration, 3)}))
+
+
+async def test_sigterm_mid_recording_finalizes_every_file_before_exit(tmp_path: Path) -> None:
+    child, clients, directory = await start_recording(tmp_path)
+    t_start = time.monotonic()
+    await asyncio.sleep(3.0)  # some media to finalize
+    recorded = time.monotonic() - t_start
+    assert await stop(child, clients, signal.SIGTERM) == 0
+    manifest = mf.load(directory)
+    assert (manifest.state, manifest.stop_reason) == ("stopped", "server_shutdown")
+    for track in manifest.tracks:
+        path = str(directory / track.file)
+        frames, duration, _, _ = probe(path)
+        assert track.closed and track.error is None and decode_count(path) == frames > 0
+        assert track.duration_s == pytest.approx(duration, abs=0.05) and duration > recorded - 0.5
+        with av.open(path) as container:  # finalized: the container knows its duration
+            assert container.duration is not None and container.duration / 1e6 == pytest.approx(duration, abs=0.1)
