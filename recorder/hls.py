@@ -12,7 +12,9 @@ behind it (the recorder flushes about every second), into
 `HLSDIR/index.m3u8` + `HLSDIR/seg_00000.ts`, ...: MPEG-TS segments of `segment`
 seconds, H.264 (a keyframe at every segment start) + AAC, a sliding playlist
 of `list-size` segments (0: keep all, an EVENT playlist). `HLSDIR/stream.json`
-says when composite time 0 is (`t0_unix`) and whether the stream is live.
+says when composite time 0 is (`t0_unix`), the composite frame the stream starts
+at (`first_frame`, at `fps`) and whether it is live (`state`: live / ended). A
+previous stream's playlist and segments in HLSDIR are removed at start.
 
 Started while a recording is under way, it begins at the live edge (wall clock
 minus `delay`); given a stopped recording, it renders all of it as fast as it can
@@ -102,6 +104,7 @@ class LiveRenderer:
         self.frames = 0
         self.late_frames = 0  # rendered more than a frame behind their due time (CPU short)
         self.t0: float | None = None
+        self.first_frame = 0  # composite frame index of the stream's first frame
 
     def run(self) -> dict[str, Any]:
         """Render until `stopping` is set or the recording ended; returns counters."""
@@ -113,6 +116,8 @@ class LiveRenderer:
                       t0=manifest.started_unix)
         scene.update(manifest)
         self.t0 = manifest.started_unix
+        self.first_frame = self._first_frame(manifest)
+        self._clear_old()
         self._status("live")
         seen = self._stamp()
         next_poll = 0.0
@@ -122,7 +127,7 @@ class LiveRenderer:
                                         Fraction(self.fps).limit_denominator(1001), preset=self.preset,
                                         crf=23, gop=max(1, round(self.segment_s * self.fps)),
                                         tune="zerolatency")
-            k = self._first_frame(manifest)
+            k = self.first_frame
             while not self.stopping.is_set():
                 due = self.t0 + k / self.fps + self.delay_s
                 wait = due - self.clock()
@@ -176,6 +181,11 @@ class LiveRenderer:
             return 0
         return max(0, math.floor((self.clock() - self.delay_s - self.t0) * self.fps))
 
+    def _clear_old(self) -> None:
+        """Remove a previous stream's playlist and segments (a restarted stream starts clean)."""
+        for path in [self.out / PLAYLIST, *self.out.glob("seg_*.ts")]:
+            path.unlink(missing_ok=True)
+
     def _end(self, manifest: mf.Manifest, scene: Scene) -> float:
         """Composite time at which a stopped recording has been rendered in full."""
         assert self.t0 is not None
@@ -204,7 +214,8 @@ class LiveRenderer:
             return 0
 
     def _status(self, state: str) -> None:
-        status = {"state": state, "t0_unix": self.t0, "fps": self.fps, "delay_s": self.delay_s,
+        status = {"state": state, "t0_unix": self.t0, "first_frame": self.first_frame,
+                  "fps": self.fps, "delay_s": self.delay_s,
                   "segment_s": self.segment_s, "playlist": PLAYLIST, "frames": self.frames}
         mf.write_atomic(self.out / STATUS, (json.dumps(status) + "\n").encode())
 

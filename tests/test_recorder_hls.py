@@ -49,6 +49,24 @@ def flash_frames(out: Path, names: list[str]) -> tuple[list[int], list[tuple[int
     return [i for i in range(1, len(on)) if on[i] and not on[i - 1]], starts
 
 
+def av_offsets(playlist: Path) -> list[float]:
+    """Per flash in the stream, the distance to the nearest beep (both on the stream's clock)."""
+    with av.open(str(playlist)) as c:
+        video = [(float(f.time), float(f.to_ndarray()[H // 4 : H // 2, W // 3 : 2 * W // 3].mean()))
+                 for f in c.decode(video=0)]
+    with av.open(str(playlist)) as c:
+        chunks = [(float(f.time), f.to_ndarray()[0]) for f in c.decode(audio=0)]
+    flashes = [video[i][0] for i in range(1, len(video)) if video[i][1] > 130 >= video[i - 1][1]]
+    beeps, loud = [], False
+    for start, pcm in chunks:
+        for j in range(0, len(pcm) - 239, 240):  # 5 ms windows
+            now = float(np.sqrt(np.mean(pcm[j : j + 240] ** 2))) > 0.1
+            if now and not loud:
+                beeps.append(start + j / 48000)
+            loud = now
+    return [min((abs(f - b) for b in beeps), default=99.0) for f in flashes]
+
+
 def test_live_hls_of_a_growing_recording_and_its_latency(tmp_path: Path) -> None:
     rec_dir, out = tmp_path / "rec", tmp_path / "hls"
     person = Person("PA_a", "alice", "Alice Smith", 0.0, SECONDS, FLASHES)
@@ -85,15 +103,19 @@ def test_live_hls_of_a_growing_recording_and_its_latency(tmp_path: Path) -> None
     assert status["state"] == "ended" and status["t0_unix"] == origin
     flashes, starts = flash_frames(out, names)
     latencies = []
-    for frame in flashes:
+    for index in flashes:
+        frame = status["first_frame"] + index  # composite frame index
         source = origin + min(FLASHES, key=lambda f: abs(origin + f - status["t0_unix"] - frame / FPS))
         shown = status["t0_unix"] + frame / FPS
         assert abs(shown - source) < 0.08  # the live composite is on the wall clock
-        segment = [name for first, name in starts if first <= frame][-1]
+        segment = [name for first, name in starts if first <= index][-1]
         latencies.append(listed[segment] - source)
     assert len(flashes) >= 3
+    offsets = av_offsets(playlist)
+    assert len(offsets) == len(flashes) and max(offsets) < 0.08  # live audio kept up with video
     print(f"HLS latency, flash at the source -> its segment listed: "
-          f"{', '.join(f'{x:.2f}' for x in latencies)} s")
+          f"{', '.join(f'{x:.2f}' for x in latencies)} s; "
+          f"A/V offsets {', '.join(f'{x * 1000:.0f}' for x in offsets)} ms")
     assert max(latencies) < 6.0
 
 
