@@ -11,4 +11,13 @@ Layout (one concept per module):
 - ``recording``: one room's recording (directory, tracks, manifest)
 - ``manifest``: ``manifest.json`` schema and atomic writes
 - ``repair``: finalize an interrupted recording; ``cli``: ``ferry record ...``
+
+The composite (``ferry record compose``, and live as HLS):
+
+- ``compose_sources``: a track file decoded on its own thread (growing files: ``TailFile``)
+- ``compose_layout``: where tiles go; ``compose_draw``: drawing on YUV 4:2:0 with numpy
+- ``compose_audio``: the mix's limiter and the active speaker
+- ``compose_scene``: the composite frame by frame, placed by the manifest's wall clock
+- ``captions``: ``transcript.json`` -> mov_text; ``compose``: the MP4
+- ``hls``: the live HLS renderer process (``python -m recorder.hls``)
 """
