@@ -64,5 +64,8 @@ def _compose(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"ferry record compose: {exc}", file=sys.stderr)
         return 1
+    if made["state"] == "recording":
+        print("ferry record compose: the recording is not finished (still running, or crashed:"
+              " run `ferry record repair` first for its full length)", file=sys.stderr)
     print(json.dumps(made))
     return 0

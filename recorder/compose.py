@@ -157,6 +157,7 @@ def compose(directory: str | os.PathLike[str], out: str | os.PathLike[str], *, w
         "seconds": round(took, 3),
         "speed_x": round(frames / fps / max(took, 1e-9), 2),
         "t0_unix": scene.t0,
+        "state": manifest.state,  # "recording": still going, or crashed (repair it first)
     }
 
 
