@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from media.heap import HeapTrimmer
 from media.ortc import TransportParameters
 from media.routing.published_track import PublishedTrack
-from media.routing.router import Router, RouterListener
+from media.routing.router import Router, RouterListener, SubscriptionSettings
 from media.routing.sink import PacketSink
 from media.rtp.ntp import ntp_from_unix
 from media.stats import DownTrackStats, EngineStats, SubscriberStats
@@ -107,6 +107,27 @@ class Engine:
         router = self.routers.get(room)
         return router is not None and router.remove_sink(track_sid, sink)
 
+    # -- subscription settings ----------------------------------------------------------
+    def update_subscription(
+        self,
+        room: str,
+        participant_sid: str,
+        track_sid: str,
+        *,
+        max_layer: str | None = None,
+        size: tuple[int, int] | None = None,
+        enabled: bool | None = None,
+    ) -> SubscriptionSettings:
+        """A subscriber's max layer, rendered size and on/off for one track (None: as
+        is); see `Router.update_subscription`. LookupError when the room is gone or the
+        participant does not receive the track."""
+        router = self.routers.get(room)
+        if router is None:
+            raise LookupError(f"no room {room}")
+        return router.update_subscription(
+            participant_sid, track_sid, max_layer=max_layer, size=size, enabled=enabled
+        )
+
     def create_transport(self, *, name: str = "") -> WebRtcTransport:
         return WebRtcTransport(
             self.mux,
@@ -160,9 +181,9 @@ class Engine:
             sid: DownTrackStats(
                 track_sid=sid,
                 kind=down.track.kind,
-                current_layer=down.current_layer,
-                target_layer=down.target_layer if down.is_video else None,
-                paused=down.paused,
+                current_layer=down.selector.current,
+                target_layer=down.selector.target if down.is_video else None,
+                paused=down.selector.paused,
                 rtt_ms=down.stream.rtt_ms,
             )
             for sid, down in subscriber.down_tracks.items()

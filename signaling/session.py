@@ -222,24 +222,24 @@ class Session:
         participant.room.track_muted(participant, track)
 
     def _on_update_subscription(self, req: Request, participant: Participant, now: float) -> None:
-        sid = req.data["track_sid"]
-        down = participant.media.subscriber.down_tracks.get(sid)
-        if down is None:
-            raise ProtocolError("not_found", f"not subscribed to {sid}")
-        layers = down.track.layers
         data = req.data
+        sid = data["track_sid"]
         # Each field is remembered on its own, so the web client's size reports do not
         # undo a pin, nor a pin the size (a missing field keeps its last value).
-        rid = data.get("max_layer")
-        if rid is not None:
-            found = down.track.layer_by_rid(rid)
-            down.pinned_layer = found.index if found is not None else len(layers) - 1
+        size = None
         if "width" in data or "height" in data:
-            width, height = data.get("width") or 0, data.get("height") or 0
-            down.size_layer = _layer_for_size(down.track, width, height) if width and height else None
-        if "enabled" in data:
-            down.set_enabled(data["enabled"])
-        self.send(ok(req, max_layer=layers[down.max_layer].rid, enabled=down.enabled))
+            size = (data.get("width") or 0, data.get("height") or 0)
+        try:
+            settings = participant.room.router.update_subscription(
+                participant.sid,
+                sid,
+                max_layer=data.get("max_layer"),
+                size=size,
+                enabled=data["enabled"] if "enabled" in data else None,
+            )
+        except LookupError:
+            raise ProtocolError("not_found", f"not subscribed to {sid}") from None
+        self.send(ok(req, max_layer=settings.max_layer, enabled=settings.enabled))
 
     def _on_start_recording(self, req: Request, participant: Participant, now: float) -> None:
         service = self._recording_service(participant)
@@ -317,17 +317,3 @@ class Session:
         participant.connected = False
         participant.disconnected_at = now
 
-
-def _layer_for_size(track, width: int, height: int) -> int:
-    """Smallest layer whose resolution covers the rendered size (adaptive stream)."""
-    layers = track.layers
-    full = layers[-1]
-    full_w = full.width or 1280
-    full_h = full.height or 720
-    for layer in layers:
-        scale = 2 ** (len(layers) - 1 - layer.index)
-        w = layer.width or full_w // scale
-        h = layer.height or full_h // scale
-        if w >= width * 0.9 and h >= height * 0.9:
-            return layer.index
-    return len(layers) - 1

@@ -178,9 +178,9 @@ class Timeline:
         bwe = down.sink.bwe_stats(now)
         return Sample(
             now / 1000.0,
-            down.current_layer,
-            down.target_layer,
-            down.desired_layer,
+            down.selector.current,
+            down.selector.target,
+            down.selector.allocated,
             bwe.get("estimate_bps"),
             bwe.get("pacer_queue_ms"),
             rx,
@@ -295,7 +295,7 @@ async def test_capacity_steps_switch_down_and_recover(server: FerryServer, redir
             await attach_frames(sub, frames)
             timeline.start()
             # Steady state on the top layer first.
-            await wait_until(lambda: (d := timeline.down()) is not None and d.current_layer == 2, 15.0)
+            await wait_until(lambda: (d := timeline.down()) is not None and d.selector.current == 2, 15.0)
             await wait_until(lambda: frames.count(timeline.samples[-1].t - 1.0) >= FPS - 3, 5.0)
             link = proxy_down_link(proxy)
             timeline.link = link
@@ -304,7 +304,7 @@ async def test_capacity_steps_switch_down_and_recover(server: FerryServer, redir
             n0 = link.stats.queue_delay_count
             t_drop = server.engine.now_ms() / 1000.0
             proxy.set_links(LOW, LOW)
-            await wait_until(lambda: timeline.down().current_layer != 2, 4.0, 0.02)
+            await wait_until(lambda: timeline.down().selector.current != 2, 4.0, 0.02)
             t_down = server.engine.now_ms() / 1000.0
             # Stay on the low link long enough to see it settle (and the queue drain).
             hold_end = t_drop + 6.0
@@ -316,7 +316,7 @@ async def test_capacity_steps_switch_down_and_recover(server: FerryServer, redir
             t_rec = server.engine.now_ms() / 1000.0
             proxy.set_links(HIGH, HIGH)
             try:
-                await wait_until(lambda: timeline.down().current_layer == 2, 12.0, 0.02)
+                await wait_until(lambda: timeline.down().selector.current == 2, 12.0, 0.02)
             except AssertionError:
                 timeline.dump(t_drop)
                 raise
@@ -377,25 +377,25 @@ async def test_dynacast_pauses_unwanted_layers_and_resumes_them(server: FerrySer
         for client, log in zip(subs, logs, strict=True):
             await attach_frames(client, log)
         downs = [router.participants[c.participant["sid"]].subscriber.down_tracks for c in subs]
-        await wait_until(lambda: all(d.get(sid) is not None and d[sid].current_layer == 2 for d in downs), 15.0)
+        await wait_until(lambda: all(d.get(sid) is not None and d[sid].selector.current == 2 for d in downs), 15.0)
         await wait_until(lambda: min(layer_rates(server, track).values()) > 50_000, 5.0)
 
         # One subscriber on the low layer: the other still needs h and f.
         reply = await subs[0].request("update_subscription", track_sid=sid, max_layer="q")
         assert reply["max_layer"] == "q"
-        await wait_until(lambda: downs[0][sid].current_layer == 0, 3.0)
+        await wait_until(lambda: downs[0][sid].selector.current == 0, 3.0)
         t_a = time.monotonic()
         while time.monotonic() - t_a < 2.0:  # longer than Ferry's 1 s dynacast hold-off
             rates = layer_rates(server, track)
             assert rates["f"] > 50_000 and rates["h"] > 50_000, rates
-            assert downs[1][sid].current_layer == 2
+            assert downs[1][sid].selector.current == 2
             await asyncio.sleep(0.1)
         assert router.publisher_layers.get(sid, {}).get("f", True)
 
         # Every subscriber on the low layer: the publisher stops h and f.
         t0 = time.monotonic()
         await subs[1].request("update_subscription", track_sid=sid, max_layer="q")
-        await wait_until(lambda: downs[1][sid].current_layer == 0, 3.0)
+        await wait_until(lambda: downs[1][sid].selector.current == 0, 3.0)
         t_switched = time.monotonic() - t0
         await wait_until(lambda: pub.publisher.layers[2].active is False, 3.0, 0.02)  # type: ignore[union-attr]
         t_told = time.monotonic() - t0
@@ -415,10 +415,10 @@ async def test_dynacast_pauses_unwanted_layers_and_resumes_them(server: FerrySer
         await subs[1].request("update_subscription", track_sid=sid, max_layer="f")
         await wait_until(lambda: (r := layer_rates(server, track))["h"] > 0 and r["f"] > 0, 3.0, 0.02)
         t_back = time.monotonic() - t1
-        await wait_until(lambda: downs[1][sid].current_layer == 2, 5.0, 0.02)
+        await wait_until(lambda: downs[1][sid].selector.current == 2, 5.0, 0.02)
         t_top = time.monotonic() - t1
         end = time.monotonic()
-        assert downs[0][sid].current_layer == 0  # still capped
+        assert downs[0][sid].selector.current == 0  # still capped
         gaps = [log.max_gap(t0, end) for log in logs]  # (monotonic and loop clocks agree here)
         report(
             "dynacast",
@@ -458,21 +458,21 @@ async def test_adaptive_stream_size_cap_and_hidden_tile(server: FerryServer) -> 
         track = router.tracks[sid]
         await attach_frames(sub, log)
         downs = router.participants[sub.participant["sid"]].subscriber.down_tracks
-        await wait_until(lambda: downs.get(sid) is not None and downs[sid].current_layer == 2, 15.0)
+        await wait_until(lambda: downs.get(sid) is not None and downs[sid].selector.current == 2, 15.0)
         down = downs[sid]
 
         # A 300x170 tile: h (320x180) covers it; a 150x80 one: q.
         reply = await sub.request("update_subscription", track_sid=sid, width=300, height=170)
         assert reply["max_layer"] == "h" and reply["enabled"] is True
-        await wait_until(lambda: down.current_layer == 1, 5.0, 0.02)
+        await wait_until(lambda: down.selector.current == 1, 5.0, 0.02)
         reply = await sub.request("update_subscription", track_sid=sid, width=150, height=80)
         assert reply["max_layer"] == "q"
-        await wait_until(lambda: down.current_layer == 0, 5.0, 0.02)
+        await wait_until(lambda: down.selector.current == 0, 5.0, 0.02)
         # A pin is remembered apart from the size: growing the tile leaves it at h.
         await sub.request("update_subscription", track_sid=sid, max_layer="h")
         reply = await sub.request("update_subscription", track_sid=sid, width=1280, height=720)
         assert reply["max_layer"] == "h"
-        await wait_until(lambda: down.current_layer == 1, 5.0, 0.02)
+        await wait_until(lambda: down.selector.current == 1, 5.0, 0.02)
 
         # Hidden: no more frames, and the publisher may stop h (the only viewer hid it).
         reply = await sub.request("update_subscription", track_sid=sid, enabled=False)
@@ -490,7 +490,7 @@ async def test_adaptive_stream_size_cap_and_hidden_tile(server: FerryServer) -> 
         assert reply["enabled"] is True and reply["max_layer"] == "h"
         await wait_until(lambda: log.count(t_on) >= 3, 3.0, 0.02)
         first_resume = min(t for t in log.times if t >= t_on) - t_on
-        await wait_until(lambda: down.current_layer == 1 and layer_rates(server, track)["h"] > 0, 5.0, 0.02)
+        await wait_until(lambda: down.selector.current == 1 and layer_rates(server, track)["h"] > 0, 5.0, 0.02)
         report("adaptive_stream", first_frame_after_show_s=first_resume, back_on_h_s=time.monotonic() - t_on)
     finally:
         await pub.close()
@@ -507,12 +507,6 @@ CAPTURE_720P = """(() => {
   const original = md.getUserMedia.bind(md);
   md.getUserMedia = (c) => original(c && c.video ? {...c, video: {width: 1280, height: 720}} : c);
 })();"""
-
-TWCC_BUG = (
-    "Ferry's TWCC feedback to publishers carries media SSRC 0 (media/routing/publisher.py, "
-    "TwccRecorder(self.rtcp_ssrc, 0)); Chrome ignores it, its estimate decays x0.8/s to ~85 "
-    "kbit/s on a clean link, so it never sends f (and drops h)"
-)
 
 
 async def open_720p_page(browser: Any, url: str) -> Any:
@@ -568,7 +562,7 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer, 
                     layer.rid: round(layer.stream.bitrate_bps(now) / 1000) if layer.stream else None
                     for layer in track.layers
                 },
-                "layers": {n: (down(n).current_layer if down(n) else None) for n in subs},
+                "layers": {n: (down(n).selector.current if down(n) else None) for n in subs},
                 "estimate_kbps": {n: round((down(n).sink.estimate_bps(now) or 0) / 1000) for n in subs if down(n)},
             }
 
@@ -579,7 +573,7 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer, 
 
             def settled() -> bool:
                 slow, fast = down("slow"), down("fast")
-                return slow is not None and fast is not None and slow.current_layer == 0 and fast.current_layer == 2
+                return slow is not None and fast is not None and slow.selector.current == 0 and fast.selector.current == 2
 
             await wait_until(settled, 15.0)
         except AssertionError:
@@ -593,14 +587,14 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer, 
         slow_trace: list[tuple[Any, ...]] = []
         while time.monotonic() - start < 3.0:
             for name in subs:
-                layers_seen[name].add(down(name).current_layer)
+                layers_seen[name].add(down(name).selector.current)
             slow = down("slow")
             slow_trace.append(
                 (
                     round(time.monotonic() - start, 2),
-                    slow.current_layer,
-                    slow.target_layer,
-                    slow.desired_layer,
+                    slow.selector.current,
+                    slow.selector.target,
+                    slow.selector.allocated,
                     round((slow.sink.estimate_bps(server.engine.now_ms()) or 0) / 1000),
                     track.available_layers(server.engine.now_ms()),
                     [round(layer.last_bps / 1000) for layer in track.layers],  # prices, read only

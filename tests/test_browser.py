@@ -96,10 +96,10 @@ async def test_a_hidden_tile_stops_its_video_and_showing_it_resumes(server):
                 d for d in downs if d.track.kind == "video" and d.track.participant_sid == alice_sid
             )
 
-        await wait_until(lambda: down().enabled and down().packets_sent > 0, 5)
+        await wait_until(lambda: down().selector.enabled and down().packets_sent > 0, 5)
         video = down().track
         await b.evaluate("document.querySelector('.tile.remote').style.display = 'none'")
-        await wait_until(lambda: not down().enabled, 5)
+        await wait_until(lambda: not down().selector.enabled, 5)
         sent = down().packets_sent
         decoded = await b.evaluate("window.ferry.stats()")
 
@@ -110,7 +110,7 @@ async def test_a_hidden_tile_stops_its_video_and_showing_it_resumes(server):
         await wait_until(lambda: received() > before + 50, 5)  # alice keeps publishing...
         assert down().packets_sent == sent  # ...and none of it goes to bob while hidden
         await b.evaluate("document.querySelector('.tile.remote').style.display = ''")
-        await wait_until(lambda: down().enabled, 5)
+        await wait_until(lambda: down().selector.enabled, 5)
         frames = max(p.get("videoFramesDecoded", 0) for p in decoded.values())
         await _poll(
             b,

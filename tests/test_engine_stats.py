@@ -39,7 +39,7 @@ async def test_subscriber_stats_report_estimate_layers_and_pause_per_track() -> 
     sub.remb_bps = 100_000  # audio fits, the lowest video layer does not
     sub.allocate(engine.now_ms())
     down = sub.down_tracks[video.sid]
-    down.set_target_layer(0, engine.now_ms())
+    down.selector.set_target(0, engine.now_ms())
     stats = engine.subscriber_stats("PA_viewer")
     assert stats is not None
     assert stats.estimate_bps == 100_000

@@ -22,7 +22,7 @@ class LossyLeg:
         self._send = transport.send_rtp
         transport.send_rtp = self.send_rtp
 
-    def send_rtp(self, packet: bytes) -> None:
+    def send_rtp(self, packet: bytes, seq_at: int = 0, seq: int = 0) -> None:
         view = parse_rtp(packet)
         dropped = self.rng.random() < self.loss
         if view.ssrc == self.video_ssrc:
@@ -34,7 +34,7 @@ class LossyLeg:
             if osn in self.lost:
                 self.recovered.add(osn)
         if not dropped:
-            self._send(packet)
+            self._send(packet, seq_at, seq)
 
 
 async def test_nack_rtx_recovers_lost_video_packets(server):

@@ -44,7 +44,7 @@ def feed(track: PublishedTrack, index: int, packet: bytes, now_ms: float) -> Non
 def test_sink_sees_every_layer_with_keyframe_flag_and_forwarding_is_unchanged() -> None:
     track, _, _ = video_track(["q", "h"])
     down, out = subscribe(track)
-    down.set_target_layer(0, 0.0)
+    down.selector.set_target(0, 0.0)
     sink = RecordingSink()
     track.add_sink(sink)
     feed(track, 0, vp8_packet(1001, 10, keyframe=True), 0.0)

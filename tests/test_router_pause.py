@@ -89,7 +89,7 @@ async def test_a_track_that_does_not_fit_is_paused_then_resumed_and_the_listener
     # 100 kbit/s: audio (40k) fits, the lowest video layer (150k nominal) does not.
     sub.remb_bps = 100_000
     sub.allocate(now)
-    assert down.paused and not sub.down_tracks[audio.sid].paused
+    assert down.selector.paused and not sub.down_tracks[audio.sid].selector.paused
     assert listener.paused == [("PA_viewer", video.sid, True)]
     sub.allocate(now + 100.0)  # still short: no second event for the same state
     assert listener.paused == [("PA_viewer", video.sid, True)]
@@ -97,7 +97,7 @@ async def test_a_track_that_does_not_fit_is_paused_then_resumed_and_the_listener
     # The link recovers; after the allocator's hold time the track comes back.
     sub.remb_bps = 5_000_000
     sub.allocate(now + 100.0 + UP_HOLD_MS + 1.0)
-    assert not down.paused
+    assert not down.selector.paused
     assert listener.paused == [("PA_viewer", video.sid, True), ("PA_viewer", video.sid, False)]
     assert not publisher.subscriber.down_tracks  # the publisher subscribed to nothing
     router.close()

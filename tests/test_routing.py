@@ -152,7 +152,7 @@ def test_nothing_is_forwarded_before_a_keyframe_and_the_keyframe_is_first() -> N
     out = sink.media()
     assert out[0].tag == parse_tag(key[0])
     assert vp8_fields(out[0].data)[2] is True
-    assert down.current_layer == 0
+    assert down.selector.current == 0
     assert [p.view.ssrc for p in out] == [OUT_SSRC] * len(out)
     assert [p.view.payload_type for p in out] == [OUT_PT] * len(out)
     assert [p.view.marker for p in out] == [False, True, False, True]
@@ -283,19 +283,19 @@ def assert_continuous(out: list[SentPacket]) -> None:
 def test_simulcast_switch_waits_for_a_keyframe_of_the_target_and_stays_continuous() -> None:
     sc = Simulcast()
     down = sc.down
-    down.set_target_layer(0, sc.clock.now_ms)
+    down.selector.set_target(0, sc.clock.now_ms)
     assert sc.plis.plis == [LAYER_SSRCS[0]]
     sc.tick(keyframes=(0,))
     for _ in range(3):
         sc.tick()
     assert {p.tag[0] for p in sc.sink.media()} == {0}
 
-    down.set_target_layer(2, sc.clock.now_ms)
+    down.selector.set_target(2, sc.clock.now_ms)
     assert sc.plis.plis[-1] == LAYER_SSRCS[2]
     for _ in range(3):
         sc.tick(keyframes=(1,))  # a keyframe of a layer that is not the target
     assert {p.tag[0] for p in sc.sink.media()} == {0}, "forwarding continues on the old layer"
-    assert down.current_layer == 0
+    assert down.selector.current == 0
 
     late_from_layer2 = sc.pubs[2].frame()  # sent before the keyframe, arrives after it
     sent = sc.tick(keyframes=(2,))
@@ -311,7 +311,7 @@ def test_simulcast_switch_waits_for_a_keyframe_of_the_target_and_stays_continuou
     assert vp8_fields(switched[0].data)[2] is True
     assert {p.tag[0] for p in switched} == {2}
     assert parse_tag(late_from_layer2[0]) not in tags(out)
-    assert down.current_layer == 2 and sc.stats.layer_switches == 1
+    assert down.selector.current == 2 and sc.stats.layer_switches == 1
     assert_continuous(out)
     # Layer 0's picture ids started at 32760: the munged ids crossed 2^15 on layer 2.
     assert any(vp8_fields(p.data)[0] == 0 for p in out)
@@ -321,13 +321,13 @@ def test_simulcast_up_and_down_repeatedly_keeps_seq_ts_and_picture_id_monotonic(
     sc = Simulcast()
     schedule = [0, 2, 1, 0, 2, 0, 1, 2, 1, 0]
     for n, target in enumerate(schedule):
-        sc.down.set_target_layer(target, sc.clock.now_ms)
+        sc.down.selector.set_target(target, sc.clock.now_ms)
         sc.tick()  # nothing from the target yet
         if n:
-            assert sc.down.current_layer == schedule[n - 1]
+            assert sc.down.selector.current == schedule[n - 1]
         sc.clock.advance(300)  # let the PLI throttle pass
         sc.tick(keyframes=(target,))
-        assert sc.down.current_layer == target
+        assert sc.down.selector.current == target
         assert sc.plis.plis[-1] == LAYER_SSRCS[target]
         for _ in range(2):
             sc.tick()
@@ -345,9 +345,9 @@ def test_simulcast_up_and_down_repeatedly_keeps_seq_ts_and_picture_id_monotonic(
 
 def test_switch_timestamp_advances_by_the_wall_clock_gap() -> None:
     sc = Simulcast()
-    sc.down.set_target_layer(0, sc.clock.now_ms)
+    sc.down.selector.set_target(0, sc.clock.now_ms)
     sc.tick(keyframes=(0,))
-    sc.down.set_target_layer(1, sc.clock.now_ms)
+    sc.down.selector.set_target(1, sc.clock.now_ms)
     feed(sc.track, 1, sc.pubs[1].frame(keyframe=True), sc.clock.advance(100.0))
     out = sc.sink.media()
     first_new = next(p for p in out if p.tag[0] == 1)
@@ -357,13 +357,13 @@ def test_switch_timestamp_advances_by_the_wall_clock_gap() -> None:
 
 def test_picture_id_after_switch_follows_the_newest_frame_not_a_late_packet() -> None:
     sc = Simulcast(pid_start=(500, 9000, 20_000))
-    sc.down.set_target_layer(0, sc.clock.now_ms)
+    sc.down.selector.set_target(0, sc.clock.now_ms)
     sc.tick(keyframes=(0,))  # frame pid 500 (2 packets)
     lost = sc.pubs[0].frame(packets=2)  # frame pid 501: its 2nd packet is lost...
     feed(sc.track, 0, lost[:1], sc.clock.advance(33))
     sc.tick()  # frame pid 502
     feed(sc.track, 0, lost[1:], sc.clock.advance(5), rtx=True)  # ...and repaired by RTX
-    sc.down.set_target_layer(1, sc.clock.now_ms)
+    sc.down.selector.set_target(1, sc.clock.now_ms)
     feed(sc.track, 1, sc.pubs[1].frame(keyframe=True, packets=2), sc.clock.advance(28))
     out = sc.sink.media()
     pids = [vp8_fields(p.data)[0] for p in out if p.view.timestamp != out[-1].view.timestamp]
@@ -373,8 +373,8 @@ def test_picture_id_after_switch_follows_the_newest_frame_not_a_late_packet() ->
 
 def test_nothing_from_non_selected_layers_and_pli_per_target() -> None:
     sc = Simulcast()
-    assert sc.down.target_layer == 2  # default: best layer
-    sc.down.set_target_layer(1, sc.clock.now_ms)
+    assert sc.down.selector.target == 2  # default: best layer
+    sc.down.selector.set_target(1, sc.clock.now_ms)
     assert sc.plis.plis == [LAYER_SSRCS[1]]
     sc.tick(keyframes=(0, 2))
     assert sc.sink.sent == [], "keyframes of other layers must not start the stream"
@@ -571,13 +571,13 @@ def test_pause_stops_output_and_resume_restarts_on_a_keyframe_with_continuous_se
     feed(track, 0, pub.frame(keyframe=True, packets=2), clock.advance(33))
     for _ in range(3):
         feed(track, 0, pub.frame(), clock.advance(33))
-    assert down.set_paused(True) is True
-    assert down.set_paused(True) is False
+    assert down.selector.set_paused(True) is True
+    assert down.selector.set_paused(True) is False
     before = sink.take()
     for key in (False, True, False):
         feed(track, 0, pub.frame(keyframe=key), clock.advance(33))
     assert sink.sent == [], "paused: nothing goes out, keyframes included"
-    assert down.set_paused(False) is True
+    assert down.selector.set_paused(False) is True
     clock.advance(400)
     down.on_timer(clock.now_ms)
     assert plis.plis[-1] == LAYER_SSRCS[0], "resuming asks for a keyframe"
@@ -599,15 +599,15 @@ def test_disabled_by_the_subscriber_forwards_nothing_and_resumes_on_a_keyframe()
     clock = ManualClock(0.0)
     feed(track, 0, pub.frame(keyframe=True, packets=2), clock.advance(33))
     feed(track, 0, pub.frame(), clock.advance(33))
-    assert down.set_enabled(False) is True and down.set_enabled(False) is False
-    assert not down.active and not down.paused  # not a bandwidth pause
+    assert down.selector.set_enabled(False) is True and down.selector.set_enabled(False) is False
+    assert not down.selector.active and not down.selector.paused  # not a bandwidth pause
     before = sink.take()
     plis.plis.clear()
     for key in (True, False):
         feed(track, 0, pub.frame(keyframe=key), clock.advance(33))
     down.on_timer(clock.advance(600))
     assert sink.sent == [] and plis.plis == [], "hidden: no media, no keyframe requests"
-    assert down.set_enabled(True) is True
+    assert down.selector.set_enabled(True) is True
     down.on_timer(clock.advance(20))
     assert plis.plis == [LAYER_SSRCS[0]], "shown again: a keyframe is asked for at once"
     feed(track, 0, pub.frame(), clock.advance(33))
@@ -638,14 +638,14 @@ def test_a_ramping_upper_layer_is_priced_at_least_twice_the_layer_below() -> Non
     track, _, _ = video_track(["q", "h", "f"])
     for layer, bps in zip(track.layers, (130_000, 150_000, 1_000_000), strict=True):
         layer.last_bps = bps  # its recent peak; no stream yet, so nothing re-measured
-    assert track.layer_bitrates(0.0) == [130_000, 260_000, 1_000_000]
+    assert track.update_layer_prices(0.0) == [130_000, 260_000, 1_000_000]
     for layer, width in zip(track.layers, (320, 640, 1280), strict=True):
         layer.width = width
     track.layers[2].last_bps = 200_000
-    assert track.layer_bitrates(0.0) == [130_000, 260_000, 520_000]
+    assert track.update_layer_prices(0.0) == [130_000, 260_000, 520_000]
     for layer in track.layers:
         layer.width = 640  # same resolution (a bitrate ladder): only kept increasing
-    assert track.layer_bitrates(0.0) == [130_000, 150_000, 200_000]
+    assert track.update_layer_prices(0.0) == [130_000, 150_000, 200_000]
 
 
 # --------------------------------------------------------------------------- 6. extensions
@@ -758,9 +758,9 @@ def test_property_no_duplicate_seq_and_no_timestamp_rewind_across_switches(
 
     for op in script:
         if op[0] == "target":
-            down.set_target_layer(op[1], now)
+            down.selector.set_target(op[1], now)
         elif op[0] == "pause":
-            down.set_paused(op[1])
+            down.selector.set_paused(op[1])
         elif op[0] == "pkt":
             _, layer, keyframe, step, dt = op
             now += dt

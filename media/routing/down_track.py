@@ -1,29 +1,33 @@
 """One subscriber's copy of one published track.
 
-The DownTrack *acts*: it rewrites SSRC, payload type, sequence number, timestamp and
-VP8 picture id / TL0PICIDX so the subscriber sees one continuous stream whatever
-layer is forwarded, keeps the retransmission cache, and answers NACK and PLI.
-Which layer to forward is decided elsewhere (`target_layer`, set by the allocator or
-the subscriber's preferences); a switch happens only on a keyframe of the target.
+The DownTrack *acts*: it builds each outgoing packet (SSRC, payload type, Ferry's own
+header extensions, and through its `StreamRewriter` sequence number, timestamp and VP8
+picture id / TL0PICIDX continuous whatever layer is forwarded), keeps the
+retransmission cache, and answers NACK and PLI. Which layer to forward, and whether
+to forward at all, is its `LayerSelector`'s decision (`selector`), fed by the
+allocator, the subscriber's settings and the engine tick.
 """
 
 from __future__ import annotations
 
 import random
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from media.audio.red_encoder import RedEncoder
-from media.rtp.keyframe import KeyframeWaiter
 from media.rtp.rtx import RtxCache
 from media.rtp.stream_send import RtpStreamSend
 from media.wire.red import parse_red
-from media.wire.rtp import RtpView, build_rtp, parse_rtp
-from media.wire.vp8 import Vp8Descriptor, rewrite_vp8
+from media.wire.rtp import RtpView, wrap_rtx
+from media.wire.vp8 import Vp8Descriptor
+
+from .layer_selector import DROP, SWITCH, LayerSelector
+from .rewriter import StreamContinuity, StreamRewriter
 
 if TYPE_CHECKING:
     from .published_track import Layer, PublishedTrack
+
+__all__ = ["TWCC_OFFSET", "DownTrack", "DownTrackSink", "StreamContinuity"]
 
 
 _HEADER = struct.Struct("!BBHII")
@@ -34,19 +38,6 @@ TWCC_OFFSET = 17
 
 
 PROBE_PACKET_MAX_AGE_MS = 1000.0  # a probe packet is replaced by a smaller one after this
-
-@dataclass(frozen=True, slots=True)
-class StreamContinuity:
-    """Where a DownTrack's output stream stopped: its successor on the same m-line and
-    SSRC goes on from here, so the subscriber sees one stream rather than a jump."""
-
-    ssrc: int
-    last_ext_seq: int
-    last_ts: int
-    last_ms: float | None
-    last_pid: int | None
-    last_tl0: int | None
-    rtx_seq: int
 
 
 class DownTrackSink(Protocol):
@@ -90,30 +81,14 @@ class DownTrack:
         rng = rng or random.Random()
         self.stream = RtpStreamSend(ssrc, clock_rate)
         self.rtx_cache = RtxCache(1024 if self.is_video else 256)
-        self.keyframe_waiter = KeyframeWaiter()
         self.closed = False
-        self.paused = False  # by the allocator: not enough bandwidth
-        self.enabled = True  # by the subscriber: false while its tile is hidden
-        # Layer selection: None means "nothing forwarded yet".
-        self.current_layer: int | None = None
-        self.target_layer: int = len(track.layers) - 1
-        self.desired_layer: int = len(track.layers) - 1  # the allocator's choice within the cap
-        self.pinned_layer: int | None = None  # max_layer the subscriber asked for
-        self.size_layer: int | None = None  # smallest layer covering its rendered size
-        # Munging state.
-        self._seq_offset = 0
-        self._ts_offset = 0
-        self._pid_offset = 0
-        self._tl0_offset = 0
-        self._switch_ext_seq = 0
-        self._last_out_ext_seq = rng.randrange(1 << 15)
-        self._last_out_ts = rng.randrange(1 << 31)
-        self._last_out_ms: float | None = None
-        self._last_pid: int | None = None
-        self._last_tl0: int | None = None
-        self._rtx_seq = rng.randrange(1 << 16)
-        self.packets_sent = 0
-        self.bytes_sent = 0
+        self.selector = LayerSelector(track, len(track.layers), is_video=self.is_video)
+        self.rewriter = StreamRewriter(
+            clock_rate,
+            first_seq=rng.randrange(1 << 15),
+            first_ts=rng.randrange(1 << 31),
+            rtx_seq=rng.randrange(1 << 16),
+        )
         self.add_red = add_red  # Ferry may wrap plain Opus in RED toward lossy subscribers
         self.red_added = 0
         self.resends_skipped = 0  # NACKed packets not resent (no RTX, see on_nack)
@@ -135,30 +110,20 @@ class DownTrack:
         self._ext_audio_pad = bytes(padded - body)
         has_ext = bool(self._ext_video) if self.is_video else bool(body)
         self._first_byte = 0x90 if has_ext else 0x80
-        if self.is_video:
-            self.keyframe_waiter.need(0.0)
 
     def continuity(self) -> StreamContinuity:
-        return StreamContinuity(
-            self.ssrc,
-            self._last_out_ext_seq,
-            self._last_out_ts,
-            self._last_out_ms,
-            self._last_pid,
-            self._last_tl0,
-            self._rtx_seq,
-        )
+        return self.rewriter.continuity(self.ssrc)
 
     def continue_from(self, previous: StreamContinuity) -> None:
         """Go on with `previous`'s sequence numbers, timestamps and picture ids (same
         SSRC, recycled m-line): the first packet forwarded is the next one of that stream."""
         assert previous.ssrc == self.ssrc, "only a stream on the same SSRC continues"
-        self._last_out_ext_seq = previous.last_ext_seq
-        self._last_out_ts = previous.last_ts
-        self._last_out_ms = previous.last_ms
-        self._last_pid = previous.last_pid
-        self._last_tl0 = previous.last_tl0
-        self._rtx_seq = previous.rtx_seq
+        self.rewriter.continue_from(previous)
+
+    @property
+    def packets_sent(self) -> int:
+        """Media packets sent on this SSRC (what its sender reports count)."""
+        return self.stream.packets_sent
 
     # -- forward path ----------------------------------------------------------------
     def write(
@@ -171,28 +136,23 @@ class DownTrack:
         now_ms: float,
         recovered: bool = False,
     ) -> None:
-        if self.paused or not self.enabled or self.closed:
+        verdict = self.selector.accept(
+            layer.index, ext_seq, keyframe, vp8 is None or vp8.start_of_partition
+        )
+        if verdict == DROP:
             return
-        if layer.index != self.current_layer:
-            if layer.index != self.target_layer or not (keyframe or not self.is_video):
-                return
-            if vp8 is not None and not vp8.start_of_partition:
-                return  # switch on the first packet of the keyframe only
-            self._switch_to(layer, view, ext_seq, vp8, now_ms)
-        elif ext_seq < self._switch_ext_seq:
-            return  # a late packet from before the switch point would collide
-        elif self.desired_layer < layer.index and self.target_layer != layer.index:
-            # The allocator cut this subscriber below the layer it is on: the link is
-            # congested. Shed the layer now (a short freeze until the lower layer's
-            # keyframe) instead of filling the bottleneck queue while waiting for it.
-            return
-        out_ext_seq = ext_seq + self._seq_offset
-        out_ts = (view.timestamp + self._ts_offset) & 0xFFFFFFFF
-        newest = out_ext_seq > self._last_out_ext_seq
+        rw = self.rewriter
+        if verdict != 1:  # START or SWITCH: this packet follows the last one out
+            rw.start(ext_seq, view.timestamp, vp8, now_ms)
+            if verdict == SWITCH:
+                self.track.stats.layer_switches += 1
+        out_ext_seq = ext_seq + rw.seq_offset
+        out_ts = (view.timestamp + rw.ts_offset) & 0xFFFFFFFF
+        newest = out_ext_seq > rw.last_ext_seq
         if newest:
-            self._last_out_ext_seq = out_ext_seq
-            self._last_out_ts = out_ts
-            self._last_out_ms = now_ms
+            rw.last_ext_seq = out_ext_seq
+            rw.last_ts = out_ts
+            rw.last_ms = now_ms
         payload: bytes | memoryview = view.payload
         payload_type = self.payload_type
         if not self.is_video:
@@ -200,8 +160,9 @@ class DownTrack:
             if audio is None:
                 return
             payload_type, payload = audio
-        # One copy: fixed header + Ferry's own extension block + payload. The
-        # publisher's extensions (its mid/rid/twcc ids) mean nothing downstream.
+        # The one copy of the packet before SRTP: fixed header + Ferry's own extension
+        # block + payload. The publisher's extensions (its mid/rid/twcc ids) mean
+        # nothing downstream.
         header = _HEADER.pack(
             self._first_byte,
             payload_type | (0x80 if view.marker else 0),
@@ -210,16 +171,12 @@ class DownTrack:
             self.ssrc,
         )
         ext = self._ext_video if self.is_video else self._audio_extensions(view)
-        if vp8 is not None and vp8.picture_id is not None and (self._pid_offset or self._tl0_offset):
-            head = self._munge_vp8(payload, vp8, newest)
+        if vp8 is not None and vp8.picture_id is not None and rw.munges_vp8:
+            head = rw.munge_vp8(payload, vp8, newest)
             packet = b"".join((header, ext, head, payload[vp8.size :]))
         else:
-            if newest and vp8 is not None and vp8.picture_id is not None:
-                # Only the newest packet moves the continuity point: a late packet or
-                # an RTX repair of an older frame must not pull it back.
-                self._last_pid = vp8.picture_id
-                if vp8.tl0picidx is not None:
-                    self._last_tl0 = vp8.tl0picidx
+            if newest and vp8 is not None:
+                rw.vp8_unchanged(vp8)
             packet = b"".join((header, ext, payload))
         self.rtx_cache.put(out_ext_seq & 0xFFFF, packet, now_ms)
         if self.is_video and (
@@ -230,10 +187,6 @@ class DownTrack:
             self._probe_packet = packet
             self._probe_packet_ms = now_ms
         self.stream.on_packet_sent(out_ts, len(payload), now_ms)
-        self.packets_sent += 1
-        self.bytes_sent += len(packet)
-        if keyframe:
-            self.keyframe_waiter.on_keyframe()
         self.sink.send_rtp(packet, "video" if self.is_video else "audio", now_ms)
 
     # -- audio: RED in, RED out ----------------------------------------------------
@@ -319,64 +272,6 @@ class DownTrack:
             level_el = bytes((self.audio_level_ext_id << 4, level))
         return head + level_el + self._ext_audio_pad
 
-    def set_paused(self, paused: bool) -> bool:
-        """Pause/resume for bandwidth; returns True when the state changed."""
-        if paused == self.paused:
-            return False
-        self.paused = paused
-        if paused:
-            self.current_layer = None  # resume only on a keyframe
-        return True
-
-    def set_enabled(self, enabled: bool) -> bool:
-        """The subscriber's own on/off (a hidden tile); True when the state changed.
-
-        Disabled, the track is forwarded nothing and counts for nothing: the allocator
-        gives its share to other tracks and dynacast may pause its layers. It resumes on
-        a keyframe, which ``on_timer`` asks for.
-        """
-        if enabled == self.enabled:
-            return False
-        self.enabled = enabled
-        self.current_layer = None
-        return True
-
-    def _switch_to(
-        self, layer: Layer, view: RtpView, ext_seq: int, vp8: Vp8Descriptor | None, now_ms: float
-    ) -> None:
-        """Start forwarding `layer` from this packet on, continuing seq/ts/picture id."""
-        self._seq_offset = self._last_out_ext_seq + 1 - ext_seq
-        if self._last_out_ms is None:
-            gap = 0
-        else:
-            gap = max(1, int((now_ms - self._last_out_ms) * self.clock_rate / 1000.0))
-        self._ts_offset = (self._last_out_ts + gap - view.timestamp) & 0xFFFFFFFF
-        if vp8 is not None and vp8.picture_id is not None:
-            if self._last_pid is not None:
-                self._pid_offset = self._last_pid + 1 - vp8.picture_id
-            if vp8.tl0picidx is not None and self._last_tl0 is not None:
-                self._tl0_offset = self._last_tl0 + 1 - vp8.tl0picidx
-        self._switch_ext_seq = ext_seq
-        if self.current_layer is not None:
-            self.track.stats.layer_switches += 1
-        self.current_layer = layer.index
-
-    def _munge_vp8(self, payload: bytes | memoryview, vp8: Vp8Descriptor, newest: bool = True) -> bytes:
-        """Rewritten copy of the VP8 descriptor only (picture id / TL0PICIDX continuity)."""
-        assert vp8.picture_id is not None
-        modulus = 1 << vp8.picture_id_bits
-        pid = (vp8.picture_id + self._pid_offset) % modulus
-        tl0 = None
-        if vp8.tl0picidx is not None:
-            tl0 = (vp8.tl0picidx + self._tl0_offset) & 0xFF
-            if newest:
-                self._last_tl0 = tl0
-        if newest:
-            self._last_pid = pid
-        head = bytearray(payload[: vp8.size])
-        rewrite_vp8(head, 0, vp8, picture_id=pid, tl0picidx=tl0)
-        return bytes(head)
-
     # -- feedback from the subscriber ------------------------------------------------
     def on_nack(self, seqs: list[int], now_ms: float) -> int:
         """Retransmit what the cache still has; returns how many were sent."""
@@ -399,20 +294,11 @@ class DownTrack:
         return sent
 
     def _wrap_rtx(self, packet: bytes) -> bytes:
-        view = parse_rtp(packet)
-        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-        extensions = []
-        if self.twcc_ext_id:
-            extensions.append((self.twcc_ext_id, b"\x00\x00"))
+        """RFC 4588 copy of a packet Ferry sent: its header (with the TWCC placeholder
+        first, restamped at send time) on the RTX SSRC and payload type."""
         assert self.rtx_payload_type is not None and self.rtx_ssrc is not None
-        return build_rtp(
-            payload_type=self.rtx_payload_type,
-            seq=self._rtx_seq,
-            timestamp=view.timestamp,
-            ssrc=self.rtx_ssrc,
-            payload=view.seq.to_bytes(2, "big") + bytes(view.payload),
-            marker=view.marker,
-            extensions=extensions,
+        return wrap_rtx(
+            packet, payload_type=self.rtx_payload_type, seq=self.rewriter.next_rtx_seq(), ssrc=self.rtx_ssrc
         )
 
     @property
@@ -433,60 +319,34 @@ class DownTrack:
 
     def request_keyframe(self, now_ms: float) -> None:
         """A PLI/FIR from the subscriber, or our own need after a switch."""
-        if not self.is_video:
-            return
-        index = self.current_layer if self.current_layer is not None else self.target_layer
-        self.track.layers[index].request_keyframe(now_ms)
+        self.selector.request_keyframe(now_ms)
 
-    # -- layer choice ----------------------------------------------------------------
-    def set_target_layer(self, index: int, now_ms: float) -> None:
-        index = max(0, min(index, len(self.track.layers) - 1))
-        if index == self.target_layer:
-            return
-        self.target_layer = index
-        if index != self.current_layer:
-            self.track.layers[index].request_keyframe(now_ms)
-
-    @property
-    def max_layer(self) -> int:
-        """The subscriber's cap: the lower of its pin and its rendered size."""
-        cap = len(self.track.layers) - 1
-        if self.pinned_layer is not None:
-            cap = min(cap, self.pinned_layer)
-        if self.size_layer is not None:
-            cap = min(cap, self.size_layer)
-        return cap
-
-    @property
-    def active(self) -> bool:
-        """Forwarding, or waiting to: neither paused for bandwidth nor disabled."""
-        return self.enabled and not self.paused and not self.closed
+    def select_layer(self, now_ms: float) -> None:
+        """Target the best layer the publisher sends within the allocation and cap."""
+        if self.is_video and self.track.simulcast:
+            self.selector.select(self.track.available_layers(now_ms), now_ms)
 
     def on_timer(self, now_ms: float) -> None:
-        if not self.is_video or not self.active:
-            return
-        if self.current_layer != self.target_layer or self.current_layer is None:
-            self.keyframe_waiter.need(now_ms)
-        if self.keyframe_waiter.poll(now_ms):
-            self.track.layers[self.target_layer].request_keyframe(now_ms)
+        self.selector.on_timer(now_ms)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self.selector.close()
         self.track.remove_down_track(self)
 
     def info(self) -> dict[str, object]:
+        selector = self.selector
         return {
             "track_sid": self.track.sid,
             "mid": self.mid,
             "ssrc": self.ssrc,
-            "current_layer": self.current_layer,
-            "target_layer": self.target_layer,
-            "desired_layer": self.desired_layer,
-            "paused": self.paused,
+            "current_layer": selector.current,
+            "target_layer": selector.target,
+            "desired_layer": selector.allocated,
+            "paused": selector.paused,
             "packets_sent": self.packets_sent,
             "rtt_ms": self.stream.rtt_ms,
             "fraction_lost": self.stream.fraction_lost,
         }
-

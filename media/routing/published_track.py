@@ -19,10 +19,10 @@ from media.rtp.stream_recv import RtpStreamRecv
 from media.stats import EngineStats
 from media.wire.h264 import is_keyframe_start
 from media.wire.red import parse_red
-from media.wire.rtp import RtpView, build_rtp, parse_rtp
+from media.wire.rtp import RtpView, build_rtp_view
 from media.wire.vp8 import parse_vp8
 
-from .allocator import NOMINAL_LAYER_BPS
+from .pricing import update_layer_prices
 
 if TYPE_CHECKING:
     from .down_track import DownTrack
@@ -55,11 +55,6 @@ class AudioLevel:
             self.voice_until_ms = now_ms + 500.0
 
 
-PRICE_HALF_LIFE_MS = 4000.0  # how fast a layer's price forgets a peak
-# A spatial layer has 4x the pixels of the one below; encoders give it at least 2x the
-# bits (Chrome ~2.7-3x, libvpx at default settings ~3x). Used as a floor on its price.
-SPATIAL_PRICE_RATIO = 2.0
-SEEN_WINDOW = 2048  # duplicate detection span, in packets (seconds of video at 1 Mbit/s)
 
 class Layer:
     """One RTP stream of a track (a simulcast encoding, or the only one)."""
@@ -80,10 +75,9 @@ class Layer:
         "resumed_ms",
         "last_packet_ms",
         "last_bps",
-        "_price_ms",
+        "price_ms",
         "_highest_ext",
         "_rebuilt",
-        "_seen",
     )
 
     def __init__(self, track: PublishedTrack, index: int, rid: str | None) -> None:
@@ -101,11 +95,10 @@ class Layer:
         self.active = True  # dynacast: False when paused at the publisher
         self.resumed_ms: float | None = None  # when dynacast last turned it back on
         self.last_packet_ms: float | None = None
-        self.last_bps = 0.0
-        self._price_ms = 0.0
+        self.last_bps = 0.0  # its price: recent peak rate (pricing.py)
+        self.price_ms = 0.0  # when last_bps was last measured
         self._highest_ext: int | None = None
         self._rebuilt: set[int] = set()  # audio seqs rebuilt from RED (not to forward twice)
-        self._seen = [-1] * SEEN_WINDOW  # ext seqs received, by ext_seq % SEEN_WINDOW
 
     def bind_ssrc(self, ssrc: int) -> None:
         self.ssrc = ssrc
@@ -119,15 +112,13 @@ class Layer:
         track = self.track
         self.last_packet_ms = now_ms
         ext_seq = stream.on_packet(view.seq, view.timestamp, now_ms, view.payload_end)
-        slot = ext_seq % SEEN_WINDOW
-        if self._seen[slot] == ext_seq:
+        if ext_seq is None:
             # Chrome probes its uplink with RTX copies of packets it already sent, and
             # answers a NACK twice when the first repair was late. Forwarded, each
             # copy reuses an SRTP index downstream: the subscriber drops it as a
             # replay, and its transport-wide feedback reports it lost.
             track.stats.drop("duplicate")
             return
-        self._seen[slot] = ext_seq
         keyframe = False
         if track.is_vp8 and view.payload_end > view.payload_start:
             try:
@@ -188,14 +179,12 @@ class Layer:
             block = blocks[-k]
             if not block.data:
                 continue
-            rebuilt = parse_rtp(
-                build_rtp(
-                    payload_type=block.payload_type,
-                    seq=(ext_seq - k) & 0xFFFF,
-                    timestamp=(view.timestamp - block.timestamp_offset) & 0xFFFFFFFF,
-                    ssrc=self.ssrc,
-                    payload=block.data,
-                )
+            rebuilt = build_rtp_view(
+                payload_type=block.payload_type,
+                seq=ext_seq - k,
+                timestamp=view.timestamp - block.timestamp_offset,
+                ssrc=self.ssrc,
+                payload=block.data,
             )
             track.stats.red_recovered += 1
             seq = ext_seq - k
@@ -296,44 +285,9 @@ class PublishedTrack:
             self.stats.pli_sent += 1
             self.keyframe_sink.send_pli(media_ssrc)
 
-    def layer_bitrates(self, now_ms: float) -> list[float]:
-        """Expected bitrate per layer: its recent peak when flowing, else last seen or
-        nominal.
-
-        A recent peak (decaying with a 4 s half-life), not the rate of this instant:
-        a browser's layer swings +-30 % with motion and its own estimate, and priced at
-        a dip it looks affordable to a link that cannot carry it a second later (a
-        300 kbit/s viewer would flap between q and h). A layer paused by dynacast
-        measures 0, so its last price is kept; it must still be priced, or nobody
-        would ever ask for it back.
-        """
-        rates = []
-        for layer in self.layers:
-            measured = layer.stream.bitrate_bps(now_ms) if layer.stream is not None else 0.0
-            # Only a flowing, enabled layer updates its price: a layer dynacast just
-            # paused fades over the rate window and would look nearly free.
-            if layer.active and measured > max(20_000.0, 0.5 * layer.last_bps):
-                age = max(0.0, now_ms - layer._price_ms)
-                layer.last_bps = max(measured, layer.last_bps * 0.5 ** (age / PRICE_HALF_LIFE_MS))
-                layer._price_ms = now_ms
-            if layer.last_bps:
-                rates.append(layer.last_bps)
-            elif len(self.layers) == 1:
-                rates.append(NOMINAL_LAYER_BPS[1])
-            else:
-                rates.append(NOMINAL_LAYER_BPS[min(layer.index + 3 - len(self.layers), 2)])
-        layers = self.layers
-        for i in range(1, len(rates)):
-            # A layer still ramping up (a browser starts its upper layers low and raises
-            # them with its own estimate) must not look cheap: priced at its first
-            # seconds, h looked affordable to a 300 kbit/s viewer that then had to drop
-            # back when h reached its real rate. Floor: twice the layer below when it
-            # has a larger resolution (or the resolutions are unknown).
-            below, this = layers[i - 1].width, layers[i].width
-            spatial = below is None or this is None or this > 1.4 * below
-            floor = rates[i - 1] * SPATIAL_PRICE_RATIO if spatial else rates[i - 1] + 1.0
-            rates[i] = max(rates[i], floor)
-        return rates
+    def update_layer_prices(self, now_ms: float) -> list[float]:
+        """Measure each layer and return its price (expected bitrate, `pricing.py`)."""
+        return update_layer_prices(self.layers, now_ms)
 
     def available_layers(self, now_ms: float, window_ms: float = 1500.0) -> list[int]:
         """Layers that received media recently (the publisher may not send them all).

@@ -20,7 +20,7 @@ from media.transport.webrtc_transport import WebRtcTransport
 from media.wire.rtcp import build_nack, build_pli, build_rr, parse_rtcp
 from media.wire.rtp import (
     RtpView,
-    build_rtp,
+    build_rtp_view,
     parse_audio_level,
     parse_rtp,
     parse_sdes_string,
@@ -148,15 +148,13 @@ class PublisherPeer:
                 return
             if layer.ssrc is None:
                 return
-            view = parse_rtp(
-                build_rtp(
-                    payload_type=track.codec.payload_type,
-                    seq=osn,
-                    timestamp=view.timestamp,
-                    ssrc=layer.ssrc,
-                    payload=payload,
-                    marker=view.marker,
-                )
+            view = build_rtp_view(
+                payload_type=track.codec.payload_type,
+                seq=osn,
+                timestamp=view.timestamp,
+                ssrc=layer.ssrc,
+                payload=payload,
+                marker=view.marker,
             )
         elif level:
             voice, dbov = parse_audio_level(level)

@@ -11,6 +11,7 @@ import logging
 import random
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from media.ortc import (
@@ -35,6 +36,14 @@ SPEAKER_THRESHOLD = 0.15
 DYNACAST_INTERVAL_MS = 500.0
 DYNACAST_OFF_AFTER_MS = 1000.0  # a layer must be unneeded this long before pausing it
 TOP_SPEAKERS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSettings:
+    """A subscriber's settings for one track, as in effect."""
+
+    max_layer: str | None  # rid of the highest layer it may get (None: not simulcast)
+    enabled: bool
 
 
 class HostConfig(Protocol):
@@ -295,7 +304,6 @@ class Router:
         self._layer_needed_ms: dict[tuple[str, int], float] = {}
         self.publisher_layers: dict[str, dict[str, bool]] = {}  # track sid -> rid -> enabled
         self.dynacast = True
-        self.layer_policy: Callable[[DownTrack, float], None] = default_layer_policy
         self.closed = False
 
     def new_ssrc(self) -> int:
@@ -359,8 +367,39 @@ class Router:
 
     def on_subscribed(self, down: DownTrack) -> None:
         now = self.engine.now_ms()
-        self.layer_policy(down, now)
+        down.select_layer(now)
         down.request_keyframe(now)
+
+    def update_subscription(
+        self,
+        participant_sid: str,
+        track_sid: str,
+        *,
+        max_layer: str | None = None,
+        size: tuple[int, int] | None = None,
+        enabled: bool | None = None,
+    ) -> SubscriptionSettings:
+        """A subscriber's settings for one track it receives; None leaves a setting as is.
+
+        `max_layer`: the rid of the highest layer it wants (an unknown rid: the top one).
+        `size`: the (width, height) it renders the track at, which caps the layer at the
+        smallest one covering it; a 0 removes that cap. `enabled`: False stops the track
+        without unsubscribing (a hidden tile). Returns what is in effect. LookupError
+        when `participant_sid` does not receive `track_sid`.
+        """
+        participant = self.participants.get(participant_sid)
+        down = participant.subscriber.down_tracks.get(track_sid) if participant is not None else None
+        if down is None:
+            raise LookupError(f"not subscribed to {track_sid}")
+        track, selector = down.track, down.selector
+        if max_layer is not None:
+            found = track.layer_by_rid(max_layer)
+            selector.pin(found.index if found is not None else len(track.layers) - 1)
+        if size is not None:
+            selector.set_rendered_size(track.layers, *size)
+        if enabled is not None:
+            selector.set_enabled(enabled)
+        return SubscriptionSettings(track.layers[selector.max_layer].rid, selector.enabled)
 
     def track_paused(self, sid: str, track_sid: str, paused: bool) -> None:
         if self.listener is not None:
@@ -373,8 +412,6 @@ class Router:
     def on_timer(self, now_ms: float) -> None:
         for participant in list(self.participants.values()):
             participant.on_timer(now_ms)
-            for down in participant.subscriber.down_tracks.values():
-                self.layer_policy(down, now_ms)
         if now_ms >= self._next_speakers_ms:
             self._next_speakers_ms = now_ms + SPEAKER_INTERVAL_MS
             self._update_speakers(now_ms)
@@ -385,8 +422,9 @@ class Router:
     def _update_dynacast(self, now_ms: float) -> None:
         """Pause simulcast layers nobody receives; resume them as soon as one is wanted.
 
-        A layer is wanted when some subscriber's allocation (`desired_layer`, within its
-        cap) or an internal sink (`wanted_layer`: a recording) reaches it. The lowest
+        A layer is wanted when some subscriber's allocation within its cap (its layer
+        selector's `wanted_layer`) or an internal sink (`wanted_layer`: a recording)
+        reaches it. The lowest
         layer always stays on: it is cheap and it is what a new or struggling
         subscriber starts from.
         """
@@ -395,8 +433,9 @@ class Router:
                 continue
             wanted = track.sink_layer  # internal sinks (the recorder) keep their layers on
             for down in track.down_tracks:
-                if down.active:
-                    wanted = max(wanted, min(down.desired_layer, down.max_layer))
+                layer = down.selector.wanted_layer
+                if layer is not None and layer > wanted:
+                    wanted = layer
             state = {}
             for layer in track.layers:
                 key = (track.sid, layer.index)
@@ -439,22 +478,3 @@ class Router:
         for sid in list(self.participants):
             self.remove_participant(sid)
 
-
-def default_layer_policy(down: DownTrack, now_ms: float) -> None:
-    """Best layer the publisher is actually sending, within the allocator's choice.
-
-    The allocator (per subscriber) decides how much each track may use
-    (`desired_layer`); this picks the best layer that is really arriving under that
-    cap, so a layer the publisher stopped sending (dynacast, its own congestion) is
-    left at once.
-    """
-    if not down.is_video or not down.track.simulcast or not down.enabled:
-        return
-    cap = min(down.max_layer, down.desired_layer)
-    live = down.track.available_layers(now_ms)
-    if not live:
-        return
-    available = [i for i in live if i <= cap]
-    best = max(available) if available else min(live)
-    if best != down.target_layer:
-        down.set_target_layer(best, now_ms)

@@ -8,7 +8,6 @@ bandwidth estimator) and sends sender reports.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from aiortc.rtp import RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket
@@ -156,20 +155,20 @@ class SubscriberPeer:
 
     def _transmit(self, packet: bytes, now_ms: float) -> int | None:
         """Stamp the transport-wide seq (at send time, for the estimator) and send."""
-        seq = None
+        stats = self.stats
+        stats.rtp_out += 1
+        stats.rtp_bytes_out += len(packet)
         twcc_id = self._twcc_id
         if twcc_id is not None and len(packet) > TWCC_OFFSET + 2 and packet[16] == (twcc_id << 4) | 1:
             self._twcc_seq += 1
             seq = self._twcc_seq
-            buf = bytearray(packet)
-            struct.pack_into("!H", buf, TWCC_OFFSET, seq & 0xFFFF)
-            packet = bytes(buf)
             self.send_history.on_sent(seq, now_ms, len(packet))
-        stats = self.stats
-        stats.rtp_out += 1
-        stats.rtp_bytes_out += len(packet)
+            # Stamped in the copy SRTP encrypts: `packet` (also in the RTX cache) keeps
+            # its placeholder.
+            self.transport.send_rtp(packet, TWCC_OFFSET, seq)
+            return seq
         self.transport.send_rtp(packet)
-        return seq
+        return None
 
     def _padding_packet(self, size: int) -> bytes | None:
         """A probe packet on an RTX SSRC, as Chrome does: a recent full-size video packet
@@ -260,8 +259,15 @@ class SubscriberPeer:
 
     # -- timers ----------------------------------------------------------------------
     def on_timer(self, now_ms: float) -> None:
-        if self.transport.srtp is None:
-            return
+        if self.transport.srtp is not None:
+            self._on_connected_timer(now_ms)
+        # After the allocation, each track targets the best layer the publisher sends
+        # within it (also before the transport is up: the first keyframe asked for at
+        # connection is then the right layer's).
+        for down in self.down_tracks.values():
+            down.select_layer(now_ms)
+
+    def _on_connected_timer(self, now_ms: float) -> None:
         for down in self.down_tracks.values():
             down.on_timer(now_ms)
         if now_ms >= self._next_alloc_ms:
@@ -285,7 +291,8 @@ class SubscriberPeer:
         tracks: list[AllocTrack] = []
         for sid, down in self.down_tracks.items():
             track = down.track
-            if not down.enabled:
+            selector = down.selector
+            if not selector.enabled:
                 continue  # hidden by the subscriber: its share goes to the others
             if track.kind == "audio":
                 tracks.append(AllocTrack(sid, "audio", PRIO_AUDIO, [AUDIO_BPS], 0, 0))
@@ -296,14 +303,13 @@ class SubscriberPeer:
                 prio = PRIO_SPEAKER
             else:
                 prio = PRIO_VIDEO
-            current = None if down.paused else down.desired_layer
-            tracks.append(AllocTrack(sid, "video", prio, track.layer_bitrates(now_ms), down.max_layer, current))
+            current = None if selector.paused else selector.allocated
+            prices = track.update_layer_prices(now_ms)
+            tracks.append(AllocTrack(sid, "video", prio, prices, selector.max_layer, current))
         if budget is None:
             for down in self.down_tracks.values():
-                if not down.enabled:
-                    continue
-                down.desired_layer = down.max_layer
-                self._set_paused(down, False)
+                if down.selector.enabled:
+                    self._allocate(down, down.selector.max_layer)
             return
         self._allocated_budget = budget
         allocation = self.allocator.allocate(budget, tracks, now_ms)
@@ -312,17 +318,13 @@ class SubscriberPeer:
             self.estimator.set_desired_bps(allocation.wanted_bps * DESIRED_HEADROOM)
         for sid, layer in allocation.layers.items():
             down = self.down_tracks[sid]
-            if not down.is_video:
-                continue
-            if layer is None:
-                self._set_paused(down, True)
-            else:
-                down.desired_layer = layer
-                self._set_paused(down, False)
+            if down.is_video:
+                self._allocate(down, layer)
 
-    def _set_paused(self, down: DownTrack, paused: bool) -> None:
-        if down.set_paused(paused) and self.on_track_paused is not None:
-            self.on_track_paused(down.track.sid, paused)
+    def _allocate(self, down: DownTrack, layer: int | None) -> None:
+        """Give `down` its layer (None: pause it); a pause or resume is told."""
+        if down.selector.set_allocation(layer) and self.on_track_paused is not None:
+            self.on_track_paused(down.track.sid, layer is None)
 
     def bwe_stats(self, now_ms: float) -> dict[str, object]:
         out: dict[str, object] = {"estimate_bps": self.estimate_bps(now_ms)}

@@ -1,9 +1,10 @@
 """Publisher-side receive statistics for one SSRC (RFC 3550 appendix A.1, A.3, A.8).
 
-Feed only primary-stream packets (not RTX): loss then reflects the network, as the
-RR the publisher's congestion control reads expects. Duplicates are recognised in a
-window of recent seqs and not counted twice, so ``cumulative_lost`` never goes
-negative because of a duplicating link.
+Feed primary-stream packets and RTX repairs once unwrapped (a repair fills its gap):
+loss then reflects the network, as the RR the publisher's congestion control reads
+expects. This is the receive path's one duplicate filter: a seq seen within the last
+``DUP_WINDOW`` is not counted twice (``cumulative_lost`` never goes negative because
+of a duplicating link) and ``on_packet`` returns None for it, so the caller drops it.
 
 Per packet: one unwrap, a ring-slot check, a few float operations, a bucketed rate
 add; no allocation.
@@ -18,7 +19,8 @@ from media.wire.seqnum import SEQ_MOD, Unwrapper
 
 __all__ = ["RtpStreamRecv"]
 
-_DUP_WINDOW = 1024  # seqs remembered for duplicate detection (power of two)
+# Seqs remembered for duplicate detection (a power of two): seconds of video at 1 Mbit/s.
+DUP_WINDOW = 2048
 
 
 class RtpStreamRecv:
@@ -58,7 +60,7 @@ class RtpStreamRecv:
         self._unwrapper = Unwrapper(SEQ_MOD)
         self._base: int | None = None
         self._max = 0
-        self._seen: list[int] = [-1] * _DUP_WINDOW
+        self._seen: list[int] = [-1] * DUP_WINDOW
         self._ts_per_ms = clock_rate / 1000.0
         self._last_arrival_ms = 0.0
         self._last_rtp_ts = 0
@@ -79,19 +81,20 @@ class RtpStreamRecv:
 
     # -- forward plane -------------------------------------------------------------
 
-    def on_packet(self, seq: int, rtp_ts: int, arrival_ms: float, size: int) -> int:
-        """Account one packet; returns its extended seq (for the NACK log, TWCC...)."""
+    def on_packet(self, seq: int, rtp_ts: int, arrival_ms: float, size: int) -> int | None:
+        """Account one packet; returns its extended seq (for the NACK log, forwarding),
+        or None when it is a duplicate of one already accounted."""
         ext = self._unwrapper.unwrap(seq)
         base = self._base
         if base is None:
             self._base = self._max = ext
-            self._seen[ext & (_DUP_WINDOW - 1)] = ext
+            self._seen[ext & (DUP_WINDOW - 1)] = ext
             self._last_arrival_ms = arrival_ms
             self._last_rtp_ts = rtp_ts
             self._loss_snap_ms = arrival_ms
             self._count(size, arrival_ms)
             return ext
-        slot = ext & (_DUP_WINDOW - 1)
+        slot = ext & (DUP_WINDOW - 1)
         if ext > self._max:
             self._seen[slot] = ext
             # RFC 3550 A.8, on in-order packets (reordered ones would add their
@@ -105,10 +108,10 @@ class RtpStreamRecv:
             self._last_arrival_ms = arrival_ms
             self._last_rtp_ts = rtp_ts
             self._max = ext
-        elif self._max - ext < _DUP_WINDOW:
+        elif self._max - ext < DUP_WINDOW:
             if self._seen[slot] == ext:
                 self.duplicates += 1
-                return ext
+                return None
             self._seen[slot] = ext
             if ext < base:
                 self._base = ext

@@ -3,13 +3,23 @@
 One outbound and one inbound libsrtp session per transport. The inbound policy uses
 `ssrc_any_inbound` because a simulcast publisher's SSRCs are only learned from RTP
 (DESIGN §8). This sits on the hot path (DESIGN §3): the methods do nothing but call into
-libsrtp and translate its errors.
+libsrtp and translate its errors. `protect` writes the packet straight into the
+session's libsrtp buffer (pylibsrtp's binding), so a forwarded packet is copied once
+after the DownTrack built it, and the transport-wide seq is stamped in that buffer.
 """
 
 from __future__ import annotations
 
+import struct
+
 import pylibsrtp
 from pylibsrtp import Policy, Session
+
+try:
+    from pylibsrtp._binding import ffi as _ffi
+    from pylibsrtp._binding import lib as _lib
+except ImportError:  # a pylibsrtp without its cffi binding module: public API only
+    _ffi = _lib = None
 
 # Profile names as negotiated by DTLS-SRTP (RFC 5764 / RFC 7714), in OpenSSL's spelling.
 SRTP_AEAD_AES_128_GCM = "SRTP_AEAD_AES_128_GCM"
@@ -82,22 +92,62 @@ def _session(profile: str, key_salt: bytes, ssrc_type: int) -> Session:
     return Session(policy)
 
 
+def _status_text(status: int) -> str:
+    errors = getattr(pylibsrtp, "ERRORS", ())
+    return errors[status] if 0 <= status < len(errors) else f"libsrtp status {status}"
+
+
+_SEQ = struct.Struct("!H")
+_TRAILER_ROOM = 144  # libsrtp's SRTP_MAX_TRAILER_LEN: what protect may append
+
+
 class SrtpContext:
     """Protects what this side sends and unprotects what the peer sends."""
 
-    __slots__ = ("profile", "_tx", "_rx")
+    __slots__ = ("profile", "_tx", "_rx", "_direct", "_len")
 
     def __init__(self, profile: str, tx_key_salt: bytes, rx_key_salt: bytes) -> None:
         self.profile = profile
         self._tx = _session(profile, tx_key_salt, Policy.SSRC_ANY_OUTBOUND)
         self._rx = _session(profile, rx_key_salt, Policy.SSRC_ANY_INBOUND)
+        tx = self._tx
+        # (srtp_t, char[] buffer, buffer view) of the outbound session, when reachable.
+        self._direct = None
+        self._len = None
+        if _lib is not None and all(hasattr(tx, a) for a in ("_srtp", "_cdata", "_buffer")):
+            self._direct = (tx._srtp, tx._cdata, tx._buffer)  # type: ignore[attr-defined]
+            self._len = _ffi.new("int *")
 
-    def protect(self, rtp: bytes) -> bytes:
-        """Encrypt and authenticate one RTP packet for sending."""
-        try:
-            return self._tx.protect(rtp)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise SrtpError(f"SRTP protect failed: {exc}") from None
+    def protect(self, rtp: bytes, seq_at: int = 0, seq: int = 0) -> bytes:
+        """Encrypt and authenticate one RTP packet for sending.
+
+        `seq_at` > 0: the 16-bit `seq` is written at that byte first (the transport-wide
+        sequence number, assigned at send time), in the copy libsrtp encrypts; `rtp`
+        itself is left as it is.
+        """
+        direct = self._direct
+        if direct is None:
+            if seq_at:
+                buf = bytearray(rtp)
+                _SEQ.pack_into(buf, seq_at, seq & 0xFFFF)
+                rtp = bytes(buf)
+            try:
+                return self._tx.protect(rtp)
+            except (pylibsrtp.Error, ValueError, TypeError) as exc:
+                raise SrtpError(f"SRTP protect failed: {exc}") from None
+        srtp, cdata, buffer = direct
+        n = len(rtp)
+        if n > len(buffer) - _TRAILER_ROOM:
+            raise SrtpError("SRTP protect failed: packet is too long")
+        buffer[0:n] = rtp
+        if seq_at:
+            _SEQ.pack_into(buffer, seq_at, seq & 0xFFFF)
+        length = self._len
+        length[0] = n
+        status = _lib.srtp_protect(srtp[0], cdata, length)
+        if status:
+            raise SrtpError(f"SRTP protect failed: {_status_text(status)}")
+        return buffer[0 : length[0]]
 
     def protect_rtcp(self, rtcp: bytes) -> bytes:
         """Encrypt and authenticate one (compound) RTCP packet for sending."""

@@ -60,8 +60,6 @@ class WebRtcTransport:
         self.remote_addr: Addr | None = None
         self.state = "new"  # new | connecting | connected | failed | closed
         self.drops: Counter[str] = Counter()
-        self.packets_out = 0
-        self.bytes_out = 0
         self._armed = False  # remote description known: start the connect timeout
         self._created_ms: float | None = None
         mux.register(ufrag, self)
@@ -138,18 +136,18 @@ class WebRtcTransport:
             self.drops["srtp_auth"] += 1
 
     # -- to the peer ---------------------------------------------------------------
-    def send_rtp(self, packet: bytes) -> None:
+    def send_rtp(self, packet: bytes, seq_at: int = 0, seq: int = 0) -> None:
+        """Protect and send; `seq_at` > 0 stamps the 16-bit `seq` at that byte of what
+        is sent (the transport-wide seq, see `SrtpContext.protect`)."""
         srtp = self.srtp
         addr = self.remote_addr
         if srtp is None or addr is None:
             return
         try:
-            data = srtp.protect(packet)
+            data = srtp.protect(packet, seq_at, seq)
         except SrtpError:
             self.drops["srtp_protect"] += 1
             return
-        self.packets_out += 1
-        self.bytes_out += len(data)
         self.mux.sendto(data, addr)
 
     def send_rtcp(self, packet: bytes) -> None:

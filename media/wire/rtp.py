@@ -25,6 +25,7 @@ _REWRITE_B1 = struct.Struct("!BHII")
 _pack_rewrite = _REWRITE.pack_into
 _pack_rewrite_b1 = _REWRITE_B1.pack_into
 _U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 _EXT_HDR = struct.Struct("!HH")
 
 ERR_SHORT = "RTP packet length is less than 12 bytes"
@@ -302,6 +303,38 @@ def build_rtp(
     return b"".join((head, block, payload))
 
 
+def build_rtp_view(
+    *,
+    payload_type: int,
+    seq: int,
+    timestamp: int,
+    ssrc: int,
+    payload: bytes | bytearray | memoryview,
+    marker: bool = False,
+) -> RtpView:
+    """A packet without extensions or CSRCs (a repaired or rebuilt one), built and
+    returned as its view: its offsets are known, so it is not parsed again."""
+    b1 = (0x80 if marker else 0) | (payload_type & 0x7F)
+    seq &= 0xFFFF
+    timestamp &= 0xFFFFFFFF
+    ssrc &= 0xFFFFFFFF
+    buf = b"".join((_HDR12.pack(0x80, b1, seq, timestamp, ssrc), payload))
+    v: RtpView = _new_view(RtpView)
+    v.buf = buf
+    v.payload_type = payload_type & 0x7F
+    v.marker = marker
+    v.seq = seq
+    v.timestamp = timestamp
+    v.ssrc = ssrc
+    v.csrc_count = 0
+    v.ext_profile = 0
+    v.ext_start = -1
+    v.ext_end = -1
+    v.payload_start = RTP_HEADER_LENGTH
+    v.payload_end = len(buf)
+    return v
+
+
 def rewrite_header(
     buf: bytearray,
     *,
@@ -328,18 +361,17 @@ def wrap_rtx(
 ) -> bytes:
     """RFC 4588 retransmission: original seq (OSN) prepended to the payload.
 
-    The header (CSRCs, extensions, marker, timestamp) is kept; padding is dropped.
+    The header (CSRCs, extensions, marker, timestamp) is kept; padding is dropped. The
+    payload is copied once.
     """
     view = packet if isinstance(packet, RtpView) else parse_rtp(packet)
-    buf = view.buf
-    out = bytearray(buf[: view.payload_start])
-    out[0] &= 0xDF  # no padding in the RTX packet
-    out[1] = (out[1] & 0x80) | (payload_type & 0x7F)
-    _U16.pack_into(out, 2, seq & 0xFFFF)
-    struct.pack_into("!I", out, 8, ssrc & 0xFFFFFFFF)
-    out += _U16.pack(view.seq)
-    out += buf[view.payload_start : view.payload_end]
-    return bytes(out)
+    buf = memoryview(view.buf)
+    head = bytearray(buf[: view.payload_start])
+    head[0] &= 0xDF  # no padding in the RTX packet
+    head[1] = (head[1] & 0x80) | (payload_type & 0x7F)
+    _U16.pack_into(head, 2, seq & 0xFFFF)
+    _U32.pack_into(head, 8, ssrc & 0xFFFFFFFF)
+    return b"".join((head, _U16.pack(view.seq), buf[view.payload_start : view.payload_end]))
 
 
 def unwrap_rtx(view: RtpView) -> tuple[int, memoryview]:
