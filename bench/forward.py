@@ -7,7 +7,7 @@ and server RSS. Aim: under 15 µs per forwarded packet".
 
 Ferry runs as its own process (``python -m signaling.cli serve``) so its CPU time can be
 read from ``/proc/<pid>/stat`` without counting the clients. The clients are
-:class:`signaling.lite_client.LiteClient` (Ferry's own cores, not aiortc, which costs
+:class:`clients.lite.LiteClient` (Ferry's own cores, not aiortc, which costs
 ~50-100 µs per packet and could not play 50 subscribers) in this process under uvloop.
 Each subscriber behaves like a browser: it sends transport-wide CC feedback every 50 ms,
 receiver reports every second and NACKs for gaps, so the server figure includes the RTCP
@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip  # noqa: E402
 from media.wire.rtp import build_rtp, parse_rtp  # noqa: E402
 from signaling.auth import generate_dev_keys, mint_token  # noqa: E402
-from signaling.lite_client import LiteClient, encode_opus_clip, encode_vp8_clip  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VIDEO = {"width": 640, "height": 360, "frames": 150, "bitrate": 1_000_000, "keyframe_interval": 60}

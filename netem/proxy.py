@@ -100,6 +100,15 @@ class UdpProxy:
         self.listen = transport.get_extra_info("sockname")[:2]
         return self.listen
 
+    def route(self, target: Addr) -> Addr:
+        """Forward to ``target`` from now on; returns the address to send to instead.
+
+        A client that takes where to send from its peer's description (a LiteClient's
+        ``candidate_rewrite``) passes through the proxy this way.
+        """
+        self.target = target
+        return self.listen
+
     async def close(self) -> None:
         """Idempotent."""
         for client in list(self.clients.values()):

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clients.chromium import CHROMIUM_ARGS
 from netem.turn import TurnRelay
 from qa.scenario import ParticipantSpec, Scenario
-from signaling.chromium import CHROMIUM_ARGS
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
 import zlib
@@ -105,8 +104,8 @@ class FerryParticipant(Participant):
     kind = "ferry"
 
     async def start(self) -> None:
-        from signaling.client import FerryClient
-        from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
+        from clients.client import FerryClient
+        from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
 
         self.client = FerryClient(
             turn_url=self.ctx.turn_url,
@@ -226,42 +225,11 @@ class ChromiumParticipant(Participant):
             await self.context.close()
 
 
-_LITE_REMOTE: contextvars.ContextVar[Any] = contextvars.ContextVar("qa_lite_remote",
-                                                                    default=None)
-
-
-def _install_lite_redirect() -> None:
-    """Route a LiteClient's media through the UdpProxy of the participant it belongs to.
-
-    Why: ``LiteClient`` has no TURN client; it sends to the first UDP candidate of
-    Ferry's SDP. We wrap that lookup: inside a participant's task (a ContextVar set
-    before ``connect``/``publish``, inherited by the client's offer-worker task) the
-    candidate becomes the participant's proxy, whose target is set to the real one.
-    Outside a scenario the wrapper passes through unchanged.
-    """
-    from signaling import lite_client
-
-    current = lite_client._first_udp_candidate
-    if getattr(current, "_qa", False):
-        return
-
-    def redirect(candidates: Any) -> Any:
-        addr = current(candidates)
-        proxy = _LITE_REMOTE.get()
-        if proxy is None or addr is None:
-            return addr
-        proxy.target = addr
-        return proxy.listen
-
-    redirect._qa = True  # type: ignore[attr-defined]
-    lite_client._first_udp_candidate = redirect
-
-
 LITE_LAYERS = ((160, 120, 120_000), (320, 240, 350_000), (640, 480, 900_000))
 
 
 class LiteParticipant(Participant):
-    """Ferry's own cheap endpoint (``signaling.lite_client.LiteClient``).
+    """Ferry's own cheap endpoint (``clients.lite.LiteClient``).
 
     It publishes pre-encoded simulcast VP8 (three layers, so Ferry's layer selection
     has something to choose from) and receives without decoding; a "frame" here is a
@@ -272,17 +240,16 @@ class LiteParticipant(Participant):
     kind = "lite"
 
     async def start(self) -> None:
+        from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip
         from netem.proxy import UdpProxy
-        from signaling.lite_client import LiteClient, encode_opus_clip, encode_vp8_clip
 
-        _install_lite_redirect()
         seed = self.ctx.options.seed if self.ctx.options.seed is not None else self.ctx.scenario.seed
         self.proxy = UdpProxy(("127.0.0.1", 0), ("127.0.0.1", 9), self.spec.link.up,
                               self.spec.link.down, seed=zlib.crc32(f"{seed}/{self.name}".encode()))
         await self.proxy.start()
-        _LITE_REMOTE.set(self.proxy)
         self.tracker = SeqTracker()
-        self.client = LiteClient(connect_timeout=self.ctx.options.connect_timeout_s, name=self.name)
+        self.client = LiteClient(connect_timeout=self.ctx.options.connect_timeout_s, name=self.name,
+                                 candidate_rewrite=self.proxy.route)
         await self.client.connect(self.ctx.ws_url)
         await self.client.join(self.ctx.token(self.name, self.spec),
                                auto_subscribe=self.spec.subscribe)
@@ -350,16 +317,16 @@ class LiteParticipant(Participant):
 
 
 def lite_available() -> bool:
-    """True when ``signaling.lite_client`` exists (a trimmed install may leave it out).
+    """True when ``clients.lite`` exists (a trimmed install may leave it out).
 
     Only the module itself being absent counts as "not available": any other import
     error (a syntax error, a missing name, a broken dependency) propagates, so a broken
     client fails the run and its tests instead of silently falling back or skipping.
     """
     try:
-        from signaling.lite_client import LiteClient  # noqa: F401
+        from clients.lite import LiteClient  # noqa: F401
     except ModuleNotFoundError as exc:
-        if exc.name == "signaling.lite_client":
+        if exc.name == "clients.lite":
             return False
         raise
     return True

@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from signaling.chromium import CHROMIUM_ARGS
-from signaling.chromium import CHROMIUM_PATH as CHROMIUM
+from clients.chromium import CHROMIUM_ARGS
+from clients.chromium import CHROMIUM_PATH as CHROMIUM
 
 needs_chromium = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (apt-get install chromium)"

@@ -15,7 +15,7 @@
 How the network is put in place: browsers reach Ferry through netem's TURN relay
 (relay-only ICE, the TURN username picks the profile); ``LiteClient`` has no TURN
 client, so its subscriber transport is pointed at a ``UdpProxy`` (the proxy replaces
-Ferry's candidate, see ``_redirect``). A "frame" on a LiteClient subscriber is a video
+Ferry's candidate: ``candidate_rewrite=proxy.route``). A "frame" on a LiteClient subscriber is a video
 packet carrying the RTP marker bit (the last packet of a frame), original or RTX.
 
 Every test prints one ``ADAPTIVE {...}`` JSON line with the figures it measured
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import os
 import time
@@ -36,11 +35,10 @@ from typing import Any
 
 import pytest
 
+from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip
 from netem.proxy import UdpProxy
 from netem.turn import TurnRelay
-from signaling import lite_client
 from signaling.app import FerryServer
-from signaling.lite_client import LiteClient, encode_opus_clip, encode_vp8_clip
 
 from .browser import chromium, needs_chromium
 from .conftest import wait_until
@@ -49,9 +47,6 @@ FPS = 15
 # Clip layers (width, height, target bit/s): measured ~90k / ~310k / ~1 Mbit/s.
 LITE_LAYERS = ((160, 90, 120_000), (320, 180, 350_000), (640, 360, 1_000_000))
 FREEZE_S = 0.5
-
-_PROXY: contextvars.ContextVar[UdpProxy | None] = contextvars.ContextVar("adaptive_proxy", default=None)
-
 
 def report(name: str, **figures: Any) -> None:
     print("ADAPTIVE " + json.dumps({"test": name, **figures}, default=_round))
@@ -68,27 +63,6 @@ SMALL_LAYERS = ((160, 90, 60_000), (320, 180, 150_000), (640, 360, 400_000))
 def lite_clips(layers: tuple[tuple[int, int, int], ...] = LITE_LAYERS) -> list[list[bytes]]:
     # 2 s loops, one keyframe per loop: a switch relies on Ferry's PLI, not on luck.
     return [encode_vp8_clip(w, h, 2 * FPS, br, keyframe_interval=2 * FPS, fps=FPS) for w, h, br in layers]
-
-
-@pytest.fixture
-def redirect(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let a LiteClient created inside ``_PROXY.set(proxy)`` reach Ferry through ``proxy``.
-
-    ``LiteClient`` sends to the first UDP candidate of Ferry's SDP; the subscriber's SDP
-    is handled by the client's offer worker task, which inherits the context of
-    ``connect``. Publishers connected outside that context go straight to Ferry.
-    """
-    original = lite_client._first_udp_candidate
-
-    def first_candidate(candidates: Any) -> Any:
-        addr = original(candidates)
-        proxy = _PROXY.get()
-        if proxy is None or addr is None:
-            return addr
-        proxy.target = addr
-        return proxy.listen
-
-    monkeypatch.setattr(lite_client, "_first_udp_candidate", first_candidate)
 
 
 class FrameLog:
@@ -237,13 +211,9 @@ async def lite_subscriber(
     """A LiteClient subscriber whose media crosses a UdpProxy with links ``up``/``down``."""
     proxy = UdpProxy(("127.0.0.1", 0), ("127.0.0.1", 9), up, down, seed=4)
     await proxy.start()
-    client = LiteClient(name=identity, connect_timeout=10.0)
+    client = LiteClient(name=identity, connect_timeout=10.0, candidate_rewrite=proxy.route)
     try:
-        token = _PROXY.set(proxy)
-        try:
-            await client.connect(server.ws_url)
-        finally:
-            _PROXY.reset(token)
+        await client.connect(server.ws_url)
         await client.join(server.token(room, identity))
         yield client, proxy
     finally:
@@ -278,7 +248,7 @@ HIGH = "delay 20ms rate 2500kbit limit 128kb"
 LOW = "delay 20ms rate 500kbit limit 64kb"  # 64 KiB at 500 kbit/s: up to ~1 s of queue
 
 
-async def test_capacity_steps_switch_down_and_recover(server: FerryServer, redirect: None) -> None:
+async def test_capacity_steps_switch_down_and_recover(server: FerryServer) -> None:
     room = "steps"
     frames = FrameLog()
     pub = LiteClient(name="pub")
@@ -529,7 +499,7 @@ def video_track(router: Any) -> Any:
 
 @pytest.mark.browser
 @needs_chromium
-async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer, redirect: None) -> None:
+async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer) -> None:
     room = "simulcast"
     url = f"{server.http_url}/?room={room}&name=cam&autojoin=1"
     frames = {"slow": FrameLog(), "fast": FrameLog()}

@@ -12,8 +12,8 @@ import time
 import aiohttp
 import pytest
 
-from signaling.client import FerryClient, allow_loopback
-from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
+from clients.client import FerryClient, allow_loopback
+from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
 
 from .conftest import wait_until
 

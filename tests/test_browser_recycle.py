@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-from signaling.client import FerryClient, allow_loopback
-from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
+from clients.client import FerryClient, allow_loopback
+from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
 
 from .browser import chromium, needs_chromium, open_page
 

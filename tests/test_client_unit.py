@@ -26,19 +26,19 @@ from aiohttp import WSMsgType, web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from signaling.chromium import CHROMIUM_ARGS, CHROMIUM_PATH
-from signaling.client import (
+from clients.chromium import CHROMIUM_ARGS, CHROMIUM_PATH
+from clients.client import (
     FerryClient,
     FerryError,
     RequestTimeout,
     allow_loopback,
-    parse_media_sections,
 )
-from signaling.media_sources import (
+from clients.media_sources import (
     TestPatternVideoTrack,
     ToneAudioTrack,
     read_pattern_counter,
 )
+from signaling.sdp import parse_media_sections
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 CHROMIUM = CHROMIUM_PATH
@@ -554,7 +554,7 @@ async def test_publish_and_subscribe_through_fake_sfu(media_server: FakeFerry) -
 async def test_cli_register_parses_join() -> None:
     import argparse
 
-    from signaling import client as client_mod
+    from clients import cli as client_mod
 
     parser = argparse.ArgumentParser(prog="ferry")
     sub = parser.add_subparsers(dest="command")

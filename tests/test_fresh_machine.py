@@ -41,7 +41,7 @@ except OSError:
     system_usable = False
 from media.audio.opus_loader import find_libopus
 from media.audio.decode_path import AudioDecodePath
-from signaling.lite_client import encode_opus_clip
+from clients.lite import encode_opus_clip
 path = AudioDecodePath(sample_rate=48000, channels=1)
 for i, payload in enumerate(encode_opus_clip(1.0)):
     path.put(i, i * 960, payload, i * 20.0)

@@ -15,8 +15,9 @@ import json
 
 import pytest
 
-from signaling.client import FerryClient, allow_loopback, run_join
-from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
+from clients.cli import run_join
+from clients.client import FerryClient, allow_loopback
+from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
 
 
 @pytest.fixture(autouse=True)

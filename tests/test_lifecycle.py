@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import aiohttp
 
+from clients.client import FerryClient, allow_loopback
+from clients.media_sources import ToneAudioTrack
 from signaling.app import FerryServer
-from signaling.client import FerryClient, allow_loopback
-from signaling.media_sources import ToneAudioTrack
 
 from .conftest import make_config, wait_until
 

@@ -11,18 +11,17 @@ import asyncio
 
 import pytest
 
-from signaling import sdp
-from signaling.app import FerryServer
-from signaling.client import FerryClient, allow_loopback
-from signaling.lite_client import (
+from clients.client import FerryClient, allow_loopback
+from clients.lite import (
     LiteClient,
     RecvCounters,
-    build_publisher_offer,
-    build_subscriber_answer,
     encode_opus_clip,
     encode_vp8_clip,
     is_vp8_keyframe,
 )
+from signaling import sdp
+from signaling.app import FerryServer
+from signaling.sdp import build_publisher_offer, build_subscriber_answer
 from tests.conftest import wait_until
 
 LAYERS = ((160, 90, 60_000), (320, 180, 150_000), (640, 360, 400_000))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
+from clients.client import FerryClient, allow_loopback
+from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
 from media.wire.rtp import parse_rtp
-from signaling.client import FerryClient, allow_loopback
-from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
 
 
 class LossyLeg:

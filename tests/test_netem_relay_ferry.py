@@ -22,9 +22,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from clients.client import FerryClient
+from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
 from netem.turn import TurnRelay
-from signaling.client import FerryClient
-from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
 
 from .browser import chromium, needs_chromium, open_page
 from .conftest import wait_until

@@ -78,11 +78,11 @@ def test_lite_client_is_available_and_a_broken_import_raises(
     """The LiteClient ships with Ferry: its tests run rather than skip, and an import
     that breaks must fail loudly, not read as "client not installed"."""
     assert lite_available()
-    broken = types.ModuleType("signaling.lite_client")  # imports, but has no LiteClient
-    monkeypatch.setitem(sys.modules, "signaling.lite_client", broken)
+    broken = types.ModuleType("clients.lite")  # imports, but has no LiteClient
+    monkeypatch.setitem(sys.modules, "clients.lite", broken)
     with pytest.raises(ImportError, match="LiteClient"):
         lite_available()
-    monkeypatch.setitem(sys.modules, "signaling.lite_client", None)  # module absent
+    monkeypatch.setitem(sys.modules, "clients.lite", None)  # module absent
     assert lite_available() is False
 
 

@@ -15,10 +15,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from clients.channel import FerryError
+from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip
 from recorder import manifest as mf
 from recorder import mux
 from signaling.app import FerryServer
-from signaling.lite_client import FerryError, LiteClient, encode_opus_clip, encode_vp8_clip
 
 from .conftest import make_config, wait_until
 from .recorder_media import decode_count, probe

@@ -22,9 +22,9 @@ import aiohttp
 import av
 import pytest
 
+from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip
 from recorder import manifest as mf
 from signaling.auth import mint_token
-from signaling.lite_client import LiteClient, encode_opus_clip, encode_vp8_clip
 
 from .recorder_media import decode_count, probe
 

@@ -13,9 +13,9 @@ import random
 import time
 from pathlib import Path
 
+from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip
 from recorder import manifest as mf
 from signaling.app import FerryServer
-from signaling.lite_client import LiteClient, encode_opus_clip, encode_vp8_clip
 
 from .conftest import make_config, wait_until
 from .recorder_media import decode_count, probe

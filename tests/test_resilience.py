@@ -3,8 +3,8 @@
 Everything runs on 127.0.0.1 with seeded netem links:
 
 * LiteClients are put behind a netem ``UdpProxy`` (one per leg) by rewriting the
-  candidate they take from Ferry's SDP (``_route_lite``), so every datagram of that
-  peer connection (STUN, DTLS, RTP, RTCP) crosses the emulated link both ways;
+  candidate they take from Ferry's SDP (``candidate_rewrite=proxy.route``), so every
+  datagram of that peer connection (STUN, DTLS, RTP, RTCP) crosses the emulated link both ways;
 * Chromium is put behind netem's TURN relay (relay-only ICE, the profile picked by the
   TURN username).
 
@@ -18,7 +18,6 @@ retransmitted late, or rebuilt from RED). Each test prints its figures (``-s``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -28,51 +27,23 @@ from typing import Any
 import aiohttp
 import pytest
 
+from clients.client import FerryClient, allow_loopback
+from clients.lite import (
+    LiteClient,
+    LiteSubscriber,
+    encode_opus_clip,
+    encode_vp8_clip,
+)
+from clients.lite import client as lite_client
 from media.wire.red import parse_red
 from media.wire.rtp import parse_rtp
 from netem.proxy import UdpProxy
 from netem.turn import TurnRelay
-from signaling import lite_client
 from signaling.app import FerryServer
-from signaling.client import FerryClient, allow_loopback
-from signaling.lite_client import (
-    LiteClient,
-    LiteSubscriber,
-    LiteTransport,
-    encode_opus_clip,
-    encode_vp8_clip,
-)
 from tests.browser import chromium, needs_chromium, open_page
 from tests.conftest import wait_until
 
-Addr = tuple[str, int]
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-@contextmanager
-def _route_lite(routes: dict[str, Addr]) -> Iterator[None]:
-    """Send the named LiteClient transports to ``routes[name]`` instead of Ferry.
-
-    A LiteTransport connects its socket to the first candidate of Ferry's SDP; here the
-    candidate is swapped for a proxy's listen address (names are ``"<client>/pub"`` and
-    ``"<client>/sub"``). Ferry learns the proxy's upstream address from the ICE checks.
-    """
-    original = LiteTransport.set_remote
-
-    def set_remote(self: LiteTransport, remote: Any) -> None:
-        addr = routes.get(self.name)
-        if addr is not None:
-            cand = f"1 1 udp 2130706431 {addr[0]} {addr[1]} typ host"
-            remote = dataclasses.replace(remote, candidates=[cand])
-        original(self, remote)
-
-    LiteTransport.set_remote = set_remote  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        LiteTransport.set_remote = original  # type: ignore[method-assign]
 
 
 async def _proxy(server: FerryServer, up: str, down: str, seed: int) -> UdpProxy:
@@ -210,16 +181,15 @@ async def test_video_through_10pct_loss_both_legs(server: FerryServer) -> None:
     clip = encode_vp8_clip(640, 360, 60, 500_000, keyframe_interval=60)
     up = await _proxy(server, VIDEO_LOSS, VIDEO_LOSS, seed=51)
     down = await _proxy(server, VIDEO_LOSS, VIDEO_LOSS, seed=52)
-    pub = LiteClient(name="vpub")
-    sub = LiteClient(name="vsub")
+    pub = LiteClient(name="vpub", candidate_rewrite=up.route)
+    sub = LiteClient(name="vsub", candidate_rewrite=down.route)
     try:
-        with _route_lite({"vpub/pub": up.listen, "vsub/sub": down.listen}):
-            await sub.connect(server.ws_url)
-            await sub.join(server.token("loss10", "sub"))
-            await pub.connect(server.ws_url)
-            await pub.join(server.token("loss10", "pub"), auto_subscribe=False)
-            await pub.publish_vp8(clip, simulcast_rids=None)
-            subscriber = await _wait_subscriber(sub)
+        await sub.connect(server.ws_url)
+        await sub.join(server.token("loss10", "sub"))
+        await pub.connect(server.ws_url)
+        await pub.join(server.token("loss10", "pub"), auto_subscribe=False)
+        await pub.publish_vp8(clip, simulcast_rids=None)
+        subscriber = await _wait_subscriber(sub)
         (counters,) = [c for c in subscriber.received.values() if c.kind == "video"]
         probe = _VideoProbe(counters.ssrc, counters.rtx_ssrc)
         _hook_rtp(subscriber, probe)
@@ -371,20 +341,19 @@ async def _red_run(
     tiny = encode_vp8_clip(160, 90, 30, 60_000, keyframe_interval=30)
     proxy = await _proxy(server, "", "loss 20%", seed=seed)
     pub = LiteClient(name=f"apub{tag}")
-    sub = LiteClient(name=f"asub{tag}")
+    sub = LiteClient(name=f"asub{tag}", candidate_rewrite=proxy.route)
     stats0 = server.engine.stats.as_dict()
     try:
-        with _route_lite({f"asub{tag}/sub": proxy.listen}):
-            await pub.connect(server.ws_url)
-            await pub.join(server.token(room, "pub"), auto_subscribe=False)
-            if publisher_red:
-                with _publisher_offers_red():
-                    await pub.publish_vp8(tiny, simulcast_rids=None, audio=encode_opus_clip(2.0))
-            else:
+        await pub.connect(server.ws_url)
+        await pub.join(server.token(room, "pub"), auto_subscribe=False)
+        if publisher_red:
+            with _publisher_offers_red():
                 await pub.publish_vp8(tiny, simulcast_rids=None, audio=encode_opus_clip(2.0))
-            await sub.connect(server.ws_url)
-            await sub.join(server.token(room, "sub"))
-            subscriber = await _wait_subscriber(sub)
+        else:
+            await pub.publish_vp8(tiny, simulcast_rids=None, audio=encode_opus_clip(2.0))
+        await sub.connect(server.ws_url)
+        await sub.join(server.token(room, "sub"))
+        subscriber = await _wait_subscriber(sub)
         (counters,) = [c for c in subscriber.received.values() if c.kind == "audio"]
         offered = sorted(set(counters.payload_types.values()))
         if add_red:

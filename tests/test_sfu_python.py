@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from signaling.client import FerryClient, allow_loopback
-from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
+from clients.client import FerryClient, allow_loopback
+from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
 
 
 @pytest.fixture(autouse=True)

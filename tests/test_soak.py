@@ -44,8 +44,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from clients.lite import LiteClient, RecvCounters, encode_opus_clip, encode_vp8_clip
 from signaling.auth import generate_dev_keys, mint_token
-from signaling.lite_client import LiteClient, RecvCounters, encode_opus_clip, encode_vp8_clip
 from tests.soak_server import growth
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,9 +14,9 @@ import random
 
 from media.ortc import MediaDescription
 from signaling import sdp
-from signaling.lite_client import build_subscriber_answer
 from signaling.protocol import MAX_MESSAGE_BYTES, MAX_RECOVERABLE_BYTES
 from signaling.rooms import ANSWER_RETRY_S, SUBSCRIBER_ANSWER_TIMEOUT_S, Participant, _same_media
+from signaling.sdp import build_subscriber_answer
 
 from .fakes import ManualClock, Vp8Layer, vp8_fields
 from .fuzz.harness import CLIENT_CERT, Conn, Stack, lite_offer

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from clients.channel import SignalingChannel
+from clients.client import FerryClient, allow_loopback
+from clients.lite import LiteClient
+from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
 from signaling.app import FerryServer
-from signaling.channel import SignalingChannel
-from signaling.client import FerryClient, allow_loopback
-from signaling.lite_client import LiteClient
-from signaling.media_sources import TestPatternVideoTrack, ToneAudioTrack
 
 from .conftest import make_config
 from .fuzz.harness import lite_offer

@@ -28,9 +28,9 @@ from media.transport.udp_mux import Addr, UdpMux
 from media.transport.webrtc_transport import WebRtcTransport
 from signaling import sdp
 from signaling.auth import TokenVerifier, mint_token
-from signaling.lite_client import build_publisher_offer, build_subscriber_answer
 from signaling.protocol import encode
 from signaling.rooms import RoomManager
+from signaling.sdp import build_publisher_offer, build_subscriber_answer
 from signaling.session import Session
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -44,7 +44,7 @@ from media.wire.rtp import (
     parse_rtp,
 )
 from signaling import sdp
-from signaling.lite_client import build_subscriber_answer
+from signaling.sdp import build_subscriber_answer
 
 from .harness import (
     CLIENT_CERT,

@@ -3,7 +3,7 @@
 Requests carry an ``id`` and are matched to their replies here; messages without an
 ``id`` are events, handed to one callback (awaited when it returns an awaitable).
 `FerryClient` (aiortc) and `LiteClient` (Ferry's own cores) differ in media, not in
-this.
+this (`clients.session.ClientSession` is what they share above it).
 """
 
 from __future__ import annotations
@@ -39,6 +39,14 @@ class FerryError(Exception):
 
 class RequestTimeout(FerryError, TimeoutError):
     """No reply with the request's id arrived in time (also a :class:`TimeoutError`)."""
+
+
+class ConnectTimeout(FerryError, TimeoutError):
+    """A peer connection did not reach ``connected`` in time.
+
+    aiortc stays in ``connecting`` forever when, for instance, a TURN relay refuses the
+    allocation, so every wait on connectivity is bounded and raises this.
+    """
 
 
 class SignalingChannel:

@@ -1,0 +1,197 @@
+"""What every Python client does above its media: the participant's signaling session.
+
+`ClientSession` owns the :class:`SignalingChannel` (``hello`` first, requests matched
+by ``id``), the join reply, the worker that answers ``subscriber_offer`` events one at
+a time, and teardown. `FerryClient` (aiortc) and `LiteClient` (Ferry's own cores)
+subclass it and add their media: how an offer is answered (:meth:`_answer_offer`),
+what closes with the session (:meth:`_close_media`) and what each event updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Self
+
+from .channel import FerryError, SignalingChannel
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+MAX_QUEUED_OFFERS = 64
+
+
+class ClientSession:
+    """One participant's signaling: connect, request, join, subscriber offers, leave.
+
+    Public state: ``url``, ``server_info`` (the ``hello`` reply), ``room`` and
+    ``participant`` (from the join reply), ``published`` (TrackInfo list of the last
+    ``publish`` reply), ``subscriber_version`` (the offer last answered) and
+    ``subscriber_errors`` (offers that could not be answered).
+    """
+
+    #: :meth:`wait_for` polls this often (seconds) unless told otherwise.
+    poll_interval = 0.05
+
+    def __init__(self, *, name: str, request_timeout: float, connect_timeout: float) -> None:
+        self.name = name
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.url: str | None = None
+        self.server_info: dict[str, Any] = {}
+        self.room: dict[str, Any] = {}
+        self.participant: dict[str, Any] = {}
+        self.published: list[dict[str, Any]] = []
+        self.subscriber_version: int | None = None
+        self.subscriber_errors: list[BaseException] = []
+        self._channel: SignalingChannel | None = None
+        self._offer_worker: asyncio.Task[None] | None = None
+        self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=MAX_QUEUED_OFFERS)
+        self._leaving = False
+        self._closed = False
+
+    # -- signaling -----------------------------------------------------------------------
+    async def connect(self, url: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Open the WebSocket and send ``hello``; returns (and keeps) its reply."""
+        self.url = url
+        t = timeout if timeout is not None else self.request_timeout
+        self._channel = SignalingChannel(
+            self._dispatch, request_timeout=self.request_timeout, name=self.name
+        )
+        await self._channel.open(url, timeout=t)
+        self._offer_worker = asyncio.ensure_future(self._process_offers())
+        self.server_info = await self.request("hello", version=PROTOCOL_VERSION, timeout=t)
+        return self.server_info
+
+    async def request(
+        self, msg_type: str, /, *, timeout: float | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Send a request and await the reply carrying the same ``id``.
+
+        Returns the reply (``ok: true``); raises :class:`FerryError` on ``ok: false``,
+        :class:`RequestTimeout` after ``timeout`` seconds (default ``request_timeout``)
+        and ``FerryError("closed")`` if the socket closes first.
+        """
+        if self._channel is None:
+            raise FerryError("closed", "not connected")
+        return await self._channel.request(msg_type, timeout=timeout, **fields)
+
+    def _dispatch(self, msg: dict[str, Any]) -> Any:
+        """An event from the server (replies are matched by the channel)."""
+        self._queue_offer(msg)
+
+    def _queue_offer(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") != "subscriber_offer":
+            return
+        try:
+            self._offers.put_nowait(msg)
+        except asyncio.QueueFull:  # the server serializes offers: cannot happen
+            logger.warning("%s: too many pending subscriber offers", self.name)
+
+    async def join(self, token: str, *, auto_subscribe: bool = True) -> dict[str, Any]:
+        """Send ``join``; returns the reply and records the room and this participant."""
+        reply = await self.request("join", token=token, auto_subscribe=auto_subscribe)
+        self.room = reply.get("room") or {}
+        self.participant = reply.get("participant") or {}
+        return reply
+
+    # -- subscribing ---------------------------------------------------------------------
+    async def _process_offers(self) -> None:
+        """Answer ``subscriber_offer`` events strictly one at a time, in arrival order.
+
+        Only the newest queued offer is answered: the server accepts an answer to its
+        latest offer only (it offers again when an answer is late), and each offer
+        describes the whole session; a ``conflict`` reply means a newer one is coming.
+        """
+        while True:
+            offer = await self._offers.get()
+            while not self._offers.empty():
+                offer = self._offers.get_nowait()
+            try:
+                await self._answer_offer(offer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                version = offer.get("version")
+                if isinstance(exc, FerryError) and exc.code == "conflict":
+                    logger.info("%s: subscriber offer v%s superseded", self.name, version)
+                    continue
+                # An offer racing our own leave/close is expected, not worth a warning.
+                closing = self._closed or self._leaving
+                closing = closing or (isinstance(exc, FerryError) and exc.code == "closed")
+                if closing:
+                    logger.debug("%s: subscriber offer v%s failed: %r", self.name, version, exc)
+                else:
+                    logger.warning(
+                        "%s: subscriber offer v%s failed", self.name, version, exc_info=exc
+                    )
+                self.subscriber_errors.append(exc)
+
+    async def _answer_offer(self, event: dict[str, Any]) -> None:
+        """Apply one ``subscriber_offer`` event and send ``subscriber_answer``."""
+        raise NotImplementedError
+
+    # -- helpers -------------------------------------------------------------------------
+    async def wait_for(
+        self,
+        predicate: Callable[[], Any] | Callable[[], Awaitable[Any]],
+        timeout: float = 10.0,
+        interval: float | None = None,
+        message: str = "",
+    ) -> Any:
+        """Poll ``predicate`` (sync or async) until it returns something truthy.
+
+        Returns that value, or raises :class:`TimeoutError` at the deadline. Tests use
+        this instead of fixed sleeps so they are as fast as the system allows and fail
+        with a clear message when it does not get there.
+        """
+        step = self.poll_interval if interval is None else interval
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise TimeoutError(message or f"{self.name}: condition not met within {timeout}s")
+            await asyncio.sleep(step)
+
+    # -- teardown ------------------------------------------------------------------------
+    async def leave(self) -> None:
+        """Send ``leave`` (errors ignored: the session ends either way), then close."""
+        self._leaving = True
+        if self._channel is not None and not self._channel.closed:
+            with contextlib.suppress(FerryError, TimeoutError):
+                await self.request("leave", timeout=min(self.request_timeout, 5.0))
+        await self.close()
+
+    async def close(self) -> None:
+        """Close media, the offer worker and the socket without ``leave`` (idempotent).
+
+        Per the protocol the server then keeps the participant for its reconnect grace
+        period; tests of reconnect rely on exactly this.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        await self._close_media()
+        if self._offer_worker is not None:
+            self._offer_worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._offer_worker
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def _close_media(self) -> None:
+        """Stop what the subclass runs (peer connections, sinks, pacers)."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
