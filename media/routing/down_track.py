@@ -21,7 +21,7 @@ from media.wire.red import parse_red
 from media.wire.rtp import RtpView, wrap_rtx
 from media.wire.vp8 import Vp8Descriptor
 
-from .layer_selector import DROP, SWITCH, LayerSelector
+from .layer_selector import DROP, FORWARD, SWITCH, LayerSelector
 from .rewriter import StreamContinuity, StreamRewriter
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class DownTrack:
         if verdict == DROP:
             return
         rw = self.rewriter
-        if verdict != 1:  # START or SWITCH: this packet follows the last one out
+        if verdict != FORWARD:  # START or SWITCH: this packet follows the last one out
             rw.start(ext_seq, view.timestamp, vp8, now_ms)
             if verdict == SWITCH:
                 self.track.stats.layer_switches += 1
