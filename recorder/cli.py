@@ -1,5 +1,7 @@
 """``ferry record ...`` subcommands, mounted by ``signaling.cli`` (its PLUGIN_MODULES).
 
+    ferry record start|stop|list ROOM [--url U --token T]
+                                a running Ferry's recording API (recorder.remote)
     ferry record repair DIR     finalize an interrupted recording (files + manifest)
     ferry record compose DIR --out FILE.mp4 [--width 1280 --height 720 --fps 25]
                                 the recording as one H.264 + AAC MP4 (grid, names, speaker,
@@ -12,14 +14,17 @@ import argparse
 import json
 from typing import Any
 
+from . import remote
+
 __all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``record`` command (with its subcommands) to ``subparsers``."""
-    record = subparsers.add_parser("record", help="recordings: repair, compose")
+    record = subparsers.add_parser("record", help="recordings: start, stop, list, repair, compose")
     record.set_defaults(func=run)
     sub = record.add_subparsers(dest="record_command", required=True)
+    remote.add_parsers(sub)
     repair = sub.add_parser("repair", help="finalize an interrupted recording directory")
     repair.add_argument("dir", help="DIR/<room>/<recording id> as written by ferry serve")
     compose = sub.add_parser("compose", help="render a recording as one MP4 (H.264 + AAC)")
@@ -35,6 +40,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.record_command in remote.ACTIONS:
+        return remote.run(args)
     if args.record_command == "repair":
         from .repair import repair  # PyAV is imported only when a command needs it
 

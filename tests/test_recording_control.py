@@ -359,3 +359,38 @@ def test_config_takes_recordings_dir_and_auto_record_rooms_from_file_env_and_fla
     assert (config.recordings_dir, config.auto_record_rooms) == ("/srv/c", ["*"])
     with pytest.raises(ConfigError, match="auto_record_rooms"):
         load_config(None, {}, {"auto_record_rooms": "lecture"})
+
+
+async def test_ferry_record_start_list_stop_drive_a_running_server(
+    rec_server: FerryServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from signaling.cli import main
+
+    server = rec_server
+    client = await publisher(server, "class", "alice")
+    loop = asyncio.get_running_loop()
+    token = server.token("class", "ops", room_record=True)
+
+    async def ferry(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        code = await loop.run_in_executor(None, lambda: main(list(argv), env=env or {}))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    try:
+        await wait_until(lambda: len(server.rooms.rooms["class"].router.tracks) == 2, 10)
+        code, out, _ = await ferry("record", "start", "class", "--url", server.http_url, "--token", token)
+        started = json.loads(out)
+        assert code == 0 and Path(started["dir"]).is_dir()
+        active = server.recordings._active["class"]
+        await wait_until(lambda: all(s.file.frames > 30 for s in active.sinks.values()), 10)
+        code, out, _ = await ferry("record", "list", "class", "--url", server.http_url, env={"FERRY_TOKEN": token})
+        assert code == 0 and json.loads(out)["active"]["id"] == started["id"]
+        code, out, _ = await ferry("record", "stop", "class", "--url", server.http_url, "--token", token)
+        stopped = json.loads(out)
+        assert code == 0 and stopped["state"] == "stopped" and len(stopped["files"]) == 2
+        code, _, err = await ferry("record", "stop", "class", "--url", server.http_url, "--token", token)
+        assert code == 1 and "409 not_recording" in err
+        code, _, err = await ferry("record", "start", "class", "--url", server.http_url)
+        assert code == 2 and "token" in err
+    finally:
+        await client.close()
