@@ -394,3 +394,46 @@ async def test_ferry_record_start_list_stop_drive_a_running_server(
         assert code == 2 and "token" in err
     finally:
         await client.close()
+
+
+async def test_a_failed_file_is_announced_and_the_other_tracks_go_on(
+    rec_server: FerryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = rec_server
+    original = mux.TrackFile._write
+
+    def write(self: mux.TrackFile, data: bytes, pts: int, keyframe: bool, duration: int) -> None:
+        if self.path.endswith(".ogg"):
+            raise ValueError("bad frame")
+        original(self, data, pts, keyframe, duration)
+
+    monkeypatch.setattr(mux.TrackFile, "_write", write)
+    client = await publisher(server, "class", "alice")
+    try:
+        await wait_until(lambda: len(server.rooms.rooms["class"].router.tracks) == 2, 10)
+        server.recordings.start("class")
+        mic = next(t["sid"] for t in client.published if t["kind"] == "audio")
+        event = await client.wait_for(lambda: next((e for e in client.events if e.get("type") == "recording_error"), None), 10)
+        assert (event["track_sid"], event["reason"]) == (mic, "write_error") and "message" not in event
+        video = next(s for s in server.recordings._active["class"].sinks.values() if s.video)
+        before = video.file.frames
+        await wait_until(lambda: video.file.frames > before + 30, 10)  # video goes on
+        manifest = await server.recordings.stop("class")
+    finally:
+        await client.close()
+    errors = {t.kind: t.error for t in manifest.tracks}
+    assert "bad frame" in (errors["audio"] or "") and errors["video"] is None
+
+
+async def test_a_room_that_closes_ends_its_recording(rec_server: FerryServer) -> None:
+    server = rec_server  # room_empty_timeout_s is 2 s here
+    client = await publisher(server, "class", "alice")
+    await wait_until(lambda: len(server.rooms.rooms["class"].router.tracks) == 2, 10)
+    started = server.recordings.start("class")
+    active = server.recordings._active["class"]
+    await wait_until(lambda: all(s.file.frames > 30 for s in active.sinks.values()), 10)
+    await client.leave()
+    await wait_until(lambda: "class" not in server.rooms.rooms and not server.recordings._stopping, 10)
+    manifest = mf.load(str(started["dir"]))
+    assert (manifest.state, manifest.stop_reason) == ("stopped", "room_closed")
+    assert all(t.closed and t.error is None for t in manifest.tracks)
