@@ -70,12 +70,9 @@ class ClientSession:
     async def request(
         self, msg_type: str, /, *, timeout: float | None = None, **fields: Any
     ) -> dict[str, Any]:
-        """Send a request and await the reply carrying the same ``id``.
-
-        Returns the reply (``ok: true``); raises :class:`FerryError` on ``ok: false``,
-        :class:`RequestTimeout` after ``timeout`` seconds (default ``request_timeout``)
-        and ``FerryError("closed")`` if the socket closes first.
-        """
+        """:meth:`SignalingChannel.request` on this session's socket (the reply, or
+        :class:`FerryError` / :class:`RequestTimeout`); ``FerryError("closed")`` before
+        :meth:`connect`."""
         if self._channel is None:
             raise FerryError("closed", "not connected")
         return await self._channel.request(msg_type, timeout=timeout, **fields)

@@ -23,7 +23,7 @@ from media.rtp.ntp import ntp_from_unix
 from media.rtp.rtx import RtxCache
 from media.rtp.twcc import TwccFeedback
 from media.transport.certificate import Certificate
-from media.wire.rtcp import Fir, build_sdes_cname, build_sr, nack_seqs, parse_rtcp
+from media.wire.rtcp import Fir, build_sdes_cname, build_sr, nack_seqs
 from media.wire.rtp import build_audio_level, build_rtp, build_twcc_seq, parse_rtp
 from signaling.sdp import PT_OPUS, PT_RTX, PT_VP8, PUBLISHER_EXTENSION_IDS
 
@@ -273,12 +273,7 @@ class LitePublisher(LiteTransport):
 
     # -- RTCP in -----------------------------------------------------------------------
     def handle_rtcp(self, packet: bytes, now_ms: float) -> None:
-        try:
-            packets = parse_rtcp(packet)
-        except ValueError:
-            self.log_once("rtcp_malformed")
-            return
-        for p in packets:
+        for p in self.rtcp_packets(packet):
             if isinstance(p, RtcpRtpfbPacket) and p.fmt == 1:
                 layer = self._by_ssrc.get(p.media_ssrc)
                 if layer is not None:

@@ -14,7 +14,7 @@ from media.rtp.nack import NackGenerator
 from media.rtp.ntp import ntp_middle32
 from media.rtp.twcc import TwccRecorder
 from media.transport.certificate import Certificate
-from media.wire.rtcp import build_nack, build_pli, build_rr, parse_rtcp
+from media.wire.rtcp import build_nack, build_pli, build_rr
 from media.wire.rtp import parse_rtp
 from media.wire.seqnum import SEQ_MOD, seq_diff
 
@@ -248,12 +248,7 @@ class LiteSubscriber(LiteTransport):
 
     # -- RTCP ----------------------------------------------------------------------------
     def handle_rtcp(self, packet: bytes, now_ms: float) -> None:
-        try:
-            packets = parse_rtcp(packet)
-        except ValueError:
-            self.log_once("rtcp_malformed")
-            return
-        for p in packets:
+        for p in self.rtcp_packets(packet):
             if isinstance(p, RtcpSrPacket):
                 self._lsr[p.ssrc] = (ntp_middle32(p.sender_info.ntp_timestamp), now_ms)
 

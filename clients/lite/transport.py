@@ -13,6 +13,7 @@ import logging
 import random
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from aioice import stun
 
@@ -21,6 +22,7 @@ from media.transport.certificate import Certificate
 from media.transport.dtls import DtlsSession
 from media.transport.ice_lite import generate_credentials
 from media.transport.srtp import SrtpContext, SrtpError
+from media.wire.rtcp import parse_rtcp
 from signaling.sdp import first_udp_candidate
 
 from ..channel import ConnectTimeout, FerryError
@@ -284,26 +286,31 @@ class LiteTransport:
 
     def send_rtp(self, packet: bytes) -> None:
         """Protect and send one RTP packet (dropped silently before DTLS is up)."""
-        srtp = self.srtp
-        if srtp is None:
-            return
+        if self.srtp is not None:
+            self._send_protected(self.srtp.protect, packet, "srtp_protect")
+
+    def send_rtcp(self, packet: bytes) -> None:
+        """Protect and send one (compound) RTCP packet, like :meth:`send_rtp`."""
+        if self.srtp is not None:
+            self._send_protected(self.srtp.protect_rtcp, packet, "srtcp_protect")
+
+    def _send_protected(
+        self, protect: Callable[[bytes], bytes], packet: bytes, failure: str
+    ) -> None:
         try:
-            data = srtp.protect(packet)
+            data = protect(packet)
         except SrtpError as exc:
-            self.log_once("srtp_protect", exc)
+            self.log_once(failure, exc)
             return
         self._send_raw(data)
 
-    def send_rtcp(self, packet: bytes) -> None:
-        srtp = self.srtp
-        if srtp is None:
-            return
+    def rtcp_packets(self, packet: bytes) -> list[Any]:
+        """The packets of a decrypted compound RTCP packet; none if it is malformed."""
         try:
-            data = srtp.protect_rtcp(packet)
-        except SrtpError as exc:
-            self.log_once("srtcp_protect", exc)
-            return
-        self._send_raw(data)
+            return parse_rtcp(packet)
+        except ValueError:
+            self.log_once("rtcp_malformed")
+            return []
 
     def _send_check(self, now_ms: float, *, nominate: bool) -> None:
         msg = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)

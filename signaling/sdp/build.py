@@ -302,7 +302,6 @@ def build_publisher_offer(
     Payload types are `PT_OPUS`, `PT_VP8`/`PT_RTX`, extension ids
     `PUBLISHER_EXTENSION_IDS`.
     """
-    ids = PUBLISHER_EXTENSION_IDS
     transport = TransportParameters(
         ice_ufrag=ufrag,
         ice_pwd=pwd,
@@ -310,24 +309,30 @@ def build_publisher_offer(
         candidates=[f"1 1 udp 2122260223 {host} {port} typ host"],
     )
     sections: list[MediaDescription] = []
+
+    def send(kind: str, codec: RtpCodec, uris: Sequence[str], encodings: list[Encoding],
+             track_id: str) -> None:
+        sections.append(
+            MediaDescription(
+                mid=str(len(sections)),
+                kind=kind,
+                direction="sendonly",
+                codecs=[codec],
+                header_extensions=[HeaderExtension(PUBLISHER_EXTENSION_IDS[u], u) for u in uris],
+                encodings=encodings,
+                msid=(stream_id, track_id),
+                cname=cname,
+                simulcast=encodings[0].rid is not None,
+            )
+        )
+
     if audio_ssrc is not None:
         opus = RtpCodec(
             PT_OPUS, "opus", 48000, 2, {"minptime": "10", "useinbandfec": "1"},
             [("transport-cc", None)],
         )
         uris = (EXT_AUDIO_LEVEL, EXT_ABS_SEND_TIME, EXT_TWCC, EXT_MID)
-        sections.append(
-            MediaDescription(
-                mid=str(len(sections)),
-                kind="audio",
-                direction="sendonly",
-                codecs=[opus],
-                header_extensions=[HeaderExtension(ids[u], u) for u in uris],
-                encodings=[Encoding(ssrc=audio_ssrc)],
-                msid=(stream_id, audio_track_id),
-                cname=cname,
-            )
-        )
+        send("audio", opus, uris, [Encoding(ssrc=audio_ssrc)], audio_track_id)
     if video_ssrcs:
         vp8 = RtpCodec(PT_VP8, "VP8", 90000, None, {}, list(_VIDEO_FEEDBACK), PT_RTX)
         uris = (EXT_ABS_SEND_TIME, EXT_TWCC, EXT_MID, EXT_RID, EXT_REPAIRED_RID)
@@ -335,19 +340,7 @@ def build_publisher_offer(
             encodings = [Encoding(rid=rid) for rid in rids]
         else:
             encodings = [Encoding(ssrc=video_ssrcs[0][0], rtx_ssrc=video_ssrcs[0][1])]
-        sections.append(
-            MediaDescription(
-                mid=str(len(sections)),
-                kind="video",
-                direction="sendonly",
-                codecs=[vp8],
-                header_extensions=[HeaderExtension(ids[u], u) for u in uris],
-                encodings=encodings,
-                msid=(stream_id, video_track_id),
-                cname=cname,
-                simulcast=bool(rids),
-            )
-        )
+        send("video", vp8, uris, encodings, video_track_id)
     sid = session_id if session_id is not None else random.getrandbits(62)
     lines = session_lines(sid, 2, [s.mid for s in sections], True, ice_lite=False)
     for s in sections:

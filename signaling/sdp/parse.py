@@ -201,17 +201,26 @@ def _parse_mline(value: str, lineno: int) -> _Section:
     return section
 
 
+def _transport_attr(at: _Session | _Section, name: str, value: str | None, where: str) -> bool:
+    """ICE credentials and DTLS parameters, at session or media level; False for others."""
+    if name == "ice-ufrag":
+        at.ice_ufrag = _required(value, where)
+    elif name == "ice-pwd":
+        at.ice_pwd = _required(value, where)
+    elif name == "fingerprint":
+        at.fingerprints.append(_fingerprint(value, where))
+    elif name == "setup":
+        at.setup = _setup(value, where)
+    else:
+        return False
+    return True
+
+
 def _session_attr(session: _Session, name: str, value: str | None, lineno: int) -> None:
     where = f"line {lineno}: a={name}"
-    if name == "ice-ufrag":
-        session.ice_ufrag = _required(value, where)
-    elif name == "ice-pwd":
-        session.ice_pwd = _required(value, where)
-    elif name == "fingerprint":
-        session.fingerprints.append(_fingerprint(value, where))
-    elif name == "setup":
-        session.setup = _setup(value, where)
-    elif name == "ice-lite":
+    if _transport_attr(session, name, value, where):
+        return
+    if name == "ice-lite":
         session.ice_lite = True
     elif name == "extmap-allow-mixed":
         session.extmap_allow_mixed = True
@@ -254,6 +263,8 @@ def _extmap(value: str | None, where: str) -> HeaderExtension:
 def _media_attr(s: _Section, name: str, value: str | None, lineno: int) -> None:  # noqa: C901
     """One a= line inside an m-section. A flat dispatch is the clearest form here."""
     where = f"line {lineno}: a={name}"
+    if _transport_attr(s, name, value, where):
+        return
     if name in _DIRECTIONS:
         s.direction = name
     elif name == "mid":
@@ -289,14 +300,6 @@ def _media_attr(s: _Section, name: str, value: str | None, lineno: int) -> None:
         s.rids.setdefault(parts[0], parts[1])
     elif name == "simulcast":
         _simulcast_attr(s, _required(value, where), where)
-    elif name == "ice-ufrag":
-        s.ice_ufrag = _required(value, where)
-    elif name == "ice-pwd":
-        s.ice_pwd = _required(value, where)
-    elif name == "fingerprint":
-        s.fingerprints.append(_fingerprint(value, where))
-    elif name == "setup":
-        s.setup = _setup(value, where)
     elif name == "candidate":
         cand = _required(value, where)
         if cand not in s.candidates:
