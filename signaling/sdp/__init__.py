@@ -5,7 +5,8 @@ DTLS server (`a=setup:passive` in answers, `actpass` in its own offers; browsers
 an actpass offer with `active`). Everything SDP lives here, so the media engine only
 ever sees `media.ortc` dataclasses.
 
-- `parse` (reading): `parse(text, type)`, `parse_media_sections`, `first_udp_candidate`.
+- `parse` (reading, on `lines`' line scanner): `parse(text, type)`,
+  `parse_media_sections`, `first_udp_candidate`.
 - `build` (writing): Ferry's `offer_subscriber` with `default_subscriber_codecs` /
   `default_subscriber_extensions`; a client's `build_publisher_offer`.
 - `negotiate` (offer/answer): Ferry's `answer_publisher` and `negotiated_subscriber`;
