@@ -48,7 +48,7 @@ from .channel import ConnectTimeout, FerryError, RequestTimeout
 from .loopback import allow_loopback
 from .rtc_stats import peer_connection_stats, stats_totals
 from .session import ClientSession
-from .sink import TrackSink
+from .sink import TrackKey, TrackSink
 
 __all__ = [
     "ConnectTimeout",
@@ -60,9 +60,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-TrackKey = tuple[str, str]
-"""(participant_sid, track_sid), as carried by the subscriber offer's ``a=msid`` line."""
 
 
 EventCallback = Callable[[dict[str, Any]], Any]

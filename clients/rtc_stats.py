@@ -7,9 +7,7 @@ from typing import Any
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
-from .sink import TrackSink
-
-TrackKey = tuple[str, str]
+from .sink import TrackKey, TrackSink
 
 
 def stats_totals(publisher: dict[str, Any], subscriber: dict[str, Any]) -> dict[str, Any]:

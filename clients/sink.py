@@ -14,6 +14,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 logger = logging.getLogger(__name__)
 
+TrackKey = tuple[str, str]
+"""(participant_sid, track_sid), as carried by the subscriber offer's ``a=msid`` line."""
+
 
 @dataclass
 class TrackSink:
