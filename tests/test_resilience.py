@@ -471,7 +471,7 @@ class _DownTap:
         down.write = tapped
 
     def subscriber_seq(self, ext_seq: int) -> int:
-        return (ext_seq + self.down._seq_offset) & 0xFFFF
+        return (ext_seq + self.down.rewriter.seq_offset) & 0xFFFF
 
     @property
     def highest(self) -> int:
