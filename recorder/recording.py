@@ -167,7 +167,7 @@ class Recording:
         for recorder in self.tracks.values():
             recorder.snapshot()
         snapshot = copy.deepcopy(self.manifest)
-        self.worker.submit(self._write_manifest, snapshot)
+        self.worker.submit(self._write_manifest, snapshot, essential=True)
 
     def _write_manifest(self, snapshot: mf.Manifest) -> None:
         # Runs after the jobs queued before it: a closed track's duration is known.

@@ -97,7 +97,7 @@ class TrackRecorder:
             return
         self._drain(now_ms, flush=True)  # nothing more comes: what waits behind a hole goes out
         self.closed = True
-        self.worker.submit(self._finish)
+        self.worker.submit(self._finish, essential=True)
 
     @property
     def started(self) -> bool:

@@ -1,7 +1,7 @@
 """The writer thread: muxing and file I/O off the event loop, behind a bounded queue.
 
-The packet path only ever calls `submit`, which never blocks: when the queue is full
-the job is dropped and counted (the caller then resyncs its video at the next
+The packet path only ever calls `submit`, which never blocks: when the queue holds
+`max_jobs` frames the job is dropped and counted (the caller then resyncs its video at the next
 keyframe, so a dropped frame never corrupts what follows). One thread serves a
 whole recording; jobs run in submission order, so a track's frames, its close and
 the manifest rewrite that follows it land on disk in that order.
@@ -27,9 +27,8 @@ class MuxWorker:
     """Runs callables on one daemon thread; counts drops, errors and its own CPU time."""
 
     def __init__(self, name: str = "ferry-recorder", max_jobs: int = QUEUE_JOBS) -> None:
-        self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue(
-            max_jobs
-        )
+        self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue()
+        self.max_jobs = max_jobs
         self.submitted = 0
         self.dropped = 0
         self.errors = 0
@@ -40,16 +39,16 @@ class MuxWorker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> bool:
-        """Queue `fn(*args)`; False (and counted) when the queue is full or closed."""
-        if self._closed:
+    def submit(self, fn: Callable[..., Any], *args: Any, essential: bool = False) -> bool:
+        """Queue `fn(*args)`; False (and counted) when closed, or full and not essential.
+
+        Essential jobs (a file's close, a manifest rewrite) are few and always queued:
+        dropping one would leave a file unfinalized or a stale manifest.
+        """
+        if self._closed or (not essential and self._queue.qsize() >= self.max_jobs):
             self.dropped += 1
             return False
-        try:
-            self._queue.put_nowait((fn, args))
-        except queue.Full:
-            self.dropped += 1
-            return False
+        self._queue.put_nowait((fn, args))
         self.submitted += 1
         return True
 
@@ -66,7 +65,7 @@ class MuxWorker:
         """Run what is queued, then stop; True when the thread finished within the timeout."""
         if not self._closed:
             self._closed = True
-            self._queue.put(None)  # may wait for room: closing is not on the packet path
+            self._queue.put(None)
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
 

@@ -146,6 +146,25 @@ def test_a_full_writer_queue_drops_and_resyncs_at_a_keyframe(tmp_path: Path) -> 
     assert keys[8] and decode_count(path) == frames
 
 
+def test_a_full_writer_queue_still_finalizes_files_and_the_manifest(tmp_path: Path) -> None:
+    worker = MuxWorker(max_jobs=8)
+    rec = new_recording(tmp_path, worker)
+    recorder = add(rec, "vp8", FakeHost())
+    wait_until(lambda: worker.idle)
+    release, started = threading.Event(), threading.Event()
+    worker.submit(lambda: (started.set(), release.wait(10)))
+    wait_until(started.is_set)
+    pkts, ms, _ = media("vp8", 30)
+    feed(recorder, pkts, ms)  # fills the queue: frames beyond it are dropped
+    assert worker.dropped >= 1
+    release.set()
+    rec.stop(30 * ms)  # the close and the final manifest are queued behind a full queue
+    entry = rec.manifest.tracks[0]
+    assert entry.closed and entry.dropped >= 1  # the close ran: its counts reached the manifest
+    frames, _, _, _ = probe(str(rec.directory / entry.file))
+    assert frames == entry.frames - entry.dropped >= 8  # every queued frame reached the file
+
+
 def test_manifest_round_trips_and_lists_tracks_with_timing(tmp_path: Path) -> None:
     rec = new_recording(tmp_path)
     video, audio = add(rec, "vp8", FakeHost()), add(rec, "opus")
