@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from media.engine import Engine, EngineConfig
 from media.stats import DownTrackStats
-from tests.test_router_pause import publish, subscribe_without_twcc
+from tests.router_setup import publish, subscribe
 
 
 async def test_subscriber_stats_report_estimate_layers_and_pause_per_track() -> None:
@@ -20,7 +20,7 @@ async def test_subscriber_stats_report_estimate_layers_and_pause_per_track() -> 
     publisher = router.add_participant("PA_pub")
     tracks = publish(publisher)
     for mid, track in enumerate(tracks):
-        subscribe_without_twcc(viewer, track, mid)
+        subscribe(viewer, track, mid, twcc=False)
     video = next(t for t in tracks if t.kind == "video")
     audio = next(t for t in tracks if t.kind == "audio")
 

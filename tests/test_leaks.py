@@ -14,46 +14,13 @@ from __future__ import annotations
 
 import gc
 import weakref
-from pathlib import Path
 
 from media.engine import Engine, EngineConfig
 from media.heap import HeapTrimmer
-from media.ortc import Encoding, MediaDescription
-from media.routing.published_track import PublishedTrack
 from media.routing.router import MediaParticipant, Router
-from signaling import sdp
+from tests.router_setup import publish, subscribe
 
-OFFER = (Path(__file__).parent / "fixtures" / "chromium156-simulcast-offer.sdp").read_text()
 CYCLES = 12
-
-
-def publish(participant: MediaParticipant) -> list[PublishedTrack]:
-    """What the publish request does: answer Chromium's offer and apply it."""
-    offer = sdp.parse(OFFER, "offer")
-    _, negotiated = sdp.answer_publisher(offer, transport=participant.local_parameters("publisher"))
-    added, removed = participant.apply_publisher(offer.transport, negotiated.media, offer.media)
-    assert len(added) == 2 and not removed
-    return added
-
-
-def subscribe(viewer: MediaParticipant, track: PublishedTrack, mid: int) -> None:
-    """What a subscriber offer and its answer do, with the section the room would build."""
-    router = viewer.router
-    section = MediaDescription(
-        mid=str(mid),
-        kind=track.kind,
-        direction="sendonly",
-        codecs=sdp.default_subscriber_codecs(track.kind, red=track.kind == "audio"),
-        header_extensions=sdp.default_subscriber_extensions(track.kind),
-        encodings=[
-            Encoding(
-                ssrc=router.new_ssrc(),
-                rtx_ssrc=router.new_ssrc() if track.kind == "video" else None,
-            )
-        ],
-        msid=(track.participant_sid, track.sid),
-    )
-    assert viewer.subscribe(track, section, section) is not None
 
 
 def state(router: Router, viewer: MediaParticipant) -> dict[str, int]:

@@ -9,46 +9,10 @@ allocator's decision must reach the Router's listener (``Room.on_track_paused`` 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from media.engine import Engine, EngineConfig
-from media.ortc import EXT_TWCC, Encoding, MediaDescription
 from media.routing.allocator import UP_HOLD_MS
-from media.routing.published_track import PublishedTrack
 from media.routing.router import MediaParticipant
-from signaling import sdp
-
-OFFER = (Path(__file__).parent / "fixtures" / "chromium156-simulcast-offer.sdp").read_text()
-
-
-def publish(participant: MediaParticipant) -> list[PublishedTrack]:
-    """What the publish request does with a real Chromium offer (audio + 3-layer video)."""
-    offer = sdp.parse(OFFER, "offer")
-    _, negotiated = sdp.answer_publisher(offer, transport=participant.local_parameters("publisher"))
-    added, _ = participant.apply_publisher(offer.transport, negotiated.media, offer.media)
-    return added
-
-
-def subscribe_without_twcc(viewer: MediaParticipant, track: PublishedTrack, mid: int) -> None:
-    """The section a room would offer, answered without transport-cc (REMB estimate)."""
-    router = viewer.router
-    section = MediaDescription(
-        mid=str(mid),
-        kind=track.kind,
-        direction="sendonly",
-        codecs=sdp.default_subscriber_codecs(track.kind, red=track.kind == "audio"),
-        header_extensions=[
-            e for e in sdp.default_subscriber_extensions(track.kind) if e.uri != EXT_TWCC
-        ],
-        encodings=[
-            Encoding(
-                ssrc=router.new_ssrc(),
-                rtx_ssrc=router.new_ssrc() if track.kind == "video" else None,
-            )
-        ],
-        msid=(track.participant_sid, track.sid),
-    )
-    assert viewer.subscribe(track, section, section) is not None
+from tests.router_setup import publish, subscribe
 
 
 class RecordingListener:
@@ -78,7 +42,7 @@ async def test_a_track_that_does_not_fit_is_paused_then_resumed_and_the_listener
     publisher = router.add_participant("PA_pub")
     tracks = publish(publisher)
     for mid, track in enumerate(tracks):
-        subscribe_without_twcc(viewer, track, mid)
+        subscribe(viewer, track, mid, twcc=False)
     video = next(t for t in tracks if t.kind == "video")
     audio = next(t for t in tracks if t.kind == "audio")
     sub = viewer.subscriber

@@ -13,7 +13,8 @@ import pytest
 from media.engine import Engine, EngineConfig
 from media.routing.published_track import PublishedTrack
 from media.routing.router import DYNACAST_INTERVAL_MS, DYNACAST_OFF_AFTER_MS, Router
-from tests.test_router_pause import RecordingListener, publish, subscribe_without_twcc
+from tests.router_setup import publish, subscribe
+from tests.test_router_pause import RecordingListener
 
 
 class LayersListener(RecordingListener):
@@ -34,7 +35,7 @@ def room(listener: RecordingListener | None = None) -> tuple[Engine, Router, Pub
     viewer = router.add_participant("PA_viewer")
     tracks = publish(router.add_participant("PA_pub"))
     for mid, track in enumerate(tracks):
-        subscribe_without_twcc(viewer, track, mid)
+        subscribe(viewer, track, mid, twcc=False)
     video = next(t for t in tracks if t.kind == "video")
     assert [layer.rid for layer in video.layers] == ["q", "h", "f"]
     return engine, router, video
