@@ -22,7 +22,7 @@ from media.rtp.ntp import ntp_from_unix
 from recorder.recording import Recording
 from recorder.track_recorder import TrackRecorder
 
-from .recorder_media import FakeHost, Pkt, packetize, wait_until
+from .recorder_media import FakeHost, Pkt, encode_opus_pcm, packetize, wait_until
 
 FPS = 30
 FLASH_S = 0.1
@@ -87,23 +87,14 @@ def flash_video(n: int, flashes: tuple[float, ...], width: int = 160, height: in
 @functools.lru_cache(maxsize=16)
 def beep_audio(n: int, flashes: tuple[float, ...]) -> tuple[bytes, ...]:
     """`n` 20 ms Opus frames: silence, and a 1 kHz beep during each flash."""
-    ctx = av.CodecContext.create("libopus", "w")
-    ctx.sample_rate, ctx.layout, ctx.format, ctx.bit_rate = 48000, "stereo", "s16", 64000
     t = np.arange(960 * n) / 48000.0
     on = np.zeros(len(t), bool)
     for f in flashes:
         on |= (t >= f) & (t < f + FLASH_S)
     pcm = (np.sin(2 * np.pi * BEEP_HZ * t) * BEEP_AMP * 32767 * on).astype(np.int16)
-    out = []
-    for i in range(n):
-        chunk = np.repeat(pcm[i * 960 : (i + 1) * 960], 2).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
-        frame.sample_rate, frame.pts = 48000, i * 960
-        out += [bytes(p) for p in ctx.encode(frame)]
-    out += [bytes(p) for p in ctx.encode(None)]
     # libopus delays its output by its pre-skip (312 samples): packet i holds what
     # was captured 6.5 ms earlier, as a browser's would; the Ogg header says so.
-    return tuple(out[:n])
+    return encode_opus_pcm(pcm, 64000)
 
 
 def packets(person: Person, index: int, width: int = 160, height: int = 120,

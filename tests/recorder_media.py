@@ -69,10 +69,15 @@ def encode_video(codec: str, n: int, width: int = 160, height: int = 120, fps: i
 @functools.lru_cache(maxsize=4)
 def encode_opus(n: int) -> tuple[bytes, ...]:
     """`n` 20 ms Opus frames of a 440 Hz tone (48 kHz stereo)."""
-    ctx = av.CodecContext.create("libopus", "w")
-    ctx.sample_rate, ctx.layout, ctx.format, ctx.bit_rate = 48000, "stereo", "s16", 32000
     t = np.arange(960 * n) / 48000.0
-    pcm = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+    return encode_opus_pcm((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16), 32000)
+
+
+def encode_opus_pcm(pcm: np.ndarray, bit_rate: int) -> tuple[bytes, ...]:
+    """Mono int16 48 kHz `pcm` (a whole number of 20 ms frames) as stereo Opus frames."""
+    n = len(pcm) // 960
+    ctx = av.CodecContext.create("libopus", "w")
+    ctx.sample_rate, ctx.layout, ctx.format, ctx.bit_rate = 48000, "stereo", "s16", bit_rate
     out = []
     for i in range(n):
         chunk = np.repeat(pcm[i * 960 : (i + 1) * 960], 2).reshape(1, -1)
