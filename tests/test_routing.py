@@ -632,17 +632,17 @@ def test_a_layer_dynacast_resumed_is_available_only_once_media_flows_again() -> 
     assert track.available_layers(1500.0) == [0, 1, 2]
 
 
-def test_a_ramping_upper_layer_is_priced_at_least_twice_the_layer_below() -> None:
+def test_a_ramping_upper_layer_is_priced_at_least_two_and_a_half_times_the_layer_below() -> None:
     """Chrome starts h and f low and raises them with its estimate: priced at that, h
     would look affordable to a 300 kbit/s viewer for the few seconds of the ramp."""
     track, _, _ = video_track(["q", "h", "f"])
     for layer, bps in zip(track.layers, (130_000, 150_000, 1_000_000), strict=True):
         layer.last_bps = bps  # its recent peak; no stream yet, so nothing re-measured
-    assert track.update_layer_prices(0.0) == [130_000, 260_000, 1_000_000]
+    assert track.update_layer_prices(0.0) == [130_000, 325_000, 1_000_000]
     for layer, width in zip(track.layers, (320, 640, 1280), strict=True):
         layer.width = width
     track.layers[2].last_bps = 200_000
-    assert track.update_layer_prices(0.0) == [130_000, 260_000, 520_000]
+    assert track.update_layer_prices(0.0) == [130_000, 325_000, 812_500]
     for layer in track.layers:
         layer.width = 640  # same resolution (a bitrate ladder): only kept increasing
     assert track.update_layer_prices(0.0) == [130_000, 150_000, 200_000]

@@ -19,9 +19,10 @@ from media.rtp.stream_recv import RtpStreamRecv
 from .allocator import NOMINAL_LAYER_BPS
 
 PRICE_HALF_LIFE_MS = 4000.0  # how fast a layer's price forgets a peak
-# A spatial layer has 4x the pixels of the one below; encoders give it at least 2x the
-# bits (Chrome ~2.7-3x, libvpx at default settings ~3x). Used as a floor on its price.
-SPATIAL_PRICE_RATIO = 2.0
+# A spatial layer has 4x the pixels of the one below; encoders give it ~2.7-3x the bits
+# (Chrome's simulcast ladder, libvpx at default settings). Used as a floor on its price:
+# at 2x, h mid-ramp looked affordable to a 300 kbit/s viewer whose estimate reached 280k.
+SPATIAL_PRICE_RATIO = 2.5
 MIN_MEASURED_BPS = 20_000.0  # below this a layer is not flowing: its price stays
 
 
@@ -58,7 +59,7 @@ def update_layer_prices(layers: Sequence[PricedLayer], now_ms: float) -> list[fl
         # A layer still ramping up (a browser starts its upper layers low and raises
         # them with its own estimate) must not look cheap: priced at its first seconds,
         # h would look affordable to a 300 kbit/s viewer that must drop back once h
-        # reaches its real rate. Floor: twice the layer below when it has a larger
+        # reaches its real rate. Floor: 2.5x the layer below when it has a larger
         # resolution (or the resolutions are unknown).
         below, this = layers[i - 1].width, layers[i].width
         spatial = below is None or this is None or this > 1.4 * below
