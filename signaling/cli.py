@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from signaling.auth import mint_token
-from signaling.config import LOG_LEVELS, ConfigError, load_config
+from signaling.config import CAPTION_MODES, LOG_LEVELS, ConfigError, load_config
 
 __all__ = [
     "LOG_FORMAT",
@@ -154,6 +154,13 @@ def _add_serve(sub: Any) -> None:
         metavar="ROOM",
         help="record this room from its creation on (* for every room); repeat for several",
     )
+    p.add_argument(
+        "--captions",
+        choices=CAPTION_MODES,
+        help="live captions of every room by default (default whisper: the bundled tiny.en)",
+    )
+    p.add_argument("--whisper-model", metavar="PATH", help="a CTranslate2 Whisper model folder (default tiny.en)")
+    p.add_argument("--vosk-model", metavar="PATH", help="a Vosk model folder (needed for --captions vosk)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -169,6 +176,9 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "allowed_origins": args.allowed_origins,
         "recordings_dir": args.recordings_dir,
         "auto_record_rooms": args.auto_record_rooms,
+        "captions": args.captions,
+        "whisper_model": args.whisper_model,
+        "vosk_model": args.vosk_model,
     }
 
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["LOG_LEVELS", "Config", "ConfigError", "is_loopback_host", "load_config"]
+__all__ = ["CAPTION_MODES", "LOG_LEVELS", "Config", "ConfigError", "is_loopback_host", "load_config"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+CAPTION_MODES = ("whisper", "vosk", "off")
 
 _ORIGIN = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?$|^https?://\[[0-9a-fA-F:.]+\](:\d{1,5})?$")
 
@@ -86,6 +87,15 @@ class Config:
     max_tracks_per_participant: int = 16
     # A subscriber offer without a usable answer after this long is sent again.
     subscriber_answer_timeout_s: float = 15.0
+    # Live captions: the default of every room ("whisper", "vosk" or "off"); a room may
+    # switch (set_captions). Whisper runs the bundled tiny.en unless whisper_model names
+    # a CTranslate2 Whisper folder; vosk needs vosk_model (a Vosk model folder).
+    captions: str = "whisper"
+    whisper_model: str | None = None
+    vosk_model: str | None = None
+    captions_language: str = "en"
+    # Recognizers running at once, over every room (each is a worker thread).
+    captions_max_concurrent: int = 4
 
     def __post_init__(self) -> None:
         self._check_str("host")
@@ -134,11 +144,23 @@ class Config:
             raise ConfigError(
                 f"max_tracks_per_participant must be >= 1, got {self.max_tracks_per_participant}"
             )
+        self._check_captions()
         for name in ("join_timeout_s", "http_header_timeout_s", "shutdown_timeout_s", "subscriber_answer_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
             setattr(self, name, float(value))
+
+    def _check_captions(self) -> None:
+        if self.captions not in CAPTION_MODES:
+            raise ConfigError(f"captions must be one of {', '.join(CAPTION_MODES)}, got {self.captions!r}")
+        for name in ("whisper_model", "vosk_model"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{name} must be a model folder path, got {value!r}")
+        self._check_str("captions_language")
+        if self._check_int("captions_max_concurrent") < 1:
+            raise ConfigError(f"captions_max_concurrent must be >= 1, got {self.captions_max_concurrent}")
 
     def _check_str(self, name: str) -> str:
         value = getattr(self, name)
@@ -239,7 +261,12 @@ def _env_int(env: Mapping[str, str], var: str) -> int:
         raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
 
 
-_ENV_STR = {"FERRY_HOST": "host", "FERRY_LOG_LEVEL": "log_level", "FERRY_RECORDINGS_DIR": "recordings_dir"}
+_ENV_STR = {
+    "FERRY_HOST": "host",
+    "FERRY_LOG_LEVEL": "log_level",
+    "FERRY_RECORDINGS_DIR": "recordings_dir",
+    "FERRY_CAPTIONS": "captions",
+}
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _ENV_INT = {
     "FERRY_HTTP_PORT": "http_port",
