@@ -5,11 +5,13 @@ On the event loop it does only cheap, bounded work per packet: copy the payload
 depacketize the frames that complete, and queue them for the writer thread. It
 forwards the assembler's keyframe requests to its `SinkHost` (the track, which
 coalesces them with the subscribers' PLIs). It never blocks: a full writer queue
-drops the frame, and video then restarts at the next keyframe.
+drops the frame, and video then restarts at the next keyframe. It times that
+work (`loop_s` over `packets`), which the server exports as its cost to forwarding.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from media.routing.sink import SinkHost
@@ -58,6 +60,7 @@ class TrackRecorder:
         self._first_arrival_ms = 0.0
         self._last_arrival_ms = 0.0
         self.packets = 0
+        self.loop_s = 0.0  # event-loop time spent in on_packet: the recorder's cost to forwarding
         self.malformed = 0
         self.closed = False
 
@@ -65,6 +68,13 @@ class TrackRecorder:
     def on_packet(self, layer: int, view: RtpView, ext_seq: int, keyframe: bool, now_ms: float) -> None:
         if self.closed or view.payload_end <= view.payload_start:
             return  # padding-only packets carry no media
+        began = time.perf_counter()
+        try:
+            self._on_packet(layer, view, ext_seq, keyframe, now_ms)
+        finally:
+            self.loop_s += time.perf_counter() - began
+
+    def _on_packet(self, layer: int, view: RtpView, ext_seq: int, keyframe: bool, now_ms: float) -> None:
         self.packets += 1
         payload: bytes | memoryview
         if self.red_pt is not None and view.payload_type == self.red_pt:

@@ -25,7 +25,8 @@ omitted)::
     # gauges
     rooms, participants, ws_connections, tracks_by_kind: {kind: int}
     # recorder (signaling.recording): counters, then gauges
-    recordings_started, recorder_frames | recorder_dropped | recorder_bytes: {kind: int},
+    recordings_started, recorder_frames | recorder_dropped | recorder_bytes
+    | recorder_packets | recorder_sink_s: {kind: number},
     recorder_errors, recorder_writer_cpu_s;
     recordings_active, recorder_queue, recorder_tracks: {kind: int}
 
@@ -98,6 +99,12 @@ KIND_COUNTERS: dict[str, tuple[str, str]] = {
         "Frames a recording's full writer queue could not take, by track kind",
     ),
     "ferry_recorder_bytes_total": ("recorder_bytes", "Media bytes written to recording files, by track kind"),
+    "ferry_recorder_packets_total": ("recorder_packets", "RTP packets handed to recorders, by track kind"),
+    "ferry_recorder_sink_seconds_total": (
+        "recorder_sink_s",
+        "Event-loop time spent in recorder sinks (copy, reassembly, depacketizing), by track kind;"
+        " divided by ferry_recorder_packets_total: the recorder's cost per packet to forwarding",
+    ),
 }
 
 # metric name -> (snapshot key, help). Unlabelled gauges; omitted when the key is absent.

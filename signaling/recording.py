@@ -114,7 +114,8 @@ class RecordingService:
         self._active: dict[str, _Active] = {}  # room name -> recording
         self._stopping: dict[str, _Active] = {}  # recording id -> being finalized
         # Cumulative figures of finished recordings (live ones are added at scrape time).
-        self._totals: dict[str, Any] = {"frames": {}, "dropped": {}, "bytes": {}, "errors": 0, "cpu_s": 0.0}
+        self._totals: dict[str, Any] = {"frames": {}, "dropped": {}, "bytes": {}, "packets": {}, "sink_s": {},
+                                       "errors": 0, "cpu_s": 0.0}
         self.started = 0
         rooms.observers.append(self)
 
@@ -354,25 +355,22 @@ class RecordingService:
         totals = self._totals
         for sink in active.recording.tracks.values():
             kind = sink.entry.kind
-            for key, value in (("frames", sink.file.frames), ("dropped", sink.entry.dropped), ("bytes", sink.file.bytes)):
+            for key, value in _sink_figures(sink):
                 totals[key][kind] = totals[key].get(kind, 0) + value
         totals["errors"] += active.recording.worker.errors
         totals["cpu_s"] += active.recording.worker.cpu_s
 
     def snapshot(self) -> dict[str, object]:
         """Recorder figures for /metrics: cumulative counters and live gauges."""
-        frames = dict(self._totals["frames"])
-        dropped = dict(self._totals["dropped"])
-        written = dict(self._totals["bytes"])
+        live: dict[str, dict[str, float]] = {key: dict(self._totals[key]) for key in _PER_KIND}
         errors, cpu_s = self._totals["errors"], self._totals["cpu_s"]
         tracks: dict[str, int] = {"audio": 0, "video": 0}
         queued = 0
         for active in [*self._active.values(), *self._stopping.values()]:
             for sink in active.recording.tracks.values():
                 kind = sink.entry.kind
-                frames[kind] = frames.get(kind, 0) + sink.file.frames
-                dropped[kind] = dropped.get(kind, 0) + sink.entry.dropped
-                written[kind] = written.get(kind, 0) + sink.file.bytes
+                for key, value in _sink_figures(sink):
+                    live[key][kind] = live[key].get(kind, 0) + value
                 if not sink.closed:
                     tracks[kind] = tracks.get(kind, 0) + 1
             worker = active.recording.worker
@@ -383,13 +381,24 @@ class RecordingService:
             "recordings_active": len(self._active),
             "recordings_started": self.started,
             "recorder_tracks": tracks,
-            "recorder_frames": frames,
-            "recorder_dropped": dropped,
-            "recorder_bytes": written,
+            "recorder_frames": live["frames"],
+            "recorder_dropped": live["dropped"],
+            "recorder_bytes": live["bytes"],
+            "recorder_packets": live["packets"],
+            "recorder_sink_s": live["sink_s"],
             "recorder_errors": errors,
             "recorder_writer_cpu_s": cpu_s,
             "recorder_queue": queued,
         }
+
+
+_PER_KIND = ("frames", "dropped", "bytes", "packets", "sink_s")
+
+
+def _sink_figures(sink: TrackRecorder) -> tuple[tuple[str, float], ...]:
+    """A track recorder's cumulative figures, keyed as `_totals` keys them (`_PER_KIND`)."""
+    return (("frames", sink.file.frames), ("dropped", sink.entry.dropped), ("bytes", sink.file.bytes),
+            ("packets", sink.packets), ("sink_s", sink.loop_s))
 
 
 def _log_failure(done: asyncio.Future[mf.Manifest]) -> None:

@@ -290,11 +290,14 @@ async def test_a_full_disk_stops_the_recording_with_a_reason_and_other_files_sta
     assert by_kind["audio"].error is None and decode_count(audio) == probe(audio)[0] > 50
 
 
-async def test_metrics_count_recorded_frames_by_kind(rec_server: FerryServer) -> None:
+async def test_metrics_count_recorded_frames_and_the_event_loop_time_of_recorder_sinks(
+    rec_server: FerryServer,
+) -> None:
     server = rec_server
     client = await publisher(server, "class", "alice")
     try:
         await wait_until(lambda: len(server.rooms.rooms["class"].router.tracks) == 2, 10)
+        before = _metrics(server.metrics.render().decode())
         server.recordings.start("class")
         active = server.recordings._active["class"]
         await wait_until(lambda: all(s.file.frames > 30 for s in active.sinks.values()), 10)
@@ -310,6 +313,12 @@ async def test_metrics_count_recorded_frames_by_kind(rec_server: FerryServer) ->
         assert done[f'ferry_recorder_frames_total{{kind="{kind}"}}'] >= live[f'ferry_recorder_frames_total{{kind="{kind}"}}'] > 30
     assert done['ferry_recorder_dropped_total{kind="video"}'] == 0
     assert done["ferry_recorder_writer_cpu_seconds_total"] > 0
+    for kind in ("audio", "video"):
+        packets, spent = (f'ferry_recorder_{name}_total{{kind="{kind}"}}' for name in ("packets", "sink_seconds"))
+        assert before.get(packets, 0) == before.get(spent, 0) == 0  # nothing recorded, nothing spent
+        assert done[packets] >= live[packets] > 30 and done[spent] >= live[spent] > 0  # it moves with the packets
+        assert done[spent] / done[packets] < 0.002  # per packet: well under 2 ms of the loop
+        print(f"RECORDER_SINK {kind}: {1e6 * done[spent] / done[packets]:.1f} us/packet of event loop")
 
 
 def _metrics(text: str) -> dict[str, float]:
