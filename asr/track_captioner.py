@@ -1,0 +1,353 @@
+"""The captioner of one audio track: a `PacketSink` that turns Opus RTP into captions.
+
+On the forwarding path (`on_packet`) it only copies the payload into a bounded inbox.
+A timer on the event loop (every `tick_ms`, and only while packets flow) does the rest
+in one batch: the Ferry decode path (jitter buffer, RED fill-in, FEC, PLC; Opus decoded
+straight to 16 kHz mono, so 48 kHz stereo is downmixed by libopus), the segmenter, and
+recognizer jobs queued on the track's `Lane` of the shared worker pool. Results come
+back to the loop with `call_soon_threadsafe`, so `on_caption`/`on_status` always run on
+the loop that opened the track.
+
+Timing: every 20 ms frame keeps its RTP timestamp; an utterance's start/end are the
+timestamps of its first/last voiced frames mapped to Unix ms by `RtpWallClock`.
+
+Overload: when this track's oldest queued job waited more than `LAG_S` the captions
+are "lagging"; past `PAUSE_S` (or `MAX_DEPTH` queued jobs) captioning is "paused": new
+utterances are skipped (counted in `dropped_segments`) until the queue drained, then
+"resumed". Forwarding never waits for any of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from media.audio.decode_path import AudioDecodePath
+from media.wire.rtp import RtpView
+
+from .api import Caption
+from .clock import RtpWallClock
+from .recognizer import Backend, Recognizer
+from .segmenter import Segmenter, SegmenterConfig, SegmentEvent
+from .worker import Lane, RecognitionPool
+
+__all__ = ["TrackCaptioner"]
+
+LAG_S = 2.0
+PAUSE_S = 6.0
+MAX_DEPTH = 64
+INBOX_MAX = 500  # packets (10 s of 20 ms Opus) waiting for the next tick
+IDLE_STOP_MS = 1500.0  # no packet for this long: end the utterance, stop the timer
+
+
+@dataclass
+class _Utterance:
+    seq: int
+    start_ts: int
+    fed_ms: int = 0
+    partial_at_ms: int = 0
+    last_partial: str = ""
+    partial_sent: bool = False
+    skipped: bool = False
+    last_ts: int = 0
+    pending: list[np.ndarray] = field(default_factory=list)
+
+
+class TrackCaptioner:
+    """PacketSink for one audio track; see the module docstring."""
+
+    wanted_layer = 0
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        recognizer: Recognizer,
+        pool: RecognitionPool,
+        participant_sid: str,
+        track_sid: str,
+        identity: str,
+        on_caption: Callable[[Caption], None],
+        on_status: Callable[[str, str], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        red_pt: int | None = None,
+        opus_pt: int = 111,
+        clock_rate: int = 48000,
+        unix_offset_s: float | None = None,
+        timer: bool = True,
+        tick_ms: float = 40.0,
+        segmenter: SegmenterConfig | None = None,
+        on_closed: Callable[[TrackCaptioner], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.recognizer = recognizer
+        self.pool = pool
+        self.lane: Lane = pool.lane()
+        self.participant_sid = participant_sid
+        self.track_sid = track_sid
+        self.identity = identity
+        self.on_caption = on_caption
+        self.on_status = on_status
+        self.loop = loop
+        self.red_pt = red_pt
+        self.opus_pt = opus_pt
+        self.clock_rate = clock_rate
+        self.unix_offset_s = unix_offset_s  # loop ms -> Unix, for the arrival fallback
+        self.timer = timer and loop is not None
+        self.tick_ms = tick_ms
+        self._on_closed = on_closed
+        self.path = AudioDecodePath(sample_rate=16000, channels=1, clock_rate=clock_rate, min_delay_ms=40.0)
+        self.segmenter = Segmenter(segmenter, ts_per_frame=clock_rate // 50)
+        self.clock = RtpWallClock(clock_rate)
+        self._inbox: deque[tuple[int, int, bytes, float, bool]] = deque()
+        self._handle: asyncio.TimerHandle | None = None
+        self._last_packet_ms: float | None = None
+        self._utt: _Utterance | None = None
+        self._seq = 0
+        self.lagging = False
+        self.paused = False
+        self.closed = False
+        # counters
+        self.packets = 0
+        self.inbox_dropped = 0
+        self.malformed = 0
+        self.utterances = 0
+        self.dropped_segments = 0
+        self.finals = 0
+        self.partials = 0
+        self.frames = 0
+
+    # -- PacketSink (event loop, must not block) ---------------------------------------
+    def on_packet(self, layer: int, view: RtpView, ext_seq: int, keyframe: bool, now_ms: float) -> None:
+        if self.closed or view.payload_end <= view.payload_start:
+            return
+        self.packets += 1
+        if len(self._inbox) >= INBOX_MAX:
+            self.inbox_dropped += 1
+            return
+        is_red = self.red_pt is not None and view.payload_type == self.red_pt
+        self._inbox.append((view.seq, view.timestamp, bytes(view.payload), now_ms, is_red))
+        self._last_packet_ms = now_ms
+        if self.timer and self._handle is None:
+            self._handle = self.loop.call_later(self.tick_ms / 1000.0, self._tick)  # type: ignore[union-attr]
+
+    def on_sender_report(self, layer: int, ntp: int, rtp_timestamp: int, now_ms: float) -> None:
+        if layer == 0:
+            self.clock.on_sender_report(ntp, rtp_timestamp)
+
+    def on_track_closed(self) -> None:
+        self.close()
+
+    # -- the batch (event loop timer, or a test calling it) ------------------------------
+    def on_timer(self, now_ms: float) -> None:
+        """Decode what arrived, segment it, queue recognizer work; cheap and bounded."""
+        if self.closed:
+            return
+        self._drain_inbox()
+        for frame in self.path.pull_frames(now_ms):
+            if frame.timestamp is None:
+                continue  # a stretch frame: it belongs to no time, recognition needs none
+            self.frames += 1
+            self._on_events(self.segmenter.feed(frame.pcm, frame.timestamp), frame.timestamp)
+        last = self._last_packet_ms
+        if last is not None and now_ms - last > IDLE_STOP_MS and self.segmenter.active:
+            self._on_events(self.segmenter.flush(), None)
+        self._flush_audio()
+        self._check_load()
+
+    def close(self, *, flush: bool = True) -> None:
+        """Stop; with `flush`, the utterance in progress still gets its final (later)."""
+        if self.closed:
+            return
+        if flush:
+            now = self._last_packet_ms if self._last_packet_ms is not None else 0.0
+            self.on_timer(now + self.path.jitter.max_delay_ms)
+            self._on_events(self.segmenter.flush(), None)
+            self._flush_audio()
+        self.closed = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._inbox.clear()
+        if not flush:
+            self.lane.close()
+        else:
+            self.lane.submit(self.lane.close)
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "packets": self.packets,
+            "inbox_dropped": self.inbox_dropped,
+            "utterances": self.utterances,
+            "dropped_segments": self.dropped_segments,
+            "finals": self.finals,
+            "partials": self.partials,
+            "queue_depth": self.lane.depth,
+            "paused": float(self.paused),
+            "lagging": float(self.lagging),
+        }
+
+    # -- internals -----------------------------------------------------------------------
+    def _tick(self) -> None:
+        self._handle = None
+        if self.closed or self.loop is None:
+            return
+        now_ms = self.loop.time() * 1000.0
+        self.on_timer(now_ms)
+        last = self._last_packet_ms
+        idle = last is None or now_ms - last > IDLE_STOP_MS
+        if not (idle and not self.segmenter.active and not self._inbox):
+            self._handle = self.loop.call_later(self.tick_ms / 1000.0, self._tick)
+
+    def _drain_inbox(self) -> None:
+        path, clock, offset = self.path, self.clock, self.unix_offset_s
+        while self._inbox:
+            seq, ts, payload, arrival_ms, is_red = self._inbox.popleft()
+            if is_red:
+                path.put_red(seq, ts, payload, arrival_ms, self.opus_pt)
+            else:
+                path.put(seq, ts, payload, arrival_ms)
+            if offset is not None:
+                clock.on_arrival(ts, offset + arrival_ms / 1000.0)
+
+    def _unix_ms(self, ts: int) -> int:
+        ms = self.clock.to_unix_ms(ts)
+        if ms is None:  # no packet mapping yet (no offset given, no report): best effort
+            ms = round(time.time() * 1000.0)
+        return ms
+
+    def _on_events(self, events: list[SegmentEvent], ts: int | None) -> None:
+        for ev in events:
+            if ev.kind == "start":
+                self._start(ev)
+            elif ev.kind == "audio":
+                utt = self._utt
+                if utt is not None and not utt.skipped and ev.pcm is not None:
+                    utt.pending.append(ev.pcm)
+                    utt.fed_ms += 20
+                    if ts is not None:
+                        utt.last_ts = ts
+            elif ev.kind == "end":
+                self._end(ev.ts)
+            elif ev.kind == "drop":
+                self._drop()
+
+    def _start(self, ev: SegmentEvent) -> None:
+        self._seq += 1
+        self.utterances += 1
+        utt = _Utterance(self._seq, ev.ts, last_ts=ev.ts)
+        self._utt = utt
+        if self.paused:
+            utt.skipped = True
+            self.dropped_segments += 1
+            return
+        assert ev.pcm is not None
+        utt.pending.append(ev.pcm)
+        utt.fed_ms = len(ev.pcm) // 16
+        rec = self.recognizer
+        self.lane.submit(rec.start)
+
+    def _flush_audio(self) -> None:
+        """Queue the tick's audio of the open utterance, and a partial when it is time."""
+        utt = self._utt
+        if utt is None or utt.skipped or not utt.pending:
+            return
+        pcm = np.concatenate(utt.pending)
+        utt.pending = []
+        rec, backend = self.recognizer, self.backend
+        want_partial = utt.fed_ms - utt.partial_at_ms >= backend.partial_every_ms and (
+            not backend.partial_when_idle_only or (self.pool.idle and self.lane.depth == 0)
+        )
+        if want_partial:
+            utt.partial_at_ms = utt.fed_ms
+            start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(utt.last_ts + self.clock_rate // 50)
+
+            def feed_and_partial() -> None:
+                rec.feed(pcm)
+                text = rec.partial()
+                if text and text != utt.last_partial:
+                    utt.last_partial = text
+                    utt.partial_sent = True
+                    self._post(Caption(self.participant_sid, self.track_sid, self.identity, text, False,
+                                       start_ms, end_ms, utt.seq))
+
+            self.lane.submit(feed_and_partial)
+        else:
+            self.lane.submit(lambda: rec.feed(pcm))
+
+    def _end(self, end_ts: int) -> None:
+        self._flush_audio()
+        utt, self._utt = self._utt, None
+        if utt is None or utt.skipped:
+            return
+        rec = self.recognizer
+        start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(end_ts)
+
+        def final() -> None:
+            text = rec.final()
+            if text or utt.partial_sent:
+                self._post(Caption(self.participant_sid, self.track_sid, self.identity, text, True,
+                                   start_ms, end_ms, utt.seq))
+
+        self.lane.submit(final)
+
+    def _drop(self) -> None:
+        utt, self._utt = self._utt, None
+        if utt is None or utt.skipped:
+            return
+        rec = self.recognizer
+        start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(utt.last_ts)
+
+        def cancel() -> None:
+            rec.cancel()
+            if utt.partial_sent:  # retract what was shown
+                self._post(Caption(self.participant_sid, self.track_sid, self.identity, "", True,
+                                   start_ms, end_ms, utt.seq))
+
+        self.lane.submit(cancel)
+
+    def _post(self, caption: Caption) -> None:
+        """From a worker thread: deliver on the loop (or inline without one)."""
+        if self.loop is None:
+            self._deliver(caption)
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._deliver, caption)
+        except RuntimeError:  # the loop is closed: nobody to tell
+            pass
+
+    def _deliver(self, caption: Caption) -> None:
+        if caption.final:
+            self.finals += 1
+        else:
+            self.partials += 1
+        self.on_caption(caption)
+
+    def _status(self, status: str) -> None:
+        if self.on_status is not None:
+            self.on_status(self.track_sid, status)
+
+    def _check_load(self) -> None:
+        lane = self.lane
+        wait, depth = lane.oldest_wait_s(), lane.depth
+        if self.paused:
+            if depth == 0 and not lane.running:
+                self.paused = self.lagging = False
+                self._status("resumed")
+            return
+        if wait > PAUSE_S or depth > MAX_DEPTH:
+            self.paused = True
+            self._status("paused")
+        elif wait > LAG_S and not self.lagging:
+            self.lagging = True
+            self._status("lagging")
+        elif self.lagging and wait < LAG_S / 2 and depth <= 2:
+            self.lagging = False
+            self._status("resumed")

@@ -1,0 +1,100 @@
+"""Speech for the caption tests and bench: espeak-ng sentences, Opus RTP packets, WER.
+
+espeak-ng speaks known text into a WAV; sox converts it to what the test needs (16 kHz
+mono for the recognizer, 48 kHz for the Opus encoder). Packets carry what the router
+hands a sink: layer 0, the RTP view, the unwrapped sequence number.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import tempfile
+import wave
+
+import numpy as np
+
+from media.wire.rtp import RtpView, build_rtp, parse_rtp
+
+from .recorder_media import encode_opus_pcm
+
+OPUS_PT = 111
+
+
+def read_wav(path: str) -> tuple[np.ndarray, int]:
+    with wave.open(path) as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        if w.getnchannels() > 1:
+            data = data.reshape(-1, w.getnchannels()).mean(axis=1).astype(np.int16)
+        return data, w.getframerate()
+
+
+@functools.lru_cache(maxsize=64)
+def _espeak(text: str, voice: str, rate: int, speed: int) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, out = os.path.join(tmp, "raw.wav"), os.path.join(tmp, "out.wav")
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", raw, text], check=True,
+                       capture_output=True)
+        subprocess.run(["sox", raw, "-r", str(rate), "-c", "1", "-b", "16", out], check=True,
+                       capture_output=True)
+        pcm, _ = read_wav(out)
+        return pcm.tobytes()
+
+
+def speak(text: str, *, voice: str = "en-us", rate: int = 16000, speed: int = 160) -> np.ndarray:
+    """espeak-ng's `text` as int16 mono PCM at `rate` (leading/trailing silence kept)."""
+    return np.frombuffer(_espeak(text, voice, rate, speed), dtype=np.int16).copy()
+
+
+def silence(seconds: float, rate: int = 48000) -> np.ndarray:
+    return np.zeros(int(seconds * rate), dtype=np.int16)
+
+
+def white_noise(seconds: float, rate: int = 48000, level: float = 3000.0, seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(0, level, int(seconds * rate)), -32768, 32767).astype(np.int16)
+
+
+def opus_frames(pcm48: np.ndarray, bit_rate: int = 32000) -> tuple[bytes, ...]:
+    """48 kHz mono int16 -> 20 ms stereo Opus frames (padded to whole frames)."""
+    pad = (-len(pcm48)) % 960
+    pcm48 = np.concatenate([pcm48, np.zeros(pad, dtype=np.int16)])
+    return encode_opus_pcm(pcm48, bit_rate)
+
+
+def rtp_packets(frames: tuple[bytes, ...] | list[bytes], *, seq0: int = 65000,
+                ts0: int = 4_294_000_000, ssrc: int = 4321) -> list[tuple[int, RtpView, int]]:
+    """(frame index, RTP view, extended seq) per frame; seq and timestamp wrap on purpose."""
+    out = []
+    for i, payload in enumerate(frames):
+        data = build_rtp(payload_type=OPUS_PT, seq=seq0 + i, timestamp=ts0 + 960 * i,
+                         ssrc=ssrc, payload=payload)
+        out.append((i, parse_rtp(data), seq0 + i))
+    return out
+
+
+_PUNCT = re.compile(r"[^\w\s']")
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation stripped except the apostrophe, whitespace collapsed."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def word_errors(ref: str, hyp: str) -> tuple[int, int]:
+    """(edit distance in words, reference words) after `normalize`."""
+    r, h = normalize(ref).split(), normalize(hyp).split()
+    prev = list(range(len(h) + 1))
+    for i, rw in enumerate(r, 1):
+        cur = [i] + [0] * len(h)
+        for j, hw in enumerate(h, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (rw != hw))
+        prev = cur
+    return prev[-1], len(r)
+
+
+def wer(ref: str, hyp: str) -> float:
+    errors, n = word_errors(ref, hyp)
+    return errors / max(n, 1)
