@@ -29,6 +29,8 @@ from .auth import (
     generate_dev_keys,
     mint_token,
 )
+from .captions import CaptionService
+from .captions import add_routes as add_caption_routes
 from .config import Config, ConfigError, is_loopback_host
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import MAX_MESSAGE_BYTES, encode
@@ -180,13 +182,14 @@ class FerryServer:
         self.recordings = RecordingService(
             self.engine, self.rooms, config.recordings_dir, auto_record=config.auto_record_rooms
         )
+        self.captions = CaptionService(self.engine, self.rooms, config, recordings=self.recordings)
         self.metrics = Metrics()
         self.metrics.set_engine_stats(self._metrics_snapshot)
         self.ws_connections = 0
         self._connections_by_ip: dict[str, int] = {}
         self._per_ip_exempt = [ipaddress.ip_network(n) for n in config.per_ip_exempt]
         self._connections: set[_Connection] = set()
-        self._shutdown_hooks: list[ShutdownHook] = [self.recordings.stop_all]
+        self._shutdown_hooks: list[ShutdownHook] = [self.recordings.stop_all, self.captions.close]
         self.stopping = False
         self._stopped = False
         self._cut_short = asyncio.Event()
@@ -204,6 +207,7 @@ class FerryServer:
         app.router.add_get("/api/rooms", self._api_rooms)
         app.router.add_get("/api/dev-token", self._api_dev_token)
         add_routes(app, self.recordings, self.verifier)
+        add_caption_routes(app, self.captions, self.verifier)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get(r"/{name:[A-Za-z0-9_.-]+\.(?:js|css|html|svg|png)}", self._web_file)
@@ -219,6 +223,7 @@ class FerryServer:
 
     async def start(self) -> None:
         await self.engine.start()
+        self.captions.start()
         # keepalive_timeout also closes a connection that has not completed its request
         # headers in that time (aiohttp arms it at connect): the header timeout.
         self._runner = web.AppRunner(
@@ -480,6 +485,7 @@ class FerryServer:
             on_error=self.metrics.signaling_error,
             close=conn.close,
             recordings=self.recordings,
+            captions=self.captions,
         )
         conn.session = session
         self._connections.add(conn)
@@ -526,6 +532,7 @@ class FerryServer:
                 kinds[track.kind] = kinds.get(track.kind, 0) + 1
         data["tracks_by_kind"] = kinds
         data.update(self.recordings.snapshot())
+        data.update(self.captions.snapshot())
         return data
 
 

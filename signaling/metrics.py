@@ -29,6 +29,10 @@ omitted)::
     | recorder_packets | recorder_sink_s: {kind: number},
     recorder_errors, recorder_writer_cpu_s;
     recordings_active, recorder_queue, recorder_tracks: {kind: int}
+    # captions (signaling.captions): counters, gauges, then labelled families
+    captions_finals, captions_partials, captions_write_errors; captions_tracks,
+    captions_rooms; captions_status: {state: int}, captions_latency: {buckets:
+    [(upper bound s, cumulative count)], count, sum}, captions_engines: {backend: {name: float}}
 
 The callback runs on the event-loop thread during a scrape, so it must be cheap and must not
 block. If it raises, the snapshot families are omitted from that scrape and the error is
@@ -45,7 +49,12 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -89,6 +98,9 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
         ("recorder_writer_cpu_s",),
         "CPU time of the recorders' writer threads (muxing, file I/O)",
     ),
+    "ferry_captions_finals_total": (("captions_finals",), "Final captions sent (one per utterance)"),
+    "ferry_captions_partials_total": (("captions_partials",), "Partial captions sent while someone speaks"),
+    "ferry_captions_write_errors_total": (("captions_write_errors",), "Transcript writes that failed"),
 }
 DROPS = ("ferry_packet_drops_total", ("packet_drops", "drops"), "Packets dropped, by reason")
 # metric name -> (snapshot key, help). Monotonic counters labelled by track kind.
@@ -114,9 +126,22 @@ GAUGES: dict[str, tuple[str, str]] = {
     "ferry_ws_connections": ("ws_connections", "Open signaling WebSocket connections"),
     "ferry_recordings_active": ("recordings_active", "Rooms being recorded"),
     "ferry_recorder_queue": ("recorder_queue", "Jobs waiting for the recorders' writer threads"),
+    "ferry_captions_active_tracks": ("captions_tracks", "Audio tracks being captioned now"),
+    "ferry_captions_rooms": ("captions_rooms", "Rooms with captions on"),
 }
 TRACKS = ("ferry_tracks", "tracks_by_kind", "Published tracks currently live, by kind")
 RECORDER_TRACKS = ("ferry_recorder_tracks", "recorder_tracks", "Tracks being recorded now, by kind")
+CAPTIONS_STATUS = (
+    "ferry_captions_status_total",
+    "captions_status",
+    "Captioner status changes by state: lagging (behind the audio), paused (dropping audio), resumed",
+)
+CAPTIONS_LATENCY = (
+    "ferry_captions_latency_seconds",
+    "captions_latency",
+    "From the end of an utterance (its audio, by RTP time) to its final caption going out",
+)
+CAPTIONS_ENGINE = ("ferry_captions_engine", "captions_engines", "The caption engines' own figures, by backend")
 
 
 def _first(stats: EngineStats, keys: tuple[str, ...]) -> Any:
@@ -162,12 +187,35 @@ class _SnapshotCollector(Collector):
             for kind, count in sorted(dict(stats.get(key) or {}).items()):
                 family.add_metric([str(kind)], float(count))
             yield family
+        yield from _caption_families(stats)
         for name, (keys, doc) in COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=float(_first(stats, keys) or 0))
         drops = CounterMetricFamily(DROPS[0], DROPS[2], labels=["reason"])
         for reason, count in sorted(dict(_first(stats, DROPS[1]) or {}).items()):
             drops.add_metric([str(reason)], float(count))
         yield drops
+
+
+def _caption_families(stats: EngineStats) -> Iterator[Metric]:
+    """Captions (signaling.captions): status changes, the latency histogram, engine figures."""
+    if CAPTIONS_STATUS[1] in stats:
+        family = CounterMetricFamily(CAPTIONS_STATUS[0], CAPTIONS_STATUS[2], labels=["state"])
+        for state, count in sorted(dict(stats[CAPTIONS_STATUS[1]]).items()):
+            family.add_metric([str(state)], float(count))
+        yield family
+    latency = stats.get(CAPTIONS_LATENCY[1])
+    if latency:
+        buckets = [(f"{bound:g}", float(count)) for bound, count in latency["buckets"]]
+        buckets.append(("+Inf", float(latency["count"])))
+        yield HistogramMetricFamily(
+            CAPTIONS_LATENCY[0], CAPTIONS_LATENCY[2], buckets=buckets, sum_value=float(latency["sum"])
+        )
+    if CAPTIONS_ENGINE[1] in stats:
+        family = GaugeMetricFamily(CAPTIONS_ENGINE[0], CAPTIONS_ENGINE[2], labels=["backend", "name"])
+        for backend, figures in sorted(dict(stats[CAPTIONS_ENGINE[1]]).items()):
+            for name, value in sorted(dict(figures).items()):
+                family.add_metric([str(backend), str(name)], float(value))
+        yield family
 
 
 class Metrics:

@@ -12,6 +12,7 @@ session owns state, and this module only says whether bytes are a well-formed re
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ ERROR_CODES = frozenset(
         "already_recording",
         "not_recording",
         "storage_error",
+        "captions_unavailable",
         "internal",
     }
 )
@@ -242,6 +244,25 @@ def _v_update_subscription(msg: dict[str, Any], req: Request) -> dict[str, Any]:
     return data
 
 
+CAPTION_BACKENDS = ("whisper", "vosk")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+
+
+def _v_set_captions(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    data: dict[str, Any] = {"enabled": _req_bool(msg, req, "enabled"), "backend": None, "language": None}
+    backend = msg.get("backend")
+    if backend is not None:
+        if backend not in CAPTION_BACKENDS:
+            raise _bad(req, f"'backend' must be one of {', '.join(CAPTION_BACKENDS)}, got {backend!r}")
+        data["backend"] = backend
+    language = msg.get("language")
+    if language is not None:
+        if not isinstance(language, str) or not _LANGUAGE.match(language):
+            raise _bad(req, f"'language' must be a language code like \"en\" or \"ko\", got {language!r}")
+        data["language"] = language
+    return data
+
+
 def _v_empty(msg: dict[str, Any], req: Request) -> dict[str, Any]:
     return {}
 
@@ -260,6 +281,7 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], Request], dict[str, Any]]] = {
     "ping": _v_empty,
     "start_recording": _v_empty,
     "stop_recording": _v_empty,
+    "set_captions": _v_set_captions,
 }
 
 REQUEST_TYPES = frozenset(_VALIDATORS)

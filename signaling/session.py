@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from . import sdp
 from .auth import ADMIN_ALL_ROOMS, AuthError, TokenVerifier, check_join
+from .captions import CaptionError, CaptionService, check_captions_admin
 from .protocol import PROTOCOL_VERSION, ProtocolError, Request, decode, error_reply, ok
 from .recording import RecordingError, RecordingService, check_record
 from .rooms import Participant, Room, RoomManager
@@ -31,9 +32,11 @@ class Session:
         on_error: Callable[[str], None] | None = None,
         close: Callable[[], None] | None = None,
         recordings: RecordingService | None = None,
+        captions: CaptionService | None = None,
     ) -> None:
         self.rooms = rooms
         self.recordings = recordings
+        self.captions = captions
         self.verifier = verifier
         self.send = send
         self.max_participants = max_participants
@@ -149,6 +152,7 @@ class Session:
                 participants=[p.info() for p in others],
                 ice_servers=[],
                 recording=self.recordings.active(room.name) if self.recordings is not None else None,
+                captions=self.captions.join_info(room.name) if self.captions is not None else None,
             )
         )
         if participant.auto_subscribe and claims.grants.can_subscribe:
@@ -268,6 +272,33 @@ class Session:
         except AuthError as exc:
             raise ProtocolError(exc.code, exc.message) from None
         return self.recordings
+
+    def _on_set_captions(self, req: Request, participant: Participant, now: float) -> None:
+        """Replies once the backend is loaded (at once when it is); `captions_state` goes to everyone."""
+        if self.captions is None:
+            raise ProtocolError("captions_unavailable", "this server has no captions")
+        try:
+            check_captions_admin(participant.claims, participant.room.name)
+        except AuthError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+
+        def done(error: CaptionError | None, state: dict[str, object] | None) -> None:
+            if self.ended_reason is not None:
+                return
+            if error is not None:
+                self._error(req.type, req.id, error.code, error.message)
+            else:
+                self.send(ok(req, captions=state))
+
+        data = req.data
+        self.captions.request(
+            participant.room.name,
+            enabled=data["enabled"],
+            backend=data["backend"],
+            language=data["language"],
+            by=participant.identity,
+            done=done,
+        )
 
     def _on_leave(self, req: Request, participant: Participant, now: float) -> None:
         self.send(ok(req))

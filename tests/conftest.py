@@ -13,7 +13,10 @@ from signaling.config import Config
 
 
 def make_config(**overrides: object) -> Config:
-    base = dict(host="127.0.0.1", http_port=0, media_port=0, quic_port=0, room_empty_timeout_s=2.0)
+    # Captions off unless a test asks: a recognizer per audio track would load every test's CPU.
+    base = dict(
+        host="127.0.0.1", http_port=0, media_port=0, quic_port=0, room_empty_timeout_s=2.0, captions="off"
+    )
     base.update(overrides)
     return Config(**base)  # type: ignore[arg-type]
 

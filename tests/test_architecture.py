@@ -10,7 +10,8 @@ Imports between Ferry's packages run one way (DESIGN §12)::
 A package imports only the packages to its left (and itself): ``media`` imports none of
 the others; ``netem`` imports none of them either (``qa`` may use ``netem``); ``recorder``
 and ``asr`` import ``media`` only. Wiring modules are the named exceptions in
-:data:`WIRING`: the server plugs the recorder in from ``signaling.recording``, and the
+:data:`WIRING`: the server plugs the recorder in from ``signaling.recording`` and the
+caption engine from ``signaling.captions``, and the
 ``cli`` modules of recorder and asr may use signaling's configuration and auth. tests/
 and bench/ may import anything. Imports inside ``if TYPE_CHECKING:`` count for the
 direction (a type from above is still a dependency on above) but not for circles: they
@@ -101,6 +102,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 # Wiring modules: what each may import on top of its package's rule.
 WIRING: dict[str, frozenset[str]] = {
     "signaling.recording": frozenset({"recorder"}),
+    "signaling.captions": frozenset({"asr", "recorder"}),
     "recorder.cli": frozenset({"signaling"}),
     "asr.cli": frozenset({"signaling"}),
 }

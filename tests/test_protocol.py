@@ -77,6 +77,12 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("ping", {}, {}),
     ("start_recording", {}, {}),
     ("stop_recording", {}, {}),
+    ("set_captions", {"enabled": False}, {"enabled": False, "backend": None, "language": None}),
+    (
+        "set_captions",
+        {"enabled": True, "backend": "vosk", "language": "ko"},
+        {"enabled": True, "backend": "vosk", "language": "ko"},
+    ),
 ]
 
 
@@ -202,6 +208,11 @@ FIELD_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("update_subscription", {"track_sid": "a", "enabled": 1}, "'enabled' must be a boolean"),
     ("update_subscription", {"track_sid": "a", "height": 1.5}, "'height'"),
     ("update_subscription", {"track_sid": "a", "height": True}, "'height'"),
+    ("set_captions", {}, "'enabled' is required"),
+    ("set_captions", {"enabled": "yes"}, "'enabled' must be a boolean"),
+    ("set_captions", {"enabled": True, "backend": "kaldi"}, "'backend' must be one of whisper, vosk"),
+    ("set_captions", {"enabled": True, "language": "english please"}, "'language' must be a language code"),
+    ("set_captions", {"enabled": True, "language": 7}, "'language'"),
 ]
 
 
