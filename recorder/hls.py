@@ -48,7 +48,7 @@ from .compose import open_streams
 from .compose_scene import Scene
 from .compose_sources import RATE
 
-__all__ = ["LiveRenderer", "command", "main", "start", "stop"]
+__all__ = ["LiveRenderer", "command", "environment", "main", "start", "stop"]
 
 log = logging.getLogger("ferry.recorder.hls")
 
@@ -67,12 +67,17 @@ def command(recording: str | os.PathLike[str], out: str | os.PathLike[str], *, w
             "--segment", str(segment_s), "--list-size", str(list_size), "--delay", str(delay_s)]
 
 
-def start(recording: str | os.PathLike[str], out: str | os.PathLike[str], **options: Any) -> subprocess.Popen[bytes]:
-    """Start a renderer process (its stderr is the caller's; it logs little)."""
-    root = Path(__file__).resolve().parent.parent  # `-m recorder.hls` from a checkout too
+def environment() -> dict[str, str]:
+    """The renderer's environment: this one, with Ferry's checkout importable (`-m recorder.hls`)."""
+    root = Path(__file__).resolve().parent.parent
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
-    return subprocess.Popen(command(recording, out, **options), stdin=subprocess.DEVNULL, env=env)
+    return env
+
+
+def start(recording: str | os.PathLike[str], out: str | os.PathLike[str], **options: Any) -> subprocess.Popen[bytes]:
+    """Start a renderer process (its stderr is the caller's; it logs little)."""
+    return subprocess.Popen(command(recording, out, **options), stdin=subprocess.DEVNULL, env=environment())
 
 
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int | None:

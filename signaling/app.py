@@ -7,7 +7,9 @@ is what `ferry serve` calls.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import datetime
 import ipaddress
 import logging
 import resource
@@ -34,9 +36,12 @@ from .captions import add_routes as add_caption_routes
 from .config import Config, ConfigError, is_loopback_host
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import MAX_MESSAGE_BYTES, encode
+from .quic_server import QuicSignaling
 from .recording import RecordingService, add_routes
 from .rooms import RoomManager
 from .session import Session
+from .streaming import StreamService
+from .streaming import add_routes as add_stream_routes
 
 log = logging.getLogger("ferry.signaling.app")
 
@@ -183,13 +188,16 @@ class FerryServer:
             self.engine, self.rooms, config.recordings_dir, auto_record=config.auto_record_rooms
         )
         self.captions = CaptionService(self.engine, self.rooms, config, recordings=self.recordings)
+        self.streams = StreamService(self.rooms, self.recordings)  # live HLS renderers
         self.metrics = Metrics()
         self.metrics.set_engine_stats(self._metrics_snapshot)
+        self.quic = QuicSignaling(config, self.new_session, self.metrics.signaling_error)
         self.ws_connections = 0
         self._connections_by_ip: dict[str, int] = {}
         self._per_ip_exempt = [ipaddress.ip_network(n) for n in config.per_ip_exempt]
         self._connections: set[_Connection] = set()
-        self._shutdown_hooks: list[ShutdownHook] = [self.recordings.stop_all, self.captions.close]
+        # Renderers end their playlists before the recordings they follow are finalized.
+        self._shutdown_hooks: list[ShutdownHook] = [self.streams.stop_all, self.recordings.stop_all, self.captions.close]
         self.stopping = False
         self._stopped = False
         self._cut_short = asyncio.Event()
@@ -206,7 +214,9 @@ class FerryServer:
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/api/rooms", self._api_rooms)
         app.router.add_get("/api/dev-token", self._api_dev_token)
+        app.router.add_get("/api/webtransport", self._api_webtransport)
         add_routes(app, self.recordings, self.verifier)
+        add_stream_routes(app, self.streams, self.verifier)
         add_caption_routes(app, self.captions, self.verifier)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -239,11 +249,14 @@ class FerryServer:
         if server is not None and server.sockets:
             self.http_port = server.sockets[0].getsockname()[1]
         self.http_port_bound = True
+        await self.quic.start()
         self._room_timer = asyncio.create_task(self._room_ticker())
         log.info(
-            "Ferry listening: http://%s:%d/ (ws /ws, /metrics), media udp %s:%d",
+            "Ferry listening: http://%s:%d/ (ws /ws, /metrics), QUIC udp %s:%s, media udp %s:%d",
             self.config.host,
             self.http_port,
+            self.config.host,
+            self.quic.port,
             self.config.host,
             self.engine.port,
         )
@@ -275,6 +288,7 @@ class FerryServer:
         if self._room_timer is not None:
             self._room_timer.cancel()
         self.rooms.close()
+        await self.quic.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.engine.stop()
@@ -293,8 +307,12 @@ class FerryServer:
                 conn.session.end("server_shutdown")
             else:
                 conn.close()
-        if connections:
-            await asyncio.wait([asyncio.ensure_future(c.closed.wait()) for c in connections])
+        quic = list(self.quic.connections)
+        self.quic.end_all("server_shutdown")
+        waits = [asyncio.ensure_future(c.closed.wait()) for c in connections]
+        waits += [asyncio.ensure_future(c.wait_closed()) for c in quic]
+        if waits:
+            await asyncio.wait(waits)
         for hook in self._shutdown_hooks:
             try:
                 await hook()
@@ -306,6 +324,7 @@ class FerryServer:
             await asyncio.sleep(ROOM_TICK_S)
             try:
                 self.rooms.on_timer(time.time())
+                self.quic.on_timer(datetime.datetime.now(datetime.UTC))
                 self.recordings.on_timer(self.engine.now_ms())
             except Exception:
                 log.exception("room ticker failed")
@@ -317,6 +336,25 @@ class FerryServer:
     @property
     def http_url(self) -> str:
         return f"http://{self.config.host}:{self.http_port}"
+
+    @property
+    def quic_url(self) -> str:
+        """Raw QUIC signaling (ALPN ``ferry``) for Python clients."""
+        host = self.config.host
+        return f"quic://[{host}]:{self.quic.port}" if ":" in host else f"quic://{host}:{self.quic.port}"
+
+    def new_session(self, send: Callable[[dict], None], close: Callable[[], None]) -> Session:
+        """A signaling session for a QUIC or WebTransport stream (same rules as /ws)."""
+        return Session(
+            self.rooms,
+            self.verifier,
+            send,
+            max_participants=self.config.max_participants_per_room,
+            on_error=self.metrics.signaling_error,
+            close=close,
+            recordings=self.recordings,
+            captions=self.captions,
+        )
 
     def token(self, room: str, identity: str, **grants: object) -> str:
         return mint_token(
@@ -412,6 +450,26 @@ class FerryServer:
             room_record=record,
         )
         return web.json_response({"token": token, "url": self.ws_url, "identity": identity})
+
+    async def _api_webtransport(self, request: web.Request) -> web.Response:
+        """Where the QUIC listener is and the certificate hash pages pin
+        (``serverCertificateHashes``); fetched on every connect, so rotation is seamless."""
+        host = _request_host(request)
+        if not self._known_host(host):
+            host = self.config.host
+        assert host is not None
+        digest = self.quic.certificate_sha256
+        cert = self.quic.certs.current
+        return web.json_response(
+            {
+                "url": self.quic.url(host),
+                "quic_url": self.quic_url,
+                "certificate_sha256": digest.hex(),
+                "certificate_sha256_b64": base64.b64encode(digest).decode(),
+                "generated": cert.generated,
+                "not_after_unix": int(cert.not_after.timestamp()),
+            }
+        )
 
     async def _api_rooms(self, request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")
@@ -526,6 +584,7 @@ class FerryServer:
         data["rooms"] = len(self.rooms.rooms)
         data["participants"] = self.rooms.participant_count()
         data["ws_connections"] = self.ws_connections
+        data["quic_connections"] = len(self.quic.connections)
         kinds: dict[str, int] = {"audio": 0, "video": 0}
         for room in self.rooms.rooms.values():
             for track in room.router.tracks.values():

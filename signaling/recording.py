@@ -40,7 +40,7 @@ from recorder.worker import MuxWorker
 from .auth import ADMIN_ALL_ROOMS, AuthError, Claims, TokenVerifier
 from .rooms import Participant, Room, RoomManager
 
-__all__ = ["RecordingError", "RecordingService", "add_routes", "check_record"]
+__all__ = ["RecordingError", "RecordingService", "add_routes", "authorize_record", "check_record", "http_error"]
 
 log = logging.getLogger("ferry.signaling.recording")
 
@@ -457,25 +457,14 @@ def add_routes(app: web.Application, service: RecordingService, verifier: TokenV
     """
 
     def authorize(request: web.Request) -> str:
-        room = request.match_info["room"]
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
-        try:
-            claims = verifier.verify(token, now=time.time())
-        except AuthError as exc:
-            raise _http_error(401, exc.code, exc.message) from None
-        try:
-            check_record(claims, room)
-        except AuthError as exc:
-            raise _http_error(403, exc.code, exc.message) from None
-        return room
+        return authorize_record(request, verifier)
 
     async def start(request: web.Request) -> web.Response:
         room = authorize(request)
         try:
             info = service.start(room, by="api")
         except RecordingError as exc:
-            raise _http_error(exc.status, exc.code, exc.message) from None
+            raise http_error(exc.status, exc.code, exc.message) from None
         return web.json_response(info, status=201)
 
     async def stop(request: web.Request) -> web.Response:
@@ -483,7 +472,7 @@ def add_routes(app: web.Application, service: RecordingService, verifier: TokenV
         try:
             done = service.request_stop(room, "stopped")
         except RecordingError as exc:
-            raise _http_error(exc.status, exc.code, exc.message) from None
+            raise http_error(exc.status, exc.code, exc.message) from None
         manifest = await done
         loop = asyncio.get_running_loop()
         directory = service.room_dir(room) / manifest.id
@@ -500,15 +489,32 @@ def add_routes(app: web.Application, service: RecordingService, verifier: TokenV
     app.router.add_get("/api/rooms/{room}/recordings", listing)
 
 
+def authorize_record(request: web.Request, verifier: TokenVerifier) -> str:
+    """The `{room}` of a request whose bearer token may record it; raises 401 / 403 otherwise."""
+    room = request.match_info["room"]
+    header = request.headers.get("Authorization", "")
+    token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+    try:
+        claims = verifier.verify(token, now=time.time())
+    except AuthError as exc:
+        raise http_error(401, exc.code, exc.message) from None
+    try:
+        check_record(claims, room)
+    except AuthError as exc:
+        raise http_error(403, exc.code, exc.message) from None
+    return room
+
+
 _HTTP_ERRORS: dict[int, type[web.HTTPException]] = {
     401: web.HTTPUnauthorized,
     403: web.HTTPForbidden,
+    400: web.HTTPBadRequest,
     404: web.HTTPNotFound,
     409: web.HTTPConflict,
 }
 
 
-def _http_error(status: int, code: str, message: str) -> web.HTTPException:
+def http_error(status: int, code: str, message: str) -> web.HTTPException:
     """A JSON error answer shaped like every other Ferry API error."""
     cls = _HTTP_ERRORS.get(status, web.HTTPInternalServerError)
     return cls(text=json.dumps({"error": {"code": code, "message": message}}), content_type="application/json")

@@ -6,19 +6,23 @@ the same times. They are encoded for real (libvpx, libopus) and fed through the
 recorder core as packets with RTCP sender reports, audio and video on different
 RTP bases and arriving at different delays, so the only way a composite can
 line them up is the manifest's clock mapping. Used by the compose and HLS tests
-and by bench/record.py.
+and by bench/record.py. The detectors at the end find flashes and beeps again in
+what the composite and the HLS renderer made.
 """
 
 from __future__ import annotations
 
 import fractions
 import functools
+import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import av
 import numpy as np
 
 from media.rtp.ntp import ntp_from_unix
+from recorder.compose_layout import Rect
 from recorder.recording import Recording
 from recorder.track_recorder import TrackRecorder
 
@@ -46,8 +50,8 @@ class Person:
 
 @functools.lru_cache(maxsize=16)
 def flash_video(n: int, flashes: tuple[float, ...], width: int = 160, height: int = 120,
-                level: int = -1, texture: str = "flat") -> tuple[tuple[bytes, bool], ...]:
-    """`n` VP8 frames at FPS; white during each flash (or flat `level` if given).
+                level: int = -1, texture: str = "flat", gop: int = FPS) -> tuple[tuple[bytes, bool], ...]:
+    """`n` VP8 frames at FPS, a keyframe every `gop`; white during each flash (or flat `level` if given).
 
     `texture` between flashes: "flat" grey; "camera" a slowly moving lit shape on a
     gradient with a little sensor noise (what a webcam sends); "noise" a moving
@@ -57,7 +61,7 @@ def flash_video(n: int, flashes: tuple[float, ...], width: int = 160, height: in
     ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
     ctx.time_base = fractions.Fraction(1, FPS)
     ctx.framerate = FPS
-    ctx.gop_size = FPS
+    ctx.gop_size = gop
     ctx.bit_rate = 300_000 if texture == "flat" else 1_000_000
     ctx.options = {"deadline": "realtime", "cpu-used": "16", "threads": "1"}
     chroma = np.full((height // 2, width), 128, np.uint8)
@@ -169,3 +173,52 @@ def record(directory: str, people: list[Person], unix_offset_s: float = 1.7e9,
     feeder.feed_until(feeder.end_ms)
     rec.stop(feeder.end_ms + 100.0)
     return rec
+
+
+# -- detecting flashes and beeps in rendered output ----------------------------------
+BEEP_WINDOW = 240  # 5 ms at 48 kHz
+
+
+def decode(path: Path | str) -> tuple[list[float], list[np.ndarray], np.ndarray]:
+    """(frame times, YUV 4:2:0 frames, mono samples at 48 kHz) of a file or playlist."""
+    with av.open(str(path)) as c:
+        frames = [(float(f.time), f.to_ndarray()) for f in c.decode(video=0)]
+    with av.open(str(path)) as c:
+        pcm = np.concatenate([f.to_ndarray()[0] for f in c.decode(audio=0)])
+    return [t for t, _ in frames], [f for _, f in frames], pcm
+
+
+def luma(frame: np.ndarray, r: Rect) -> float:
+    """Mean luma of a tile's middle (clear of its label and border)."""
+    return float(frame[r.y + r.h // 4 : r.y + r.h // 2, r.x + r.w // 3 : r.x + 2 * r.w // 3].mean())
+
+
+def onsets(values: list[float] | np.ndarray, times: list[float] | np.ndarray, threshold: float) -> list[float]:
+    """Times where `values` rise above `threshold`."""
+    on = np.asarray(values) > threshold
+    return [float(times[i]) for i in range(1, len(on)) if on[i] and not on[i - 1]]
+
+
+def beep_onsets(pcm: np.ndarray, start_s: float = 0.0) -> list[float]:
+    """Beep starts in 48 kHz mono samples: RMS over 0.1 in 5 ms windows."""
+    n = len(pcm) // BEEP_WINDOW
+    rms = np.sqrt(np.mean(pcm[: n * BEEP_WINDOW].reshape(-1, BEEP_WINDOW) ** 2, axis=1))
+    return onsets(rms, start_s + np.arange(n) * BEEP_WINDOW / 48000, 0.1)
+
+
+def flash_onsets(times: list[float], frames: list[np.ndarray], tile: Rect, after_s: float = -1e9) -> list[float]:
+    """Times where a tile turns bright (a flash), among frames from `after_s` on."""
+    shown = [(t, luma(f, tile)) for t, f in zip(times, frames, strict=True) if t >= after_s]
+    return onsets([v for _, v in shown], [t for t, _ in shown], 130)
+
+
+def ffprobe_codecs(path: Path | str) -> list[str]:
+    """Codec names of a file's streams, once each (MPEG-TS lists its streams twice)."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0",
+                          str(path)], capture_output=True, text=True, check=True)
+    return list(dict.fromkeys(out.stdout.split()))
+
+
+def playlist_segments(text: str) -> list[str]:
+    """The segment names an HLS media playlist lists."""
+    return [line for line in text.splitlines() if line and not line.startswith("#")]

@@ -102,6 +102,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 # Wiring modules: what each may import on top of its package's rule.
 WIRING: dict[str, frozenset[str]] = {
     "signaling.recording": frozenset({"recorder"}),
+    "signaling.streaming": frozenset({"recorder"}),
     "signaling.captions": frozenset({"asr", "recorder"}),
     "recorder.cli": frozenset({"signaling"}),
     "asr.cli": frozenset({"signaling"}),

@@ -6,7 +6,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -16,7 +15,7 @@ from recorder.compose_audio import CEILING, Limiter, Speakers
 from recorder.compose_draw import CARD, HIGHLIGHT, yuv
 from recorder.compose_layout import Rect, layout
 
-from .recorder_flash import Person, record
+from .recorder_flash import Person, beep_onsets, decode, ffprobe_codecs, flash_onsets, luma, record
 
 W, H, FPS = 384, 216, 25
 T0 = 1.7e9  # the recording's clock: Alice's first frame
@@ -35,47 +34,18 @@ def composite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return out, compose(rec.directory, out, width=W, height=H, fps=FPS)
 
 
-def decode(path: Path) -> tuple[list[float], list[np.ndarray], np.ndarray]:
-    """(frame times, YUV 4:2:0 frames, mono samples at 48 kHz) of an MP4."""
-    with av.open(str(path)) as c:
-        frames = [(float(f.time), f.to_ndarray()) for f in c.decode(video=0)]
-    with av.open(str(path)) as c:
-        pcm = np.concatenate([f.to_ndarray()[0] for f in c.decode(audio=0)])
-    return [t for t, _ in frames], [f for _, f in frames], pcm
-
-
-def luma(frame: np.ndarray, r: Rect) -> float:
-    """Mean luma of a tile's middle (clear of its label and border)."""
-    return float(frame[r.y + r.h // 4 : r.y + r.h // 2, r.x + r.w // 3 : r.x + 2 * r.w // 3].mean())
-
-
-def onsets(values: list[float] | np.ndarray, times: list[float] | np.ndarray, threshold: float) -> list[float]:
-    on = np.asarray(values) > threshold
-    return [float(times[i]) for i in range(1, len(on)) if on[i] and not on[i - 1]]
-
-
-def ffprobe_codecs(path: Path) -> list[str]:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0",
-                          str(path)], capture_output=True, text=True, check=True)
-    return out.stdout.split()
-
-
 def test_flashes_and_beeps_line_up_within_80_ms(composite: tuple[Path, dict[str, object]]) -> None:
     path, made = composite
     assert made["t0_unix"] == pytest.approx(T0, abs=1e-3)
     assert ffprobe_codecs(path) == ["h264", "aac"]
     times, frames, pcm = decode(path)
     assert len(frames) == made["frames"] and abs(len(frames) - 3.7 * FPS) <= 1  # to the last frame
-    # Audio: beep onsets from the energy in 5 ms windows.
-    win = 240
-    rms = np.sqrt(np.mean(pcm[: len(pcm) // win * win].reshape(-1, win) ** 2, axis=1))
-    beeps = onsets(rms, np.arange(len(rms)) * win / 48000, 0.1)
+    beeps = beep_onsets(pcm)
     # Video: each person's flashes in their tile, while both are on screen (layout fixed).
     both = layout(W, H, ["PA_a", "PA_b"])
     flashes = []
     for key, person in zip(["PA_a", "PA_b"], people(), strict=True):
-        on_screen = [(t, luma(f, both[key])) for t, f in zip(times, frames, strict=True) if t >= 0.72]
-        seen = onsets([v for _, v in on_screen], [t for t, _ in on_screen], 130)
+        seen = flash_onsets(times, frames, both[key], after_s=0.72)
         expected = [person.start_s + f for f in person.flashes if person.start_s + f > 0.8]
         assert len(seen) == len(expected), (key, seen, expected)
         for got, want in zip(seen, expected, strict=True):

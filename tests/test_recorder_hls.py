@@ -14,7 +14,15 @@ import numpy as np
 from recorder import hls
 from recorder.recording import Recording
 
-from .recorder_flash import Feeder, Person, packets, record
+from .recorder_flash import (
+    Feeder,
+    Person,
+    beep_onsets,
+    ffprobe_codecs,
+    packets,
+    playlist_segments,
+    record,
+)
 from .recorder_media import wait_until
 
 W, H, FPS = 320, 180, 25
@@ -22,18 +30,11 @@ SECONDS = 10.0
 FLASHES = (1.0, 3.0, 5.0, 7.0)  # after the first few (probing) seconds, one per 2 s segment
 
 
-def ffprobe_codecs(path: Path) -> list[str]:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0",
-                          str(path)], capture_output=True, text=True, check=True)
-    return list(dict.fromkeys(out.stdout.split()))  # MPEG-TS lists its streams twice (program)
-
-
 def segments(playlist: Path) -> list[str]:
     try:
-        lines = playlist.read_text().splitlines()
+        return playlist_segments(playlist.read_text())
     except OSError:
         return []
-    return [line for line in lines if line and not line.startswith("#")]
 
 
 def flash_frames(out: Path, names: list[str]) -> tuple[list[int], list[tuple[int, str]]]:
@@ -57,13 +58,7 @@ def av_offsets(playlist: Path) -> list[float]:
     with av.open(str(playlist)) as c:
         chunks = [(float(f.time), f.to_ndarray()[0]) for f in c.decode(audio=0)]
     flashes = [video[i][0] for i in range(1, len(video)) if video[i][1] > 130 >= video[i - 1][1]]
-    beeps, loud = [], False
-    for start, pcm in chunks:
-        for j in range(0, len(pcm) - 239, 240):  # 5 ms windows
-            now = float(np.sqrt(np.mean(pcm[j : j + 240] ** 2))) > 0.1
-            if now and not loud:
-                beeps.append(start + j / 48000)
-            loud = now
+    beeps = beep_onsets(np.concatenate([pcm for _, pcm in chunks]), chunks[0][0])
     return [min((abs(f - b) for b in beeps), default=99.0) for f in flashes]
 
 
