@@ -12,7 +12,7 @@ Timing: every 20 ms frame keeps its RTP timestamp; an utterance's start/end are 
 timestamps of its first/last voiced frames mapped to Unix ms by `RtpWallClock`.
 
 Overload: when this track's oldest queued job waited more than `LAG_S` the captions
-are "lagging"; past `PAUSE_S` (or `MAX_DEPTH` queued jobs) captioning is "paused": new
+are "lagging"; past `PAUSE_S` (or `MAX_HEAVY` queued recognizer passes) it is "paused": new
 utterances are skipped (counted in `dropped_segments`) until the queue drained, then
 "resumed". Forwarding never waits for any of it.
 """
@@ -20,6 +20,7 @@ utterances are skipped (counted in `dropped_segments`) until the queue drained, 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from media.audio.decode_path import AudioDecodePath
+from media.wire.red import parse_red
 from media.wire.rtp import RtpView
 
 from .api import Caption
@@ -40,7 +42,7 @@ __all__ = ["TrackCaptioner"]
 
 LAG_S = 2.0
 PAUSE_S = 6.0
-MAX_DEPTH = 64
+MAX_HEAVY = 6  # queued recognizer passes (partials, finals) of one track
 INBOX_MAX = 500  # packets (10 s of 20 ms Opus) waiting for the next tick
 IDLE_STOP_MS = 1500.0  # no packet for this long: end the utterance, stop the timer
 
@@ -55,7 +57,11 @@ class _Utterance:
     partial_sent: bool = False
     skipped: bool = False
     last_ts: int = 0
-    pending: list[np.ndarray] = field(default_factory=list)
+    pending: list[np.ndarray] = field(default_factory=list)  # this tick's audio (loop)
+    # Audio handed to the lane but not yet fed (loop appends, a worker takes).
+    inq: list[np.ndarray] = field(default_factory=list)
+    feed_queued: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TrackCaptioner:
@@ -104,7 +110,8 @@ class TrackCaptioner:
         self.path = AudioDecodePath(sample_rate=16000, channels=1, clock_rate=clock_rate, min_delay_ms=40.0)
         self.segmenter = Segmenter(segmenter, ts_per_frame=clock_rate // 50)
         self.clock = RtpWallClock(clock_rate)
-        self._inbox: deque[tuple[int, int, bytes, float, bool]] = deque()
+        self._inbox: deque[tuple[int, int, bytes, float, int]] = deque()
+        self._red_pts: dict[int, bool] = {}  # payload type -> RED? (learned when red_pt is None)
         self._handle: asyncio.TimerHandle | None = None
         self._last_packet_ms: float | None = None
         self._utt: _Utterance | None = None
@@ -130,8 +137,7 @@ class TrackCaptioner:
         if len(self._inbox) >= INBOX_MAX:
             self.inbox_dropped += 1
             return
-        is_red = self.red_pt is not None and view.payload_type == self.red_pt
-        self._inbox.append((view.seq, view.timestamp, bytes(view.payload), now_ms, is_red))
+        self._inbox.append((view.seq, view.timestamp, bytes(view.payload), now_ms, view.payload_type))
         self._last_packet_ms = now_ms
         if self.timer and self._handle is None:
             self._handle = self.loop.call_later(self.tick_ms / 1000.0, self._tick)  # type: ignore[union-attr]
@@ -209,13 +215,33 @@ class TrackCaptioner:
     def _drain_inbox(self) -> None:
         path, clock, offset = self.path, self.clock, self.unix_offset_s
         while self._inbox:
-            seq, ts, payload, arrival_ms, is_red = self._inbox.popleft()
-            if is_red:
+            seq, ts, payload, arrival_ms, pt = self._inbox.popleft()
+            if self._is_red(pt, payload):
                 path.put_red(seq, ts, payload, arrival_ms, self.opus_pt)
             else:
                 path.put(seq, ts, payload, arrival_ms)
             if offset is not None:
                 clock.on_arrival(ts, offset + arrival_ms / 1000.0)
+
+    def _is_red(self, pt: int, payload: bytes) -> bool:
+        """RED (RFC 2198) or plain Opus? Told by `red_pt`, else learned once per payload type.
+
+        Without `red_pt`, a packet whose payload type is not `opus_pt` is RED when it
+        parses as RED with an Opus primary block (Chrome's RED wraps every audio packet).
+        """
+        if self.red_pt is not None:
+            return pt == self.red_pt
+        if pt == self.opus_pt:
+            return False
+        known = self._red_pts.get(pt)
+        if known is None:
+            try:
+                blocks = parse_red(payload)
+                known = blocks[-1].payload_type == self.opus_pt
+            except (ValueError, IndexError):
+                known = False
+            self._red_pts[pt] = known
+        return known
 
     def _unix_ms(self, ts: int) -> int:
         ms = self.clock.to_unix_ms(ts)
@@ -255,32 +281,49 @@ class TrackCaptioner:
         self.lane.submit(rec.start)
 
     def _flush_audio(self) -> None:
-        """Queue the tick's audio of the open utterance, and a partial when it is time."""
+        """Hand the tick's audio of the open utterance to the lane; a partial when due.
+
+        At most one feed job per utterance waits in the lane at a time: audio that
+        comes while one waits joins it (a slow worker sees one big feed, not many).
+        """
         utt = self._utt
         if utt is None or utt.skipped or not utt.pending:
             return
-        pcm = np.concatenate(utt.pending)
+        pcm = np.concatenate(utt.pending) if len(utt.pending) > 1 else utt.pending[0]
         utt.pending = []
-        rec, backend = self.recognizer, self.backend
+        with utt.lock:
+            utt.inq.append(pcm)
+            need_job = not utt.feed_queued
+            utt.feed_queued = True
+        if need_job:
+            self.lane.submit(lambda: self._feed(utt))
+        backend = self.backend
         want_partial = utt.fed_ms - utt.partial_at_ms >= backend.partial_every_ms and (
-            not backend.partial_when_idle_only or (self.pool.idle and self.lane.depth == 0)
+            not backend.partial_when_idle_only or (self.pool.idle and self.lane.heavy == 0)
         )
-        if want_partial:
-            utt.partial_at_ms = utt.fed_ms
-            start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(utt.last_ts + self.clock_rate // 50)
+        if not want_partial:
+            return
+        utt.partial_at_ms = utt.fed_ms
+        start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(utt.last_ts + self.clock_rate // 50)
 
-            def feed_and_partial() -> None:
-                rec.feed(pcm)
-                text = rec.partial()
-                if text and text != utt.last_partial:
-                    utt.last_partial = text
-                    utt.partial_sent = True
-                    self._post(Caption(self.participant_sid, self.track_sid, self.identity, text, False,
-                                       start_ms, end_ms, utt.seq))
+        def partial() -> None:
+            self._feed(utt)
+            text = self.recognizer.partial()
+            if text and text != utt.last_partial:
+                utt.last_partial = text
+                utt.partial_sent = True
+                self._post(Caption(self.participant_sid, self.track_sid, self.identity, text, False,
+                                   start_ms, end_ms, utt.seq))
 
-            self.lane.submit(feed_and_partial)
-        else:
-            self.lane.submit(lambda: rec.feed(pcm))
+        self.lane.submit(partial, heavy=True)
+
+    def _feed(self, utt: _Utterance) -> None:
+        """Worker: feed the recognizer what the loop queued for `utt`."""
+        with utt.lock:
+            chunks, utt.inq = utt.inq, []
+            utt.feed_queued = False
+        if chunks:
+            self.recognizer.feed(np.concatenate(chunks) if len(chunks) > 1 else chunks[0])
 
     def _end(self, end_ts: int) -> None:
         self._flush_audio()
@@ -291,12 +334,13 @@ class TrackCaptioner:
         start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(end_ts)
 
         def final() -> None:
+            self._feed(utt)
             text = rec.final()
             if text or utt.partial_sent:
                 self._post(Caption(self.participant_sid, self.track_sid, self.identity, text, True,
                                    start_ms, end_ms, utt.seq))
 
-        self.lane.submit(final)
+        self.lane.submit(final, heavy=True)
 
     def _drop(self) -> None:
         utt, self._utt = self._utt, None
@@ -306,6 +350,8 @@ class TrackCaptioner:
         start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(utt.last_ts)
 
         def cancel() -> None:
+            with utt.lock:
+                utt.inq = []
             rec.cancel()
             if utt.partial_sent:  # retract what was shown
                 self._post(Caption(self.participant_sid, self.track_sid, self.identity, "", True,
@@ -336,13 +382,13 @@ class TrackCaptioner:
 
     def _check_load(self) -> None:
         lane = self.lane
-        wait, depth = lane.oldest_wait_s(), lane.depth
+        wait, depth = lane.oldest_wait_s(), lane.heavy
         if self.paused:
             if depth == 0 and not lane.running:
                 self.paused = self.lagging = False
                 self._status("resumed")
             return
-        if wait > PAUSE_S or depth > MAX_DEPTH:
+        if wait > PAUSE_S or lane.heavy > MAX_HEAVY:
             self.paused = True
             self._status("paused")
         elif wait > LAG_S and not self.lagging:

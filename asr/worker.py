@@ -65,17 +65,22 @@ class Lane:
 
     def __init__(self, pool: RecognitionPool) -> None:
         self.pool = pool
-        self._jobs: deque[tuple[Callable[[], None], float]] = deque()
+        self._jobs: deque[tuple[Callable[[], None], float, bool]] = deque()
+        self.heavy = 0  # queued jobs marked heavy (a recognizer pass, not a feed)
         self._lock = threading.Lock()
         self._scheduled = False
         self.closed = False
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue `job` (runs on a worker thread after this lane's earlier jobs)."""
+    def submit(self, job: Callable[[], None], *, heavy: bool = False) -> None:
+        """Queue `job` (runs on a worker thread after this lane's earlier jobs).
+
+        `heavy` marks a recognizer pass (a partial, a final) for `heavy` counting.
+        """
         if self.closed or self.pool.closed:
             return
         with self._lock:
-            self._jobs.append((job, time.monotonic()))
+            self._jobs.append((job, time.monotonic(), heavy))
+            self.heavy += heavy
             if self._scheduled:
                 return
             self._scheduled = True
@@ -92,7 +97,7 @@ class Lane:
     def oldest_wait_s(self) -> float:
         """How long the oldest queued job has waited (0 when none is queued)."""
         try:
-            _, queued = self._jobs[0]
+            _, queued, _ = self._jobs[0]
         except IndexError:
             return 0.0
         return time.monotonic() - queued
@@ -102,6 +107,7 @@ class Lane:
         with self._lock:
             n = len(self._jobs)
             self._jobs.clear()
+            self.heavy = 0
         return n
 
     def close(self) -> None:
@@ -117,6 +123,8 @@ class Lane:
         try:
             with self._lock:
                 item = self._jobs.popleft() if self._jobs else None
+                if item is not None:
+                    self.heavy -= item[2]
             if item is not None:
                 try:
                     item[0]()

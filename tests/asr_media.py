@@ -98,3 +98,71 @@ def word_errors(ref: str, hyp: str) -> tuple[int, int]:
 def wer(ref: str, hyp: str) -> float:
     errors, n = word_errors(ref, hyp)
     return errors / max(n, 1)
+
+
+# -- driving a TrackCaptioner ------------------------------------------------------------
+RED_PT = 63
+
+
+def red_packets(frames: tuple[bytes, ...] | list[bytes], *, seq0: int = 65000,
+                ts0: int = 4_294_000_000, ssrc: int = 4321) -> list[tuple[int, RtpView, int]]:
+    """Like `rtp_packets` but each packet is RED carrying the previous frame too (Chrome)."""
+    from media.wire.red import build_red
+
+    out = []
+    for i, payload in enumerate(frames):
+        redundant = [(960, frames[i - 1])] if i > 0 else []
+        data = build_rtp(payload_type=RED_PT, seq=seq0 + i, timestamp=ts0 + 960 * i, ssrc=ssrc,
+                         payload=build_red(OPUS_PT, payload, redundant))
+        out.append((i, parse_rtp(data), seq0 + i))
+    return out
+
+
+async def drive(sink, packets, *, loss: float = 0.0, seed: int = 1, real_time: bool = False,
+                tick_frames: int = 2, t0_ms: float | None = None) -> dict[int, float]:
+    """Feed `packets` (20 ms apart) to `sink`, ticking its timer every `tick_frames` frames.
+
+    Fast by default (synthetic arrival times, as fast as the CPU goes); `real_time`
+    paces them on the loop clock. Drops a seeded `loss` share. Returns the loop time
+    (ms) at which each frame index was handed over, then waits until the recognizer
+    queue is empty and the results were delivered.
+    """
+    import asyncio
+    import random
+
+    loop = asyncio.get_running_loop()
+    rng = random.Random(seed)
+    base = loop.time() * 1000.0 if t0_ms is None else t0_ms
+    fed: dict[int, float] = {}
+    now = base
+    for i, view, ext in packets:
+        now = base + 20.0 * i
+        if real_time:
+            delay = (now - loop.time() * 1000.0) / 1000.0
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time() * 1000.0
+        if rng.random() >= loss:
+            sink.on_packet(0, view, ext, False, now)
+        fed[i] = loop.time() * 1000.0
+        if i % tick_frames == 0:
+            sink.on_timer(now)
+            if not real_time and i % 50 == 0:
+                await asyncio.sleep(0)
+    for k in range(1, 40):  # play out the jitter buffer and the hangover
+        sink.on_timer(now + 20.0 * k)
+        if real_time:
+            await asyncio.sleep(0.02)
+    await settle(sink)
+    return fed
+
+
+async def settle(sink, timeout: float = 60.0) -> None:
+    """Wait until the sink's recognizer jobs ran and their results reached the loop."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (sink.lane.depth or sink.lane.running) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
