@@ -50,7 +50,15 @@ class ConnectTimeout(FerryError, TimeoutError):
 
 
 class SignalingChannel:
-    """One WebSocket: ``request`` awaits the reply with its id; events go to ``on_event``."""
+    """One WebSocket: ``request`` awaits the reply with its id; events go to ``on_event``.
+
+    Subclasses carry the same messages over another transport
+    (:class:`clients.quic_channel.QuicChannel`) by overriding ``open``, ``closed``,
+    :meth:`_send_text`, :meth:`_read_loop` (feeding :meth:`_deliver`), ``abort`` and ``close``.
+    ``on_closed`` is called once when the connection ends, however it ends.
+    """
+
+    transport = "ws"
 
     def __init__(
         self, on_event: Callable[[dict[str, Any]], Any], *, request_timeout: float, name: str = ""
@@ -63,6 +71,7 @@ class SignalingChannel:
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
+        self.on_closed: Callable[[], Any] | None = None
 
     @property
     def closed(self) -> bool:
@@ -90,15 +99,14 @@ class SignalingChannel:
         :class:`RequestTimeout` after ``timeout`` seconds (default ``request_timeout``)
         and ``FerryError("closed")`` if the socket closes first.
         """
-        ws = self._ws
-        if ws is None or ws.closed:
+        if self.closed:
             raise FerryError("closed", "not connected")
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         t = self.request_timeout if timeout is None else timeout
         try:
-            await ws.send_str(json.dumps({"type": msg_type, "id": req_id, **fields}))
+            await self._send_text(json.dumps({"type": msg_type, "id": req_id, **fields}))
             reply = await asyncio.wait_for(fut, t)
         except TimeoutError:
             raise RequestTimeout(
@@ -111,25 +119,42 @@ class SignalingChannel:
             raise FerryError(str(err.get("code", "unknown")), str(err.get("message", "")), reply)
         return reply
 
+    async def _send_text(self, text: str) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(text)
+
     async def _read_loop(self) -> None:
         assert self._ws is not None
         try:
             async for msg in self._ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                try:
-                    data = json.loads(msg.data)
-                except ValueError:
-                    logger.warning("%s: non-JSON frame from server: %.80r", self.name, msg.data)
-                    continue
-                if isinstance(data, dict):
-                    await self._dispatch(data)
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    await self._deliver(msg.data)
         except Exception:
             logger.exception("%s: signaling read loop failed", self.name)
         finally:
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(FerryError("closed", "signaling socket closed"))
+            self._ended()
+
+    async def _deliver(self, text: str | bytes) -> None:
+        """One frame from the server: a reply to match or an event to hand on."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            logger.warning("%s: non-JSON frame from server: %.80r", self.name, text)
+            return
+        if isinstance(data, dict):
+            await self._dispatch(data)
+
+    def _ended(self) -> None:
+        """The connection is gone: fail pending requests, tell ``on_closed`` (once)."""
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(FerryError("closed", "signaling socket closed"))
+        callback, self.on_closed = self.on_closed, None
+        if callback is not None:
+            try:
+                callback()
+            except Exception:
+                logger.exception("%s: on_closed failed", self.name)
 
     async def _dispatch(self, msg: dict[str, Any]) -> None:
         req_id = msg.get("id")
@@ -144,8 +169,18 @@ class SignalingChannel:
         if inspect.isawaitable(result):
             await result
 
+    def abort(self) -> None:
+        """Drop the connection without a close handshake, as a dead network would (the
+        server keeps the participant for its grace period): tests of reconnects use it."""
+        transport = getattr(getattr(self._ws, "_conn", None), "transport", None)
+        if transport is not None:
+            transport.abort()
+        elif self._reader is not None:
+            self._reader.cancel()
+
     async def close(self) -> None:
         """Close the socket, then wait (bounded) for the reader; idempotent."""
+        self.on_closed = None
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.close(), 2.0)

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
 from .channel import FerryError, SignalingChannel
+from .quic_channel import QuicChannel
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class ClientSession:
 
     #: :meth:`wait_for` polls this often (seconds) unless told otherwise.
     poll_interval = 0.05
+    #: ``quic://`` URLs without a ``sha256`` pin: skip certificate verification (dev only).
+    quic_insecure = False
 
     def __init__(self, *, name: str, request_timeout: float, connect_timeout: float) -> None:
         self.name = name
@@ -56,12 +59,21 @@ class ClientSession:
 
     # -- signaling -----------------------------------------------------------------------
     async def connect(self, url: str, *, timeout: float | None = None) -> dict[str, Any]:
-        """Open the WebSocket and send ``hello``; returns (and keeps) its reply."""
+        """Open the signaling connection and send ``hello``; returns (and keeps) its reply.
+
+        ``ws://HOST:PORT/ws`` opens a WebSocket, ``quic://HOST:PORT[?sha256=HEX]`` raw
+        QUIC (:mod:`clients.quic_channel` says how the certificate is checked).
+        """
         self.url = url
         t = timeout if timeout is not None else self.request_timeout
-        self._channel = SignalingChannel(
-            self._dispatch, request_timeout=self.request_timeout, name=self.name
-        )
+        if url.startswith("quic://"):
+            self._channel = QuicChannel(
+                self._dispatch, request_timeout=self.request_timeout, name=self.name, insecure=self.quic_insecure
+            )
+        else:
+            self._channel = SignalingChannel(
+                self._dispatch, request_timeout=self.request_timeout, name=self.name
+            )
         await self._channel.open(url, timeout=t)
         self._offer_worker = asyncio.ensure_future(self._process_offers())
         self.server_info = await self.request("hello", version=PROTOCOL_VERSION, timeout=t)

@@ -339,9 +339,10 @@ class FerryServer:
 
     @property
     def quic_url(self) -> str:
-        """Raw QUIC signaling (ALPN ``ferry``) for Python clients."""
+        """Raw QUIC signaling (ALPN ``ferry``) for Python clients, pinning the certificate."""
         host = self.config.host
-        return f"quic://[{host}]:{self.quic.port}" if ":" in host else f"quic://{host}:{self.quic.port}"
+        address = f"[{host}]:{self.quic.port}" if ":" in host else f"{host}:{self.quic.port}"
+        return f"quic://{address}?sha256={self.quic.certificate_sha256.hex()}"
 
     def new_session(self, send: Callable[[dict], None], close: Callable[[], None]) -> Session:
         """A signaling session for a QUIC or WebTransport stream (same rules as /ws)."""
