@@ -28,6 +28,7 @@ Time series (every ``sample_ms``) go to ``SimResult.samples`` for plots.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Sequence
@@ -38,9 +39,10 @@ from media.bwe.estimator import GccEstimator
 from media.bwe.pacer import Pacer
 from media.rtp.twcc import TwccRecorder, TwccSendHistory
 from media.wire.twcc import TwccFeedback
-from netem.link import Link
+from netem.link import Link, LinkConfig
+from netem.rate import MTU_BYTES, MahimahiTrace
 
-__all__ = ["Phase", "Sample", "Scenario", "SimResult", "Simulation", "link_spec", "percentile"]
+__all__ = ["Phase", "Sample", "Scenario", "SimResult", "Simulation", "link_config", "link_spec", "percentile"]
 
 MAX_PACKET = 1200
 AUDIO_BYTES = 120
@@ -50,7 +52,11 @@ _MEDIA = 0x01
 
 @dataclass(frozen=True)
 class Phase:
-    """From ``t_ms`` on, the link is ``rate_bps`` (None: unlimited), ``delay_ms``, ``loss``."""
+    """From ``t_ms`` on, the link is ``rate_bps`` (None: unlimited), ``delay_ms``, ``loss``.
+
+    With ``trace`` (a Mahimahi trace, started at ``t_ms``) the rate follows the trace
+    and the drop-tail buffer holds ``queue_ms`` at the trace's mean rate.
+    """
 
     t_ms: float
     rate_bps: float | None
@@ -58,6 +64,16 @@ class Phase:
     loss: float = 0.0
     queue_ms: float = 300.0  # drop-tail buffer, in ms at this rate (RFC 8867 uses 300 ms)
     jitter_ms: float = 0.0  # +- uniform delay variation (netem keeps packet order)
+    trace: MahimahiTrace | None = None
+
+
+def link_config(phase: Phase) -> LinkConfig:
+    """The netem config of a phase (``link_spec`` plus the trace, if any)."""
+    cfg = LinkConfig.parse(link_spec(phase))
+    if phase.trace is None:
+        return cfg
+    limit = max(int(phase.trace.mean_bps() * phase.queue_ms / 8000.0), 3 * MAX_PACKET)
+    return cfg.with_changes(rate=phase.trace, queue_bytes=limit)
 
 
 def link_spec(phase: Phase) -> str:
@@ -134,12 +150,24 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(s[k])
 
 
-def _capacity_at(phases: Sequence[Phase], t_ms: float) -> float | None:
-    cap = phases[0].rate_bps
+def _capacity_at(phases: Sequence[Phase], t_ms: float, window_ms: float) -> float | None:
+    """The down link's capacity at ``t_ms``; for a trace, over ``(t - window, t]``."""
+    cur = phases[0]
     for p in phases:
         if p.t_ms <= t_ms:
-            cap = p.rate_bps
-    return cap
+            cur = p
+    if cur.trace is None:
+        return cur.rate_bps
+    ts, period = cur.trace.timestamps, cur.trace.period_ms
+    lo, hi = t_ms - window_ms - cur.t_ms, t_ms - cur.t_ms
+    n = 0
+    base = math.floor(max(lo, 0.0) / period) * period
+    while base < hi:
+        a = bisect.bisect_right(ts, lo - base)
+        b = bisect.bisect_right(ts, hi - base)
+        n += b - a
+        base += period
+    return n * MTU_BYTES * 8000.0 / window_ms
 
 
 class Simulation:
@@ -156,8 +184,8 @@ class Simulation:
         self.pacer = Pacer(self.est.estimate_bps(0.0))
         self.history = TwccSendHistory(max_age_ms=10_000.0)
         self.recorder = TwccRecorder(1, 2, interval_ms=sc.feedback_interval_ms)
-        self.down = Link(link_spec(sc.down[0]), 0.0, rng=random.Random(f"{sc.seed}/down"))
-        self.up = Link(link_spec(sc.up[0]), 0.0, rng=random.Random(f"{sc.seed}/up"))
+        self.down = Link(link_config(sc.down[0]), 0.0, rng=random.Random(f"{sc.seed}/down"))
+        self.up = Link(link_config(sc.up[0]), 0.0, rng=random.Random(f"{sc.seed}/up"))
         self.result = SimResult(sc)
         self._changes: list[tuple[float, Link, Phase]] = sorted(
             [(p.t_ms, self.down, p) for p in sc.down[1:]] + [(p.t_ms, self.up, p) for p in sc.up[1:]],
@@ -196,10 +224,13 @@ class Simulation:
         self._next_frame = self._frame_no * 1000.0 / sc.fps
 
     def _send(self, now_ms: float) -> None:
+        est = self.est
+        self.pacer.set_window(est.congestion_window_bytes(now_ms), est.in_flight.bytes)
         for item in self.pacer.pop(now_ms):
             self._seq += 1
             seq = self._seq
             self.history.on_sent(seq, now_ms, item.size)
+            est.on_packet_sent(seq, item.size, now_ms)
             if item.probe_id is not None:
                 self.est.on_probe_sent(item.probe_id, seq, item.size, now_ms)
             data = bytes((_MEDIA, (seq >> 8) & 0xFF, seq & 0xFF)) + bytes(max(0, item.size - 3))
@@ -256,7 +287,7 @@ class Simulation:
         self.result.samples.append(
             Sample(
                 t_ms=now_ms,
-                capacity_bps=_capacity_at(sc.down, now_ms),
+                capacity_bps=_capacity_at(sc.down, now_ms, dt),
                 estimate_bps=float(self.est.estimate_bps(now_ms)),
                 delay_based_bps=float(st["delay_based_bps"]),
                 loss_based_bps=st["loss_based_bps"],
@@ -285,7 +316,7 @@ class Simulation:
         while now <= end:
             while self._changes and self._changes[0][0] <= now:
                 _, link, phase = self._changes.pop(0)
-                link.set_config(link_spec(phase), now)
+                link.set_config(link_config(phase), now)
             for data in self.down.pop_ready(now):
                 self._win_delivered += len(data)
                 self.recorder.record(((data[1] << 8) | data[2]) & 0xFFFF, now)

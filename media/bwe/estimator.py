@@ -36,11 +36,13 @@ LiveKit's ``null_bwe`` does.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, Protocol
 
 from media.bwe.acked_bitrate import AckedBitrateEstimator
 from media.bwe.aimd import DECREASE, HOLD, INCREASE, AimdRateControl
+from media.bwe.in_flight import InFlight, OutageTracker
 from media.bwe.interarrival import InterArrival
 from media.bwe.loss_based import LossBasedControl
 from media.bwe.overuse import BandwidthUsage, OveruseDetector
@@ -62,12 +64,24 @@ COLLAPSE_RATIO = 0.6
 LINK_LIMITED_RATIO = 0.6  # arrival span vs send span: < 0.6 x the send rate
 COLLAPSE_MIN_SPAN_MS = 20.0
 
+REMEMBER_MS = 15_000.0  # how far back the pre-outage capacity is looked for
+
+HURRY_RATIO = 0.5  # estimate below this x remembered: probe at HURRY_INTERVAL_MS
+
 STATES = ("increasing", "holding", "decreasing")
 _STATE_NAME = {INCREASE: "increasing", HOLD: "holding", DECREASE: "decreasing"}
 
 
 class BandwidthEstimator(Protocol):
     """What a subscriber transport needs from an estimator."""
+
+    def _after_outage(self, results: list[PacketResult], now_ms: float) -> list[PacketResult]:
+        """Notice the end of an outage; drop what packets sent before it ended say."""
+        if any(r.arrival_ms is not None for r in results) and self.outage.on_feedback(now_ms) is not None:
+            self._on_outage_end(now_ms)
+        if results[0].send_ms < self._ignore_before_ms:
+            return [r for r in results if r.send_ms >= self._ignore_before_ms]
+        return results
 
     def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None: ...
 
@@ -94,6 +108,14 @@ class NullEstimator:
 
     def __init__(self, rate_bps: int = 2_000_000) -> None:
         self.rate_bps = int(rate_bps)
+
+    def _after_outage(self, results: list[PacketResult], now_ms: float) -> list[PacketResult]:
+        """Notice the end of an outage; drop what packets sent before it ended say."""
+        if any(r.arrival_ms is not None for r in results) and self.outage.on_feedback(now_ms) is not None:
+            self._on_outage_end(now_ms)
+        if results[0].send_ms < self._ignore_before_ms:
+            return [r for r in results if r.send_ms >= self._ignore_before_ms]
+        return results
 
     def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None:
         pass
@@ -147,6 +169,17 @@ class _MinWindow:
         return min(v for _, v in self._buckets) if self._buckets else None
 
 
+class _MaxWindow(_MinWindow):
+    """Maximum over the window (a ``_MinWindow`` of the negated signal)."""
+
+    def add(self, t_ms: float, value: float) -> None:
+        super().add(t_ms, -value)
+
+    def get(self) -> float | None:
+        v = super().get()
+        return None if v is None else -v
+
+
 class GccEstimator:
     """Google Congestion Control, send side, with probing (see the module docstring)."""
 
@@ -181,6 +214,15 @@ class GccEstimator:
         self._newest_queue_ms: float | None = None
         self._queue_growing = False
         self._delivered_bps: float | None = None  # this feedback's arrival rate
+        self.in_flight = InFlight()
+        self.outage = OutageTracker()
+        self._min_rtt = _MinWindow()
+        # The capacity to go back to after an outage: the highest estimate of the
+        # last REMEMBER_MS (an outage's own aftermath must not overwrite it).
+        self._remembered = _MaxWindow(window_ms=REMEMBER_MS)
+        self._pre_outage_bps: float | None = None
+        self._ignore_before_ms = -math.inf  # delay/loss of packets sent earlier: outage
+        self.outage_probes = 0
 
     # ------------------------------------------------------------ inputs
     def set_desired_bps(self, bps: float | None) -> None:
@@ -189,6 +231,7 @@ class GccEstimator:
 
     def on_rtt(self, rtt_ms: float, now_ms: float) -> None:
         self.rtt_ms = rtt_ms
+        self._min_rtt.add(now_ms, rtt_ms)
         self.aimd.set_rtt(rtt_ms)
         self.loss_based.set_rtt(rtt_ms)
 
@@ -196,12 +239,68 @@ class GccEstimator:
         """RTCP receiver-report loss, for transports without TWCC loss info."""
         self.loss_based.on_loss_report(fraction_lost, now_ms)
 
+    def on_packet_sent(self, seq: int, size: int, send_ms: float) -> None:
+        """A packet left with transport-wide seq ``seq`` (for the window and outages)."""
+        self.in_flight.on_sent(seq, size, send_ms)
+
+    def congestion_window_bytes(self, now_ms: float) -> int | None:
+        """How many bytes may be in flight now (None: no limit yet, no feedback seen).
+
+        Also notices an outage (feedback silent with data in flight): see ``in_flight``.
+        """
+        self.in_flight.prune(now_ms)
+        if self.outage.check(now_ms, self.in_flight):
+            self._on_outage_start(now_ms)
+        min_rtt = self._min_rtt.get()
+        if min_rtt is None or self.outage.last_feedback_ms is None:
+            return None
+        return InFlight.window_bytes(self._combined(), min_rtt)
+
+    def _on_outage_start(self, now_ms: float) -> None:
+        self._pre_outage_bps = max(self._remembered.get() or 0.0, self._combined())
+
+    def _on_outage_end(self, now_ms: float) -> None:
+        """Feedback is back: what it says about the outage is not congestion.
+
+        The delay pipeline starts afresh (its groups span the outage), the loss window
+        forgets, packets sent before now stop counting as evidence, and a probe goes
+        out at once at the rate held before the outage: the link is usually back at
+        about that rate, and the probe says so in one round trip instead of an
+        additive climb from wherever the outage's evidence left the estimate.
+        """
+        self.interarrival = InterArrival()
+        self.trendline = TrendlineEstimator()
+        self.detector = OveruseDetector()
+        self.usage = BandwidthUsage.NORMAL
+        self._newest_queue_ms = None
+        self.loss_based.forget_window()
+        self._ignore_before_ms = now_ms
+        target = self._pre_outage_bps or 0.0
+        self._pre_outage_bps = None
+        if target > 1.1 * self._combined():
+            self.probe_controller.probe_now(target, now_ms)
+            self.outage_probes += 1
+
+    def _after_outage(self, results: list[PacketResult], now_ms: float) -> list[PacketResult]:
+        """Notice the end of an outage; drop what packets sent before it ended say."""
+        if any(r.arrival_ms is not None for r in results) and self.outage.on_feedback(now_ms) is not None:
+            self._on_outage_end(now_ms)
+        if results[0].send_ms < self._ignore_before_ms:
+            return [r for r in results if r.send_ms >= self._ignore_before_ms]
+        return results
+
     def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None:
         """One feedback's worth of results, in send order (TwccSendHistory output)."""
         if not results:
             return
+        self.in_flight.on_feedback(max(r.seq for r in results))
         self.acked.on_results(results)
         probe_done = self.probe_results.on_results(results, now_ms)
+        results = self._after_outage(results, now_ms)
+        if not results:
+            for cid, bps in probe_done:
+                self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)
+            return
         self._newest_send_ms = results[-1].send_ms
         self._queue_growing = False
         self._delivered_bps = None
@@ -263,6 +362,7 @@ class GccEstimator:
         if self.aimd.decreases != self._decreases_seen or self.loss_based.state == "decrease":
             self._decreases_seen = self.aimd.decreases
             self.probe_controller.on_decrease(now_ms)
+        self._remembered.add(now_ms, self._combined())
 
     def _early_overuse(self, newest_queue_ms: float, delivered_bps: float | None) -> None:
         """Overuse when the newest packets met a deep queue that grew since last time.
@@ -359,6 +459,10 @@ class GccEstimator:
 
     def next_probe(self, now_ms: float) -> ProbeCluster | None:
         """A probe cluster to start now (each returned once), or None."""
+        remembered = self._remembered.get()
+        # Far below what the link carried lately (a fade or an outage cut it): look
+        # for the way back every second rather than every few.
+        self.probe_controller.hurry = remembered is not None and self._combined() < HURRY_RATIO * remembered
         cluster = self.probe_controller.next_probe(self._combined(), now_ms)
         if cluster is not None:
             self.probe_results.add_cluster(cluster)
@@ -386,4 +490,7 @@ class GccEstimator:
             "last_probe_bps": self.last_probe_bps,
             "probes": self.probe_controller.sent_clusters,
             "queue_triggers": self.queue_triggers,
+            "in_flight_bytes": self.in_flight.bytes,
+            "outages": self.outage.outages,
+            "outage_probes": self.outage_probes,
         }

@@ -89,6 +89,10 @@ class LossBasedControl:
         while b and b[0][0] < cutoff:
             b.popleft()
 
+    def forget_window(self) -> None:
+        """Drop the loss seen so far (an outage's losses are not the link's loss rate)."""
+        self._batches.clear()
+
     def on_loss_report(self, fraction_lost: float, now_ms: float) -> None:
         """An RTCP RR loss fraction (no delay info): counted as random loss."""
         n = 100

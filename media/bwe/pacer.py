@@ -72,6 +72,7 @@ class Pacer:
         *,
         burst_ms: float = 5.0,
         max_queue_ms: float = 2000.0,
+        max_audio_queue_ms: float = 300.0,
         pacing_factor: float = 2.5,
         padding_size: int = 1000,
     ) -> None:
@@ -79,10 +80,11 @@ class Pacer:
             raise ValueError("rate_bps, burst_ms, max_queue_ms and pacing_factor must be > 0")
         self.burst_ms = burst_ms
         self.max_queue_ms = max_queue_ms
+        self.max_audio_queue_ms = max_audio_queue_ms
         self.pacing_factor = pacing_factor
         self.padding_size = padding_size
         self.rate_bps = float(rate_bps)
-        self.dropped = {"rtx": 0, "video": 0}
+        self.dropped = {"rtx": 0, "video": 0, "audio": 0}
         self.sent_bytes = {k: 0 for k in KINDS}
         self._queues: dict[str, deque[tuple[Any, int, float]]] = {k: deque() for k in KINDS}
         self._queued_bytes = 0
@@ -93,6 +95,8 @@ class Pacer:
         self._probe_start_ms = 0.0
         self._probe_bytes = 0
         self._probe_packets = 0
+        self._window: int | None = None  # congestion window (bytes in flight), None: off
+        self._in_flight = 0
 
     # ------------------------------------------------------------ config
     @property
@@ -104,6 +108,21 @@ class Pacer:
         if now_ms is not None:
             self._refill(now_ms)
         self.rate_bps = max(float(rate_bps), 1.0)
+
+    def set_window(self, window_bytes: int | None, in_flight_bytes: int) -> None:
+        """The estimator's congestion window and the bytes in flight now.
+
+        While ``in_flight >= window`` only probes leave (the shell calls this after each
+        feedback and before draining; packets popped meanwhile count as in flight).
+        Queued audio older than ``max_audio_queue_ms`` is dropped: after an outage,
+        late audio is worse than none.
+        """
+        self._window = window_bytes
+        self._in_flight = in_flight_bytes
+
+    @property
+    def congested(self) -> bool:
+        return self._window is not None and self._in_flight >= self._window
 
     # ------------------------------------------------------------ inputs
     def enqueue(self, packet: Any, size: int, kind: str, now_ms: float) -> None:
@@ -120,12 +139,13 @@ class Pacer:
         always may). Most packets on an uncongested link take this path, which keeps
         the pacer off the per-packet cost of the forward path.
         """
-        if self._queued_bytes or self._probe is not None:
+        if self._queued_bytes or self._probe is not None or self.congested:
             return False
         self._refill(now_ms)
         if kind != "audio" and self._budget <= 0:
             return False
         self._budget -= size
+        self._in_flight += size
         self.sent_bytes[kind] += size
         return True
 
@@ -170,11 +190,13 @@ class Pacer:
 
     def next_send_time(self, now_ms: float) -> float | None:
         """When ``pop`` will release something (``now_ms`` if now), None if idle."""
-        if self._queues["audio"]:
+        if self._queues["audio"] and not self.congested:
             return now_ms
         if self._probe is not None:
             due = self._probe_start_ms + self._probe_bytes * 8000.0 / self._probe.bitrate_bps
             return max(now_ms, due)
+        if self.congested:
+            return None  # the next feedback (or the shell's timer) opens the window
         if not self._has_paced():
             return None
         self._refill(now_ms)
@@ -205,6 +227,11 @@ class Pacer:
             while q and q[0][2] < cutoff:
                 self._queued_bytes -= q.popleft()[1]
                 self.dropped[kind] += 1
+        q = self._queues["audio"]
+        cutoff = now_ms - self.max_audio_queue_ms
+        while q and q[0][2] < cutoff:
+            self._queued_bytes -= q.popleft()[1]
+            self.dropped["audio"] += 1
 
     def pop(
         self, now_ms: float, make_padding: Callable[[int], Any] | None = None
@@ -222,10 +249,11 @@ class Pacer:
         out: list[PacedPacket] = []
         sent = self.sent_bytes
         audio = self._queues["audio"]
-        while audio:
+        while audio and not self.congested:
             packet, size, _ = audio.popleft()
             self._queued_bytes -= size
             self._budget -= size
+            self._in_flight += size
             sent["audio"] += size
             out.append(PacedPacket(packet, "audio", size))
         while self._probe is not None:
@@ -245,18 +273,20 @@ class Pacer:
                     item = (made, len(made), "padding")
             packet, size, kind = item
             sent[kind] += size
+            self._in_flight += size
             out.append(PacedPacket(packet, kind, size, cluster.id))
             self._probe_bytes += size
             self._probe_packets += 1
             if self._probe_packets >= cluster.min_packets and self._probe_bytes >= cluster.min_bytes:
                 self._next_probe(now_ms)
         if self._probe is None:
-            while self._budget > 0:
+            while self._budget > 0 and not self.congested:
                 item = self._take_paced()
                 if item is None:
                     break
                 packet, size, kind = item
                 self._budget -= size
+                self._in_flight += size
                 sent[kind] += size
                 out.append(PacedPacket(packet, kind, size))
         return out

@@ -46,6 +46,7 @@ TARGET_UTILIZATION = 0.95
 MAX_VALID_RATIO = 2.0
 LATE_ARRIVAL_MS = 5.0  # a leading packet this much later than a successor's delay was held
 CLUSTER_TIMEOUT_MS = 2000.0
+HURRY_INTERVAL_MS = 1000.0
 
 
 @dataclass(slots=True)
@@ -217,6 +218,7 @@ class ProbeController:
         self._in_flight: dict[int, ProbeCluster] = {}
         self._last_probe_ms: float | None = None
         self._last_decrease_ms: float | None = None
+        self.hurry = False  # the estimate fell far below what the link carried lately
 
     def set_desired_bps(self, bps: float | None) -> None:
         self.desired_bps = bps
@@ -224,6 +226,13 @@ class ProbeController:
     def on_decrease(self, now_ms: float) -> None:
         self._last_decrease_ms = now_ms
         self._pending.clear()
+
+    def probe_now(self, bps: float, now_ms: float) -> None:
+        """Probe ``bps`` (capped at the desired rate) next, regardless of recent cuts."""
+        self._last_decrease_ms = None
+        self._initial_done = True
+        self._pending.clear()
+        self._schedule(min(bps, self._cap()), now_ms)
 
     def _cap(self) -> float:
         cap = self.max_bps
@@ -260,7 +269,8 @@ class ProbeController:
         if self._in_flight:
             return
         last = self._last_probe_ms
-        if last is None or now_ms - last >= self.interval_ms:
+        interval = HURRY_INTERVAL_MS if self.hurry else self.interval_ms
+        if last is None or now_ms - last >= interval:
             self._schedule(min(estimate_bps * self.further_multiplier, cap), now_ms)
 
     def next_probe(self, estimate_bps: float, now_ms: float) -> ProbeCluster | None:

@@ -135,6 +135,9 @@ class SubscriberPeer:
     def _drain(self, now_ms: float) -> None:
         pacer = self.pacer
         assert pacer is not None
+        est = self.estimator
+        if est is not None:
+            pacer.set_window(est.congestion_window_bytes(now_ms), est.in_flight.bytes)
         for item in pacer.pop(now_ms, self._padding_packet):
             packet = item.packet
             if packet is None:
@@ -163,6 +166,8 @@ class SubscriberPeer:
             self._twcc_seq += 1
             seq = self._twcc_seq
             self.send_history.on_sent(seq, now_ms, len(packet))
+            if self.estimator is not None:
+                self.estimator.on_packet_sent(seq, len(packet), now_ms)
             # Stamped in the copy SRTP encrypts: `packet` (also in the RTX cache) keeps
             # its placeholder.
             self.transport.send_rtp(packet, TWCC_OFFSET, seq)
@@ -226,6 +231,7 @@ class SubscriberPeer:
             estimate = self.estimator.estimate_bps(now_ms)
             if self.pacer is not None:
                 self.pacer.set_rate(estimate, now_ms)
+                self._drain(now_ms)  # the feedback may have opened the congestion window
             if estimate < 0.85 * self._allocated_budget:
                 self.allocate(now_ms)  # a drop: shed layers now, not at the next round
 

@@ -1,0 +1,101 @@
+"""Data in flight, the congestion window, and outage detection (sans-I/O).
+
+Why a window: the delay-based estimate learns of a queue one queue-length late. When
+the link collapses (a fade to a tenth of the rate) or goes out (a handover, a tunnel),
+a sender pacing at the old estimate keeps filling the bottleneck until feedback says
+so, and on a cellular buffer that is seconds of queue every user then waits through.
+Bytes sent but not yet covered by feedback are the queue plus one round trip: capping
+them at ``estimate * (min_rtt + WINDOW_QUEUE_MS)`` bounds the queue at about
+``WINDOW_QUEUE_MS`` of the estimate whatever the link does (libwebrtc's congestion
+window, same idea). During an outage the window fills within one round trip and the
+sender stops instead of queueing (or dropping) seconds of media.
+
+Why outage detection: no feedback at all for ``OUTAGE_SILENCE_MS`` while data is in
+flight means nothing reaches the receiver. That is not congestion: when the link
+returns, the packets that waited out the outage arrive with seconds of delay and the
+feedback reports the ones the bottleneck dropped meanwhile. Read as congestion, they
+cut the estimate to the floor (nothing was acked for seconds) and the loss-based
+control to half, and the estimate then climbs for tens of seconds. ``OutageTracker``
+says when an outage began and when feedback resumed, so the estimator can skip that
+evidence and probe the remembered capacity instead.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["InFlight", "OutageTracker"]
+
+WINDOW_QUEUE_MS = 80.0  # queue (in ms of the estimate) the window allows beyond one RTT
+MIN_WINDOW_BYTES = 6000  # a few packets: a window below this starves the feedback loop
+MAX_AGE_MS = 5000.0  # packets never covered by feedback stop counting after this long
+OUTAGE_SILENCE_MS = 300.0  # no feedback this long with data in flight: the link is out
+
+
+class InFlight:
+    """Bytes sent and not yet covered by feedback (by transport-wide seq)."""
+
+    def __init__(self) -> None:
+        self._sent: deque[tuple[int, float, int]] = deque()  # (seq, send_ms, size)
+        self.bytes = 0
+
+    def on_sent(self, seq: int, size: int, send_ms: float) -> None:
+        self._sent.append((seq, send_ms, size))
+        self.bytes += size
+
+    def on_feedback(self, highest_seq: int) -> None:
+        """Feedback covered every packet up to ``highest_seq`` (reported or not: a packet
+        before it missing from all feedback was in a feedback that got lost)."""
+        s = self._sent
+        while s and s[0][0] <= highest_seq:
+            self.bytes -= s.popleft()[2]
+
+    def prune(self, now_ms: float) -> None:
+        s = self._sent
+        while s and s[0][1] < now_ms - MAX_AGE_MS:
+            self.bytes -= s.popleft()[2]
+
+    def oldest_send_ms(self) -> float | None:
+        return self._sent[0][1] if self._sent else None
+
+    @staticmethod
+    def window_bytes(estimate_bps: float, min_rtt_ms: float) -> int:
+        """The congestion window for ``estimate_bps`` on a path of ``min_rtt_ms``."""
+        return max(MIN_WINDOW_BYTES, int(estimate_bps * (min_rtt_ms + WINDOW_QUEUE_MS) / 8000.0))
+
+
+class OutageTracker:
+    """Feedback silence with data in flight: when an outage began, and that it ended."""
+
+    def __init__(self, silence_ms: float = OUTAGE_SILENCE_MS) -> None:
+        self.silence_ms = silence_ms
+        self.last_feedback_ms: float | None = None
+        self.since_ms: float | None = None  # the last feedback before the current outage
+        self.outages = 0
+
+    @property
+    def active(self) -> bool:
+        return self.since_ms is not None
+
+    def check(self, now_ms: float, in_flight: InFlight) -> bool:
+        """True when an outage begins now (call from timers and before sending)."""
+        last = self.last_feedback_ms
+        if self.since_ms is not None or last is None or not in_flight.bytes:
+            return False
+        oldest = in_flight.oldest_send_ms()
+        # Silent since the last feedback, and for longer than that about packets sent
+        # before now: an idle sender that just resumed is not an outage.
+        if now_ms - last > self.silence_ms and oldest is not None and now_ms - oldest > self.silence_ms:
+            self.since_ms = last
+            self.outages += 1
+            return True
+        return False
+
+    def on_feedback(self, now_ms: float) -> float | None:
+        """Feedback with arrivals came: the outage's length (ms) if one just ended."""
+        self.last_feedback_ms = now_ms
+        since = self.since_ms
+        if since is None:
+            return None
+        self.since_ms = None
+        return now_ms - since

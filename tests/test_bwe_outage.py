@@ -1,0 +1,113 @@
+"""The congestion window, outage detection and fast recovery of the send-side BWE (sans-I/O)."""
+
+from __future__ import annotations
+
+from media.bwe.estimator import GccEstimator
+from media.bwe.in_flight import MIN_WINDOW_BYTES, WINDOW_QUEUE_MS, InFlight, OutageTracker
+from media.bwe.pacer import Pacer
+from media.bwe.probe import ProbeCluster
+from media.rtp.twcc import PacketResult
+
+
+def test_in_flight_counts_until_feedback_covers_a_later_packet() -> None:
+    f = InFlight()
+    for seq in range(1, 6):
+        f.on_sent(seq, 1000, float(seq))
+    assert f.bytes == 5000
+    f.on_feedback(3)  # packets 1-3 reported (or their feedback was lost)
+    assert f.bytes == 2000
+    f.prune(10_000.0)  # never covered for longer than MAX_AGE_MS: no longer counted
+    assert f.bytes == 0
+
+
+def test_window_is_estimate_times_rtt_plus_queue_allowance_with_a_floor() -> None:
+    assert InFlight.window_bytes(2_000_000, 50.0) == int(2_000_000 * (50.0 + WINDOW_QUEUE_MS) / 8000.0)
+    assert InFlight.window_bytes(50_000, 50.0) == MIN_WINDOW_BYTES
+
+
+def test_outage_is_silence_with_data_in_flight_not_an_idle_sender() -> None:
+    f, o = InFlight(), OutageTracker(silence_ms=300.0)
+    o.on_feedback(1000.0)
+    assert not o.check(2000.0, f)  # nothing in flight: idle, not out
+    f.on_sent(1, 1000, 1900.0)
+    assert not o.check(2000.0, f)  # just resumed sending
+    assert o.check(2300.0, f)  # 1.3 s without feedback, a packet out for 400 ms
+    assert o.active and o.since_ms == 1000.0
+    assert o.on_feedback(4000.0) == 3000.0
+    assert not o.active
+
+
+def test_pacer_holds_media_while_the_window_is_full_but_lets_probes_out() -> None:
+    p = Pacer(1_000_000)
+    p.set_window(10_000, 10_000)
+    p.enqueue("a", 100, "audio", 0.0)
+    p.enqueue("v", 1000, "video", 0.0)
+    assert p.congested
+    assert not p.try_send_now(100, "audio", 0.0)
+    assert p.pop(10.0) == []
+    assert p.next_send_time(10.0) is None  # woken by feedback, not a busy loop
+    p.start_probe(ProbeCluster.make(1, 1_000_000, 10.0), 10.0)
+    assert [x.probe_id for x in p.pop(10.0)] == [1]
+    p.set_window(10_000, 0)
+    kinds = [x.kind for x in p.pop(20.0)]
+    assert "audio" in kinds
+
+
+def test_pacer_drops_audio_that_waited_out_an_outage() -> None:
+    p = Pacer(1_000_000, max_audio_queue_ms=300.0)
+    p.set_window(6000, 6000)
+    for t in range(0, 1000, 20):
+        p.enqueue(t, 100, "audio", float(t))
+    p.set_window(6000, 0)
+    sent = [x.packet for x in p.pop(1000.0)]
+    assert sent and min(sent) >= 700 and p.dropped["audio"] > 0
+
+
+def _feed_steady(est: GccEstimator, start_ms: float, end_ms: float, seq: int, rate_bps: float) -> int:
+    """Packets of 1000 B at ``rate_bps`` over an uncongested 25 ms path, fed back every 50 ms."""
+    gap = 1000 * 8000.0 / rate_bps
+    t = start_ms
+    batch: list[PacketResult] = []
+    next_fb = start_ms + 50.0
+    while t < end_ms:
+        seq += 1
+        est.on_packet_sent(seq, 1000, t)
+        batch.append(PacketResult(seq, t, t + 25.0, 1000))
+        t += gap
+        if t >= next_fb:
+            est.on_rtt(60.0, t)
+            est.on_packet_results(batch, t)
+            est.congestion_window_bytes(t)
+            batch = []
+            next_fb += 50.0
+    return seq
+
+
+def test_an_outage_neither_crashes_the_estimate_nor_fills_the_window() -> None:
+    """2 s without any delivery: the packets that waited it out come back with seconds
+    of delay and the tail-dropped ones as lost. That is not congestion: the estimate
+    stays, and a probe toward the pre-outage rate goes out at once if it fell."""
+    est = GccEstimator(start_bps=1_000_000)
+    est.set_desired_bps(2_500_000)
+    seq = _feed_steady(est, 0.0, 5000.0, 0, 800_000)
+    before = est.estimate_bps(5000.0)
+    window = est.congestion_window_bytes(5000.0)
+    assert window is not None and window < 50_000
+    # the outage: packets go out until the window is full, then nothing comes back
+    sent: list[tuple[int, float]] = []
+    t = 5000.0
+    while est.in_flight.bytes < window:
+        seq += 1
+        est.on_packet_sent(seq, 1000, t)
+        sent.append((seq, t))
+        t += 10.0
+    est.congestion_window_bytes(5400.0)
+    assert est.outage.active
+    # back at 7000: the first half waited out the outage, the rest was tail-dropped
+    half = len(sent) // 2
+    results = [PacketResult(s, st, 7000.0 + i * 10.0, 1000) for i, (s, st) in enumerate(sent[:half])]
+    results += [PacketResult(s, st, None, 1000) for s, st in sent[half:]]
+    est.on_packet_results(results, 7050.0)
+    assert not est.outage.active
+    assert est.estimate_bps(7050.0) >= 0.9 * before
+    assert est.loss_based.rate_bps is None or est.loss_based.rate_bps >= 0.9 * before
