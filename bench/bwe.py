@@ -19,7 +19,15 @@ Cases (RFC 8867 §5; bottleneck buffer 300 ms, as the RFC's reference setup):
   with +-10 ms then +-25 ms of delay jitter from 20 s and 40 s: jitter must not
   read as congestion.
 
-Run: python bench/bwe.py [--case NAME] [--seed N] [--plot DIR]
+Trace cases (``--traces``; issue 15): 60 s (60-120 s) of each real Mahimahi trace in
+``../shared/data/traces`` (read in place, GPL-3+ data) and the seeded synthetic traces
+of ``qa.bwe_traces.SYNTHETIC`` (3G-like, LTE-like, Wi-Fi-like steps, with outages of up
+to 3 s), desired 2.5 Mbit/s, 25 ms one-way delay, a 300 ms drop-tail buffer at the
+trace's mean rate. One JSON object per trace: utilization of ``min(capacity,
+desired)``, queue delay p95/max, and the recovery time after each outage (the figures
+``tests/test_bwe_traces.py`` checks).
+
+Run: python bench/bwe.py [--case NAME] [--seed N] [--plot DIR] [--traces [NAME ...]]
 """
 
 from __future__ import annotations
@@ -35,6 +43,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from qa.bwe_simulation import Phase, Scenario, SimResult, Simulation, percentile  # noqa: E402
+from qa.bwe_traces import (  # noqa: E402
+    REAL_TRACES_DIR,
+    SYNTHETIC,
+    real_trace_scenario,
+    synthetic_scenario,
+    trace_metrics,
+)
 
 MBIT = 1_000_000
 
@@ -146,7 +161,7 @@ def plot(r: SimResult, out_dir: Path) -> Path:
         label="loss-based limit",
     )
     ax.set_ylabel("Mbit/s")
-    ax.set_title(f"RFC 8867 {r.scenario.name}: GCC estimate vs capacity (seed {r.scenario.seed})")
+    ax.set_title(f"{r.scenario.name}: GCC estimate vs capacity (seed {r.scenario.seed})")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     ax2.plot(t, [s.net_queue_ms for s in r.samples], color="tab:red")
@@ -161,12 +176,42 @@ def plot(r: SimResult, out_dir: Path) -> Path:
     return path
 
 
+def trace_cases(seed: int) -> dict[str, Scenario]:
+    """The real traces found in REAL_TRACES_DIR, then the synthetic ones."""
+    out: dict[str, Scenario] = {}
+    if REAL_TRACES_DIR.is_dir():
+        for path in sorted(REAL_TRACES_DIR.iterdir()):
+            if path.suffix in (".up", ".down"):
+                out[path.name] = real_trace_scenario(path.name, seed=seed)
+    for st in SYNTHETIC:
+        out[st.name] = synthetic_scenario(st, seed=seed)
+    return out
+
+
+def run_traces(names: list[str], seed: int, plot_dir: Path | None) -> None:
+    all_cases = trace_cases(seed)
+    for name in names or list(all_cases):
+        if name not in all_cases:
+            raise SystemExit(f"unknown trace {name!r} (allowed: {', '.join(all_cases)})")
+        t0 = time.process_time()
+        r = Simulation(all_cases[name]).run()
+        row = trace_metrics(r).row()
+        row["cpu_s"] = round(time.process_time() - t0, 2)
+        if plot_dir is not None:
+            row["plot"] = str(plot(r, plot_dir))
+        print(json.dumps(row), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", action="append", help="case name (repeatable); default all")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--plot", type=Path, help="write PNGs of estimate vs capacity here")
+    ap.add_argument("--traces", nargs="*", metavar="NAME", help="run the trace cases (all, or NAMEs)")
     args = ap.parse_args(argv)
+    if args.traces is not None:
+        run_traces(args.traces, args.seed, args.plot)
+        return 0
     all_cases = cases(args.seed)
     names = args.case or list(all_cases)
     for name in names:
