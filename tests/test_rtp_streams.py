@@ -7,7 +7,7 @@ from aiortc.rtp import RtcpReceiverInfo
 
 from media.rtp.ntp import NTP_UNIX_OFFSET_S, ntp_at, ntp_from_unix, ntp_middle32, ntp_to_ms
 from media.rtp.rate import RateCounter
-from media.rtp.stream_recv import RtpStreamRecv
+from media.rtp.stream_recv import MAX_DROPOUT, MAX_MISORDER, SEQ_JUMP, RtpStreamRecv
 from media.rtp.stream_send import RtpStreamSend
 
 # -- ntp -------------------------------------------------------------------------------
@@ -120,11 +120,44 @@ def test_highest_sequence_counts_cycles() -> None:
     assert rb.fraction_lost == (5 << 8) // 12
 
 
+def test_lone_forward_seq_jump_is_dropped_and_the_stream_goes_on() -> None:
+    s = RtpStreamRecv(1, 90_000)
+    exts = [s.on_packet(seq, seq * 10, float(seq), 100) for seq in (100, 101)]
+    assert s.on_packet(101 + MAX_DROPOUT + 1, 0, 3.0, 100) == SEQ_JUMP
+    exts.append(s.on_packet(102, 1020, 4.0, 100))
+    assert exts[2] == exts[1] + 1
+    assert (s.seq_jumps, s.packets_received, s.cumulative_lost) == (1, 3, 0)
+
+
+def test_forward_jump_confirmed_by_the_next_packet_is_followed() -> None:
+    s = RtpStreamRecv(1, 90_000)
+    first = s.on_packet(65000, 0, 0.0, 100)
+    assert first is not None
+    assert s.on_packet(65000 + 5000 - 65536, 1, 1.0, 100) == SEQ_JUMP
+    ext = s.on_packet(65001 + 5000 - 65536, 2, 2.0, 100)  # its successor: a new numbering
+    assert ext == first + 5001
+    assert s.on_packet(65002 + 5000 - 65536, 3, 3.0, 100) == ext + 1
+    assert s.seq_jumps == 1
+
+
+def test_packet_far_behind_the_newest_is_dropped_while_a_late_one_is_not() -> None:
+    s = RtpStreamRecv(1, 90_000)
+    for seq in range(2000, 3000):
+        s.on_packet(seq, seq, float(seq), 100)
+    assert s.on_packet(2999 - MAX_MISORDER - 1, 0, 3000.0, 100) == SEQ_JUMP
+    assert s.on_packet(2999 - MAX_MISORDER - 2, 0, 3000.0, 100) == SEQ_JUMP  # never confirmed
+    assert s.seq_jumps == 2
+    late = s.on_packet(2999 - MAX_MISORDER, 0, 3000.0, 100)  # a duplicate, not a jump
+    assert late is None
+    assert s.on_packet(3000, 3000, 3001.0, 100) is not None
+
+
 def test_packets_lost_clamped_to_24_bits_and_fraction_to_255() -> None:
     s = RtpStreamRecv(1, 90_000)
     seq = 0
-    for i in range(300):  # 300 jumps of 30000 seqs: ~9M lost
+    for i in range(300):  # 300 jumps of 30000 seqs, each confirmed by its successor: ~9M lost
         s.on_packet(seq, i, float(i), 10)
+        s.on_packet((seq + 1) & 0xFFFF, i, float(i), 10)
         seq = (seq + 30_000) & 0xFFFF
     rb = s.report_block(1000.0)
     assert s.cumulative_lost > 0x7F_FFFF

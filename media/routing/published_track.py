@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from media.ortc import RtpCodec
 from media.rtp.keyframe import KeyframeRequester
 from media.rtp.nack import NackGenerator
-from media.rtp.stream_recv import RtpStreamRecv
+from media.rtp.stream_recv import SEQ_JUMP, RtpStreamRecv
 from media.stats import EngineStats
 from media.wire.h264 import is_keyframe_start
 from media.wire.red import parse_red
@@ -112,6 +112,9 @@ class Layer:
         track = self.track
         self.last_packet_ms = now_ms
         ext_seq = stream.on_packet(view.seq, view.timestamp, now_ms, view.payload_end)
+        if ext_seq == SEQ_JUMP:
+            track.stats.drop("rtp_seq_jump")  # RFC 3550 A.1, see RtpStreamRecv
+            return
         if ext_seq is None:
             # Chrome probes its uplink with RTX copies of packets it already sent, and
             # answers a NACK twice when the first repair was late. Forwarded, each

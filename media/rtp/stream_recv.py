@@ -6,6 +6,13 @@ expects. This is the receive path's one duplicate filter: a seq seen within the 
 ``DUP_WINDOW`` is not counted twice (``cumulative_lost`` never goes negative because
 of a duplicating link) and ``on_packet`` returns None for it, so the caller drops it.
 
+It is also where a sequence number that jumps is stopped (RFC 3550 A.1): a packet
+more than ``MAX_DROPOUT`` ahead of the newest is dropped unless the next packet follows
+it (then the sender's numbering moved and is followed), and one more than
+``MAX_MISORDER`` behind is always dropped (``SEQ_JUMP``). Forwarded, such a packet
+would land behind the subscriber's SRTP replay window and fail there, far from its
+cause; a numbering that moved back is followed again once it is ahead of the newest.
+
 Per packet: one unwrap, a ring-slot check, a few float operations, a bucketed rate
 add; no allocation.
 """
@@ -21,6 +28,13 @@ __all__ = ["RtpStreamRecv"]
 
 # Seqs remembered for duplicate detection (a power of two): seconds of video at 1 Mbit/s.
 DUP_WINDOW = 2048
+# A forward jump larger than this needs a second, consecutive packet (RFC 3550 A.1).
+MAX_DROPOUT = 3000
+# Late by more than this (a NACK repair or reordering is seconds of video at most) is
+# dropped: forwarded, it would fall behind the subscriber's SRTP window (1024).
+MAX_MISORDER = 512
+# What `on_packet` returns for a packet dropped for a sequence jump.
+SEQ_JUMP = -1
 
 
 class RtpStreamRecv:
@@ -50,6 +64,8 @@ class RtpStreamRecv:
         "packets_received",
         "bytes_received",
         "duplicates",
+        "seq_jumps",
+        "_probation",
     )
 
     def __init__(self, ssrc: int, clock_rate: int, *, loss_window_ms: float = 1000.0) -> None:
@@ -78,13 +94,28 @@ class RtpStreamRecv:
         self.packets_received = 0
         self.bytes_received = 0
         self.duplicates = 0
+        self.seq_jumps = 0
+        self._probation = -1  # the seq that would confirm the last forward jump
 
     # -- forward plane -------------------------------------------------------------
 
     def on_packet(self, seq: int, rtp_ts: int, arrival_ms: float, size: int) -> int | None:
         """Account one packet; returns its extended seq (for the NACK log, forwarding),
-        or None when it is a duplicate of one already accounted."""
-        ext = self._unwrapper.unwrap(seq)
+        None when it is a duplicate of one already accounted, or ``SEQ_JUMP``."""
+        unwrapper = self._unwrapper
+        highest = unwrapper.highest
+        if highest is not None:
+            delta = ((seq - highest + 0x8000) & 0xFFFF) - 0x8000
+            if delta > MAX_DROPOUT:
+                if seq != self._probation:
+                    self._probation = (seq + 1) & 0xFFFF
+                    self.seq_jumps += 1
+                    return SEQ_JUMP
+            elif delta < -MAX_MISORDER:
+                self.seq_jumps += 1
+                return SEQ_JUMP
+            self._probation = -1
+        ext = unwrapper.unwrap(seq)
         base = self._base
         if base is None:
             self._base = self._max = ext
