@@ -5,10 +5,13 @@
 // Query parameters: room, name, autojoin=1, relay=1, turn=turn:HOST:PORT, turnuser,
 // turnpass, simulcast=0, publish=0 (subscribe only), token + url (skip the dev-token
 // endpoint, e.g. with a token from `ferry token`), record=0 (a dev token without the
-// roomRecord grant: no record button).
+// roomRecord grant: no record button), transport=ws|webtransport (force a signaling
+// transport; by default WebTransport when the browser has it, else WebSocket).
 //
 // Test hook: window.ferry = {state, participants(), stats(), localStats(), events, sids,
-// recording, canRecord, toggleRecording()}.
+// recording, canRecord, transport, toggleRecording()}.
+
+import { connectSignaling } from "./transport.js";
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -79,22 +82,33 @@ class Signaling {
     this.onClose = onClose;
     this.nextId = 1;
     this.pending = new Map();
-    this.ws = null;
+    this.conn = null; // {kind, send, close, isOpen} from transport.js
   }
 
-  open() {
-    return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.url);
-      this.ws = ws;
-      ws.onopen = () => resolve();
-      ws.onerror = () => reject(new FerryError("closed", `cannot open ${this.url}`));
-      ws.onmessage = (ev) => this.handle(ev.data);
-      ws.onclose = (ev) => {
-        for (const { reject: rej } of this.pending.values()) rej(new FerryError("closed", "signaling socket closed"));
-        this.pending.clear();
-        this.onClose(ev);
-      };
-    });
+  get kind() {
+    return this.conn ? this.conn.kind : null;
+  }
+
+  async open() {
+    try {
+      this.conn = await connectSignaling({
+        wsUrl: this.url,
+        force: params.get("transport"),
+        onMessage: (text) => this.handle(text),
+        onClose: (ev) => {
+          for (const { reject: rej } of this.pending.values()) rej(new FerryError("closed", "signaling socket closed"));
+          this.pending.clear();
+          this.onClose(ev);
+        },
+      });
+    } catch (e) {
+      throw new FerryError("closed", `cannot open signaling: ${e.message || e}`);
+    }
+    const label = $("transport");
+    if (label) {
+      label.textContent = this.conn.kind === "webtransport" ? "WebTransport" : "WebSocket";
+      label.dataset.transport = this.conn.kind;
+    }
   }
 
   handle(text) {
@@ -118,7 +132,7 @@ class Signaling {
   }
 
   request(type, fields = {}, timeoutMs = 10000) {
-    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+    if (!this.conn || !this.conn.isOpen()) {
       return Promise.reject(new FerryError("closed", "not connected"));
     }
     const id = this.nextId++;
@@ -128,12 +142,12 @@ class Signaling {
         reject(new FerryError("timeout", `no reply to ${type}`));
       }, timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
-      this.ws.send(JSON.stringify({ ...fields, type, id }));
+      this.conn.send(JSON.stringify({ ...fields, type, id }));
     });
   }
 
   close() {
-    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close();
+    if (this.conn) this.conn.close();
   }
 }
 
@@ -878,6 +892,10 @@ window.ferry = {
   },
   get canRecord() {
     return app.canRecord;
+  },
+  // "webtransport" or "ws": the signaling transport in use (null before joining).
+  get transport() {
+    return app.sig ? app.sig.kind : null;
   },
   toggleRecording,
   join,
