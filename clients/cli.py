@@ -46,6 +46,7 @@ async def run_join(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         use_server_ice_servers=args.server_ice_servers,
     )
+    client.quic_insecure = getattr(args, "insecure", False)
     start = time.monotonic()
     try:
         await client.connect(args.url)
@@ -103,7 +104,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     client = subparsers.add_parser("client", help="Python test client (aiortc)")
     sub = client.add_subparsers(dest="client_command", required=True)
     join = sub.add_parser("join", help="join a room, optionally publish, print JSON stats lines")
-    join.add_argument("--url", default="ws://127.0.0.1:7880/ws", help="signaling WebSocket URL")
+    join.add_argument(
+        "--url",
+        default="ws://127.0.0.1:7880/ws",
+        help="signaling URL: ws://HOST:7880/ws, or quic://HOST:7881?sha256=HEX (raw QUIC, the "
+        "certificate pinned by the certificate_sha256 of /api/webtransport)",
+    )
+    join.add_argument(
+        "--insecure",
+        action="store_true",
+        help="quic:// without sha256: do not verify the server certificate (dev only)",
+    )
     join.add_argument("--token", required=True, help="JWT (see `ferry token`)")
     join.add_argument(
         "--publish", default=None, help="pattern | tone | both | path to a media file"

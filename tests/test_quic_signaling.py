@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime
 import json
@@ -12,6 +13,7 @@ import aiohttp
 import pytest
 
 from clients.channel import FerryError
+from clients.cli import run_join
 from clients.client import FerryClient, allow_loopback
 from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
 from clients.quic_channel import QuicChannel
@@ -228,4 +230,33 @@ async def test_server_shutdown_ends_quic_sessions_with_leave() -> None:
     await asyncio.wait_for(srv.stop(), 10)
     await client.wait_for(lambda: any(e["type"] == "leave" for e in client.event_log), timeout=5)
     assert [e["reason"] for e in client.event_log if e["type"] == "leave"] == ["server_shutdown"]
+    await client.close()
+
+
+async def test_cli_joins_over_quic_with_insecure(server: FerryServer, capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(
+        url=server.quic_url.split("?")[0],  # no pin: --insecure skips verification
+        insecure=True,
+        token=server.token("q6", "cli"),
+        publish=None,
+        duration=0.5,
+        stats_interval=0.25,
+        connect_timeout=10.0,
+        turn=None,
+        turn_user=None,
+        turn_pass=None,
+        relay=False,
+        server_ice_servers=False,
+        no_loopback=True,
+    )
+    assert await asyncio.wait_for(run_join(args), 15) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert lines[0]["event"] == "joined" and lines[0]["participant"]["identity"] == "cli"
+    assert lines[-1]["event"] == "left"
+
+
+async def test_quic_url_without_pin_or_insecure_verifies_against_cas(server: FerryServer) -> None:
+    client = FerryClient()
+    with pytest.raises(ConnectionError):  # the generated certificate is self-signed: no CA vouches for it
+        await client.connect(server.quic_url.split("?")[0], timeout=5)
     await client.close()
