@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 MAX_QUEUED_OFFERS = 64
+# Reconnect backoff after a dropped connection: first delay, doubling up to the cap,
+# for at most RESUME_WINDOW_S (the server's grace is 15 s by default).
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 2.0
+RESUME_WINDOW_S = 15.0
 
 
 class ClientSession:
@@ -33,6 +38,14 @@ class ClientSession:
     ``participant`` (from the join reply), ``published`` (TrackInfo list of the last
     ``publish`` reply), ``subscriber_version`` (the offer last answered) and
     ``subscriber_errors`` (offers that could not be answered).
+
+    Resume: when the connection drops without ``leave``, the session reconnects by
+    itself (same URL, backoff from RECONNECT_FIRST_S to RECONNECT_MAX_S) and sends
+    ``resume {token, last_seq}``: it keeps its participant, and the events it missed
+    arrive in order (``last_seq`` is the ``seq`` of the last event seen; duplicates are
+    dropped). ``reconnecting`` is True meanwhile; ``resumes`` counts successes and
+    ``resume_error`` holds the code when the server refused (then the session stays
+    closed: join again).
     """
 
     #: :meth:`wait_for` polls this often (seconds) unless told otherwise.
@@ -56,6 +69,13 @@ class ClientSession:
         self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=MAX_QUEUED_OFFERS)
         self._leaving = False
         self._closed = False
+        self.auto_resume = True
+        self.resume_token: str | None = None
+        self.last_seq = 0
+        self.reconnecting = False
+        self.resumes = 0
+        self.resume_error: str | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
 
     # -- signaling -----------------------------------------------------------------------
     async def connect(self, url: str, *, timeout: float | None = None) -> dict[str, Any]:
@@ -66,18 +86,94 @@ class ClientSession:
         """
         self.url = url
         t = timeout if timeout is not None else self.request_timeout
-        if url.startswith("quic://"):
-            self._channel = QuicChannel(
-                self._dispatch, request_timeout=self.request_timeout, name=self.name, insecure=self.quic_insecure
-            )
-        else:
-            self._channel = SignalingChannel(
-                self._dispatch, request_timeout=self.request_timeout, name=self.name
-            )
-        await self._channel.open(url, timeout=t)
+        self._channel = await self._open_channel(url, t)
         self._offer_worker = asyncio.ensure_future(self._process_offers())
         self.server_info = await self.request("hello", version=PROTOCOL_VERSION, timeout=t)
         return self.server_info
+
+    async def _open_channel(self, url: str, timeout: float) -> SignalingChannel:
+        channel: SignalingChannel
+        if url.startswith("quic://"):
+            channel = QuicChannel(
+                self._sequenced, request_timeout=self.request_timeout, name=self.name, insecure=self.quic_insecure
+            )
+        else:
+            channel = SignalingChannel(self._sequenced, request_timeout=self.request_timeout, name=self.name)
+        await channel.open(url, timeout=timeout)
+        channel.on_closed = lambda: self._connection_lost(channel)
+        return channel
+
+    @property
+    def transport(self) -> str | None:
+        """``"ws"`` or ``"quic"``: the signaling transport in use."""
+        return self._channel.transport if self._channel is not None else None
+
+    def _sequenced(self, msg: dict[str, Any]) -> Any:
+        """Events carry ``seq``: remember the last, drop what a replay repeats."""
+        seq = msg.get("seq")
+        if isinstance(seq, int):
+            if seq <= self.last_seq:
+                return None
+            self.last_seq = seq
+        if msg.get("type") == "leave":
+            self.resume_token = None  # the server ended this session: nothing to resume
+        return self._dispatch(msg)
+
+    # -- resume --------------------------------------------------------------------------
+    def _connection_lost(self, channel: SignalingChannel) -> None:
+        if channel is not self._channel or self._closed or self._leaving:
+            return
+        if not self.auto_resume or self.resume_token is None or self._reconnect_task is not None:
+            return
+        self.reconnecting = True
+        self._reconnect_task = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Reconnect with backoff and resume; gives up on a refusal or after the window."""
+        assert self.url is not None
+        delay = RECONNECT_FIRST_S
+        deadline = time.monotonic() + RESUME_WINDOW_S
+        old = self._channel
+        try:
+            while not self._closed and time.monotonic() < deadline:
+                channel: SignalingChannel | None = None
+                try:
+                    channel = await self._open_channel(self.url, min(self.request_timeout, 3.0))
+                    await channel.request("hello", version=PROTOCOL_VERSION, timeout=3.0)
+                    self._channel = channel
+                    reply = await channel.request(
+                        "resume", token=self.resume_token, last_seq=self.last_seq, timeout=3.0
+                    )
+                except FerryError as exc:
+                    if exc.code.startswith("resume_"):
+                        self.resume_error = exc.code
+                        logger.warning("%s: resume refused: %s", self.name, exc)
+                        return
+                    logger.info("%s: reconnect attempt failed: %s", self.name, exc)
+                except (OSError, TimeoutError, ConnectionError) as exc:
+                    logger.info("%s: reconnect attempt failed: %r", self.name, exc)
+                else:
+                    self.resume_token = reply.get("resume_token", self.resume_token)
+                    self.resumes += 1
+                    self.reconnecting = False
+                    if old is not None:
+                        with contextlib.suppress(Exception):
+                            await old.close()
+                    await self._resumed(reply)
+                    return
+                if channel is not None and channel is not self._channel:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+            self.resume_error = self.resume_error or "resume_expired"
+        finally:
+            self._reconnect_task = None
+            if self.resume_error is not None:
+                self.reconnecting = False
+
+    async def _resumed(self, reply: dict[str, Any]) -> None:
+        """Called after a successful resume (subclasses refresh their media if needed)."""
 
     async def request(
         self, msg_type: str, /, *, timeout: float | None = None, **fields: Any
@@ -106,7 +202,14 @@ class ClientSession:
         reply = await self.request("join", token=token, auto_subscribe=auto_subscribe)
         self.room = reply.get("room") or {}
         self.participant = reply.get("participant") or {}
+        self.resume_token = reply.get("resume_token")
         return reply
+
+    def drop_connection(self) -> None:
+        """Lose the signaling connection abruptly, as a network failure would (tests):
+        the session then reconnects and resumes by itself."""
+        if self._channel is not None:
+            self._channel.abort()
 
     # -- subscribing ---------------------------------------------------------------------
     async def _process_offers(self) -> None:
@@ -188,6 +291,10 @@ class ClientSession:
         if self._closed:
             return
         self._closed = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reconnect_task
         await self._close_media()
         if self._offer_worker is not None:
             self._offer_worker.cancel()

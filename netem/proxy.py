@@ -109,6 +109,12 @@ class UdpProxy:
         self.target = target
         return self.listen
 
+    def rebind(self) -> None:
+        """A NAT rebinding: every client's next packet leaves from a new upstream socket
+        (a new source port at the target); queued packets of the old one are dropped."""
+        for client in list(self.clients.values()):
+            self._drop_client(client)
+
     async def close(self) -> None:
         """Idempotent."""
         for client in list(self.clients.values()):

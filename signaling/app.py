@@ -38,6 +38,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .protocol import MAX_MESSAGE_BYTES, encode
 from .quic_server import QuicSignaling
 from .recording import RecordingService, add_routes
+from .resume_service import ResumeService
 from .rooms import RoomManager
 from .session import Session
 from .streaming import StreamService
@@ -192,6 +193,7 @@ class FerryServer:
         self.metrics = Metrics()
         self.metrics.set_engine_stats(self._metrics_snapshot)
         self.quic = QuicSignaling(config, self.new_session, self.metrics.signaling_error)
+        self.resume = ResumeService(self.rooms)
         self.ws_connections = 0
         self._connections_by_ip: dict[str, int] = {}
         self._per_ip_exempt = [ipaddress.ip_network(n) for n in config.per_ip_exempt]
@@ -355,6 +357,7 @@ class FerryServer:
             close=close,
             recordings=self.recordings,
             captions=self.captions,
+            resume=self.resume,
         )
 
     def token(self, room: str, identity: str, **grants: object) -> str:
@@ -545,6 +548,7 @@ class FerryServer:
             close=conn.close,
             recordings=self.recordings,
             captions=self.captions,
+            resume=self.resume,
         )
         conn.session = session
         self._connections.add(conn)

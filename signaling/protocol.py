@@ -64,6 +64,9 @@ ERROR_CODES = frozenset(
         "not_recording",
         "storage_error",
         "captions_unavailable",
+        "resume_expired",
+        "resume_used",
+        "resume_gap",
         "internal",
     }
 )
@@ -172,6 +175,16 @@ def _v_join(msg: dict[str, Any], req: Request) -> dict[str, Any]:
     return {"token": token, "auto_subscribe": auto}
 
 
+def _v_resume(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    token = _req_str(msg, req, "token")
+    if not token or len(token) > 256:
+        raise _bad(req, "'token' must be a non-empty string of at most 256 characters")
+    last_seq = msg.get("last_seq", 0)
+    if not _is_int(last_seq) or last_seq < 0:
+        raise _bad(req, "'last_seq' must be an integer >= 0")
+    return {"token": token, "last_seq": last_seq}
+
+
 def _v_publish(msg: dict[str, Any], req: Request) -> dict[str, Any]:
     sdp = _req_str(msg, req, "sdp")
     tracks = msg.get("tracks", {})
@@ -270,6 +283,7 @@ def _v_empty(msg: dict[str, Any], req: Request) -> dict[str, Any]:
 _VALIDATORS: dict[str, Callable[[dict[str, Any], Request], dict[str, Any]]] = {
     "hello": _v_hello,
     "join": _v_join,
+    "resume": _v_resume,
     "publish": _v_publish,
     "subscriber_answer": _v_subscriber_answer,
     "trickle": _v_trickle,

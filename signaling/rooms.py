@@ -77,6 +77,9 @@ class Participant:
     # Ends the signaling session bound to this participant (tells the client why and
     # closes its socket); set by the Session, called when another session replaces it.
     end_session: Callable[[str], None] | None = None
+    # Events keep going to `send` while disconnected: a resumable participant's send is
+    # its outbox, which logs them for the replay on resume (signaling.resume).
+    logs_while_away: bool = False
 
     @property
     def hidden(self) -> bool:
@@ -94,7 +97,7 @@ class Participant:
         }
 
     def emit(self, message: dict) -> None:
-        if self.connected:
+        if self.connected or (self.logs_while_away and self.room.participants.get(self.sid) is self):
             try:
                 self.send(message)
             except Exception:  # a dead socket must not break the room

@@ -16,6 +16,8 @@ from .auth import ADMIN_ALL_ROOMS, AuthError, TokenVerifier, check_join
 from .captions import CaptionError, CaptionService, check_captions_admin
 from .protocol import PROTOCOL_VERSION, ProtocolError, Request, decode, error_reply, ok
 from .recording import RecordingError, RecordingService, check_record
+from .resume import ResumeError
+from .resume_service import ResumeService
 from .rooms import Participant, Room, RoomManager
 
 log = logging.getLogger("ferry.signaling.session")
@@ -33,10 +35,12 @@ class Session:
         close: Callable[[], None] | None = None,
         recordings: RecordingService | None = None,
         captions: CaptionService | None = None,
+        resume: ResumeService | None = None,
     ) -> None:
         self.rooms = rooms
         self.recordings = recordings
         self.captions = captions
+        self.resume = resume
         self.verifier = verifier
         self.send = send
         self.max_participants = max_participants
@@ -88,6 +92,9 @@ class Session:
             raise ProtocolError("bad_request", "send hello first")
         if req.type == "join":
             self._join(req, now)
+            return
+        if req.type == "resume":
+            self._resume(req, now)
             return
         participant = self.participant
         if participant is None or self.room is None:
@@ -144,9 +151,11 @@ class Session:
         self.participant = participant
         self.room = room
         self.joined = True
+        resumable = self.resume.joined(self, participant) if self.resume is not None else {}
         self.send(
             ok(
                 req,
+                **resumable,
                 room={"name": room.name, "sid": room.sid},
                 participant={"sid": sid, "identity": participant.identity, "name": participant.name},
                 participants=[p.info() for p in others],
@@ -158,6 +167,47 @@ class Session:
         if participant.auto_subscribe and claims.grants.can_subscribe:
             participant.desired.update(room.router.tracks)
             participant.renegotiate()
+
+    def _resume(self, req: Request, now: float) -> None:
+        """Take over a participant whose connection dropped: same sid, tracks and
+        subscriptions; the events it missed follow the reply, in order."""
+        if self.participant is not None:
+            raise ProtocolError("conflict", "already joined")
+        if self.resume is None:
+            raise ProtocolError("resume_expired", "this server does not resume sessions; join again")
+        try:
+            state, participant, missed = self.resume.resume(req.data["token"], req.data["last_seq"], now)
+        except ResumeError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        previous = state.session
+        if isinstance(previous, Session) and previous is not self:
+            previous.detach("resumed")  # a connection that has not noticed it is dead
+        state.session = self
+        state.outbox.sink = self.send
+        participant.connected = True
+        participant.disconnected_at = None
+        participant.end_session = self.end
+        self.participant = participant
+        self.room = participant.room
+        self.joined = True
+        room = participant.room
+        self.send(
+            ok(
+                req,
+                room={"name": room.name, "sid": room.sid},
+                participant={"sid": participant.sid, "identity": participant.identity, "name": participant.name},
+                participants=[p.info() for p in room.visible() if p is not participant],
+                resume_token=state.token,
+                last_seq=state.outbox.log.last_seq,
+                replayed=len(missed),
+            )
+        )
+        for message in missed:
+            self.send(message)
+        if participant.offer_pending:
+            # The answer may have been lost with the connection: offer again now.
+            participant.offer_deadline = now
+            participant.on_timer(now, self.rooms.subscriber_answer_timeout_s)
 
     def _on_publish(self, req: Request, participant: Participant, now: float) -> None:
         if not participant.claims.grants.can_publish:
@@ -340,6 +390,21 @@ class Session:
         if self._close is not None:
             self._close()
 
+    def detach(self, reason: str) -> None:
+        """Another connection resumed this session's participant: tell this client
+        (``leave {reason}``) and close, leaving the participant as it is."""
+        if self.ended_reason is not None:
+            return
+        self.ended_reason = reason
+        self.participant = None
+        self.room = None
+        try:
+            self.send({"type": "leave", "reason": reason})
+        except Exception:  # the socket may be gone already; closing is all that is left
+            log.debug("leave to a closed socket", exc_info=True)
+        if self._close is not None:
+            self._close()
+
     def disconnected(self, now: float) -> None:
         """Socket closed without leave: keep the participant for the grace period."""
         participant = self.participant
@@ -347,4 +412,6 @@ class Session:
             return
         participant.connected = False
         participant.disconnected_at = now
+        if self.resume is not None:
+            self.resume.disconnected(self, participant)
 

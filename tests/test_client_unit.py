@@ -76,7 +76,7 @@ class FakeFerry:
         self.app.router.add_get("/ws", self.ws_handler)
         self.app.router.add_get("/api/dev-token", self.dev_token)
         self.app.router.add_get("/", self.static("index.html"))
-        for name in ("ferry.js", "style.css", "index.html"):
+        for name in ("ferry.js", "transport.js", "style.css", "index.html"):
             self.app.router.add_get(f"/{name}", self.static(name))
         self.runner: web.AppRunner | None = None
         self.port = 0

@@ -74,6 +74,8 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ),
     ("update_subscription", {"track_sid": "TR_a", "enabled": False}, {"track_sid": "TR_a", "enabled": False}),
     ("leave", {}, {}),
+    ("resume", {"token": "tok"}, {"token": "tok", "last_seq": 0}),
+    ("resume", {"token": "tok", "last_seq": 42}, {"token": "tok", "last_seq": 42}),
     ("ping", {}, {}),
     ("start_recording", {}, {}),
     ("stop_recording", {}, {}),
