@@ -90,10 +90,12 @@ class SignalingPeer:
                 self.session.receive(item, time.time())
 
     def send(self, message: dict) -> None:
-        if self.closing:
+        if self.closing or self.protocol.terminated:
             return
-        quic = self.protocol._quic
-        quic.send_stream_data(self.stream_id, frame(message))
+        try:
+            self.protocol._quic.send_stream_data(self.stream_id, frame(message))
+        except ValueError:  # the stream was reset or finished: the connection is ending
+            return
         if self.protocol.unsent_bytes(self.stream_id) > MAX_UNSENT_BYTES:
             log.warning("QUIC signaling client does not read (%d bytes unsent); closing", MAX_UNSENT_BYTES)
             self.protocol.abort(ERR_POLICY, "client does not read")

@@ -48,6 +48,67 @@ async def _meet_python_client_over_quic(server, page, room: str) -> None:
             await client.close()
 
 
+def _kill_signaling(server, sid: str) -> None:
+    """Abort the connection carrying ``sid``'s signaling from the server side."""
+    for conn in list(server._connections):
+        if conn.session is not None and conn.session.participant is not None and conn.session.participant.sid == sid:
+            conn.abort()
+            return
+    for conn in list(server.quic.connections):
+        session = conn.peer.session if conn.peer is not None else None
+        if session is not None and session.participant is not None and session.participant.sid == sid:
+            conn.abort(0x12, "killed by the test")
+            return
+    raise AssertionError(f"no signaling connection for {sid}")
+
+
+@pytest.mark.parametrize("transport", ["webtransport", "ws"])
+async def test_page_resumes_after_its_signaling_is_killed_mid_call(server, transport: str) -> None:
+    room = f"wt-resume-{transport}"
+    query = "" if transport == "webtransport" else "&transport=ws"
+    async with chromium() as browser:
+        page = await open_page(browser, server.http_url + f"/?room={room}&autojoin=1&name=page{query}")
+        with allow_loopback():
+            client = FerryClient(connect_timeout=15.0)
+            try:
+                await client.connect(server.quic_url)
+                await client.join(server.token(room, "python"))
+                tracks = await client.publish(TestPatternVideoTrack(), ToneAudioTrack())
+                await _poll(page, "() => window.ferry.state === 'joined'")
+                page_sid = await page.evaluate("window.ferry.me.sid")
+                await _poll(page, RECEIVING, 20)
+                await client.wait_for(lambda: (s := client.sink_for(page_sid, "video")) and s.received_frames > 10)
+                await page.evaluate(
+                    """() => { window.__states = [];
+                      new MutationObserver(() => window.__states.push(document.getElementById('state').textContent))
+                        .observe(document.getElementById('state'), {childList: true, characterData: true, subtree: true}); }"""
+                )
+                loop = asyncio.get_running_loop()
+                killed_at = loop.time()
+                _kill_signaling(server, page_sid)
+                # An event while the page is away: it must arrive with the replay.
+                room_ = server.rooms.rooms[room]
+                python = room_.participants[client.participant["sid"]]
+                track = next(t for t in python.tracks() if t.sid == tracks[0]["sid"])
+                track.muted = True
+                room_.track_muted(python, track)
+                await _poll(page, "() => window.ferry.reconnects === 1 && window.ferry.state === 'joined'", 3)
+                assert loop.time() - killed_at < 3.0
+                assert "reconnecting" in await page.evaluate("window.__states")
+                assert await page.evaluate("window.ferry.me.sid") == page_sid
+                assert await page.evaluate("window.ferry.transport") == transport
+                muted = f"() => window.ferry.events.some(e => e.type === 'track_muted' && e.track_sid === '{track.sid}')"
+                await _poll(page, muted, 3)
+                frames = client.sink_for(page_sid, "video").received_frames
+                await client.wait_for(lambda: client.sink_for(page_sid, "video").received_frames > frames + 10)
+                await page.evaluate("window.__snap = undefined")
+                await _poll(page, RECEIVING, 10)
+                assert not any(e["type"] == "participant_left" for e in client.event_log)
+                assert page.ferry_errors == []
+            finally:
+                await client.close()
+
+
 @pytest.mark.parametrize("transport", ["webtransport", "ws"])
 async def test_page_meets_a_raw_quic_python_client(server, transport: str) -> None:
     async with chromium() as browser:

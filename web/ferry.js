@@ -9,7 +9,10 @@
 // transport; by default WebTransport when the browser has it, else WebSocket).
 //
 // Test hook: window.ferry = {state, participants(), stats(), localStats(), events, sids,
-// recording, canRecord, transport, toggleRecording()}.
+// recording, canRecord, transport, reconnects, toggleRecording()}.
+//
+// A dropped signaling connection is resumed (resume {token, last_seq}) on a new one while
+// the peer connections keep running; the state shows "reconnecting" meanwhile.
 
 import { connectSignaling } from "./transport.js";
 
@@ -17,7 +20,10 @@ const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 
 const PROTOCOL_VERSION = 1;
-const STATES = ["idle", "joining", "joined", "left", "error"];
+const STATES = ["idle", "joining", "joined", "reconnecting", "left", "error"];
+// Resume after a dropped signaling connection: backoff from 100 ms doubling to 2 s, for
+// at most RESUME_WINDOW_MS (the server keeps the participant 15 s by default).
+const RESUME_WINDOW_MS = 15000;
 
 // ------------------------------------------------------------------------- state
 
@@ -42,6 +48,10 @@ const app = {
   prevBytes: new Map(), // inbound-rtp id -> {bytes, ts}
   events: [],
   leaving: false,
+  sigUrl: null, // signaling URL (WebSocket fallback) of this session
+  resumeToken: null, // from the join/resume reply: resume {token, last_seq} after a drop
+  lastSeq: 0, // seq of the last event handled (a replay repeats nothing)
+  reconnects: 0,
   recording: null, // id of the room's active recording, or null
   canRecord: false, // the token has roomRecord or roomAdmin: the record button is shown
 };
@@ -325,6 +335,10 @@ function sendSize(p) {
 // ------------------------------------------------------------------------- events
 
 function onEvent(msg) {
+  if (typeof msg.seq === "number") {
+    if (msg.seq <= app.lastSeq) return; // replayed on resume, already handled
+    app.lastSeq = msg.seq;
+  }
   app.events.push(msg);
   if (app.events.length > 500) app.events.shift();
   switch (msg.type) {
@@ -413,11 +427,67 @@ function onEvent(msg) {
   }
 }
 
+function newSignaling(url) {
+  // Events and closes of a connection that is no longer the session's are ignored.
+  const sig = new Signaling(
+    url,
+    (msg) => {
+      if (sig === app.sig) onEvent(msg);
+    },
+    () => {
+      if (sig === app.sig) onSocketClose();
+    },
+  );
+  return sig;
+}
+
 function onSocketClose() {
   if (app.leaving || app.state === "left" || app.state === "idle") return;
+  if (app.state === "joined" && app.resumeToken) {
+    reconnect();
+    return;
+  }
   status("signaling connection lost", true);
   teardown();
   setState("error");
+}
+
+async function reconnect() {
+  setState("reconnecting");
+  status("reconnecting…");
+  const deadline = Date.now() + RESUME_WINDOW_MS;
+  let delay = 100;
+  while (Date.now() < deadline && app.state === "reconnecting") {
+    const sig = newSignaling(app.sigUrl);
+    try {
+      await sig.open();
+      await sig.request("hello", { version: PROTOCOL_VERSION }, 3000);
+      app.sig = sig; // the replayed events follow the reply on this connection
+      const reply = await sig.request("resume", { token: app.resumeToken, last_seq: app.lastSeq }, 3000);
+      app.resumeToken = reply.resume_token;
+      app.reconnects += 1;
+      setState("joined");
+      status("");
+      return;
+    } catch (e) {
+      if (e.code && e.code.startsWith("resume_")) {
+        status(`could not resume the session (${e.code}); join again`, true);
+        teardown();
+        setState("error");
+        $("join-form").hidden = false;
+        $("call").hidden = true;
+        return;
+      }
+      sig.close();
+    }
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 2000);
+  }
+  if (app.state === "reconnecting") {
+    status("signaling connection lost", true);
+    teardown();
+    setState("error");
+  }
 }
 
 // ------------------------------------------------------------------------- subscriber
@@ -661,10 +731,13 @@ async function join(room, name) {
   app.leaving = false;
   try {
     const { token, url } = await fetchToken(room, name);
-    app.sig = new Signaling(url || defaultWsUrl(), onEvent, onSocketClose);
+    app.sigUrl = url || defaultWsUrl();
+    app.lastSeq = 0;
+    app.sig = newSignaling(app.sigUrl);
     await app.sig.open();
     await app.sig.request("hello", { version: PROTOCOL_VERSION });
     const reply = await app.sig.request("join", { token, auto_subscribe: true });
+    app.resumeToken = reply.resume_token || null;
     const grants = tokenGrants(token);
     app.canRecord = !!(grants.roomRecord || grants.roomAdmin);
     setRecording(reply.recording?.id);
@@ -709,6 +782,7 @@ function teardown() {
   app.trackOwner.clear();
   app.myTracks = { audio: null, video: null };
   app.me = null;
+  app.resumeToken = null;
   app.canRecord = false;
   setRecording(null);
   app.offerChain = Promise.resolve();
@@ -892,6 +966,9 @@ window.ferry = {
   },
   get canRecord() {
     return app.canRecord;
+  },
+  get reconnects() {
+    return app.reconnects;
   },
   // "webtransport" or "ws": the signaling transport in use (null before joining).
   get transport() {
