@@ -1,4 +1,4 @@
-"""A Chromium meeting recorded from the web client's button (issue #12, acceptance 5)."""
+"""A Chromium meeting recorded from the web client's button (issue #12, acceptance 5), and its live badge."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ async def test_record_button_records_the_meeting_badge_shows_for_everyone_and_fi
             )
             recording_id = await guest.evaluate("window.ferry.recording")
             assert recording_id == active.id
+            # A live HLS stream of the meeting shows as "LIVE (HLS)" while it runs.
+            await server.streams.start("meet", width=320, height=180)
+            await _poll(guest, "() => !document.getElementById('live-badge').hidden", 5000)
+            await server.streams.stop("meet")
+            await _poll(guest, "() => document.getElementById('live-badge').hidden", 5000)
+            assert server.recordings.active("meet") is not None  # the recording it followed goes on
             await host.click("#record")  # now "Stop recording"
             for page in (host, guest):
                 await _poll(page, BADGE_HIDDEN, 5000)

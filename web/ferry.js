@@ -405,6 +405,11 @@ function onEvent(msg) {
       if (msg.recording_id === app.recording) setRecording(null);
       if (msg.reason && msg.reason !== "stopped") status(`recording stopped: ${msg.reason}`, msg.reason === "disk_full");
       break;
+    case "stream_started":
+    case "stream_stopped": // the room's live HLS stream (signaling/streaming.py)
+      $("live-badge").hidden = msg.type === "stream_stopped";
+      $("live-badge").title = msg.url || "";
+      break;
     case "recording_error":
       status(`recording: ${msg.track_sid} ${msg.reason}`, true);
       break;
