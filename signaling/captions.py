@@ -43,7 +43,7 @@ from .config import Config
 from .recording import check_record
 from .rooms import Participant, Room, RoomManager
 
-__all__ = ["LATENCY_BUCKETS_S", "CaptionError", "CaptionService", "add_routes", "check_captions_admin"]
+__all__ = ["LATENCY_BUCKETS_S", "CaptionError", "CaptionService", "add_routes", "caption_event", "check_captions_admin"]
 
 log = logging.getLogger("ferry.signaling.captions")
 
@@ -75,6 +75,18 @@ def check_captions_admin(claims: Claims, room: str) -> None:
         raise AuthError("forbidden", "turning captions on or off needs the roomAdmin grant")
     if grants.room not in (room, ADMIN_ALL_ROOMS):
         raise AuthError("forbidden", f"token is for room {grants.room!r}, not {room!r}")
+
+
+def caption_event(caption: Caption) -> dict[str, object]:
+    """The `caption` event's fields: `Caption.to_event()` with its `seq` as `utterance`.
+
+    Every event to a participant carries the session's own `seq` (signaling.resume
+    numbers them for replay after a reconnect), which would overwrite the caption's:
+    on the wire the utterance number is `utterance`.
+    """
+    body = caption.to_event()
+    body["utterance"] = body.pop("seq")
+    return body
 
 
 def _default_factory(config: CaptionConfig) -> Any:
@@ -167,22 +179,27 @@ class CaptionService:
         if self.default != "off":
             self._slot(self.default)
 
-    def _engine_config(self, backend: str) -> CaptionConfig:
+    def _engine_config(self, backend: str, language: str) -> CaptionConfig:
         c = self.config
         return CaptionConfig(
             backend=backend,
             whisper_model=c.whisper_model,
             vosk_model=c.vosk_model,
-            language=c.captions_language,
+            language=language,
             max_concurrent=c.captions_max_concurrent,
         )
 
-    def _slot(self, backend: str) -> _Slot:
+    def _slot(self, backend: str, language: str | None = None) -> _Slot:
+        """The backend's engine, loading it on first use. The engine refuses to load for
+        a language its model lacks, so it loads for the language of the room that first
+        asks (a Korean Vosk model cannot load for the server's default "en"); each track
+        still names its own language."""
         slot = self._slots.get(backend)
         if slot is None:
             slot = self._slots[backend] = _Slot(backend)
             loop = asyncio.get_running_loop()
-            job = loop.run_in_executor(None, self.engine_factory, self._engine_config(backend))
+            config = self._engine_config(backend, language or self.config.captions_language)
+            job = loop.run_in_executor(None, self.engine_factory, config)
             job.add_done_callback(lambda f: self._loaded(slot, f))
         return slot
 
@@ -252,7 +269,7 @@ class CaptionService:
             self._apply(rc, False, backend, language, by)
             done(None, rc.state())
             return
-        slot = self._slot(backend)
+        slot = self._slot(backend, language)
         if slot.loading:
             again = dict(enabled=enabled, backend=backend, language=language, by=by, done=done)
             slot.waiters.append(lambda: self.request(room_name, **again))  # type: ignore[arg-type]
@@ -289,7 +306,7 @@ class CaptionService:
     def _attach(self, rc: _RoomCaptions, track: PublishedTrack) -> CaptionsUnavailable | None:
         if not rc.enabled or track.kind != "audio" or track.closed or track.sid in rc.captioners:
             return None
-        slot = self._slot(rc.backend)
+        slot = self._slot(rc.backend, rc.language)
         if slot.engine is None:
             return None  # attached when the engine has loaded (or never: unavailable)
         participant = rc.room.participants.get(track.participant_sid)
@@ -337,7 +354,7 @@ class CaptionService:
             return  # a late result after captions went off
         # A captioner closed with its track (unpublished, left) still sends the final of
         # the utterance it was hearing: that one is kept.
-        body = caption.to_event()
+        body = caption_event(caption)
         rc.room.broadcast({"type": "caption", **body})
         if not caption.final:
             self.partials += 1
