@@ -69,6 +69,10 @@ class FakeDownTrackSink:
         assert isinstance(packet, bytes)
         self.sent.append(SentPacket(packet, kind, now_ms))
 
+    def resend_rtp(self, packet: bytes, now_ms: float) -> bool:
+        self.sent.append(SentPacket(packet, "resend", now_ms))
+        return True
+
     def media(self) -> list[SentPacket]:
         return [p for p in self.sent if p.kind != "rtx"]
 

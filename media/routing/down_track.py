@@ -45,6 +45,11 @@ class DownTrackSink(Protocol):
 
     def send_rtp(self, packet: bytes, kind: str, now_ms: float) -> None: ...
 
+    def resend_rtp(self, packet: bytes, now_ms: float) -> bool:
+        """Send ``packet`` again exactly as it first went out (same transport-wide seq:
+        the same bytes under the same SRTP index); False when that is not known."""
+        ...
+
 
 class DownTrack:
     """Forwards one PublishedTrack to one subscriber."""
@@ -286,7 +291,11 @@ class DownTrack:
             elif self.twcc_ext_id:
                 # Without RTX the resend reuses the original SRTP index; restamping its
                 # transport-wide seq would encrypt different bytes under the same
-                # nonce (AES-GCM). Skip it: the receiver's PLI path recovers.
+                # nonce (AES-GCM). Audio (never RTX in browsers) goes again byte for
+                # byte with the seq it first had; video skips: its PLI path recovers.
+                if not self.is_video and self.sink.resend_rtp(packet, now_ms):
+                    sent += 1
+                    continue
                 self.resends_skipped += 1
                 continue
             self.sink.send_rtp(packet, "rtx", now_ms)

@@ -8,6 +8,7 @@ bandwidth estimator) and sends sender reports.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aiortc.rtp import RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket
@@ -33,6 +34,7 @@ SR_INTERVAL_MS = 1000.0
 ALLOCATE_INTERVAL_MS = 500.0
 START_BPS = 1_000_000
 AUDIO_BPS = 48_000.0
+RESEND_MEMORY = 2048  # audio packets whose transport-wide seq is kept (~40 s of one track)
 DESIRED_HEADROOM = 1.3  # > allocator.UP_HEADROOM, so probing can unlock the next layer
 
 
@@ -86,6 +88,11 @@ class SubscriberPeer:
         self._pacer_timer_at: float | None = None
         self._twcc_id: int | None = None
         self.padding_sent = 0
+        # Audio without RTX but with transport-cc: (ssrc, rtp seq) -> the transport-wide
+        # seq it went out with, so a NACKed packet can go again as the same bytes.
+        self._resend_ssrcs: set[int] = set()
+        self._sent_twcc: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self.audio_resent = 0
         transport.listener = self
 
     # -- DownTracks ----------------------------------------------------------------
@@ -110,6 +117,8 @@ class SubscriberPeer:
         self._by_ssrc[down.ssrc] = down
         if down.rtx_ssrc is not None:
             self._by_ssrc[down.rtx_ssrc] = down
+        elif not down.is_video and down.twcc_ext_id:
+            self._resend_ssrcs.add(down.ssrc)
         down.track.add_down_track(down)
 
     def remove_down_track(self, track_sid: str) -> DownTrack | None:
@@ -117,6 +126,7 @@ class SubscriberPeer:
         if down is not None:
             self.ended_streams[down.mid] = down.continuity()
             self._by_ssrc = {k: v for k, v in self._by_ssrc.items() if v is not down}
+            self._resend_ssrcs.discard(down.ssrc)
             self.allocator.forget(track_sid)
             down.close()
             if self.on_down_track_removed is not None:
@@ -168,12 +178,34 @@ class SubscriberPeer:
             self.send_history.on_sent(seq, now_ms, len(packet))
             if self.estimator is not None:
                 self.estimator.on_packet_sent(seq, len(packet), now_ms)
+            if self._resend_ssrcs:
+                self._remember_twcc(packet, seq)
             # Stamped in the copy SRTP encrypts: `packet` (also in the RTX cache) keeps
             # its placeholder.
             self.transport.send_rtp(packet, TWCC_OFFSET, seq)
             return seq
         self.transport.send_rtp(packet)
         return None
+
+    def _remember_twcc(self, packet: bytes, seq: int) -> None:
+        ssrc = int.from_bytes(packet[8:12], "big")
+        if ssrc in self._resend_ssrcs:
+            sent = self._sent_twcc
+            sent[(ssrc, int.from_bytes(packet[2:4], "big"))] = seq
+            if len(sent) > RESEND_MEMORY:
+                sent.popitem(last=False)
+
+    def resend_rtp(self, packet: bytes, now_ms: float) -> bool:
+        """DownTrackSink: ``packet`` again with the transport-wide seq it first had."""
+        key = (int.from_bytes(packet[8:12], "big"), int.from_bytes(packet[2:4], "big"))
+        seq = self._sent_twcc.get(key)
+        if seq is None:
+            return False
+        self.stats.rtp_out += 1
+        self.stats.rtp_bytes_out += len(packet)
+        self.audio_resent += 1
+        self.transport.send_rtp(packet, TWCC_OFFSET, seq)
+        return True
 
     def _padding_packet(self, size: int) -> bytes | None:
         """A probe packet on an RTX SSRC, as Chrome does: a recent full-size video packet
