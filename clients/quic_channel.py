@@ -40,6 +40,16 @@ _LEN = struct.Struct("!I")
 MAX_FRAME = 4 << 20
 
 
+class _ClientProtocol(QuicConnectionProtocol):
+    """Sends nothing once its socket is gone (after :meth:`QuicChannel.abort`, aioquic's
+    timers still fire and would write to a closed transport)."""
+
+    def transmit(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        super().transmit()
+
+
 def parse_quic_url(url: str) -> tuple[str, int, bytes | None]:
     """``quic://HOST:PORT[?sha256=HEX]`` -> (host, port, pinned hash or None)."""
     parts = urlsplit(url)
@@ -86,7 +96,7 @@ class QuicChannel(SignalingChannel):
         quic = QuicConnection(configuration=configuration)
         local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
         self._udp, protocol = await loop.create_datagram_endpoint(
-            lambda: QuicConnectionProtocol(quic), local_addr=local, family=family
+            lambda: _ClientProtocol(quic), local_addr=local, family=family
         )
         self._protocol = protocol  # type: ignore[assignment]
         assert self._protocol is not None

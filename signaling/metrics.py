@@ -124,6 +124,7 @@ GAUGES: dict[str, tuple[str, str]] = {
     "ferry_rooms": ("rooms", "Rooms currently open"),
     "ferry_participants": ("participants", "Participants currently in a room"),
     "ferry_ws_connections": ("ws_connections", "Open signaling WebSocket connections"),
+    "ferry_quic_connections": ("quic_connections", "Open QUIC signaling connections (raw QUIC and WebTransport)"),
     "ferry_recordings_active": ("recordings_active", "Rooms being recorded"),
     "ferry_recorder_queue": ("recorder_queue", "Jobs waiting for the recorders' writer threads"),
     "ferry_captions_active_tracks": ("captions_tracks", "Audio tracks being captioned now"),

@@ -9,6 +9,7 @@ import pytest
 
 from clients.channel import FerryError, SignalingChannel
 from clients.client import FerryClient, allow_loopback
+from clients.lite import LiteClient
 from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
 from clients.quic_channel import QuicChannel
 from netem.proxy import UdpProxy
@@ -243,3 +244,21 @@ async def test_quic_client_keeps_its_connection_when_its_nat_rebinds(server: Fer
         await a.close()
         await b.close()
         await proxy.close()
+
+
+async def test_lite_client_resumes_by_itself_over_quic(server: FerryServer) -> None:
+    lite, other = LiteClient(), FerryClient()
+    try:
+        await lite.connect(server.quic_url)
+        await lite.join(server.token("lite", "lite"))
+        sid = lite.participant["sid"]
+        await other.connect(server.ws_url)
+        await other.join(server.token("lite", "other"))
+        lite.drop_connection()
+        await lite.wait_for(lambda: lite.resumes == 1, timeout=3, message="LiteClient did not resume")
+        assert lite.participant["sid"] == sid and lite.transport == "quic"
+        assert (await lite.request("ping"))["ok"]
+        assert not any(e["type"] == "participant_left" for e in other.event_log)
+    finally:
+        await lite.close()
+        await other.close()
