@@ -15,7 +15,8 @@ A separate process because rendering and encoding a 720p composite takes about h
 core: forwarding on the event loop must never wait on it, and a renderer that crashes
 takes nothing else with it. Stopping sends SIGTERM (the renderer finishes its segment
 and ends the playlist), on request, when the room closes and at server shutdown (before
-the recordings stop). Everyone in the room gets `stream_started` / `stream_stopped`.
+the recordings stop). Everyone in the room gets `stream_started` / `stream_stopped`, and
+a late joiner gets `stream_started` right after its join reply.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class _Stream:
     watcher: asyncio.Task[None] | None = None
     stopping: bool = False
     reason: str | None = None
+
+    def started_event(self) -> dict[str, object]:
+        return {"type": "stream_started", "hls": True, "url": url_of(self.room.name),
+                "recording_id": self.recording_id}
 
     def info(self) -> dict[str, object]:
         return {
@@ -134,8 +139,7 @@ class StreamService:
         stream.watcher = asyncio.ensure_future(self._watch(stream))
         self.started += 1
         log.info("HLS stream of room %s started (renderer pid %d) into %s", room_name, stream.process.pid, out)
-        room.broadcast({"type": "stream_started", "hls": True, "url": url_of(room_name),
-                        "recording_id": stream.recording_id})
+        room.broadcast(stream.started_event())
         return stream.info()
 
     async def stop(self, room_name: str, reason: str = "stopped") -> dict[str, object]:
@@ -201,7 +205,11 @@ class StreamService:
         pass
 
     def participant_joined(self, room: Room, participant: Participant) -> None:
-        pass
+        """A late joiner learns of the live stream too: right after its join reply (sent
+        once this returns, in the same loop turn), as the others got it."""
+        stream = self._streams.get(room.name)
+        if stream is not None and not stream.stopping:
+            asyncio.get_running_loop().call_soon(participant.emit, stream.started_event())
 
     def participant_left(self, room: Room, participant: Participant) -> None:
         pass

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from clients.lite import LiteClient
 from recorder import manifest as mf
 from recorder.compose_layout import layout
 from signaling.app import FerryServer
@@ -57,6 +58,7 @@ class Call:
     statuses: dict[str, int] = field(default_factory=dict)
     ended_playlist: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)
+    late_events: list[dict[str, Any]] = field(default_factory=list)  # of a participant who joined mid-stream
     renderer_cpu_s: float = 0.0
     span_s: float = 0.0
     sids: dict[str, str] = field(default_factory=dict)  # identity -> participant sid
@@ -87,6 +89,10 @@ async def _run(call: Call) -> None:
                 call.started = await res.json()
             t_start = time.monotonic()
             playlist = base + call.started["url"]
+            late = LiteClient(name="late")  # joins the call while it is streamed
+            clients.append(late)
+            await late.connect(server.ws_url)
+            await late.join(server.token("class", "late"), auto_subscribe=False)
             while time.monotonic() - t_start < RECORD_S:  # poll as a player does, fetch what is new
                 status, ctype, body = await _get(http, playlist)
                 now = time.time()
@@ -114,6 +120,7 @@ async def _run(call: Call) -> None:
             await wait_until(lambda: server.recordings.active("class") is None and not server.recordings._stopping, 15)
         await wait_until(lambda: any(e.get("type") == "stream_stopped" for e in clients[0].events), 5)
         call.events = [e for e in clients[0].events if str(e.get("type", "")).startswith(("stream_", "recording_"))]
+        call.late_events = [e for e in clients[-1].events if str(e.get("type", "")).startswith("stream_")]
     finally:
         for client in clients:
             await client.close()
@@ -174,9 +181,12 @@ def test_hls_serves_only_a_streaming_rooms_playlist_and_segments(call: Call) -> 
             assert status == 404, (path, status)
 
 
-def test_everyone_hears_the_stream_and_the_recording_it_started_start_and_stop(call: Call) -> None:
+def test_everyone_and_late_joiners_hear_the_stream_and_the_recording_it_started_start_and_stop(call: Call) -> None:
     kinds = [e["type"] for e in call.events]
     assert kinds == ["recording_started", "stream_started", "recording_stopped", "stream_stopped"], kinds
+    assert [e["type"] for e in call.late_events] == ["stream_started", "stream_stopped"]
+    first = next(e for e in call.events if e["type"] == "stream_started")
+    assert {**call.late_events[0], "seq": None} == {**first, "seq": None}  # the same event, in its own order
     started = next(e for e in call.events if e["type"] == "stream_started")
     assert started["url"] == "/hls/class/index.m3u8" and started["recording_id"] == call.started["recording_id"]
     manifest = mf.load(call.directory / "class" / call.started["recording_id"])
