@@ -9,11 +9,13 @@
 // transport; by default WebTransport when the browser has it, else WebSocket).
 //
 // Test hook: window.ferry = {state, participants(), stats(), localStats(), events, sids,
-// recording, canRecord, transport, reconnects, toggleRecording()}.
+// recording, canRecord, transport, reconnects, toggleRecording(), captions,
+// captionLine(participantSid), transcript(), toggleCaptions()}.
 //
 // A dropped signaling connection is resumed (resume {token, last_seq}) on a new one while
 // the peer connections keep running; the state shows "reconnecting" meanwhile.
 
+import { Captions } from "./captions.js";
 import { connectSignaling } from "./transport.js";
 
 const params = new URLSearchParams(location.search);
@@ -55,6 +57,25 @@ const app = {
   recording: null, // id of the room's active recording, or null
   canRecord: false, // the token has roomRecord or roomAdmin: the record button is shown
 };
+
+// Captions: the line under a tile is the speaker's; our own speech goes under our tile.
+const captions = new Captions({
+  tileFor: (sid) => (app.me && sid === app.me.sid ? $("local-tile") : app.participants.get(sid)?.tile || null),
+  nameOf: (sid) => (app.me && sid === app.me.sid ? participantName(app.me) : participantName(app.participants.get(sid)?.info || {})),
+});
+
+async function toggleCaptions() {
+  const button = $("cc");
+  button.disabled = true;
+  try {
+    const reply = await app.sig.request("set_captions", { enabled: !captions.state.enabled });
+    captions.setState(reply.captions);
+  } catch (e) {
+    fail("captions", e);
+  } finally {
+    button.disabled = false;
+  }
+}
 
 function setState(s) {
   if (!STATES.includes(s)) throw new Error(`bad state ${s}`);
@@ -225,7 +246,8 @@ function makeTile(sid) {
   tile.dataset.sid = sid;
   tile.innerHTML =
     '<div class="tile-head"><span class="tile-name"></span><span class="badges"></span></div>' +
-    '<video autoplay playsinline muted></video><audio autoplay></audio><div class="stats"></div>';
+    '<video autoplay playsinline muted></video><audio autoplay></audio>' +
+    '<div class="caption" aria-live="polite" hidden></div><div class="stats"></div>';
   $("tiles").appendChild(tile);
   const video = tile.querySelector("video");
   resizeObserver.observe(video);
@@ -410,6 +432,19 @@ function onEvent(msg) {
       $("live-badge").hidden = msg.type === "stream_stopped";
       $("live-badge").title = msg.url || "";
       break;
+    case "caption":
+      captions.onCaption(msg);
+      break;
+    case "captions_state":
+      captions.setState(msg);
+      break;
+    case "captions_status": {
+      // The server is overloaded: this track's captions lag behind, or are paused.
+      const owner = app.trackOwner.get(msg.track_sid);
+      const tile = owner ? app.participants.get(owner)?.tile : app.myTracks.audio?.sid === msg.track_sid ? $("local-tile") : null;
+      if (tile) setBadge(tile, "captions", msg.state === "resumed" ? "" : `captions ${msg.state}`);
+      break;
+    }
     case "recording_error":
       status(`recording: ${msg.track_sid} ${msg.reason}`, true);
       break;
@@ -747,6 +782,7 @@ async function join(room, name) {
     app.canRecord = !!(grants.roomRecord || grants.roomAdmin);
     setRecording(reply.recording?.id);
     app.me = reply.participant;
+    captions.joined(reply.captions, grants.roomAdmin);
     app.room = reply.room;
     app.config = iceConfig(reply.ice_servers);
     $("join-form").hidden = true;
@@ -790,6 +826,7 @@ function teardown() {
   app.resumeToken = null;
   app.canRecord = false;
   setRecording(null);
+  captions.reset();
   app.offerChain = Promise.resolve();
   app.latestOffer = 0;
   app.prevBytes.clear();
@@ -979,6 +1016,17 @@ window.ferry = {
   get transport() {
     return app.sig ? app.sig.kind : null;
   },
+  get captions() {
+    return { ...captions.state, canToggle: captions.canToggle };
+  },
+  // The caption line under a participant's tile: {text, partial, visible}.
+  captionLine(sid) {
+    const tile = captions.tileFor(sid);
+    const line = tile && tile.querySelector(".caption");
+    return line ? { text: line.textContent, partial: line.classList.contains("partial"), visible: !line.hidden } : null;
+  },
+  transcript: () => captions.transcript(),
+  toggleCaptions,
   toggleRecording,
   join,
   leave,
@@ -990,6 +1038,8 @@ $("join-form").addEventListener("submit", (ev) => {
 });
 $("leave").addEventListener("click", () => leave());
 $("record").addEventListener("click", () => toggleRecording());
+$("cc").addEventListener("click", () => toggleCaptions());
+$("transcript-toggle").addEventListener("click", () => captions.togglePanel());
 $("mute-mic").addEventListener("click", (ev) => toggleMute("audio", ev.currentTarget));
 $("mute-cam").addEventListener("click", (ev) => toggleMute("video", ev.currentTarget));
 
