@@ -21,6 +21,7 @@ from typing import Any
 __all__ = [
     "ERROR_CODES",
     "MAX_MESSAGE_BYTES",
+    "MAX_SDP_MESSAGE_BYTES",
     "MAX_RECOVERABLE_BYTES",
     "MAX_TRACK_SIDS",
     "PROTOCOL_VERSION",
@@ -42,6 +43,12 @@ MAX_MESSAGE_BYTES = 64 * 1024
 # Oversized frames up to this size are still parsed, only to echo their id in the
 # ``too_large`` reply (a client waiting on that id learns at once why).
 MAX_RECOVERABLE_BYTES = 4 * MAX_MESSAGE_BYTES
+# Requests that carry an SDP may be this large: a viewer's answer grows ~0.7-1.2 KB per
+# track it receives (6 publishers x 16 tracks is ~70 KB). No new parsing exposure: frames
+# up to this size were already parsed to echo their id. signaling.rooms bounds the
+# m-lines offered to one viewer so that its answer fits.
+MAX_SDP_MESSAGE_BYTES = MAX_RECOVERABLE_BYTES
+SDP_REQUESTS = frozenset({"publish", "subscriber_answer"})
 MAX_TRACK_SIDS = 100
 MAX_DIMENSION = 10000
 LAYERS = ("q", "h", "f")
@@ -304,8 +311,10 @@ REQUEST_TYPES = frozenset(_VALIDATORS)
 def decode(frame: str | bytes) -> Request:
     """Parse and validate one client frame.
 
-    Order of checks (each maps to one error code): size → ``too_large`` (echoing the id
-    of a frame up to :data:`MAX_RECOVERABLE_BYTES` that has one); JSON →
+    Order of checks (each maps to one error code): size → ``too_large`` (over
+    :data:`MAX_MESSAGE_BYTES`, except ``publish`` and ``subscriber_answer`` up to
+    :data:`MAX_SDP_MESSAGE_BYTES`; echoing the id of a frame up to
+    :data:`MAX_RECOVERABLE_BYTES` that has one); JSON →
     ``bad_json``; object with string ``type`` and int/str ``id`` → ``bad_request``; known
     type → ``unknown_type``; fields → ``bad_request`` / ``unsupported_version``. Errors
     raised after the id is known carry ``id``/``type`` so the reply can echo them.
@@ -318,10 +327,15 @@ def decode(frame: str | bytes) -> Request:
     else:
         size = len(frame)
     if size > MAX_MESSAGE_BYTES:
+        if size > MAX_RECOVERABLE_BYTES:
+            raise ProtocolError("too_large", f"message exceeds the {MAX_SDP_MESSAGE_BYTES} byte limit")
+        msg = _parse_oversized(frame)
+        if isinstance(msg, dict) and msg.get("type") in SDP_REQUESTS:
+            return validate(msg)
         raise ProtocolError(
             "too_large",
             f"message exceeds the {MAX_MESSAGE_BYTES} byte limit",
-            **(_request_ids(frame) if size <= MAX_RECOVERABLE_BYTES else {}),
+            **_request_ids(msg),
         )
     try:
         # The wire is UTF-8; don't let json.loads sniff UTF-16/32 from bytes.
@@ -333,13 +347,17 @@ def decode(frame: str | bytes) -> Request:
     return validate(msg)
 
 
-def _request_ids(frame: str | bytes) -> dict[str, Any]:
-    """``id`` and ``type`` of an oversized frame when it is a JSON object carrying
-    valid ones (to echo in the error), else nothing."""
+def _parse_oversized(frame: str | bytes) -> Any:
+    """An oversized frame's JSON value, or None when it is not JSON."""
     try:
-        msg = json.loads(frame.decode("utf-8") if isinstance(frame, bytes | bytearray) else frame)
+        return json.loads(frame.decode("utf-8") if isinstance(frame, bytes | bytearray) else frame)
     except (ValueError, RecursionError):
-        return {}
+        return None
+
+
+def _request_ids(msg: Any) -> dict[str, Any]:
+    """``id`` and ``type`` of an oversized frame's JSON value when it is an object
+    carrying valid ones (to echo in the error), else nothing."""
     if not isinstance(msg, dict):
         return {}
     mtype, rid = msg.get("type"), msg.get("id")

@@ -33,6 +33,12 @@ SUBSCRIBER_ANSWER_TIMEOUT_S = 15.0
 # First delay before re-offering after an answer Ferry could not apply; doubles per
 # failure in a row, up to the answer timeout.
 ANSWER_RETRY_S = 0.5
+# M-lines one viewer's subscriber SDP may hold. Its answer must fit the 256 KiB an
+# SDP-carrying request may have (signaling.protocol.MAX_SDP_MESSAGE_BYTES): a browser
+# answers a video m-line in ~1.2 KB, so 150 leave room for JSON escaping and a few
+# bigger ones. A track past the limit is not offered, the viewer gets
+# `subscription_failed`, and the track is offered once an m-line of its kind is free.
+MAX_SUBSCRIBED_TRACKS = 150
 
 
 @dataclass
@@ -80,6 +86,9 @@ class Participant:
     # Events keep going to `send` while disconnected: a resumable participant's send is
     # its outbox, which logs them for the replay on resume (signaling.resume).
     logs_while_away: bool = False
+    max_sections: int = MAX_SUBSCRIBED_TRACKS
+    # Wanted tracks left out for `max_sections`; each was reported once.
+    over_limit: set[str] = field(default_factory=set)
 
     @property
     def hidden(self) -> bool:
@@ -118,6 +127,7 @@ class Participant:
         section of their kind or a new one. Returns whether anything changed."""
         router = self.room.router
         changed = False
+        self.over_limit &= self.desired
         for section in self.sections:
             sid = section.track_sid
             if sid is not None and (sid not in self.desired or sid not in router.tracks):
@@ -132,6 +142,19 @@ class Participant:
                 continue
             codecs = self._codecs_for(track)
             reuse = next((s for s in self.sections if s.free and _same_media(s.description, track.kind, codecs)), None)
+            if reuse is None and len(self.sections) >= self.max_sections:
+                if sid not in self.over_limit:
+                    self.over_limit.add(sid)
+                    self.emit(
+                        {
+                            "type": "subscription_failed",
+                            "track_sid": sid,
+                            "reason": "max_subscribed_tracks",
+                            "limit": self.max_sections,
+                        }
+                    )
+                continue
+            self.over_limit.discard(sid)
             if reuse is None:
                 self.sections.append(SubscriberSection(self._new_section(track, str(len(self.sections)), codecs), sid))
             else:
@@ -218,9 +241,11 @@ class Participant:
             raise
         by_mid = {m.mid: m for m in accepted}
         router = self.room.router
+        freed = False
         for section in self.sections:
             sid = section.track_sid
             if sid is None:
+                freed = freed or not section.free
                 section.free = True  # the client saw it inactive
                 continue
             track = router.tracks.get(sid)
@@ -231,8 +256,8 @@ class Participant:
         self.offer_pending = False
         self.offer_deadline = None
         self.answer_failures = 0
-        if self.renegotiate_needed:
-            self.renegotiate()
+        if self.renegotiate_needed or (freed and self.over_limit):
+            self.renegotiate()  # queued changes, or a track that waited for a free m-line
 
     def answer_failed(self, now: float, answer_timeout_s: float = SUBSCRIBER_ANSWER_TIMEOUT_S) -> None:
         """The answer to the pending offer was refused (unparsable, too large): offer

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .protocol import MAX_MESSAGE_BYTES, FrameDecoder, ProtocolError, frame
+from .protocol import MAX_SDP_MESSAGE_BYTES, FrameDecoder, ProtocolError, frame
 
 __all__ = ["MAX_REFUSED_STREAMS", "StreamVerdict", "StreamGate", "BodyDecoder", "frame"]
 
@@ -44,7 +44,9 @@ class StreamVerdict:
 class StreamGate:
     """Accepts the first client bidirectional stream; refuses and counts the others."""
 
-    def __init__(self, max_refused: int = MAX_REFUSED_STREAMS, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    # Frames up to the SDP limit reach the session, whose decode() applies the limit
+    # of each request type (64 KiB, or 256 KiB for an SDP), as on /ws.
+    def __init__(self, max_refused: int = MAX_REFUSED_STREAMS, max_bytes: int = MAX_SDP_MESSAGE_BYTES) -> None:
         self.max_refused = max_refused
         self.signaling_stream: int | None = None
         self.refused: set[int] = set()

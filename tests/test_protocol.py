@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from signaling.protocol import (
     MAX_MESSAGE_BYTES,
+    MAX_SDP_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     FrameDecoder,
@@ -114,6 +115,20 @@ def test_too_large_checked_before_json() -> None:
     _fails(b"{" * (MAX_MESSAGE_BYTES + 1), "too_large")
     # 4-byte characters: under the limit in code points, over it in bytes.
     _fails("\U0001f600" * (MAX_MESSAGE_BYTES // 4 + 1), "too_large")
+
+
+def test_sdp_requests_may_be_larger_than_other_requests() -> None:
+    big_sdp = "v=0\r\n" + "a=x\r\n" * 20_000  # ~120 KB: a viewer's answer for ~150 tracks
+    answer = _msg("subscriber_answer", 1, sdp=big_sdp, version=3)
+    assert MAX_MESSAGE_BYTES < len(answer) < MAX_SDP_MESSAGE_BYTES
+    assert decode(answer).data["version"] == 3
+    assert decode(_msg("publish", 2, sdp=big_sdp)).type == "publish"
+    # Any other request of that size is refused, by id.
+    err = _fails(_msg("trickle", 3, target="publisher", candidate=big_sdp), "too_large", str(MAX_MESSAGE_BYTES))
+    assert (err.id, err.type) == (3, "trickle")
+    # An SDP request past its own limit is refused too.
+    huge = _msg("subscriber_answer", 4, sdp="a" * MAX_SDP_MESSAGE_BYTES, version=1)
+    _fails(huge, "too_large", str(MAX_SDP_MESSAGE_BYTES))
 
 
 def test_exactly_max_size_is_accepted() -> None:

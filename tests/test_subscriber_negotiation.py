@@ -137,10 +137,10 @@ def test_oversized_request_gets_too_large_with_its_id():
     stack = Stack()
     conn = stack.session()
     conn.join("big", "view")
-    big = json.dumps({"type": "subscriber_answer", "id": 77, "sdp": "v=0\r\n" + "a=x\r\n" * 20000, "version": 1})
+    big = json.dumps({"type": "trickle", "id": 77, "target": "subscriber", "candidate": "x" * 100_000})
     assert MAX_MESSAGE_BYTES < len(big) <= MAX_RECOVERABLE_BYTES
     (reply,) = conn.raw(big)
-    assert reply == {**reply, "type": "subscriber_answer", "id": 77, "ok": False}
+    assert reply == {**reply, "type": "trickle", "id": 77, "ok": False}
     assert reply["error"]["code"] == "too_large"
     # Beyond what is worth parsing, or not JSON at all: an error event without an id.
     for frame in ("x" * (MAX_RECOVERABLE_BYTES + 1), "{" * (MAX_MESSAGE_BYTES + 1)):
@@ -231,3 +231,36 @@ def test_next_downtrack_on_a_recycled_mline_continues_the_stream():
     assert head.view.seq == (last.view.seq + 1) & 0xFFFF
     assert (head.view.timestamp - last.view.timestamp) & 0xFFFFFFFF == 500 * 90
     assert vp8_fields(head.data)[0] == vp8_fields(last.data)[0] + 1
+
+
+def test_tracks_past_the_viewer_mline_limit_are_reported_then_offered_when_one_frees():
+    stack = Stack()
+    view = stack.session()
+    view.join("cap", "view")
+    viewer = _participant(stack, "cap", "view")
+    viewer.max_sections = 20
+    first, second = stack.session(), stack.session()
+    first.join("cap", "first")
+    second.join("cap", "second")
+    assert first.call("publish", sdp=_audio_offer(16))["ok"]
+    _settle(view, viewer)
+    assert second.call("publish", sdp=_audio_offer(16))["ok"]
+    _settle(view, viewer)
+    failed = [m for m in view.replies if m.get("type") == "subscription_failed"]
+    assert len(viewer.sections) == 20
+    assert len(failed) == 12 and {m["reason"] for m in failed} == {"max_subscribed_tracks"}
+    assert {m["limit"] for m in failed} == {20}
+    waiting = {m["track_sid"] for m in failed}
+    second_sids = {t.sid for t in _participant(stack, "cap", "second").tracks()}
+    assert waiting <= second_sids
+    # Reported once: another renegotiation does not repeat the events.
+    viewer.renegotiate()
+    _settle(view, viewer)
+    assert len([m for m in view.replies if m.get("type") == "subscription_failed"]) == 12
+    # The first publisher leaves: its m-lines go inactive, then carry the waiting tracks.
+    assert first.call("leave")["ok"]
+    _settle(view, viewer)
+    downs = viewer.media.subscriber.down_tracks
+    assert set(downs) == second_sids and len(viewer.sections) == 20
+    assert not viewer.over_limit
+    assert stack.internal_errors == 0
