@@ -48,6 +48,7 @@ __all__ = ["LATENCY_BUCKETS_S", "CaptionError", "CaptionService", "add_routes", 
 log = logging.getLogger("ferry.signaling.captions")
 
 RECENT_MS = 60_000  # a late joiner gets the finals of the last minute
+RECENT_MAX = 500  # (at most this many: a join reply stays well under a frame's size)
 # Seconds from the end of an utterance (its audio) to its final caption going out.
 LATENCY_BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 # A recording's transcript.json is kept up to date this long after the recording stops
@@ -130,7 +131,7 @@ class _RoomCaptions:
     by: str | None = None
     captioners: dict[str, Any] = field(default_factory=dict)  # track sid -> TrackCaptioner
     speakers: dict[str, _Speaker] = field(default_factory=dict)  # track sid -> who speaks on it
-    recent: collections.deque[dict[str, object]] = field(default_factory=collections.deque)
+    recent: collections.deque[dict[str, object]] = field(default_factory=lambda: collections.deque(maxlen=RECENT_MAX))
     segments: list[tr.Segment] = field(default_factory=list)  # this room's finals
     earlier: list[tr.Segment] | None = None  # the same name's earlier rooms, from disk
     recordings: dict[str, list[Any]] = field(default_factory=dict)  # id -> [dir, start_ms, stop_ms]

@@ -199,6 +199,25 @@ async def test_transcript_is_written_served_and_kept_after_the_room_closes(cc_se
     assert status == 200 and len(webvtt.from_string(text).captions) == len(on_disk["segments"])
 
 
+async def test_a_room_opened_again_under_its_name_adds_to_its_transcript(cc_server: FerryServer) -> None:
+    server = cc_server
+    ops = server.token("*", "ops", room_admin=True)
+    sids = []
+    for identity in ("alice", "bob"):
+        client = await speaker(server, "class", identity)
+        await wait_until(lambda c=client: len(captions(c, True)) >= 1, 15)
+        sids.append(server.rooms.rooms["class"].sid)
+        await client.leave()
+        await client.close()
+        await wait_until(lambda: "class" not in server.rooms.rooms, 10)
+        await wait_until(lambda: not server.captions._flushing, 5)
+    status, text = await get(server, "/api/rooms/class/transcript?format=json", ops)
+    assert status == 200
+    segments = json.loads(text)["segments"]
+    assert [s["speaker"] for s in segments][0] == "alice" and segments[-1]["speaker"] == "bob"
+    assert [s["room_sid"] for s in segments][0] == sids[0] and segments[-1]["room_sid"] == sids[1]
+
+
 async def test_transcript_endpoint_errors_are_coded(cc_server: FerryServer) -> None:
     server = cc_server
     client, _ = await join(server, "class", "alice")
