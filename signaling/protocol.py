@@ -300,6 +300,7 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], Request], dict[str, Any]]] = {
     "update_subscription": _v_update_subscription,
     "leave": _v_empty,
     "ping": _v_empty,
+    "ice_restart": _v_empty,
     "start_recording": _v_empty,
     "stop_recording": _v_empty,
     "set_captions": _v_set_captions,

@@ -122,6 +122,15 @@ class Participant:
         if self._update_sections() and self.sections:
             self._send_offer()
 
+    def restart_ice(self) -> None:
+        """Subscriber ICE restart (the client's media path changed): new credentials,
+        offered at once; a pending offer is superseded (its answer gets ``conflict``)."""
+        self.media.restart_ice("subscriber")
+        self.offer_pending = self.renegotiate_needed = False
+        self._update_sections()
+        if self.sections:
+            self._send_offer()
+
     def _update_sections(self) -> bool:
         """Match sections to `desired`: gone tracks go inactive, new ones take a free
         section of their kind or a new one. Returns whether anything changed."""

@@ -217,6 +217,7 @@ class Session:
         # setup:passive, ...) with SdpError: the client's mistake, so bad_request.
         try:
             offer = sdp.parse(req.data["sdp"], "offer")
+            media.ice_restart_offered(offer.transport.ice_ufrag)
             answer, negotiated = sdp.answer_publisher(offer, transport=media.local_parameters("publisher"))
         except sdp.SdpError as exc:
             raise ProtocolError("bad_request", f"invalid offer: {exc}") from None
@@ -245,6 +246,13 @@ class Session:
         except ValueError as exc:
             raise ProtocolError("bad_request", f"invalid answer: {exc}") from None
         self.send(ok(req))
+
+    def _on_ice_restart(self, req: Request, participant: Participant, now: float) -> None:
+        """Restart ICE on the subscriber connection: a new subscriber_offer with new
+        credentials follows (the publisher side restarts with a publish offer whose ufrag
+        changed)."""
+        self.send(ok(req))
+        participant.restart_ice()
 
     def _on_trickle(self, req: Request, participant: Participant, now: float) -> None:
         # Ferry is ICE-lite: it learns client addresses from their connectivity checks.

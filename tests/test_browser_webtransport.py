@@ -140,3 +140,39 @@ async def test_page_falls_back_to_websocket_without_webtransport(server) -> None
         assert await page.text_content("#transport") == "WebSocket"
         assert all(s.transport == "quic" for s in server.quic.sessions())
         assert errors == []
+
+
+async def test_page_restarts_ice_on_both_connections_and_media_keeps_flowing(server) -> None:
+    async with chromium() as browser:
+        page = await open_page(browser, server.http_url + "/?room=ice-restart&autojoin=1&name=page&transport=ws")
+        with allow_loopback():
+            client = FerryClient(connect_timeout=15.0)
+            try:
+                await client.connect(server.quic_url)
+                await client.join(server.token("ice-restart", "python"))
+                await client.publish(TestPatternVideoTrack(), ToneAudioTrack())
+                await _poll(page, "() => window.ferry.state === 'joined'")
+                page_sid = await page.evaluate("window.ferry.me.sid")
+                await _poll(page, RECEIVING, 20)
+                sink = lambda: client.sink_for(page_sid, "video")  # noqa: E731
+                await client.wait_for(lambda: sink() and sink().received_frames > 10, timeout=20)
+                media = server.rooms.rooms["ice-restart"].participants[page_sid].media
+                before = (media.publisher.transport.ice_ufrag, media.subscriber.transport.ice_ufrag)
+                await page.evaluate("window.ferry.restartIce()")
+                after = (media.publisher.transport.ice_ufrag, media.subscriber.transport.ice_ufrag)
+                assert after[0] != before[0] and after[1] != before[1]
+                # The browser runs checks with the new credentials on both connections: the
+                # agents drop the old ones once a check used the new.
+                await client.wait_for(
+                    lambda: media.publisher.transport.ice._old_creds is None
+                    and media.subscriber.transport.ice._old_creds is None,
+                    timeout=10,
+                    message="the browser did not switch to the restarted credentials",
+                )
+                frames = sink().received_frames
+                await client.wait_for(lambda: sink().received_frames > frames + 20, timeout=10, message="page media stopped")
+                await page.evaluate("window.__snap = undefined")
+                await _poll(page, RECEIVING, 10)
+                assert page.ferry_errors == []
+            finally:
+                await client.close()

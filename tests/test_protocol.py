@@ -78,6 +78,7 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("resume", {"token": "tok"}, {"token": "tok", "last_seq": 0}),
     ("resume", {"token": "tok", "last_seq": 42}, {"token": "tok", "last_seq": 42}),
     ("ping", {}, {}),
+    ("ice_restart", {}, {}),
     ("start_recording", {}, {}),
     ("stop_recording", {}, {}),
     ("set_captions", {"enabled": False}, {"enabled": False, "backend": None, "language": None}),

@@ -9,11 +9,12 @@
 // transport; by default WebTransport when the browser has it, else WebSocket).
 //
 // Test hook: window.ferry = {state, participants(), stats(), localStats(), events, sids,
-// recording, canRecord, transport, reconnects, toggleRecording(), captions,
+// recording, canRecord, transport, reconnects, restartIce(), toggleRecording(), captions,
 // captionLine(participantSid), transcript(), toggleCaptions()}.
 //
 // A dropped signaling connection is resumed (resume {token, last_seq}) on a new one while
-// the peer connections keep running; the state shows "reconnecting" meanwhile.
+// the peer connections keep running; the state shows "reconnecting" meanwhile. If a peer
+// connection's ICE is down by then (the media path changed), both restart ICE.
 
 import { Captions } from "./captions.js";
 import { connectSignaling } from "./transport.js";
@@ -508,6 +509,7 @@ async function reconnect() {
       app.reconnects += 1;
       setState("joined");
       status("");
+      if (mediaPathDown()) restartIce().catch((e) => fail("ICE restart", e));
       return;
     } catch (e) {
       if (e.code && e.code.startsWith("resume_")) {
@@ -708,6 +710,24 @@ async function publish() {
   const reply = await app.sig.request("publish", { sdp: pc.localDescription.sdp, tracks });
   await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
   for (const t of reply.tracks || []) app.myTracks[t.kind] = t;
+}
+
+// ICE restart of both peer connections (the media path changed): the publisher re-offers
+// with new credentials, and Ferry sends a subscriber offer with new ones.
+async function restartIce() {
+  if (app.pub) {
+    const pc = app.pub;
+    pc.restartIce();
+    await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+    await waitForGathering(pc, 3000);
+    const reply = await app.sig.request("publish", { sdp: pc.localDescription.sdp, tracks: {} });
+    await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+  }
+  await app.sig.request("ice_restart");
+}
+
+function mediaPathDown() {
+  return [app.pub, app.sub].some((pc) => pc && ["disconnected", "failed"].includes(pc.iceConnectionState));
 }
 
 async function setPublisherLayers(layers) {
@@ -1012,6 +1032,7 @@ window.ferry = {
   get reconnects() {
     return app.reconnects;
   },
+  restartIce,
   // "webtransport" or "ws": the signaling transport in use (null before joining).
   get transport() {
     return app.sig ? app.sig.kind : null;

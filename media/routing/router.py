@@ -135,6 +135,23 @@ class MediaParticipant:
             transport.listener = self.subscriber
         old.close()
 
+    def restart_ice(self, role: str) -> None:
+        """ICE restart of one peer connection: new local credentials, sent in the next
+        answer (publisher) or offer (subscriber); the peer's new ufrag is learned from its
+        next description. The current path keeps its consent until checks use the new
+        credentials, so media flows on through the restart."""
+        transport = self.publisher.transport if role == "publisher" else self.subscriber.transport
+        transport.restart_ice()
+
+    def ice_restart_offered(self, remote_ufrag: str | None) -> bool:
+        """Whether a publisher offer with ``remote_ufrag`` restarts ICE (RFC 8839: new
+        ufrag in an offer); if so, the publisher transport is restarted to answer it."""
+        known = self.publisher.transport.ice.remote_ufrag
+        if known is None or not remote_ufrag or remote_ufrag == known:
+            return False
+        self.restart_ice("publisher")
+        return True
+
     def local_parameters(self, role: str) -> TransportParameters:
         transport = self.publisher.transport if role == "publisher" else self.subscriber.transport
         return self.router.engine.local_parameters(transport, setup="passive" if role == "publisher" else "actpass")
