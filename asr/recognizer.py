@@ -7,6 +7,12 @@ utterance at a time: `start()`, then `feed()` 16 kHz mono int16 PCM as it comes,
 `final()` for the utterance's text, after which it is ready for the next `start()`.
 `cancel()` forgets the utterance (the segmenter decided it was not speech). All calls
 of one recognizer come from one worker at a time, in order; they may block.
+
+A segment-based backend (Whisper: every pass reads the whole utterance again) sets
+`snapshot_partials`: its partials are `partial_of(pcm)` on a copy of the audio so far,
+run beside the track's queue and only when the pool is quiet, so a partial in progress
+never delays the final (which would otherwise wait behind it), and a partial that
+comes back after its final is dropped.
 """
 
 from __future__ import annotations
@@ -30,13 +36,16 @@ class Recognizer(Protocol):
 
     def cancel(self) -> None: ...
 
+    # Only for a backend with `snapshot_partials`: thread-safe, independent of the above.
+    def partial_of(self, pcm: np.ndarray) -> str: ...
+
 
 class Backend(Protocol):
     name: str
     # How often the captioner asks for a partial while an utterance grows (ms of
-    # audio), and whether it may ask only when workers are idle (an expensive partial).
+    # audio), and whether partials are snapshot passes (see the module docstring).
     partial_every_ms: int
-    partial_when_idle_only: bool
+    snapshot_partials: bool
 
     def check_language(self, language: str) -> None:
         """Raise `CaptionsUnavailable` if the model cannot caption `language`."""

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import webrtcvad
 
-__all__ = ["SegmentEvent", "Segmenter", "SegmenterConfig", "frame_features"]
+__all__ = ["SegmentEvent", "Segmenter", "SegmenterConfig", "frame_features", "frame_flatness", "frame_rms"]
 
 SAMPLE_RATE = 16000
 FRAME_SAMPLES = 320  # 20 ms
@@ -57,15 +57,24 @@ class SegmentEvent:
     reason: str = ""
 
 
-def frame_features(pcm: np.ndarray) -> tuple[float, float]:
-    """(RMS, spectral flatness) of one frame; flatness is ~0.56 for white noise."""
+def frame_rms(pcm: np.ndarray) -> float:
     x = pcm.astype(np.float32)
-    rms = float(np.sqrt(np.mean(x * x)))
-    if rms < 1.0:
-        return rms, 1.0
-    power = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2 + 1e-3
-    flatness = float(np.exp(np.mean(np.log(power))) / np.mean(power))
-    return rms, flatness
+    return float(np.sqrt(np.dot(x, x) / max(len(x), 1)))
+
+
+def frame_flatness(pcm: np.ndarray) -> float:
+    """Spectral flatness (geometric / arithmetic mean of the power); ~0.56 for white noise."""
+    power = np.abs(np.fft.rfft(pcm.astype(np.float32) * _WINDOW)) ** 2 + 1e-3
+    return float(np.exp(np.mean(np.log(power))) / np.mean(power))
+
+
+def frame_features(pcm: np.ndarray) -> tuple[float, float]:
+    """(RMS, spectral flatness) of one frame (flatness 1.0 for digital silence)."""
+    rms = frame_rms(pcm)
+    return rms, (frame_flatness(pcm) if rms >= 1.0 else 1.0)
+
+
+_WINDOW = np.hanning(FRAME_SAMPLES).astype(np.float32)
 
 
 class Segmenter:
@@ -88,12 +97,23 @@ class Segmenter:
         self.utterances = 0
         self.dropped = 0
 
+    @property
+    def silent_ms(self) -> int:
+        """How long the open utterance has been silent (0 when not in one)."""
+        return self._silent_run * 20 if self.active else 0
+
+    @property
+    def last_voiced_end(self) -> int:
+        """RTP timestamp where the open utterance's last voiced frame ends."""
+        return self._last_voiced_end
+
     def is_voiced(self, pcm: np.ndarray) -> bool:
-        cfg = self.config
-        rms, flatness = frame_features(pcm)
-        if rms < cfg.min_rms or flatness > cfg.max_flatness:
+        cfg = self.config  # cheapest test first: most frames stop at the first or second
+        if frame_rms(pcm) < cfg.min_rms:
             return False
-        return self._vad.is_speech(pcm.astype(np.int16).tobytes(), SAMPLE_RATE)
+        if not self._vad.is_speech(pcm.astype(np.int16, copy=False).tobytes(), SAMPLE_RATE):
+            return False
+        return frame_flatness(pcm) <= cfg.max_flatness
 
     def feed(self, pcm: np.ndarray, ts: int) -> list[SegmentEvent]:
         """One 20 ms frame (320 int16 samples) whose first sample has RTP timestamp `ts`."""

@@ -20,6 +20,7 @@ utterances are skipped (counted in `dropped_segments`) until the queue drained, 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -40,11 +41,14 @@ from .worker import Lane, RecognitionPool
 
 __all__ = ["TrackCaptioner"]
 
+log = logging.getLogger("ferry.asr")
+
 LAG_S = 2.0
 PAUSE_S = 6.0
 MAX_HEAVY = 6  # queued recognizer passes (partials, finals) of one track
 INBOX_MAX = 500  # packets (10 s of 20 ms Opus) waiting for the next tick
-IDLE_STOP_MS = 1500.0  # no packet for this long: end the utterance, stop the timer
+IDLE_STOP_MS = 1500.0
+SPECULATE_AFTER_MS = 100  # silence in an utterance that starts its final early  # no packet for this long: end the utterance, stop the timer
 
 
 @dataclass
@@ -61,6 +65,14 @@ class _Utterance:
     # Audio handed to the lane but not yet fed (loop appends, a worker takes).
     inq: list[np.ndarray] = field(default_factory=list)
     feed_queued: bool = False
+    audio: list[np.ndarray] = field(default_factory=list)  # all of it (snapshot partials)
+    partial_running: bool = False
+    finalized: bool = False  # the final was computed: later partials are stale
+    # Speculative final (snapshot backends): a pass started at a pause, covering the
+    # voiced audio up to `spec_end`; if the utterance ends there, it is the final.
+    spec_end: int | None = None
+    spec_text: str | None = None  # its result, once done
+    spec_wanted: tuple[int, int] | None = None  # the end came first: (start_ms, end_ms)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -107,13 +119,19 @@ class TrackCaptioner:
         self.timer = timer and loop is not None
         self.tick_ms = tick_ms
         self._on_closed = on_closed
-        self.path = AudioDecodePath(sample_rate=16000, channels=1, clock_rate=clock_rate, min_delay_ms=40.0)
+        self.path = self._new_path()
         self.segmenter = Segmenter(segmenter, ts_per_frame=clock_rate // 50)
         self.clock = RtpWallClock(clock_rate)
         self._inbox: deque[tuple[int, int, bytes, float, int]] = deque()
         self._red_pts: dict[int, bool] = {}  # payload type -> RED? (learned when red_pt is None)
         self._handle: asyncio.TimerHandle | None = None
         self._last_packet_ms: float | None = None
+        self._fresh_path = False
+        self._next_final = 1  # the utterance whose final goes out next
+        self._resolved: dict[int, Caption | None] = {}
+        self._detached = 0  # snapshot passes of this track running or waiting
+        self._detached_lock = threading.Lock()
+        self._muted = False  # closed without flush: deliver nothing more
         self._utt: _Utterance | None = None
         self._seq = 0
         self.lagging = False
@@ -137,6 +155,12 @@ class TrackCaptioner:
         if len(self._inbox) >= INBOX_MAX:
             self.inbox_dropped += 1
             return
+        last = self._last_packet_ms
+        if last is not None and now_ms - last > IDLE_STOP_MS:
+            # The publisher was silent (muted) a while: start a fresh decode path rather
+            # than have the old one conceal every 20 ms of the gap in one tick.
+            self._inbox.clear()
+            self._fresh_path = True
         self._inbox.append((view.seq, view.timestamp, bytes(view.payload), now_ms, view.payload_type))
         self._last_packet_ms = now_ms
         if self.timer and self._handle is None:
@@ -164,6 +188,7 @@ class TrackCaptioner:
         if last is not None and now_ms - last > IDLE_STOP_MS and self.segmenter.active:
             self._on_events(self.segmenter.flush(), None)
         self._flush_audio()
+        self._maybe_speculate()
         self._check_load()
 
     def close(self, *, flush: bool = True) -> None:
@@ -181,11 +206,33 @@ class TrackCaptioner:
             self._handle = None
         self._inbox.clear()
         if not flush:
+            self._muted = True
             self.lane.close()
         else:
             self.lane.submit(self.lane.close)
         if self._on_closed is not None:
             self._on_closed(self)
+
+    @property
+    def busy(self) -> bool:
+        """Recognizer work of this track is queued or running (results may still come)."""
+        return bool(self.lane.depth or self.lane.running or self._detached)
+
+    def _submit_detached(self, job: Callable[[], None]) -> bool:
+        def run() -> None:
+            try:
+                job()
+            finally:
+                with self._detached_lock:
+                    self._detached -= 1
+
+        with self._detached_lock:
+            self._detached += 1
+        if self.pool.submit_detached(run):
+            return True
+        with self._detached_lock:
+            self._detached -= 1
+        return False
 
     def stats(self) -> dict[str, float]:
         return {
@@ -212,7 +259,15 @@ class TrackCaptioner:
         if not (idle and not self.segmenter.active and not self._inbox):
             self._handle = self.loop.call_later(self.tick_ms / 1000.0, self._tick)
 
+    def _new_path(self) -> AudioDecodePath:
+        return AudioDecodePath(sample_rate=16000, channels=1, clock_rate=self.clock_rate, min_delay_ms=40.0)
+
     def _drain_inbox(self) -> None:
+        if self._fresh_path:
+            self._fresh_path = False
+            if self.segmenter.active:
+                self._on_events(self.segmenter.flush(), None)
+            self.path = self._new_path()
         path, clock, offset = self.path, self.clock, self.unix_offset_s
         while self._inbox:
             seq, ts, payload, arrival_ms, pt = self._inbox.popleft()
@@ -273,6 +328,7 @@ class TrackCaptioner:
         if self.paused:
             utt.skipped = True
             self.dropped_segments += 1
+            self._resolve(utt.seq, None)
             return
         assert ev.pcm is not None
         utt.pending.append(ev.pcm)
@@ -298,24 +354,102 @@ class TrackCaptioner:
         if need_job:
             self.lane.submit(lambda: self._feed(utt))
         backend = self.backend
-        want_partial = utt.fed_ms - utt.partial_at_ms >= backend.partial_every_ms and (
-            not backend.partial_when_idle_only or (self.pool.idle and self.lane.heavy == 0)
-        )
-        if not want_partial:
+        if backend.snapshot_partials:
+            utt.audio.append(pcm)
+        if utt.fed_ms - utt.partial_at_ms < backend.partial_every_ms:
             return
+        if backend.snapshot_partials:
+            if utt.partial_running or not self.pool.quiet or self.lane.heavy:
+                return
+            utt.partial_at_ms = utt.fed_ms
+            self._snapshot_partial(utt)
+            return
+        if self.lane.heavy:
+            return  # the last partial has not run yet: never queue partials behind it
         utt.partial_at_ms = utt.fed_ms
-        start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(utt.last_ts + self.clock_rate // 50)
+        start_ms, end_ms = self._partial_span(utt)
 
         def partial() -> None:
             self._feed(utt)
-            text = self.recognizer.partial()
-            if text and text != utt.last_partial:
-                utt.last_partial = text
-                utt.partial_sent = True
-                self._post(Caption(self.participant_sid, self.track_sid, self.identity, text, False,
-                                   start_ms, end_ms, utt.seq))
+            self._partial_result(utt, self.recognizer.partial(), start_ms, end_ms)
 
         self.lane.submit(partial, heavy=True)
+
+    def _partial_span(self, utt: _Utterance) -> tuple[int, int]:
+        return self._unix_ms(utt.start_ts), self._unix_ms(utt.last_ts + self.clock_rate // 50)
+
+    def _maybe_speculate(self) -> None:
+        """At a pause, start the final early (snapshot backends): if the pause turns out
+        to be the end, the final is ready up to a hangover sooner."""
+        utt, seg = self._utt, self.segmenter
+        if utt is None or utt.skipped or not self.backend.snapshot_partials:
+            return
+        if seg.silent_ms < SPECULATE_AFTER_MS or utt.spec_end == seg.last_voiced_end:
+            return
+        if not self.pool.free_core or self.lane.heavy:
+            return
+        utt.spec_end = end = seg.last_voiced_end
+        utt.spec_text = None
+        snapshot = list(utt.audio)
+        start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(end)
+        rec = self.recognizer
+
+        def speculate() -> None:
+            try:
+                text = rec.partial_of(np.concatenate(snapshot))
+            except Exception:
+                log.exception("caption pass failed")
+                text = ""
+            with utt.lock:
+                if utt.spec_end != end:
+                    return  # the speaker went on: a newer pass (or none) stands
+                utt.spec_text = text
+                wanted = utt.spec_wanted
+            if wanted is not None:
+                utt.finalized = True
+                self._final_result(utt, text, *wanted)
+            else:
+                self._partial_result(utt, text, start_ms, end_ms)
+
+        if not self._submit_detached(speculate):
+            utt.spec_end = None
+
+    def _final_result(self, utt: _Utterance, text: str, start_ms: int, end_ms: int) -> None:
+        """Any thread: resolve `utt` with its final (or nothing: no text, no partial shown)."""
+        with utt.lock:
+            shown = utt.partial_sent
+        caption = None
+        if text or shown:
+            caption = Caption(self.participant_sid, self.track_sid, self.identity, text, True,
+                              start_ms, end_ms, utt.seq)
+        self._post_resolution(utt.seq, caption)
+
+    def _snapshot_partial(self, utt: _Utterance) -> None:
+        """A partial from a copy of the audio so far, beside the lane (Whisper)."""
+        snapshot = list(utt.audio)
+        start_ms, end_ms = self._partial_span(utt)
+        rec = self.recognizer
+        utt.partial_running = True
+
+        def partial() -> None:
+            try:
+                if not utt.finalized:
+                    self._partial_result(utt, rec.partial_of(np.concatenate(snapshot)), start_ms, end_ms)
+            finally:
+                utt.partial_running = False
+
+        if not self._submit_detached(partial):
+            utt.partial_running = False
+
+    def _partial_result(self, utt: _Utterance, text: str, start_ms: int, end_ms: int) -> None:
+        """Worker: post a partial that says something new (and not after the final)."""
+        with utt.lock:  # against _drop: a partial is either retracted or never posted
+            if not text or text == utt.last_partial or utt.finalized:
+                return
+            utt.last_partial = text
+            utt.partial_sent = True
+            self._post(Caption(self.participant_sid, self.track_sid, self.identity, text, False,
+                               start_ms, end_ms, utt.seq))
 
     def _feed(self, utt: _Utterance) -> None:
         """Worker: feed the recognizer what the loop queued for `utt`."""
@@ -332,13 +466,25 @@ class TrackCaptioner:
             return
         rec = self.recognizer
         start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(end_ts)
+        if utt.spec_end == end_ts:  # a pass over exactly this utterance is done or running
+            with utt.lock:
+                text = utt.spec_text
+                if text is None:
+                    utt.spec_wanted = (start_ms, end_ms)  # it posts the final when done
+            if text is not None:
+                utt.finalized = True
+                self._final_result(utt, text, start_ms, end_ms)  # posted: ordered on the loop
+            self.lane.submit(rec.cancel)  # the recognizer's copy of the audio is not needed
+            return
 
         def final() -> None:
-            self._feed(utt)
-            text = rec.final()
-            if text or utt.partial_sent:
-                self._post(Caption(self.participant_sid, self.track_sid, self.identity, text, True,
-                                   start_ms, end_ms, utt.seq))
+            text = ""
+            try:
+                self._feed(utt)
+                text = rec.final()
+            finally:  # an utterance is always resolved: later finals wait for it
+                utt.finalized = True
+                self._final_result(utt, text, start_ms, end_ms)
 
         self.lane.submit(final, heavy=True)
 
@@ -346,16 +492,18 @@ class TrackCaptioner:
         utt, self._utt = self._utt, None
         if utt is None or utt.skipped:
             return
+        with utt.lock:
+            utt.finalized = True  # no partial of it is posted from now on
+            utt.spec_end = None
+            utt.inq = []
         rec = self.recognizer
         start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(utt.last_ts)
 
         def cancel() -> None:
-            with utt.lock:
-                utt.inq = []
-            rec.cancel()
-            if utt.partial_sent:  # retract what was shown
-                self._post(Caption(self.participant_sid, self.track_sid, self.identity, "", True,
-                                   start_ms, end_ms, utt.seq))
+            try:
+                rec.cancel()
+            finally:
+                self._final_result(utt, "", start_ms, end_ms)  # retracts what was shown
 
         self.lane.submit(cancel)
 
@@ -369,7 +517,31 @@ class TrackCaptioner:
         except RuntimeError:  # the loop is closed: nobody to tell
             pass
 
+    def _post_resolution(self, seq: int, caption: Caption | None) -> None:
+        """Any thread: utterance `seq` is done (its final, or None); see `_resolve`."""
+        if self.loop is None:
+            self._resolve(seq, caption)
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._resolve, seq, caption)
+        except RuntimeError:
+            pass
+
+    def _resolve(self, seq: int, caption: Caption | None) -> None:
+        """Loop: finals go out in utterance order (an early-started final of utterance 2
+        waits for utterance 1's), each utterance resolved exactly once."""
+        self._resolved[seq] = caption
+        while self._next_final in self._resolved:
+            done = self._resolved.pop(self._next_final)
+            self._next_final += 1
+            if done is not None:
+                self._deliver(done)
+
     def _deliver(self, caption: Caption) -> None:
+        if self._muted:
+            return
+        if not caption.final and caption.seq < self._next_final:
+            return  # a snapshot partial that finished after its final
         if caption.final:
             self.finals += 1
         else:

@@ -48,7 +48,7 @@ class VoskBackend:
 
     name = "vosk"
     partial_every_ms = 200
-    partial_when_idle_only = False
+    snapshot_partials = False
 
     def __init__(self, model_path: str | None) -> None:
         if not model_path:
@@ -102,6 +102,9 @@ class VoskRecognizer:
     def partial(self) -> str:
         text = json.loads(self.rec.PartialResult()).get("partial", "")  # type: ignore[attr-defined]
         return clean_text(" ".join([*self._done, text]))
+
+    def partial_of(self, pcm: np.ndarray) -> str:
+        raise NotImplementedError("Vosk streams: use feed() and partial()")
 
     def final(self) -> str:
         text = json.loads(self.rec.FinalResult()).get("text", "")  # type: ignore[attr-defined]

@@ -46,7 +46,7 @@ class WhisperBackend:
 
     name = "whisper"
     partial_every_ms = 1000
-    partial_when_idle_only = True
+    snapshot_partials = True
 
     def __init__(
         self,
@@ -167,6 +167,12 @@ class WhisperRecognizer:
     def partial(self) -> str:
         audio = self._audio()
         return self.backend.transcribe(audio, self.language) if len(audio) else ""
+
+    def partial_of(self, pcm: np.ndarray) -> str:
+        """Any thread: the text of `pcm` (a snapshot of the growing utterance)."""
+        if not len(pcm):
+            return ""
+        return self.backend.transcribe(pcm.astype(np.float32) / 32768.0, self.language)
 
     def final(self) -> str:
         audio = self._audio()

@@ -13,6 +13,7 @@ so the captioner can degrade (lag, then pause) instead of queueing without bound
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -29,6 +30,7 @@ class RecognitionPool:
 
     def __init__(self, max_workers: int = 4, *, name: str = "ferry-asr") -> None:
         self.max_workers = max(1, max_workers)
+        self.spare_slots = max(1, (os.cpu_count() or 1) // 2)
         self._executor = ThreadPoolExecutor(self.max_workers, thread_name_prefix=name)
         self._lock = threading.Lock()
         self.busy = 0  # jobs running now
@@ -42,6 +44,47 @@ class RecognitionPool:
     def idle(self) -> bool:
         """A worker is free and no lane is waiting for one."""
         return self.busy + self.waiting_lanes < self.max_workers
+
+    @property
+    def quiet(self) -> bool:
+        """Spare CPU for optional work: fewer jobs running than half the cores."""
+        return self.busy + self.waiting_lanes < self.spare_slots
+
+    @property
+    def free_core(self) -> bool:
+        """Fewer jobs running or waiting than cores: optional work does not queue."""
+        return self.busy + self.waiting_lanes < 2 * self.spare_slots
+
+    def submit_detached(self, job: Callable[[], None]) -> bool:
+        """Run `job` on a worker outside any lane (optional work: a snapshot partial)."""
+        if self.closed:
+            return False
+        with self._lock:
+            self.waiting_lanes += 1
+
+        def run() -> None:
+            with self._lock:
+                self.waiting_lanes -= 1
+                self.busy += 1
+            start = time.monotonic()
+            try:
+                job()
+            except Exception:
+                self.job_errors += 1
+                log.exception("caption job failed")
+            finally:
+                with self._lock:
+                    self.busy -= 1
+                    self.jobs_done += 1
+                    self.busy_seconds += time.monotonic() - start
+
+        try:
+            self._executor.submit(run)
+        except RuntimeError:
+            with self._lock:
+                self.waiting_lanes -= 1
+            return False
+        return True
 
     def lane(self) -> Lane:
         return Lane(self)

@@ -163,6 +163,6 @@ async def settle(sink, timeout: float = 60.0) -> None:
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while (sink.lane.depth or sink.lane.running) and loop.time() < deadline:
+    while sink.busy and loop.time() < deadline:
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.05)

@@ -39,6 +39,10 @@ class _Feeder:
     def on_timer(self, now_ms: float) -> None:
         pass  # the captioner's own timer runs
 
+    @property
+    def busy(self) -> bool:
+        return self.captioner.busy
+
 
 async def test_captioner_on_a_published_red_track_with_its_own_timer() -> None:
     engine = CaptionEngine(CaptionConfig(backend="whisper", max_concurrent=1))
@@ -87,6 +91,9 @@ class _SlowRecognizer:
     def partial(self) -> str:
         return ""
 
+    def partial_of(self, pcm: np.ndarray) -> str:
+        return ""
+
     def final(self) -> str:
         time.sleep(self.delay)
         return f"{self.fed} samples"
@@ -98,7 +105,7 @@ class _SlowRecognizer:
 class _SlowBackend:
     name = "slow"
     partial_every_ms = 1000
-    partial_when_idle_only = True
+    snapshot_partials = False
 
     def check_language(self, language: str) -> None:
         pass
@@ -162,4 +169,26 @@ async def test_close_flushes_the_open_utterance_or_not(flush: bool) -> None:
     sink.on_packet(0, view, ext + 1, False, 0.0)  # after close: ignored
     await asyncio.sleep(0.3)
     assert len(got) == (1 if flush else 0)
+    pool.shutdown()
+
+
+async def test_a_long_mute_does_not_replay_the_gap_and_speech_after_it_is_captioned() -> None:
+    pool = RecognitionPool(1)
+    got: list[Caption] = []
+    sink = tc.TrackCaptioner(
+        backend=_SlowBackend(), recognizer=_SlowRecognizer(0.0), pool=pool,
+        participant_sid="PA", track_sid="TR", identity="x", on_caption=got.append,
+        loop=asyncio.get_running_loop(), unix_offset_s=0.0, timer=False,
+    )
+    pcm = np.concatenate([silence(0.3), speak("good morning everyone", rate=48000), silence(1.0)])
+    frames = opus_frames(pcm)
+    packets = rtp_packets(frames)
+    gap = 3000  # 60 s of nothing: the publisher muted (timestamps and clock moved on)
+    later = rtp_packets(frames, seq0=65000 + len(frames), ts0=TS0 + 960 * (len(frames) + gap))
+    await drive(sink, packets, t0_ms=0.0)
+    before = sink.frames
+    await drive(sink, later, t0_ms=20.0 * (len(frames) + gap))
+    assert sink.frames - before < len(frames) + 100  # the 3000 muted slots were not rendered
+    assert [c.seq for c in got if c.final] == [1, 2]
+    sink.close(flush=False)
     pool.shutdown()

@@ -46,7 +46,7 @@ async def test_korean_partials_stream_then_a_final_per_utterance(engine: Caption
     assert all(c.text for _, c in finals)
     for (t_final, final), end in zip(finals, ends, strict=True):
         partials = [(t, c) for t, c in got if not c.final and c.seq == final.seq]
-        assert len(partials) >= 3, partials  # ~every 200 ms while speaking
+        assert len(partials) >= 2, partials  # ~every 200 ms while speaking (new text only)
         assert partials[0][0] < fed[end]  # the first partial came while still speaking
         assert t_final - fed[end] <= 1000.0, (t_final - fed[end])  # final within 1 s of the end
 

@@ -134,7 +134,7 @@ async def test_loud_clipped_speech_is_captioned(engine: CaptionEngine) -> None:
     got: list[Caption] = []
     sink = open_sink(engine, got)
     pcm, _ = lecture(SENTENCES[2:3])
-    clipped = np.clip(pcm.astype(np.int32) * 4, -32768, 32767).astype(np.int16)
+    clipped = np.clip(pcm.astype(np.int32) * 3, -32768, 32767).astype(np.int16)
     await drive(sink, rtp_packets(opus_frames(clipped, bit_rate=48000)))
     sink.close()
     assert wer(SENTENCES[2], finals_text(got)) <= 0.34, got
