@@ -228,6 +228,9 @@ class CaptionService:
         waiters, slot.waiters = slot.waiters, []
         for waiter in waiters:
             waiter()
+        if slot.error is not None and slot.error.code == "language_unsupported" and self._slots.get(slot.backend) is slot:
+            # The model is fine, the language was not: a request in another language loads it again.
+            del self._slots[slot.backend]
 
     def available(self) -> dict[str, str]:
         """Backend -> "ready" | "loading" | "unavailable" for those tried so far."""
@@ -272,8 +275,14 @@ class CaptionService:
             return
         slot = self._slot(backend, language)
         if slot.loading:
-            again = dict(enabled=enabled, backend=backend, language=language, by=by, done=done)
-            slot.waiters.append(lambda: self.request(room_name, **again))  # type: ignore[arg-type]
+
+            def loaded() -> None:
+                if slot.error is not None:
+                    done(CaptionError("captions_unavailable", slot.error.message, 503), None)
+                else:
+                    self.request(room_name, enabled=enabled, backend=backend, language=language, by=by, done=done)
+
+            slot.waiters.append(loaded)
             return
         if slot.error is not None:
             done(CaptionError("captions_unavailable", slot.error.message, 503), None)

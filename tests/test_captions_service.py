@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import webvtt
 
+from asr.api import CaptionsUnavailable
 from clients.channel import FerryError
 from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip
 from recorder.captions import load_captions
@@ -285,6 +286,29 @@ async def test_an_engine_that_cannot_load_leaves_rooms_working_without_captions(
     finally:
         await server.stop()
         FakeEngine.fail = None
+
+
+async def test_an_engine_refusing_the_language_loads_again_for_another(tmp_path: Path) -> None:
+    FakeEngine.instances = []
+    server = FerryServer(make_config(recordings_dir=str(tmp_path / "rec"), captions="off"))
+
+    def korean_only(config: Any) -> FakeEngine:
+        if config.language != "ko":
+            raise CaptionsUnavailable(f"the model is for 'ko'; it cannot caption {config.language!r}", "language_unsupported")
+        return FakeEngine(config)
+
+    server.captions.engine_factory = korean_only
+    await server.start()
+    try:
+        host, _ = await join(server, "class", "host", room_admin=True)
+        with pytest.raises(FerryError) as refused:
+            await host.request("set_captions", enabled=True, backend="vosk")  # the room's "en"
+        assert refused.value.code == "captions_unavailable" and "'en'" in refused.value.message
+        reply = await host.request("set_captions", enabled=True, backend="vosk", language="ko")
+        assert reply["captions"]["enabled"] is True and server.captions.available() == {"vosk": "ready"}
+        await host.close()
+    finally:
+        await server.stop()
 
 
 async def test_captions_off_loads_no_engine(tmp_path: Path) -> None:
