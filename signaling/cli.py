@@ -161,6 +161,9 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument("--whisper-model", metavar="PATH", help="a CTranslate2 Whisper model folder (default tiny.en)")
     p.add_argument("--vosk-model", metavar="PATH", help="a Vosk model folder (needed for --captions vosk)")
+    p.add_argument(
+        "--captions-language", metavar="CODE", help="the rooms' caption language (default en; the model must have it)"
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -179,6 +182,7 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "captions": args.captions,
         "whisper_model": args.whisper_model,
         "vosk_model": args.vosk_model,
+        "captions_language": args.captions_language,
     }
 
 
