@@ -27,9 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EVENT_LOG_LIMIT", "EventLog", "Outbox", "ResumeError", "ResumeState", "ResumeTokens"]
+__all__ = ["EVENT_LOG_BYTES", "EVENT_LOG_LIMIT", "LATEST_ONLY", "EventLog", "Outbox", "ResumeError", "ResumeState", "ResumeTokens"]
 
 EVENT_LOG_LIMIT = 1000
+EVENT_LOG_BYTES = 1 << 20
+LATEST_ONLY = frozenset({"subscriber_offer", "active_speakers"})
 # Used tokens remembered per server (to answer resume_used rather than resume_expired).
 USED_TOKENS_LIMIT = 10000
 
@@ -46,16 +48,43 @@ class ResumeError(Exception):
 
 
 class EventLog:
-    """The last ``limit`` events sent to one participant, numbered from 1."""
+    """The events sent to one participant, numbered from 1, bounded in count and bytes.
 
-    def __init__(self, limit: int = EVENT_LOG_LIMIT) -> None:
-        self._events: deque[dict[str, Any]] = deque(maxlen=limit)
+    Events that only matter in their latest form (:data:`LATEST_ONLY`: each
+    ``subscriber_offer`` describes the whole session and only the newest can be
+    answered; ``active_speakers`` is a state) replace their predecessor in the log, so a
+    busy room's offers (tens of KiB each) do not crowd out everything else. Their seq
+    numbers leave holes in a replay; clients only keep the highest seen.
+    """
+
+    def __init__(self, limit: int = EVENT_LOG_LIMIT, max_bytes: int = EVENT_LOG_BYTES) -> None:
+        self.limit = limit
+        self.max_bytes = max_bytes
+        self._events: deque[tuple[int, int, dict[str, Any]]] = deque()  # (seq, size, event)
+        self._latest: dict[str, tuple[int, int, dict[str, Any]]] = {}
+        self._bytes = 0
+        self._evicted = 0  # highest seq dropped for room: a resume from before it has a gap
         self.last_seq = 0
 
     def append(self, message: dict[str, Any]) -> dict[str, Any]:
         self.last_seq += 1
         stamped = {**message, "seq": self.last_seq}
-        self._events.append(stamped)
+        entry = (self.last_seq, _size(stamped), stamped)
+        kind = message.get("type")
+        if kind in LATEST_ONLY:
+            previous = self._latest.get(kind)
+            if previous is not None:
+                self._events.remove(previous)
+                self._bytes -= previous[1]
+            self._latest[kind] = entry
+        self._events.append(entry)
+        self._bytes += entry[1]
+        while len(self._events) > self.limit or (self._bytes > self.max_bytes and len(self._events) > 1):
+            seq, size, old = self._events.popleft()
+            self._bytes -= size
+            self._evicted = seq
+            if self._latest.get(old.get("type")) is not None and self._latest[old["type"]][0] == seq:
+                del self._latest[old["type"]]
         return stamped
 
     def since(self, seq: int) -> list[dict[str, Any]]:
@@ -63,10 +92,16 @@ class EventLog:
         are no longer kept (the client must join afresh)."""
         if seq > self.last_seq or seq < 0:
             raise ResumeError("resume_gap", f"last_seq {seq} is not in 0..{self.last_seq}")
-        missed = self.last_seq - seq
-        if missed > len(self._events):
-            raise ResumeError("resume_gap", f"{missed} events missed; only the last {len(self._events)} are kept")
-        return list(self._events)[len(self._events) - missed :] if missed else []
+        if seq < self._evicted:
+            raise ResumeError(
+                "resume_gap", f"events after {seq} are no longer kept (the log starts after {self._evicted})"
+            )
+        return [event for s, _, event in self._events if s > seq]
+
+
+def _size(event: dict[str, Any]) -> int:
+    """Roughly its encoded size: the top-level strings (an SDP) plus some overhead."""
+    return 64 + sum(len(v) for v in event.values() if isinstance(v, str))
 
 
 @dataclass

@@ -34,6 +34,22 @@ def test_event_log_replays_what_came_after_last_seq_in_order() -> None:
         log.since(6)
 
 
+def test_event_log_keeps_only_the_newest_offer_and_stays_within_its_bytes() -> None:
+    log = EventLog(limit=100, max_bytes=10_000)
+    log.append({"type": "subscriber_offer", "sdp": "a" * 3000, "version": 1})
+    log.append({"type": "track_muted", "track_sid": "T"})
+    log.append({"type": "subscriber_offer", "sdp": "b" * 3000, "version": 2})
+    replay = log.since(0)
+    assert [(e["type"], e["seq"]) for e in replay] == [("track_muted", 2), ("subscriber_offer", 3)]
+    for version in range(3, 10):  # big events beyond the byte bound push out the oldest
+        log.append({"type": "caption", "text": "c" * 3000, "version": version})
+    with pytest.raises(ResumeError) as gap:
+        log.since(0)
+    assert gap.value.code == "resume_gap"
+    kept = log.since(log.last_seq - 2)
+    assert [e["seq"] for e in kept] == [log.last_seq - 1, log.last_seq]
+
+
 def test_resume_tokens_are_single_use_and_rotate() -> None:
     counter = iter(range(100))
     tokens = ResumeTokens(lambda: f"t{next(counter)}")
