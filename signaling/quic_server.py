@@ -13,13 +13,15 @@ Ferry buffer), frames over 64 KiB refused with ``too_large``, extra streams rese
 ``bad_request`` and the connection closed after a flood of them, no join within
 ``join_timeout_s`` closes it, and a client that stops reading is cut off once
 :data:`MAX_UNSENT_BYTES` wait for it. No session tickets are issued, so there is no 0-RTT:
-a replayed first flight can never carry a request.
+a replayed first flight can never carry a request. ``max_connections`` and
+``max_connections_per_ip`` cap QUIC connections as they cap WebSockets (counted apart).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -153,6 +155,10 @@ class FerryQuicProtocol(QuicConnectionProtocol):
         buffer = getattr(sender, "_buffer", None)
         return len(buffer) if buffer is not None else 0
 
+    def remote_ip(self) -> str | None:
+        paths = self._quic._network_paths
+        return str(paths[0].addr[0]) if paths else None
+
     def abort(self, error_code: int, reason: str) -> None:
         if not self.terminated:
             self.close(error_code=error_code, reason_phrase=reason)
@@ -168,6 +174,12 @@ class FerryQuicProtocol(QuicConnectionProtocol):
     # -- events --------------------------------------------------------------------------
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ProtocolNegotiated):
+            refusal = self.owner.refusal(self)
+            if refusal is not None:
+                self.owner.on_error("connection_limit")
+                log.debug("refused QUIC connection: %s", refusal)
+                self.abort(ERR_POLICY, refusal)
+                return
             if event.alpn_protocol in H3_ALPN:
                 self.h3 = H3Connection(self._quic, enable_webtransport=True)
         elif isinstance(event, ConnectionTerminated):
@@ -335,6 +347,24 @@ class QuicSignaling:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    def refusal(self, connection: FerryQuicProtocol) -> str | None:
+        """Why a new connection is refused (the /ws caps, counted over QUIC connections)."""
+        others = [c for c in self.connections if c is not connection and not c.terminated]
+        if len(others) >= self.config.max_connections:
+            return f"server full: {len(others)} QUIC connections (max_connections)"
+        per_ip, ip = self.config.max_connections_per_ip, connection.remote_ip()
+        if per_ip and ip is not None and not self._exempt(ip):
+            if sum(1 for c in others if c.remote_ip() == ip) >= per_ip:
+                return f"too many connections from {ip} (max_connections_per_ip={per_ip})"
+        return None
+
+    def _exempt(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip.removeprefix("::ffff:"))
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(net) for net in self.config.per_ip_exempt)
 
     def origin_allowed(self, origin: str | None, authority: str) -> bool:
         """The /ws origin rule: no Origin, loopback, this server's host, or allowed_origins."""

@@ -260,3 +260,19 @@ async def test_quic_url_without_pin_or_insecure_verifies_against_cas(server: Fer
     with pytest.raises(ConnectionError):  # the generated certificate is self-signed: no CA vouches for it
         await client.connect(server.quic_url.split("?")[0], timeout=5)
     await client.close()
+
+
+async def test_quic_connections_over_max_connections_are_refused() -> None:
+    srv = FerryServer(make_config(max_connections=1))
+    await srv.start()
+    first = FerryClient()
+    second = FerryClient()
+    try:
+        await first.connect(srv.quic_url)
+        with pytest.raises((FerryError, ConnectionError, TimeoutError)):
+            await second.connect(srv.quic_url, timeout=3)
+        assert (await first.request("ping"))["ok"]
+    finally:
+        await first.close()
+        await second.close()
+        await srv.stop()
