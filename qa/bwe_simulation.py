@@ -47,6 +47,7 @@ __all__ = ["Phase", "Sample", "Scenario", "SimResult", "Simulation", "link_confi
 MAX_PACKET = 1200
 AUDIO_BYTES = 120
 AUDIO_INTERVAL_MS = 20.0
+MIN_VIDEO_BPS = 20_000.0
 _MEDIA = 0x01
 
 
@@ -209,10 +210,19 @@ class Simulation:
     def _target_bps(self, now_ms: float) -> float:
         return min(float(self.est.estimate_bps(now_ms)), self.sc.desired_bps)
 
+    def _media_bps(self, now_ms: float) -> float:
+        """What the sender produces: the target, pushed back while the pacer holds a backlog."""
+        return self._target_bps(now_ms) * self.pacer.pushback(now_ms)
+
     def _produce_frame(self, now_ms: float) -> None:
         sc = self.sc
-        video_bps = self._target_bps(now_ms) - (AUDIO_BYTES * 8000.0 / AUDIO_INTERVAL_MS if sc.audio else 0.0)
-        size = max(video_bps, 20_000.0) / sc.fps / 8.0 * self.rng.uniform(0.8, 1.2)
+        video_bps = self._media_bps(now_ms) - (AUDIO_BYTES * 8000.0 / AUDIO_INTERVAL_MS if sc.audio else 0.0)
+        if video_bps < MIN_VIDEO_BPS:  # below the lowest layer: video pauses, a keyframe resumes it
+            self._next_keyframe = now_ms
+            self._frame_no += 1
+            self._next_frame = self._frame_no * 1000.0 / sc.fps
+            return
+        size = video_bps / sc.fps / 8.0 * self.rng.uniform(0.8, 1.2)
         if now_ms >= self._next_keyframe:
             size *= 4.0
             self._next_keyframe = now_ms + sc.keyframe_interval_ms

@@ -14,7 +14,9 @@ numbers in the README are the ones the tests check.
     windows after warm-up: where the link carries more than the sender wants (the
     sender is app-limited) only the wanted rate counts as capacity;
   * **queue delay** p95 / max of the per-packet sojourn at the bottleneck's rate
-    stage (what the netem link measures) after warm-up;
+    stage (what the netem link measures) after warm-up; beside it the sender's own
+    backlog (pacer queue p95, sampled every 100 ms): a congestion window moves queue
+    from the network into the sender, and that wait is latency too;
   * **outage**: a gap of at least ``OUTAGE_MIN_MS`` between two delivery
     opportunities; **recovery** = from the link's return until the sender's target
     rate (the estimate, capped at the desired rate: what the allocator forwards
@@ -182,6 +184,7 @@ class TraceMetrics:
     utilization: float
     queue_p95_ms: float
     queue_max_ms: float
+    pacer_p95_ms: float  # the sender's own backlog (age of the oldest packet it holds)
     # (outage start s, outage length s, recovery s or None when never recovered)
     recoveries: list[tuple[float, float, float | None]] = field(default_factory=list)
 
@@ -191,6 +194,7 @@ class TraceMetrics:
             "utilization": round(self.utilization, 3),
             "queue_delay_p95_ms": round(self.queue_p95_ms, 1),
             "queue_delay_max_ms": round(self.queue_max_ms, 1),
+            "pacer_queue_p95_ms": round(self.pacer_p95_ms, 1),
             "recoveries": [
                 {"outage_at_s": a, "outage_s": b, "recovery_s": c} for a, b, c in self.recoveries
             ],
@@ -230,6 +234,7 @@ def trace_metrics(r: SimResult, warmup_ms: float = WARMUP_MS, max_outage_ms: flo
         got / want if want else 1.0,
         percentile(delays, 95),
         max(delays, default=0.0),
+        percentile([s.pacer_queue_ms for s in r.samples if s.t_ms >= warmup_ms], 95),
         recs,
     )
 

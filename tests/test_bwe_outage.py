@@ -14,7 +14,8 @@ def test_in_flight_counts_until_feedback_covers_a_later_packet() -> None:
     for seq in range(1, 6):
         f.on_sent(seq, 1000, float(seq))
     assert f.bytes == 5000
-    f.on_feedback(3)  # packets 1-3 reported (or their feedback was lost)
+    # packets 1-3 reported (or their feedback was lost); the oldest left 49 ms ago
+    assert f.on_feedback(3, 50.0) == 49.0
     assert f.bytes == 2000
     f.prune(10_000.0)  # never covered for longer than MAX_AGE_MS: no longer counted
     assert f.bytes == 0
@@ -111,3 +112,12 @@ def test_an_outage_neither_crashes_the_estimate_nor_fills_the_window() -> None:
     assert not est.outage.active
     assert est.estimate_bps(7050.0) >= 0.9 * before
     assert est.loss_based.rate_bps is None or est.loss_based.rate_bps >= 0.9 * before
+
+
+def test_pacer_pushback_shrinks_what_is_produced_as_its_backlog_ages() -> None:
+    p = Pacer(1_000_000)
+    assert p.pushback(0.0) == 1.0
+    p.set_window(6000, 6000)  # window full: video waits
+    p.enqueue("v", 1000, "video", 0.0)
+    assert p.pushback(100.0) == 0.75
+    assert p.pushback(400.0) == 0.0  # video stops rather than arriving late

@@ -397,7 +397,7 @@ def test_pacer_paces_at_2_5x_the_estimate() -> None:
 
 
 def test_pacer_never_starves_audio() -> None:
-    p = Pacer(100_000)  # 250 kbit/s pacing, 1 MB of video queued
+    p = Pacer(100_000, max_queue_ms=2000.0)  # 250 kbit/s pacing, 1 MB of video queued
     for i in range(1000):
         p.enqueue(("v", i), 1000, "video", 0.0)
     for k in range(50):

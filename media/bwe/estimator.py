@@ -58,6 +58,7 @@ QUEUE_OVERUSE_MS = 60.0
 QUEUE_GROWTH_MS = 20.0
 NEWEST_N = 3  # the newest queue figure: mean over the last few packets received
 # ... and sooner when the link delivers far less than the estimate (it collapsed):
+STANDING_QUEUE_MS = 120.0  # a queue this deep that is not draining: overuse, grown or not
 COLLAPSE_QUEUE_MS = 15.0
 COLLAPSE_GROWTH_MS = 10.0
 COLLAPSE_RATIO = 0.6
@@ -216,7 +217,7 @@ class GccEstimator:
         self._delivered_bps: float | None = None  # this feedback's arrival rate
         self.in_flight = InFlight()
         self.outage = OutageTracker()
-        self._min_rtt = _MinWindow()
+        self._base_ack = _MinWindow()  # least send-to-feedback time (see in_flight)
         # The capacity to go back to after an outage: the highest estimate of the
         # last REMEMBER_MS (an outage's own aftermath must not overwrite it).
         self._remembered = _MaxWindow(window_ms=REMEMBER_MS)
@@ -231,7 +232,6 @@ class GccEstimator:
 
     def on_rtt(self, rtt_ms: float, now_ms: float) -> None:
         self.rtt_ms = rtt_ms
-        self._min_rtt.add(now_ms, rtt_ms)
         self.aimd.set_rtt(rtt_ms)
         self.loss_based.set_rtt(rtt_ms)
 
@@ -251,10 +251,10 @@ class GccEstimator:
         self.in_flight.prune(now_ms)
         if self.outage.check(now_ms, self.in_flight):
             self._on_outage_start(now_ms)
-        min_rtt = self._min_rtt.get()
-        if min_rtt is None or self.outage.last_feedback_ms is None:
+        base_ack = self._base_ack.get()
+        if base_ack is None or self.outage.last_feedback_ms is None:
             return None
-        return InFlight.window_bytes(self._combined(), min_rtt)
+        return InFlight.window_bytes(self._combined(), base_ack)
 
     def _on_outage_start(self, now_ms: float) -> None:
         self._pre_outage_bps = max(self._remembered.get() or 0.0, self._combined())
@@ -293,7 +293,9 @@ class GccEstimator:
         """One feedback's worth of results, in send order (TwccSendHistory output)."""
         if not results:
             return
-        self.in_flight.on_feedback(max(r.seq for r in results))
+        ack_ms = self.in_flight.on_feedback(max(r.seq for r in results), now_ms)
+        if ack_ms is not None and not self.outage.active:
+            self._base_ack.add(now_ms, ack_ms)
         self.acked.on_results(results)
         probe_done = self.probe_results.on_results(results, now_ms)
         results = self._after_outage(results, now_ms)
@@ -389,7 +391,8 @@ class GccEstimator:
         self._queue_growing = growth > QUEUE_GROWTH_MS or collapsed
         if self.usage is BandwidthUsage.OVERUSING:
             return
-        if collapsed or (growth > QUEUE_GROWTH_MS and newest_queue_ms > QUEUE_OVERUSE_MS):
+        standing = newest_queue_ms > STANDING_QUEUE_MS and self.usage is not BandwidthUsage.UNDERUSING
+        if collapsed or standing or (growth > QUEUE_GROWTH_MS and newest_queue_ms > QUEUE_OVERUSE_MS):
             self.usage = BandwidthUsage.OVERUSING
             self.queue_triggers += 1
 

@@ -5,7 +5,9 @@ the link collapses (a fade to a tenth of the rate) or goes out (a handover, a tu
 a sender pacing at the old estimate keeps filling the bottleneck until feedback says
 so, and on a cellular buffer that is seconds of queue every user then waits through.
 Bytes sent but not yet covered by feedback are the queue plus one round trip: capping
-them at ``estimate * (min_rtt + WINDOW_QUEUE_MS)`` bounds the queue at about
+them at ``estimate * (base ack delay + WINDOW_QUEUE_MS)`` (the base ack delay: the
+least time from send to feedback, a round trip plus the receiver's feedback interval)
+bounds the queue at about
 ``WINDOW_QUEUE_MS`` of the estimate whatever the link does (libwebrtc's congestion
 window, same idea). During an outage the window fills within one round trip and the
 sender stops instead of queueing (or dropping) seconds of media.
@@ -27,7 +29,7 @@ from collections import deque
 __all__ = ["InFlight", "OutageTracker"]
 
 WINDOW_QUEUE_MS = 80.0  # queue (in ms of the estimate) the window allows beyond one RTT
-MIN_WINDOW_BYTES = 6000  # a few packets: a window below this starves the feedback loop
+MIN_WINDOW_BYTES = 3000  # two or three packets: below this the feedback loop starves
 MAX_AGE_MS = 5000.0  # packets never covered by feedback stop counting after this long
 OUTAGE_SILENCE_MS = 300.0  # no feedback this long with data in flight: the link is out
 
@@ -43,12 +45,21 @@ class InFlight:
         self._sent.append((seq, send_ms, size))
         self.bytes += size
 
-    def on_feedback(self, highest_seq: int) -> None:
+    def on_feedback(self, highest_seq: int, now_ms: float) -> float | None:
         """Feedback covered every packet up to ``highest_seq`` (reported or not: a packet
-        before it missing from all feedback was in a feedback that got lost)."""
+        before it missing from all feedback was in a feedback that got lost).
+
+        Returns how long the oldest of them was in flight: a round trip plus the
+        receiver's feedback interval, the time a packet counts against the window.
+        """
         s = self._sent
+        oldest = None
         while s and s[0][0] <= highest_seq:
-            self.bytes -= s.popleft()[2]
+            seq, send_ms, size = s.popleft()
+            self.bytes -= size
+            if oldest is None:
+                oldest = send_ms
+        return None if oldest is None else now_ms - oldest
 
     def prune(self, now_ms: float) -> None:
         s = self._sent
@@ -59,9 +70,10 @@ class InFlight:
         return self._sent[0][1] if self._sent else None
 
     @staticmethod
-    def window_bytes(estimate_bps: float, min_rtt_ms: float) -> int:
-        """The congestion window for ``estimate_bps`` on a path of ``min_rtt_ms``."""
-        return max(MIN_WINDOW_BYTES, int(estimate_bps * (min_rtt_ms + WINDOW_QUEUE_MS) / 8000.0))
+    def window_bytes(estimate_bps: float, base_ack_ms: float) -> int:
+        """The congestion window for ``estimate_bps`` when a packet is covered by feedback
+        ``base_ack_ms`` after it left on an empty path (round trip + feedback interval)."""
+        return max(MIN_WINDOW_BYTES, int(estimate_bps * (base_ack_ms + WINDOW_QUEUE_MS) / 8000.0))
 
 
 class OutageTracker:

@@ -52,6 +52,7 @@ __all__ = ["KINDS", "PacedPacket", "Pacer"]
 KINDS = ("audio", "rtx", "video", "padding")
 _PACED_KINDS = ("rtx", "video", "padding")
 _DROPPABLE = ("rtx", "video")
+PUSHBACK_QUEUE_MS = 400.0
 
 
 class PacedPacket(NamedTuple):
@@ -71,7 +72,7 @@ class Pacer:
         rate_bps: float,
         *,
         burst_ms: float = 5.0,
-        max_queue_ms: float = 2000.0,
+        max_queue_ms: float = 500.0,
         max_audio_queue_ms: float = 300.0,
         pacing_factor: float = 2.5,
         padding_size: int = 1000,
@@ -167,6 +168,19 @@ class Pacer:
     @property
     def probing(self) -> bool:
         return self._probe is not None
+
+    def pushback(self, now_ms: float) -> float:
+        """Factor (0..1) for what the sender should produce while the window holds packets.
+
+        The congestion window holds paced packets; produced at the full
+        estimate, the backlog would never drain and every frame would wait behind it.
+        Producing less in proportion to the wait drains it (libwebrtc's congestion
+        window pushback), and at ``PUSHBACK_QUEUE_MS`` of wait video stops (resumes
+        with a keyframe) instead of arriving seconds late.
+        """
+        if not self.congested:
+            return 1.0  # a keyframe burst waiting for pacing budget is no reason to shed
+        return max(0.0, 1.0 - self.queue_delay_ms(now_ms) / PUSHBACK_QUEUE_MS)
 
     def queue_delay_ms(self, now_ms: float) -> float:
         """Age of the oldest paced (non-audio) packet waiting."""

@@ -326,6 +326,9 @@ class SubscriberPeer:
     def allocate(self, now_ms: float) -> None:
         """Split the estimate over the DownTracks (audio, screen, speaker, rest)."""
         budget = self.estimate_bps(now_ms)
+        if budget is not None and self.pacer is not None:
+            # A backlog held by the congestion window drains only if less is forwarded.
+            budget *= self.pacer.pushback(now_ms)
         tracks: list[AllocTrack] = []
         for sid, down in self.down_tracks.items():
             track = down.track
