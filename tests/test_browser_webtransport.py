@@ -176,3 +176,13 @@ async def test_page_restarts_ice_on_both_connections_and_media_keeps_flowing(ser
                 assert page.ferry_errors == []
             finally:
                 await client.close()
+
+
+async def test_page_falls_back_to_websocket_when_webtransport_does_not_connect(server) -> None:
+    await server.quic.stop()  # the browser has WebTransport, but nothing answers on UDP 7881
+    async with chromium() as browser:
+        page = await open_page(browser, server.http_url + "/?room=wt-down&autojoin=1&name=page")
+        assert await page.evaluate("typeof window.WebTransport") == "function"
+        await _poll(page, "() => window.ferry.state === 'joined'", 10)
+        assert await page.evaluate("window.ferry.transport") == "ws"
+        assert page.ferry_errors == []
