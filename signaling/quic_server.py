@@ -57,6 +57,11 @@ MAX_STREAM_DATA = 256 * 1024
 MAX_STREAMS = 16
 MAX_UNSENT_BYTES = 4 << 20
 CLOSE_GRACE_S = 2.0
+# A connection with nothing to say for IDLE_TIMEOUT_S is closed by QUIC itself; Ferry
+# pings every connection each KEEPALIVE_S, so a quiet call never idles out while the
+# client is there (a client that is gone stops acknowledging and does time out).
+IDLE_TIMEOUT_S = 30.0
+KEEPALIVE_S = 10.0
 # QUIC application error codes (CONNECTION_CLOSE / RESET_STREAM).
 ERR_STREAM_REFUSED = 0x10
 ERR_POLICY = 0x11  # join timeout, stream flood, a client that does not read
@@ -286,6 +291,7 @@ class QuicSignaling:
         self.stopping = False
         self.port: int | None = None
         self._server: QuicServer | None = None
+        self._pinged_at = 0.0
 
     def _configuration(self) -> QuicConfiguration:
         configuration = QuicConfiguration(
@@ -294,7 +300,7 @@ class QuicSignaling:
             max_datagram_frame_size=65536,  # WebTransport (H3_DATAGRAM) requires it
             max_data=MAX_DATA,
             max_stream_data=MAX_STREAM_DATA,
-            idle_timeout=30.0,
+            idle_timeout=IDLE_TIMEOUT_S,
         )
         configuration.certificate = self.certs.current.certificate
         configuration.private_key = self.certs.current.private_key  # type: ignore[assignment]
@@ -313,7 +319,15 @@ class QuicSignaling:
         self.port = transport.get_extra_info("sockname")[1]
 
     def on_timer(self, now: datetime.datetime) -> None:
-        """Rotate a generated certificate before it expires (new connections get it)."""
+        """Keep connections alive; rotate a generated certificate before it expires (new
+        connections get it)."""
+        tick = asyncio.get_running_loop().time()
+        if tick - self._pinged_at >= KEEPALIVE_S:
+            self._pinged_at = tick
+            for connection in list(self.connections):
+                if not connection.terminated:
+                    connection._quic.send_ping(0)
+                    connection.transmit_soon()
         if self.certs.rotate_if_due(now) and self._server is not None:
             self._server._configuration = self._configuration()
             log.info("QUIC certificate rotated; valid until %s", self.certs.current.not_after)

@@ -276,3 +276,22 @@ async def test_quic_connections_over_max_connections_are_refused() -> None:
         await first.close()
         await second.close()
         await srv.stop()
+
+
+async def test_a_quiet_connection_is_kept_alive_by_server_pings(
+    server: FerryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signaling.quic_server as quic_server
+
+    monkeypatch.setattr(quic_server, "IDLE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(quic_server, "KEEPALIVE_S", 0.2)
+    server.quic._server._configuration = server.quic._configuration()  # type: ignore[union-attr]
+    client = FerryClient()
+    try:
+        await client.connect(server.quic_url)
+        await client.join(server.token("quiet", "q"))
+        await asyncio.sleep(3.0)  # the point of the test: three idle timeouts of silence
+        assert client._channel is not None and not client._channel.closed and client.resumes == 0
+        assert (await client.request("ping"))["ok"]
+    finally:
+        await client.close()
