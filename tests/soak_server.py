@@ -22,6 +22,7 @@ writes ``dump-N.json`` (N counts from 1) into ``$FERRY_SOAK_DUMP_DIR``:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -29,10 +30,13 @@ import json
 import os
 import signal
 import sys
+import tempfile
+import threading
 import tracemalloc
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from xml.etree import ElementTree
 
 FRAMES = 12  # stack depth kept per allocation: enough to reach the owning module
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -64,6 +68,100 @@ def malloc_info() -> dict[str, int]:
     }
 
 
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def glibc_arenas() -> dict[str, Any]:
+    """Per-arena system bytes from glibc's ``malloc_info`` XML: the main arena (brk heap)
+    and one per thread that ever allocated while the others were busy."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_info"):
+        return {}
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    with tempfile.NamedTemporaryFile(suffix=".xml") as tmp:
+        fp = libc.fopen(tmp.name.encode(), b"w")
+        if not fp:
+            return {}
+        libc.malloc_info(0, fp)
+        libc.fclose(fp)
+        root = ElementTree.parse(tmp.name).getroot()
+    heaps = []
+    for heap in root.findall("heap"):
+        current = heap.find("system[@type='current']")
+        rest = heap.find("total[@type='rest']")
+        heaps.append(
+            (
+                int(current.get("size", 0)) if current is not None else 0,
+                int(rest.get("size", 0)) if rest is not None else 0,
+            )
+        )
+    return {
+        "glibc_arenas": len(heaps),
+        "glibc_arena_system": [h[0] for h in heaps],
+        "glibc_arena_free": [h[1] for h in heaps],
+    }
+
+
+def pymalloc_arenas() -> dict[str, int]:
+    """pymalloc's arena counts from ``sys._debugmallocstats`` (written to C stderr): its
+    1 MiB arenas are mmapped outside glibc, so mallinfo2 does not see them."""
+    wanted = {
+        "# arenas allocated current": "pymalloc_arenas",
+        "# arenas highwater mark": "pymalloc_arenas_max",
+        "# bytes in allocated blocks": "pymalloc_used",
+        "# bytes in available blocks": "pymalloc_avail",
+    }
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            sys.stderr.flush()
+            os.dup2(tmp.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+    finally:
+        os.close(saved)
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        head, _, value = line.partition("=")
+        name = wanted.get(head.strip())
+        if name and name not in out:
+            out[name] = int(value.strip().replace(",", ""))
+    return out
+
+
+def smaps_rss() -> dict[str, int]:
+    """Resident kB by mapping kind (/proc/self/smaps): glibc's brk heap, anonymous maps
+    (thread arenas, pymalloc arenas, large mallocs, thread stacks) and file maps."""
+    out = {"rss_heap_kb": 0, "rss_anon_kb": 0, "rss_file_kb": 0, "anon_maps": 0}
+    kind = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/smaps").read_text().splitlines():
+            first = line.split(maxsplit=6)
+            if "-" in first[0] and len(first) >= 5 and not first[0].endswith(":"):
+                path = first[5] if len(first) > 5 else ""
+                if path == "[heap]":
+                    kind = "rss_heap_kb"
+                elif path.startswith("/"):
+                    kind = "rss_file_kb"
+                else:
+                    kind = "rss_anon_kb"
+                    out["anon_maps"] += 1
+            elif first[0] == "Rss:" and kind:
+                out[kind] += int(first[1])
+    return out
+
+
 def memory_figures() -> dict[str, Any]:
     """What :func:`_install_dump_hook` writes, after a full collection."""
     gc.collect()
@@ -77,6 +175,10 @@ def memory_figures() -> dict[str, Any]:
         "gc_objects": len(gc.get_objects()),
     }
     out.update(malloc_info())
+    out.update(glibc_arenas())
+    out.update(pymalloc_arenas())
+    out.update(smaps_rss())
+    out["threads"] = threading.active_count()
     if tracemalloc.is_tracing():
         out["traced_bytes"] = tracemalloc.get_traced_memory()[0]
     return out
