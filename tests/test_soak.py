@@ -138,6 +138,7 @@ class SoakServer:
                         if resp.status == 200:
                             return
                 await asyncio.sleep(0.1)
+        self.stop()  # not left running after the test
         raise AssertionError(f"ferry serve not healthy within {timeout}s: {self.log_tail()}")
 
     def token(self, identity: str) -> str:
