@@ -7,9 +7,9 @@ without counting the clients. Both are measured at two quiet points (only the vi
 left in the room, no tracks): after the warm-up and at the end. The warm-up lasts
 ``WARMUP_CYCLES`` publishers (imports, caches and allocator arenas reach their working
 size) and at least until the viewer has been sent ``EVENT_LOG_LIMIT`` events: its
-session-resume log (signaling/resume.py) keeps that many, subscriber offers' SDP
-included, and fills with the churn (~150 publishers; 1.6 MiB traced, 4.5% of RSS) before
-it stays at its bound. A leak of per-participant or per-track state grows with the
+session-resume log (signaling/resume.py) keeps up to that many and fills with the churn
+before it stays at its bound (while it kept every subscriber offer: 1.6 MiB traced over
+~150 publishers, 4.5% of RSS). A leak of per-participant or per-track state grows with the
 number of publishers seen; the assertion is that the end is within 5% of the warm-up
 figure.
 
