@@ -449,6 +449,9 @@ function onEvent(msg) {
     case "recording_error":
       status(`recording: ${msg.track_sid} ${msg.reason}`, true);
       break;
+    case "subscription_failed": // past the server's m-lines per viewer; offered once one frees
+      status(`not receiving track ${msg.track_sid}: already receiving ${msg.limit} tracks`, true);
+      break;
     case "error":
       fail("server", new FerryError(msg.error?.code || "error", msg.error?.message || ""));
       break;
