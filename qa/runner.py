@@ -77,8 +77,10 @@ class Runner:
         from signaling.app import FerryServer
         from signaling.config import Config
 
+        # Scenarios measure forwarding under a network profile; live captions would put a
+        # speech recognizer on every audio track's CPU.
         server = FerryServer(Config(host="127.0.0.1", http_port=0, media_port=0, quic_port=0,
-                                    room_empty_timeout_s=5.0))
+                                    room_empty_timeout_s=5.0, captions="off"))
         await server.start()
         self._own_server = ctx.server = server
         ctx.ws_url, ctx.http_url = server.ws_url, server.http_url
