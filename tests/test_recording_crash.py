@@ -63,7 +63,8 @@ async def start_recording(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list
     """`ferry serve` in a subprocess, two publishers (VP8 + Opus), a recording started by REST."""
     http_port = free_port(socket.SOCK_STREAM)
     media_port, quic_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
-    env = {**os.environ, "FERRY_API_KEY": KEY, "FERRY_API_SECRET": SECRET}
+    # Captions off: the recorder's crash behaviour, without a speech model loading beside it.
+    env = {**os.environ, "FERRY_API_KEY": KEY, "FERRY_API_SECRET": SECRET, "FERRY_CAPTIONS": "off"}
     child = subprocess.Popen(
         [sys.executable, "-m", "signaling.cli", "serve", "--http-port", str(http_port),
          "--media-port", str(media_port), "--quic-port", str(quic_port),
