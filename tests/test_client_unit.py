@@ -76,8 +76,10 @@ class FakeFerry:
         self.app.router.add_get("/ws", self.ws_handler)
         self.app.router.add_get("/api/dev-token", self.dev_token)
         self.app.router.add_get("/", self.static("index.html"))
-        for name in ("ferry.js", "transport.js", "style.css", "index.html"):
-            self.app.router.add_get(f"/{name}", self.static(name))
+        # Every file of the page (its ES modules import one another).
+        for path in sorted(WEB_DIR.iterdir()):
+            if path.suffix in (".js", ".css", ".html"):
+                self.app.router.add_get(f"/{path.name}", self.static(path.name))
         self.runner: web.AppRunner | None = None
         self.port = 0
 
