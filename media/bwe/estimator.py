@@ -59,6 +59,7 @@ QUEUE_GROWTH_MS = 20.0
 NEWEST_N = 3  # the newest queue figure: mean over the last few packets received
 # ... and sooner when the link delivers far less than the estimate (it collapsed):
 STANDING_QUEUE_MS = 120.0  # a queue this deep that is not draining: overuse, grown or not
+STANDING_MIN_MS = 200.0  # ... for this long
 COLLAPSE_QUEUE_MS = 15.0
 COLLAPSE_GROWTH_MS = 10.0
 COLLAPSE_RATIO = 0.6
@@ -214,6 +215,7 @@ class GccEstimator:
         self._newest_send_ms: float | None = None
         self._newest_queue_ms: float | None = None
         self._queue_growing = False
+        self._standing_since_ms: float | None = None
         self._delivered_bps: float | None = None  # this feedback's arrival rate
         self.in_flight = InFlight()
         self.outage = OutageTracker()
@@ -356,7 +358,7 @@ class GccEstimator:
                 if span >= COLLAPSE_MIN_SPAN_MS and span * LINK_LIMITED_RATIO > send_span:
                     delivered = later_bytes * 8000.0 / span
             self._delivered_bps = delivered
-            self._early_overuse(sum(newest) / len(newest) - base, delivered)
+            self._early_overuse(sum(newest) / len(newest) - base, delivered, now_ms)
         self.loss_based.on_batch(len(results), lost, self.queue_delay_ms, now_ms)
         self._update_delay_based(probe_done, now_ms)
         delay_bps = self.aimd.current_bps
@@ -366,7 +368,7 @@ class GccEstimator:
             self.probe_controller.on_decrease(now_ms)
         self._remembered.add(now_ms, self._combined())
 
-    def _early_overuse(self, newest_queue_ms: float, delivered_bps: float | None) -> None:
+    def _early_overuse(self, newest_queue_ms: float, delivered_bps: float | None, now_ms: float) -> None:
         """Overuse when the newest packets met a deep queue that grew since last time.
 
         Ferry's addition to GCC, for a capacity that drops under the stream (2.5 -> 0.5
@@ -391,7 +393,13 @@ class GccEstimator:
         self._queue_growing = growth > QUEUE_GROWTH_MS or collapsed
         if self.usage is BandwidthUsage.OVERUSING:
             return
-        standing = newest_queue_ms > STANDING_QUEUE_MS and self.usage is not BandwidthUsage.UNDERUSING
+        # A queue that stays deep for STANDING_MIN_MS without draining (a keyframe's
+        # burst drains well within that) is overuse even when it no longer grows.
+        if newest_queue_ms <= STANDING_QUEUE_MS or self.usage is BandwidthUsage.UNDERUSING:
+            self._standing_since_ms = None
+        elif self._standing_since_ms is None:
+            self._standing_since_ms = now_ms
+        standing = self._standing_since_ms is not None and now_ms - self._standing_since_ms >= STANDING_MIN_MS
         if collapsed or standing or (growth > QUEUE_GROWTH_MS and newest_queue_ms > QUEUE_OVERUSE_MS):
             self.usage = BandwidthUsage.OVERUSING
             self.queue_triggers += 1
