@@ -7,7 +7,6 @@ is what `ferry serve` calls.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime
 import ipaddress
@@ -37,6 +36,7 @@ from .config import Config, ConfigError, is_loopback_host
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import MAX_MESSAGE_BYTES, encode
 from .quic_server import QuicSignaling
+from .quic_server import add_routes as add_quic_routes
 from .recording import RecordingService, add_routes
 from .resume_service import ResumeService
 from .rooms import RoomManager
@@ -216,7 +216,7 @@ class FerryServer:
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/api/rooms", self._api_rooms)
         app.router.add_get("/api/dev-token", self._api_dev_token)
-        app.router.add_get("/api/webtransport", self._api_webtransport)
+        add_quic_routes(app, self.quic, self._public_host)
         add_routes(app, self.recordings, self.verifier)
         add_stream_routes(app, self.streams, self.verifier)
         add_caption_routes(app, self.captions, self.verifier)
@@ -342,9 +342,7 @@ class FerryServer:
     @property
     def quic_url(self) -> str:
         """Raw QUIC signaling (ALPN ``ferry``) for Python clients, pinning the certificate."""
-        host = self.config.host
-        address = f"[{host}]:{self.quic.port}" if ":" in host else f"{host}:{self.quic.port}"
-        return f"quic://{address}?sha256={self.quic.certificate_sha256.hex()}"
+        return self.quic.quic_url(self.config.host)
 
     def new_session(self, send: Callable[[dict], None], close: Callable[[], None]) -> Session:
         """A signaling session for a QUIC or WebTransport stream (same rules as /ws)."""
@@ -455,25 +453,10 @@ class FerryServer:
         )
         return web.json_response({"token": token, "url": self.ws_url, "identity": identity})
 
-    async def _api_webtransport(self, request: web.Request) -> web.Response:
-        """Where the QUIC listener is and the certificate hash pages pin
-        (``serverCertificateHashes``); fetched on every connect, so rotation is seamless."""
+    def _public_host(self, request: web.Request) -> str:
+        """The request's host when it names this server, else the bind address."""
         host = _request_host(request)
-        if not self._known_host(host):
-            host = self.config.host
-        assert host is not None
-        digest = self.quic.certificate_sha256
-        cert = self.quic.certs.current
-        return web.json_response(
-            {
-                "url": self.quic.url(host),
-                "quic_url": self.quic_url,
-                "certificate_sha256": digest.hex(),
-                "certificate_sha256_b64": base64.b64encode(digest).decode(),
-                "generated": cert.generated,
-                "not_after_unix": int(cert.not_after.timestamp()),
-            }
-        )
+        return host if host is not None and self._known_host(host) else self.config.host
 
     async def _api_rooms(self, request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")

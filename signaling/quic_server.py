@@ -20,6 +20,7 @@ a replayed first flight can never carry a request. ``max_connections`` and
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import logging
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp import web
 from aioquic.asyncio import QuicConnectionProtocol, serve
 from aioquic.asyncio.server import QuicServer
 from aioquic.h3.connection import H3_ALPN, H3Connection
@@ -336,6 +338,11 @@ class QuicSignaling:
     def certificate_sha256(self) -> bytes:
         return self.certs.current.sha256
 
+    def quic_url(self, host: str) -> str:
+        """``quic://HOST:PORT?sha256=HEX``: raw QUIC with the certificate pinned."""
+        address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return f"quic://{address}?sha256={self.certificate_sha256.hex()}"
+
     def url(self, host: str | None = None) -> str:
         host = host or self.config.host
         if ":" in host:
@@ -394,3 +401,25 @@ class QuicSignaling:
         except ValueError:
             return False
         return bool(host) and (is_loopback_host(host) or host == own)
+
+
+def add_routes(app: web.Application, quic: QuicSignaling, public_host: Callable[[web.Request], str]) -> None:
+    """``GET /api/webtransport``: where the listener is and the certificate hash pages pin
+    (``serverCertificateHashes``); pages fetch it on every connect, so rotation is seamless."""
+
+    async def webtransport(request: web.Request) -> web.Response:
+        host = public_host(request)
+        digest = quic.certificate_sha256
+        cert = quic.certs.current
+        return web.json_response(
+            {
+                "url": quic.url(host),
+                "quic_url": quic.quic_url(host),
+                "certificate_sha256": digest.hex(),
+                "certificate_sha256_b64": base64.b64encode(digest).decode(),
+                "generated": cert.generated,
+                "not_after_unix": int(cert.not_after.timestamp()),
+            }
+        )
+
+    app.router.add_get("/api/webtransport", webtransport)
