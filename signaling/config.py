@@ -49,6 +49,10 @@ class Config:
     host: str = "127.0.0.1"
     http_port: int = 7880
     quic_port: int = 7881
+    # Certificate and key (PEM) for the QUIC listener; unset: a generated ECDSA
+    # certificate valid under 14 days, rotated, pinned by pages via /api/webtransport.
+    quic_cert_file: str | None = None
+    quic_key_file: str | None = None
     media_port: int = 7882
     # Addresses advertised in ICE candidates (what clients dial), not the bind address.
     announce_ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])
@@ -124,6 +128,7 @@ class Config:
             )
         self.log_level = level
         self._check_str("recordings_dir")
+        self._check_quic_cert()
         self._check_auto_record_rooms()
         if self._check_int("max_participants_per_room") < 1:
             raise ConfigError(
@@ -161,6 +166,10 @@ class Config:
         self._check_str("captions_language")
         if self._check_int("captions_max_concurrent") < 1:
             raise ConfigError(f"captions_max_concurrent must be >= 1, got {self.captions_max_concurrent}")
+
+    def _check_quic_cert(self) -> None:
+        if (self.quic_cert_file is None) != (self.quic_key_file is None):
+            raise ConfigError("quic_cert_file and quic_key_file go together: set both or neither")
 
     def _check_str(self, name: str) -> str:
         value = getattr(self, name)
@@ -266,6 +275,8 @@ _ENV_STR = {
     "FERRY_LOG_LEVEL": "log_level",
     "FERRY_RECORDINGS_DIR": "recordings_dir",
     "FERRY_CAPTIONS": "captions",
+    "FERRY_QUIC_CERT_FILE": "quic_cert_file",
+    "FERRY_QUIC_KEY_FILE": "quic_key_file",
 }
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _ENV_INT = {
