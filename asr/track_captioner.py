@@ -11,6 +11,13 @@ the loop that opened the track.
 Timing: every 20 ms frame keeps its RTP timestamp; an utterance's start/end are the
 timestamps of its first/last voiced frames mapped to Unix ms by `RtpWallClock`.
 
+Order: finals go out in utterance order, each utterance resolved exactly once (its
+final, or nothing when it had no text and showed no partial). With a segment-based
+backend (Whisper) partials are snapshot passes beside the lane, at most one at a time
+and only while the pool is quiet, and a pause of `SPECULATE_AFTER_MS` inside an
+utterance starts its final early: if the pause turns out to be the end, that pass is
+the final (it saves most of the VAD hangover); if the speaker goes on, it was a partial.
+
 Overload: when this track's oldest queued job waited more than `LAG_S` the captions
 are "lagging"; past `PAUSE_S` (or `MAX_HEAVY` queued recognizer passes) it is "paused": new
 utterances are skipped (counted in `dropped_segments`) until the queue drained, then
@@ -47,8 +54,8 @@ LAG_S = 2.0
 PAUSE_S = 6.0
 MAX_HEAVY = 6  # queued recognizer passes (partials, finals) of one track
 INBOX_MAX = 500  # packets (10 s of 20 ms Opus) waiting for the next tick
-IDLE_STOP_MS = 1500.0
-SPECULATE_AFTER_MS = 100  # silence in an utterance that starts its final early  # no packet for this long: end the utterance, stop the timer
+IDLE_STOP_MS = 1500.0  # no packet for this long: end the utterance, stop the timer
+SPECULATE_AFTER_MS = 150  # silence in an utterance that starts its final early
 
 
 @dataclass
