@@ -19,16 +19,19 @@ recognizer jobs on the engine's worker threads). Per backend:
   that idle workers make). ``loop_us_per_packet``: event-loop CPU per packet
   (on_packet + the timer's decode and VAD): what captions take from forwarding.
 * ``concurrency``: N speakers at once (each its own track, offset clips), with the
-  engine's default 4 workers: p95 latency, dropped segments, paused tracks.
-  ``max_realtime_speakers`` is the largest N with no dropped segment, no pause and
-  p95 latency <= 1.5 s (the issue's bound for one final).
+  engine's default 4 workers: p95 latency, dropped segments, lagging/paused tracks.
+  ``max_speakers_keeping_up``: the largest N captioned in real time, i.e. the
+  recognizers keep pace with the speech (no dropped segment, no track lagging or
+  paused, so latency does not grow); ``max_speakers_p95_1500ms``: the largest N whose
+  finals also all but 5% arrive within 1.5 s (the issue's bound for one final).
 * ``pool`` (whisper): finals per second for the same segments on 2 threads sharing
   one model vs a 2-process pool (one model each): the measurement behind threads.
 
 Two cores shared with whatever else runs: CPU and capacity figures are noisy; run
 it on a quiet machine for the README. Prints one JSON object.
 
-Run: python bench/captions.py [--backends whisper,vosk] [--speakers 1,2,4,6]
+Run: python bench/captions.py [--backends whisper,vosk] [--speakers 2,4,6,8]
+(about 10 minutes with the defaults)
 """
 
 from __future__ import annotations
@@ -236,15 +239,19 @@ async def concurrent(engine: CaptionEngine, clips, language: str, n: int, second
     lat = [x for s in speakers for x in s.latencies_ms()]
     dropped = sum(s.sink.dropped_segments for s in speakers)
     paused = sum("paused" in s.statuses for s in speakers)
+    lagging = sum("lagging" in s.statuses for s in speakers)
     p95 = pct(lat, 0.95)
+    keeps_up = dropped == 0 and paused == 0 and lagging == 0 and p95 is not None
     return {
         "speakers": n,
         "finals": len(lat),
         "latency_ms": {"p50": pct(lat, 0.5), "p95": p95, "max": pct(lat, 1.0)},
         "dropped_segments": dropped,
+        "lagging_tracks": lagging,
         "paused_tracks": paused,
         "cpu_cores": round(cpu / wall, 2),
-        "realtime": bool(dropped == 0 and paused == 0 and p95 is not None and p95 <= 1500.0),
+        "keeps_up": keeps_up,
+        "p95_within_1500ms": bool(keeps_up and p95 is not None and p95 <= 1500.0),
     }
 
 
@@ -304,8 +311,10 @@ async def bench_backend(name: str, speakers: list[int], seconds: float, clips_ma
         runs.append(await concurrent(engine, clips, language, n, seconds))
         print(json.dumps({"progress": name, **runs[-1]}), file=sys.stderr, flush=True)
     out["concurrency"] = runs
-    ok = [r["speakers"] for r in runs if r["realtime"]]
-    out["max_realtime_speakers"] = max(ok) if ok else 0
+    up = [r["speakers"] for r in runs if r["keeps_up"]]
+    fast = [r["speakers"] for r in runs if r["p95_within_1500ms"]]
+    out["max_speakers_keeping_up"] = max(up) if up else 0
+    out["max_speakers_p95_1500ms"] = max(fast) if fast else 0
     await engine.close()
     if name == "whisper" and pool:
         clips16 = [read_wav(str(SPEECH / "wav" / f"{cid}.wav"))[0] for cid, *_ in clips]
@@ -316,7 +325,7 @@ async def bench_backend(name: str, speakers: list[int], seconds: float, clips_ma
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", default="whisper,vosk")
-    ap.add_argument("--speakers", default="1,2,4,6", help="concurrency runs (comma-separated)")
+    ap.add_argument("--speakers", default="2,4,6,8", help="concurrency runs (comma-separated)")
     ap.add_argument("--seconds", type=float, default=30.0, help="audio per speaker in concurrency runs")
     ap.add_argument("--clips", type=int, default=0, help="use only the first N clips (quick look)")
     ap.add_argument("--no-pool", action="store_true", help="skip the threads-vs-processes run")
