@@ -70,8 +70,12 @@ class Engine:
         self.mux.close()
 
     def now_ms(self) -> float:
-        loop = self._loop or asyncio.get_event_loop()
-        return loop.time() * 1000.0
+        """The event loop's clock once started; before that the same monotonic clock
+        (asyncio's loop.time() is time.monotonic()), so routers built outside a loop
+        work too."""
+        if self._loop is not None:
+            return self._loop.time() * 1000.0
+        return time.monotonic() * 1000.0
 
     def call_at(self, when_ms: float, callback) -> asyncio.TimerHandle:
         """One-shot timer on the engine's clock (ms), e.g. for the pacer."""
