@@ -456,14 +456,20 @@ function onEvent(msg) {
       fail("server", new FerryError(msg.error?.code || "error", msg.error?.message || ""));
       break;
     case "leave": {
-      // The server ended this session (the same name joined elsewhere, or it is stopping).
-      const why = msg.reason === "replaced" ? "you joined from another tab or device" : "the server is stopping";
+      // The server ended this session: the same name joined elsewhere (replaced), a newer
+      // connection of this session took over (resumed: the same user, not an error), or
+      // the server is stopping (also any reason this page does not know).
+      const reasons = {
+        replaced: "you joined from another tab or device",
+        resumed: "this session continues on another connection",
+      };
+      const why = reasons[msg.reason] || "the server is stopping";
       app.leaving = true;
       teardown();
       setState("left");
       $("call").hidden = true;
       $("join-form").hidden = false;
-      status(`Left the room: ${why}.`, msg.reason !== "replaced");
+      status(`Left the room: ${why}.`, !(msg.reason in reasons));
       break;
     }
     default:
@@ -676,7 +682,9 @@ function waitForGathering(pc, timeoutMs) {
 }
 
 async function publish() {
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 1280, height: 720 } });
+  // ?video=0 publishes the microphone alone (an audio-only participant).
+  const video = params.get("video") === "0" ? false : { width: 1280, height: 720 };
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video });
   app.localStream = stream;
   $("local-video").srcObject = stream;
   const pc = new RTCPeerConnection(app.config);
