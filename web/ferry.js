@@ -683,8 +683,8 @@ function waitForGathering(pc, timeoutMs) {
 
 async function publish() {
   // ?video=0 publishes the microphone alone (an audio-only participant).
-  const video = params.get("video") === "0" ? false : { width: 1280, height: 720 };
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video });
+  const camera = params.get("video") === "0" ? false : { width: 1280, height: 720 };
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: camera });
   app.localStream = stream;
   $("local-video").srcObject = stream;
   const pc = new RTCPeerConnection(app.config);
