@@ -7,7 +7,8 @@ aiortc send bursts the SFU's bandwidth logic would misread) and carry proper ``p
 
 The video pattern encodes its frame counter as a row of black/white blocks at the top of
 the picture, so a receiver can read back which frame it decoded (see
-:func:`read_pattern_counter`) and measure freezes or skipped frames without OCR.
+:func:`read_pattern_counter`) and measure freezes or skipped frames without OCR; below it,
+the capture time (``clients.stamp``), so a receiver can measure glass-to-glass latency.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import av
 import numpy as np
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .stamp import draw_stamp
 
 VIDEO_CLOCK_RATE = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
@@ -83,8 +86,9 @@ class TestPatternVideoTrack(MediaStreamTrack):
         self._chroma_u = np.full((height // 2, width // 2), 128, dtype=np.uint8)
         self._chroma_v = np.full((height // 2, width // 2), 128, dtype=np.uint8)
 
-    def make_frame(self, index: int) -> av.VideoFrame:
-        """Build frame ``index`` without pacing (useful for tests and offline encoding)."""
+    def make_frame(self, index: int, stamp_ms: float | None = None) -> av.VideoFrame:
+        """Build frame ``index`` without pacing (useful for tests and offline encoding);
+        ``stamp_ms`` (wall-clock ms) is drawn as the capture-time stamp when given."""
         w = self.width
         y = np.roll(self._gradient, shift=(index * 4) % w, axis=1)
         bar_w = max(2, w // 16)
@@ -94,6 +98,8 @@ class TestPatternVideoTrack(MediaStreamTrack):
         for bit in range(COUNTER_BITS):
             value = 235 if (index >> bit) & 1 else 16
             y[0:block, bit * block : (bit + 1) * block] = value
+        if stamp_ms is not None:
+            draw_stamp(y, stamp_ms)
         u = self._chroma_u
         v = self._chroma_v
         v[:, :] = 128 + int(60 * math.sin(index / 10.0))
@@ -110,7 +116,7 @@ class TestPatternVideoTrack(MediaStreamTrack):
             raise MediaStreamError
         index = await self._pacer.next()
         self.frames_sent += 1
-        return self.make_frame(index)
+        return self.make_frame(index, stamp_ms=time.time() * 1000.0)
 
 
 def read_pattern_counter(frame: av.VideoFrame) -> int:

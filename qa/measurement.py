@@ -9,37 +9,61 @@ Ferry forwards to a participant (layer, estimate, RTT) through
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import statistics
 import time
 from typing import Any
 
 logger = logging.getLogger("ferry.qa.measurement")
 
-FREEZE_GAP_S = 0.5
+FREEZE_GAP_S = 0.5  # the freeze threshold until a track has a frame-interval history
+FREEZE_HISTORY = 30  # frame intervals the W3C threshold's median is taken over
+FREEZE_MIN_HISTORY = 5
+POLLED_FROZEN_S = 1.0  # a polled client with no new frame for this long is frozen now
 RECOVERY_GRACE_S = 1.5
 AUDIO_GAP_S = 0.06
 
 SERIES_KEYS = ("recv_bps", "sent_bps", "estimate_bps", "layer", "target_layer", "loss_before",
-               "loss_after", "uplink_loss", "rtt_ms", "jitter_ms", "fps", "freezes", "frozen")
+               "loss_after", "uplink_loss", "rtt_ms", "jitter_ms", "fps", "freezes", "frozen",
+               "latency_ms", "latency_max_ms", "capacity_bps", "audio_concealed")
+
+
+def freeze_threshold(intervals: list[float]) -> float:
+    """The W3C freeze threshold (webrtc-stats ``freezeCount``) for recent frame intervals:
+    max(3 x median, median + 150 ms); ``FREEZE_GAP_S`` until there is a history.
+
+    Why relative to the track's own rate: a 5 fps low layer has 200 ms between frames
+    and must not count as frozen, while 400 ms without a frame at 30 fps is visible.
+    """
+    if len(intervals) < FREEZE_MIN_HISTORY:
+        return FREEZE_GAP_S
+    med = statistics.median(intervals)
+    return max(3.0 * med, med + 0.150)
 
 
 class FrameMeter:
-    """Decoded-frame times of one remote track -> fps, freezes and gaps.
+    """Decoded-frame times of one remote track -> fps, freezes, gaps and latency.
 
     Why per-frame callbacks rather than polling counters: a freeze is a gap between
-    two frames, and 500 ms sampling cannot see a 600 ms gap reliably.
+    two frames, and 500 ms sampling cannot see a 600 ms gap reliably. A client whose
+    frames are only known by polling (Chromium) sets ``gaps_from_frames = False`` and
+    records the browser's own freezes with :meth:`add_freeze` instead.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, gaps_from_frames: bool = True) -> None:
         self.kind = kind
+        self.gaps_from_frames = gaps_from_frames
         self.frames = 0
         self.last: float | None = None
         self.t0: float | None = None
         self.window_frames = 0
-        self.gaps: list[tuple[float, float]] = []  # (start, length s) of gaps over threshold
+        self.intervals: list[float] = []  # the last FREEZE_HISTORY frame intervals
+        self.gaps: list[tuple[float, float]] = []  # (start, length s) of freezes
         self.max_gap = 0.0
         self.audio_missing = 0.0
+        self.latency: list[tuple[float, float]] = []  # (monotonic s, glass-to-glass ms)
 
     def start_window(self, t0: float) -> None:
         self.t0 = t0
@@ -55,12 +79,37 @@ class FrameMeter:
                 prev = self.t0  # a gap spanning t0 counts from t0
             if prev is not None:
                 self._gap(prev, now - prev)
+        if self.last is not None:
+            self.intervals.append(now - self.last)
+            del self.intervals[:-FREEZE_HISTORY]
         self.last = now
+
+    def add_frames(self, n: int, now: float) -> None:
+        """``n`` frames found by a poll at ``now`` (no per-frame times: no gaps)."""
+        if n <= 0:
+            return
+        self.frames += n
+        if self.t0 is not None and now >= self.t0:
+            self.window_frames += n
+        self.last = now
+
+    def on_latency(self, now: float, ms: float) -> None:
+        """A frame shown at ``now`` (monotonic s) was captured ``ms`` earlier."""
+        if self.t0 is not None and now >= self.t0:
+            self.latency.append((now, ms))
+
+    def add_freeze(self, start: float, length_s: float) -> None:
+        """A freeze the client itself reported (Chromium's ``freezeCount``)."""
+        if self.t0 is not None and start + length_s >= self.t0:
+            self.gaps.append((max(start, self.t0), length_s))
+            self.max_gap = max(self.max_gap, length_s)
 
     def _gap(self, start: float, gap: float) -> None:
         if self.kind == "video":
+            if not self.gaps_from_frames:
+                return
             self.max_gap = max(self.max_gap, gap)
-            if gap > FREEZE_GAP_S:
+            if gap >= freeze_threshold(self.intervals):
                 self.gaps.append((start, gap))
         elif gap > AUDIO_GAP_S:
             self.audio_missing += gap - 0.02
@@ -70,11 +119,23 @@ class FrameMeter:
         if self.t0 is None:
             return
         last = self.last if self.last is not None and self.last >= self.t0 else self.t0
-        if end - last > (FREEZE_GAP_S if self.kind == "video" else AUDIO_GAP_S):
+        if self.kind == "video" and not self.gaps_from_frames:
+            # The browser counts a freeze only once it ends: one still running at the end
+            # is added here, seen as polls that found no new frame.
+            if self.frames and end - last > POLLED_FROZEN_S:
+                self.gaps.append((last, end - last))
+                self.max_gap = max(self.max_gap, end - last)
+            return
+        limit = freeze_threshold(self.intervals) if self.kind == "video" else AUDIO_GAP_S
+        if end - last > limit:
             self._gap(last, end - last)
 
     def frozen_at(self, now: float) -> bool:
-        return self.kind == "video" and (self.last is None or now - self.last > FREEZE_GAP_S)
+        if self.kind != "video":
+            return False
+        if not self.gaps_from_frames:
+            return self.last is None or now - self.last > POLLED_FROZEN_S
+        return self.last is None or now - self.last > freeze_threshold(self.intervals)
 
 
 class SeqTracker:
@@ -148,15 +209,60 @@ def watch_aiortc_receiver(receiver: Any, tracker: SeqTracker) -> bool:
     return True
 
 
+def capacity_bps(rate: Any, since: float, start: float, end: float) -> float | None:
+    """Mean capacity (bit/s) of a netem rate stage over ``[start, end]`` (monotonic s),
+    for a link whose rate started at ``since``; None for a link without a rate stage.
+
+    Why from the link's own spec: the bitrate and estimate plots are read against what
+    the network could carry at that moment, and for a trace that changes every 100 ms.
+    """
+    from netem.rate import MTU_BYTES, ConstantRate, MahimahiTrace, StepRate
+
+    span_ms = (end - start) * 1000.0
+    if rate is None or span_ms <= 0:
+        return None
+    if isinstance(rate, ConstantRate):
+        return rate.bps
+    a, b = (start - since) * 1000.0, (end - since) * 1000.0
+    if isinstance(rate, MahimahiTrace):
+        period = rate.period_ms
+        ts = rate.timestamps
+        count = 0
+        base = math.floor(a / period) * period if a > 0 else 0
+        while base < b:
+            lo, hi = bisect.bisect_right(ts, a - base), bisect.bisect_right(ts, b - base)
+            count += max(0, hi - lo)
+            base += period
+        return count * MTU_BYTES * 8 * 1000.0 / span_ms
+    if isinstance(rate, StepRate):
+        bits, t, step = 0.0, a, 10.0
+        while t < b:  # 10 ms resolution is plenty for a 500 ms sample
+            rel = t if rate.period_ms is None else t % rate.period_ms
+            bps = next((r for at, r in reversed(rate.steps) if at <= max(0.0, rel)), 0.0)
+            bits += bps * min(step, b - t) / 1000.0
+            t += step
+        return bits * 1000.0 / span_ms
+    return None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1, nearest rank) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
 def server_sample(server: Any, room: str, identity: str) -> dict[str, Any]:
     """Ferry's side of one participant: the lowest video layer forwarded to it and
-    targeted, its bandwidth estimate, and the highest RTT of its tracks.
+    targeted, the layer per video track (``tracks``: track sid -> (layer, target)), its
+    bandwidth estimate, and the highest RTT of its tracks.
 
     ``server`` is an in-process ``signaling.app.FerryServer`` (None: an external Ferry,
     whose figures are unknown); every value is None until the participant is in the room.
     """
     out: dict[str, Any] = {"layer": None, "target_layer": None, "estimate_bps": None,
-                           "server_rtt_ms": None}
+                           "server_rtt_ms": None, "tracks": {}}
     if server is None:
         return out
     joined = server.rooms.rooms.get(room)
@@ -168,6 +274,8 @@ def server_sample(server: Any, room: str, identity: str) -> dict[str, Any]:
     layers = [t.current_layer for t in videos if t.current_layer is not None]
     targets = [t.target_layer for t in videos if t.target_layer is not None]
     rtts = [t.rtt_ms for t in stats.tracks.values() if t.rtt_ms]
+    out["tracks"] = {sid: (t.current_layer, t.target_layer) for sid, t in stats.tracks.items()
+                     if t.kind == "video"}
     out["layer"] = min(layers) if layers else None
     out["target_layer"] = min(targets) if targets else None
     out["estimate_bps"] = stats.estimate_bps

@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import zlib
+from pathlib import Path
 from typing import Any
 
+from clients.stamp import latency_ms, read_stamp
 from netem.profiles import Profile
 from qa.context import RunContext
 from qa.measurement import SERIES_KEYS, FrameMeter, SeqTracker, watch_aiortc_receiver
 from qa.scenario import ParticipantSpec
 
 logger = logging.getLogger("ferry.qa.participants")
+
+PROBE_JS = Path(__file__).with_name("browser_probe.js")
 
 
 class Participant:
@@ -48,11 +53,21 @@ class Participant:
         self._window_rx: tuple[int, int] | None = None
         self._window_relay: dict[str, float] | None = None
         self.rx_totals: tuple[int, int] = (0, 0)  # (received, lost) RTP packets, cumulative
-        self.tracker: SeqTracker | None = None  # set by clients that see every packet
+        self.tracker: SeqTracker | None = None  # video RTP, set by clients that see every packet
+        self.audio_tracker: SeqTracker | None = None  # audio RTP, likewise
+        self.audio_marks: list[dict[int, int]] = []  # audio tracker snapshot per sample
+        self.audio_loss_after_total: float | None = None
+        # Chromium's own audio counters over the window: concealed and received samples,
+        # concealment events (start, latest), per remote participant
+        self.concealment: dict[str, list[tuple[float, float, float]]] = {}
+        self.layer_series: dict[str, list[Any]] = {}  # per received video track, per sample
         self.seq_marks: list[dict[int, int]] = []  # tracker snapshot per sample
         self.loss_after_total: float | None = None  # from the tracker, set when the run ends
         self.frame_counts: dict[int, int] = {}  # decoded frames per meter at the last sample
         self.proxy: Any = None  # a UdpProxy instead of the relay (LiteClient)
+        self.link_label = spec.link_label  # the link now, and its downlink rate stage since when
+        self.link_rate: Any = spec.link.down.rate
+        self.link_since = time.monotonic()
 
     @property
     def publishes(self) -> bool:
@@ -64,19 +79,24 @@ class Participant:
     async def stop(self) -> None:
         raise NotImplementedError
 
-    def set_link(self, profile: Profile) -> None:
+    def set_link(self, profile: Profile, label: str | None = None) -> None:
         """Change this participant's network (the relay profile its TURN username names)."""
         if self.ctx.relay is not None:
             self.ctx.relay.set_profile(self.profile, profile)
+        self._note_link(profile, label)
+
+    def _note_link(self, profile: Profile, label: str | None) -> None:
+        self.link_rate, self.link_since = profile.down.rate, time.monotonic()
+        self.link_label = label or profile.name
 
     async def client_sample(self) -> dict[str, Any]:
         """rtt_ms, jitter_ms, and rx totals from the client's own stats."""
         return {}
 
-    def meter(self, key: str, kind: str) -> FrameMeter:
+    def meter(self, key: str, kind: str, gaps_from_frames: bool = True) -> FrameMeter:
         m = self.meters.get(key)
         if m is None:
-            m = self.meters[key] = FrameMeter(kind)
+            m = self.meters[key] = FrameMeter(kind, gaps_from_frames)
             if self.ctx.t0 is not None:
                 m.start_window(self.ctx.t0)
         return m
@@ -132,15 +152,19 @@ class FerryParticipant(Participant):
         sink = self.client.sinks.get((psid, tsid))
         if sink is not None:
             meter = self.meter(f"{psid}/{tsid}", sink.kind)
-            sink.on_frame = lambda _frame, m=meter: m.on_frame()
+            if sink.kind == "video":
+                sink.on_frame = lambda frame, m=meter: _video_frame(m, frame)
+            else:
+                sink.on_frame = lambda _frame, m=meter: m.on_frame()
 
     def _watch(self) -> None:
         if self.tracker is None:
             self.tracker = SeqTracker()
+            self.audio_tracker = SeqTracker()
         sub = self.client.subscriber
         for tr in sub.getTransceivers() if sub is not None else []:
-            if tr.kind == "video":  # NACK/RTX repairs video only; Opus loss is concealed
-                watch_aiortc_receiver(tr.receiver, self.tracker)
+            tracker = self.tracker if tr.kind == "video" else self.audio_tracker
+            watch_aiortc_receiver(tr.receiver, tracker)
 
     async def client_sample(self) -> dict[str, Any]:
         self._watch()
@@ -169,6 +193,24 @@ class FerryParticipant(Participant):
                 await client.close()
 
 
+def _video_frame(meter: FrameMeter, frame: Any) -> None:
+    """A decoded aiortc frame: its time, and its capture stamp when it carries one."""
+    now = time.monotonic()
+    meter.on_frame(now)
+    try:
+        stamp = read_stamp(frame.to_ndarray(format="gray"))
+    except Exception:  # noqa: BLE001 - measuring must never break the media path
+        logger.debug("stamp read failed", exc_info=True)
+        return
+    if stamp is not None:
+        meter.on_latency(now, latency_ms(time.time() * 1000.0, stamp))
+
+
+CHROMIUM_VIDEO = {"width": 960, "height": 540, "fps": 24}
+"""The canvas clock a Chromium participant publishes as its camera (540p: Chrome sends
+all three simulcast layers from 960x540 up)."""
+
+
 class ChromiumParticipant(Participant):
     """A headless Chromium page of Ferry's web client, relay-only through netem."""
 
@@ -194,31 +236,80 @@ class ChromiumParticipant(Participant):
         }
         if not self.spec.publish:
             q["publish"] = "0"
+        config = {**CHROMIUM_VIDEO, "publish": list(self.spec.publish)}
+        await self.context.add_init_script(
+            f"window.__qaConfig = {json.dumps(config)};\n{PROBE_JS.read_text()}")
         await self.page.goto(f"{self.ctx.http_url}/?{urlencode(q)}")
         await self.page.wait_for_function("window.ferry && window.ferry.state === 'joined'",
                                           timeout=self.ctx.options.connect_timeout_s * 1000)
         self.connected = True
-        self._frames: dict[str, int] = {}
+        self._chrome_prev: dict[str, tuple[int, int, float]] = {}  # sid -> frames, freezes, s
 
     async def client_sample(self) -> dict[str, Any]:
         stats = await self.page.evaluate("window.ferry.stats()")
         local = await self.page.evaluate("window.ferry.localStats()")
+        probe = await self.page.evaluate("window.__qa.sample()")
         now = time.monotonic()
         rx = lost = 0
         rtt = local.get("rtt")
-        for psid, s in stats.items():
+        for s in stats.values():
             rx += (s.get("videoPacketsReceived") or 0) + (s.get("audioPacketsReceived") or 0)
             lost += max(0, (s.get("videoPacketsLost") or 0) + (s.get("audioPacketsLost") or 0))
             if rtt is None and s.get("rtt") is not None:
                 rtt = s["rtt"]
-            frames = int(s.get("videoFramesDecoded") or 0)
-            if frames or s.get("trackSids"):
-                m = self.meter(f"{psid}/video", "video")
-                for _ in range(max(0, frames - self._frames.get(psid, 0))):
-                    m.on_frame(now)  # page stats are polled: gaps are sample-resolution
-                self._frames[psid] = frames
+        self._chrome_inbound(probe.get("inbound") or [], now)
+        for sid, tile in (probe.get("tiles") or {}).items():
+            m = self.meters.get(f"{sid}/video")
+            if m is None:
+                continue
+            for epoch_ms, ms in tile.get("latency") or []:
+                m.on_latency(now - (float(probe["now"]) - float(epoch_ms)) / 1000.0, float(ms))
         return {"rtt_ms": rtt * 1000.0 if rtt is not None else None, "jitter_ms": None,
                 "rx": (rx, lost), "connected": True}
+
+    def _chrome_inbound(self, inbound: list[dict[str, Any]], now: float) -> None:
+        """Chrome's own per-track figures: decoded frames, freezes (``freezeCount``,
+        ``totalFreezesDuration``) and audio concealment, summed per remote participant."""
+        videos: dict[str, list[float]] = {}
+        audios: dict[str, list[float]] = {}  # concealed samples, received samples, events
+        for s in inbound:
+            sid = s.get("sid")
+            if not sid:
+                continue
+            if s.get("kind") == "video":
+                v = videos.setdefault(sid, [0, 0, 0.0])
+                v[0] += int(s.get("framesDecoded") or 0)
+                v[1] += int(s.get("freezeCount") or 0)
+                v[2] += float(s.get("totalFreezesDuration") or 0.0)
+            elif s.get("kind") == "audio":
+                a = audios.setdefault(sid, [0.0, 0.0, 0.0])
+                a[0] += float(s.get("concealedSamples") or 0)
+                a[1] += float(s.get("totalSamplesReceived") or 0)
+                a[2] += float(s.get("concealmentEvents") or 0)
+        # The first sample (at t = 0) only sets the baselines: counters run from the
+        # track's start, the window from t = 0.
+        t0 = self.ctx.t0
+        in_window = t0 is not None and now >= t0 + self.ctx.options.sample_interval_s / 2
+        for sid, (frames, freezes, frozen_s) in videos.items():
+            m = self.meter(f"{sid}/video", "video", gaps_from_frames=False)
+            pf, pc, pd = self._chrome_prev.get(sid, (0, 0, 0.0))
+            if in_window or sid not in self._chrome_prev:
+                self._chrome_prev[sid] = (int(frames), int(freezes), frozen_s)
+            if not in_window:
+                if frames:
+                    m.last = now
+                continue
+            m.add_frames(int(frames - pf), now)
+            if freezes > pc:
+                each = (frozen_s - pd) / (freezes - pc)
+                for _ in range(int(freezes - pc)):
+                    m.add_freeze(now - (frozen_s - pd), each)
+        for sid, point in audios.items():
+            marks = self.concealment.setdefault(sid, [])
+            if not marks or not in_window:
+                marks[:] = [tuple(point), tuple(point)]
+            else:
+                marks[1] = tuple(point)
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -248,6 +339,7 @@ class LiteParticipant(Participant):
                               self.spec.link.down, seed=zlib.crc32(f"{seed}/{self.name}".encode()))
         await self.proxy.start()
         self.tracker = SeqTracker()
+        self.audio_tracker = SeqTracker()
         self.client = LiteClient(connect_timeout=self.ctx.options.connect_timeout_s, name=self.name,
                                  candidate_rewrite=self.proxy.route)
         await self.client.connect(self.ctx.ws_url)
@@ -261,27 +353,30 @@ class LiteParticipant(Participant):
             await self.client.publish_vp8(video, fps=fps, audio=audio)
         self.connected = True
 
-    def set_link(self, profile: Profile) -> None:
+    def set_link(self, profile: Profile, label: str | None = None) -> None:
         if self.proxy is not None:
             self.proxy.set_links(profile.up, profile.down)
+        self._note_link(profile, label)
 
     def _watch(self) -> None:
         sub = self.client.subscriber
         if sub is None or getattr(sub, "_qa_watched", False):
             return
         original = sub.handle_rtp
-        tracker = self.tracker
-        assert tracker is not None
+        video_tracker, audio_tracker = self.tracker, self.audio_tracker
+        assert video_tracker is not None and audio_tracker is not None
 
         def handle(packet: bytes, now_ms: float) -> None:
             try:
                 ssrc = int.from_bytes(packet[8:12], "big")
                 counters = sub._by_ssrc.get(ssrc)
-                if counters is None or counters.kind != "video":
+                tracker = video_tracker if counters is None or counters.kind == "video" \
+                    else audio_tracker
+                if counters is None:
                     pass
                 elif ssrc == counters.ssrc:
                     tracker.add(ssrc, (packet[2] << 8) | packet[3])
-                    if packet[1] & 0x80:
+                    if counters.kind == "video" and packet[1] & 0x80:
                         key = f"{counters.participant_sid}/{counters.track_sid}"
                         self.meter(key, counters.kind).on_frame()
                 elif len(packet) > 14:

@@ -11,9 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from qa.measurement import fraction, mean_of, median_of
+from qa.measurement import fraction, mean_of, median_of, percentile
 from qa.participants import Participant
 from qa.scenario import Expectation, ParticipantSpec, Scenario
+
+LATENCY_KEPT = 6000
+"""Per-frame glass-to-glass figures kept in report.json per participant (the last ones)."""
 
 
 @dataclass
@@ -49,8 +52,22 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
     n = len(t)
     tail = max(1, n // 4)
     tail_fps = [x for x in s["fps"][n - tail:] if x is not None]
-    layers_after = [x for x in s["layer"] if x is not None]
+    per_track = {tsid: [x for x in xs if x is not None] for tsid, xs in p.layer_series.items()}
+    layers_after = [x for xs in per_track.values() for x in xs] or [
+        x for x in s["layer"] if x is not None]
     sub = p.spec.subscribe
+    latency = sorted(ms for m in videos for _, ms in m.latency)
+    caps = [c for c in s.get("capacity_bps", []) if c is not None]
+    recv_bps = (rc["down_bytes"] - w["down_bytes"]) * 8 / dur
+    audio_loss = p.audio_loss_after_total
+    marks = list(p.concealment.values())
+    received = sum(m[1][1] - m[0][1] for m in marks)
+    if marks and received > 0:
+        concealed: float | None = sum(m[1][0] - m[0][0] for m in marks) / received
+    elif audios and sub:  # aiortc: time without audio frames stands for what was concealed
+        concealed = min(1.0, sum(m.audio_missing for m in audios) / (dur * len(audios)))
+    else:
+        concealed = None
     return {
         "client": p.kind,
         "profile": p.spec.link_label,
@@ -59,13 +76,17 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
         "error": p.error,
         "connected": 1 if p.connected and p.error is None else 0,
         "remote_video_tracks": len(videos),
-        "remote_audio_tracks": len(audios),
+        "remote_audio_tracks": max(len(audios), len(p.concealment)),
         "decoded_frames": sum(m.window_frames for m in videos) if sub else None,
         "decoded_frames_min": min((m.window_frames for m in videos), default=0) if sub else None,
         "decoded_fps": (min((m.window_frames for m in videos), default=0) / dur) if sub else None,
         "final_fps": (mean_of(tail_fps) or 0.0) if sub else None,
         "audio_frames": sum(m.window_frames for m in audios) if sub else None,
         "freeze_count": sum(len(m.gaps) for m in videos) if sub else None,
+        "latency_p50_ms": percentile(latency, 0.5) if sub else None,
+        "latency_p95_ms": percentile(latency, 0.95) if sub else None,
+        "latency_max_ms": latency[-1] if sub and latency else None,
+        "latency_frames": len(latency) if sub else None,
         "freeze_max_ms": max((g for m in videos for _, g in m.gaps), default=0.0) * 1000.0
         if sub else None,
         "freeze_total_ms": sum(g for m in videos for _, g in m.gaps) * 1000.0 if sub else None,
@@ -75,20 +96,30 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
         if sub and audios else None,
         "loss_before_recovery": fraction(rc["down_drop"] - w["down_drop"],
                                       rc["down_sent"] - w["down_sent"]),
-        "loss_after_recovery": (p.loss_after_total
-                                if p.tracker is not None and p.loss_after_total is not None
-                                else fraction(d_lost, d_rx + d_lost)) if sub else None,
+        "loss_after_recovery": (
+            audio_loss if not videos and audio_loss is not None
+            else p.loss_after_total if p.tracker is not None and p.loss_after_total is not None
+            else fraction(d_lost, d_rx + d_lost)) if sub else None,
+        "audio_loss_after_recovery": audio_loss if sub and audios else None,
+        "audio_concealed": concealed if sub else None,
+        "audio_concealment_events": sum(m[1][2] - m[0][2] for m in marks) if marks else None,
         "uplink_loss": fraction(rc["up_drop"] - w["up_drop"], rc["up_sent"] - w["up_sent"]),
-        "recv_bps": (rc["down_bytes"] - w["down_bytes"]) * 8 / dur,
+        "recv_bps": recv_bps,
+        "capacity_bps": mean_of(caps),
+        "utilization": recv_bps / mean_of(caps) if caps and (mean_of(caps) or 0) > 0 else None,
         "sent_bps": (rc["up_bytes"] - w["up_bytes"]) * 8 / dur,
         "rtt_ms": median_of(s["rtt_ms"]),
         "rtt_max_ms": max((x for x in s["rtt_ms"] if x is not None), default=None),
         "jitter_ms": median_of(s["jitter_ms"]),
         "layer_mean": mean_of(layers_after),
         "layer_min": min(layers_after) if layers_after else None,
+        "layers": {tsid: mean_of(xs) for tsid, xs in per_track.items()},
         "estimate_bps": mean_of(s["estimate_bps"]),
         "freezes": [{"t": round(start - t0, 3), "ms": round(g * 1000.0, 1)}
                     for m in videos for start, g in m.gaps],
+        "link": p.link_label,
+        "latency": [[round(at - t0, 3), round(ms, 1)]
+                    for at, ms in sorted(x for m in videos for x in m.latency)][-LATENCY_KEPT:],
     }
 
 

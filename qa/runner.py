@@ -18,13 +18,14 @@ import ipaddress
 import logging
 import os
 import secrets
+import statistics
 import time
 from typing import Any
 
 from netem.profiles import Profile
 from netem.turn import TurnRelay
 from qa.context import RunContext, RunOptions
-from qa.measurement import RECOVERY_GRACE_S, fraction, server_sample
+from qa.measurement import RECOVERY_GRACE_S, capacity_bps, fraction, server_sample
 from qa.participants import (
     ChromiumParticipant,
     FerryParticipant,
@@ -172,6 +173,7 @@ class Runner:
                 except Exception as exc:  # noqa: BLE001 - record a gap, keep sampling
                     logger.debug("sample of %s failed: %s", p.name, exc)
             p.seq_marks.append(p.tracker.snapshot() if p.tracker is not None else {})
+            p.audio_marks.append(p.audio_tracker.snapshot() if p.audio_tracker is not None else {})
             ss = server_sample(self.ctx.server, self.scenario.room, p.name)
             rc = p.relay_counters()
             prev = p._prev_relay or rc
@@ -195,6 +197,13 @@ class Runner:
             s["estimate_bps"].append(ss["estimate_bps"])
             s["layer"].append(ss["layer"])
             s["target_layer"].append(ss["target_layer"])
+            for tsid, (layer, _target) in ss["tracks"].items():
+                per = p.layer_series.setdefault(tsid, [None] * (len(self.t) - 1))
+                per.append(layer)
+            for per in p.layer_series.values():
+                per.extend([None] * (len(self.t) - len(per)))
+            s["capacity_bps"].append(capacity_bps(p.link_rate, p.link_since, now - dt, now)
+                                     if self.t[-1] > 0 else None)
             s["loss_before"].append(fraction(rc["down_drop"] - prev["down_drop"],
                                           rc["down_sent"] - prev["down_sent"]))
             s["uplink_loss"].append(fraction(rc["up_drop"] - prev["up_drop"],
@@ -211,14 +220,18 @@ class Runner:
                 s["fps"].append(None)
             else:
                 s["fps"].append(min(fps) if fps else 0.0)
-            s["freezes"].append(sum(len(m.gaps) for m in videos))
+            s["freezes"].append(sum(len(m.gaps) for m in videos) if videos else None)
             s["frozen"].append(any(m.frozen_at(now) for m in videos) if videos else None)
+            recent = [ms for m in videos for at, ms in m.latency if now - dt < at <= now]
+            s["latency_ms"].append(statistics.median(recent) if recent else None)
+            s["latency_max_ms"].append(max(recent) if recent else None)
+            s["audio_concealed"].append(_concealed_since(p, len(self.t) - 1))
 
     def _apply_schedule(self, t: float, pending: list[tuple[float, Participant, Any]]) -> None:
         assert self.ctx.relay is not None
         while pending and pending[0][0] <= t:
             at, p, change = pending.pop(0)
-            p.set_link(change.profile)
+            p.set_link(change.profile, change.label)
             self.events.append({"t": round(t, 3), "at": round(at, 3), "participant": p.name,
                                 "link": change.label, "up": change.profile.up.spec(),
                                 "down": change.profile.down.spec()})
@@ -281,10 +294,13 @@ class Runner:
         (or be retransmitted) when the run stops, so they are not judged.
         """
         p.loss_after_total = None
+        last_t = self.t[-1] - RECOVERY_GRACE_S if self.t else 0.0
+        cut = max((k for k, t in enumerate(self.t) if t <= last_t), default=0)
+        if p.audio_tracker is not None and cut > 0 and len(p.audio_marks) > cut:
+            exp, miss = p.audio_tracker.missing(p.audio_marks[0], p.audio_marks[cut])
+            p.audio_loss_after_total = miss / exp if exp else None
         if p.tracker is None or len(p.seq_marks) < 2:
             return
-        last_t = self.t[-1] - RECOVERY_GRACE_S
-        cut = max((k for k, t in enumerate(self.t) if t <= last_t), default=0)
         series: list[Any] = [None]
         for k in range(1, len(p.seq_marks)):
             if k > cut:
@@ -321,6 +337,16 @@ class Runner:
                                     summaries)
         return RunResult(self.scenario, started, self.t, participants, self.events, checks,
                          list(self.ctx.notes), server, relay)
+
+
+def _concealed_since(p: Participant, k: int) -> float | None:
+    """Chromium's concealed / received audio samples up to sample ``k`` of the window
+    (None for other clients: aiortc and the LiteClient do not conceal)."""
+    marks = list(p.concealment.values())
+    received = sum(m[1][1] - m[0][1] for m in marks)
+    if not marks or received <= 0 or k == 0:
+        return None
+    return sum(m[1][0] - m[0][0] for m in marks) / received
 
 
 async def run_scenario(scenario: Scenario, options: RunOptions) -> RunResult:

@@ -29,6 +29,7 @@ Format (YAML)::
       - "bob.decoded_fps > 8"                       # one participant (or group)
       - "subscribers.loss_after_recovery < 2%"      # every subscriber must satisfy it
       - "mean(students.decoded_fps) > 5"            # min/max/mean/median over a group
+      - "viewer.latency_p95_ms < 400ms"             # glass-to-glass
       - "participant bob decoded_frames > 100"      # the wording also parses
 
 Subjects: a participant name, a group name (``count > 1``), ``all``, ``subscribers``
@@ -63,14 +64,25 @@ METRICS: dict[str, str] = {
     "decoded_fps": "decoded video frames per second per remote video track (worst track)",
     "final_fps": "mean decoded fps (worst track) over the last quarter of the run: did it recover?",
     "audio_frames": "audio frames received, summed over remote audio tracks",
-    "freeze_count": "gaps > 500 ms between decoded frames of one video track",
-    "freeze_max_ms": "longest such gap (0 when there was none)",
+    "freeze_count": "video freezes: Chromium's own freezeCount; other clients: frame gaps over "
+                    "max(3 x median, median + 150 ms) of the last 30 intervals (W3C)",
+    "freeze_max_ms": "longest freeze (0 when there was none)",
     "freeze_total_ms": "time spent frozen, summed over remote video tracks",
     "audio_gap_ms": "audio missing (gaps between received audio frames beyond 60 ms)",
+    "audio_concealed": "fraction of audio concealed (Chromium: concealedSamples / "
+                       "totalSamplesReceived; aiortc: time without audio frames)",
+    "audio_loss_after_recovery": "fraction of audio RTP packets that never arrived",
+    "latency_p50_ms": "glass-to-glass latency, median over shown frames (capture stamp in the "
+                      "picture to display; Python and Chromium publishers stamp, LiteClient not)",
+    "latency_p95_ms": "glass-to-glass latency, 95th percentile",
+    "latency_max_ms": "glass-to-glass latency, largest",
     "loss_before_recovery": "fraction of packets the relay dropped towards this client",
-    "loss_after_recovery": "fraction of video RTP packets that never arrived, even by NACK/RTX",
+    "loss_after_recovery": "fraction of video RTP packets that never arrived, even by NACK/RTX "
+                           "(audio packets when the participant receives no video)",
     "uplink_loss": "fraction of packets the relay dropped from this client",
     "recv_bps": "mean received bitrate (relay downlink of this participant)",
+    "capacity_bps": "mean capacity of the participant's downlink (its rate or trace)",
+    "utilization": "recv_bps / capacity_bps (None on a link without a rate)",
     "sent_bps": "mean sent bitrate (relay uplink of this participant)",
     "rtt_ms": "median RTT from the client's getStats (Ferry's estimate if absent)",
     "rtt_max_ms": "largest sampled RTT",
