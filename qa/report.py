@@ -28,9 +28,13 @@ PLOTS: list[tuple[str, str, list[tuple[str, str, float]], str]] = [
     ("loss", "Loss per 500 ms (solid: network, before recovery; dashed: after NACK/RTX)",
      [("loss_before", "-", 100.0), ("loss_after", "--", 100.0)], "%"),
     ("rtt", "Round-trip time", [("rtt_ms", "-", 1.0)], "ms"),
-    ("freezes", "Decoded video fps (worst track); shaded: freezes > 500 ms",
+    ("freezes", "Decoded video fps (worst track); shaded: freezes",
      [("fps", "-", 1.0)], "frames/s"),
+    ("latency", "Glass-to-glass latency (solid: median per 500 ms, dotted: max)",
+     [("latency_ms", "-", 1.0), ("latency_max_ms", ":", 1.0)], "ms"),
 ]
+CAPACITY_PLOTS = ("bitrate", "estimate")  # drawn with the downlink's capacity (thin, dash-dot)
+CAPACITY_CLIP = 3.0  # a capacity above 3x the plot's largest figure is named, not drawn
 
 
 def _json_default(obj: Any) -> Any:
@@ -68,8 +72,66 @@ def report_dict(result: RunResult) -> dict[str, Any]:
     }
 
 
+def plot_groups(result: RunResult) -> list[tuple[str, list[str]]]:
+    """(label, members) per line of the plots: a participant alone, or a group of
+    identical participants (``count > 1``, same client and link) drawn as one band."""
+    names = list(result.participants)
+    taken: set[str] = set()
+    out: list[tuple[str, list[str]]] = []
+    for spec in result.scenario.participants:
+        members = [n for n in names if n != spec.name and n.startswith(spec.name)
+                   and n[len(spec.name):].isdigit()]
+        if len(members) > 1:
+            out.append((f"{spec.name} (x{len(members)})", members))
+            taken.update(members)
+    return [(n, [n]) for n in names if n not in taken] + out
+
+
+def _series(result: RunResult, name: str, key: str, scale: float) -> list[float | None]:
+    return [None if v is None else float(v) * scale
+            for v in result.participants[name]["series"].get(key, [])]
+
+
+def _layer_lines(result: RunResult, members: list[str]) -> list[tuple[str, list[list[float | None]]]]:
+    """The forwarded layer per received video track, as (label suffix, one row per
+    member): the minimum over tracks would hide a track held high behind a low one."""
+    tracks: dict[str, list[list[float | None]]] = {}
+    for m in members:
+        for tsid, ys in (result.participants[m].get("layer_tracks") or {}).items():
+            tracks.setdefault(tsid, []).append([None if v is None else float(v) for v in ys])
+    if len(tracks) <= 1:
+        return [("", [_series(result, m, "layer", 1.0) for m in members])]
+    return [(f" {tsid[-4:]}", rows) for tsid, rows in tracks.items()]
+
+
+def _link_events(result: RunResult) -> list[tuple[float, str]]:
+    """Link changes merged by time: (t, "who: link; who: link")."""
+    merged: dict[float, list[str]] = {}
+    for ev in result.events:
+        merged.setdefault(round(ev["t"], 1), []).append(f"{ev['participant']}: {ev['link']}")
+    return sorted((t, "; ".join(_compact(texts))) for t, texts in merged.items())
+
+
+def _compact(texts: list[str]) -> list[str]:
+    """``wifi1: 3g, wifi2: 3g`` -> ``wifi1-2: 3g`` (a group changing together)."""
+    by_link: dict[str, list[str]] = {}
+    for text in texts:
+        who, _, link = text.partition(": ")
+        by_link.setdefault(link, []).append(who)
+    out = []
+    for link, whos in by_link.items():
+        out.append(f"{whos[0]}..{whos[-1]} ({len(whos)}): {link}" if len(whos) > 2
+                   else f"{', '.join(whos)}: {link}")
+    return out
+
+
 def write_plots(result: RunResult, out_dir: Path) -> list[Path]:
-    """One PNG per metric in ``PLOTS``; a metric with no data says so on its figure."""
+    """One PNG per metric in ``PLOTS``; a metric with no data says so on its figure.
+
+    Groups of identical participants are one band (min..max) with their median; link
+    changes are numbered lines, listed under the plot; the bitrate and estimate plots
+    carry each participant's downlink capacity.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,49 +139,111 @@ def write_plots(result: RunResult, out_dir: Path) -> list[Path]:
 
     paths: list[Path] = []
     t = result.t
-    names = list(result.participants)
-    cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
-    colors = {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+    groups = plot_groups(result)
+    cmap = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
+    colors = {label: cmap(i % cmap.N) for i, (label, _) in enumerate(groups)}
+    events = _link_events(result)
     for stem, title, keys, ylabel in PLOTS:
-        fig, ax = plt.subplots(figsize=(9, 4), dpi=90)
+        fig, ax = plt.subplots(figsize=(9, 4.2 + 0.16 * len(events)), dpi=90)
         any_data = False
-        for name in names:
-            series = result.participants[name]["series"]
+        top = 0.0
+        with_data: set[str] = set()
+        for label, members in groups:
+            color = colors[label]
             for j, (key, style, scale) in enumerate(keys):
-                ys = [None if v is None else float(v) * scale for v in series.get(key, [])]
-                if not any(v is not None for v in ys):
-                    continue
-                any_data = True
-                xs = [x for x, y in zip(t, ys, strict=False) if y is not None]
-                ys2 = [y for y in ys if y is not None]
-                ax.plot(xs, ys2, style, color=colors[name], label=name if j == 0 else None,
-                        linewidth=1.3, drawstyle="steps-post" if "layer" in key else "default")
+                if stem == "layer" and key == "layer":
+                    lines = _layer_lines(result, members)
+                else:
+                    lines = [("", [_series(result, m, key, scale) for m in members])]
+                for i, (suffix, rows) in enumerate(lines):
+                    line_style = style if i == 0 else ("--", "-.", "-")[(i - 1) % 3]
+                    drawn = _draw(ax, t, rows, line_style, color,
+                                  (label + suffix) if j == 0 else None, "layer" in key)
+                    if drawn is not None:
+                        any_data = True
+                        with_data.add(label)
+                    top = max(top, drawn or 0.0)
             if stem == "freezes":
-                for fr in result.participants[name].get("freezes") or []:
-                    ax.axvspan(fr["t"], fr["t"] + fr["ms"] / 1000.0, color=colors[name],
-                               alpha=0.2)
-        for ev in result.events:
-            ax.axvline(ev["t"], color="grey", linestyle=":", linewidth=1)
-            ax.annotate(f"{ev['participant']}: {ev['link']}"[:40], (ev["t"], 1.0),
-                        xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
-                        va="top", ha="right", color="grey")
+                for m in members:
+                    for fr in result.participants[m].get("freezes") or []:
+                        ax.axvspan(fr["t"], fr["t"] + fr["ms"] / 1000.0, color=color, alpha=0.2)
+        if stem in CAPACITY_PLOTS and any_data:
+            _draw_capacity(ax, result, [g for g in groups if g[0] in with_data], colors, t, top)
+        _draw_events(fig, ax, events)
         if not any_data:
             ax.text(0.5, 0.5, "no data (not exposed by this Ferry / client)",
                     transform=ax.transAxes, ha="center", va="center", color="grey")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, pad=12 if events else 6)
         ax.set_xlabel("time since start (s)")
         ax.set_ylabel(ylabel)
         if t:
             ax.set_xlim(0, max(t[-1], 1e-3))
         ax.grid(alpha=0.3)
-        if any_data and len(names) <= 24:
+        if any_data and len(groups) <= 24:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.16 * len(events) / (4.2 + 0.16 * len(events)) + 0.02
+                               if events else 0, 1, 1))
         path = out_dir / f"{stem}.png"
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _draw_events(fig: Any, ax: Any, events: list[tuple[float, str]]) -> None:
+    """Numbered vertical lines, and their text listed under the plot (long netem specs
+    written along a line were unreadable)."""
+    for i, (at, _text) in enumerate(events, start=1):
+        ax.axvline(at, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(str(i), (at, 1.0), xycoords=("data", "axes fraction"), fontsize=8,
+                    va="bottom", ha="center", color="dimgrey")
+    if events:
+        notes = "\n".join(f"{i}: t={at:g}s {text}"[:150]
+                          for i, (at, text) in enumerate(events, start=1))
+        fig.text(0.01, 0.01, notes, fontsize=7, color="dimgrey", va="bottom", ha="left")
+
+
+def _draw(ax: Any, t: list[float], rows: list[list[float | None]], style: str, color: Any,
+          label: str | None, steps: bool) -> float | None:
+    """One participant's line, or a group's median line over its min..max band;
+    returns the largest value drawn (None: nothing to draw)."""
+    points = []
+    for k, x in enumerate(t):
+        vals = [r[k] for r in rows if k < len(r) and r[k] is not None]
+        if vals:
+            vals.sort()
+            points.append((x, vals[0], vals[len(vals) // 2], vals[-1]))
+    if not points:
+        return None
+    xs = [p[0] for p in points]
+    draw = "steps-post" if steps else "default"
+    ax.plot(xs, [p[2] for p in points], style, color=color, label=label, linewidth=1.3,
+            drawstyle=draw)
+    if len(rows) > 1:
+        ax.fill_between(xs, [p[1] for p in points], [p[3] for p in points], color=color,
+                        alpha=0.18, linewidth=0, step="post" if steps else None)
+    return max(p[3] for p in points)
+
+
+def _draw_capacity(ax: Any, result: RunResult, groups: list[tuple[str, list[str]]],
+                   colors: dict[str, Any], t: list[float], top: float) -> None:
+    """Each group's downlink capacity (kbit/s), unless it is far above the data
+    (a 100 Mbit/s broadband link would flatten every other line): then named only."""
+    above: list[str] = []
+    for label, members in groups:
+        caps = [_series(result, members[0], "capacity_bps", 1e-3)]
+        finite = [c for c in caps[0] if c is not None]
+        if not finite:
+            continue
+        if top > 0 and min(finite) > CAPACITY_CLIP * top:
+            above.append(f"{label} {max(finite) / 1000:g} Mbit/s")
+            continue
+        xs = [x for x, c in zip(t, caps[0], strict=False) if c is not None]
+        ax.plot(xs, finite, "-.", color=colors[label], linewidth=0.9, alpha=0.8,
+                drawstyle="steps-post", label=f"{label} capacity")
+    if above:
+        ax.text(0.99, 0.98, "capacity above the plot: " + ", ".join(above)[:120],
+                transform=ax.transAxes, ha="right", va="top", fontsize=7, color="dimgrey")
 
 
 TABLE_COLUMNS: list[tuple[str, str, str]] = [
@@ -135,6 +259,10 @@ TABLE_COLUMNS: list[tuple[str, str, str]] = [
     ("recv_bps", "recv kbps", "kbps"),
     ("sent_bps", "sent kbps", "kbps"),
     ("rtt_ms", "rtt ms", "{:.0f}"),
+    ("rtt_max_ms", "rtt max", "{:.0f}"),
+    ("latency_p50_ms", "g2g p50", "{:.0f}"),
+    ("latency_p95_ms", "g2g p95", "{:.0f}"),
+    ("utilization", "util", "pct"),
     ("layer_mean", "layer", "{:.1f}"),
 ]
 
@@ -156,7 +284,10 @@ def summary_rows(result: RunResult) -> list[list[str]]:
     """Header + one row per participant, as strings."""
     rows = [["participant"] + [h for _, h, _ in TABLE_COLUMNS]]
     for name, p in result.participants.items():
-        rows.append([name] + [_cell(p.get(k), f) for k, _, f in TABLE_COLUMNS])
+        cells = [_cell(p.get(k), f) for k, _, f in TABLE_COLUMNS]
+        if p.get("link") and p.get("link") != p.get("profile"):
+            cells[1] = f"{p.get('profile')} -> {p['link']}"  # where the schedule left it
+        rows.append([name] + cells)
     return rows
 
 

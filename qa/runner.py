@@ -327,7 +327,8 @@ class Runner:
         t0 = self.ctx.t0 or 0.0
         end = self._end if self._end is not None else time.monotonic()
         summaries = {p.name: summarise(p, self.t, t0, end) for p in self.participants}
-        participants = {p.name: {**summaries[p.name], "series": p.series} for p in self.participants}
+        participants = {p.name: {**summaries[p.name], "series": p.series,
+                                 "layer_tracks": p.layer_series} for p in self.participants}
         server: dict[str, Any] = {"url": self.ctx.ws_url}
         if self.ctx.server is not None:
             snap = self.ctx.server.engine.snapshot()
