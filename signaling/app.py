@@ -33,6 +33,7 @@ from .auth import (
 from .captions import CaptionService
 from .captions import add_routes as add_caption_routes
 from .config import Config, ConfigError, is_loopback_host
+from .messages_service import MessageService
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import MAX_MESSAGE_BYTES, encode
 from .quic_server import QuicSignaling
@@ -194,12 +195,23 @@ class FerryServer:
         self.metrics.set_engine_stats(self._metrics_snapshot)
         self.quic = QuicSignaling(config, self.new_session, self.metrics.signaling_error)
         self.resume = ResumeService(self.rooms)
+        self.messages = MessageService(
+            self.rooms,
+            config.data_dir or "data",
+            max_count=config.messages_max_per_room,
+            max_age_s=config.messages_max_age_s,
+        )
         self.ws_connections = 0
         self._connections_by_ip: dict[str, int] = {}
         self._per_ip_exempt = [ipaddress.ip_network(n) for n in config.per_ip_exempt]
         self._connections: set[_Connection] = set()
         # Renderers end their playlists before the recordings they follow are finalized.
-        self._shutdown_hooks: list[ShutdownHook] = [self.streams.stop_all, self.recordings.stop_all, self.captions.close]
+        self._shutdown_hooks: list[ShutdownHook] = [
+            self.streams.stop_all,
+            self.recordings.stop_all,
+            self.captions.close,
+            self.messages.close,  # commits what is queued: a restart loses no answered send
+        ]
         self.stopping = False
         self._stopped = False
         self._cut_short = asyncio.Event()
@@ -254,13 +266,15 @@ class FerryServer:
         await self.quic.start()
         self._room_timer = asyncio.create_task(self._room_ticker())
         log.info(
-            "Ferry listening: http://%s:%d/ (ws /ws, /metrics), QUIC udp %s:%s, media udp %s:%d",
+            "Ferry listening: http://%s:%d/ (ws /ws, /metrics), QUIC udp %s:%s, media udp %s:%d"
+            " (send path: %s)",
             self.config.host,
             self.http_port,
             self.config.host,
             self.quic.port,
             self.config.host,
             self.engine.port,
+            self.engine.mux.send_path,
         )
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -290,6 +304,7 @@ class FerryServer:
         if self._room_timer is not None:
             self._room_timer.cancel()
         self.rooms.close()
+        self.messages.store.close()
         await self.quic.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -356,6 +371,7 @@ class FerryServer:
             recordings=self.recordings,
             captions=self.captions,
             resume=self.resume,
+            messages=self.messages,
         )
 
     def token(self, room: str, identity: str, **grants: object) -> str:
@@ -532,6 +548,7 @@ class FerryServer:
             recordings=self.recordings,
             captions=self.captions,
             resume=self.resume,
+            messages=self.messages,
         )
         conn.session = session
         self._connections.add(conn)
@@ -580,6 +597,7 @@ class FerryServer:
         data["tracks_by_kind"] = kinds
         data.update(self.recordings.snapshot())
         data.update(self.captions.snapshot())
+        data.update(self.messages.snapshot())
         return data
 
 

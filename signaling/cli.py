@@ -148,6 +148,9 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument("--recordings", dest="recordings_dir", metavar="DIR", help="where recordings go (default ./recordings)")
     p.add_argument(
+        "--data-dir", dest="data_dir", metavar="DIR", help="room message history (default: data beside --recordings)"
+    )
+    p.add_argument(
         "--auto-record",
         action="append",
         dest="auto_record_rooms",
@@ -178,6 +181,7 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "allow_dev_keys": args.allow_dev_keys,
         "allowed_origins": args.allowed_origins,
         "recordings_dir": args.recordings_dir,
+        "data_dir": args.data_dir,
         "auto_record_rooms": args.auto_record_rooms,
         "captions": args.captions,
         "whisper_model": args.whisper_model,

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -63,6 +64,11 @@ class Config:
     consent_timeout_s: float = 30.0
     log_level: str = "info"
     recordings_dir: str = "recordings"
+    # Room message history (SQLite, messages.db); unset: "data" beside recordings_dir.
+    data_dir: str | None = None
+    # Reliable room messages kept per room, by count and by age (older ones are deleted).
+    messages_max_per_room: int = 10000
+    messages_max_age_s: float = 86400.0
     # Rooms recorded from their creation on, by name; "*" records every room.
     auto_record_rooms: list[str] = field(default_factory=list)
     max_participants_per_room: int = 200
@@ -128,6 +134,7 @@ class Config:
             )
         self.log_level = level
         self._check_str("recordings_dir")
+        self._check_messages()
         self._check_quic_cert()
         self._check_auto_record_rooms()
         if self._check_int("max_participants_per_room") < 1:
@@ -155,6 +162,17 @@ class Config:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
             setattr(self, name, float(value))
+
+    def _check_messages(self) -> None:
+        if self.data_dir is None:
+            self.data_dir = str(Path(self.recordings_dir).parent / "data")
+        self._check_str("data_dir")
+        if self._check_int("messages_max_per_room") < 1:
+            raise ConfigError(f"messages_max_per_room must be >= 1, got {self.messages_max_per_room}")
+        value = self.messages_max_age_s
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"messages_max_age_s must be a number of seconds > 0, got {value!r}")
+        self.messages_max_age_s = float(value)
 
     def _check_captions(self) -> None:
         if self.captions not in CAPTION_MODES:
@@ -274,6 +292,7 @@ _ENV_STR = {
     "FERRY_HOST": "host",
     "FERRY_LOG_LEVEL": "log_level",
     "FERRY_RECORDINGS_DIR": "recordings_dir",
+    "FERRY_DATA_DIR": "data_dir",
     "FERRY_CAPTIONS": "captions",
     "FERRY_QUIC_CERT_FILE": "quic_cert_file",
     "FERRY_QUIC_KEY_FILE": "quic_key_file",

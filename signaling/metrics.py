@@ -101,7 +101,10 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "ferry_captions_finals_total": (("captions_finals",), "Final captions sent (one per utterance)"),
     "ferry_captions_partials_total": (("captions_partials",), "Partial captions sent while someone speaks"),
     "ferry_captions_write_errors_total": (("captions_write_errors",), "Transcript writes that failed"),
+    "ferry_data_bytes_total": (("data_bytes",), "Room message payload bytes sent (send_data), reliable or not"),
+    "ferry_data_commits_total": (("data_commits",), "Message database commits (each one fsync; sends share them)"),
 }
+DATA_MESSAGES = ("ferry_data_messages_total", "data_messages", "Room messages sent (send_data), by reliable true|false")
 DROPS = ("ferry_packet_drops_total", ("packet_drops", "drops"), "Packets dropped, by reason")
 # metric name -> (snapshot key, help). Monotonic counters labelled by track kind.
 KIND_COUNTERS: dict[str, tuple[str, str]] = {
@@ -129,6 +132,10 @@ GAUGES: dict[str, tuple[str, str]] = {
     "ferry_recorder_queue": ("recorder_queue", "Jobs waiting for the recorders' writer threads"),
     "ferry_captions_active_tracks": ("captions_tracks", "Audio tracks being captioned now"),
     "ferry_captions_rooms": ("captions_rooms", "Rooms with captions on"),
+    "ferry_native_send_path": (
+        "native_send_path",
+        "1: media is sent through the C extension (SRTP protect + sendmmsg per batch); 0: Python sendto",
+    ),
 }
 TRACKS = ("ferry_tracks", "tracks_by_kind", "Published tracks currently live, by kind")
 RECORDER_TRACKS = ("ferry_recorder_tracks", "recorder_tracks", "Tracks being recorded now, by kind")
@@ -191,6 +198,10 @@ class _SnapshotCollector(Collector):
         yield from _caption_families(stats)
         for name, (keys, doc) in COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=float(_first(stats, keys) or 0))
+        data = CounterMetricFamily(DATA_MESSAGES[0], DATA_MESSAGES[2], labels=["reliable"])
+        for reliable, count in sorted(dict(stats.get(DATA_MESSAGES[1]) or {}).items()):
+            data.add_metric([str(reliable)], float(count))
+        yield data
         drops = CounterMetricFamily(DROPS[0], DROPS[2], labels=["reason"])
         for reason, count in sorted(dict(_first(stats, DROPS[1]) or {}).items()):
             drops.add_metric([str(reason)], float(count))

@@ -11,6 +11,8 @@ session owns state, and this module only says whether bytes are a well-formed re
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import struct
@@ -24,6 +26,7 @@ __all__ = [
     "MAX_SDP_MESSAGE_BYTES",
     "MAX_RECOVERABLE_BYTES",
     "MAX_TRACK_SIDS",
+    "MAX_DATA_PAYLOAD_BYTES",
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
     "FrameDecoder",
@@ -48,7 +51,13 @@ MAX_RECOVERABLE_BYTES = 4 * MAX_MESSAGE_BYTES
 # up to this size were already parsed to echo their id. signaling.rooms bounds the
 # m-lines offered to one viewer so that its answer fits.
 MAX_SDP_MESSAGE_BYTES = MAX_RECOVERABLE_BYTES
-SDP_REQUESTS = frozenset({"publish", "subscriber_answer"})
+# Requests allowed up to MAX_SDP_MESSAGE_BYTES: SDPs, and room messages, whose payload
+# may have MAX_DATA_PAYLOAD_BYTES (base64 and JSON escaping make the frame bigger).
+SDP_REQUESTS = frozenset({"publish", "subscriber_answer", "send_data"})
+MAX_DATA_PAYLOAD_BYTES = 64 * 1024
+MAX_TOPIC_CHARS = 128
+MAX_DATA_ID_CHARS = 128
+MAX_DATA_RECIPIENTS = 100
 MAX_TRACK_SIDS = 100
 MAX_DIMENSION = 10000
 LAYERS = ("q", "h", "f")
@@ -179,7 +188,7 @@ def _v_join(msg: dict[str, Any], req: Request) -> dict[str, Any]:
     auto = msg.get("auto_subscribe", True)
     if not isinstance(auto, bool):
         raise _bad(req, "'auto_subscribe' must be a boolean")
-    return {"token": token, "auto_subscribe": auto}
+    return {"token": token, "auto_subscribe": auto, **_data_since(msg, req)}
 
 
 def _v_resume(msg: dict[str, Any], req: Request) -> dict[str, Any]:
@@ -189,7 +198,76 @@ def _v_resume(msg: dict[str, Any], req: Request) -> dict[str, Any]:
     last_seq = msg.get("last_seq", 0)
     if not _is_int(last_seq) or last_seq < 0:
         raise _bad(req, "'last_seq' must be an integer >= 0")
-    return {"token": token, "last_seq": last_seq}
+    return {"token": token, "last_seq": last_seq, **_data_since(msg, req)}
+
+
+def _data_since(msg: dict[str, Any], req: Request) -> dict[str, int]:
+    """``data_since`` of join/resume, when given: the room message seq the client has
+    (without it, replays start at its identity's acknowledged cursor)."""
+    since = msg.get("data_since")
+    if since is None:
+        return {}
+    if not _is_int(since) or since < 0:
+        raise _bad(req, "'data_since' must be an integer >= 0")
+    return {"data_since": since}
+
+
+def _too_large(req: Request, message: str) -> ProtocolError:
+    return ProtocolError("too_large", message, id=req.id, type=req.type)
+
+
+def _v_send_data(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    """A room message: ``payload`` (any JSON value) or ``payload_b64`` (bytes), each at
+    most MAX_DATA_PAYLOAD_BYTES; ``to`` (identities) or everyone; ``data_id`` makes a
+    retried reliable send idempotent."""
+    topic = _req_str(msg, req, "topic")
+    if not topic:
+        raise _bad(req, "'topic' must be non-empty")
+    if len(topic) > MAX_TOPIC_CHARS:
+        raise _too_large(req, f"'topic' has {len(topic)} characters; at most {MAX_TOPIC_CHARS}")
+    data: dict[str, Any] = {"topic": topic}
+    if ("payload" in msg) == ("payload_b64" in msg):
+        raise _bad(req, "exactly one of 'payload' (JSON) and 'payload_b64' (base64 bytes) is required")
+    if "payload" in msg:
+        size = len(json.dumps(msg["payload"], separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        if size > MAX_DATA_PAYLOAD_BYTES:
+            raise _too_large(req, f"'payload' is {size} bytes as JSON; at most {MAX_DATA_PAYLOAD_BYTES}")
+        data["payload"] = msg["payload"]
+    else:
+        encoded = msg["payload_b64"]
+        if not isinstance(encoded, str):
+            raise _bad(req, "'payload_b64' must be a base64 string")
+        if len(encoded) > 4 * ((MAX_DATA_PAYLOAD_BYTES + 2) // 3):
+            raise _too_large(req, f"'payload_b64' decodes to more than {MAX_DATA_PAYLOAD_BYTES} bytes")
+        try:
+            base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad(req, "'payload_b64' is not valid base64") from None
+        data["payload_b64"] = encoded
+    to = msg.get("to")
+    if to is not None:
+        if not isinstance(to, list) or not to or not all(isinstance(i, str) and i for i in to):
+            raise _bad(req, "'to' must be a non-empty list of identities (omit it for everyone)")
+        if len(to) > MAX_DATA_RECIPIENTS:
+            raise _too_large(req, f"'to' has {len(to)} identities; at most {MAX_DATA_RECIPIENTS}")
+        to = list(dict.fromkeys(to))
+    data["to"] = to
+    reliable = msg.get("reliable", True)
+    if not isinstance(reliable, bool):
+        raise _bad(req, "'reliable' must be a boolean")
+    data["reliable"] = reliable
+    data_id = msg.get("data_id")
+    if data_id is not None and (not isinstance(data_id, str) or not 0 < len(data_id) <= MAX_DATA_ID_CHARS):
+        raise _bad(req, f"'data_id' must be a string of 1..{MAX_DATA_ID_CHARS} characters")
+    data["data_id"] = data_id
+    return data
+
+
+def _v_data_ack(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    seq = _req_int(msg, req, "data_seq")
+    if seq < 0:
+        raise _bad(req, "'data_seq' must be >= 0")
+    return {"data_seq": seq}
 
 
 def _v_publish(msg: dict[str, Any], req: Request) -> dict[str, Any]:
@@ -304,6 +382,8 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], Request], dict[str, Any]]] = {
     "start_recording": _v_empty,
     "stop_recording": _v_empty,
     "set_captions": _v_set_captions,
+    "send_data": _v_send_data,
+    "data_ack": _v_data_ack,
 }
 
 REQUEST_TYPES = frozenset(_VALIDATORS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import sdp
 from .auth import ADMIN_ALL_ROOMS, AuthError, TokenVerifier, check_join
@@ -19,6 +20,9 @@ from .recording import RecordingError, RecordingService, check_record
 from .resume import ResumeError
 from .resume_service import ResumeService
 from .rooms import Participant, Room, RoomManager
+
+if TYPE_CHECKING:
+    from .messages_service import MessageService
 
 log = logging.getLogger("ferry.signaling.session")
 
@@ -36,11 +40,16 @@ class Session:
         recordings: RecordingService | None = None,
         captions: CaptionService | None = None,
         resume: ResumeService | None = None,
+        messages: MessageService | None = None,
     ) -> None:
         self.rooms = rooms
         self.recordings = recordings
         self.captions = captions
         self.resume = resume
+        self.messages = messages
+        # Sends an unreliable room message as a QUIC datagram; returns False when the
+        # connection has none (set by the QUIC shell).
+        self.send_datagram: Callable[[dict[str, Any]], bool] | None = None
         self.verifier = verifier
         self.send = send
         self.max_participants = max_participants
@@ -152,10 +161,12 @@ class Session:
         self.room = room
         self.joined = True
         resumable = self.resume.joined(self, participant) if self.resume is not None else {}
+        data, missed = self._attach_messages(participant, req.data.get("data_since"), now)
         self.send(
             ok(
                 req,
                 **resumable,
+                **data,
                 room={"name": room.name, "sid": room.sid},
                 participant={"sid": sid, "identity": participant.identity, "name": participant.name},
                 participants=[p.info() for p in others],
@@ -164,6 +175,8 @@ class Session:
                 captions=self.captions.join_info(room.name) if self.captions is not None else None,
             )
         )
+        for message in missed:
+            self.send(message)
         if participant.auto_subscribe and claims.grants.can_subscribe:
             participant.desired.update(room.router.tracks)
             participant.renegotiate()
@@ -191,9 +204,11 @@ class Session:
         self.room = participant.room
         self.joined = True
         room = participant.room
+        data, missed_data = self._attach_messages(participant, req.data.get("data_since"), now)
         self.send(
             ok(
                 req,
+                **data,
                 room={"name": room.name, "sid": room.sid},
                 participant={"sid": participant.sid, "identity": participant.identity, "name": participant.name},
                 participants=[p.info() for p in room.visible() if p is not participant],
@@ -202,7 +217,7 @@ class Session:
                 replayed=len(missed),
             )
         )
-        for message in missed:
+        for message in missed + missed_data:
             self.send(message)
         if participant.offer_pending:
             # The answer may have been lost with the connection: offer again now.
@@ -358,6 +373,26 @@ class Session:
             done=done,
         )
 
+    def _attach_messages(
+        self, participant: Participant, data_since: int | None, now: float
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Room messages for a joined or resumed session: the reply's ``data`` field and
+        the ``data`` events it missed (sent after the reply)."""
+        if self.messages is None:
+            return {}, []
+        info, missed = self.messages.attach(self, participant, data_since, now, self.send_datagram)
+        return {"data": info}, missed
+
+    def _on_send_data(self, req: Request, participant: Participant, now: float) -> None:
+        if self.messages is None:
+            raise ProtocolError("not_found", "this server has no room messages")
+        self.messages.send(self, participant, req, now)
+
+    def _on_data_ack(self, req: Request, participant: Participant, now: float) -> None:
+        if self.messages is None:
+            raise ProtocolError("not_found", "this server has no room messages")
+        self.messages.ack(self, participant, req, now)
+
     def _on_leave(self, req: Request, participant: Participant, now: float) -> None:
         self.send(ok(req))
         self.leave(now)
@@ -365,7 +400,12 @@ class Session:
             self._close()
 
     # -- lifecycle ---------------------------------------------------------------------
+    def _detach_messages(self) -> None:
+        if self.messages is not None:
+            self.messages.detach(self)
+
     def leave(self, now: float) -> None:
+        self._detach_messages()
         participant, room = self.participant, self.room
         self.participant = None
         self.room = None
@@ -385,6 +425,7 @@ class Session:
         if self.ended_reason is not None:
             return
         self.ended_reason = reason
+        self._detach_messages()
         participant = self.participant
         self.participant = None
         self.room = None
@@ -404,6 +445,7 @@ class Session:
         if self.ended_reason is not None:
             return
         self.ended_reason = reason
+        self._detach_messages()
         self.participant = None
         self.room = None
         try:
@@ -415,6 +457,7 @@ class Session:
 
     def disconnected(self, now: float) -> None:
         """Socket closed without leave: keep the participant for the grace period."""
+        self._detach_messages()
         participant = self.participant
         if participant is None:
             return
