@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import random
 import struct
+from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
+from media.audio.duplicates import COPY_OFFSETS, AudioDuplicates
 from media.audio.red_encoder import RedEncoder
 from media.rtp.rtx import RtxCache
 from media.rtp.stream_send import RtpStreamSend
@@ -70,6 +72,7 @@ class DownTrack:
         audio_level_ext_id: int | None,
         rng: random.Random | None = None,
         add_red: bool = True,
+        audio_nack: bool = True,
     ) -> None:
         self.track = track
         self.sink = sink
@@ -97,6 +100,14 @@ class DownTrack:
         self.add_red = add_red  # Ferry may wrap plain Opus in RED toward lossy subscribers
         self.red_added = 0
         self.resends_skipped = 0  # NACKed packets not resent (no RTX, see on_nack)
+        # A listener with neither RED nor audio NACK gets each Opus packet again after
+        # the next ones while its reports show loss (media.audio.duplicates).
+        self.duplicates: AudioDuplicates | None = None
+        if not self.is_video and red_payload_type is None and not audio_nack:
+            self.duplicates = AudioDuplicates()
+        self.audio_duplicates = 0  # copies sent
+        self._recent_audio: deque[bytes] = deque(maxlen=max(COPY_OFFSETS))
+        self._reports_seen = 0
         self._probe_packet: bytes | None = None  # a recent large video packet (RTX probes)
         self._probe_packet_ms = 0.0
         self._red_level = 0
@@ -193,6 +204,29 @@ class DownTrack:
             self._probe_packet_ms = now_ms
         self.stream.on_packet_sent(out_ts, len(payload), now_ms)
         self.sink.send_rtp(packet, "video" if self.is_video else "audio", now_ms)
+        if self.duplicates is not None and newest:
+            self._send_duplicates(packet, now_ms)
+
+    def _send_duplicates(self, packet: bytes, now_ms: float) -> None:
+        """The previous packets again, as many as the listener's loss asks for."""
+        duplicates = self.duplicates
+        assert duplicates is not None
+        stream = self.stream
+        if stream.reports_received != self._reports_seen:
+            self._reports_seen = stream.reports_received
+            duplicates.on_report(stream.fraction_lost, now_ms)
+        recent = self._recent_audio
+        for k in duplicates.offsets:
+            if k > len(recent):
+                break
+            copy = recent[-k]
+            if self.twcc_ext_id:  # the same bytes under the same SRTP index (see on_nack)
+                if not self.sink.resend_rtp(copy, now_ms):
+                    continue
+            else:
+                self.sink.send_rtp(copy, "audio", now_ms)
+            self.audio_duplicates += 1
+        recent.append(packet)
 
     # -- audio: RED in, RED out ----------------------------------------------------
     def _audio_payload(

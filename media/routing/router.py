@@ -275,6 +275,7 @@ class MediaParticipant:
             audio_level_ext_id=ext_ids.get(EXT_AUDIO_LEVEL),
             rng=self.router.rng,
             add_red=self.router.engine.config.add_red,
+            audio_nack=primary.has_feedback("nack"),
         )
         previous = self.subscriber.ended_streams.pop(accepted.mid, None)
         if previous is not None and previous.ssrc == down.ssrc:
