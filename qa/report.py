@@ -238,7 +238,9 @@ def _draw_capacity(ax: Any, result: RunResult, groups: list[tuple[str, list[str]
         if top > 0 and min(finite) > CAPACITY_CLIP * top:
             above.append(f"{label} {max(finite) / 1000:g} Mbit/s")
             continue
-        xs = [x for x, c in zip(t, caps[0], strict=False) if c is not None]
+        # a sample's capacity covers the interval that ends at its time: drawn from its start
+        step = t[1] - t[0] if len(t) > 1 else 0.0
+        xs = [x - step for x, c in zip(t, caps[0], strict=False) if c is not None]
         ax.plot(xs, finite, "-.", color=colors[label], linewidth=0.9, alpha=0.8,
                 drawstyle="steps-post", label=f"{label} capacity")
     if above:

@@ -1,0 +1,155 @@
+"""The runner measures what a Chromium user feels, live on 127.0.0.1 through netem.
+
+- A clean broadband call between two Chromium pages: the runner reports no freeze
+  (Chrome's own ``freezeCount``, where polling used to invent dozens) and a
+  glass-to-glass latency under 150 ms (the canvas clock the publisher page sends as its
+  camera, read back by the viewer page at ``requestVideoFrameCallback`` time).
+- An audio-only call: a Chromium page publishes its microphone alone; the listener
+  hears it (Chrome's concealment figures) and no video freeze is reported.
+- A 3G-like capacity trace with two 2 s outages on the viewer's downlink (seeded
+  ``netem.tracegen`` trace): the longest freeze is at most the outage + 1 s, the
+  glass-to-glass p95 outside the outages (and the second after each, the recovery
+  the freeze bound allows) is under 400 ms, and the RTT stays under 600 ms.
+
+Each test prints one ``QA_LIVE {...}`` line with its figures (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netem.tracegen import LteModel
+from qa.bwe_traces import SyntheticTrace
+from qa.context import RunOptions
+from qa.measurement import percentile
+from qa.runner import run_scenario
+from qa.scenario import load_scenario
+
+from .browser import CHROMIUM, needs_chromium
+
+pytestmark = needs_chromium
+
+OUTAGE_MS = 2000
+OUTAGES_AT_MS = (6000, 13000)  # into the trace
+TRACE_FROM_S = 0.5  # the viewer's downlink switches to the trace at t = 0.5 s
+DURATION_S = 20.0
+THREE_G = SyntheticTrace(
+    "3g-two-outages",
+    LteModel(0.9e6, 0.25e6, 2.0e6, fade_every_s=12.0, outage_every_s=1e9),
+    seed=1515,
+    seconds=30,
+    forced_outages=tuple((at, OUTAGE_MS) for at in OUTAGES_AT_MS),
+)
+
+
+def _run(tmp_path: Path, scenario: dict[str, Any]) -> dict[str, Any]:
+    out = tmp_path / scenario["name"]
+    options = RunOptions(out_dir=out, chromium_path=CHROMIUM, print_fn=None,
+                         connect_timeout_s=30.0)
+    result = asyncio.run(run_scenario(load_scenario(scenario), options))
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "latency.png").stat().st_size > 0
+    assert report["passed"] == result.passed
+    return report
+
+
+def _figures(p: dict[str, Any]) -> dict[str, Any]:
+    keys = ("decoded_fps", "freeze_count", "freeze_max_ms", "latency_p50_ms", "latency_p95_ms",
+            "latency_max_ms", "latency_frames", "rtt_ms", "rtt_max_ms", "recv_bps", "utilization",
+            "audio_concealed", "audio_concealment_events", "loss_after_recovery",
+            "remote_video_tracks", "remote_audio_tracks")
+    return {k: (round(p[k], 3) if isinstance(p.get(k), float) else p.get(k)) for k in keys}
+
+
+def test_clean_broadband_call_has_no_freeze_and_glass_to_glass_under_150ms(tmp_path: Path) -> None:
+    report = _run(tmp_path, {
+        "name": "clean", "duration": "8s",
+        "participants": [
+            {"name": "pub", "client": "chromium", "publish": ["audio", "video"],
+             "subscribe": False, "link": "broadband"},
+            {"name": "viewer", "client": "chromium", "publish": [], "link": "broadband"},
+        ],
+        "expect": ["viewer.freeze_count == 0", "viewer.latency_p95_ms < 150ms"],
+    })
+    viewer = report["participants"]["viewer"]
+    print("QA_LIVE", json.dumps({"clean": _figures(viewer)}))
+    assert viewer["decoded_fps"] > 10, viewer["decoded_fps"]
+    assert viewer["latency_frames"] > 5 * viewer["decoded_fps"]  # the stamp reads back
+    assert viewer["freeze_count"] == 0, viewer["freezes"]
+    assert 0 < viewer["latency_p50_ms"] <= viewer["latency_p95_ms"] < 150.0, _figures(viewer)
+    assert report["passed"], report["expectations"]
+
+
+def test_chromium_publishes_audio_only_and_no_video_freeze_is_reported(tmp_path: Path) -> None:
+    report = _run(tmp_path, {
+        "name": "audio-only", "duration": "5s",
+        "participants": [
+            {"name": "talker", "client": "chromium", "publish": ["audio"], "subscribe": False,
+             "link": "broadband"},
+            {"name": "listener", "client": "chromium", "publish": [], "link": "broadband"},
+        ],
+    })
+    listener = report["participants"]["listener"]
+    print("QA_LIVE", json.dumps({"audio_only": _figures(listener)}))
+    assert listener["remote_audio_tracks"] == 1 and listener["remote_video_tracks"] == 0
+    assert listener["freeze_count"] == 0 and listener["freezes"] == []
+    assert listener["series"]["frozen"].count(True) == 0
+    assert listener["audio_concealed"] is not None and listener["audio_concealed"] < 0.05
+    assert listener["latency_p50_ms"] is None
+
+
+def _outside_outages(points: list[list[float]]) -> list[float]:
+    """Values of (t, value) points outside each outage and the second after it."""
+    windows = [(TRACE_FROM_S + at / 1000.0, TRACE_FROM_S + (at + OUTAGE_MS) / 1000.0 + 1.0)
+               for at in OUTAGES_AT_MS]
+    return [v for t, v in points if v is not None and not any(a <= t <= b for a, b in windows)]
+
+
+MEASURED_3G = (
+    "Ferry does not meet it yet; measured over 3 runs (pytest -s): longest freeze 2.0-4.5 s "
+    "(bound 3 s; each outage is followed by a second freeze of 1.7-2.5 s soon after the link "
+    "returns), glass-to-glass p50 216-223 ms but p95 outside the outages 480-948 ms (after an "
+    "outage the viewer stays at 450-950 ms while receiving below capacity: Chrome's jitter "
+    "buffer and lip sync grow on the backlog delivered late), RTT max 849-1044 ms (966 ms "
+    "outside the outages). What would fix it: after an outage, skip the backlog instead of "
+    "delivering it (drop media older than ~300 ms at the down track and ask for a keyframe, so "
+    "the viewer jumps to live), probe back to the pre-outage rate, keep the bottleneck queue "
+    "short while the estimate recovers")
+
+
+@pytest.mark.xfail(strict=True, reason=MEASURED_3G)
+def test_3g_trace_with_two_outages_freeze_latency_and_rtt(tmp_path: Path) -> None:
+    trace = tmp_path / "3g-two-outages.trace"
+    trace.write_text("\n".join(str(t) for t in THREE_G.trace().timestamps) + "\n")
+    # The 3g profile's delay and queue; before the trace the viewer is on a constant link
+    # of the trace's mean, so the estimate starts where the trace does (no cliff).
+    up, queue = "delay 75ms 15ms rate 768kbit limit 64kb", "delay 75ms 15ms limit 128kb"
+    report = _run(tmp_path, {
+        "name": "3g-outages", "duration": DURATION_S, "seed": 15,
+        "participants": [
+            {"name": "pub", "client": "chromium", "publish": ["audio", "video"],
+             "subscribe": False, "link": "broadband"},
+            {"name": "viewer", "client": "chromium", "publish": [],
+             "link": {"up": up, "down": f"{queue} rate 900kbit"},
+             "schedule": [{"at": TRACE_FROM_S, "up": up, "down": f"{queue} trace {trace}"}]},
+        ],
+    })
+    viewer = report["participants"]["viewer"]
+    outside = _outside_outages(viewer["latency"])
+    rtt_outside = _outside_outages([[t, r] for t, r in zip(report["t"], viewer["series"]["rtt_ms"],
+                                                            strict=True)])
+    figures = {**_figures(viewer), "latency_p95_outside_outages_ms": percentile(outside, 0.95),
+               "rtt_max_outside_outages_ms": max(rtt_outside, default=None),
+               "freezes": viewer["freezes"]}
+    print("QA_LIVE", json.dumps({"3g_two_outages": figures}))
+    caps = viewer["series"]["capacity_bps"]
+    assert any(c == 0.0 for c in caps) and max(c or 0 for c in caps) > 250_000  # the trace ran
+    assert viewer["decoded_fps"] > 3 and len(outside) > 50
+    assert viewer["freeze_max_ms"] <= OUTAGE_MS + 1000, figures
+    assert percentile(outside, 0.95) < 400.0, figures
+    assert viewer["rtt_max_ms"] < 600.0, figures
