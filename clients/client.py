@@ -192,9 +192,9 @@ class FerryClient(ClientSession):
 
     # ------------------------------------------------------------------ room
 
-    async def join(self, token: str, *, auto_subscribe: bool = True) -> dict[str, Any]:
+    async def join(self, token: str, *, auto_subscribe: bool = True, data_since: int | None = None) -> dict[str, Any]:
         """Send ``join``; returns the reply and records room, self and participants."""
-        reply = await super().join(token, auto_subscribe=auto_subscribe)
+        reply = await super().join(token, auto_subscribe=auto_subscribe, data_since=data_since)
         self.ice_servers = reply.get("ice_servers") or []
         for info in reply.get("participants") or []:
             if info.get("sid"):

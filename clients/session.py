@@ -10,15 +10,18 @@ what closes with the session (:meth:`_close_media`) and what each event updates.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
 from .channel import FerryError, SignalingChannel
 from .quic_channel import QuicChannel
+from .room_messages import RoomMessages
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,10 @@ MAX_QUEUED_OFFERS = 64
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 2.0
 RESUME_WINDOW_S = 15.0
+# A session the server ended (it restarted) or refused to resume joins again for this long.
+REJOIN_WINDOW_S = 30.0
+# Reasons of a ``leave`` event after which an ``auto_rejoin`` session does not join again.
+FINAL_LEAVE_REASONS = frozenset({"replaced", "resumed"})
 
 
 class ClientSession:
@@ -46,6 +53,15 @@ class ClientSession:
     dropped). ``reconnecting`` is True meanwhile; ``resumes`` counts successes and
     ``resume_error`` holds the code when the server refused (then the session stays
     closed: join again).
+
+    Room messages: :meth:`send_data` sends one (a reliable send is retried with the same
+    ``data_id`` across reconnects, so it is stored once); ``data`` (:class:`RoomMessages`)
+    keeps what arrives, acknowledges it and remembers the cursor, which a resume or a
+    join sends as ``data_since``: what was missed arrives in order, exactly once. With
+    ``auto_rejoin``, a session the server ended (``server_shutdown``: a restart) or
+    refused to resume joins again with the same token for REJOIN_WINDOW_S (a new
+    participant sid; signaling and room messages only: media is not re-published);
+    ``rejoins`` counts that.
     """
 
     #: :meth:`wait_for` polls this often (seconds) unless told otherwise.
@@ -76,6 +92,10 @@ class ClientSession:
         self.resumes = 0
         self.resume_error: str | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
+        self.data = RoomMessages(self._send_ack)
+        self.auto_rejoin = False
+        self.rejoins = 0
+        self._join_fields: dict[str, Any] | None = None
 
     # -- signaling -----------------------------------------------------------------------
     async def connect(self, url: str, *, timeout: float | None = None) -> dict[str, Any]:
@@ -115,8 +135,14 @@ class ClientSession:
             if seq <= self.last_seq:
                 return None
             self.last_seq = seq
-        if msg.get("type") == "leave":
+        kind = msg.get("type")
+        if kind == "data":
+            self.data.on_event(msg)
+            return None
+        if kind == "leave":
             self.resume_token = None  # the server ended this session: nothing to resume
+            if self.auto_rejoin and msg.get("reason") not in FINAL_LEAVE_REASONS:
+                self._start_rejoin()
         return self._dispatch(msg)
 
     # -- resume --------------------------------------------------------------------------
@@ -142,12 +168,17 @@ class ClientSession:
                     await channel.request("hello", version=PROTOCOL_VERSION, timeout=3.0)
                     self._channel = channel
                     reply = await channel.request(
-                        "resume", token=self.resume_token, last_seq=self.last_seq, timeout=3.0
+                        "resume", token=self.resume_token, last_seq=self.last_seq, timeout=3.0, **self._data_since()
                     )
                 except FerryError as exc:
                     if exc.code.startswith("resume_"):
-                        self.resume_error = exc.code
                         logger.warning("%s: resume refused: %s", self.name, exc)
+                        if self.auto_rejoin and self._join_fields is not None:
+                            with contextlib.suppress(Exception):
+                                await channel.close()
+                            await self._rejoin()
+                        else:
+                            self.resume_error = exc.code
                         return
                     logger.info("%s: reconnect attempt failed: %s", self.name, exc)
                 except (OSError, TimeoutError, ConnectionError) as exc:
@@ -160,6 +191,7 @@ class ClientSession:
                         with contextlib.suppress(Exception):
                             await old.close()
                     await self._resumed(reply)
+                    self.data.schedule_ack()
                     return
                 if channel is not None and channel is not self._channel:
                     with contextlib.suppress(Exception):
@@ -171,6 +203,126 @@ class ClientSession:
             self._reconnect_task = None
             if self.resume_error is not None:
                 self.reconnecting = False
+
+    def _start_rejoin(self) -> None:
+        if self._reconnect_task is None and not self._closed and not self._leaving and self._join_fields is not None:
+            self.reconnecting = True
+            self._reconnect_task = asyncio.ensure_future(self._rejoin_task())
+
+    async def _rejoin_task(self) -> None:
+        try:
+            await self._rejoin()
+        finally:
+            self._reconnect_task = None
+
+    async def _rejoin(self) -> None:
+        """Join again with the same token (a new participant), asking for the room
+        messages after the cursor; backoff as for a resume, for REJOIN_WINDOW_S."""
+        assert self.url is not None and self._join_fields is not None
+        delay = RECONNECT_FIRST_S
+        deadline = time.monotonic() + REJOIN_WINDOW_S
+        old = self._channel
+        while not self._closed and time.monotonic() < deadline:
+            channel: SignalingChannel | None = None
+            try:
+                channel = await self._open_channel(self.url, min(self.request_timeout, 3.0))
+                await channel.request("hello", version=PROTOCOL_VERSION, timeout=3.0)
+                self.last_seq = 0  # a new participant: its events are numbered from 1
+                reply = await channel.request("join", timeout=3.0, **self._join_fields, **self._data_since())
+            except FerryError as exc:
+                if exc.code in ("unauthorized", "forbidden"):
+                    self.resume_error = exc.code
+                    self.reconnecting = False
+                    logger.warning("%s: rejoin refused: %s", self.name, exc)
+                    if channel is not None:
+                        with contextlib.suppress(Exception):
+                            await channel.close()
+                    return
+                logger.info("%s: rejoin attempt failed: %s", self.name, exc)
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                logger.info("%s: rejoin attempt failed: %r", self.name, exc)
+            else:
+                self._channel = channel
+                self._joined(reply)
+                self.rejoins += 1
+                self.resume_error = None
+                self.reconnecting = False
+                if old is not None and old is not channel:
+                    with contextlib.suppress(Exception):
+                        await old.close()
+                self.data.schedule_ack()
+                return
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+        self.resume_error = self.resume_error or "resume_expired"
+        self.reconnecting = False
+
+    def _data_since(self) -> dict[str, int]:
+        return {"data_since": self.data.cursor} if self.data.cursor is not None else {}
+
+    async def _send_ack(self, seq: int) -> None:
+        await self.request("data_ack", data_seq=seq, timeout=min(self.request_timeout, 5.0))
+
+    async def send_data(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        payload_bytes: bytes | None = None,
+        to: list[str] | None = None,
+        reliable: bool = True,
+        data_id: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Send a room message (``payload``: any JSON value, or ``payload_bytes``) to
+        everyone or to the identities in ``to``; returns the reply (``data_seq`` and
+        ``data_id`` when reliable).
+
+        A reliable send gets a ``data_id`` (random unless given) and is retried with it
+        while the connection is down or reconnecting, until ``timeout`` (default twice
+        the resume window): the server stores it once whatever reply was lost.
+        """
+        fields: dict[str, Any] = {"topic": topic, "reliable": reliable}
+        if payload_bytes is not None:
+            fields["payload_b64"] = base64.b64encode(payload_bytes).decode("ascii")
+        else:
+            fields["payload"] = payload
+        if to is not None:
+            fields["to"] = list(to)
+        if not reliable:
+            return await self.request("send_data", **fields)
+        fields["data_id"] = data_id or uuid.uuid4().hex
+        deadline = time.monotonic() + (2 * RESUME_WINDOW_S if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            channel = self._channel
+            try:
+                return await self.request("send_data", timeout=max(0.1, min(self.request_timeout, left)), **fields)
+            except FerryError as exc:
+                if exc.code not in ("closed", "timeout") or self._closed or time.monotonic() >= deadline:
+                    raise
+                if exc.code == "timeout":
+                    channel = None  # the connection may be fine: retry on it
+            except (ConnectionError, OSError):  # the socket died under the write
+                if self._closed or time.monotonic() >= deadline:
+                    raise
+            await self._wait_signaling(deadline, channel)
+
+    async def _wait_signaling(self, deadline: float, failed: SignalingChannel | None = None) -> None:
+        """Until the session has a working connection other than ``failed`` (resumed or
+        rejoined); FerryError when the session gave up or ``deadline`` passed."""
+        while True:
+            channel = self._channel
+            if channel is not None and channel is not failed and not channel.closed and not self.reconnecting:
+                return
+            if self._closed or (self.resume_error is not None and not self.reconnecting):
+                raise FerryError(self.resume_error or "closed", "the session is over; join again")
+            if time.monotonic() >= deadline:
+                raise FerryError("timeout", "the signaling connection did not come back in time")
+            await asyncio.sleep(self.poll_interval / 2)
 
     async def _resumed(self, reply: dict[str, Any]) -> None:
         """Called after a successful resume (subclasses refresh their media if needed)."""
@@ -197,13 +349,22 @@ class ClientSession:
         except asyncio.QueueFull:  # the server serializes offers: cannot happen
             logger.warning("%s: too many pending subscriber offers", self.name)
 
-    async def join(self, token: str, *, auto_subscribe: bool = True) -> dict[str, Any]:
-        """Send ``join``; returns the reply and records the room and this participant."""
-        reply = await self.request("join", token=token, auto_subscribe=auto_subscribe)
+    async def join(self, token: str, *, auto_subscribe: bool = True, data_since: int | None = None) -> dict[str, Any]:
+        """Send ``join``; returns the reply and records the room and this participant.
+
+        ``data_since``: replay the room messages after this ``data_seq`` (0: the room's
+        kept history); by default the session's cursor when it has one, else the
+        server's acknowledged cursor of this identity."""
+        self._join_fields = {"token": token, "auto_subscribe": auto_subscribe}
+        since = {"data_since": data_since} if data_since is not None else self._data_since()
+        reply = await self.request("join", **self._join_fields, **since)
+        self._joined(reply)
+        return reply
+
+    def _joined(self, reply: dict[str, Any]) -> None:
         self.room = reply.get("room") or {}
         self.participant = reply.get("participant") or {}
         self.resume_token = reply.get("resume_token")
-        return reply
 
     def drop_connection(self) -> None:
         """Lose the signaling connection abruptly, as a network failure would (tests):
@@ -295,6 +456,7 @@ class ClientSession:
             self._reconnect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reconnect_task
+        await self.data.close()
         await self._close_media()
         if self._offer_worker is not None:
             self._offer_worker.cancel()

@@ -370,7 +370,10 @@ class QuicSignaling:
             self._server = None
 
     def refusal(self, connection: FerryQuicProtocol) -> str | None:
-        """Why a new connection is refused (the /ws caps, counted over QUIC connections)."""
+        """Why a new connection is refused (the /ws caps, counted over QUIC connections;
+        a stopping server takes none, as its closed /ws listener takes none)."""
+        if self.stopping:
+            return "server stopping"
         others = [c for c in self.connections if c is not connection and not c.terminated]
         if len(others) >= self.config.max_connections:
             return f"server full: {len(others)} QUIC connections (max_connections)"
