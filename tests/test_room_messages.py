@@ -24,6 +24,7 @@ from signaling import quic_cert
 from signaling.app import FerryServer
 from signaling.messages import RoomLog
 from signaling.messages_store import MessageStore, insert_message, set_cursor, set_last_seq
+from tests.browser import chromium, needs_chromium, open_page
 from tests.conftest import make_config, wait_until
 
 # -- the sans-I/O log ----------------------------------------------------------------------
@@ -280,3 +281,37 @@ async def test_1000_messages_from_three_clients_survive_reconnects_and_a_restart
         await server.stop()
     print(f"1000 messages, 2 drops, 1 restart: {time.monotonic() - started:.1f} s; "
           f"duplicates dropped by clients: {[c.data.duplicates for c in clients.values()]}")
+
+
+@pytest.mark.browser
+@needs_chromium
+async def test_chat_panel_shows_history_and_live_messages_from_a_python_client(data_server: FerryServer) -> None:
+    py = await _lite(data_server, "chat", "bot", name="Bot")
+    try:
+        await py.send_data("chat", {"text": "before you came"})
+        await py.send_data("other", {"x": 1})  # another topic: not the chat's
+        url = f"{data_server.http_url}/?room=chat&name=Ann&autojoin=1&publish=0"
+        async with chromium() as browser:
+            page = await open_page(browser, url)
+            await wait_until(lambda: len(data_server.rooms.rooms.get("chat").participants) == 2, 20)  # type: ignore[union-attr]
+            await py.send_data("chat", {"text": "hello page"})
+
+            async def lines() -> list[dict[str, Any]]:
+                return await page.evaluate("window.ferry.chatLines()")
+
+            deadline = time.monotonic() + 10
+            while len(await lines()) < 2:
+                assert time.monotonic() < deadline, await lines()
+                await asyncio.sleep(0.1)
+            assert await lines() == [
+                {"seq": 1, "name": "Bot", "text": "before you came"},
+                {"seq": 3, "name": "Bot", "text": "hello page"},
+            ]
+            reply = await page.evaluate("window.ferry.sendChat('hi bot')")
+            assert reply["data_seq"] == 4
+            await py.wait_for(lambda: any(m.get("payload") == {"text": "hi bot"} for m in py.data.received))
+            sent = next(m for m in py.data.received if m["data_seq"] == 4)
+            assert sent["name"] == "Ann" and sent["topic"] == "chat"
+            assert page.ferry_errors == []
+    finally:
+        await py.close()

@@ -10,13 +10,14 @@
 //
 // Test hook: window.ferry = {state, participants(), stats(), localStats(), events, sids,
 // recording, canRecord, transport, reconnects, restartIce(), toggleRecording(), captions,
-// captionLine(participantSid), transcript(), toggleCaptions()}.
+// captionLine(participantSid), transcript(), toggleCaptions(), chatLines(), sendChat(text)}.
 //
 // A dropped signaling connection is resumed (resume {token, last_seq}) on a new one while
 // the peer connections keep running; the state shows "reconnecting" meanwhile. If a peer
 // connection's ICE is down by then (the media path changed), both restart ICE.
 
 import { Captions } from "./captions.js";
+import { Chat } from "./chat.js";
 import { connectSignaling } from "./transport.js";
 
 const params = new URLSearchParams(location.search);
@@ -64,6 +65,10 @@ const captions = new Captions({
   tileFor: (sid) => (app.me && sid === app.me.sid ? $("local-tile") : app.participants.get(sid)?.tile || null),
   nameOf: (sid) => (app.me && sid === app.me.sid ? participantName(app.me) : participantName(app.participants.get(sid)?.info || {})),
 });
+
+// Chat: room messages of topic "chat" (web/chat.js); the join and resume ask for what
+// the panel has not shown.
+const chat = new Chat({ request: (type, fields) => app.sig.request(type, fields) });
 
 async function toggleCaptions() {
   const button = $("cc");
@@ -436,6 +441,9 @@ function onEvent(msg) {
     case "caption":
       captions.onCaption(msg);
       break;
+    case "data":
+      chat.onData(msg);
+      break;
     case "captions_state":
       captions.setState(msg);
       break;
@@ -513,7 +521,7 @@ async function reconnect() {
       await sig.open();
       await sig.request("hello", { version: PROTOCOL_VERSION }, 3000);
       app.sig = sig; // the replayed events follow the reply on this connection
-      const reply = await sig.request("resume", { token: app.resumeToken, last_seq: app.lastSeq }, 3000);
+      const reply = await sig.request("resume", { token: app.resumeToken, last_seq: app.lastSeq, ...chat.since() }, 3000);
       app.resumeToken = reply.resume_token;
       app.reconnects += 1;
       setState("joined");
@@ -807,13 +815,14 @@ async function join(room, name) {
     app.sig = newSignaling(app.sigUrl);
     await app.sig.open();
     await app.sig.request("hello", { version: PROTOCOL_VERSION });
-    const reply = await app.sig.request("join", { token, auto_subscribe: true });
+    const reply = await app.sig.request("join", { token, auto_subscribe: true, ...chat.since() });
     app.resumeToken = reply.resume_token || null;
     const grants = tokenGrants(token);
     app.canRecord = !!(grants.roomRecord || grants.roomAdmin);
     setRecording(reply.recording?.id);
     app.me = reply.participant;
     captions.joined(reply.captions, grants.roomAdmin);
+    chat.joined(!!grants.canPublishData);
     app.room = reply.room;
     app.config = iceConfig(reply.ice_servers);
     $("join-form").hidden = true;
@@ -858,6 +867,7 @@ function teardown() {
   app.canRecord = false;
   setRecording(null);
   captions.reset();
+  chat.reset();
   app.offerChain = Promise.resolve();
   app.latestOffer = 0;
   app.prevBytes.clear();
@@ -1059,6 +1069,8 @@ window.ferry = {
   },
   transcript: () => captions.transcript(),
   toggleCaptions,
+  chatLines: () => chat.lines(),
+  sendChat: (text) => chat.sendText(text),
   toggleRecording,
   join,
   leave,
@@ -1072,6 +1084,7 @@ $("leave").addEventListener("click", () => leave());
 $("record").addEventListener("click", () => toggleRecording());
 $("cc").addEventListener("click", () => toggleCaptions());
 $("transcript-toggle").addEventListener("click", () => captions.togglePanel());
+$("chat-toggle").addEventListener("click", () => chat.togglePanel());
 $("mute-mic").addEventListener("click", (ev) => toggleMute("audio", ev.currentTarget));
 $("mute-cam").addEventListener("click", (ev) => toggleMute("video", ev.currentTarget));
 
