@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .messages import RoomLog
-from .messages_store import MessageStore, delete_upto, insert_message, set_cursor, set_last_seq
+from .messages_store import (
+    MessageStore,
+    Write,
+    delete_upto,
+    insert_message,
+    set_cursor,
+    set_last_seq,
+)
 from .protocol import ProtocolError, Request, error_reply, ok
 from .rooms import Participant, Room, RoomManager
 
@@ -96,7 +103,9 @@ class MessageService:
         self.detach(session)
         room = participant.room.name
         room_log = self._log(room, now)
-        after = room_log.replay_after(participant.identity, data_since)
+        self._evict(room, room_log, now, [])  # an idle room's old messages age out here
+        # Nothing the bounds dropped is replayed, even before the store deleted it.
+        after = max(room_log.replay_after(participant.identity, data_since), self._deleted.get(room, 0))
         upto = room_log.committed_seq
         missed = [
             event
@@ -164,14 +173,22 @@ class MessageService:
         event["data_id"] = data_id or f"DM_{secrets.token_hex(8)}"
         recipients = sorted({*to, sender}) if to is not None else None
         writes = [insert_message(room.name, seq, now, sender, data_id, recipients, event), set_last_seq(room.name, seq)]
-        dropped = room_log.evict(now)
-        if dropped > self._deleted.get(room.name, 0):
-            self._deleted[room.name] = dropped
-            writes.append(delete_upto(room.name, dropped))
+        self._evict(room.name, room_log, now, writes)
         self._pending.setdefault(room.name, {})[seq] = _Pending(event, recipients, [(session, req)])
         self.sent["true"] += 1
         self.bytes += size
         self.store.write(writes, lambda error: self._committed(room.name, seq, error))
+
+    def _evict(self, room: str, room_log: RoomLog, now: float, writes: list[Write]) -> None:
+        """Apply the count and age bounds; the deletion goes with ``writes`` (or alone)."""
+        dropped = room_log.evict(now)
+        if dropped <= self._deleted.get(room, 0):
+            return
+        self._deleted[room] = dropped
+        if writes:
+            writes.append(delete_upto(room, dropped))
+        else:
+            self.store.write([delete_upto(room, dropped)], _ignore)
 
     def ack(self, session: Session, participant: Participant, req: Request, now: float) -> None:
         """``data_ack {data_seq}``: the identity has every message up to it."""

@@ -283,6 +283,30 @@ async def test_1000_messages_from_three_clients_survive_reconnects_and_a_restart
           f"duplicates dropped by clients: {[c.data.duplicates for c in clients.values()]}")
 
 
+async def test_history_is_bounded_and_a_late_joiner_gets_only_what_is_kept(tmp_path: Path) -> None:
+    server = FerryServer(make_config(data_dir=str(tmp_path / "data"), messages_max_per_room=2))
+    await server.start()
+    a = late = None
+    try:
+        a = await _lite(server, "bounded", "a")
+        for i in range(3):
+            await a.send_data("chat", i)
+        late = LiteClient(name="late")
+        await late.connect(server.ws_url)
+        reply = await late.join(server.token("bounded", "late"), data_since=0)
+        assert reply["data"] == {"last_seq": 3, "first_seq": 2, "replayed": 2}
+        await late.wait_for(lambda: len(late.data.received) == 2)
+        assert [m["payload"] for m in late.data.received] == [1, 2]
+        await server.messages.store.flush()
+        with sqlite3.connect(tmp_path / "data" / "messages.db") as conn:
+            assert [r[0] for r in conn.execute("SELECT seq FROM messages ORDER BY seq")] == [2, 3]
+    finally:
+        for client in (a, late):
+            if client is not None:
+                await client.close()
+        await server.stop()
+
+
 @pytest.mark.browser
 @needs_chromium
 async def test_chat_panel_shows_history_and_live_messages_from_a_python_client(data_server: FerryServer) -> None:
