@@ -23,7 +23,7 @@ import numpy as np
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .stamp import draw_stamp
+from .stamp import FLOOR_LEVEL, beep_gain, draw_stamp
 
 VIDEO_CLOCK_RATE = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
@@ -179,6 +179,31 @@ class ToneAudioTrack(MediaStreamTrack):
         index = await self._pacer.next()
         self.frames_sent += 1
         return self.make_frame(index)
+
+
+class BeepAudioTrack(ToneAudioTrack):
+    """A tone with a louder beep at every ``BEEP_PERIOD_MS`` of the wall clock
+    (``clients.stamp.beep_gain``), for mouth-to-ear latency
+    (``clients.stamp.BeepDetector`` on the listener)."""
+
+    def make_frame(self, index: int, start_ms: float | None = None) -> av.AudioFrame:
+        """Frame ``index``; its first sample is heard at wall-clock ``start_ms``."""
+        n = self.samples_per_frame
+        t = (np.arange(n) + index * n) / self.sample_rate
+        gain = beep_gain(start_ms, n, self.sample_rate) if start_ms is not None else FLOOR_LEVEL
+        samples = (gain * 32767 * np.sin(2 * math.pi * self.freq * t)).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.sample_rate
+        frame.pts = index * n
+        frame.time_base = self.time_base
+        return frame
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        index = await self._pacer.next()
+        self.frames_sent += 1
+        return self.make_frame(index, start_ms=time.time() * 1000.0)
 
 
 def file_tracks(

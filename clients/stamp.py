@@ -84,3 +84,52 @@ def latency_ms(now_ms: float, stamp: int) -> float:
     """``now_ms - stamp`` on the 2**24 ms circle (about 4.7 h), in (-2**23, 2**23]."""
     d = (int(now_ms) - stamp) % STAMP_MOD
     return float(d - STAMP_MOD if d > STAMP_MOD // 2 else d) + (now_ms - int(now_ms))
+
+
+# ------------------------------------------------------------------ audio: timed beeps
+BEEP_PERIOD_MS = 2000
+BEEP_MS = 100
+BEEP_LEVEL = 0.5  # of full scale, against a steady floor tone
+FLOOR_LEVEL = 0.03
+ONSET_LEVEL = 0.25  # a sample above this after QUIET_MS of floor starts a beep
+QUIET_MS = 500.0
+
+
+def beep_gain(start_ms: float, n: int, sample_rate: int) -> np.ndarray:
+    """Amplitude per sample for samples from wall-clock ``start_ms``: ``BEEP_LEVEL`` for
+    the first ``BEEP_MS`` of every ``BEEP_PERIOD_MS`` of the wall clock, else the floor.
+
+    Why beeps on the wall clock: a listener on the same machine knows when each beep
+    left the mouth without any side channel, so the onset it hears is mouth-to-ear
+    latency (unambiguous up to ``BEEP_PERIOD_MS``). The floor keeps the codec and the
+    SFU's audio level busy between beeps, as a continuous tone does.
+    """
+    t = start_ms + np.arange(n) * 1000.0 / sample_rate
+    return np.where(np.mod(t, BEEP_PERIOD_MS) < BEEP_MS, BEEP_LEVEL, FLOOR_LEVEL)
+
+
+class BeepDetector:
+    """Onsets of the beeps in received audio -> mouth-to-ear latency (ms) per beep.
+
+    Sans-I/O: ``feed`` takes the samples of one decoded frame and the wall-clock time
+    its last sample was heard.
+    """
+
+    def __init__(self, sample_rate: int = 48_000) -> None:
+        self.sample_rate = sample_rate
+        self.last_loud_ms: float | None = None
+
+    def feed(self, samples: np.ndarray, end_ms: float, channels: int = 1) -> list[float]:
+        """Latency of each beep whose onset is in ``samples`` (int16, interleaved)."""
+        mono = np.abs(samples.reshape(-1).astype(np.int32))[::max(1, channels)]
+        n = mono.shape[0]
+        loud = np.flatnonzero(mono > ONSET_LEVEL * 32767)
+        if loud.size == 0:
+            return []
+        out: list[float] = []
+        step = 1000.0 / self.sample_rate
+        at = end_ms - (n - int(loud[0])) * step
+        if self.last_loud_ms is None or at - self.last_loud_ms > QUIET_MS:
+            out.append(float(at % BEEP_PERIOD_MS))
+        self.last_loud_ms = end_ms - (n - int(loud[-1])) * step
+        return out

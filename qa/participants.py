@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from clients.stamp import latency_ms, read_stamp
+from clients.stamp import BeepDetector, latency_ms, read_stamp
 from netem.profiles import Profile
 from qa.context import RunContext
 from qa.measurement import SERIES_KEYS, FrameMeter, SeqTracker, watch_aiortc_receiver
@@ -125,7 +125,7 @@ class FerryParticipant(Participant):
 
     async def start(self) -> None:
         from clients.client import FerryClient
-        from clients.media_sources import TestPatternVideoTrack, ToneAudioTrack
+        from clients.media_sources import BeepAudioTrack, TestPatternVideoTrack
 
         self.client = FerryClient(
             turn_url=self.ctx.turn_url,
@@ -139,7 +139,7 @@ class FerryParticipant(Participant):
         await self.client.join(self.ctx.token(self.name, self.spec), auto_subscribe=self.spec.subscribe)
         tracks: list[Any] = []
         if "audio" in self.spec.publish:
-            tracks.append(ToneAudioTrack(freq=300.0 + 20.0 * (len(self.name) % 20)))
+            tracks.append(BeepAudioTrack(freq=300.0 + 20.0 * (len(self.name) % 20)))
         if "video" in self.spec.publish:
             v = self.ctx.scenario.video
             tracks.append(TestPatternVideoTrack(int(v["width"]), int(v["height"]), float(v["fps"])))
@@ -155,7 +155,8 @@ class FerryParticipant(Participant):
             if sink.kind == "video":
                 sink.on_frame = lambda frame, m=meter: _video_frame(m, frame)
             else:
-                sink.on_frame = lambda _frame, m=meter: m.on_frame()
+                detector = BeepDetector()
+                sink.on_frame = lambda frame, m=meter, d=detector: _audio_frame(m, d, frame)
 
     def _watch(self) -> None:
         if self.tracker is None:
@@ -204,6 +205,21 @@ def _video_frame(meter: FrameMeter, frame: Any) -> None:
         return
     if stamp is not None:
         meter.on_latency(now, latency_ms(time.time() * 1000.0, stamp))
+
+
+def _audio_frame(meter: FrameMeter, detector: BeepDetector, frame: Any) -> None:
+    """A decoded aiortc audio frame: its time, and the mouth-to-ear latency of a beep
+    starting in it."""
+    now = time.monotonic()
+    meter.on_frame(now)
+    try:
+        heard = detector.feed(frame.to_ndarray(), time.time() * 1000.0,
+                              len(frame.layout.channels))
+    except Exception:  # noqa: BLE001 - measuring must never break the media path
+        logger.debug("beep detection failed", exc_info=True)
+        return
+    for ms in heard:
+        meter.on_latency(now, ms)
 
 
 CHROMIUM_VIDEO = {"width": 960, "height": 540, "fps": 24}

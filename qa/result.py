@@ -57,6 +57,7 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
         x for x in s["layer"] if x is not None]
     sub = p.spec.subscribe
     latency = sorted(ms for m in videos for _, ms in m.latency)
+    heard = sorted(ms for m in audios for _, ms in m.latency)
     caps = [c for c in s.get("capacity_bps", []) if c is not None]
     recv_bps = (rc["down_bytes"] - w["down_bytes"]) * 8 / dur
     audio_loss = p.audio_loss_after_total
@@ -87,6 +88,9 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
         "latency_p95_ms": percentile(latency, 0.95) if sub else None,
         "latency_max_ms": latency[-1] if sub and latency else None,
         "latency_frames": len(latency) if sub else None,
+        "audio_latency_p50_ms": percentile(heard, 0.5) if sub else None,
+        "audio_latency_max_ms": heard[-1] if sub and heard else None,
+        "audio_latency_beeps": len(heard) if sub else None,
         "freeze_max_ms": max((g for m in videos for _, g in m.gaps), default=0.0) * 1000.0
         if sub else None,
         "freeze_total_ms": sum(g for m in videos for _, g in m.gaps) * 1000.0 if sub else None,

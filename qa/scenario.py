@@ -76,6 +76,9 @@ METRICS: dict[str, str] = {
                       "picture to display; Python and Chromium publishers stamp, LiteClient not)",
     "latency_p95_ms": "glass-to-glass latency, 95th percentile",
     "latency_max_ms": "glass-to-glass latency, largest",
+    "audio_latency_p50_ms": "mouth-to-ear latency, median over the heard beeps (Python "
+                            "publishers beep every 2 s of the wall clock; aiortc listeners)",
+    "audio_latency_max_ms": "mouth-to-ear latency, largest",
     "loss_before_recovery": "fraction of packets the relay dropped towards this client",
     "loss_after_recovery": "fraction of video RTP packets that never arrived, even by NACK/RTX "
                            "(audio packets when the participant receives no video)",

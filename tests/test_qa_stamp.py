@@ -12,8 +12,8 @@ import fractions
 import av
 import numpy as np
 
-from clients.media_sources import TestPatternVideoTrack
-from clients.stamp import STAMP_MOD, draw_stamp, latency_ms, read_stamp
+from clients.media_sources import BeepAudioTrack, TestPatternVideoTrack
+from clients.stamp import STAMP_MOD, BeepDetector, draw_stamp, latency_ms, read_stamp
 
 
 def _vp8_roundtrip(frames: list[av.VideoFrame], width: int, height: int,
@@ -66,3 +66,28 @@ def test_latency_wraps_on_the_stamp_circle() -> None:
     assert stamp == STAMP_MOD - 40
     assert latency_ms(STAMP_MOD * 3 + 85.5, stamp) == 125.5
     assert latency_ms(STAMP_MOD * 3 - 50, stamp) == -10.0
+
+
+def test_beep_onsets_through_opus_read_as_mouth_to_ear_latency() -> None:
+    """Beeps on the wall clock, Opus-coded and heard 180 ms later, read as ~180 ms each."""
+    track = BeepAudioTrack(freq=440.0)
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate, enc.layout, enc.format = 48_000, "mono", "s16"
+    enc.bit_rate = 32_000
+    dec = av.CodecContext.create("libopus", "r")
+    dec.sample_rate, dec.layout = 48_000, "stereo"
+    start = 1_733_400_001_000.0  # 1 s past a beep: the first onset comes at +1 s
+    detector = BeepDetector()
+    heard: list[float] = []
+    delay = 180.0
+    for i in range(400):  # 8 s of 20 ms frames: beeps at +1, +3, +5, +7 s
+        captured = start + 20.0 * i
+        for packet in enc.encode(track.make_frame(i, start_ms=captured)):
+            for frame in dec.decode(packet):
+                heard += detector.feed(frame.to_ndarray(), captured + 20.0 + delay,
+                                       len(frame.layout.channels))
+    # Opus's look-ahead delays the decoded audio by a few ms more than the frame
+    assert len(heard) == 4 and all(delay - 5 < ms < delay + 35 for ms in heard), heard
+    quiet = BeepDetector()
+    floor = track.make_frame(0).to_ndarray()
+    assert all(not quiet.feed(floor, 20.0 * k) for k in range(100))
