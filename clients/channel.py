@@ -119,6 +119,11 @@ class SignalingChannel:
             raise FerryError(str(err.get("code", "unknown")), str(err.get("message", "")), reply)
         return reply
 
+    def send_datagram(self, msg_type: str, **fields: Any) -> bool:
+        """Send a request as a datagram, unanswered (unreliable room messages over
+        QUIC); False when this transport has none (WebSocket): use :meth:`request`."""
+        return False
+
     async def _send_text(self, text: str) -> None:
         assert self._ws is not None
         await self._ws.send_str(text)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import socket
 import ssl
@@ -29,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 from aioquic.asyncio import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import DatagramFrameReceived, QuicEvent
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .channel import FerryError, SignalingChannel
@@ -38,16 +40,25 @@ logger = logging.getLogger(__name__)
 ALPN = "ferry"
 _LEN = struct.Struct("!I")
 MAX_FRAME = 4 << 20
+# Requests sent as datagrams are at most this big (one fits a 1200-byte QUIC packet).
+MAX_DATAGRAM_BYTES = 1100
 
 
 class _ClientProtocol(QuicConnectionProtocol):
     """Sends nothing once its socket is gone (after :meth:`QuicChannel.abort`, aioquic's
     timers still fire and would write to a closed transport)."""
 
+    on_datagram: Callable[[bytes], None] | None = None
+
     def transmit(self) -> None:
         if self._transport is None or self._transport.is_closing():
             return
         super().transmit()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, DatagramFrameReceived) and self.on_datagram is not None:
+            self.on_datagram(event.data)
+        super().quic_event_received(event)
 
 
 def parse_quic_url(url: str) -> tuple[str, int, bytes | None]:
@@ -79,6 +90,7 @@ class QuicChannel(SignalingChannel):
         self._stream_reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._closed = True
+        self.datagrams_in = self.datagrams_out = 0
 
     @property
     def closed(self) -> bool:
@@ -87,7 +99,10 @@ class QuicChannel(SignalingChannel):
     async def open(self, url: str, *, timeout: float | None = None) -> None:
         host, port, pin = parse_quic_url(url)
         t = self.request_timeout if timeout is None else timeout
-        configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], server_name=host, idle_timeout=30.0)
+        # Datagrams: unreliable room messages come and go as QUIC datagrams.
+        configuration = QuicConfiguration(
+            is_client=True, alpn_protocols=[ALPN], server_name=host, idle_timeout=30.0, max_datagram_frame_size=65536
+        )
         if pin is not None or self.insecure:
             configuration.verify_mode = ssl.CERT_NONE  # the pin is checked after the handshake
         loop = asyncio.get_running_loop()
@@ -111,7 +126,27 @@ class QuicChannel(SignalingChannel):
             self._udp.close()
             raise
         self._closed = False
+        self._protocol.on_datagram = self._on_datagram  # type: ignore[attr-defined]
         self._reader = asyncio.ensure_future(self._read_loop())
+
+    def _on_datagram(self, data: bytes) -> None:
+        self.datagrams_in += 1
+        asyncio.ensure_future(self._deliver(data))
+
+    def send_datagram(self, msg_type: str, **fields: Any) -> bool:
+        """Send a request as one QUIC datagram, unanswered; False when the server takes
+        none or it is too big (then :meth:`request` sends it on the stream)."""
+        if self._closed or self._protocol is None:
+            return False
+        quic = self._protocol._quic
+        limit = quic._remote_max_datagram_frame_size
+        body = json.dumps({"type": msg_type, "id": next(self._ids), **fields}).encode("utf-8")
+        if limit is None or len(body) > min(limit, MAX_DATAGRAM_BYTES):
+            return False
+        quic.send_datagram_frame(body)
+        self._protocol.transmit()
+        self.datagrams_out += 1
+        return True
 
     def _check_pin(self, pin: bytes) -> None:
         assert self._protocol is not None

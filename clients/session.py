@@ -281,6 +281,8 @@ class ClientSession:
         everyone or to the identities in ``to``; returns the reply (``data_seq`` and
         ``data_id`` when reliable).
 
+        An unreliable send over ``quic://`` goes as one QUIC datagram when it fits (no
+        reply: the returned dict says ``datagram: True``), else as a request.
         A reliable send gets a ``data_id`` (random unless given) and is retried with it
         while the connection is down or reconnecting, until ``timeout`` (default twice
         the resume window): the server stores it once whatever reply was lost.
@@ -293,6 +295,8 @@ class ClientSession:
         if to is not None:
             fields["to"] = list(to)
         if not reliable:
+            if self._channel is not None and self._channel.send_datagram("send_data", **fields):
+                return {"type": "send_data", "ok": True, "datagram": True}
             return await self.request("send_data", **fields)
         fields["data_id"] = data_id or uuid.uuid4().hex
         deadline = time.monotonic() + (2 * RESUME_WINDOW_S if timeout is None else timeout)

@@ -128,9 +128,9 @@ class MessageService:
                     del self._receivers[room]
 
     # -- requests ------------------------------------------------------------------------
-    def send(self, session: Session, participant: Participant, req: Request, now: float) -> None:
-        """``send_data``: replies at once when unreliable or a retry of a committed send,
-        else after the commit."""
+    def send(self, session: Session, participant: Participant, req: Request, now: float, *, reply: bool = True) -> None:
+        """``send_data``: replies at once when unreliable (unless it came as a datagram:
+        ``reply=False``) or a retry of a committed send, else after the commit."""
         if not participant.claims.grants.can_publish_data:
             raise ProtocolError("forbidden", "token does not allow sending room messages (canPublishData)")
         data = req.data
@@ -155,7 +155,8 @@ class MessageService:
         size = _payload_size(body)
         if not data["reliable"]:
             self._unreliable(session, room.name, event, size)
-            session.send(ok(req))
+            if reply:
+                session.send(ok(req))
             return
         room_log = self._log(room.name, now)
         sender, data_id = participant.identity, data["data_id"]

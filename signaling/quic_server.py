@@ -32,11 +32,18 @@ from aiohttp import web
 from aioquic.asyncio import QuicConnectionProtocol, serve
 from aioquic.asyncio.server import QuicServer
 from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import DataReceived, H3Event, HeadersReceived, WebTransportStreamDataReceived
+from aioquic.h3.events import (
+    DatagramReceived,
+    DataReceived,
+    H3Event,
+    HeadersReceived,
+    WebTransportStreamDataReceived,
+)
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import (
     ConnectionTerminated,
+    DatagramFrameReceived,
     ProtocolNegotiated,
     QuicEvent,
     StreamDataReceived,
@@ -45,7 +52,7 @@ from aioquic.quic.events import (
 from yarl import URL
 
 from .config import Config, is_loopback_host
-from .protocol import ProtocolError
+from .protocol import ProtocolError, encode
 from .quic_cert import CertificateStore
 from .session import Session
 from .stream_framing import StreamGate, frame
@@ -59,6 +66,9 @@ MAX_STREAM_DATA = 256 * 1024
 MAX_STREAMS = 16
 MAX_UNSENT_BYTES = 4 << 20
 CLOSE_GRACE_S = 2.0
+# Unreliable room messages up to this size go as QUIC datagrams (one fits a packet of
+# the 1200-byte minimum path MTU); bigger ones go on the signaling stream.
+MAX_DATAGRAM_BYTES = 1100
 # A connection with nothing to say for IDLE_TIMEOUT_S is closed by QUIC itself; Ferry
 # pings every connection each KEEPALIVE_S, so a quiet call never idles out while the
 # client is there (a client that is gone stops acknowledging and does time out).
@@ -86,6 +96,7 @@ class SignalingPeer:
         self.closing = False
         self.session: Session = protocol.owner.new_session(self.send, self.close)
         self.session.transport = transport  # type: ignore[attr-defined]
+        self.session.send_datagram = self.send_datagram
         self._close_timer: asyncio.TimerHandle | None = None
 
     def on_frames(self, items: list[bytes | ProtocolError]) -> None:
@@ -110,6 +121,29 @@ class SignalingPeer:
             self.protocol.abort(ERR_POLICY, "client does not read")
             return
         self.protocol.transmit_soon()
+
+    def send_datagram(self, message: dict) -> bool:
+        """An unreliable room message as a datagram; False when the client takes none
+        (it did not offer ``max_datagram_frame_size``) or the message is too big."""
+        if self.closing or self.protocol.terminated:
+            return False
+        quic = self.protocol._quic
+        limit = quic._remote_max_datagram_frame_size
+        if limit is None:
+            return False
+        data = encode(message).encode("utf-8")
+        if len(data) > min(limit, MAX_DATAGRAM_BYTES):
+            return False
+        h3 = self.protocol.h3
+        if self.transport == "webtransport":
+            if h3 is None or self.protocol.wt_session is None:
+                return False
+            h3.send_datagram(self.protocol.wt_session, data)
+        else:
+            quic.send_datagram_frame(data)
+        self.protocol.datagrams_out += 1
+        self.protocol.transmit_soon()
+        return True
 
     def close(self) -> None:
         """End the stream after what is queued; the connection closes when the client
@@ -149,6 +183,7 @@ class FerryQuicProtocol(QuicConnectionProtocol):
         self.wt_session: int | None = None
         self.peer: SignalingPeer | None = None
         self.terminated = False
+        self.datagrams_in = self.datagrams_out = 0
         owner.connections.add(self)
         self._join_timer = asyncio.get_running_loop().call_later(owner.config.join_timeout_s, self._join_timeout)
 
@@ -201,6 +236,8 @@ class FerryQuicProtocol(QuicConnectionProtocol):
                 self._h3_event(h3_event)
         elif isinstance(event, StreamDataReceived):
             self._stream_data(event.stream_id, event.data, event.end_stream, "quic")
+        elif isinstance(event, DatagramFrameReceived):
+            self._datagram(event.data)
         if isinstance(event, StreamReset) and self.peer is not None and event.stream_id == self.peer.stream_id:
             self.abort(0, "signaling stream reset")
 
@@ -222,6 +259,14 @@ class FerryQuicProtocol(QuicConnectionProtocol):
             self.abort(ERR_POLICY, "stream flood")
             return
         self._refuse_stream(stream_id)
+
+    def _datagram(self, data: bytes) -> None:
+        """Datagrams carry unreliable room messages of a joined session; others are dropped."""
+        self.datagrams_in += 1
+        if self.peer is None or not self.peer.session.joined:
+            self.owner.on_error("bad_request")
+            return
+        self.peer.session.receive_datagram(data, time.time())
 
     def _refuse_stream(self, stream_id: int) -> None:
         try:
@@ -252,6 +297,8 @@ class FerryQuicProtocol(QuicConnectionProtocol):
                 self._refuse_stream(event.stream_id)
                 return
             self._stream_data(event.stream_id, event.data, event.stream_ended, "webtransport")
+        elif isinstance(event, DatagramReceived) and event.stream_id == self.wt_session:
+            self._datagram(event.data)
         elif isinstance(event, DataReceived) and event.stream_id == self.wt_session and event.stream_ended:
             self.abort(0, "webtransport session closed")
 

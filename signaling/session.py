@@ -81,6 +81,22 @@ class Session:
             log.exception("internal error handling %s", request.type)
             self._error(request.type, request.id, "internal", "internal server error")
 
+    def receive_datagram(self, body: bytes, now: float) -> None:
+        """A QUIC datagram: only an unreliable ``send_data``, never answered (a lost
+        datagram has no reply either); anything else is counted and dropped."""
+        if self.ended_reason is not None:
+            return
+        try:
+            req = decode(body)
+            participant = self.participant
+            if req.type != "send_data" or req.data["reliable"] or participant is None or self.messages is None:
+                raise ProtocolError("bad_request", "a datagram carries only an unreliable send_data of a joined session")
+            self.messages.send(self, participant, req, now, reply=False)
+        except ProtocolError as exc:
+            if self.on_error is not None:
+                self.on_error(exc.code)
+            log.debug("datagram dropped: %s", exc.message)
+
     def _error(self, type_: str, id_: object, code: str, message: str) -> None:
         if self.on_error is not None:
             self.on_error(code)

@@ -283,6 +283,34 @@ async def test_1000_messages_from_three_clients_survive_reconnects_and_a_restart
           f"duplicates dropped by clients: {[c.data.duplicates for c in clients.values()]}")
 
 
+async def test_unreliable_messages_use_quic_datagrams_where_the_client_has_them(data_server: FerryServer) -> None:
+    a = await _lite(data_server, "dgram", "a", data_server.quic_url)
+    b = await _lite(data_server, "dgram", "b", data_server.quic_url)
+    c = await _lite(data_server, "dgram", "c")
+    try:
+        reply = await a.send_data("cursor", {"x": 1, "y": 2}, reliable=False)
+        assert reply.get("datagram") is True
+        await b.wait_for(lambda: b.data.unreliable == 1 and c.data.unreliable == 1)
+        assert b._channel.datagrams_in == 1, "b (QUIC) got it as a datagram"  # type: ignore[union-attr]
+        big = await a.send_data("cursor", "z" * 2000, reliable=False)  # over one packet: the stream
+        assert big["ok"] and "datagram" not in big
+        await b.wait_for(lambda: b.data.unreliable == 2 and c.data.unreliable == 2)
+        assert b._channel.datagrams_in == 1  # type: ignore[union-attr]
+        # A datagram that is not an unreliable send_data is dropped; the call goes on.
+        quic = a._channel._protocol._quic  # type: ignore[union-attr]
+        for junk in (b"not json", b'{"type":"send_data","id":1,"topic":"t","payload":1}', b'{"type":"leave","id":2}'):
+            quic.send_datagram_frame(junk)
+        a._channel._protocol.transmit()  # type: ignore[union-attr]
+        assert (await a.request("ping"))["ok"]
+        await wait_until(lambda: sum(c.datagrams_in for c in data_server.quic.connections) == 4)
+        assert (await a.send_data("chat", "still here"))["data_seq"] == 1
+        await b.wait_for(lambda: len(b.data.received) == 1)
+        assert b.data.unreliable == 2 and a.participant["sid"] in data_server.rooms.rooms["dgram"].participants
+    finally:
+        for client in (a, b, c):
+            await client.close()
+
+
 async def test_history_is_bounded_and_a_late_joiner_gets_only_what_is_kept(tmp_path: Path) -> None:
     server = FerryServer(make_config(data_dir=str(tmp_path / "data"), messages_max_per_room=2))
     await server.start()
