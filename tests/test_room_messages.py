@@ -359,6 +359,18 @@ async def test_chat_panel_shows_history_and_live_messages_from_a_python_client(d
                 {"seq": 1, "name": "Bot", "text": "before you came"},
                 {"seq": 3, "name": "Bot", "text": "hello page"},
             ]
+            # An unreliable message reaches the page too (over WebTransport: a datagram).
+            await py.send_data("cursor", {"x": 7}, reliable=False)
+            deadline = time.monotonic() + 10
+            script = "window.ferry.events.filter(e => e.type === 'data' && e.topic === 'cursor')"
+            while not await page.evaluate(script):
+                assert time.monotonic() < deadline, "unreliable message not received by the page"
+                await asyncio.sleep(0.1)
+            transport = await page.evaluate("window.ferry.transport")
+            print("page transport:", transport)
+            wt = [c for c in data_server.quic.connections if c.peer is not None]
+            if transport == "webtransport":
+                assert wt and wt[0].datagrams_out >= 1, "not sent as a datagram"
             reply = await page.evaluate("window.ferry.sendChat('hi bot')")
             assert reply["data_seq"] == 4
             await py.wait_for(lambda: any(m.get("payload") == {"text": "hi bot"} for m in py.data.received))

@@ -1,7 +1,8 @@
 // Signaling transports for the browser client: WebTransport (HTTP/3 over QUIC) when the
 // browser has it, else WebSocket. Both carry the same JSON messages (docs/protocol.md);
 // on WebTransport they are length-prefixed frames (4-byte big-endian length, then UTF-8
-// JSON) on one bidirectional stream.
+// JSON) on one bidirectional stream, and the server may send unreliable room messages
+// as datagrams.
 //
 // connectSignaling({wsUrl, force, onMessage, onClose}) resolves to a connection
 // {kind: "webtransport" | "ws", send(text), close(), isOpen()}. `force` ("ws" or
@@ -96,6 +97,19 @@ async function openWebTransport(onMessage, onClose) {
       return;
     }
     closed("stream ended");
+  })();
+  // Unreliable room messages may come as datagrams, one JSON message each.
+  (async () => {
+    const reader = wt.datagrams.readable.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        onMessage(decoder.decode(value));
+      }
+    } catch {
+      /* the session closed: the stream's reader reports it */
+    }
   })();
   wt.closed.then(() => closed("session closed"), (e) => closed(e));
   return {
