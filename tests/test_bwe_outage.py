@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from media.bwe.estimator import GccEstimator
 from media.bwe.in_flight import MIN_WINDOW_BYTES, WINDOW_QUEUE_MS, InFlight, OutageTracker
-from media.bwe.pacer import Pacer
+from media.bwe.pacer import CONGESTED_PACKET_INTERVAL_MS, Pacer
 from media.bwe.probe import ProbeCluster
 from media.rtp.twcc import PacketResult
 
@@ -40,13 +40,14 @@ def test_outage_is_silence_with_data_in_flight_not_an_idle_sender() -> None:
 
 def test_pacer_holds_media_while_the_window_is_full_but_lets_probes_out() -> None:
     p = Pacer(1_000_000)
+    assert p.try_send_now(100, "audio", 0.0)
     p.set_window(10_000, 10_000)
     p.enqueue("a", 100, "audio", 0.0)
     p.enqueue("v", 1000, "video", 0.0)
     assert p.congested
     assert not p.try_send_now(100, "audio", 0.0)
     assert p.pop(10.0) == []
-    assert p.next_send_time(10.0) is None  # woken by feedback, not a busy loop
+    assert p.next_send_time(10.0) == CONGESTED_PACKET_INTERVAL_MS  # not a busy loop
     p.start_probe(ProbeCluster.make(1, 1_000_000, 10.0), 10.0)
     assert [x.probe_id for x in p.pop(10.0)] == [1]
     p.set_window(10_000, 0)
@@ -121,3 +122,26 @@ def test_pacer_pushback_shrinks_what_is_produced_as_its_backlog_ages() -> None:
     p.enqueue("v", 1000, "video", 0.0)
     assert p.pushback(100.0) == 0.75
     assert p.pushback(400.0) == 0.0  # video stops rather than arriving late
+
+
+def test_a_full_window_still_lets_one_packet_out_per_interval_to_draw_feedback() -> None:
+    """The feedback for the last packets in flight is lost: the receiver only sends
+    feedback for packets it gets, so a sender that waits for it with nothing leaving
+    would hold its window shut until those packets age out (seconds of frozen video)."""
+    p = Pacer(1_000_000)
+    assert p.try_send_now(100, "audio", 0.0)
+    p.set_window(6000, 6000)
+    p.enqueue("v1", 1000, "video", 5.0)
+    p.enqueue("v2", 1000, "video", 6.0)
+    assert p.pop(100.0) == []
+    assert p.next_send_time(100.0) == CONGESTED_PACKET_INTERVAL_MS
+    assert [x.packet for x in p.pop(CONGESTED_PACKET_INTERVAL_MS)] == ["v1"]
+    assert p.pop(CONGESTED_PACKET_INTERVAL_MS + 50.0) == []
+    assert [x.packet for x in p.pop(2 * CONGESTED_PACKET_INTERVAL_MS)] == ["v2"]
+    # nothing queued: a small padding packet goes (it only has to draw feedback) ...
+    sent = p.pop(3 * CONGESTED_PACKET_INTERVAL_MS, lambda size: b"p" * size)
+    assert [(x.kind, x.size) for x in sent] == [("padding", 200)]
+    assert p.congested_sends == 3
+    # ... and with no way to make one, the timer still waits an interval, never spins
+    assert p.pop(4 * CONGESTED_PACKET_INTERVAL_MS, lambda size: None) == []
+    assert p.next_send_time(4 * CONGESTED_PACKET_INTERVAL_MS + 1.0) == 5 * CONGESTED_PACKET_INTERVAL_MS

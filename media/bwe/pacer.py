@@ -53,6 +53,12 @@ KINDS = ("audio", "rtx", "video", "padding")
 _PACED_KINDS = ("rtx", "video", "padding")
 _DROPPABLE = ("rtx", "video")
 PUSHBACK_QUEUE_MS = 400.0
+# While the congestion window is full, one packet still leaves this often. The window
+# opens only on feedback, and a receiver sends feedback only for packets it gets: when
+# the feedback covering the last packets is lost (or the link was out), a sender that
+# sends nothing never hears again and holds its window shut until the in-flight
+# packets age out (seconds of frozen video). libwebrtc does the same (500 ms).
+CONGESTED_PACKET_INTERVAL_MS = 200.0
 
 
 class PacedPacket(NamedTuple):
@@ -98,6 +104,8 @@ class Pacer:
         self._probe_packets = 0
         self._window: int | None = None  # congestion window (bytes in flight), None: off
         self._in_flight = 0
+        self._last_send_ms: float | None = None
+        self.congested_sends = 0  # packets let out past a full window to get feedback
 
     # ------------------------------------------------------------ config
     @property
@@ -148,6 +156,7 @@ class Pacer:
         self._budget -= size
         self._in_flight += size
         self.sent_bytes[kind] += size
+        self._last_send_ms = now_ms
         return True
 
     def start_probe(self, cluster: ProbeCluster, now_ms: float) -> None:
@@ -210,13 +219,18 @@ class Pacer:
             due = self._probe_start_ms + self._probe_bytes * 8000.0 / self._probe.bitrate_bps
             return max(now_ms, due)
         if self.congested:
-            return None  # the next feedback (or the shell's timer) opens the window
+            # The next feedback opens the window; if none comes, a packet goes anyway.
+            return max(now_ms, self._congested_send_at())
         if not self._has_paced():
             return None
         self._refill(now_ms)
         if self._budget > 0:
             return now_ms
         return now_ms + (-self._budget + 1e-6) * 8000.0 / self.pacing_bps
+
+    def _congested_send_at(self) -> float:
+        last = self._last_send_ms
+        return float("-inf") if last is None else last + CONGESTED_PACKET_INTERVAL_MS
 
     # ------------------------------------------------------------ output
     def _take_paced(self) -> tuple[Any, int, str] | None:
@@ -303,4 +317,31 @@ class Pacer:
                 self._in_flight += size
                 sent[kind] += size
                 out.append(PacedPacket(packet, kind, size))
+            if not out and self.congested and now_ms >= self._congested_send_at():
+                self._last_send_ms = now_ms  # also when nothing could go: no busy timer
+                item = self._take_congested(make_padding)
+                if item is not None:
+                    self.congested_sends += 1
+                    out.append(item)
+        if out:
+            self._last_send_ms = now_ms
         return out
+
+    def _take_congested(self, make_padding: Callable[[int], Any] | None) -> PacedPacket | None:
+        """One packet past a full window: queued audio, else the oldest paced packet,
+        else a small padding packet (it only has to draw feedback)."""
+        audio = self._queues["audio"]
+        if audio:
+            packet, size, _ = audio.popleft()
+            self._queued_bytes -= size
+            kind = "audio"
+        elif (item := self._take_paced()) is not None:
+            packet, size, kind = item
+        elif make_padding is not None and (made := make_padding(200)) is not None:
+            packet, size, kind = made, len(made), "padding"
+        else:
+            return None
+        self._budget -= size
+        self._in_flight += size
+        self.sent_bytes[kind] += size
+        return PacedPacket(packet, kind, size)
