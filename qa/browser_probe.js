@@ -5,6 +5,8 @@
 // carries its capture time as the stamp of clients/stamp.py (two rows of 16 black/white
 // blocks from 1/8 of the height, each row 1/8 high: 24 bits of wall-clock ms mod 2^24,
 // then an 8-bit check), and {audio} only when the scenario publishes audio only.
+// With beeps, the microphone is a floor tone with a beep at every 2 s of the wall clock
+// and every remote tile's audio is listened to for beep onsets (mouth-to-ear latency).
 // Viewer: every remote tile's <video> is read back at requestVideoFrameCallback time
 // (the frame the compositor shows), so glass-to-glass latency is Date.now() at display
 // minus the stamp; the page's RTCPeerConnections are kept so Chrome's own inbound-rtp
@@ -56,14 +58,47 @@
     return track;
   }
 
+  // ------------------------------------------------------------- publisher: timed beeps
+  // A floor tone with a louder 100 ms beep at every 2 s of the wall clock (as
+  // clients/stamp.py's beep_gain), so a listener on this machine knows when each beep
+  // left the mouth. The beeps are scheduled on the AudioContext clock, mapped from
+  // Date.now() when scheduled.
+  const BEEP_PERIOD_MS = 2000, BEEP_MS = 100, BEEP_LEVEL = 0.5, FLOOR_LEVEL = 0.03;
+  const ONSET_LEVEL = 0.25, QUIET_MS = 500;
+  function beepTrack() {
+    const ac = new AudioContext({ sampleRate: 48000 });
+    ac.resume();
+    const osc = ac.createOscillator();
+    osc.frequency.value = 660;
+    const gain = ac.createGain();
+    gain.gain.value = FLOOR_LEVEL;
+    const dest = ac.createMediaStreamDestination();
+    osc.connect(gain).connect(dest);
+    osc.start();
+    let scheduledUntil = 0;
+    const schedule = () => {
+      const wall = Date.now(), ctxNow = ac.currentTime;
+      let next = Math.max(scheduledUntil, Math.ceil((wall + 50) / BEEP_PERIOD_MS) * BEEP_PERIOD_MS);
+      for (; next < wall + 3000; next += BEEP_PERIOD_MS) {
+        const at = ctxNow + (next - wall) / 1000;
+        gain.gain.setValueAtTime(BEEP_LEVEL, at);
+        gain.gain.setValueAtTime(FLOOR_LEVEL, at + BEEP_MS / 1000);
+        scheduledUntil = next + BEEP_PERIOD_MS;
+      }
+    };
+    schedule();
+    setInterval(schedule, 500);
+    return dest.stream.getAudioTracks()[0];
+  }
+
   const md = navigator.mediaDevices;
   if (md && md.getUserMedia && cfg.publish) {
     const original = md.getUserMedia.bind(md);
     md.getUserMedia = async (constraints) => {
       const tracks = [];
       if (constraints && constraints.audio && cfg.publish.includes("audio")) {
-        const mic = await original({ audio: constraints.audio });
-        tracks.push(...mic.getAudioTracks());
+        if (cfg.beeps) tracks.push(beepTrack());
+        else tracks.push(...(await original({ audio: constraints.audio })).getAudioTracks());
       }
       if (constraints && constraints.video && cfg.publish.includes("video")) tracks.push(clockStream());
       return new MediaStream(tracks);
@@ -130,10 +165,54 @@
     video.requestVideoFrameCallback(onFrame);
   }
 
+  // ------------------------------------------------------------- listener: beep onsets
+  // An AudioWorklet sees every 128-sample quantum of the remote track as it plays; the
+  // first sample over ONSET_LEVEL after QUIET_MS of floor is a beep's onset, and its
+  // wall-clock time modulo the period is the mouth-to-ear latency.
+  const WORKLET = `registerProcessor("qa-onsets", class extends AudioWorkletProcessor {
+    constructor() { super(); this.lastLoud = -1e9; }
+    process(inputs) {
+      const ch = inputs[0] && inputs[0][0];
+      if (!ch) return true;
+      for (let i = 0; i < ch.length; i++) {
+        if (Math.abs(ch[i]) > ${ONSET_LEVEL}) {
+          const t = currentTime + i / sampleRate;
+          if (t - this.lastLoud > ${QUIET_MS / 1000}) this.port.postMessage(t);
+          this.lastLoud = t;
+        }
+      }
+      return true;
+    }
+  });`;
+  let listenCtx = null;
+  const listened = new WeakSet();
+  async function listen(audio, sid) {
+    const stream = audio.srcObject;
+    if (listened.has(audio) || !stream || !stream.getAudioTracks().length) return;
+    listened.add(audio);
+    if (!listenCtx) {
+      listenCtx = new AudioContext({ sampleRate: 48000 });
+      const url = URL.createObjectURL(new Blob([WORKLET], { type: "text/javascript" }));
+      listenCtx.ready = listenCtx.audioWorklet.addModule(url);
+    }
+    const ac = listenCtx;
+    await ac.ready;
+    ac.resume();
+    const node = new AudioWorkletNode(ac, "qa-onsets");
+    node.port.onmessage = (ev) => {
+      const heard = Date.now() + (ev.data - ac.currentTime) * 1000;
+      const entry = (pending[sid] ||= { latency: [], rendered: 0, unreadable: 0 });
+      (entry.beeps ||= []).push([heard, ((heard % BEEP_PERIOD_MS) + BEEP_PERIOD_MS) % BEEP_PERIOD_MS]);
+    };
+    ac.createMediaStreamSource(stream).connect(node);
+  }
+
   setInterval(() => {
     for (const tile of document.querySelectorAll(".tile.remote[data-sid]")) {
       const video = tile.querySelector("video");
       if (video) watch(video, tile.dataset.sid);
+      const audio = tile.querySelector("audio");
+      if (audio && cfg.beeps) listen(audio, tile.dataset.sid).catch((e) => console.warn("qa listen", e));
     }
   }, 200);
 
@@ -174,7 +253,8 @@
     async sample() {
       const tiles = {};
       for (const [sid, e] of Object.entries(pending)) {
-        tiles[sid] = { latency: e.latency.splice(0), rendered: e.rendered, unreadable: e.unreadable };
+        tiles[sid] = { latency: e.latency.splice(0), beeps: (e.beeps || []).splice(0),
+                       rendered: e.rendered, unreadable: e.unreadable };
       }
       return { now: Date.now(), tiles, inbound: await inbound() };
     },

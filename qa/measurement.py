@@ -119,6 +119,8 @@ class FrameMeter:
         if self.t0 is None:
             return
         last = self.last if self.last is not None and self.last >= self.t0 else self.t0
+        if not self.gaps_from_frames and self.kind == "audio":
+            return  # only beeps heard (Chromium): its audio figures are Chrome's own
         if self.kind == "video" and not self.gaps_from_frames:
             # The browser counts a freeze only once it ends: one still running at the end
             # is added here, seen as polls that found no new frame.

@@ -252,7 +252,7 @@ class ChromiumParticipant(Participant):
         }
         if not self.spec.publish:
             q["publish"] = "0"
-        config = {**CHROMIUM_VIDEO, "publish": list(self.spec.publish)}
+        config = {**CHROMIUM_VIDEO, "publish": list(self.spec.publish), "beeps": True}
         await self.context.add_init_script(
             f"window.__qaConfig = {json.dumps(config)};\n{PROBE_JS.read_text()}")
         await self.page.goto(f"{self.ctx.http_url}/?{urlencode(q)}")
@@ -275,11 +275,12 @@ class ChromiumParticipant(Participant):
                 rtt = s["rtt"]
         self._chrome_inbound(probe.get("inbound") or [], now)
         for sid, tile in (probe.get("tiles") or {}).items():
-            m = self.meters.get(f"{sid}/video")
-            if m is None:
-                continue
-            for epoch_ms, ms in tile.get("latency") or []:
-                m.on_latency(now - (float(probe["now"]) - float(epoch_ms)) / 1000.0, float(ms))
+            for kind, key in (("video", "latency"), ("audio", "beeps")):
+                m = self.meters.get(f"{sid}/{kind}")
+                if m is None and kind == "audio" and tile.get(key):
+                    m = self.meter(f"{sid}/audio", "audio", gaps_from_frames=False)
+                for epoch_ms, ms in (tile.get(key) or []) if m is not None else []:
+                    m.on_latency(now - (float(probe["now"]) - float(epoch_ms)) / 1000.0, float(ms))
         return {"rtt_ms": rtt * 1000.0 if rtt is not None else None, "jitter_ms": None,
                 "rx": (rx, lost), "connected": True}
 

@@ -58,6 +58,7 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
     sub = p.spec.subscribe
     latency = sorted(ms for m in videos for _, ms in m.latency)
     heard = sorted(ms for m in audios for _, ms in m.latency)
+    framed_audio = [m for m in audios if m.gaps_from_frames]
     caps = [c for c in s.get("capacity_bps", []) if c is not None]
     recv_bps = (rc["down_bytes"] - w["down_bytes"]) * 8 / dur
     audio_loss = p.audio_loss_after_total
@@ -65,8 +66,8 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
     received = sum(m[1][1] - m[0][1] for m in marks)
     if marks and received > 0:
         concealed: float | None = sum(m[1][0] - m[0][0] for m in marks) / received
-    elif audios and sub:  # aiortc: time without audio frames stands for what was concealed
-        concealed = min(1.0, sum(m.audio_missing for m in audios) / (dur * len(audios)))
+    elif framed_audio and sub:  # aiortc: time without audio frames stands for the concealed
+        concealed = min(1.0, sum(m.audio_missing for m in framed_audio) / (dur * len(framed_audio)))
     else:
         concealed = None
     return {
@@ -77,7 +78,7 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
         "error": p.error,
         "connected": 1 if p.connected and p.error is None else 0,
         "remote_video_tracks": len(videos),
-        "remote_audio_tracks": max(len(audios), len(p.concealment)),
+        "remote_audio_tracks": max(len(framed_audio), len(p.concealment)),
         "decoded_frames": sum(m.window_frames for m in videos) if sub else None,
         "decoded_frames_min": min((m.window_frames for m in videos), default=0) if sub else None,
         "decoded_fps": (min((m.window_frames for m in videos), default=0) / dur) if sub else None,
@@ -96,8 +97,8 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
         "freeze_total_ms": sum(g for m in videos for _, g in m.gaps) * 1000.0 if sub else None,
         "frame_gap_max_ms": max((m.max_gap for m in videos), default=0.0) * 1000.0
         if sub else None,
-        "audio_gap_ms": sum(m.audio_missing for m in audios) * 1000.0
-        if sub and audios else None,
+        "audio_gap_ms": sum(m.audio_missing for m in framed_audio) * 1000.0
+        if sub and framed_audio else None,
         "loss_before_recovery": fraction(rc["down_drop"] - w["down_drop"],
                                       rc["down_sent"] - w["down_sent"]),
         "loss_after_recovery": (

@@ -4,8 +4,9 @@
   (Chrome's own ``freezeCount``, where polling used to invent dozens) and a
   glass-to-glass latency under 150 ms (the canvas clock the publisher page sends as its
   camera, read back by the viewer page at ``requestVideoFrameCallback`` time).
-- An audio-only call: a Chromium page publishes its microphone alone; the listener
-  hears it (Chrome's concealment figures) and no video freeze is reported.
+- An audio-only call: a Chromium page publishes its microphone alone (a tone with a
+  beep at every 2 s of the wall clock); the listener hears it (Chrome's concealment
+  figures, mouth-to-ear latency from the beeps) and no video freeze is reported.
 - A 3G-like capacity trace with two 2 s outages on the viewer's downlink (seeded
   ``netem.tracegen`` trace): the longest freeze is at most the outage + 1 s, the
   glass-to-glass p95 outside the outages (and the second after each, the recovery
@@ -62,7 +63,8 @@ def _figures(p: dict[str, Any]) -> dict[str, Any]:
     keys = ("decoded_fps", "freeze_count", "freeze_max_ms", "latency_p50_ms", "latency_p95_ms",
             "latency_max_ms", "latency_frames", "rtt_ms", "rtt_max_ms", "recv_bps", "utilization",
             "audio_concealed", "audio_concealment_events", "loss_after_recovery",
-            "remote_video_tracks", "remote_audio_tracks")
+            "remote_video_tracks", "remote_audio_tracks", "audio_latency_p50_ms",
+            "audio_latency_max_ms", "audio_latency_beeps")
     return {k: (round(p[k], 3) if isinstance(p.get(k), float) else p.get(k)) for k in keys}
 
 
@@ -101,6 +103,9 @@ def test_chromium_publishes_audio_only_and_no_video_freeze_is_reported(tmp_path:
     assert listener["series"]["frozen"].count(True) == 0
     assert listener["audio_concealed"] is not None and listener["audio_concealed"] < 0.05
     assert listener["latency_p50_ms"] is None
+    # the talker's beeps (every 2 s of the wall clock) heard by the listener's AudioWorklet
+    assert listener["audio_latency_beeps"] >= 1, _figures(listener)
+    assert 0 < listener["audio_latency_p50_ms"] < 250.0, _figures(listener)
 
 
 def _outside_outages(points: list[list[float]]) -> list[float]:
