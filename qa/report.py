@@ -264,6 +264,7 @@ TABLE_COLUMNS: list[tuple[str, str, str]] = [
     ("rtt_max_ms", "rtt max", "{:.0f}"),
     ("latency_p50_ms", "g2g p50", "{:.0f}"),
     ("latency_p95_ms", "g2g p95", "{:.0f}"),
+    ("audio_latency_p50_ms", "m2e p50", "{:.0f}"),
     ("utilization", "util", "pct"),
     ("layer_mean", "layer", "{:.1f}"),
 ]
