@@ -9,6 +9,7 @@ from media.routing.allocator import (
     PRIO_SCREEN,
     PRIO_SPEAKER,
     PRIO_VIDEO,
+    RESUME_HOLD_MS,
     UP_HOLD_MS,
     Allocator,
     AllocTrack,
@@ -77,3 +78,18 @@ def test_hysteresis_no_flapping():
     # Staying on a layer needs no headroom.
     stay = allocator.allocate(500_000, [video("v", current=1)], 10_000.0)
     assert stay.layers["v"] == 1
+
+
+def test_a_paused_track_resumes_its_lowest_layer_sooner_than_it_climbs():
+    """A pause for a moment's backlog must not cost UP_HOLD_MS of frozen video; the
+    climb above the lowest layer keeps the full hold."""
+    alloc = Allocator()
+    assert alloc.allocate(1_000_000, [video("v", current=1)], 0.0).layers == {"v": 1}
+    assert alloc.allocate(0, [video("v", current=1)], 100.0).layers == {"v": None}
+    early = alloc.allocate(3_000_000, [video("v", current=None)], 100.0 + RESUME_HOLD_MS / 2)
+    assert early.layers == {"v": None}
+    back = alloc.allocate(3_000_000, [video("v", current=None)], 100.0 + RESUME_HOLD_MS)
+    assert back.layers == {"v": 0}
+    t = 100.0 + RESUME_HOLD_MS
+    assert alloc.allocate(3_000_000, [video("v", current=0)], t + 100.0).layers == {"v": 0}
+    assert alloc.allocate(3_000_000, [video("v", current=0)], t + UP_HOLD_MS).layers == {"v": 2}

@@ -22,6 +22,10 @@ PRIO_VIDEO = 3
 NOMINAL_LAYER_BPS = (150_000, 500_000, 1_500_000)
 UP_HEADROOM = 1.15
 UP_HOLD_MS = 2000.0
+# A paused track comes back to its lowest layer sooner: a pause is often a backlog the
+# congestion window held for a moment (pacer pushback), and every further second
+# paused is a second of frozen video; headroom still keeps it from flapping.
+RESUME_HOLD_MS = 500.0
 
 
 @dataclass(slots=True)
@@ -99,7 +103,7 @@ class Allocator:
         if current is not None and layer <= current:
             return cost  # keeping what it has: no headroom required
         since = now_ms - self._last_change_ms.get(track.key, -1e12)
-        if since < UP_HOLD_MS:
+        if since < (RESUME_HOLD_MS if current is None and layer == 0 else UP_HOLD_MS):
             return float("inf")  # just changed: wait before going up again
         return cost * UP_HEADROOM
 
