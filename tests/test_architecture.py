@@ -51,6 +51,10 @@ CORES = [
     ROOT / "recorder" / "depacketize.py",
     ROOT / "recorder" / "jitter.py",
     ROOT / "recorder" / "assembler.py",
+    ROOT / "asr" / "segmenter.py",
+    ROOT / "asr" / "clock.py",
+    ROOT / "signaling" / "resume.py",
+    ROOT / "signaling" / "stream_framing.py",
     ROOT / "qa" / "bwe_simulation.py",
 ]
 BANNED_MODULES = {"asyncio", "time", "socket"}
