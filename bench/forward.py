@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from bench.forward_rx import LatencyLog, RawSubscriber, stamp_publisher  # noqa: E402
 from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip  # noqa: E402
 from media.wire.rtp import build_rtp, parse_rtp  # noqa: E402
 from signaling.auth import generate_dev_keys, mint_token  # noqa: E402
@@ -127,6 +128,7 @@ class FerryProcess:
     async def start(self, timeout: float = 20.0) -> None:
         env = dict(os.environ, FERRY_API_KEY=self.key, FERRY_API_SECRET=self.secret)
         env["FERRY_LOG_LEVEL"] = "warning"
+        env["FERRY_CAPTIONS"] = "off"  # forwarding only: no speech model on the audio
         cmd = [
             sys.executable,
             "-m",
@@ -215,9 +217,23 @@ async def run_one(
         fps=FPS,
     )
     audio = encode_opus_clip(5.0)
+    raw = args.rx == "raw"
+    latency = LatencyLog()
+    sampled = _latency_sampled(n, args.latency_receivers)
     subs = [
-        LiteClient(name=f"sub{i}", nack=not args.no_nack, twcc=not args.no_twcc) for i in range(n)
+        LiteClient(
+            name=f"sub{i}",
+            nack=not (raw or args.no_nack),
+            twcc=not (raw or args.no_twcc),
+            connect_timeout=30.0,
+        )
+        for i in range(n)
     ]
+    if raw:
+        for i, c in enumerate(subs):
+            c.subscriber = RawSubscriber(
+                c.certificate, name=f"{c.name}/sub", latency=latency if i in sampled else None
+            )
     pub = LiteClient(name="pub")
     try:
         # Subscribers join in small batches: 50 DTLS handshakes at once on 2 shared
@@ -229,25 +245,46 @@ async def run_one(
         await pub.connect(ferry.ws_url)
         await pub.join(ferry.token(room, "pub"), auto_subscribe=False)
         await pub.publish_vp8(video, fps=FPS, simulcast_rids=None, audio=audio)
-        await asyncio.gather(*(c.wait_connected("subscriber", 30.0) for c in subs))
-        await asyncio.gather(
-            *(
-                c.wait_for(lambda c=c: any(x.keyframes for x in c.received.values()), 15.0)
-                for c in subs
-            )
-        )
+        assert pub.publisher is not None
+        stamp_publisher(pub.publisher, latency)
+        await asyncio.gather(*(c.wait_connected("subscriber", 60.0) for c in subs))
+        if raw:  # payloads are not decrypted: wait for video packets instead
+            def flowing(c: LiteClient) -> bool:
+                return any(x.packets and x.kind == "video" for x in c.received.values())
+        else:
+            def flowing(c: LiteClient) -> bool:
+                return any(x.keyframes for x in c.received.values())
+        await asyncio.gather(*(c.wait_for(lambda c=c: flowing(c), 15.0) for c in subs))
         await asyncio.sleep(warmup)
         before = await _snapshot(ferry, subs)
+        latency.recording = True
         await asyncio.sleep(seconds)
+        latency.recording = False
         after = await _snapshot(ferry, subs)
         assert ferry.proc is not None
         rss = proc_rss_mb(ferry.proc.pid)
-        return _result(n, before, after, rss, pub, args)
+        result = _result(n, before, after, rss, pub, args)
+        result["latency"] = latency.summary()
+        result["latency"]["receivers"] = len(sampled) if raw else 0
+        result["subscribers_connected_at_end"] = sum(
+            1 for c in subs if c.subscriber is not None and c.subscriber.state == "connected"
+        )
+        return result
     finally:
         # Subscribers first: a publisher leaving first triggers a renegotiation per
         # subscriber, which is setup noise, not what this benchmark measures.
         await asyncio.gather(*(c.leave() for c in subs), return_exceptions=True)
         await pub.leave()
+
+
+def _latency_sampled(n: int, k: int) -> set[int]:
+    """Indices of the subscribers that measure latency: spread over the join order
+    (first and last included), since fan-out order follows it."""
+    if k <= 0 or n == 0:
+        return set()
+    if k >= n:
+        return set(range(n))
+    return {round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {n - 1}
 
 
 def _result(
@@ -291,7 +328,12 @@ def _result(
         "received_mbps_total": round(recv["bytes"] * 8 / wall / 1e6, 2),
         "client_cpu_pct": round(100.0 * client_cpu / wall, 1),
         "client_saturated": client_cpu / wall > 0.9,
-        "client_feedback": {"twcc": not args.no_twcc, "nack": not args.no_nack},
+        "rx": args.rx,
+        "client_feedback": {
+            "twcc": args.rx != "raw" and not args.no_twcc,
+            "nack": args.rx != "raw" and not args.no_nack,
+            "receiver_reports": args.rx != "raw",
+        },
         "publisher_layers": publisher.get("layers"),
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "calibration_parse_rtp_ns": calibration_parse_rtp_ns(),
@@ -307,7 +349,7 @@ async def idle_cpu_pct(ferry: FerryProcess, seconds: float = 3.0) -> float:
     return 100.0 * (proc_cpu_s(ferry.proc.pid) - c0) / (time.monotonic() - t0)
 
 
-def add_derived(results: list[dict[str, Any]], idle_pct: float) -> None:
+def add_derived(results: list[dict[str, Any]], idle_pct: float | None) -> None:
     """Per-packet cost without the idle floor, and the marginal cost between rounds.
 
     The plain figure divides *all* server CPU by forwarded packets, so at N=1 the fixed
@@ -315,6 +357,8 @@ def add_derived(results: list[dict[str, Any]], idle_pct: float) -> None:
     per extra forwarded packet from one N to the next) is what a bigger room costs.
     """
     for r in results:
+        if idle_pct is None:
+            break  # per-round figures already set with each round's own idle floor
         cpu = r["server_cpu_s"] - idle_pct / 100.0 * r["seconds"]
         fwd = r["packets_forwarded"]
         r["server_idle_cpu_pct"] = round(idle_pct, 2)
@@ -329,21 +373,52 @@ def add_derived(results: list[dict[str, Any]], idle_pct: float) -> None:
             )
 
 
+def slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of ys over xs (None with fewer than two distinct xs)."""
+    if len(set(xs)) < 2:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Marginal figures over all rounds: CPU per extra forwarded packet (slope of server
+    CPU over forwarded packets/s) and RSS per extra subscriber (slope of RSS over N).
+    Each round runs in a fresh server process, so RSS is that room's, not a high-water
+    mark of earlier rounds."""
+    pps = [r["packets_forwarded_per_s"] for r in results]
+    cpu = [r["server_cpu_pct"] / 100.0 for r in results]
+    rss = [r["server_rss_mb"] * 1024.0 for r in results]
+    n = [float(r["subscribers"]) for r in results]
+    us = slope(pps, cpu)
+    kb = slope(n, rss)
+    return {
+        "rx": results[0]["rx"] if results else None,
+        "subscribers": [r["subscribers"] for r in results],
+        "marginal_us_per_forwarded_packet": round(us * 1e6, 2) if us is not None else None,
+        "rss_kb_per_subscriber": round(kb, 1) if kb is not None else None,
+        "latency_p99_ms": [r.get("latency", {}).get("p99_ms") for r in results],
+        "latency_max_ms": [r.get("latency", {}).get("max_ms") for r in results],
+        "loss_pct": [r["receiver_loss_pct"] for r in results],
+    }
+
+
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    ferry = FerryProcess()
-    await ferry.start()
     results: list[dict[str, Any]] = []
-    try:
-        idle = await idle_cpu_pct(ferry)
-        for n in args.subscribers:
+    for n in args.subscribers:
+        ferry = FerryProcess()
+        await ferry.start()
+        try:
+            idle = await idle_cpu_pct(ferry, 2.0)
             result = await run_one(ferry, n, args.seconds, args.warmup, args)
             add_derived([result], idle)
             print(json.dumps(result), flush=True)
             results.append(result)
-            await asyncio.sleep(1.0)  # let the room wind down between rounds
-    finally:
-        ferry.stop()
-    add_derived(results, idle)
+        finally:
+            ferry.stop()
+    add_derived(results, None)
     return results
 
 
@@ -352,6 +427,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
+    parser.add_argument(
+        "--rx",
+        choices=("raw", "twcc"),
+        default="twcc",
+        help="raw: subscribers count SRTP packets and send no RTCP; "
+        "twcc: browser-like feedback (TWCC every 50 ms, receiver reports, NACK)",
+    )
+    parser.add_argument(
+        "--latency-receivers",
+        type=int,
+        default=16,
+        help="raw mode: subscribers (spread over the join order) that measure latency",
+    )
     parser.add_argument("--no-twcc", action="store_true", help="subscribers send no TWCC feedback")
     parser.add_argument("--no-nack", action="store_true", help="subscribers send no NACKs")
     args = parser.parse_args(argv)
@@ -363,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     results = asyncio.run(main_async(args))
     print(json.dumps(results, indent=1))
+    print(json.dumps({"summary": summarize(results)}))
     return 0
 
 

@@ -97,6 +97,12 @@ def _status_text(status: int) -> str:
     return errors[status] if 0 <= status < len(errors) else f"libsrtp status {status}"
 
 
+# Address of pylibsrtp's srtp_protect, for the native send path (`udp_mux`): it
+# protects with the same libsrtp sessions, so both paths share one SRTP state.
+PROTECT_ADDRESS = (
+    int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, "srtp_protect"))) if _lib is not None else 0
+)
+
 _SEQ = struct.Struct("!H")
 _TRAILER_ROOM = 144  # libsrtp's SRTP_MAX_TRAILER_LEN: what protect may append
 
@@ -104,7 +110,7 @@ _TRAILER_ROOM = 144  # libsrtp's SRTP_MAX_TRAILER_LEN: what protect may append
 class SrtpContext:
     """Protects what this side sends and unprotects what the peer sends."""
 
-    __slots__ = ("profile", "_tx", "_rx", "_direct", "_len")
+    __slots__ = ("profile", "_tx", "_rx", "_direct", "_len", "native_tx")
 
     def __init__(self, profile: str, tx_key_salt: bytes, rx_key_salt: bytes) -> None:
         self.profile = profile
@@ -114,9 +120,12 @@ class SrtpContext:
         # (srtp_t, char[] buffer, buffer view) of the outbound session, when reachable.
         self._direct = None
         self._len = None
+        # The outbound srtp_t as an address for the native send path; 0: not reachable.
+        self.native_tx = 0
         if _lib is not None and all(hasattr(tx, a) for a in ("_srtp", "_cdata", "_buffer")):
             self._direct = (tx._srtp, tx._cdata, tx._buffer)  # type: ignore[attr-defined]
             self._len = _ffi.new("int *")
+            self.native_tx = int(_ffi.cast("uintptr_t", tx._srtp[0]))  # type: ignore[attr-defined]
 
     def protect(self, rtp: bytes, seq_at: int = 0, seq: int = 0) -> bytes:
         """Encrypt and authenticate one RTP packet for sending.

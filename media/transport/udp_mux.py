@@ -9,6 +9,13 @@ The socket is read with ``loop.add_reader`` and drained until EAGAIN: asyncio's
 datagram transport reads one datagram per loop iteration, which drops keyframe bursts
 (DESIGN section 3). Each datagram is handled synchronously in the callback, with no
 per-packet await.
+
+Sending has two paths, chosen once at start (``SEND_PATH``, logged and in /metrics):
+``native`` (the optional C extension ``_fastpath``, built by pip on install) collects
+what one received datagram (a fan-out) or one engine tick produces and sends it with
+``sendmmsg``, protecting RTP with libsrtp in the same call; ``python`` sends each
+datagram with ``sendto`` as it is produced. ``FERRY_NATIVE_SEND=0`` forces ``python``.
+Both send the same bytes in the same order.
 """
 
 from __future__ import annotations
@@ -16,14 +23,36 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import time
 from collections import Counter
-from typing import Protocol
+from typing import Any, Protocol
 
 from .ice_lite import stun_local_ufrag
+from .srtp import PROTECT_ADDRESS
+
+try:
+    from . import _fastpath  # type: ignore[attr-defined]
+except ImportError:  # not built (no compiler at install, not Linux): the Python path
+    _fastpath = None
 
 log = logging.getLogger("ferry.media.mux")
+
+
+def native_available() -> bool:
+    """True when the C send path is built and can reach pylibsrtp's libsrtp."""
+    return _fastpath is not None and PROTECT_ADDRESS != 0
+
+
+def _choose_send_path() -> str:
+    if os.environ.get("FERRY_NATIVE_SEND", "1").strip() in ("0", "false", "no", "off"):
+        return "python"
+    return "native" if native_available() else "python"
+
+
+#: The send path this process uses: "native" (sendmmsg + protect in C) or "python".
+SEND_PATH = _choose_send_path()
 
 Addr = tuple[str, int]
 
@@ -44,8 +73,22 @@ class MuxEndpoint(Protocol):
 class UdpMux:
     """Owns the shared media socket; transports register by ufrag and bind by address."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 7882, *, rcvbuf: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 7882,
+        *,
+        rcvbuf: int = 4 << 20,
+        send_path: str | None = None,
+    ) -> None:
         self.host = host
+        self.send_path = send_path or SEND_PATH
+        if self.send_path == "native" and not native_available():
+            raise ValueError("the native send path is not built (media/transport/_fastpath.c)")
+        # Datagrams queued while a batch is open (native path only): tuples of
+        # (data, host, port, srtp_t address or 0, transport-wide seq offset, seq).
+        self.batch: list[tuple[Any, ...]] | None = None
+        self.batches = 0
         self.port = port
         self._rcvbuf = rcvbuf
         self._sock: socket.socket | None = None
@@ -74,7 +117,9 @@ class UdpMux:
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._on_readable)
-        log.info("media socket listening on udp %s:%d", self.host, self.port)
+        log.info(
+            "media socket listening on udp %s:%d (send path: %s)", self.host, self.port, self.send_path
+        )
 
     def close(self) -> None:
         if self._sock is None:
@@ -103,6 +148,10 @@ class UdpMux:
 
     # -- I/O -------------------------------------------------------------------------
     def sendto(self, data: bytes, addr: Addr) -> None:
+        batch = self.batch
+        if batch is not None:
+            batch.append((data, addr[0], addr[1], 0, 0, 0))
+            return
         sock = self._sock
         if sock is None:
             return
@@ -117,10 +166,54 @@ class UdpMux:
         self.packets_out += 1
         self.bytes_out += len(data)
 
+    def open_batch(self) -> bool:
+        """Queue sends until `flush` (native path; no-op on the Python path or when a
+        batch is already open). Returns True when this call opened it."""
+        if self.send_path != "native" or self.batch is not None or self._sock is None:
+            return False
+        self.batch = []
+        return True
+
+    def flush(self, close: bool = True) -> None:
+        """Send what the open batch holds (one sendmmsg per 64 datagrams)."""
+        batch = self.batch
+        if batch is None:
+            return
+        self.batch = None if close else []
+        sock = self._sock
+        if not batch or sock is None:
+            return
+        nbytes = 0
+        for item in batch:
+            nbytes += len(item[0])
+        sent, protect_errors, send_errors, would_block = _fastpath.send_batch(
+            sock.fileno(), PROTECT_ADDRESS, batch
+        )
+        self.batches += 1
+        self.packets_out += sent
+        self.bytes_out += nbytes  # before SRTP's tag, as close as the Python path's count
+        if protect_errors:
+            self.drops["srtp_protect"] += protect_errors
+        if send_errors:
+            self._drop("send_error")
+            self.drops["send_error"] += send_errors - 1
+        if would_block:
+            self._drop("send_buffer_full")
+            self.drops["send_buffer_full"] += would_block - 1
+
     def _on_readable(self) -> None:
         sock = self._sock
         if sock is None:
             return
+        if self.open_batch():
+            try:
+                self._drain(sock, flush_each=True)
+            finally:
+                self.flush()
+        else:
+            self._drain(sock, flush_each=False)
+
+    def _drain(self, sock: socket.socket, flush_each: bool) -> None:
         recvfrom = sock.recvfrom
         clock = time.monotonic  # the loop's clock base; read per datagram (TWCC needs it)
         for _ in range(DRAIN_LIMIT):
@@ -140,6 +233,9 @@ class UdpMux:
             except Exception:  # a bug must not kill the socket for everyone
                 self.drops["handler_error"] += 1
                 log.exception("error handling a datagram from %s", addr)
+            if flush_each and self.batch:
+                # One received packet's fan-out leaves before the next is read.
+                self.flush(close=False)
 
     def dispatch(self, data: bytes, addr: Addr, now_ms: float) -> None:
         if not data:

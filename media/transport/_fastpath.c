@@ -1,0 +1,158 @@
+/* Native send path for Ferry's media socket: SRTP protect + sendmmsg for a batch.
+ *
+ * One call takes the datagrams one fan-out (or one timer round) produced and sends
+ * them with as few sendmmsg(2) calls as fit (BATCH per call). Each item is either
+ * already on the wire form (RTCP, STUN, DTLS: sent as is) or a plain RTP packet with
+ * the libsrtp session to protect it with: the packet is copied once into the message
+ * buffer, the transport-wide seq is stamped there, and libsrtp's srtp_protect
+ * encrypts it in place. libsrtp is pylibsrtp's own copy: Python passes the address of
+ * its srtp_protect and each session's srtp_t, so both paths share one SRTP state.
+ *
+ * items: list of tuples (data: bytes, host: str, port: int, srtp: int, seq_at: int,
+ * seq: int); srtp == 0 means "send data as it is". Returns (sent, protect_errors,
+ * send_errors, would_block).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#define BATCH 64
+#define SLOT 2304 /* 2048-byte datagram + libsrtp's maximum trailer (144) and room */
+#define TRAILER 144
+
+typedef int (*srtp_protect_fn)(void *ctx, void *rtp_hdr, int *len_ptr);
+
+static unsigned char buffers[BATCH][SLOT];
+static struct mmsghdr msgs[BATCH];
+static struct iovec iovs[BATCH];
+static struct sockaddr_storage addrs[BATCH];
+
+static int fill_addr(const char *host, int port, struct sockaddr_storage *out, socklen_t *len)
+{
+    memset(out, 0, sizeof(*out));
+    if (strchr(host, ':') != NULL) {
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)out;
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((unsigned short)port);
+        if (inet_pton(AF_INET6, host, &a6->sin6_addr) != 1)
+            return -1;
+        *len = sizeof(*a6);
+        return 0;
+    }
+    struct sockaddr_in *a4 = (struct sockaddr_in *)out;
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((unsigned short)port);
+    if (inet_pton(AF_INET, host, &a4->sin_addr) != 1)
+        return -1;
+    *len = sizeof(*a4);
+    return 0;
+}
+
+/* Send msgs[0..count); returns the number the kernel took, counting failures. */
+static Py_ssize_t flush(int fd, int count, Py_ssize_t *send_errors, Py_ssize_t *would_block)
+{
+    int done = 0;
+    while (done < count) {
+        int r = sendmmsg(fd, msgs + done, (unsigned int)(count - done), 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                *would_block += count - done;
+            else
+                *send_errors += 1; /* this message fails; go on with the rest */
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            done += 1;
+            continue;
+        }
+        done += r;
+    }
+    return done;
+}
+
+static PyObject *send_batch(PyObject *self, PyObject *args)
+{
+    int fd;
+    unsigned long long protect_addr;
+    PyObject *items;
+    if (!PyArg_ParseTuple(args, "iKO!", &fd, &protect_addr, &PyList_Type, &items))
+        return NULL;
+    srtp_protect_fn protect = (srtp_protect_fn)(uintptr_t)protect_addr;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    Py_ssize_t sent = 0, protect_errors = 0, send_errors = 0, would_block = 0;
+    int count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        const char *data;
+        Py_ssize_t size;
+        const char *host;
+        int port, seq_at, seq;
+        unsigned long long ctx;
+        if (!PyArg_ParseTuple(item, "y#siKii", &data, &size, &host, &port, &ctx, &seq_at, &seq))
+            return NULL;
+        if (size > SLOT - TRAILER) {
+            protect_errors++;
+            continue;
+        }
+        unsigned char *buf = buffers[count];
+        memcpy(buf, data, (size_t)size);
+        int len = (int)size;
+        if (ctx != 0) {
+            if (seq_at > 0 && seq_at + 2 <= len) {
+                buf[seq_at] = (unsigned char)((seq >> 8) & 0xFF);
+                buf[seq_at + 1] = (unsigned char)(seq & 0xFF);
+            }
+            if (protect == NULL || protect((void *)(uintptr_t)ctx, buf, &len) != 0) {
+                protect_errors++;
+                continue;
+            }
+        }
+        socklen_t alen;
+        if (fill_addr(host, port, &addrs[count], &alen) != 0) {
+            send_errors++;
+            continue;
+        }
+        iovs[count].iov_base = buf;
+        iovs[count].iov_len = (size_t)len;
+        memset(&msgs[count], 0, sizeof(msgs[count]));
+        msgs[count].msg_hdr.msg_name = &addrs[count];
+        msgs[count].msg_hdr.msg_namelen = alen;
+        msgs[count].msg_hdr.msg_iov = &iovs[count];
+        msgs[count].msg_hdr.msg_iovlen = 1;
+        count++;
+        if (count == BATCH) {
+            Py_ssize_t done;
+            done = flush(fd, count, &send_errors, &would_block);
+            sent += done;
+            count = 0;
+        }
+    }
+    if (count) {
+        Py_ssize_t done;
+        done = flush(fd, count, &send_errors, &would_block);
+        sent += done;
+    }
+    return Py_BuildValue("nnnn", sent, protect_errors, send_errors, would_block);
+}
+
+static PyMethodDef methods[] = {
+    {"send_batch", send_batch, METH_VARARGS,
+     "send_batch(fd, srtp_protect_address, items) -> (sent, protect_errors, send_errors, would_block)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastpath", "SRTP protect + sendmmsg for a batch of datagrams.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,173 @@
+"""The media socket's two send paths put the same bytes on the wire in the same order.
+
+The native path (C extension: libsrtp protect + sendmmsg per batch) and the Python
+path (protect, then sendto per datagram) are driven through real loopback sockets with
+the same SRTP keys; SRTP is deterministic for a key, SSRC and index, so the datagrams a
+receiver gets must be byte for byte equal, transport-wide seq stamped in the copy
+that is encrypted. Also: what an RTX cache holds follows its max age, and RED history
+kept without building RED payloads is the history encoding leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from media.audio.red_encoder import RedEncoder
+from media.rtp.rtx import RtxCache
+from media.transport import udp_mux
+from media.transport.srtp import SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80, SrtpContext
+from media.transport.udp_mux import UdpMux
+from media.wire.rtp import build_rtp
+
+KEYS = {SRTP_AEAD_AES_128_GCM: bytes(range(28)), SRTP_AES128_CM_SHA1_80: bytes(range(30))}
+TWCC_AT = 17
+
+
+def _packets() -> list[bytes]:
+    out = []
+    for i in range(150):  # > one sendmmsg batch of 64
+        out.append(
+            build_rtp(
+                payload_type=96,
+                seq=65500 + i,  # wraps: the rollover counter is libsrtp's on both paths
+                timestamp=3000 * i,
+                ssrc=0x1234,
+                payload=bytes([i & 0xFF]) * (50 + 7 * i),
+                extensions=[(5, b"\x00\x00")],
+            )
+        )
+    return out
+
+
+class _Transportish:
+    """What WebRtcTransport.send_rtp does, on a bare mux and SRTP context."""
+
+    def __init__(self, mux: UdpMux, srtp: SrtpContext, addr: tuple[str, int]) -> None:
+        self.mux, self.srtp, self.addr = mux, srtp, addr
+
+    def send_rtp(self, packet: bytes, seq_at: int = 0, seq: int = 0) -> None:
+        batch = self.mux.batch
+        if batch is not None and self.srtp.native_tx:
+            batch.append((packet, self.addr[0], self.addr[1], self.srtp.native_tx, seq_at, seq))
+            return
+        self.mux.sendto(self.srtp.protect(packet, seq_at, seq), self.addr)
+
+
+async def _send_all(path: str, profile: str) -> list[bytes]:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2.0)
+    mux = UdpMux("127.0.0.1", 0, send_path=path)
+    mux.open()
+    try:
+        key = KEYS[profile]
+        t = _Transportish(mux, SrtpContext(profile, key, key), receiver.getsockname())
+        opened = mux.open_batch()
+        assert opened == (path == "native")
+        for i, packet in enumerate(_packets()):
+            t.send_rtp(packet, TWCC_AT if i % 3 else 0, 40000 + i)
+            if i % 10 == 9:
+                mux.sendto(b"\x80\xc8not-rtp-just-bytes-%d" % i, receiver.getsockname())
+        mux.flush()
+        assert mux.batch is None
+        got = [receiver.recv(4096) for _ in range(150 + 15)]
+        assert mux.packets_out == 165
+        return got
+    finally:
+        mux.close()
+        receiver.close()
+
+
+@pytest.mark.parametrize("profile", [SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80])
+async def test_native_and_python_paths_send_identical_datagrams(profile: str) -> None:
+    if not udp_mux.native_available():
+        pytest.skip("native send path not built (python setup.py build_ext --inplace)")
+    python = await _send_all("python", profile)
+    native = await _send_all("native", profile)
+    assert len(native) == len(python) == 165
+    assert native == python
+    # And the receiver can read them: the stamped transport-wide seq is inside.
+    key = KEYS[profile]
+    rx = SrtpContext(profile, key, key)
+    plain = [rx.unprotect(d) for d in native if d[1] != 0xC8]
+    assert plain[1][TWCC_AT : TWCC_AT + 2] == (40001).to_bytes(2, "big")
+    assert plain[0][TWCC_AT : TWCC_AT + 2] == b"\x00\x00"  # not stamped: seq_at 0
+
+
+async def test_python_path_sends_at_once_and_batches_nothing() -> None:
+    mux = UdpMux("127.0.0.1", 0, send_path="python")
+    mux.open()
+    try:
+        assert mux.open_batch() is False and mux.batch is None
+    finally:
+        mux.close()
+
+
+def test_native_path_refused_when_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(udp_mux, "_fastpath", None)
+    assert udp_mux.native_available() is False
+    with pytest.raises(ValueError, match="not built"):
+        UdpMux("127.0.0.1", 0, send_path="native")
+
+
+def test_send_path_env_forces_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FERRY_NATIVE_SEND", "0")
+    assert udp_mux._choose_send_path() == "python"
+    monkeypatch.setenv("FERRY_NATIVE_SEND", "1")
+    assert udp_mux._choose_send_path() == ("native" if udp_mux.native_available() else "python")
+
+
+def test_rtx_cache_lets_go_of_packets_older_than_its_max_age() -> None:
+    cache = RtxCache(1024, max_age_ms=1000.0)
+    for i in range(300):  # 100 packets/s for 3 s
+        cache.put(i, b"p%d" % i, i * 10.0)
+    held = [p for p in cache._packets if p is not None]
+    assert 95 <= len(held) <= 102  # one second's worth, not 300
+    now = 2990.0
+    assert cache.get(299, now) == b"p299"
+    assert cache.get(200, now) == b"p200"  # 990 ms old: still there
+    assert cache.get(150, now) is None  # 1.5 s old: gone (and get refused it before)
+
+
+def test_rtx_cache_keeps_a_late_packet_filling_a_gap() -> None:
+    cache = RtxCache(64, max_age_ms=1000.0)
+    for seq in (1, 2, 4, 5):
+        cache.put(seq, b"%d" % seq, 100.0 + seq)
+    cache.put(3, b"3", 200.0)  # the repaired packet, forwarded late
+    cache.put(6, b"6", 300.0)
+    assert [cache.get(s, 310.0) for s in range(1, 7)] == [b"1", b"2", b"3", b"4", b"5", b"6"]
+
+
+def test_red_history_kept_plain_is_the_history_encoding_leaves() -> None:
+    built, plain = RedEncoder(2, 111), RedEncoder(2, 111)
+    frames = [(960 * i, os.urandom(40 + i)) for i in range(6)]
+    for ts, data in frames[:4]:
+        built.encode(ts, data)
+        plain.remember(ts, data)
+    ts, data = frames[4]
+    assert plain.encode(ts, data) == built.encode(ts, data)
+
+
+def test_flush_counts_a_full_send_buffer_as_a_drop() -> None:
+    async def run() -> None:
+        if not udp_mux.native_available():
+            pytest.skip("native send path not built")
+        mux = UdpMux("127.0.0.1", 0, send_path="native", rcvbuf=4096)
+        mux.open()
+        try:
+            mux.open_batch()
+            for _ in range(2000):
+                mux.sendto(bytes(1200), ("127.0.0.1", 9))  # discard port: nobody reads
+            mux.flush()
+            sent = mux.packets_out
+            full = mux.drops["send_buffer_full"]
+            assert sent + full + mux.drops["send_error"] == 2000
+        finally:
+            mux.close()
+
+    asyncio.run(run())
