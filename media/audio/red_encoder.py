@@ -50,6 +50,11 @@ class RedEncoder:
         self._history.append((timestamp, bytes(payload)))
         return build_red(self.opus_pt, bytes(payload), blocks)
 
+    def remember(self, timestamp: int, payload: bytes) -> None:
+        """Keep a frame as history without building a RED payload: the same state
+        `encode` leaves, for a stream that goes out plain until redundancy is needed."""
+        self._history.append((timestamp & 0xFFFFFFFF, bytes(payload)))
+
     def reset(self) -> None:
         """Forget history (new stream or after a timestamp discontinuity)."""
         self._history.clear()

@@ -279,9 +279,10 @@ class DownTrack:
         data = bytes(primary)
         out = b""
         for d, encoder in encoders.items():
-            red = encoder.encode(out_ts, data)
             if d == distance:
-                out = red
+                out = encoder.encode(out_ts, data)
+            else:
+                encoder.remember(out_ts, data)  # what encode would keep, without building
         return out
 
     def _red_distance(self) -> int:

@@ -5,7 +5,10 @@ from a subscriber names the seqs we rewrote, not the publisher's. Packets are ke
 plain (unencrypted) form so a retransmission is re-protected with a fresh SRTP index.
 
 A fixed ring (``seq & mask``) with a stored-seq check makes put/get O(1) with no
-per-packet allocation beyond the bytes the caller already holds. ``get`` refuses a
+per-packet allocation beyond the bytes the caller already holds. Packets older than
+``max_age_ms`` can never be resent, so ``put`` lets go of them (walking a tail index,
+amortized O(1)): the ring's memory follows the stream's rate over ``max_age_ms``, not
+its capacity (a 100 packet/s video stream holds ~100 packets, not 1024, per subscriber). ``get`` refuses a
 packet retransmitted less than ``max(0.8 * rtt, 5 ms)`` ago: browsers repeat NACKs for
 a seq until the RTX arrives, and answering each one only adds to the congestion that
 lost the packet.
@@ -32,6 +35,7 @@ class RtxCache:
         "_packets",
         "_put_ms",
         "_resent_ms",
+        "_tail",
         "hits",
         "misses",
         "suppressed",
@@ -52,6 +56,7 @@ class RtxCache:
         self._packets: list[bytes | None] = [None] * capacity
         self._put_ms: list[float] = [-math.inf] * capacity
         self._resent_ms: list[float] = [-math.inf] * capacity
+        self._tail = 0  # oldest slot that may still hold a packet
         self.hits = 0
         self.misses = 0
         self.suppressed = 0
@@ -59,11 +64,23 @@ class RtxCache:
     def put(self, seq: int, packet: bytes, now_ms: float) -> None:
         """Remember ``packet`` (plain RTP) as sent with outgoing ``seq`` at ``now_ms``."""
         seq &= 0xFFFF
-        i = seq & self._mask
+        mask = self._mask
+        i = seq & mask
         self._seqs[i] = seq
         self._packets[i] = packet
-        self._put_ms[i] = now_ms
+        put_ms = self._put_ms
+        put_ms[i] = now_ms
         self._resent_ms[i] = -math.inf
+        # Let go of packets too old to resend (get() refuses them anyway).
+        tail = self._tail
+        expired = now_ms - self.max_age_ms
+        if tail != i and put_ms[tail] < expired:
+            packets, seqs = self._packets, self._seqs
+            while tail != i and put_ms[tail] < expired:
+                packets[tail] = None
+                seqs[tail] = -1
+                tail = (tail + 1) & mask
+            self._tail = tail
 
     def get(self, seq: int, now_ms: float, rtt_ms: float = 0.0) -> bytes | None:
         """The packet to retransmit for a NACKed ``seq``, or None (missing, too old,
@@ -90,3 +107,4 @@ class RtxCache:
         self._packets = [None] * n
         self._put_ms = [-math.inf] * n
         self._resent_ms = [-math.inf] * n
+        self._tail = 0

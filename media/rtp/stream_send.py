@@ -10,7 +10,6 @@ from __future__ import annotations
 from aiortc.rtp import RtcpReceiverInfo, RtcpSenderInfo
 
 from media.rtp.ntp import ntp_to_ms
-from media.rtp.rate import RateCounter
 
 __all__ = ["RtpStreamSend"]
 
@@ -26,7 +25,7 @@ class RtpStreamSend:
         "_ts_per_ms",
         "_last_rtp_ts",
         "_last_sent_ms",
-        "_rate",
+        "_mark",
         "packets_sent",
         "bytes_sent",
         "rtt_ms",
@@ -44,7 +43,7 @@ class RtpStreamSend:
         self._ts_per_ms = clock_rate / 1000.0
         self._last_rtp_ts: int | None = None
         self._last_sent_ms = 0.0
-        self._rate = RateCounter()
+        self._mark: tuple[float, int] | None = None  # (ms, bytes_sent) for bitrate_bps
         self.packets_sent = 0
         self.bytes_sent = 0
         self.rtt_ms: float | None = None  # None until a report block with LSR came back
@@ -59,11 +58,21 @@ class RtpStreamSend:
         self.bytes_sent += size
         self._last_rtp_ts = rtp_ts
         self._last_sent_ms = now_ms
-        self._rate.add(size, now_ms)
+        if self._mark is None:
+            self._mark = (now_ms - 1.0, 0)
 
     def bitrate_bps(self, now_ms: float) -> float:
-        """Sent payload bitrate over the last second."""
-        return self._rate.rate_bps(now_ms)
+        """Sent payload bitrate, computed on read (the send path only counts bytes):
+        over the time since a mark (first the first packet) that moves once it is a
+        second old."""
+        mark = self._mark
+        if mark is None:
+            return 0.0
+        elapsed = now_ms - mark[0]
+        rate = (self.bytes_sent - mark[1]) * 8000.0 / elapsed if elapsed > 0 else 0.0
+        if elapsed >= 1000.0:
+            self._mark = (now_ms, self.bytes_sent)
+        return rate
 
     def sender_report_info(self, now_ms: float, ntp: int) -> RtcpSenderInfo:
         """Sender info for an SR sent at ``now_ms`` (wall time ``ntp``).
