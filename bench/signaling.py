@@ -17,7 +17,20 @@ Prints one JSON object:
 * ``resume_ms``: a client's signaling dropped mid-call (``drop_connection``) until its
   ``resume`` reply, per transport, clean.
 
-Run: python bench/signaling.py [--runs N] [--pings N]
+``--data`` measures room messages instead (``send_data``, docs/protocol.md):
+
+* ``data_rtt_ms``: per transport, one reliable message at a time from one client to
+  another in a room of two: ``reply`` (send to the sender's reply, which comes after the
+  fsync'd commit) and ``delivery`` (send to the other client's ``data`` event); and
+  ``unreliable`` (send to the other's event: no commit, a datagram over QUIC).
+* ``data_throughput``: a ``ferry serve`` subprocess (its own process, so its CPU is
+  measured apart from the clients'); 3 clients (WebSocket, QUIC, WebSocket) in one room
+  each send ``--messages``/3 reliable messages with 32 in flight; every message goes
+  to all 3. ``messages_per_s`` (committed and delivered to everyone), the server's CPU
+  seconds, ``messages_per_server_cpu_s`` (messages per second per core), and
+  ``messages_per_commit`` (how many sends shared one fsync).
+
+Run: python bench/signaling.py [--runs N] [--pings N] | --data [--pings N] [--messages N]
 """
 
 from __future__ import annotations
@@ -25,20 +38,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+import aiohttp  # noqa: E402
+
 from clients.client import FerryClient, allow_loopback  # noqa: E402
+from clients.lite import LiteClient  # noqa: E402
 from clients.media_sources import TestPatternVideoTrack  # noqa: E402
 from netem.link import LinkConfig  # noqa: E402
 from netem.proxy import UdpProxy  # noqa: E402
 from signaling.app import FerryServer  # noqa: E402
+from signaling.auth import generate_dev_keys, mint_token  # noqa: E402
 from signaling.config import Config  # noqa: E402
 
 PROFILE_3G = (
@@ -263,9 +285,155 @@ async def main(runs: int, pings: int) -> dict[str, Any]:
     return result
 
 
+# -- room messages ---------------------------------------------------------------------------
+
+
+async def data_round_trips(server: FerryServer, urls: dict[str, str], count: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for transport, url in urls.items():
+        a, b = LiteClient(name="a"), LiteClient(name="b")
+        waiting: dict[Any, asyncio.Future[float]] = {}
+
+        def arrived(msg: dict[str, Any], waiting: dict[Any, asyncio.Future[float]] = waiting) -> None:
+            fut = waiting.get(msg["payload"]["n"])
+            if fut is not None and not fut.done():
+                fut.set_result(time.perf_counter())
+
+        b.data.callbacks.append(arrived)
+        try:
+            for client, name in ((a, "a"), (b, "b")):
+                await client.connect(url)
+                await client.join(server.token(f"data-rtt-{transport}", name))
+            samples: dict[str, list[float]] = {"reply": [], "delivery": [], "unreliable": []}
+            for n in range(2 * count):
+                reliable = n < count
+                waiting[n] = asyncio.get_running_loop().create_future()
+                t0 = time.perf_counter()
+                await a.send_data("bench", {"n": n}, reliable=reliable)
+                if reliable:
+                    samples["reply"].append((time.perf_counter() - t0) * 1000)
+                delivered = await asyncio.wait_for(waiting[n], 10)
+                del waiting[n]
+                samples["delivery" if reliable else "unreliable"].append((delivered - t0) * 1000)
+            out[transport] = {kind: _summary(values) for kind, values in samples.items()}
+            out[transport]["datagrams_received"] = getattr(b._channel, "datagrams_in", 0)
+        finally:
+            await a.close()
+            await b.close()
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _metric(http: aiohttp.ClientSession, base: str, name: str) -> float:
+    async with http.get(f"{base}/metrics") as res:
+        text = await res.text()
+    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def data_throughput(messages: int, window: int = 32) -> dict[str, Any]:
+    """A ``ferry serve`` subprocess; 3 clients send and receive ``messages`` in all."""
+    key, secret = generate_dev_keys()
+    env = dict(os.environ, FERRY_API_KEY=key, FERRY_API_SECRET=secret, FERRY_LOG_LEVEL="info")
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--http-port", "0",
+               "--media-port", "0", "--quic-port", "0", "--captions", "off", "--data-dir", tmp]
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        clients: list[LiteClient] = []
+        try:
+            assert proc.stderr is not None
+            port = None
+            while port is None:
+                line = await asyncio.to_thread(proc.stderr.readline)
+                if not line:
+                    raise RuntimeError(f"ferry serve exited ({proc.wait()})")
+                if match := re.search(r"Ferry listening: http://127\.0\.0\.1:(\d+)/", line):
+                    port = int(match.group(1))
+            _drain_log(proc)
+            base = f"http://127.0.0.1:{port}"
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/api/webtransport") as res:
+                    quic_url = (await res.json())["quic_url"]
+                urls = [f"ws://127.0.0.1:{port}/ws", quic_url, f"ws://127.0.0.1:{port}/ws"]
+                for i, url in enumerate(urls):
+                    client = LiteClient(name=f"c{i}", request_timeout=30.0)
+                    await client.connect(url)
+                    token = mint_token(key, secret, identity=f"c{i}", room="throughput", now=time.time())
+                    await client.join(token)
+                    clients.append(client)
+                per_client = messages // len(clients)
+                total = per_client * len(clients)
+                commits0, cpu0 = await _metric(http, base, "ferry_data_commits_total"), _cpu_s(proc.pid)
+                t0 = time.perf_counter()
+
+                async def sender(client: LiteClient) -> None:
+                    sem = asyncio.Semaphore(window)
+
+                    async def one(n: int) -> None:
+                        async with sem:
+                            await client.send_data("bench", {"n": n, "pad": "x" * 100})
+
+                    await asyncio.gather(*(one(n) for n in range(per_client)))
+
+                await asyncio.gather(*(sender(c) for c in clients))
+                for client in clients:
+                    await client.wait_for(lambda c=client: len(c.data.received) >= total, timeout=120, interval=0.01)
+                wall = time.perf_counter() - t0
+                cpu = _cpu_s(proc.pid) - cpu0
+                commits = await _metric(http, base, "ferry_data_commits_total") - commits0
+            return {
+                "messages": total,
+                "deliveries": total * len(clients),
+                "wall_s": round(wall, 2),
+                "messages_per_s": round(total / wall),
+                "server_cpu_s": round(cpu, 2),
+                "messages_per_server_cpu_s": round(total / cpu) if cpu else None,
+                "commits": int(commits),
+                "messages_per_commit": round(total / commits, 1) if commits else None,
+            }
+        finally:
+            for client in clients:
+                await client.close()
+            proc.terminate()
+            proc.wait(timeout=15)
+
+
+def _drain_log(proc: subprocess.Popen[str]) -> None:
+    """Keep reading the server's log so a full pipe never blocks it."""
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        for _ in proc.stderr:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+
+
+async def data_main(pings: int, messages: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Config(host="127.0.0.1", http_port=0, media_port=0, quic_port=0, captions="off", data_dir=tmp)
+        server = FerryServer(config)
+        await server.start()
+        try:
+            rtt = await data_round_trips(server, {"ws": server.ws_url, "quic": server.quic_url}, pings)
+        finally:
+            await server.stop()
+    return {"data_rtt_ms": rtt, "data_throughput": await data_throughput(messages)}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="joins and resumes per transport and link")
     parser.add_argument("--pings", type=int, default=500, help="round trips per transport on the clean link")
+    parser.add_argument("--data", action="store_true", help="room messages: round trips and throughput")
+    parser.add_argument("--messages", type=int, default=30000, help="reliable messages in the --data throughput run")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.runs, args.pings)), indent=2))
+    if args.data:
+        print(json.dumps(asyncio.run(data_main(args.pings, args.messages)), indent=2))
+    else:
+        print(json.dumps(asyncio.run(main(args.runs, args.pings)), indent=2))
