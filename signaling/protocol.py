@@ -72,6 +72,7 @@ ERROR_CODES = frozenset(
         "too_large",
         "unauthorized",
         "forbidden",
+        "room_full",
         "not_joined",
         "not_found",
         "conflict",

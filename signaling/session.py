@@ -157,7 +157,11 @@ class Session:
             if previous.end_session is not None:
                 previous.end_session("replaced")
         if len(room.participants) >= self.max_participants:
-            raise ProtocolError("forbidden", f"room {room_name} is full")
+            raise ProtocolError(
+                "room_full",
+                f"room {room_name} is full: {len(room.participants)} participants, limit"
+                f" {self.max_participants} (max_participants_per_room)",
+            )
         sid = "PA_" + secrets.token_hex(6)
         media = room.router.add_participant(sid)
         participant = Participant(
