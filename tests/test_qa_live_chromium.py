@@ -116,15 +116,15 @@ def _outside_outages(points: list[list[float]]) -> list[float]:
 
 
 MEASURED_3G = (
-    "Ferry does not meet it yet; measured over 3 runs (pytest -s): longest freeze 2.0-4.5 s "
-    "(bound 3 s; each outage is followed by a second freeze of 1.7-2.5 s soon after the link "
-    "returns), glass-to-glass p50 216-223 ms but p95 outside the outages 480-948 ms (after an "
-    "outage the viewer stays at 450-950 ms while receiving below capacity: Chrome's jitter "
-    "buffer and lip sync grow on the backlog delivered late), RTT max 849-1044 ms (966 ms "
-    "outside the outages). What would fix it: after an outage, skip the backlog instead of "
-    "delivering it (drop media older than ~300 ms at the down track and ask for a keyframe, so "
-    "the viewer jumps to live), probe back to the pre-outage rate, keep the bottleneck queue "
-    "short while the estimate recovers")
+    "Ferry does not meet it yet; measured over 5 runs (pytest -s): longest freeze 2.0-4.5 s "
+    "(within the 3 s bound in 3 runs; each outage is followed by a second freeze of 0.7-2.5 s "
+    "soon after the link returns), glass-to-glass p50 216-666 ms and p95 outside the outages "
+    "480-948 ms (after an outage the viewer stays at 450-950 ms while receiving below "
+    "capacity; mouth-to-ear p50 566-794 ms: Chrome's jitter buffers grow on the backlog "
+    "delivered late), RTT max 849-1044 ms (867-1022 ms outside the outages). What would fix "
+    "it: after an outage, skip the backlog instead of delivering it (drop media older than "
+    "~300 ms at the down track and ask for a keyframe, so the viewer jumps to live), probe "
+    "back to the pre-outage rate, keep the bottleneck queue short while the estimate recovers")
 
 
 @pytest.mark.xfail(strict=True, reason=MEASURED_3G)
