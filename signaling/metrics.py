@@ -33,6 +33,8 @@ omitted)::
     captions_finals, captions_partials, captions_write_errors; captions_tracks,
     captions_rooms; captions_status: {state: int}, captions_latency: {buckets:
     [(upper bound s, cumulative count)], count, sum}, captions_engines: {backend: {name: float}}
+    # room messages (signaling.messages_service): counters
+    data_messages: {"true"|"false": int} (by reliable), data_bytes, data_commits
 
 The callback runs on the event-loop thread during a scrape, so it must be cheap and must not
 block. If it raises, the snapshot families are omitted from that scrape and the error is
