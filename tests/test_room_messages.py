@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import os
+import re
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +27,13 @@ from clients.channel import FerryError
 from clients.lite import LiteClient
 from signaling import quic_cert
 from signaling.app import FerryServer
+from signaling.auth import generate_dev_keys, mint_token
 from signaling.messages import RoomLog
 from signaling.messages_store import MessageStore, insert_message, set_cursor, set_last_seq
 from tests.browser import chromium, needs_chromium, open_page
 from tests.conftest import make_config, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # -- the sans-I/O log ----------------------------------------------------------------------
 
@@ -379,3 +387,54 @@ async def test_chat_panel_shows_history_and_live_messages_from_a_python_client(d
             assert page.ferry_errors == []
     finally:
         await py.close()
+
+
+async def test_answered_messages_survive_a_killed_server_and_numbering_continues(tmp_path: Path) -> None:
+    """SIGKILL, not a clean stop: what was answered was on disk already."""
+    key, secret = generate_dev_keys()
+    env = dict(os.environ, FERRY_API_KEY=key, FERRY_API_SECRET=secret, FERRY_LOG_LEVEL="info")
+    data_dir = str(tmp_path / "data")
+
+    def token(identity: str) -> str:
+        return mint_token(key, secret, identity=identity, room="crash", now=time.time())
+
+    proc, port = _spawn_ferry(env, data_dir)
+    try:
+        client = LiteClient(name="a")
+        await client.connect(f"ws://127.0.0.1:{port}/ws")
+        await client.join(token("a"))
+        replies = await asyncio.gather(*(client.send_data("chat", i) for i in range(50)))
+        assert sorted(r["data_seq"] for r in replies) == list(range(1, 51))
+        proc.kill()  # no flush, no goodbye
+        proc.wait(timeout=10)
+        await client.close()
+        proc, port = _spawn_ferry(env, data_dir)
+        late = LiteClient(name="b")
+        await late.connect(f"ws://127.0.0.1:{port}/ws")
+        reply = await late.join(token("b"), data_since=0)
+        assert reply["data"]["last_seq"] == 50
+        await late.wait_for(lambda: len(late.data.received) == 50)
+        assert sorted(m["payload"] for m in late.data.received) == list(range(50))
+        assert (await late.send_data("chat", "after"))["data_seq"] == 51
+        await late.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _spawn_ferry(env: dict[str, str], data_dir: str) -> tuple[subprocess.Popen[str], int]:
+    """``ferry serve`` on free ports with this data dir; returns it and its HTTP port."""
+    cmd = [sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--http-port", "0",
+           "--media-port", "0", "--quic-port", "0", "--captions", "off", "--data-dir", data_dir]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        if match := re.search(r"Ferry listening: http://127\.0\.0\.1:(\d+)/", line):
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+            return proc, int(match.group(1))
+    proc.kill()
+    raise AssertionError(f"ferry serve did not start (exit {proc.wait()})")
