@@ -270,6 +270,9 @@ TABLE_COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
+LINK_CELL = 48
+
+
 def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "-"
@@ -290,6 +293,8 @@ def summary_rows(result: RunResult) -> list[list[str]]:
         cells = [_cell(p.get(k), f) for k, _, f in TABLE_COLUMNS]
         if p.get("link") and p.get("link") != p.get("profile"):
             cells[1] = f"{p.get('profile')} -> {p['link']}"  # where the schedule left it
+        if len(cells[1]) > LINK_CELL:
+            cells[1] = cells[1][:LINK_CELL - 3] + "..."  # report.json has the whole spec
         rows.append([name] + cells)
     return rows
 

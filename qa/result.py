@@ -125,6 +125,8 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
         "link": p.link_label,
         "latency": [[round(at - t0, 3), round(ms, 1)]
                     for at, ms in sorted(x for m in videos for x in m.latency)][-LATENCY_KEPT:],
+        "audio_latency": [[round(at - t0, 3), round(ms, 1)]
+                          for at, ms in sorted(x for m in audios for x in m.latency)],
     }
 
 

@@ -292,6 +292,14 @@ def _as_list(value: Any, what: str) -> list[Any]:
     raise ScenarioError(f"{what} must be a list")
 
 
+def _mapping_label(value: Any) -> str:
+    """How a link given as ``{up:, down:}`` is named in the report: its netem words."""
+    if not isinstance(value, Mapping):
+        return "custom"
+    up, down = str(value.get("up") or "-"), str(value.get("down") or "-")
+    return up if up == down else f"up: {up} / down: {down}"
+
+
 def _participant(data: Mapping[str, Any], index: int) -> ParticipantSpec:
     if not isinstance(data, Mapping):
         raise ScenarioError(f"participants[{index}] must be a mapping")
@@ -324,7 +332,7 @@ def _participant(data: Mapping[str, Any], index: int) -> ParticipantSpec:
             label = value if isinstance(value, str) else "custom"
         elif "up" in change or "down" in change:
             value = {"up": change.get("up", ""), "down": change.get("down", "")}
-            label = f"up: {value['up'] or '-'} / down: {value['down'] or '-'}"
+            label = _mapping_label(value)
         else:
             raise ScenarioError(f"{name}: schedule[{j}] needs link/profile or up/down")
         schedule.append(LinkChange(at, _profile(name, value), str(label)))
@@ -339,7 +347,7 @@ def _participant(data: Mapping[str, Any], index: int) -> ParticipantSpec:
         publish=publish,
         subscribe=bool(data.get("subscribe", True)),
         link=link,
-        link_label=link_value if isinstance(link_value, str) else "custom",
+        link_label=link_value if isinstance(link_value, str) else _mapping_label(link_value),
         schedule=schedule,
         fallback=fallback,
     )
