@@ -274,7 +274,9 @@ async def test_1000_messages_from_three_clients_survive_reconnects_and_a_restart
                 f"(resumes {client.resumes}, rejoins {client.rejoins}, {client.resume_error})",
             )
 
-        assert clients["a"].resumes == 2, "a's dropped connections were resumed"
+        # a's drops were resumed (one may overlap the restart: then it joined again).
+        a = clients["a"]
+        assert a.resumes >= 1 and a.resumes + a.rejoins >= 3, (a.resumes, a.rejoins)
         assert all(c.rejoins >= 1 for c in clients.values()), "everyone joined again after the restart"
         logs = {name: [(m["data_seq"], m["data_id"]) for m in c.data.received] for name, c in clients.items()}
         assert logs["a"] == logs["b"] == logs["c"], "clients disagree on the messages or their order"
