@@ -104,3 +104,32 @@ def test_capacity_follows_the_links_rate_trace_and_steps() -> None:
     steps = StepRate(((0.0, 1e6), (1000.0, 3e6)))
     assert abs(capacity_bps(steps, 0.0, 0.5, 1.5) - 2e6) < 1e3
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.95) == 5.0 and percentile([], 0.5) is None
+
+
+def test_an_audio_only_listeners_loss_after_repair_is_its_audio_loss(tmp_path) -> None:
+    """Loss after repair used to read 0% for an audio-only call (only video was tracked)."""
+    from qa.context import RunOptions
+    from qa.measurement import SeqTracker
+    from qa.participants import Participant
+    from qa.result import summarise
+    from qa.runner import Runner
+    from qa.scenario import load_scenario
+
+    scenario = load_scenario({"duration": 4, "participants": [
+        {"name": "talker", "publish": ["audio"], "subscribe": False},
+        {"name": "ear", "publish": []}]})
+    runner = Runner(scenario, RunOptions(out_dir=tmp_path, print_fn=None))
+    ear = Participant("ear", scenario.participants[1], runner.ctx)
+    ear.audio_tracker = SeqTracker()
+    ear.meter("PA/TR", "audio")
+    runner.t = [0.5 * k for k in range(9)]  # 0 .. 4 s
+    for k in range(9):  # 25 packets per sample, every 10th never arrives
+        for seq in range(25 * k, 25 * (k + 1)):
+            if seq % 10 != 3:
+                ear.audio_tracker.add(1234, seq)
+        ear.audio_marks.append(ear.audio_tracker.snapshot())
+    runner._residual_loss(ear)
+    summary = summarise(ear, runner.t, 0.0, 4.0)
+    assert summary["remote_video_tracks"] == 0 and summary["freeze_count"] == 0
+    assert abs(summary["audio_loss_after_recovery"] - 0.1) < 0.01
+    assert summary["loss_after_recovery"] == summary["audio_loss_after_recovery"]
