@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from media.bwe.estimator import GccEstimator
-from media.bwe.in_flight import MIN_WINDOW_BYTES, WINDOW_QUEUE_MS, InFlight, OutageTracker
+from media.bwe.estimator import OUTAGE_RECHECK_MS, OUTAGE_RECHECK_RATIO, GccEstimator
+from media.bwe.in_flight import (
+    MIN_WINDOW_BYTES,
+    WINDOW_ACKED_RATIO,
+    WINDOW_QUEUE_MS,
+    InFlight,
+    OutageTracker,
+)
 from media.bwe.pacer import CONGESTED_PACKET_INTERVAL_MS, Pacer
 from media.bwe.probe import ProbeCluster
 from media.rtp.twcc import PacketResult
@@ -145,3 +151,37 @@ def test_a_full_window_still_lets_one_packet_out_per_interval_to_draw_feedback()
     # ... and with no way to make one, the timer still waits an interval, never spins
     assert p.pop(4 * CONGESTED_PACKET_INTERVAL_MS, lambda size: None) == []
     assert p.next_send_time(4 * CONGESTED_PACKET_INTERVAL_MS + 1.0) == 5 * CONGESTED_PACKET_INTERVAL_MS
+
+
+def test_window_follows_what_the_receiver_got_when_it_falls_short_of_the_estimate() -> None:
+    """A fade: the estimate is still 800 kbit/s, the last 500 ms delivered 200 kbit/s.
+    Sized on the estimate, the window would hold ~4x its round trip of queue."""
+    est = GccEstimator(start_bps=1_000_000)
+    seq = _feed_steady(est, 0.0, 5000.0, 0, 800_000)
+    estimate = est.estimate_bps(5000.0)
+    wide = est.congestion_window_bytes(5000.0)
+    assert wide is not None and wide > InFlight.window_bytes(0.9 * estimate, 0.0)
+    _feed_steady(est, 5000.0, 5600.0, seq, 200_000)
+    narrow = est.congestion_window_bytes(5600.0)
+    assert est.estimate_bps(5600.0) > 2 * WINDOW_ACKED_RATIO * 200_000  # not cut (yet)
+    assert narrow is not None and narrow <= wide * (WINDOW_ACKED_RATIO * 200_000 * 1.1) / estimate
+
+
+def test_a_second_probe_follows_the_outage_probe_once_the_flush_is_through() -> None:
+    est = GccEstimator(start_bps=1_000_000)
+    est.set_desired_bps(2_500_000)
+    seq = _feed_steady(est, 0.0, 5000.0, 0, 800_000)
+    est.next_probe(5000.0)  # whatever was pending
+    for t in range(5000, 5400, 10):
+        seq += 1
+        est.on_packet_sent(seq, 1000, float(t))
+    est.congestion_window_bytes(5700.0)
+    assert est.outage.active
+    est.on_packet_results([PacketResult(seq, 5390.0, 7000.0, 1000)], 7010.0)
+    assert not est.outage.active
+    first = est.next_probe(7010.0)
+    assert est.next_probe(7010.0 + OUTAGE_RECHECK_MS - 1) is None
+    second = est.next_probe(7010.0 + OUTAGE_RECHECK_MS)
+    assert second is not None
+    assert second.bitrate_bps >= OUTAGE_RECHECK_RATIO * est.estimate_bps(7300.0) - 1
+    assert first is None or first.bitrate_bps <= second.bitrate_bps
