@@ -17,6 +17,7 @@ to the others attached to the room, as datagrams where the connection has them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -44,12 +45,18 @@ __all__ = ["MessageService"]
 
 log = logging.getLogger("ferry.signaling.messages")
 
+# Replays up to this many messages are read on the loop (a fraction of a millisecond);
+# longer ones in a thread.
+SYNC_REPLAY_MAX = 200
+
 
 @dataclass
 class _Receiver:
     identity: str
     delivered: int  # every committed seq up to this was sent or is not for this identity
     datagram: Callable[[dict[str, Any]], bool] | None = None
+    # While a long replay is read in a thread: the newer messages, sent after it.
+    backlog: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -107,16 +114,37 @@ class MessageService:
         # Nothing the bounds dropped is replayed, even before the store deleted it.
         after = max(room_log.replay_after(participant.identity, data_since), self._deleted.get(room, 0))
         upto = room_log.committed_seq
-        missed = [
-            event
-            for _, recipients, event in self.store.read(room, after, upto)
-            if recipients is None or participant.identity in recipients
-        ]
-        self._receivers.setdefault(room, {})[session] = _Receiver(participant.identity, upto, datagram)
+        identity = participant.identity
+        receiver = _Receiver(identity, upto, datagram)
+        self._receivers.setdefault(room, {})[session] = receiver
         self._room_of[session] = room
-        self.replayed += len(missed)
-        info = {"last_seq": upto, "first_seq": room_log.first_seq, "replayed": len(missed)}
-        return info, missed
+        info = {"last_seq": upto, "first_seq": room_log.first_seq}
+        if upto - after <= SYNC_REPLAY_MAX:
+            missed = [event for _, to, event in self.store.read(room, after, upto) if to is None or identity in to]
+            self.replayed += len(missed)
+            return {**info, "replayed": len(missed)}, missed
+        # A long replay (a page asking for the whole history) is read in a thread, so
+        # the loop does not stall (~6 ms per 1000 messages); newer messages wait
+        # behind it in the receiver's backlog, so the order holds.
+        receiver.backlog = []
+        asyncio.get_running_loop().create_task(self._replay(session, receiver, room, after, upto))
+        return {**info, "replayed": self.store.count(room, after, upto, identity)}, []
+
+    async def _replay(self, session: Session, receiver: _Receiver, room: str, after: int, upto: int) -> None:
+        try:
+            rows = await asyncio.to_thread(self.store.read, room, after, upto)
+        except Exception:
+            log.exception("room message replay failed for %s in %s", receiver.identity, room)
+            rows = []
+        backlog, receiver.backlog = receiver.backlog or [], None
+        if self._receivers.get(room, {}).get(session) is not receiver or session.ended_reason is not None:
+            return  # the session left (or resumed elsewhere) meanwhile
+        for _, to, event in rows:
+            if to is None or receiver.identity in to:
+                session.send(event)
+                self.replayed += 1
+        for event in backlog:
+            session.send(event)
 
     def detach(self, session: Session) -> None:
         room = self._room_of.pop(session, None)
@@ -224,7 +252,10 @@ class MessageService:
                 continue
             receiver.delivered = seq
             if pending.recipients is None or receiver.identity in pending.recipients:
-                session.send(event)
+                if receiver.backlog is not None:
+                    receiver.backlog.append(event)
+                else:
+                    session.send(event)
                 self.delivered += 1
         if not self._pending.get(room, True):
             del self._pending[room]

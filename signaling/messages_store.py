@@ -6,8 +6,10 @@ event loop: a writer thread takes every write queued while the previous commit w
 syncing and commits them together (group commit), then calls each write's ``done`` back
 on the loop. Under load, many sends share one fsync; alone, a send waits for one.
 
-Reads (a room's state at first use, a replay on join or resume) run on the loop with
-their own connection: WAL readers never wait for the writer and see only committed rows.
+Reads (a room's state at first use, a replay on join or resume) have their own
+connection: WAL readers never wait for the writer and see only committed rows. They run
+on the loop, except long replays (:mod:`signaling.messages_service` reads those in a
+thread).
 
 The file is created on the first write, so a server whose clients never send room
 messages leaves nothing on disk.
@@ -69,6 +71,7 @@ class MessageStore:
         self.commits = 0  # transactions committed (each is one fsync)
         self.writes = 0
         self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[list[Write], Done] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,15 +88,16 @@ class MessageStore:
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """Rows of a read; none while the writer has not created the tables yet."""
-        conn = self._read_conn()
-        if conn is None:
-            return []
-        try:
-            return conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
+        with self._read_lock:  # the loop and replay threads share the connection
+            conn = self._read_conn()
+            if conn is None:
                 return []
-            raise
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise
 
     def load_room(self, room: str, max_count: int) -> RoomSnapshot:
         """The room's last seq, the newest ``max_count`` kept messages' seq/ts/ids, and
@@ -119,6 +123,15 @@ class MessageStore:
             (room, after, upto),
         )
         return [(seq, json.loads(to) if to is not None else None, json.loads(body)) for seq, to, body in rows]
+
+    def count(self, room: str, after: int, upto: int, identity: str) -> int:
+        """How many of :meth:`read`'s messages are meant for ``identity``."""
+        rows = self._query(
+            "SELECT count(*) FROM messages WHERE room=? AND seq>? AND seq<=? AND (recipients IS NULL"
+            " OR EXISTS (SELECT 1 FROM json_each(recipients) WHERE value=?))",
+            (room, after, upto, identity),
+        )
+        return int(rows[0][0]) if rows else 0
 
     # -- writes (a thread) ---------------------------------------------------------------
     def write(self, writes: list[Write], done: Done) -> None:

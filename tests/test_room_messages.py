@@ -321,6 +321,27 @@ async def test_unreliable_messages_use_quic_datagrams_where_the_client_has_them(
             await client.close()
 
 
+async def test_a_long_history_replays_in_order_before_newer_messages(data_server: FerryServer) -> None:
+    """Over 200 missed messages are read in a thread; messages sent meanwhile wait behind them."""
+    a = await _lite(data_server, "long", "a")
+    late = LiteClient(name="late")
+    try:
+        await asyncio.gather(*(a.send_data("chat", i, to=["a"] if i % 30 == 0 else None) for i in range(300)))
+        await late.connect(data_server.ws_url)
+        joined = asyncio.ensure_future(late.join(data_server.token("long", "late"), data_since=0))
+        more = asyncio.ensure_future(asyncio.gather(*(a.send_data("chat", 300 + i) for i in range(20))))
+        reply = await joined
+        await more
+        assert reply["data"]["replayed"] == 290, "the 10 messages addressed to a are not late's"
+        await late.wait_for(lambda: len(late.data.received) == 310, timeout=15)
+        seqs = [m["data_seq"] for m in late.data.received]
+        assert seqs == sorted(seqs) and late.data.duplicates == 0
+        assert {m["payload"] for m in late.data.received} == {i for i in range(320) if i >= 300 or i % 30}
+    finally:
+        await a.close()
+        await late.close()
+
+
 async def test_history_is_bounded_and_a_late_joiner_gets_only_what_is_kept(tmp_path: Path) -> None:
     server = FerryServer(make_config(data_dir=str(tmp_path / "data"), messages_max_per_room=2))
     await server.start()
