@@ -91,8 +91,11 @@ class MessageService:
             snapshot = self.store.load_room(room, self.max_count)
             room_log = RoomLog(max_count=self.max_count, max_age_s=self.max_age_s, snapshot=snapshot)
             self._deleted[room] = room_log.first_seq - 1
-            room_log.evict(now)
+            if snapshot.kept and snapshot.kept[0].seq > 1:
+                # Rows past a lowered messages_max_per_room are never replayed: delete them.
+                self.store.write([delete_upto(room, snapshot.kept[0].seq - 1)], _ignore)
             self._logs[room] = room_log
+            self._evict(room, room_log, now, [])
         return room_log
 
     # -- sessions ------------------------------------------------------------------------
