@@ -17,6 +17,7 @@ lost the packet.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 __all__ = ["ALLOWED_CAPACITIES", "RtxCache"]
 
@@ -53,7 +54,8 @@ class RtxCache:
         self.max_age_ms = max_age_ms
         self._mask = capacity - 1
         self._seqs: list[int] = [-1] * capacity
-        self._packets: list[bytes | None] = [None] * capacity
+        # bytes, or parts the caller joins (see DownTrack.write): stored as given.
+        self._packets: list[Any] = [None] * capacity
         self._put_ms: list[float] = [-math.inf] * capacity
         self._resent_ms: list[float] = [-math.inf] * capacity
         self._tail = 0  # oldest slot that may still hold a packet
@@ -61,7 +63,7 @@ class RtxCache:
         self.misses = 0
         self.suppressed = 0
 
-    def put(self, seq: int, packet: bytes, now_ms: float) -> None:
+    def put(self, seq: int, packet: Any, now_ms: float) -> None:
         """Remember ``packet`` (plain RTP) as sent with outgoing ``seq`` at ``now_ms``."""
         seq &= 0xFFFF
         mask = self._mask
@@ -82,7 +84,7 @@ class RtxCache:
                 tail = (tail + 1) & mask
             self._tail = tail
 
-    def get(self, seq: int, now_ms: float, rtt_ms: float = 0.0) -> bytes | None:
+    def get(self, seq: int, now_ms: float, rtt_ms: float = 0.0) -> Any:
         """The packet to retransmit for a NACKed ``seq``, or None (missing, too old,
         overwritten, or just retransmitted)."""
         seq &= 0xFFFF
