@@ -36,6 +36,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
-from bench.forward_rx import LatencyLog, RawSubscriber, stamp_publisher  # noqa: E402
+from bench.forward_rx import LatencyLog, RawSubscriber, pace_publisher, stamp_publisher  # noqa: E402
 from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip  # noqa: E402
 from media.wire.rtp import build_rtp, parse_rtp  # noqa: E402
 from signaling.auth import generate_dev_keys, mint_token  # noqa: E402
@@ -141,6 +142,11 @@ class FerryProcess:
             "--quic-port",
             str(self.quic_port),
         ]
+        # A class of 500 is above the default room limit (200): the bench room has room.
+        self._config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)  # noqa: SIM115
+        self._config.write("max_participants_per_room: 2000\n")
+        self._config.close()
+        cmd += ["--config", self._config.name]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as http:
@@ -167,6 +173,10 @@ class FerryProcess:
         return out
 
     def stop(self) -> None:
+        config = getattr(self, "_config", None)
+        if config is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(config.name)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -246,7 +256,10 @@ async def run_one(
         await pub.join(ferry.token(room, "pub"), auto_subscribe=False)
         await pub.publish_vp8(video, fps=FPS, simulcast_rids=None, audio=audio)
         assert pub.publisher is not None
-        stamp_publisher(pub.publisher, latency)
+        if args.publisher_pacing:
+            pace_publisher(pub.publisher, latency, args.publisher_pacing * VIDEO["bitrate"])
+        else:
+            stamp_publisher(pub.publisher, latency)
         await asyncio.gather(*(c.wait_connected("subscriber", 60.0) for c in subs))
         if raw:  # payloads are not decrypted: wait for video packets instead
             def flowing(c: LiteClient) -> bool:
@@ -329,6 +342,7 @@ def _result(
         "client_cpu_pct": round(100.0 * client_cpu / wall, 1),
         "client_saturated": client_cpu / wall > 0.9,
         "rx": args.rx,
+        "publisher_pacing": args.publisher_pacing or None,
         "client_feedback": {
             "twcc": args.rx != "raw" and not args.no_twcc,
             "nack": args.rx != "raw" and not args.no_nack,
@@ -439,6 +453,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=16,
         help="raw mode: subscribers (spread over the join order) that measure latency",
+    )
+    parser.add_argument(
+        "--publisher-pacing",
+        type=float,
+        default=0.0,
+        metavar="FACTOR",
+        help="pace the publisher's video at FACTOR x its bitrate in 5 ms steps, as Chrome "
+        "does (2.5); 0 (default): each frame leaves as one burst, like aiortc",
     )
     parser.add_argument("--no-twcc", action="store_true", help="subscribers send no TWCC feedback")
     parser.add_argument("--no-nack", action="store_true", help="subscribers send no NACKs")

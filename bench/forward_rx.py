@@ -16,16 +16,18 @@ Ferry's processing and loopback.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from clients.lite.subscriber import LiteSubscriber, RecvCounters
 from media.transport.srtp import SrtpError
+from signaling.sdp import PT_VP8 as VIDEO_PT
 
-__all__ = ["LatencyLog", "RawSubscriber", "stamp_publisher"]
+__all__ = ["LatencyLog", "RawSubscriber", "pace_publisher", "stamp_publisher"]
 
 KEY_BYTES = 12  # tail of the packet used as its identity
 STAMP_MEMORY = 4096  # send stamps kept (~10 s of one publisher)
@@ -93,6 +95,43 @@ def stamp_publisher(publisher: Any, log: LatencyLog) -> None:
     def send_rtp(packet: bytes) -> None:
         log.stamp(packet)
         send(packet)
+
+    publisher.send_rtp = send_rtp
+
+
+def pace_publisher(publisher: Any, log: LatencyLog, rate_bps: float, interval_s: float = 0.005) -> None:
+    """Send the publisher's video through a pacer as Chrome does (a token bucket at
+    ``rate_bps``, typically 2.5x the video bitrate, topped up each ``interval_s``)
+    instead of a whole frame at once; audio is not paced (Chrome's default). Packets are
+    stamped when they leave the pacer, so latency is the SFU's, not the pacer queue's."""
+    loop = asyncio.get_running_loop()
+    queue: deque[bytes] = deque()
+    send = publisher.send_rtp
+    burst = rate_bps / 8.0 * interval_s
+    state: dict[str, Any] = {"budget": burst, "at": loop.time(), "timer": None}
+
+    def drain() -> None:
+        state["timer"] = None
+        now = loop.time()
+        budget = min(burst, state["budget"] + (now - state["at"]) * rate_bps / 8.0)
+        state["at"] = now
+        while queue and budget > 0:
+            packet = queue.popleft()
+            budget -= len(packet)
+            log.stamp(packet)
+            send(packet)
+        state["budget"] = budget
+        if queue:
+            state["timer"] = loop.call_later(interval_s, drain)
+
+    def send_rtp(packet: bytes) -> None:
+        if packet[1] & 0x7F != VIDEO_PT:
+            log.stamp(packet)
+            send(packet)
+            return
+        queue.append(packet)
+        if state["timer"] is None:
+            drain()
 
     publisher.send_rtp = send_rtp
 
