@@ -116,6 +116,7 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
         "rtt_ms": median_of(s["rtt_ms"]),
         "rtt_max_ms": max((x for x in s["rtt_ms"] if x is not None), default=None),
         "jitter_ms": median_of(s["jitter_ms"]),
+        "jitter_buffer_ms": median_of(s["jitter_buffer_ms"]),
         "layer_mean": mean_of(layers_after),
         "layer_min": min(layers_after) if layers_after else None,
         "layers": {tsid: mean_of(xs) for tsid, xs in per_track.items()},

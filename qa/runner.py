@@ -213,6 +213,7 @@ class Runner:
             s["rtt_ms"].append(cs.get("rtt_ms") if cs.get("rtt_ms") is not None
                                else ss["server_rtt_ms"])
             s["jitter_ms"].append(cs.get("jitter_ms"))
+            s["jitter_buffer_ms"].append(cs.get("jitter_buffer_ms"))
             videos = [m for m in p.meters.values() if m.kind == "video"]
             fps = [(m.window_frames - p.frame_counts.get(id(m), 0)) / dt for m in videos]
             p.frame_counts = {id(m): m.window_frames for m in videos}

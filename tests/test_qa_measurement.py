@@ -61,6 +61,7 @@ def _chromium(t0: float) -> ChromiumParticipant:
     ctx = SimpleNamespace(t0=t0, turn_passwords={}, options=SimpleNamespace(sample_interval_s=0.5))
     p = ChromiumParticipant("viewer", ParticipantSpec("viewer", "chromium", publish=()), ctx)
     p._chrome_prev = {}
+    p._jitter_prev = (0.0, 0)
     return p
 
 
