@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import json
 import os
 import re
 import sqlite3
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from clients.channel import FerryError
+from clients.channel import FerryError, SignalingChannel
 from clients.lite import LiteClient
 from signaling import quic_cert
 from signaling.app import FerryServer
@@ -461,3 +462,42 @@ def _spawn_ferry(env: dict[str, str], data_dir: str) -> tuple[subprocess.Popen[s
             return proc, int(match.group(1))
     proc.kill()
     raise AssertionError(f"ferry serve did not start (exit {proc.wait()})")
+
+
+@pytest.mark.browser
+@needs_chromium
+async def test_page_whose_session_is_resumed_elsewhere_does_not_say_the_server_is_stopping(
+    data_server: FerryServer,
+) -> None:
+    """``leave {reason: resumed}``: the same user's newer connection took over."""
+    url = f"{data_server.http_url}/?room=res&name=Ann&autojoin=1&publish=0&transport=ws"
+    async with chromium() as browser:
+        context = await browser.new_context()
+        page = await context.new_page()
+        tokens: list[str] = []
+
+        def on_websocket(ws: Any) -> None:
+            def frame(payload: str | bytes) -> None:
+                if isinstance(payload, str) and '"resume_token"' in payload:
+                    tokens.append(json.loads(payload)["resume_token"])
+
+            ws.on("framereceived", frame)
+
+        page.on("websocket", on_websocket)
+        await page.goto(url)
+        await wait_until(lambda: bool(tokens), 20)
+        other = SignalingChannel(lambda msg: None, request_timeout=5.0)
+        await other.open(data_server.ws_url)
+        try:
+            await other.request("hello", version=1)
+            await other.request("resume", token=tokens[0], last_seq=0)
+            deadline = time.monotonic() + 10
+            while await page.evaluate("window.ferry.state") != "left":
+                assert time.monotonic() < deadline, await page.evaluate("window.ferry.state")
+                await asyncio.sleep(0.1)
+            text = await page.evaluate("document.getElementById('status').textContent")
+            error = await page.evaluate("document.getElementById('status').classList.contains('error')")
+            assert "server is stopping" not in text and "another connection" in text, text
+            assert not error
+        finally:
+            await other.close()
