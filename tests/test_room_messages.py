@@ -214,6 +214,9 @@ async def test_a_retried_send_is_stored_once_and_gets_the_same_seq(data_server: 
         with sqlite3.connect(tmp_path / "data" / "messages.db") as conn:
             assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 2
             assert conn.execute("SELECT seq FROM cursors WHERE identity='b'").fetchone()[0] == 2
+        metrics = data_server.metrics.render().decode()
+        assert 'ferry_data_messages_total{reliable="true"} 2.0' in metrics, "the retry counted twice"
+        assert "ferry_data_commits_total" in metrics and "ferry_data_bytes_total" in metrics
     finally:
         await a.close()
         await b.close()
