@@ -504,3 +504,46 @@ async def test_page_whose_session_is_resumed_elsewhere_does_not_say_the_server_i
             assert not error
         finally:
             await other.close()
+
+
+@pytest.mark.browser
+@needs_chromium
+async def test_chat_panel_after_a_dropped_connection_shows_what_it_missed_once(data_server: FerryServer) -> None:
+    py = await _lite(data_server, "drop", "bot", name="Bot")
+    try:
+        url = f"{data_server.http_url}/?room=drop&name=Ann&autojoin=1&publish=0&transport=ws"
+        async with chromium() as browser:
+            page = await open_page(browser, url)
+            await wait_until(lambda: len(data_server.rooms.rooms.get("drop").participants) == 2, 20)  # type: ignore[union-attr]
+            await py.send_data("chat", {"text": "one"})
+
+            async def texts() -> list[str]:
+                return [line["text"] for line in await page.evaluate("window.ferry.chatLines()")]
+
+            deadline = time.monotonic() + 10
+            while await texts() != ["one"]:
+                assert time.monotonic() < deadline, await texts()
+                await asyncio.sleep(0.05)
+            conn = next(c for c in data_server._connections if c.session and c.session.participant
+                        and c.session.participant.identity != "bot")
+            replayed = data_server.messages.replayed
+            await page.context.set_offline(True)  # its reconnects fail until we are done
+            conn.abort()  # the page's WebSocket dies; it resumes with data_since
+            await py.send_data("chat", {"text": "two"})
+            await py.send_data("chat", {"text": "three"})
+            await page.context.set_offline(False)
+            deadline = time.monotonic() + 10
+            while await texts() != ["one", "two", "three"]:
+                assert time.monotonic() < deadline, await texts()
+                await asyncio.sleep(0.05)
+            assert await page.evaluate("window.ferry.reconnects") == 1
+            assert data_server.messages.replayed == replayed + 2, "two and three came by the replay"
+            await py.send_data("chat", {"text": "four"})
+            deadline = time.monotonic() + 10
+            while len(await texts()) < 4:
+                assert time.monotonic() < deadline, await texts()
+                await asyncio.sleep(0.05)
+            assert await texts() == ["one", "two", "three", "four"]
+            assert page.ferry_errors == []
+    finally:
+        await py.close()
