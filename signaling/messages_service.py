@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import secrets
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,12 +84,19 @@ class MessageService:
         self.delivered = 0
         self.replayed = 0
         self.duplicates = 0
+        self._storage_errors: set[str] = set()
         rooms.observers.append(self)
 
     def _log(self, room: str, now: float) -> RoomLog:
+        """The room's log, loaded from the store at first use; ProtocolError
+        ``storage_error`` when the database cannot be read."""
         room_log = self._logs.get(room)
         if room_log is None:
-            snapshot = self.store.load_room(room, self.max_count)
+            try:
+                snapshot = self.store.load_room(room, self.max_count)
+            except sqlite3.Error as exc:
+                self._storage_failed(exc)
+                raise ProtocolError("storage_error", f"room message history unreadable: {exc}") from None
             room_log = RoomLog(max_count=self.max_count, max_age_s=self.max_age_s, snapshot=snapshot)
             self._deleted[room] = room_log.first_seq - 1
             if snapshot.kept and snapshot.kept[0].seq > 1:
@@ -112,7 +120,10 @@ class MessageService:
         they commit."""
         self.detach(session)
         room = participant.room.name
-        room_log = self._log(room, now)
+        try:
+            room_log = self._log(room, now)
+        except ProtocolError as exc:  # a broken history never keeps anyone out of a room
+            return {"error": {"code": exc.code, "message": exc.message}}, []
         self._evict(room, room_log, now, [])  # an idle room's old messages age out here
         # Nothing the bounds dropped is replayed, even before the store deleted it.
         after = max(room_log.replay_after(participant.identity, data_since), self._deleted.get(room, 0))
@@ -123,7 +134,12 @@ class MessageService:
         self._room_of[session] = room
         info = {"last_seq": upto, "first_seq": room_log.first_seq}
         if upto - after <= SYNC_REPLAY_MAX:
-            missed = [event for _, to, event in self.store.read(room, after, upto) if to is None or identity in to]
+            try:
+                rows = self.store.read(room, after, upto)
+            except sqlite3.Error as exc:
+                self._storage_failed(exc)
+                return {**info, "replayed": 0, "error": {"code": "storage_error", "message": str(exc)}}, []
+            missed = [event for _, to, event in rows if to is None or identity in to]
             self.replayed += len(missed)
             return {**info, "replayed": len(missed)}, missed
         # A long replay (a page asking for the whole history) is read in a thread, so
@@ -131,7 +147,19 @@ class MessageService:
         # behind it in the receiver's backlog, so the order holds.
         receiver.backlog = []
         asyncio.get_running_loop().create_task(self._replay(session, receiver, room, after, upto))
-        return {**info, "replayed": self.store.count(room, after, upto, identity)}, []
+        try:
+            replayed = self.store.count(room, after, upto, identity)
+        except sqlite3.Error as exc:
+            self._storage_failed(exc)
+            replayed = 0
+        return {**info, "replayed": replayed}, []
+
+    def _storage_failed(self, exc: Exception) -> None:
+        """Logged once per kind of failure (a corrupt file fails every read alike)."""
+        kind = type(exc).__name__ + ": " + str(exc)
+        if kind not in self._storage_errors:
+            self._storage_errors.add(kind)
+            log.error("room message database %s: %s", self.store.path, kind)
 
     async def _replay(self, session: Session, receiver: _Receiver, room: str, after: int, upto: int) -> None:
         try:

@@ -346,6 +346,27 @@ async def test_a_long_history_replays_in_order_before_newer_messages(data_server
         await late.close()
 
 
+async def test_a_corrupt_history_gets_storage_errors_and_the_room_still_works(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "messages.db").write_bytes(b"this is not a database" * 100)
+    server = FerryServer(make_config(data_dir=str(tmp_path / "data")))
+    await server.start()
+    client = None
+    try:
+        client = LiteClient(name="a")
+        await client.connect(server.ws_url)
+        reply = await client.join(server.token("corrupt", "a"), data_since=0)
+        assert reply["data"]["error"]["code"] == "storage_error"
+        with pytest.raises(FerryError) as err:
+            await client.send_data("chat", "x", timeout=5)
+        assert err.value.code == "storage_error"
+        assert (await client.request("ping"))["ok"]
+    finally:
+        if client is not None:
+            await client.close()
+        await server.stop()
+
+
 async def test_history_is_bounded_and_a_late_joiner_gets_only_what_is_kept(tmp_path: Path) -> None:
     server = FerryServer(make_config(data_dir=str(tmp_path / "data"), messages_max_per_room=2))
     await server.start()
