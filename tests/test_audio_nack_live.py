@@ -97,6 +97,7 @@ async def test_chromium_listener_audio_nacks_are_answered_at_20_percent_loss(ser
                 "ferry_audio_resends_skipped": down.resends_skipped,
                 "ferry_nacks_received": server.engine.stats.nack_received,
                 "listener_red": down.red_payload_type is not None,
+                "pacer_audio_dropped": sub.pacer.dropped["audio"] if sub.pacer is not None else 0,
                 "chrome": chrome,
                 "concealed_pct": round(100.0 * chrome["concealedSamples"] / max(1, chrome["totalSamplesReceived"]), 2),
             }
