@@ -28,7 +28,7 @@ AUDIO_GAP_S = 0.06
 SERIES_KEYS = ("recv_bps", "sent_bps", "estimate_bps", "layer", "target_layer", "loss_before",
                "loss_after", "uplink_loss", "rtt_ms", "jitter_ms", "fps", "freezes", "frozen",
                "latency_ms", "latency_max_ms", "capacity_bps", "audio_concealed",
-               "jitter_buffer_ms")
+               "jitter_buffer_ms", "sent_fps")
 
 
 def freeze_threshold(intervals: list[float]) -> float:
@@ -139,6 +139,38 @@ class FrameMeter:
         if not self.gaps_from_frames:
             return self.last is None or now - self.last > POLLED_FROZEN_S
         return self.last is None or now - self.last > freeze_threshold(self.intervals)
+
+
+class LoopLag:
+    """How late the runner's own event loop wakes up (a task asks for ``PERIOD_S`` naps).
+
+    Why: every client, the relay and (in-process) Ferry share the runner's loop; when it
+    stalls, frames wait in socket buffers and are stamped late, so a freeze or latency
+    seen then may be the runner's, not the network's or Ferry's. The report names such
+    stalls instead of letting them pass as the call's.
+    """
+
+    PERIOD_S = 0.05
+    STALL_MS = 250.0  # a wake-up this late is named in the report's notes
+
+    def __init__(self) -> None:
+        self.expected: float | None = None
+        self.window_max_ms = 0.0
+        self.stalls: list[tuple[float, float]] = []  # (monotonic s, lag ms) over STALL_MS
+
+    def woke(self, now: float) -> None:
+        """The nap that should have ended at ``self.expected`` ended at ``now``."""
+        if self.expected is not None:
+            lag = max(0.0, (now - self.expected) * 1000.0)
+            self.window_max_ms = max(self.window_max_ms, lag)
+            if lag > self.STALL_MS:
+                self.stalls.append((now, lag))
+        self.expected = now + self.PERIOD_S
+
+    def take(self) -> float:
+        """The largest lag since the last call (ms)."""
+        out, self.window_max_ms = self.window_max_ms, 0.0
+        return out
 
 
 class SeqTracker:

@@ -65,6 +65,7 @@ class Participant:
         self.loss_after_total: float | None = None  # from the tracker, set when the run ends
         self.frame_counts: dict[int, int] = {}  # decoded frames per meter at the last sample
         self.proxy: Any = None  # a UdpProxy instead of the relay (LiteClient)
+        self._prev_frames_sent: int | None = None
         self.link_label = spec.link_label  # the link now, and its downlink rate stage since when
         self.link_rate: Any = spec.link.down.rate
         self.link_since = time.monotonic()
@@ -92,6 +93,12 @@ class Participant:
     async def client_sample(self) -> dict[str, Any]:
         """rtt_ms, jitter_ms, and rx totals from the client's own stats."""
         return {}
+
+    def video_frames_sent(self) -> int | None:
+        """Video frames this participant's encoder has produced so far (None: it does not
+        publish video). Why: when viewers freeze together, a publisher that stopped
+        producing frames (a starved encoder on a shared CPU) is the cause, not Ferry."""
+        return None
 
     def meter(self, key: str, kind: str, gaps_from_frames: bool = True) -> FrameMeter:
         m = self.meters.get(key)
@@ -142,10 +149,15 @@ class FerryParticipant(Participant):
             tracks.append(BeepAudioTrack(freq=300.0 + 20.0 * (len(self.name) % 20)))
         if "video" in self.spec.publish:
             v = self.ctx.scenario.video
-            tracks.append(TestPatternVideoTrack(int(v["width"]), int(v["height"]), float(v["fps"])))
+            self._video = TestPatternVideoTrack(int(v["width"]), int(v["height"]), float(v["fps"]))
+            tracks.append(self._video)
         if tracks:
             await self.client.publish(*tracks)
         self.connected = True
+
+    def video_frames_sent(self) -> int | None:
+        video = getattr(self, "_video", None)
+        return video.frames_sent if video is not None else None
 
     def _on_track(self, psid: str, tsid: str, track: Any) -> None:
         self._watch()
@@ -268,6 +280,9 @@ class ChromiumParticipant(Participant):
         local = await self.page.evaluate("window.ferry.localStats()")
         probe = await self.page.evaluate("window.__qa.sample()")
         now = time.monotonic()
+        encoded = [int(e.get("framesEncoded") or 0) for e in local.get("encodings") or []
+                   if e.get("kind") == "video"]
+        self._frames_encoded = max(encoded) if encoded else None
         rx = lost = 0
         rtt = local.get("rtt")
         for s in stats.values():
@@ -285,6 +300,9 @@ class ChromiumParticipant(Participant):
                     m.on_latency(now - (float(probe["now"]) - float(epoch_ms)) / 1000.0, float(ms))
         return {"rtt_ms": rtt * 1000.0 if rtt is not None else None, "jitter_ms": None,
                 "rx": (rx, lost), "connected": True, "jitter_buffer_ms": self.jitter_buffer_ms}
+
+    def video_frames_sent(self) -> int | None:
+        return getattr(self, "_frames_encoded", None)
 
     def _chrome_inbound(self, inbound: list[dict[str, Any]], now: float) -> None:
         """Chrome's own per-track figures: decoded frames, freezes (``freezeCount``,
@@ -379,6 +397,10 @@ class LiteParticipant(Participant):
             audio = encode_opus_clip(4.0) if "audio" in self.spec.publish else None
             await self.client.publish_vp8(video, fps=fps, audio=audio)
         self.connected = True
+
+    def video_frames_sent(self) -> int | None:
+        pub = getattr(self.client, "publisher", None) if hasattr(self, "client") else None
+        return max((layer.frames_sent for layer in pub.layers), default=None) if pub else None
 
     def set_link(self, profile: Profile, label: str | None = None) -> None:
         if self.proxy is not None:

@@ -27,9 +27,10 @@ PLOTS: list[tuple[str, str, list[tuple[str, str, float]], str]] = [
      [("layer", "-", 1.0), ("target_layer", ":", 1.0)], "layer (0 = lowest)"),
     ("loss", "Loss per 500 ms (solid: network, before recovery; dashed: after NACK/RTX)",
      [("loss_before", "-", 100.0), ("loss_after", "--", 100.0)], "%"),
-    ("rtt", "Round-trip time", [("rtt_ms", "-", 1.0)], "ms"),
-    ("freezes", "Decoded video fps (worst track); shaded: freezes",
-     [("fps", "-", 1.0)], "frames/s"),
+    ("rtt", "Round-trip time (grey: how late the runner's own event loop woke)",
+     [("rtt_ms", "-", 1.0)], "ms"),
+    ("freezes", "Video fps: decoded (solid, worst track), encoded by publishers (dashed); "
+     "shaded: freezes", [("fps", "-", 1.0), ("sent_fps", "--", 1.0)], "frames/s"),
     ("latency", "Glass-to-glass latency (solid: median per 500 ms, dotted: max)",
      [("latency_ms", "-", 1.0), ("latency_max_ms", ":", 1.0)], "ms"),
 ]
@@ -66,6 +67,7 @@ def report_dict(result: RunResult) -> dict[str, Any]:
         },
         "server": result.server,
         "relay": result.relay,
+        "runner": result.runner,
         "t": result.t,
         "participants": result.participants,
         "plots": [f"{stem}.png" for stem, *_ in PLOTS],
@@ -145,28 +147,19 @@ def write_plots(result: RunResult, out_dir: Path) -> list[Path]:
     events = _link_events(result)
     for stem, title, keys, ylabel in PLOTS:
         fig, ax = plt.subplots(figsize=(9, 4.2 + 0.16 * len(events)), dpi=90)
-        any_data = False
         top = 0.0
         with_data: set[str] = set()
+        labeled: set[str] = set()
         for label, members in groups:
-            color = colors[label]
-            for j, (key, style, scale) in enumerate(keys):
-                if stem == "layer" and key == "layer":
-                    lines = _layer_lines(result, members)
-                else:
-                    lines = [("", [_series(result, m, key, scale) for m in members])]
-                for i, (suffix, rows) in enumerate(lines):
-                    line_style = style if i == 0 else ("--", "-.", "-")[(i - 1) % 3]
-                    drawn = _draw(ax, t, rows, line_style, color,
-                                  (label + suffix) if j == 0 else None, "layer" in key)
-                    if drawn is not None:
-                        any_data = True
-                        with_data.add(label)
-                    top = max(top, drawn or 0.0)
-            if stem == "freezes":
-                for m in members:
-                    for fr in result.participants[m].get("freezes") or []:
-                        ax.axvspan(fr["t"], fr["t"] + fr["ms"] / 1000.0, color=color, alpha=0.2)
+            drawn = _draw_group(ax, result, stem, keys, label, members, colors[label], labeled)
+            if drawn is not None:
+                with_data.add(label)
+                top = max(top, drawn)
+        any_data = bool(with_data)
+        lag = (result.runner or {}).get("loop_lag_ms") or []
+        if stem == "rtt" and any(v for v in lag):
+            _draw(ax, t, [[None if v is None else float(v) for v in lag]], "--", "grey",
+                  "runner loop lag", False)
         if stem in CAPACITY_PLOTS and any_data:
             _draw_capacity(ax, result, [g for g in groups if g[0] in with_data], colors, t, top)
         _draw_events(fig, ax, events)
@@ -188,6 +181,32 @@ def write_plots(result: RunResult, out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _draw_group(ax: Any, result: RunResult, stem: str, keys: list[tuple[str, str, float]],
+                label: str, members: list[str], color: Any, labeled: set[str]) -> float | None:
+    """One participant's or group's lines of one plot; the largest value drawn (None:
+    no data). ``labeled`` holds the legend entries already given."""
+    top: float | None = None
+    for key, style, scale in keys:
+        if stem == "layer" and key == "layer":
+            lines = _layer_lines(result, members)
+        else:
+            lines = [("", [_series(result, m, key, scale) for m in members])]
+        for i, (suffix, rows) in enumerate(lines):
+            line_style = style if i == 0 else ("--", "-.", "-")[(i - 1) % 3]
+            name = label + suffix
+            drawn = _draw(ax, result.t, rows, line_style, color,
+                          name if name not in labeled else None, "layer" in key)
+            if drawn is not None:
+                labeled.add(name)
+                top = max(top or 0.0, drawn)
+    if stem == "freezes":
+        for m in members:  # a group's shade darkens with how many froze
+            for fr in result.participants[m].get("freezes") or []:
+                ax.axvspan(fr["t"], fr["t"] + fr["ms"] / 1000.0, color=color,
+                           alpha=0.25 / len(members), linewidth=0)
+    return top
 
 
 def _draw_events(fig: Any, ax: Any, events: list[tuple[float, str]]) -> None:

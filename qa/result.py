@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qa.measurement import fraction, mean_of, median_of, percentile
@@ -32,6 +32,7 @@ class RunResult:
     notes: list[str]
     server: dict[str, Any]
     relay: dict[str, Any]
+    runner: dict[str, Any] = field(default_factory=dict)  # the runner's own loop lag per sample
 
     @property
     def passed(self) -> bool:
@@ -117,6 +118,7 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
         "rtt_max_ms": max((x for x in s["rtt_ms"] if x is not None), default=None),
         "jitter_ms": median_of(s["jitter_ms"]),
         "jitter_buffer_ms": median_of(s["jitter_buffer_ms"]),
+        "sent_fps_min": min((x for x in s["sent_fps"] if x is not None), default=None),
         "layer_mean": mean_of(layers_after),
         "layer_min": min(layers_after) if layers_after else None,
         "layers": {tsid: mean_of(xs) for tsid, xs in per_track.items()},

@@ -25,7 +25,7 @@ from typing import Any
 from netem.profiles import Profile
 from netem.turn import TurnRelay
 from qa.context import RunContext, RunOptions
-from qa.measurement import RECOVERY_GRACE_S, capacity_bps, fraction, server_sample
+from qa.measurement import RECOVERY_GRACE_S, LoopLag, capacity_bps, fraction, server_sample
 from qa.participants import (
     ChromiumParticipant,
     FerryParticipant,
@@ -57,6 +57,8 @@ class Runner:
         self._own_server: Any = None
         self._instances: list[tuple[str, ParticipantSpec]] = []  # (identity, spec) that run
         self._end: float | None = None  # when measuring stopped (monotonic s)
+        self.lag = LoopLag()
+        self.lag_ms: list[float | None] = []  # the runner's own loop lag, per sample
 
     def say(self, text: str) -> None:
         if self.options.print_fn is not None:
@@ -161,9 +163,15 @@ class Runner:
         await asyncio.gather(*(start(p) for p in order))
 
     # -- sampling
+    async def _watch_loop(self) -> None:
+        while True:
+            self.lag.woke(time.monotonic())
+            await asyncio.sleep(LoopLag.PERIOD_S)
+
     async def _sample(self, now: float) -> None:
         t = now - (self.ctx.t0 or now)
         self.t.append(round(t, 3))
+        self.lag_ms.append(round(self.lag.take(), 1) if len(self.t) > 1 else None)
         dt = self.options.sample_interval_s
         for p in self.participants:
             cs: dict[str, Any] = {}
@@ -214,6 +222,10 @@ class Runner:
                                else ss["server_rtt_ms"])
             s["jitter_ms"].append(cs.get("jitter_ms"))
             s["jitter_buffer_ms"].append(cs.get("jitter_buffer_ms"))
+            sent = p.video_frames_sent() if p.error is None else None
+            prev_sent, p._prev_frames_sent = p._prev_frames_sent, sent
+            s["sent_fps"].append((sent - prev_sent) / dt if sent is not None and
+                                 prev_sent is not None and self.t[-1] > 0 else None)
             videos = [m for m in p.meters.values() if m.kind == "video"]
             fps = [(m.window_frames - p.frame_counts.get(id(m), 0)) / dt for m in videos]
             p.frame_counts = {id(m): m.window_frames for m in videos}
@@ -264,6 +276,26 @@ class Runner:
             key=lambda x: x[0])
         duration = self.scenario.duration_s
         step = self.options.sample_interval_s
+        watcher = asyncio.ensure_future(self._watch_loop())
+        try:
+            await self._run_samples(t0, pending, duration, step)
+        finally:
+            watcher.cancel()
+        end = time.monotonic()
+        self._end = end
+        for p in self.participants:
+            for m in p.meters.values():
+                m.finish(end)
+            self._residual_loss(p)
+        if self.lag.stalls:
+            worst = max(self.lag.stalls, key=lambda x: x[1])
+            self.ctx.notes.append(
+                f"the runner's event loop stalled {len(self.lag.stalls)} time(s) by over "
+                f"{LoopLag.STALL_MS:.0f} ms (worst {worst[1]:.0f} ms at t={worst[0] - t0:.1f}s): "
+                "freezes and latencies then include the runner's own delay")
+
+    async def _run_samples(self, t0: float, pending: list[tuple[float, Participant, Any]],
+                           duration: float, step: float) -> None:
         await self._sample(t0)
         k = 1
         while True:
@@ -281,12 +313,6 @@ class Runner:
                     break
             await self._sample(time.monotonic())
             k += 1
-        end = time.monotonic()
-        self._end = end
-        for p in self.participants:
-            for m in p.meters.values():
-                m.finish(end)
-            self._residual_loss(p)
 
     def _residual_loss(self, p: Participant) -> None:
         """Loss after recovery from the SeqTracker, leaving RTX time at the end.
@@ -338,7 +364,7 @@ class Runner:
         checks = check_expectations(self.scenario.expectations, run_groups(self._instances),
                                     summaries)
         return RunResult(self.scenario, started, self.t, participants, self.events, checks,
-                         list(self.ctx.notes), server, relay)
+                         list(self.ctx.notes), server, relay, {"loop_lag_ms": self.lag_ms})
 
 
 def _concealed_since(p: Participant, k: int) -> float | None:

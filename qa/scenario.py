@@ -90,6 +90,8 @@ METRICS: dict[str, str] = {
     "rtt_ms": "median RTT from the client's getStats (Ferry's estimate if absent)",
     "rtt_max_ms": "largest sampled RTT",
     "jitter_ms": "median receive jitter",
+    "sent_fps_min": "lowest video frame rate the publisher's encoder produced per 500 ms "
+                    "(a publisher starved of CPU makes every viewer freeze)",
     "jitter_buffer_ms": "median of Chrome's video jitter buffer delay per 500 ms (Chromium)",
     "layer_mean": "mean simulcast layer Ferry forwarded to this subscriber (0 = lowest)",
     "layer_min": "lowest simulcast layer forwarded after the first frame",

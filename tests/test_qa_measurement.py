@@ -134,3 +134,17 @@ def test_an_audio_only_listeners_loss_after_repair_is_its_audio_loss(tmp_path) -
     assert summary["remote_video_tracks"] == 0 and summary["freeze_count"] == 0
     assert abs(summary["audio_loss_after_recovery"] - 0.1) < 0.01
     assert summary["loss_after_recovery"] == summary["audio_loss_after_recovery"]
+
+
+def test_the_runners_own_stalls_are_measured_and_named() -> None:
+    from qa.measurement import LoopLag
+
+    lag = LoopLag()
+    now = 10.0
+    for _ in range(20):
+        lag.woke(now)
+        now += LoopLag.PERIOD_S + 0.002
+    assert 1.0 < lag.take() < 3.0 and lag.stalls == []
+    lag.woke(now + 0.6)  # a 600 ms stall
+    assert round(lag.take()) == 602 and [round(ms) for _, ms in lag.stalls] == [602]
+    assert lag.take() == 0.0
