@@ -17,6 +17,7 @@ lost the packet.
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 __all__ = ["ALLOWED_CAPACITIES", "RtxCache"]
@@ -53,11 +54,14 @@ class RtxCache:
         self.capacity = capacity
         self.max_age_ms = max_age_ms
         self._mask = capacity - 1
-        self._seqs: list[int] = [-1] * capacity
+        # Typed arrays, not lists: a list slot holding a float or a seq above 256 is
+        # an object of its own (24-28 bytes); a full 1024-slot video ring took ~84 KB
+        # of bookkeeping per subscriber, ~20 KB this way.
+        self._seqs = array("l", [-1]) * capacity
         # bytes, or parts the caller joins (see DownTrack.write): stored as given.
         self._packets: list[Any] = [None] * capacity
-        self._put_ms: list[float] = [-math.inf] * capacity
-        self._resent_ms: list[float] = [-math.inf] * capacity
+        self._put_ms = array("d", [-math.inf]) * capacity
+        self._resent_ms = array("d", [-math.inf]) * capacity
         self._tail = 0  # oldest slot that may still hold a packet
         self.hits = 0
         self.misses = 0
@@ -105,8 +109,8 @@ class RtxCache:
     def clear(self) -> None:
         """Forget everything (e.g. when the outgoing stream is re-seeded)."""
         n = self.capacity
-        self._seqs = [-1] * n
+        self._seqs = array("l", [-1]) * n
         self._packets = [None] * n
-        self._put_ms = [-math.inf] * n
-        self._resent_ms = [-math.inf] * n
+        self._put_ms = array("d", [-math.inf]) * n
+        self._resent_ms = array("d", [-math.inf]) * n
         self._tail = 0
