@@ -26,6 +26,7 @@ from netem.profiles import Profile
 from qa.context import RunContext
 from qa.measurement import SERIES_KEYS, FrameMeter, SeqTracker, watch_aiortc_receiver
 from qa.scenario import ParticipantSpec
+from qa.vp8_frames import Vp8Decoder, Vp8FrameAssembler
 
 logger = logging.getLogger("ferry.qa.participants")
 
@@ -385,6 +386,10 @@ class LiteParticipant(Participant):
         await self.proxy.start()
         self.tracker = SeqTracker()
         self.audio_tracker = SeqTracker()
+        # One LiteClient per group assembles and decodes its video, for the group's
+        # glass-to-glass figure (decoding every student would load the runner's CPU).
+        self.decodes = self.spec.subscribe and self.name == self.spec.instance_names()[0]
+        self._assemblers: dict[str, tuple[Vp8FrameAssembler, Vp8Decoder]] = {}
         self.client = LiteClient(connect_timeout=self.ctx.options.connect_timeout_s, name=self.name,
                                  candidate_rewrite=self.proxy.route)
         await self.client.connect(self.ctx.ws_url)
@@ -424,23 +429,40 @@ class LiteParticipant(Participant):
                 if counters is None:
                     pass
                 elif ssrc == counters.ssrc:
-                    tracker.add(ssrc, (packet[2] << 8) | packet[3])
+                    seq = (packet[2] << 8) | packet[3]
+                    tracker.add(ssrc, seq)
                     if counters.kind == "video" and packet[1] & 0x80:
                         key = f"{counters.participant_sid}/{counters.track_sid}"
                         self.meter(key, counters.kind).on_frame()
+                    if counters.kind == "video" and self.decodes:
+                        self._picture(counters, seq, packet, _rtp_payload(packet))
                 elif len(packet) > 14:
-                    b0 = packet[0]
-                    off = 12 + 4 * (b0 & 0x0F)
-                    if b0 & 0x10:
-                        off += 4 + 4 * ((packet[off + 2] << 8) | packet[off + 3])
-                    if len(packet) >= off + 2:
-                        tracker.add(counters.ssrc, (packet[off] << 8) | packet[off + 1])
+                    body = _rtp_payload(packet)
+                    if len(body) >= 2:
+                        osn = (body[0] << 8) | body[1]
+                        tracker.add(counters.ssrc, osn)
+                        if counters.kind == "video" and self.decodes:
+                            self._picture(counters, osn, packet, body[2:])
             except Exception:  # noqa: BLE001 - measuring must never break the media path
                 logger.debug("lite tracking failed", exc_info=True)
             original(packet, now_ms)
 
         sub.handle_rtp = handle  # type: ignore[method-assign]
         sub._qa_watched = True  # type: ignore[attr-defined]
+
+    def _picture(self, counters: Any, seq: int, packet: bytes, payload: bytes) -> None:
+        """Assemble and decode this viewer's video (``decodes``): the stamp's latency."""
+        key = f"{counters.participant_sid}/{counters.track_sid}"
+        assembler = self._assemblers.get(key)
+        if assembler is None:
+            assembler = self._assemblers[key] = (Vp8FrameAssembler(), Vp8Decoder())
+        timestamp = int.from_bytes(packet[4:8], "big")
+        for frame in assembler[0].add(seq, timestamp, bool(packet[1] & 0x80), payload):
+            plane = assembler[1].decode(frame)
+            stamp = read_stamp(plane) if plane is not None else None
+            if stamp is not None:
+                self.meter(key, "video").on_latency(time.monotonic(),
+                                                    latency_ms(time.time() * 1000.0, stamp))
 
     async def client_sample(self) -> dict[str, Any]:
         self._watch()
@@ -458,6 +480,16 @@ class LiteParticipant(Participant):
         if self.proxy is not None:
             with contextlib.suppress(Exception):
                 await self.proxy.close()
+
+
+def _rtp_payload(packet: bytes) -> bytes:
+    """The payload of a decrypted RTP packet (after CSRCs, extensions and padding)."""
+    b0 = packet[0]
+    off = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10 and len(packet) >= off + 4:
+        off += 4 + 4 * ((packet[off + 2] << 8) | packet[off + 3])
+    end = len(packet) - (packet[-1] if b0 & 0x20 and len(packet) > off else 0)
+    return packet[off:max(off, end)]
 
 
 def lite_available() -> bool:
