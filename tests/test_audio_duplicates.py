@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from media.audio.duplicates import HOLD_MS, AudioDuplicates
+from media.audio.duplicates import HOLD_MS, START_LEVEL, AudioDuplicates
 from media.routing.down_track import DownTrack
 from media.wire.rtp import parse_rtp
 
@@ -34,20 +34,20 @@ def _forward(down: DownTrack, opus: OpusStream, count: int, now_ms: float) -> fl
     return now_ms
 
 
-def test_lossy_listener_without_nack_or_red_gets_each_packet_four_times_as_the_same_bytes() -> None:
+def test_lossy_listener_without_nack_or_red_gets_each_packet_five_times_as_the_same_bytes() -> None:
     down, sink, opus = _listener()
     report_block(down, 0.0, fraction_lost=0.20)
     _forward(down, opus, 10, 0.0)
     sent = sink.take()
     seqs = [parse_rtp(p.data).seq for p in sent]
-    n = seqs[-4]
-    # Each new packet, then the 1st, 2nd and 4th before it again (20, 40, 80 ms late).
-    assert seqs[-8:] == [n - 1, n - 2, n - 3, n - 5, n, n - 1, n - 2, n - 4]
+    n = seqs[-5]
+    # Each new packet, then the 1st, 2nd, 4th and 6th before it again (20-120 ms late).
+    assert seqs[-10:] == [n - 1, n - 2, n - 3, n - 5, n - 7, n, n - 1, n - 2, n - 4, n - 6]
     by_seq: dict[int, set[bytes]] = {}
     for p in sent:
         by_seq.setdefault(parse_rtp(p.data).seq, set()).add(p.data)
     assert all(len(copies) == 1 for copies in by_seq.values())  # byte-identical copies
-    assert down.audio_duplicates == 0 + 1 + 2 + 2 + 3 * 6 and len(sent) == 10 + down.audio_duplicates
+    assert down.audio_duplicates == 0 + 1 + 2 + 2 + 3 + 3 + 4 * 4 and len(sent) == 10 + down.audio_duplicates
 
 
 def test_copies_stop_once_reports_show_a_clean_link() -> None:
@@ -83,26 +83,26 @@ def test_listener_that_nacks_or_has_red_gets_no_copies(overrides: dict[str, obje
 
 def test_level_reads_reported_loss_as_left_after_the_copies() -> None:
     dup = AudioDuplicates()
-    assert dup.level == 3  # before any report: protected
+    assert dup.level == START_LEVEL == 3  # before any report: protected
     assert dup.on_report(0.0, 0.0) == 3
     assert [dup.on_report(0.0, HOLD_MS * n) for n in (1, 2, 3)] == [2, 1, 0]  # clean: copies stop
     assert dup.on_report(0.03, 4 * HOLD_MS) == 1
-    assert dup.on_report(0.20, 4 * HOLD_MS + 1000.0) == 3
-    # 20 % link loss, four copies: ~0.16 % left, and mostly none in a report.
+    assert dup.on_report(0.20, 4 * HOLD_MS + 1000.0) == 4
+    # 20 % link loss, five transmissions: ~0.03 % left, and almost never any in a report.
     start = 4 * HOLD_MS + 3000.0
-    assert dup.on_report(1 / 256, start) == 3
-    assert dup.on_report(0.0, start + 1000.0) == 3
-    assert dup.on_report(0.0, start + HOLD_MS - 1) == 3
-    assert dup.on_report(0.0, start + HOLD_MS) == 2  # one step down ...
-    assert dup.on_report(0.02, start + HOLD_MS + 1000.0) == 3  # ... shows loss left at once: back
+    assert dup.on_report(1 / 256, start) == 4
+    assert dup.on_report(0.0, start + 1000.0) == 4
+    assert dup.on_report(0.0, start + HOLD_MS - 1) == 4
+    assert dup.on_report(0.0, start + HOLD_MS) == 3  # one step down ...
+    assert dup.on_report(0.02, start + HOLD_MS + 1000.0) == 4  # ... and loss shows: back
 
 
 def test_copies_fill_the_holes_of_random_loss() -> None:
-    """What the receiver gets at 20 % independent loss: about 0.16 % of packets missing."""
+    """What the receiver gets at 20 % independent loss: about 0.03 % of packets missing."""
     down, sink, opus = _listener()
     report_block(down, 0.0, fraction_lost=0.20)
     _forward(down, opus, 2000, 0.0)
     rng = random.Random(7)
     got = {parse_rtp(p.data).seq for p in sink.take() if rng.random() >= 0.20}
     missing = 2000 - len(got)
-    assert missing / 2000 < 0.005, missing
+    assert missing / 2000 < 0.002, missing

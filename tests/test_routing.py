@@ -817,3 +817,22 @@ def test_h264_track_is_forwarded() -> None:
         )
         feed(track, 0, [packet], 33.0 * i)
     assert len(sink.media()) == 3
+
+
+def test_padding_only_audio_packets_leave_no_hole_in_what_subscribers_get() -> None:
+    """An audio-only Chrome publisher pads its bandwidth probes on the audio SSRC:
+    empty payloads that take sequence numbers. Nobody gets them, and nobody sees a gap."""
+    a = Audio()
+    report_block(a.red, a.clock.now_ms, fraction_lost=0.2)
+    for i in range(6):
+        feed(a.track, 0, [a.pub.next(red=True)], a.clock.advance(20))
+        if i in (1, 3):
+            padding = build_rtp(payload_type=63, seq=a.pub.seq, timestamp=a.pub.ts - 960, ssrc=2001, payload=b"")
+            a.pub.seq += 1
+            feed(a.track, 0, [padding], a.clock.advance(1))
+    for sink in (a.plain_sink, a.red_sink):
+        seqs = [p.view.seq for p in sink.media()]
+        assert len(seqs) == 6 and all(p.payload for p in sink.media())
+        assert [(s - seqs[0]) & SEQ_MASK for s in seqs] == list(range(6))
+    assert a.plain.padding_skipped == a.red.padding_skipped == 2
+    assert "red_malformed" not in a.stats.drops

@@ -100,6 +100,7 @@ class DownTrack:
         self.add_red = add_red  # Ferry may wrap plain Opus in RED toward lossy subscribers
         self.red_added = 0
         self.resends_skipped = 0  # NACKed packets not resent (no RTX, see on_nack)
+        self.padding_skipped = 0  # padding-only audio packets not forwarded
         # A listener with neither RED nor audio NACK gets each Opus packet again after
         # the next ones while its reports show loss (media.audio.duplicates).
         self.duplicates: AudioDuplicates | None = None
@@ -152,6 +153,9 @@ class DownTrack:
         now_ms: float,
         recovered: bool = False,
     ) -> None:
+        if not self.is_video and view.payload_end <= view.payload_start:
+            self._skip_audio_padding(ext_seq)
+            return
         verdict = self.selector.accept(
             layer.index, ext_seq, keyframe, vp8 is None or vp8.start_of_partition
         )
@@ -235,6 +239,20 @@ class DownTrack:
                 self.sink.send_rtp(copy, "audio", now_ms)
             self.audio_duplicates += 1
         recent.append(packet)
+
+    def _skip_audio_padding(self, ext_seq: int) -> None:
+        """A padding-only audio packet: nothing to forward, and no hole left for it.
+
+        Chrome pads its bandwidth probes on the audio SSRC when it sends no video (an
+        audio-only publisher): empty payloads that use up sequence numbers. Dropped as
+        they are, each left a hole in the outgoing sequence that receivers count as
+        loss: Chrome NACKs it, aiortc's audio jitter buffer drops ~5 frames for it.
+        When it directly follows the last packet out, the next packet takes its number.
+        """
+        rw = self.rewriter
+        if rw.last_ms is not None and ext_seq + rw.seq_offset == rw.last_ext_seq + 1:
+            rw.seq_offset -= 1
+        self.padding_skipped += 1
 
     # -- audio: RED in, RED out ----------------------------------------------------
     def _audio_payload(
