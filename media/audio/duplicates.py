@@ -10,11 +10,12 @@ section 3.3.2), so a copy only ever fills a hole.
 How many copies: aiortc's audio jitter buffer (16 packets, prefetch 4) turns one
 missing packet into about five missing frames (100 ms), because it skips a hole only
 when full and then drains one frame per packet; a hole filled late leaves a backlog
-that overflows later the same way. At 20 % random loss (aiortc's buffer fed in a
-simulation / live on 127.0.0.1): no copies 67-69 % / 75 % of frames missing, two
-copies 3-6 % / 11-15 %, three 0.7-1.2 % / 2.7-4.3 %, four 0.2 %. So at 15 % loss and
-more each packet goes five times, ~5x the bytes of plain Opus (~160 kbit/s), which
-only a lossy listener that can neither ask for repair nor decode RED pays. Copies
+that overflows later the same way. At 20 % random loss, aiortc's buffer fed in a
+simulation: no copies 67-69 % of frames missing, two copies 3-6 %, three 0.7-1.2 %,
+four 0.2 % (live on 127.0.0.1, ``tests/test_audio_loss_live.py``: 75 % with none,
+~1 % with four). So at 15 % loss and more each packet goes five times, ~5x the bytes
+of plain Opus (~160 kbit/s), which only a lossy listener that can neither ask for
+repair nor decode RED pays. Copies
 ride with later packets, 20, 40, 80 and 120 ms after the original, so a burst of
 drops still leaves one.
 
