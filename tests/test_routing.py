@@ -836,3 +836,19 @@ def test_padding_only_audio_packets_leave_no_hole_in_what_subscribers_get() -> N
         assert [(s - seqs[0]) & SEQ_MASK for s in seqs] == list(range(6))
     assert a.plain.padding_skipped == a.red.padding_skipped == 2
     assert "red_malformed" not in a.stats.drops
+
+
+def test_red_follows_the_loss_a_subscriber_nacks_when_its_reports_show_repaired_loss() -> None:
+    """A Chrome listener NACKs audio, so its receiver reports count repaired packets as
+    received (under 1 % at 20 % loss): the NACKs are the loss it has before repair."""
+    a = Audio(red_pt=None)
+    report_block(a.red, 0.0, fraction_lost=0.004)
+    a.send(50, red=False)
+    assert [p.view.payload_type for p in a.red_sink.take()] == [111] * 50  # plain: "no loss"
+    for _ in range(5):
+        a.send(10, red=False)
+        out = a.red_sink.take()
+        a.red.on_nack([p.view.seq for p in out[::5]], a.clock.now_ms)  # 20 % NACKed
+    a.send(5, red=False)
+    assert a.red.nack_loss >= 0.10
+    assert [p.view.payload_type for p in a.red_sink.media()[-5:]] == [63] * 5
