@@ -852,3 +852,21 @@ def test_red_follows_the_loss_a_subscriber_nacks_when_its_reports_show_repaired_
     a.send(5, red=False)
     assert a.red.nack_loss >= 0.10
     assert [p.view.payload_type for p in a.red_sink.media()[-5:]] == [63] * 5
+
+
+def test_red_with_one_block_is_rebuilt_with_two_toward_a_subscriber_at_high_loss() -> None:
+    """Chrome's RED carries one redundant block; at 20 % loss the subscriber gets two
+    (the frames before it), so a double loss needs no NACK."""
+    a = Audio()
+    a.send(3, red=True)  # clean: forwarded as is
+    report_block(a.red, a.clock.now_ms, fraction_lost=0.2)
+    a.red_sink.take()
+    frames = []
+    for _ in range(6):
+        packet = a.pub.next(red=True, distance=1)
+        frames.append(parse_red(parse_rtp(packet).payload)[-1].data)
+        feed(a.track, 0, [packet], a.clock.advance(20))
+    out = [parse_red(p.payload) for p in a.red_sink.take()]
+    assert [blocks[-1].data for blocks in out] == frames
+    assert [[b.data for b in blocks[:-1]] for blocks in out[2:]] == [frames[i - 2 : i] for i in range(2, 6)]
+    assert a.red.red_added == 6
