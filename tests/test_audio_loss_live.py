@@ -4,8 +4,9 @@ Live on 127.0.0.1. A Chromium page publishes its microphone alone (``video=0``);
 Chromium listener (``publish=0``) and an aiortc listener (``FerryClient``) each reach
 Ferry through netem's TURN relay, whose downlink drops 20 % of packets at random.
 
-* Chromium NACKs Opus and negotiates RED, so Ferry resends what it asks for and adds
-  redundancy once its receiver reports show loss. What it heard is read from Chrome's
+* Chromium NACKs Opus and negotiates RED, so Ferry resends what it asks for and sends
+  RED with two redundant blocks once its NACKs show loss (its receiver reports count
+  repaired packets as received). What it heard is read from Chrome's
   own inbound-rtp stats, polled in the page every 50 ms: ``concealedSamples`` over
   ``totalSamplesReceived`` for the share concealed, and the longest concealment run:
   consecutive polls in which (nearly) every sample played out was concealed, plus
