@@ -35,7 +35,7 @@ RESUME_WINDOW_S = 15.0
 # A session the server ended (it restarted) or refused to resume joins again for this long.
 REJOIN_WINDOW_S = 30.0
 # Reasons of a ``leave`` event after which an ``auto_rejoin`` session does not join again.
-FINAL_LEAVE_REASONS = frozenset({"replaced", "resumed"})
+FINAL_LEAVE_REASONS = frozenset({"replaced", "resumed", "removed", "room_closed"})
 
 
 class ClientSession:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import ipaddress
 import logging
@@ -22,6 +23,7 @@ from yarl import URL
 
 from media.engine import Engine, EngineConfig
 
+from .audit import AuditLog, AuditRoomEvents
 from .auth import (
     ADMIN_ALL_ROOMS,
     AuthError,
@@ -35,6 +37,8 @@ from .captions import add_routes as add_caption_routes
 from .config import Config, ConfigError, is_loopback_host
 from .messages_service import MessageService
 from .metrics import CONTENT_TYPE, Metrics
+from .moderation import ModerationService
+from .moderation import add_routes as add_moderation_routes
 from .protocol import MAX_MESSAGE_BYTES, encode
 from .quic_server import QuicSignaling
 from .quic_server import add_routes as add_quic_routes
@@ -44,6 +48,7 @@ from .rooms import RoomManager
 from .session import Session
 from .streaming import StreamService
 from .streaming import add_routes as add_stream_routes
+from .webhooks import WebhookEvents, WebhookNotifier
 
 log = logging.getLogger("ferry.signaling.app")
 
@@ -191,6 +196,13 @@ class FerryServer:
         )
         self.captions = CaptionService(self.engine, self.rooms, config, recordings=self.recordings)
         self.streams = StreamService(self.rooms, self.recordings)  # live HLS renderers
+        self.audit = AuditLog(config.audit_dir or "audit")
+        self.moderation = ModerationService(self.rooms, self.audit)
+        self.webhooks = WebhookNotifier(self._webhook_endpoints(config))
+        self.rooms.observers.append(AuditRoomEvents(self.audit))
+        self.rooms.observers.append(WebhookEvents(self.webhooks))
+        self.recordings.listeners.append(self._recording_event)
+        self.captions.listeners.append(lambda event, fields: self.audit.write("captions", event=event, **fields))
         self.metrics = Metrics()
         self.metrics.set_engine_stats(self._metrics_snapshot)
         self.quic = QuicSignaling(config, self.new_session, self.metrics.signaling_error)
@@ -211,6 +223,7 @@ class FerryServer:
             self.recordings.stop_all,
             self.captions.close,
             self.messages.close,  # commits what is queued: a restart loses no answered send
+            self.webhooks.close,
         ]
         self.stopping = False
         self._stopped = False
@@ -232,6 +245,7 @@ class FerryServer:
         add_routes(app, self.recordings, self.verifier)
         add_stream_routes(app, self.streams, self.verifier)
         add_caption_routes(app, self.captions, self.verifier)
+        add_moderation_routes(app, self.moderation, self.verifier)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get(r"/{name:[A-Za-z0-9_.-]+\.(?:js|css|html|svg|png)}", self._web_file)
@@ -245,8 +259,33 @@ class FerryServer:
         """
         self._shutdown_hooks.append(hook)
 
+    def _webhook_endpoints(self, config: Config) -> list[tuple[str, str, str]]:
+        endpoints = []
+        for hook in config.webhooks:
+            key = hook.get("api_key") or self.api_key
+            if key not in self.api_keys:
+                raise ConfigError(f"webhook {hook['url']}: api_key {key!r} is not configured")
+            endpoints.append((hook["url"], key, self.api_keys[key]))
+        return endpoints
+
+    def _recording_event(self, event: str, fields: dict[str, object]) -> None:
+        self.audit.write("recording", event=event, **fields)
+        room = self.rooms.rooms.get(str(fields.get("room")))
+        extra = {k: v for k, v in fields.items() if k != "room"}
+        self.webhooks.notify(
+            event, room={"sid": room.sid if room else None, "name": fields.get("room")}, recording=extra
+        )
+
+    def _audit_config(self) -> None:
+        """The configuration in effect, without secrets."""
+        settings = dataclasses.asdict(self.config)
+        settings["api_keys"] = sorted(self.api_keys)
+        settings["dev_mode"] = self.dev_mode
+        self.audit.write("config", http_port=self.http_port, media_port=self.engine.port, settings=settings)
+
     async def start(self) -> None:
         await self.engine.start()
+        self.webhooks.start()
         self.captions.start()
         # keepalive_timeout also closes a connection that has not completed its request
         # headers in that time (aiohttp arms it at connect): the header timeout.
@@ -265,6 +304,7 @@ class FerryServer:
         self.http_port_bound = True
         await self.quic.start()
         self._room_timer = asyncio.create_task(self._room_ticker())
+        self._audit_config()
         log.info(
             "Ferry listening: http://%s:%d/ (ws /ws, /metrics), QUIC udp %s:%s, media udp %s:%d"
             " (send path: %s)",
@@ -305,6 +345,7 @@ class FerryServer:
             self._room_timer.cancel()
         self.rooms.close()
         self.messages.store.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
         await self.quic.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -372,6 +413,7 @@ class FerryServer:
             captions=self.captions,
             resume=self.resume,
             messages=self.messages,
+            moderation=self.moderation,
         )
 
     def token(self, room: str, identity: str, **grants: object) -> str:
@@ -549,7 +591,9 @@ class FerryServer:
             captions=self.captions,
             resume=self.resume,
             messages=self.messages,
+            moderation=self.moderation,
         )
+        session.peer = {"remote": remote, "user_agent": request.headers.get("User-Agent")}
         conn.session = session
         self._connections.add(conn)
         join_timer = asyncio.get_running_loop().call_later(

@@ -172,6 +172,8 @@ class CaptionService:
         self.write_errors = 0
         self._latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self._latency_sum = 0.0
+        # Told (event, fields) when a room's captions start or stop: the audit log.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         rooms.observers.append(self)
 
     # -- engines ---------------------------------------------------------------------
@@ -303,6 +305,9 @@ class CaptionService:
             self._detach(rc, list(rc.captioners), flush=False)
             if enabled:
                 error = self._attach_all(rc)
+            event = "captions_started" if enabled else "captions_stopped"
+            for listener in list(self.listeners):
+                listener(event, {"room": rc.room.name, "backend": backend, "language": language, "by": by})
         rc.room.broadcast({"type": "captions_state", **rc.state()})
         return error
 

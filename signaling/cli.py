@@ -52,7 +52,7 @@ log = logging.getLogger("ferry.cli")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Order matters where one plugin extends another's command: qa.cli adds to `ferry netem`.
-PLUGIN_MODULES = ("netem.cli", "qa.cli", "clients.cli", "recorder.cli")
+PLUGIN_MODULES = ("netem.cli", "qa.cli", "clients.cli", "recorder.cli", "signaling.audit")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -69,6 +69,10 @@ class Config:
     # Reliable room messages kept per room, by count and by age (older ones are deleted).
     messages_max_per_room: int = 10000
     messages_max_age_s: float = 86400.0
+    # Audit log (JSONL, one file per UTC day); unset: "audit" under data_dir.
+    audit_dir: str | None = None
+    # Webhook endpoints: [{url, api_key}] (api_key: which key signs; default the first).
+    webhooks: list[dict[str, str]] = field(default_factory=list)
     # Rooms recorded from their creation on, by name; "*" records every room.
     auto_record_rooms: list[str] = field(default_factory=list)
     max_participants_per_room: int = 200
@@ -167,12 +171,30 @@ class Config:
         if self.data_dir is None:
             self.data_dir = str(Path(self.recordings_dir).parent / "data")
         self._check_str("data_dir")
+        if self.audit_dir is None:
+            self.audit_dir = str(Path(str(self.data_dir)) / "audit")
+        self._check_str("audit_dir")
+        self._check_webhooks()
         if self._check_int("messages_max_per_room") < 1:
             raise ConfigError(f"messages_max_per_room must be >= 1, got {self.messages_max_per_room}")
         value = self.messages_max_age_s
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"messages_max_age_s must be a number of seconds > 0, got {value!r}")
         self.messages_max_age_s = float(value)
+
+    def _check_webhooks(self) -> None:
+        hooks = self.webhooks
+        if not isinstance(hooks, list):
+            raise ConfigError(f"webhooks must be a list of {{url, api_key}}, got {hooks!r}")
+        for hook in hooks:
+            if not isinstance(hook, dict) or set(hook) - {"url", "api_key"}:
+                raise ConfigError(f"webhooks entry {hook!r} must be a mapping with url and optional api_key")
+            url = hook.get("url")
+            if not isinstance(url, str) or not re.match(r"^https?://[^\s]+$", url):
+                raise ConfigError(f"webhooks entry url {url!r} must be an http(s) URL")
+            key = hook.get("api_key")
+            if key is not None and (not isinstance(key, str) or (self.api_keys and key not in self.api_keys)):
+                raise ConfigError(f"webhooks entry api_key {key!r} is not one of api_keys")
 
     def _check_captions(self) -> None:
         if self.captions not in CAPTION_MODES:
@@ -293,6 +315,7 @@ _ENV_STR = {
     "FERRY_LOG_LEVEL": "log_level",
     "FERRY_RECORDINGS_DIR": "recordings_dir",
     "FERRY_DATA_DIR": "data_dir",
+    "FERRY_AUDIT_DIR": "audit_dir",
     "FERRY_CAPTIONS": "captions",
     "FERRY_QUIC_CERT_FILE": "quic_cert_file",
     "FERRY_QUIC_KEY_FILE": "quic_key_file",
@@ -324,6 +347,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if raw not in _BOOL_WORDS:
             raise ConfigError(f"FERRY_ALLOW_DEV_KEYS must be true or false, got {raw!r}")
         out["allow_dev_keys"] = _BOOL_WORDS[raw]
+    if env.get("FERRY_WEBHOOKS"):  # comma-separated URLs, signed with the first api key
+        out["webhooks"] = [{"url": u.strip()} for u in env["FERRY_WEBHOOKS"].split(",") if u.strip()]
     key, secret = env.get("FERRY_API_KEY"), env.get("FERRY_API_SECRET")
     if bool(key) != bool(secret):
         raise ConfigError("FERRY_API_KEY and FERRY_API_SECRET must be set together")

@@ -84,6 +84,7 @@ ERROR_CODES = frozenset(
         "resume_expired",
         "resume_used",
         "resume_gap",
+        "room_locked",
         "internal",
     }
 )
@@ -366,6 +367,11 @@ def _v_empty(msg: dict[str, Any], req: Request) -> dict[str, Any]:
     return {}
 
 
+def _v_moderation(msg: dict[str, Any], req: Request) -> dict[str, Any]:
+    """Moderation requests: the fields as sent; signaling.moderation checks them."""
+    return {k: v for k, v in msg.items() if k not in ("type", "id")}
+
+
 _VALIDATORS: dict[str, Callable[[dict[str, Any], Request], dict[str, Any]]] = {
     "hello": _v_hello,
     "join": _v_join,
@@ -385,6 +391,20 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], Request], dict[str, Any]]] = {
     "set_captions": _v_set_captions,
     "send_data": _v_send_data,
     "data_ack": _v_data_ack,
+    **dict.fromkeys(
+        (
+            "list_participants",
+            "get_participant",
+            "remove_participant",
+            "mute_published_track",
+            "update_participant",
+            "update_room_metadata",
+            "set_room_locked",
+            "close_room",
+            "raise_hand",
+        ),
+        _v_moderation,
+    ),
 }
 
 REQUEST_TYPES = frozenset(_VALIDATORS)

@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ class RecordingService:
         self._totals: dict[str, Any] = {"frames": {}, "dropped": {}, "bytes": {}, "packets": {}, "sink_s": {},
                                        "errors": 0, "cpu_s": 0.0}
         self.started = 0
+        # Told (event, fields) when a recording starts or finishes: webhooks, audit log.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         rooms.observers.append(self)
 
     # -- control ---------------------------------------------------------------------
@@ -166,6 +169,7 @@ class RecordingService:
             self._attach(active, track)
         log.info("recording %s of room %s started (by %s) in %s", recording_id, room_name, by, directory)
         room.broadcast({"type": "recording_started", "recording_id": recording_id})
+        self._tell("recording_started", {"room": room_name, "recording_id": recording_id, "by": by})
         return active.info()
 
     def request_stop(self, room_name: str, reason: str = "stopped") -> asyncio.Future[mf.Manifest]:
@@ -189,7 +193,15 @@ class RecordingService:
         active.done.add_done_callback(_log_failure)  # also when nobody awaits (room closed)
         log.info("recording %s of room %s stopping (%s)", active.id, room_name, reason)
         active.room.broadcast({"type": "recording_stopped", "recording_id": active.id, "reason": reason})
+        self._tell("recording_finished", {"room": room_name, "recording_id": active.id, "reason": reason})
         return active.done
+
+    def _tell(self, event: str, fields: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event, fields)
+            except Exception:
+                log.exception("recording listener failed on %s", event)
 
     async def stop(self, room_name: str, reason: str = "stopped") -> mf.Manifest:
         """Stop and wait until every file and the manifest are final."""

@@ -89,6 +89,11 @@ class Participant:
     max_sections: int = MAX_SUBSCRIBED_TRACKS
     # Wanted tracks left out for `max_sections`; each was reported once.
     over_limit: set[str] = field(default_factory=set)
+    # Moderation state (signaling.moderation): JSON metadata, a raised hand, and the
+    # track sources it may publish (None: any source its grants allow).
+    metadata: object = None
+    hand_raised: bool = False
+    allowed_sources: frozenset[str] | None = None
 
     @property
     def hidden(self) -> bool:
@@ -103,6 +108,20 @@ class Participant:
             "identity": self.identity,
             "name": self.name,
             "tracks": [t.info() for t in self.tracks()],
+            "metadata": self.metadata,
+            "hand_raised": self.hand_raised,
+            "permissions": self.permissions(),
+        }
+
+    def permissions(self) -> dict[str, object]:
+        """What it may do now (its token's grants, as a moderator may have changed them)."""
+        grants = self.claims.grants
+        return {
+            "canPublish": grants.can_publish,
+            "canSubscribe": grants.can_subscribe,
+            "canPublishData": grants.can_publish_data,
+            "canPublishSources": sorted(self.allowed_sources) if self.allowed_sources is not None else None,
+            "roomAdmin": grants.room_admin,
         }
 
     def emit(self, message: dict) -> None:
@@ -334,6 +353,8 @@ class Room:
         self.empty_since: float | None = None
         self._on_close = on_close
         self.closed = False
+        self.locked = False  # no new joins but roomAdmin (signaling.moderation)
+        self.metadata: object = None
 
     def visible(self) -> list[Participant]:
         return [p for p in self.participants.values() if not p.hidden]
@@ -354,6 +375,8 @@ class Room:
             "name": self.name,
             "sid": self.sid,
             "participants": [p.info() for p in self.visible()],
+            "locked": self.locked,
+            "metadata": self.metadata,
         }
 
     # -- RouterListener ----------------------------------------------------------------
@@ -458,12 +481,15 @@ class Room:
                 other.renegotiate()
         _notify(self.observers, "tracks_unpublished", self, publisher, tracks)
 
-    def track_muted(self, publisher: Participant, track: PublishedTrack) -> None:
-        """`track.muted` changed: tell everyone else and the observers."""
-        self.broadcast(
-            {"type": "track_muted", "track_sid": track.sid, "participant_sid": publisher.sid, "muted": track.muted},
-            exclude=publisher.sid,
-        )
+    def track_muted(self, publisher: Participant, track: PublishedTrack, by: str | None = None) -> None:
+        """`track.muted` changed: tell everyone else and the observers; a moderator's
+        mute (``by`` their identity) is told to the publisher too."""
+        message: dict[str, object] = {
+            "type": "track_muted", "track_sid": track.sid, "participant_sid": publisher.sid, "muted": track.muted,
+        }
+        if by is not None:
+            message["by"] = by
+        self.broadcast(message, exclude=None if by is not None else publisher.sid)
         _notify(self.observers, "track_muted", self, publisher, track)
 
     def close(self) -> None:

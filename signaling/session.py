@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import sdp
 from .auth import ADMIN_ALL_ROOMS, AuthError, TokenVerifier, check_join
 from .captions import CaptionError, CaptionService, check_captions_admin
+from .moderation import MODERATION_REQUESTS, ModerationError, ModerationService, sdp_sources
 from .protocol import PROTOCOL_VERSION, ProtocolError, Request, decode, error_reply, ok
 from .recording import RecordingError, RecordingService, check_record
 from .resume import ResumeError
@@ -41,8 +42,12 @@ class Session:
         captions: CaptionService | None = None,
         resume: ResumeService | None = None,
         messages: MessageService | None = None,
+        moderation: ModerationService | None = None,
     ) -> None:
         self.rooms = rooms
+        self.moderation = moderation
+        # Who is on the other end, for the audit log (set by the shell): remote, user_agent.
+        self.peer: dict[str, str | None] = {}
         self.recordings = recordings
         self.captions = captions
         self.resume = resume
@@ -128,6 +133,14 @@ class Session:
             # Removed by the room (grace expiry, dead peer): nothing may act in its name.
             self.participant = self.room = None
             raise ProtocolError("not_joined", f"no longer in a room; join again before {req.type}")
+        if req.type in MODERATION_REQUESTS and self.moderation is not None:
+            try:
+                fields = self.moderation.handle(participant, req.type, req.data, now)
+            except ModerationError as exc:
+                raise ProtocolError(exc.code, exc.message) from None
+            if self.ended_reason is None:
+                self.send(ok(req, **fields))
+            return
         handler = getattr(self, "_on_" + req.type, None)
         if handler is None:
             raise ProtocolError("unknown_type", f"unknown message type {req.type!r}")
@@ -140,16 +153,26 @@ class Session:
         try:
             claims = self.verifier.verify(req.data["token"], now=now)
         except AuthError as exc:
+            self._refused(exc.code, exc.message)
             raise ProtocolError(exc.code, exc.message) from None
         room_name = claims.grants.room
         if not room_name:
+            self._refused("forbidden", "token grants no room", claims.identity)
             raise ProtocolError("forbidden", "token grants no room")
         try:
             check_join(claims, room_name)
         except AuthError as exc:
+            self._refused(exc.code, exc.message, claims.identity, room_name)
             raise ProtocolError(exc.code, exc.message) from None
         if room_name == ADMIN_ALL_ROOMS:
             raise ProtocolError("forbidden", "a token for room '*' is a server-wide admin token; it joins no room")
+        existing = self.rooms.rooms.get(room_name)
+        if existing is not None and self.moderation is not None:
+            try:
+                self.moderation.check_join(existing, claims)
+            except ModerationError as exc:
+                self._refused(exc.code, exc.message, claims.identity, room_name)
+                raise ProtocolError(exc.code, exc.message) from None
         room = self.rooms.get_or_create(room_name)
         previous = room.by_identity(claims.identity)
         if previous is not None:
@@ -180,6 +203,12 @@ class Session:
         self.participant = participant
         self.room = room
         self.joined = True
+        audit = self.moderation.audit if self.moderation is not None else None
+        if audit is not None:
+            audit.write(
+                "join", room=room.name, identity=participant.identity, sid=sid, remote=self.peer.get("remote"),
+                user_agent=self.peer.get("user_agent"), grants=claims.grants.to_claim(),
+            )
         resumable = self.resume.joined(self, participant) if self.resume is not None else {}
         data, missed = self._attach_messages(participant, req.data.get("data_since"), now)
         self.send(
@@ -244,8 +273,15 @@ class Session:
             participant.offer_deadline = now
             participant.on_timer(now, self.rooms.subscriber_answer_timeout_s)
 
+    def _refused(self, code: str, message: str, identity: str | None = None, room: str | None = None) -> None:
+        audit = self.moderation.audit if self.moderation is not None else None
+        if audit is not None:
+            audit.write("refused", what="join", room=room, identity=identity, code=code, message=message,
+                        remote=self.peer.get("remote"), user_agent=self.peer.get("user_agent"))
+
     def _on_publish(self, req: Request, participant: Participant, now: float) -> None:
         if not participant.claims.grants.can_publish:
+            self._refused("forbidden", "publish without canPublish", participant.identity, participant.room.name)
             raise ProtocolError("forbidden", "token does not allow publishing")
         media = participant.media
         # Parsing and answering both refuse SDP Ferry cannot accept (no BUNDLE,
@@ -261,6 +297,13 @@ class Session:
         limit = self.rooms.max_tracks_per_participant
         if count > limit:
             raise ProtocolError("too_many_tracks", f"the offer publishes {count} tracks; at most {limit} are allowed")
+        if participant.allowed_sources is not None and self.moderation is not None:
+            sources = sdp_sources(negotiated.media, offer.media, req.data.get("tracks") or {}, media.publisher.tracks_by_mid)
+            try:
+                self.moderation.check_publish(participant, sources)
+            except ModerationError as exc:
+                self._refused(exc.code, exc.message, participant.identity, participant.room.name)
+                raise ProtocolError(exc.code, exc.message) from None
         added, removed = media.apply_publisher(
             offer.transport, negotiated.media, offer.media, req.data.get("tracks") or {}
         )
@@ -314,6 +357,8 @@ class Session:
         track = next((t for t in participant.tracks() if t.sid == sid), None)
         if track is None:
             raise ProtocolError("not_found", f"you publish no track {sid}")
+        if not track.forwarding and not req.data["muted"]:
+            raise ProtocolError("forbidden", "a moderator muted this track; only a moderator can unmute it")
         track.muted = bool(req.data["muted"])
         self.send(ok(req))
         participant.room.track_muted(participant, track)

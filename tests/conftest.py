@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -11,6 +13,10 @@ import pytest
 from signaling.app import FerryServer
 from signaling.config import Config
 
+# Test servers write their audit log here unless a test names a directory (or a data
+# or recordings directory it owns): never into the working tree.
+_AUDIT_DIR = os.path.join(tempfile.gettempdir(), f"ferry-test-audit-{os.getpid()}")
+
 
 def make_config(**overrides: object) -> Config:
     # Captions off unless a test asks: a recognizer per audio track would load every test's CPU.
@@ -18,6 +24,8 @@ def make_config(**overrides: object) -> Config:
         host="127.0.0.1", http_port=0, media_port=0, quic_port=0, room_empty_timeout_s=2.0, captions="off"
     )
     base.update(overrides)
+    if not any(k in overrides for k in ("audit_dir", "data_dir", "recordings_dir")):
+        base["audit_dir"] = _AUDIT_DIR
     return Config(**base)  # type: ignore[arg-type]
 
 

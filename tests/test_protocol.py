@@ -100,6 +100,21 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {"enabled": True, "backend": "vosk", "language": "ko"},
         {"enabled": True, "backend": "vosk", "language": "ko"},
     ),
+    # Moderation requests pass their fields through; signaling.moderation checks them.
+    ("list_participants", {}, {}),
+    ("get_participant", {"identity": "s"}, {"identity": "s"}),
+    ("remove_participant", {"identity": "s"}, {"identity": "s"}),
+    (
+        "mute_published_track",
+        {"identity": "s", "track_sid": "TR_a", "muted": True},
+        {"identity": "s", "track_sid": "TR_a", "muted": True},
+    ),
+    ("update_participant", {"identity": "s", "permission": {"canPublish": True}},
+     {"identity": "s", "permission": {"canPublish": True}}),
+    ("update_room_metadata", {"metadata": {"a": 1}}, {"metadata": {"a": 1}}),
+    ("set_room_locked", {"locked": True}, {"locked": True}),
+    ("close_room", {}, {}),
+    ("raise_hand", {"raised": True}, {"raised": True}),
 ]
 
 

@@ -152,8 +152,11 @@ class Layer:
                 and ext_seq > highest + 1
                 and track.red_pt is not None
                 and view.payload_type == track.red_pt
+                and track.forwarding
             ):
                 self._recover_from_red(view, ext_seq, ext_seq - highest - 1, now_ms)
+        if not track.forwarding:
+            return  # muted by a moderator: received and repaired, forwarded to no one
         for down in track.down_tracks:
             down.write(self, view, ext_seq, desc, keyframe, now_ms)
         if track.sinks:  # internal consumers (recorder, captions); empty list costs one test
@@ -251,6 +254,9 @@ class PublishedTrack:
         self.name = name
         self.msid_track = msid_track
         self.muted = False
+        # False while a moderator has the track muted: packets are received (stats, NACK)
+        # but reach no subscriber and no internal sink.
+        self.forwarding = True
         self.closed = False
         ordered = sorted(rids, key=lambda r: RID_ORDER.get(r, 3)) if rids else [None]
         self.layers = [Layer(self, i, rid) for i, rid in enumerate(ordered)]
