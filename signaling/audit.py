@@ -51,7 +51,7 @@ class AuditLog:
         self.written = 0
         self.errors = 0
 
-    def write(self, kind: str, **fields: Any) -> None:
+    def write(self, kind: str, /, **fields: Any) -> None:
         """Queue one entry (never blocks, never raises)."""
         if self._closed:
             log.warning("audit entry after close: %s %s", kind, fields)
@@ -212,7 +212,7 @@ class AuditRoomEvents:
     def tracks_published(self, room: Any, participant: Any, tracks: list[Any]) -> None:
         for track in tracks:
             self.audit.write("track_published", room=room.name, identity=participant.identity, track_sid=track.sid,
-                             kind=track.kind, source=track.source)
+                             track_kind=track.kind, source=track.source)
 
     def tracks_unpublished(self, room: Any, participant: Any, tracks: list[Any]) -> None:
         for track in tracks:

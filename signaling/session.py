@@ -273,15 +273,17 @@ class Session:
             participant.offer_deadline = now
             participant.on_timer(now, self.rooms.subscriber_answer_timeout_s)
 
-    def _refused(self, code: str, message: str, identity: str | None = None, room: str | None = None) -> None:
+    def _refused(
+        self, code: str, message: str, identity: str | None = None, room: str | None = None, what: str = "join"
+    ) -> None:
         audit = self.moderation.audit if self.moderation is not None else None
         if audit is not None:
-            audit.write("refused", what="join", room=room, identity=identity, code=code, message=message,
+            audit.write("refused", what=what, room=room, identity=identity, code=code, message=message,
                         remote=self.peer.get("remote"), user_agent=self.peer.get("user_agent"))
 
     def _on_publish(self, req: Request, participant: Participant, now: float) -> None:
         if not participant.claims.grants.can_publish:
-            self._refused("forbidden", "publish without canPublish", participant.identity, participant.room.name)
+            self._refused("forbidden", "publish without canPublish", participant.identity, participant.room.name, "publish")
             raise ProtocolError("forbidden", "token does not allow publishing")
         media = participant.media
         # Parsing and answering both refuse SDP Ferry cannot accept (no BUNDLE,
@@ -302,7 +304,7 @@ class Session:
             try:
                 self.moderation.check_publish(participant, sources)
             except ModerationError as exc:
-                self._refused(exc.code, exc.message, participant.identity, participant.room.name)
+                self._refused(exc.code, exc.message, participant.identity, participant.room.name, "publish")
                 raise ProtocolError(exc.code, exc.message) from None
         added, removed = media.apply_publisher(
             offer.transport, negotiated.media, offer.media, req.data.get("tracks") or {}

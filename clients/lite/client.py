@@ -171,6 +171,45 @@ class LiteClient(ClientSession):
             self._starter = asyncio.ensure_future(self._start_when_connected(pub))
         return self.published
 
+    async def publish_audio(self, audio: Sequence[bytes], *, wait_connected: bool = True) -> list[dict[str, Any]]:
+        """Offer Opus alone (a microphone without a camera), connect, start pacing.
+
+        Returns the publish reply's TrackInfo list; a refused offer (``forbidden``)
+        leaves this client free to publish again.
+        """
+        if self.publisher is not None:
+            raise FerryError("conflict", "this LiteClient already publishes")
+        stream = AudioStream(audio)
+        pub = LitePublisher(
+            self.certificate, [], stream, fps=50, simulcast=False, name=f"{self.name}/pub",
+            candidate_rewrite=self.candidate_rewrite,
+        )
+        stream_id, audio_id = secrets.token_hex(8), secrets.token_hex(8)
+        offer = build_publisher_offer(
+            ufrag=pub.ufrag, pwd=pub.pwd, fingerprint=pub.fingerprint, port=pub.port, audio_ssrc=stream.ssrc,
+            video_ssrcs=None, rids=None, stream_id=stream_id, audio_track_id=audio_id, video_track_id="",
+            cname=pub.cname,
+        )
+        try:
+            reply = await self.request("publish", sdp=offer, tracks={audio_id: {"source": "microphone"}})
+        except BaseException:
+            pub.close()
+            raise
+        self.publisher = pub
+        answer = sdp.parse(reply["sdp"], "answer")
+        if not any(m.kind == "audio" and not m.rejected for m in answer.media):
+            raise FerryError("rejected", "Ferry did not accept Opus")
+        pub.set_mids("0", None)
+        pub.set_remote(answer.transport)
+        pub.start(self.connect_timeout)
+        self.published = list(reply.get("tracks") or [])
+        if wait_connected:
+            await pub.wait_connected(self.connect_timeout + 1.0)
+            pub.start_media()
+        else:
+            self._starter = asyncio.ensure_future(self._start_when_connected(pub))
+        return self.published
+
     async def _start_when_connected(self, pub: LitePublisher) -> None:
         with contextlib.suppress(FerryError):
             await pub.wait_connected(self.connect_timeout + 1.0)
