@@ -18,6 +18,7 @@
 
 import { Captions } from "./captions.js";
 import { Chat } from "./chat.js";
+import { Classroom } from "./classroom.js";
 import { connectSignaling } from "./transport.js";
 
 const params = new URLSearchParams(location.search);
@@ -69,6 +70,14 @@ const captions = new Captions({
 // Chat: room messages of topic "chat" (web/chat.js); the join and resume ask for what
 // the panel has not shown.
 const chat = new Chat({ request: (type, fields) => app.sig.request(type, fields) });
+
+// Classroom control (web/classroom.js): moderation buttons for a roomAdmin token, hands.
+const classroom = new Classroom({
+  request: (type, fields) => app.sig.request(type, fields),
+  participants: () => app.participants,
+  status: (text, isError) => status(text, isError),
+  me: () => app.me,
+});
 
 async function toggleCaptions() {
   const button = $("cc");
@@ -347,6 +356,8 @@ function sendSize(p) {
   // Allowed as soon as the join reply arrived (state may still be "joining" while
   // publishing): a size dropped here would never be re-sent until the next resize.
   if (!p.videoTrackSid || !app.sig || !app.me) return;
+  // Ferry subscribes once it has the answer: a size sent earlier is refused (not_found).
+  if (!subscribedTracks.has(p.videoTrackSid)) return;
   const video = p.tile.querySelector("video");
   const dpr = window.devicePixelRatio || 1;
   const width = Math.round(video.clientWidth * dpr);
@@ -369,6 +380,7 @@ function onEvent(msg) {
   }
   app.events.push(msg);
   if (app.events.length > 500) app.events.shift();
+  classroom.onEvent(msg);
   switch (msg.type) {
     case "participant_joined":
       ensureParticipant(msg.participant?.sid, msg.participant);
@@ -483,6 +495,7 @@ function onEvent(msg) {
     default:
       break;
   }
+  classroom.refresh();
 }
 
 function newSignaling(url) {
@@ -593,8 +606,15 @@ async function handleSubscriberOffer(msg) {
     await app.sig.request("subscriber_answer", { sdp: app.sub.localDescription.sdp, version: msg.version });
   } catch (e) {
     if (e.code !== "conflict") throw e; // conflict: superseded by a newer offer, which follows
+    return;
   }
+  subscribedTracks.clear();
+  for (const m of app.midMap.values()) if (m.active && m.tsid) subscribedTracks.add(m.tsid);
+  for (const p of app.participants.values()) if (p.videoTrackSid) scheduleSend(p, 0);
 }
+
+// Track sids of the last answered subscriber offer: what Ferry has subscribed this page to.
+const subscribedTracks = new Set();
 
 function createSubscriber() {
   app.sub = new RTCPeerConnection(app.config);
@@ -829,6 +849,7 @@ async function join(room, name) {
     $("call").hidden = false;
     $("room-label").textContent = `room ${reply.room?.name ?? room} as ${participantName(reply.participant || {})}`;
     for (const info of reply.participants || []) ensureParticipant(info.sid, info);
+    classroom.joined(grants.roomAdmin);
     if (!app.sub) createSubscriber();
     if (params.get("publish") !== "0") await publish();
     setState("joined");
@@ -868,6 +889,7 @@ function teardown() {
   setRecording(null);
   captions.reset();
   chat.reset();
+  classroom.reset();
   app.offerChain = Promise.resolve();
   app.latestOffer = 0;
   app.prevBytes.clear();
