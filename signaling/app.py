@@ -642,6 +642,9 @@ class FerryServer:
         data.update(self.recordings.snapshot())
         data.update(self.captions.snapshot())
         data.update(self.messages.snapshot())
+        data.update(self.webhooks.snapshot())
+        data.update(audit_written=self.audit.written, audit_errors=self.audit.errors,
+                    moderation_actions=self.moderation.actions)
         return data
 
 

@@ -105,6 +105,12 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "ferry_captions_write_errors_total": (("captions_write_errors",), "Transcript writes that failed"),
     "ferry_data_bytes_total": (("data_bytes",), "Room message payload bytes sent (send_data), reliable or not"),
     "ferry_data_commits_total": (("data_commits",), "Message database commits (each one fsync; sends share them)"),
+    "ferry_webhooks_sent_total": (("webhooks_sent",), "Webhook events delivered (2xx)"),
+    "ferry_webhooks_failed_total": (("webhooks_failed",), "Webhook events given up on after every attempt"),
+    "ferry_webhooks_dropped_total": (("webhooks_dropped",), "Webhook events dropped from a full queue"),
+    "ferry_audit_entries_total": (("audit_written",), "Audit log entries written"),
+    "ferry_audit_errors_total": (("audit_errors",), "Audit log writes that failed"),
+    "ferry_moderation_actions_total": (("moderation_actions",), "Moderation actions done (signaling and REST)"),
 }
 DATA_MESSAGES = ("ferry_data_messages_total", "data_messages", "Room messages sent (send_data), by reliable true|false")
 DROPS = ("ferry_packet_drops_total", ("packet_drops", "drops"), "Packets dropped, by reason")

@@ -181,6 +181,10 @@ async def test_rest_moderation_is_scoped_to_the_rooms_admin_token(mod_server: Fe
     everything = list(read_entries(server.config.audit_dir or ""))
     assert any(e["kind"] == "refused" and e.get("path") == "/api/rooms/class/participants" for e in everything)
     assert everything[0]["kind"] == "config" and "api_secret" not in json.dumps(everything[0])
+    async with aiohttp.ClientSession() as http, http.get(server.http_url + "/metrics") as res:
+        metrics = await res.text()
+    assert "ferry_moderation_actions_total 4" in metrics, metrics  # update, lock, remove, close
+    assert "ferry_audit_entries_total" in metrics
 
 
 def test_ferry_audit_prints_a_rooms_entries_since_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
