@@ -199,3 +199,36 @@ def test_ferry_audit_prints_a_rooms_entries_since_a_time(tmp_path: Path, capsys:
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["kind"], e["identity"]) for e in lines] == [("join", "x"), ("moderation", "x")]
     assert ferry_main(["audit", "--dir", str(tmp_path / "audit"), "--since", "bogus"], env={}) == 2
+
+
+async def test_allowed_sources_limit_publishing_and_revoking_unpublishes(mod_server: FerryServer) -> None:
+    from clients.lite import encode_opus_clip, encode_vp8_clip
+
+    server = mod_server
+    teacher = await joined(server, "class", "teacher", room_admin=True)
+    cam = await joined(server, "class", "cam", can_publish=False)
+    mic = await joined(server, "class", "mic", can_publish=False)
+    try:
+        for who in ("cam", "mic"):
+            await teacher.request("update_participant", identity=who,
+                                  permission={"canPublish": True, "canPublishSources": ["microphone"]})
+        audio = encode_opus_clip(1.0)
+        with pytest.raises(FerryError) as info:  # a camera with the microphone: refused whole
+            await cam.publish_vp8(encode_vp8_clip(160, 96, 5, 100_000), simulcast_rids=None, audio=audio,
+                                  wait_connected=False)
+        assert info.value.code == "forbidden" and "camera" in info.value.message
+        room = server.rooms.rooms["class"]
+        assert room.by_identity("cam").tracks() == []
+        tracks = await mic.publish_audio(audio, wait_connected=False)
+        assert [t["source"] for t in tracks] == ["microphone"]
+        await teacher.request("update_participant", identity="mic", permission={"canPublish": False})
+        assert room.by_identity("mic").tracks() == []
+        await teacher.wait_for(lambda: any(
+            e.get("type") == "track_unpublished" and e.get("track_sid") == tracks[0]["sid"] for e in teacher.events
+        ))
+        changed = await mic.wait_for(lambda: [e for e in events(mic, "permissions_changed") if e["unpublished"]])
+        assert changed[0]["unpublished"] == [tracks[0]["sid"]]
+        assert changed[0]["permissions"]["canPublish"] is False
+    finally:
+        for client in (cam, mic, teacher):
+            await client.close()
