@@ -170,3 +170,14 @@ async def test_a_full_queue_drops_the_oldest_events_and_counts_them(tmp_path: Pa
         assert endpoint.dropped == 7
     finally:
         await server.stop()
+
+
+def test_webhook_config_is_checked_and_read_from_the_environment() -> None:
+    from signaling.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="http"):
+        make_config(webhooks=[{"url": "ftp://x"}])
+    with pytest.raises(ConfigError, match="api_keys"):
+        make_config(api_keys={KEY: SECRET}, webhooks=[{"url": "http://127.0.0.1:1/h", "api_key": "APInope"}])
+    config = load_config(None, {"FERRY_WEBHOOKS": "http://127.0.0.1:1/a, http://127.0.0.1:2/b"})
+    assert config.webhooks == [{"url": "http://127.0.0.1:1/a"}, {"url": "http://127.0.0.1:2/b"}]
