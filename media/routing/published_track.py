@@ -104,7 +104,7 @@ class Layer:
         self.ssrc = ssrc
         self.stream = RtpStreamRecv(ssrc, self.track.codec.clock_rate)
 
-    def on_packet(self, view: RtpView, now_ms: float, is_rtx: bool) -> None:
+    def on_packet(self, view: RtpView, now_ms: float, is_rtx: bool) -> None:  # noqa: C901 (the forward path, inline)
         """The forward path for one received (decrypted, RTX-unwrapped) packet."""
         stream = self.stream
         if stream is None:
