@@ -128,7 +128,7 @@ class FerryProcess:
 
     async def start(self, timeout: float = 20.0) -> None:
         env = dict(os.environ, FERRY_API_KEY=self.key, FERRY_API_SECRET=self.secret)
-        env["FERRY_LOG_LEVEL"] = "warning"
+        env["FERRY_LOG_LEVEL"] = os.environ.get("FERRY_BENCH_LOG_LEVEL", "warning")
         env["FERRY_CAPTIONS"] = "off"  # forwarding only: no speech model on the audio
         cmd = [
             sys.executable,
