@@ -109,7 +109,7 @@ def compose(directory: str | os.PathLike[str], out: str | os.PathLike[str], *, w
     if isinstance(progress, Progress):
         progress.total_s = duration
     rate = Fraction(fps).limit_denominator(1001)
-    frames = math.ceil(duration * fps)
+    frames = math.ceil(duration * fps - 1e-6)  # not one more for a float's last bit
     names = {p.identity: p.name or p.identity for p in manifest.participants}
     names.update({p.sid: p.name or p.identity for p in manifest.participants})
     captions = load_captions(directory, scene.t0, names)

@@ -7,7 +7,8 @@ belongs at composite time `first_unix - t0 + t`: tracks from different senders,
 and a sender's audio and video, line up to within a frame. Output frame `k` is
 composite time `k / fps` and its audio is the samples from `k * 48000 / fps` on.
 
-A person is on screen while any of their tracks is (first to last frame); they
+A person is on screen while any of their tracks is (first to last frame, or to the
+recording's stop for tracks still live then: everyone leaves the picture together); they
 get a tile with their camera, or a name card while there is none (audio only, a
 camera muted (the manifest's mute spans), a video gap of more than `CAMERA_HOLD_S`). A screen share takes
 the big tile. The loudest person over the last 0.4 s gets a highlighted border.
@@ -33,6 +34,7 @@ from .compose_sources import RATE, AudioTrack, Feed, TailFile, VideoTrack
 __all__ = ["Scene", "is_screen"]
 
 CAMERA_HOLD_S = 1.0  # a camera frame older than this is a gap: show the name card
+STOP_SLACK_S = 0.5  # a track whose last media is this close to the recording's stop was live at the stop
 SPEAKER_WINDOW_S = 0.4
 PRELOAD_S = 1.0
 
@@ -96,6 +98,11 @@ class Scene:
             end = None
             if entry.last_unix is not None and (entry.closed or not self.live):
                 end = entry.last_unix - self.t0 + (1.0 / self.fps if entry.kind == "video" else 0.02)
+                stop = manifest.stopped_unix
+                if stop is not None and stop - entry.last_unix < STOP_SLACK_S:
+                    # Live at the stop: on screen to the end, so that tracks whose last packets
+                    # came a frame apart do not reflow the layout in the final frames.
+                    end = max(end, stop - self.t0)
             state = self.tracks.get(entry.file)
             if state is None:
                 state = self.tracks[entry.file] = TrackState(entry, offset, end)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def test_flashes_and_beeps_line_up_within_80_ms(composite: tuple[Path, dict[str,
     assert made["t0_unix"] == pytest.approx(T0, abs=1e-3)
     assert ffprobe_codecs(path) == ["h264", "aac"]
     times, frames, pcm = decode(path)
-    assert len(frames) == made["frames"] and abs(len(frames) - 3.7 * FPS) <= 1  # to the last frame
+    assert len(frames) == made["frames"] and abs(len(frames) - 3.8 * FPS) <= 1  # to the stop, 0.1 s after the last frame
     beeps = beep_onsets(pcm)
     # Video: each person's flashes in their tile, while both are on screen (layout fixed).
     both = layout(W, H, ["PA_a", "PA_b"])
@@ -155,7 +156,10 @@ def test_cli_compose_prints_progress_and_a_summary(tmp_path: Path, capsys: pytes
     assert main(["record", "compose", str(rec.directory), "--out", str(out), "--width", "192",
                  "--height", "108", "--fps", "10"]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["frames"] == 31 and out.exists()  # 3 s, the last frame shown 0.1 s
+    summary = json.loads(captured.out)
+    stopped = json.loads((rec.directory / "manifest.json").read_text())["stopped_unix"]
+    assert 3.0 < stopped - summary["t0_unix"] < 3.2  # 3 s of media, and 0.1 s to the stop
+    assert summary["frames"] == math.ceil((stopped - summary["t0_unix"]) * 10 - 1e-6) and out.exists()
     assert "100.0%" in captured.err and "[####" in captured.err
     assert main(["record", "compose", str(tmp_path / "missing"), "--out", str(out)]) == 1
 
@@ -182,3 +186,18 @@ def test_speakers_hold_the_highlight_until_someone_is_clearly_louder() -> None:
     for _ in range(4):
         s.update({"a": silent, "b": silent})
     assert s.active is None  # quiet room: nobody highlighted
+
+
+def test_people_live_at_the_stop_keep_their_tiles_to_the_last_frame(tmp_path: Path) -> None:
+    # Bob's last packets come 80 ms after Alice's, and he flashes at the very end:
+    # had Alice left the picture first, Bob's flash would fill her tile.
+    cast = [Person("PA_a", "alice", "Alice Smith", 0.0, 1.2, ()),
+            Person("PA_b", "bob", "Bob Jones", 0.0, 1.28, (1.0,))]
+    rec = record(str(tmp_path / "rec"), cast, unix_offset_s=T0)
+    out = tmp_path / "stop.mp4"
+    compose(rec.directory, out, width=W, height=H, fps=FPS)
+    times, frames, _ = decode(out)
+    tiles = layout(W, H, ["PA_a", "PA_b"])
+    assert times[-1] > 1.25
+    assert flash_onsets(times, frames, tiles["PA_b"]) != []  # Bob's flash is seen in his tile
+    assert max(luma(f, tiles["PA_a"]) for f in frames[5:]) < 80  # and never in Alice's
