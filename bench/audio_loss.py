@@ -1,4 +1,4 @@
-"""Benchmark (issue #5): speech quality of Ferry's audio decode path under loss.
+"""Benchmark: speech quality of Ferry's audio decode path under loss.
 
 A real speech clip (16 kHz, ../shared/data/speech/wav) is resampled to 48 kHz,
 Opus-encoded (VOIP, 20 ms, 32 kbit/s, in-band FEC with packet_loss_perc 20),

@@ -19,7 +19,7 @@ Cases (RFC 8867 §5; bottleneck buffer 300 ms, as the RFC's reference setup):
   with +-10 ms then +-25 ms of delay jitter from 20 s and 40 s: jitter must not
   read as congestion.
 
-Trace cases (``--traces``; issue 15): 60 s (60-120 s) of each real Mahimahi trace in
+Trace cases (``--traces``): 60 s (60-120 s) of each real Mahimahi trace in
 ``../shared/data/traces`` (read in place, GPL-3+ data) and the seeded synthetic traces
 of ``qa.bwe_traces.SYNTHETIC`` (3G-like, LTE-like, Wi-Fi-like steps, with outages of up
 to 3 s), desired 2.5 Mbit/s, 25 ms one-way delay, a 300 ms drop-tail buffer at the

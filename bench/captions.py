@@ -1,4 +1,4 @@
-"""Benchmark (issue #13): live captions per backend: latency, accuracy, CPU, capacity.
+"""Benchmark: live captions per backend: latency, accuracy, CPU, capacity.
 
 Every figure runs the whole captions path as the server does: speech is Opus-encoded
 (32 kbit/s, 20 ms) and packetized into RTP, handed to a `TrackCaptioner` in real time

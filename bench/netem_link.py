@@ -1,6 +1,6 @@
 """Benchmark: netem link model throughput in virtual time (packets/s of CPU).
 
-Prints one JSON object. Aim (issue #3): > 200k packets/s.
+Prints one JSON object. Aim: > 200k packets/s.
 Run: python bench/netem_link.py [--packets N]
 """
 

@@ -4,7 +4,7 @@ Latency: sequential ping-pong client -> relay -> echo peer -> relay -> client,
 compared with client <-> echo directly; added one-way latency per relay pass
 is (relayed RTT - direct RTT) / 2. Throughput: windowed blast of ChannelData
 through the relay to a counting sink. Prints one JSON object.
-Aim (issue #3): added latency p50 < 0.3 ms, p99 < 2 ms.
+Aim: added latency p50 < 0.3 ms, p99 < 2 ms.
 Run: python bench/netem_relay.py [--pings N] [--packets N] [--uvloop]
 """
 

@@ -1,4 +1,4 @@
-"""Benchmark (issue #12): CPU per recorded track, for the recorder's writer path alone.
+"""Benchmark: CPU per recorded track, for the recorder's writer path alone.
 
 Real media (PyAV encoders: VP8 640x360 30 fps with a moving noise texture, ~2 Mbit/s
 as `file_kbit_s` shows, plus 320x180 and 160x90 layers; Opus 20 ms), packetized into RTP as the router hands it to a `PacketSink`, is fed to

@@ -1,6 +1,6 @@
 """Capacity traces for the virtual-time BWE harness, and what users feel on them.
 
-Why a module of its own: ``tests/test_bwe_traces.py`` (issue 15 acceptance 1) and
+Why a module of its own: ``tests/test_bwe_traces.py`` and
 ``bench/bwe.py`` judge the estimator on the same traces with the same figures, so the
 numbers in the README are the ones the tests check.
 

@@ -1,4 +1,4 @@
-"""Audio NACKs are answered for listeners without RED (issue 15, "Audio"), socket-free.
+"""Audio NACKs are answered for listeners without RED, socket-free.
 
 Browsers never negotiate RTX for audio, so a NACKed Opus packet can only go again on
 its own SSRC and SRTP index. With transport-cc every packet carries the transport-wide

@@ -1,4 +1,4 @@
-"""Bad input never crashes Ferry or disturbs other participants (issue 2, acceptance 4)."""
+"""Bad input never crashes Ferry or disturbs other participants."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real browsers in one room through Ferry (issue 2, acceptance 1)."""
+"""Real browsers in one room through Ferry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The web client receives tracks on recycled subscriber m-lines (issue 10, defect 4).
+"""The web client receives tracks on recycled subscriber m-lines.
 
 One Python publisher stays; three more come and go in turn. Chromium keeps one
 transceiver per mid, and Ferry gives each next publisher's audio and video the two

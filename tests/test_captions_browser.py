@@ -1,4 +1,4 @@
-"""Captions in the web client (issue 13, acceptance 6): headless Chromium pages in a room
+"""Captions in the web client: headless Chromium pages in a room
 where a LiteClient speaks an espeak-ng sentence, captioned by Whisper tiny.en.
 
 The line under the speaker's tile shows the caption, the transcript panel keeps it, a

@@ -1,4 +1,4 @@
-"""Captions on the server side (issue 13) with a stand-in engine: control, events, late
+"""Captions on the server side with a stand-in engine: control, events, late
 joiners, transcripts (files, REST, recording), metrics, and an engine that cannot load.
 
 A real Ferry on 127.0.0.1 and real LiteClient publishers (VP8 + Opus); only the

@@ -1,4 +1,4 @@
-"""Live captions end to end with Vosk and the Korean model (issue 13, acceptance 2).
+"""Live captions end to end with Vosk and the Korean model.
 
 The server's default backend is Whisper; a room admin switches the room to `vosk`
 (`set_captions`, language "ko"), which loads the Vosk engine on first use from

@@ -1,4 +1,4 @@
-"""Live captions end to end with Whisper tiny.en (issue 13, acceptance 1, 3 and 4).
+"""Live captions end to end with Whisper tiny.en.
 
 A real Ferry (captions on, the bundled tiny.en) and LiteClient publishers speaking
 espeak-ng sentences as Opus RTP in real time; another participant reads the `caption`

@@ -4,7 +4,7 @@ A Chromium page publishes 720p simulcast (q/h/f); a second one, in a 1920x1080 w
 subscribes only (``publish=0``) through netem's TURN relay with an 8 Mbit/s downlink.
 It must be on f within 6 s of joining and stay there.
 
-What kept Chromium viewers on h (issue 15): not Chrome's feedback (the figures below
+What kept Chromium viewers on h: not Chrome's feedback (the figures below
 show every probe packet, an RTX copy on the viewer's RTX SSRC, reported received in
 its transport-wide CC feedback) but the viewer's own tile. The web client laid tiles
 out in ``auto-fill`` columns of >= 320 px, so even a lone remote tile rendered at

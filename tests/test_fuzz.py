@@ -1,4 +1,4 @@
-"""Fuzzing every input surface in CI (issue 10, acceptance 3), and what fuzzing found.
+"""Fuzzing every input surface in CI, and what fuzzing found.
 
 The targets in tests/fuzz/targets.py (signaling JSON, publish SDP, STUN, RTP, RTCP,
 TURN) run here with inputs drawn by hypothesis: which seed, and a list of mutation

@@ -1,4 +1,4 @@
-"""Hostile and careless clients, and clean shutdowns (issue 10: defects 3 and 7, risks).
+"""Hostile and careless clients, and clean shutdowns.
 
 Most tests speak the protocol over raw aiohttp WebSockets (or raw TCP) so they can do
 what a well-behaved client never does: keep using a replaced socket, never read, never

@@ -1,4 +1,4 @@
-"""Two Python publishers joining a room apart always receive each other (issue 10, defect 2).
+"""Two Python publishers joining a room apart always receive each other.
 
 The report: two ``ferry client join --publish both`` started 2 s apart, and one of them
 "received nothing". Traced, both receive everything; the one that leaves last printed its

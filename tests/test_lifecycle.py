@@ -1,4 +1,4 @@
-"""Room and participant lifecycle: dead peers, empty rooms, reconnects (issue 2)."""
+"""Room and participant lifecycle: dead peers, empty rooms, reconnects."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NACK/RTX toward subscribers under 5% random loss (issue 2, acceptance 3)."""
+"""NACK/RTX toward subscribers under 5% random loss."""
 
 from __future__ import annotations
 

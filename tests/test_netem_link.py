@@ -1,4 +1,4 @@
-"""netem link model: acceptance statistics (issue #3, item 1) and netem vocabulary.
+"""netem link model: acceptance statistics and netem vocabulary.
 
 All runs are seeded and in virtual time; 100k packets each.
 """

@@ -1,4 +1,4 @@
-"""A Chromium meeting recorded from the web client's button (issue #12, acceptance 5), and its live badge."""
+"""A Chromium meeting recorded from the web client's button, and its live badge."""
 
 from __future__ import annotations
 

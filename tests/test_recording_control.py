@@ -1,4 +1,4 @@
-"""Recording a room end to end (issue #12): REST and signaling control, files, events.
+"""Recording a room end to end: REST and signaling control, files, events.
 
 Real sockets on 127.0.0.1: LiteClient publishers (pre-encoded VP8 + Opus) through an
 in-process Ferry, recorded into a temporary directory and read back with PyAV.

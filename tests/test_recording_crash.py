@@ -1,4 +1,4 @@
-"""`ferry serve` SIGKILLed mid-recording, then `ferry record repair` (issue #12, acceptance 3).
+"""`ferry serve` SIGKILLed mid-recording, then `ferry record repair`.
 
 The server runs as a real subprocess (`python -m signaling.cli serve`); two LiteClient
 publishers (VP8 + Opus) in this process are recorded through the REST API for ~10 s,

@@ -1,4 +1,4 @@
-"""A live call recorded through the server, its live HLS stream, and its composite (issue #12, acceptance 1 and 4).
+"""A live call recorded through the server, its live HLS stream, and its composite.
 
 One run serves every case here, to keep CI short: an in-process Ferry, two LiteClient
 publishers of the flash + beep source (audio + VP8, locked to the wall clock, so the

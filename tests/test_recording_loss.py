@@ -1,4 +1,4 @@
-"""A recording through 10% uplink loss and a simulcast layer switch (issue #12, acceptance 2).
+"""A recording through 10% uplink loss and a simulcast layer switch.
 
 The publisher reaches Ferry through netem's `UdpProxy`: its uplink drops 10% of
 everything (media, retransmissions, RTCP, seeded) and adds 20 ms each way. Its top

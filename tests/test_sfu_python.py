@@ -1,4 +1,4 @@
-"""Python clients through a real Ferry on loopback (issue 2, acceptance 2)."""
+"""Python clients through a real Ferry on loopback."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Subscriber negotiation never wedges (issue 10, defect 4), on the in-memory stack.
+"""Subscriber negotiation never wedges, on the in-memory stack.
 
 Before: every track ever offered to a viewer added an m-line, so ~120 tracks of churn
 pushed its answer past the 64 KiB frame limit; the ``too_large`` error carried no id;

@@ -1,4 +1,4 @@
-"""Real clients receive tracks on recycled subscriber m-lines (issue 10, defect 4).
+"""Real clients receive tracks on recycled subscriber m-lines.
 
 Ferry reuses an inactive m-line's mid for the next track of its kind, with new SSRCs
 and msid. aiortc keeps one transceiver (and one receiver track) per mid and starts its

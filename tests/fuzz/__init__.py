@@ -1,4 +1,4 @@
-"""Fuzz targets for every input surface Ferry exposes (issue 10, acceptance 3).
+"""Fuzz targets for every input surface Ferry exposes.
 
 `python -m tests.fuzz NAME --cases N` (NAME: json, sdp, stun, rtp, rtcp, turn) runs one
 target with a seeded mutation engine and prints a JSON summary; tests/test_fuzz.py runs
