@@ -469,7 +469,7 @@ async def test_adaptive_stream_size_cap_and_hidden_tile(server: FerryServer) -> 
 
 # ------------------------------------------------------------------ Chromium helpers
 
-# web/ferry.js captures 640x480, for which Chrome keeps only 2 simulcast layers (its log:
+# web/media.js captures 640x480, for which Chrome keeps only 2 simulcast layers (its log:
 # "Reducing simulcast layer count from 3 to 2"); these tests ask the fake camera for
 # 1280x720 so that q/h/f are all encoded (reported: the page should ask for 720p).
 CAPTURE_720P = """(() => {

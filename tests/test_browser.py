@@ -79,7 +79,7 @@ async def test_three_browsers_join_see_each_other_and_leave(server):
 
 
 async def test_a_hidden_tile_stops_its_video_and_showing_it_resumes(server):
-    """web/ferry.js tells Ferry when a remote tile is off screen (IntersectionObserver)
+    """web/tiles.js tells Ferry when a remote tile is off screen (IntersectionObserver)
     or the tab is hidden: Ferry stops forwarding that video until it is seen again."""
     url = server.http_url + "/?room=tiles&autojoin=1&name="
     async with chromium() as browser:
