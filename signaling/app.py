@@ -7,19 +7,16 @@ is what `ferry serve` calls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import ipaddress
 import logging
-import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
-from yarl import URL
 
 from media.engine import Engine, EngineConfig
 
@@ -39,7 +36,8 @@ from .messages_service import MessageService
 from .metrics import CONTENT_TYPE, Metrics
 from .moderation import ModerationService
 from .moderation import add_routes as add_moderation_routes
-from .protocol import MAX_MESSAGE_BYTES, encode
+from .origins import known_host, origin_allowed, request_host
+from .protocol import MAX_MESSAGE_BYTES
 from .quic_server import QuicSignaling
 from .quic_server import add_routes as add_quic_routes
 from .recording import RecordingService, add_routes
@@ -49,114 +47,14 @@ from .session import Session
 from .streaming import StreamService
 from .streaming import add_routes as add_stream_routes
 from .webhooks import WebhookEvents, WebhookNotifier
+from .ws_connection import CLOSE_GRACE_S, WsConnection, raise_fd_limit
 
 log = logging.getLogger("ferry.signaling.app")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 ROOM_TICK_S = 0.5
-# How long a polite close (queued messages, then a close frame) may take before the
-# TCP connection is aborted.
-CLOSE_GRACE_S = 2.0
-_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 ShutdownHook = Callable[[], Awaitable[None]]
-
-
-def _request_host(request: web.Request) -> str | None:
-    """The host name of the request's Host header, lower case; None when unparsable."""
-    try:
-        host = request.url.host
-    except ValueError:  # a Host header yarl cannot parse ("x:y:z") names no host of ours
-        return None
-    return host.lower() if host else None
-
-
-class _Connection:
-    """The outgoing side of one /ws socket: a bounded queue drained by a writer task.
-
-    A client that stops reading fills the kernel's socket buffers, then this queue; at
-    ``limit`` messages the TCP connection is aborted. A polite close would not do: its
-    close frame waits behind everything queued, for the very client that does not read.
-    """
-
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, limit: int, remote: str) -> None:
-        self.ws = ws
-        self.transport = transport
-        self.limit = limit
-        self.remote = remote
-        self.closing = False
-        self.session: Session | None = None
-        self.closed = asyncio.Event()  # set when the /ws handler has finished
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._close_code: int = WSCloseCode.OK
-        self._close_message = b""
-        self._abort_timer: asyncio.TimerHandle | None = None
-        self.writer = asyncio.create_task(self._write())
-
-    def send(self, message: dict) -> None:
-        if self.closing:
-            return
-        if self._queue.qsize() >= self.limit:
-            log.warning(
-                "signaling client %s does not read (%d messages queued); aborting its socket",
-                self.remote,
-                self.limit,
-            )
-            self.abort()
-            return
-        self._queue.put_nowait(encode(message))
-
-    def close(self, code: int = WSCloseCode.OK, message: bytes = b"") -> None:
-        """Send what is queued, then a close frame; abort if that takes over CLOSE_GRACE_S."""
-        if self.closing:
-            return
-        self.closing = True
-        self._close_code, self._close_message = code, message
-        self._queue.put_nowait(None)
-        self._abort_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.abort)
-
-    def abort(self) -> None:
-        """Drop the TCP connection now; the /ws handler's read loop then ends."""
-        self.closing = True
-        if self.transport is not None:
-            self.transport.abort()
-        self.writer.cancel()
-
-    def finished(self) -> None:
-        if self._abort_timer is not None:
-            self._abort_timer.cancel()
-
-    async def _write(self) -> None:
-        while True:
-            text = await self._queue.get()
-            if text is None:
-                with contextlib.suppress(ConnectionError):
-                    await self.ws.close(code=self._close_code, message=self._close_message)
-                return
-            try:
-                await self.ws.send_str(text)
-            except ConnectionError:
-                return
-
-
-def raise_fd_limit() -> tuple[int, int]:
-    """Raise the soft limit on open files to the hard limit; returns (before, after).
-
-    Every WebSocket and HTTP connection is a file descriptor; the usual soft limit of
-    1,024 would let a thousand idle sockets lock everyone out.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if hard == resource.RLIM_INFINITY:
-        target = 1 << 20  # Linux refuses more than fs.nr_open (2^20 by default)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
-            return soft, soft
-        return soft, target
-    return soft, soft
 
 
 class FerryServer:
@@ -216,7 +114,7 @@ class FerryServer:
         self.ws_connections = 0
         self._connections_by_ip: dict[str, int] = {}
         self._per_ip_exempt = [ipaddress.ip_network(n) for n in config.per_ip_exempt]
-        self._connections: set[_Connection] = set()
+        self._connections: set[WsConnection] = set()
         # Renderers end their playlists before the recordings they follow are finalized.
         self._shutdown_hooks: list[ShutdownHook] = [
             self.streams.stop_all,
@@ -441,50 +339,13 @@ class FerryServer:
         body = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
-    def _known_host(self, host: str | None) -> bool:
-        """Whether ``host`` (from a Host header) names this server, not some other domain.
-
-        A web page on another domain that re-points its name at this address (DNS
-        rebinding) reaches the server with its own name in Host; only loopback names,
-        the bind and announce addresses and the hosts of ``allowed_origins`` pass.
-        """
-        if not host:
-            return False
-        host = host.strip("[]").lower().rstrip(".")
-        if is_loopback_host(host):
-            return True
-        names = {self.config.host.lower(), *(ip.lower() for ip in self.config.announce_ips)}
-        names.update((URL(o).host or "").lower() for o in self.config.allowed_origins if o != "*")
-        return host in names - _WILDCARD_HOSTS
-
-    def _origin_allowed(self, request: web.Request) -> bool:
-        """Browsers send Origin on WebSocket upgrades; other clients send none (allowed).
-
-        Allowed by default: pages from this server's own host and from loopback; beyond
-        that only ``allowed_origins`` (``*`` for any).
-        """
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return True
-        allowed = self.config.allowed_origins
-        origin = origin.strip().lower().rstrip("/")
-        if "*" in allowed or origin in allowed:
-            return True
-        try:
-            host = URL(origin).host
-        except ValueError:
-            return False
-        if not host:
-            return False
-        return is_loopback_host(host) or host == _request_host(request)
-
     async def _api_dev_token(self, request: web.Request) -> web.Response:
         if not self.dev_mode:
             return web.json_response(
                 {"error": {"code": "forbidden", "message": "dev tokens exist only when no API key is configured"}},
                 status=403,
             )
-        if not self._known_host(_request_host(request)):
+        if not known_host(self.config, request_host(request)):
             return web.json_response(
                 {
                     "error": {
@@ -513,8 +374,8 @@ class FerryServer:
 
     def _public_host(self, request: web.Request) -> str:
         """The request's host when it names this server, else the bind address."""
-        host = _request_host(request)
-        return host if host is not None and self._known_host(host) else self.config.host
+        host = request_host(request)
+        return host if host is not None and known_host(self.config, host) else self.config.host
 
     async def _api_rooms(self, request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")
@@ -535,7 +396,7 @@ class FerryServer:
         """(HTTP status, metrics code, message) when this upgrade must be refused."""
         if self.stopping:
             return 503, "shutting_down", "server shutting down"
-        if not self._origin_allowed(request):
+        if not origin_allowed(self.config, request):
             return 403, "origin_forbidden", (
                 f"Origin {request.headers.get('Origin')!r} is not allowed (allowed_origins)"
             )
@@ -579,7 +440,7 @@ class FerryServer:
         ws = web.WebSocketResponse(max_msg_size=4 * MAX_MESSAGE_BYTES, heartbeat=20.0)
         transport = request.transport
         await ws.prepare(request)
-        conn = _Connection(ws, transport, self.config.ws_send_queue_limit, remote)
+        conn = WsConnection(ws, transport, self.config.ws_send_queue_limit, remote)
         session = Session(
             self.rooms,
             self.verifier,
@@ -620,7 +481,7 @@ class FerryServer:
             conn.closed.set()
         return ws
 
-    def _join_timeout(self, conn: _Connection) -> None:
+    def _join_timeout(self, conn: WsConnection) -> None:
         session = conn.session
         if session is None or session.joined or conn.closing:
             return
