@@ -30,6 +30,8 @@ from typing import Any
 
 __all__ = ["AuditLog", "AuditRoomEvents", "read_entries", "register"]
 
+from .rooms import RoomObserverBase
+
 log = logging.getLogger("ferry.signaling.audit")
 
 _PREFIX = "audit-"
@@ -190,7 +192,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-class AuditRoomEvents:
+class AuditRoomEvents(RoomObserverBase):
     """A RoomObserver writing leaves and room starts and ends to the audit log (joins
     are written by the session, which knows the remote address and user agent)."""
 
@@ -203,8 +205,6 @@ class AuditRoomEvents:
     def room_closed(self, room: Any) -> None:
         self.audit.write("room_finished", room=room.name, sid=room.sid)
 
-    def participant_joined(self, room: Any, participant: Any) -> None:
-        return None
 
     def participant_left(self, room: Any, participant: Any) -> None:
         self.audit.write("leave", room=room.name, identity=participant.identity, sid=participant.sid)
@@ -218,5 +218,3 @@ class AuditRoomEvents:
         for track in tracks:
             self.audit.write("track_unpublished", room=room.name, identity=participant.identity, track_sid=track.sid)
 
-    def track_muted(self, room: Any, participant: Any, track: Any) -> None:
-        return None

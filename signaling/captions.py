@@ -41,7 +41,7 @@ from . import transcript as tr
 from .auth import ADMIN_ALL_ROOMS, AuthError, Claims, TokenVerifier
 from .config import Config
 from .recording import check_record
-from .rooms import Participant, Room, RoomManager
+from .rooms import Participant, Room, RoomManager, RoomObserverBase
 
 __all__ = ["LATENCY_BUCKETS_S", "CaptionError", "CaptionService", "add_routes", "caption_event", "check_captions_admin"]
 
@@ -142,7 +142,7 @@ class _RoomCaptions:
         return {"enabled": self.enabled, "backend": self.backend, "language": self.language, "by": self.by}
 
 
-class CaptionService:
+class CaptionService(RoomObserverBase):
     """Every room's captions on this server; see the module docstring."""
 
     def __init__(
@@ -497,8 +497,6 @@ class CaptionService:
         if rc.writing is not None or rc.dirty:
             self._flushing[room.name] = rc
 
-    def participant_joined(self, room: Room, participant: Participant) -> None:
-        pass
 
     def participant_left(self, room: Room, participant: Participant) -> None:
         rc = self._rooms.get(room.name)

@@ -37,7 +37,7 @@ from .messages_store import (
     set_last_seq,
 )
 from .protocol import ProtocolError, Request, error_reply, ok
-from .rooms import Participant, Room, RoomManager
+from .rooms import Participant, Room, RoomManager, RoomObserverBase
 
 if TYPE_CHECKING:
     from .session import Session
@@ -67,7 +67,7 @@ class _Pending:
     waiters: list[tuple[Session, Request]] = field(default_factory=list)
 
 
-class MessageService:
+class MessageService(RoomObserverBase):
     def __init__(self, rooms: RoomManager, data_dir: str | Path, *, max_count: int = 10000, max_age_s: float = 86400.0) -> None:
         self.rooms = rooms
         self.store = MessageStore(Path(data_dir) / "messages.db")
@@ -319,23 +319,11 @@ class MessageService:
             self._logs.pop(room.name, None)
             self._pending.pop(room.name, None)
 
-    def room_created(self, room: Room) -> None:
-        pass
 
-    def participant_joined(self, room: Room, participant: Participant) -> None:
-        pass
 
-    def participant_left(self, room: Room, participant: Participant) -> None:
-        pass
 
-    def tracks_published(self, room: Room, participant: Participant, tracks: list[Any]) -> None:
-        pass
 
-    def tracks_unpublished(self, room: Room, participant: Participant, tracks: list[Any]) -> None:
-        pass
 
-    def track_muted(self, room: Room, participant: Participant, track: Any) -> None:
-        pass
 
 
 def _payload_size(body: dict[str, Any]) -> int:

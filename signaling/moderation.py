@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .auth import ADMIN_ALL_ROOMS, AuthError, Claims, TokenVerifier
+from .protocol import MODERATION_REQUESTS
 from .rooms import Participant, Room, RoomManager
 
 if TYPE_CHECKING:
@@ -52,20 +53,6 @@ log = logging.getLogger("ferry.signaling.moderation")
 
 MAX_METADATA_BYTES = 4096
 SOURCES = frozenset({"microphone", "camera", "screen", "screen_audio", "unknown"})
-# Signaling requests served here; all but raise_hand and one's own metadata need roomAdmin.
-MODERATION_REQUESTS = frozenset(
-    {
-        "list_participants",
-        "get_participant",
-        "remove_participant",
-        "mute_published_track",
-        "update_participant",
-        "update_room_metadata",
-        "set_room_locked",
-        "close_room",
-        "raise_hand",
-    }
-)
 _PERMISSION_KEYS = {"canPublish": "can_publish", "canSubscribe": "can_subscribe", "canPublishData": "can_publish_data"}
 
 

@@ -372,6 +372,21 @@ def _v_moderation(msg: dict[str, Any], req: Request) -> dict[str, Any]:
     return {k: v for k, v in msg.items() if k not in ("type", "id")}
 
 
+# Moderation requests (signaling/moderation.py); all but raise_hand and one's own metadata need roomAdmin.
+MODERATION_REQUESTS = frozenset(
+    {
+        "list_participants",
+        "get_participant",
+        "remove_participant",
+        "mute_published_track",
+        "update_participant",
+        "update_room_metadata",
+        "set_room_locked",
+        "close_room",
+        "raise_hand",
+    }
+)
+
 _VALIDATORS: dict[str, Callable[[dict[str, Any], Request], dict[str, Any]]] = {
     "hello": _v_hello,
     "join": _v_join,
@@ -391,20 +406,7 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], Request], dict[str, Any]]] = {
     "set_captions": _v_set_captions,
     "send_data": _v_send_data,
     "data_ack": _v_data_ack,
-    **dict.fromkeys(
-        (
-            "list_participants",
-            "get_participant",
-            "remove_participant",
-            "mute_published_track",
-            "update_participant",
-            "update_room_metadata",
-            "set_room_locked",
-            "close_room",
-            "raise_hand",
-        ),
-        _v_moderation,
-    ),
+    **dict.fromkeys(MODERATION_REQUESTS, _v_moderation),
 }
 
 REQUEST_TYPES = frozenset(_VALIDATORS)

@@ -12,13 +12,13 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from .resume import ResumeError, ResumeState, ResumeTokens
-from .rooms import Participant, Room, RoomManager
+from .rooms import Participant, Room, RoomManager, RoomObserverBase
 
 if TYPE_CHECKING:
     from .session import Session
 
 
-class ResumeService:
+class ResumeService(RoomObserverBase):
     def __init__(self, rooms: RoomManager) -> None:
         self.rooms = rooms
         self.tokens = ResumeTokens(lambda: secrets.token_urlsafe(32))
@@ -70,17 +70,7 @@ class ResumeService:
         for sid in self.tokens.sids_in(room.name):
             self.tokens.forget(sid)
 
-    def room_created(self, room: Room) -> None:
-        pass
 
-    def participant_joined(self, room: Room, participant: Participant) -> None:
-        pass
 
-    def tracks_published(self, room: Room, participant: Participant, tracks: list[Any]) -> None:
-        pass
 
-    def tracks_unpublished(self, room: Room, participant: Participant, tracks: list[Any]) -> None:
-        pass
 
-    def track_muted(self, room: Room, participant: Participant, track: Any) -> None:
-        pass

@@ -329,6 +329,31 @@ class RoomObserver(Protocol):
     def track_muted(self, room: Room, participant: Participant, track: PublishedTrack) -> None: ...
 
 
+class RoomObserverBase:
+    """A RoomObserver that ignores everything: subclasses override what they watch."""
+
+    def room_created(self, room: Room) -> None:
+        return None
+
+    def room_closed(self, room: Room) -> None:
+        return None
+
+    def participant_joined(self, room: Room, participant: Participant) -> None:
+        return None
+
+    def participant_left(self, room: Room, participant: Participant) -> None:
+        return None
+
+    def tracks_published(self, room: Room, participant: Participant, tracks: list[PublishedTrack]) -> None:
+        return None
+
+    def tracks_unpublished(self, room: Room, participant: Participant, tracks: list[PublishedTrack]) -> None:
+        return None
+
+    def track_muted(self, room: Room, participant: Participant, track: PublishedTrack) -> None:
+        return None
+
+
 def _notify(observers: list[RoomObserver], method: str, *args: object) -> None:
     for observer in list(observers):
         try:

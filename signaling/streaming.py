@@ -35,12 +35,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from media.routing.published_track import PublishedTrack
 from recorder import hls
 
 from .auth import TokenVerifier
 from .recording import RecordingError, RecordingService, authorize_record, http_error
-from .rooms import Participant, Room, RoomManager
+from .rooms import Participant, Room, RoomManager, RoomObserverBase
 
 __all__ = ["StreamService", "add_routes"]
 
@@ -90,7 +89,7 @@ def url_of(room: str) -> str:
     return f"/hls/{quote(room, safe='')}/{hls.PLAYLIST}"
 
 
-class StreamService:
+class StreamService(RoomObserverBase):
     """Every room's live HLS renderer on this server; see the module docstring."""
 
     def __init__(self, rooms: RoomManager, recordings: RecordingService) -> None:
@@ -201,8 +200,6 @@ class StreamService:
             task = asyncio.ensure_future(self._stop(stream, "room_closed"))
             task.add_done_callback(_log_failure)
 
-    def room_created(self, room: Room) -> None:
-        pass
 
     def participant_joined(self, room: Room, participant: Participant) -> None:
         """A late joiner learns of the live stream too: right after its join reply (sent
@@ -211,17 +208,9 @@ class StreamService:
         if stream is not None and not stream.stopping:
             asyncio.get_running_loop().call_soon(participant.emit, stream.started_event())
 
-    def participant_left(self, room: Room, participant: Participant) -> None:
-        pass
 
-    def tracks_published(self, room: Room, participant: Participant, tracks: list[PublishedTrack]) -> None:
-        pass
 
-    def tracks_unpublished(self, room: Room, participant: Participant, tracks: list[PublishedTrack]) -> None:
-        pass
 
-    def track_muted(self, room: Room, participant: Participant, track: PublishedTrack) -> None:
-        pass
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:

@@ -34,7 +34,7 @@ import jwt
 from media.routing.published_track import PublishedTrack
 
 from .auth import ALGORITHM
-from .rooms import Participant, Room
+from .rooms import Participant, Room, RoomObserverBase
 
 __all__ = ["Endpoint", "WebhookError", "WebhookEvents", "WebhookNotifier", "sign", "verify"]
 
@@ -212,7 +212,7 @@ def _participant(participant: Participant) -> dict[str, object]:
             "metadata": participant.metadata}
 
 
-class WebhookEvents:
+class WebhookEvents(RoomObserverBase):
     """A RoomObserver turning room changes into webhook events."""
 
     def __init__(self, notifier: WebhookNotifier) -> None:
@@ -240,5 +240,3 @@ class WebhookEvents:
             self.notifier.notify("track_unpublished", room=_room(room), participant=_participant(participant),
                                  track=track.info())
 
-    def track_muted(self, room: Room, participant: Participant, track: PublishedTrack) -> None:
-        return None
