@@ -28,6 +28,7 @@ from .auth import (
     admin_scope,
     generate_dev_keys,
     mint_token,
+    request_token,
 )
 from .captions import CaptionService
 from .captions import add_routes as add_caption_routes
@@ -378,8 +379,7 @@ class FerryServer:
         return host if host is not None and known_host(self.config, host) else self.config.host
 
     async def _api_rooms(self, request: web.Request) -> web.Response:
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+        token = request_token(request.headers, request.query)
         try:
             claims = self.verifier.verify(token, now=time.time())
         except AuthError as exc:

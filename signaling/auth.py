@@ -16,6 +16,7 @@ and done here against ``now``.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +208,21 @@ def check_join(claims: Claims, room: str) -> None:
             "forbidden",
             f"token is for room {claims.grants.room!r}, not {room!r}",
         )
+
+
+def check_room_admin(claims: Claims, room: str, action: str) -> None:
+    """Raise ``AuthError("forbidden", ...)`` unless the token is ``roomAdmin`` for ``room`` (or "*")."""
+    grants = claims.grants
+    if not grants.room_admin:
+        raise AuthError("forbidden", f"{action} needs the roomAdmin grant")
+    if grants.room not in (room, ADMIN_ALL_ROOMS):
+        raise AuthError("forbidden", f"token is for room {grants.room!r}, not {room!r}")
+
+
+def request_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
+    """An HTTP request's token: ``Authorization: Bearer``, else ``?token=`` (a link from a page)."""
+    header = headers.get("Authorization", "")
+    return header[7:] if header.startswith("Bearer ") else query.get("token", "")
 
 
 def admin_scope(claims: Claims) -> str:

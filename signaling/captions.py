@@ -38,7 +38,7 @@ from media.routing.published_track import PublishedTrack
 from recorder.recording import safe_name
 
 from . import transcript as tr
-from .auth import ADMIN_ALL_ROOMS, AuthError, Claims, TokenVerifier
+from .auth import AuthError, Claims, TokenVerifier, check_room_admin, request_token
 from .config import Config
 from .recording import check_record
 from .rooms import Participant, Room, RoomManager, RoomObserverBase
@@ -71,11 +71,7 @@ class CaptionError(Exception):
 
 def check_captions_admin(claims: Claims, room: str) -> None:
     """Raise ``AuthError("forbidden")`` unless the token may switch `room`'s captions."""
-    grants = claims.grants
-    if not grants.room_admin:
-        raise AuthError("forbidden", "turning captions on or off needs the roomAdmin grant")
-    if grants.room not in (room, ADMIN_ALL_ROOMS):
-        raise AuthError("forbidden", f"token is for room {grants.room!r}, not {room!r}")
+    check_room_admin(claims, room, "turning captions on or off")
 
 
 def caption_event(caption: Caption) -> dict[str, object]:
@@ -575,8 +571,7 @@ def add_routes(app: web.Application, service: CaptionService, verifier: TokenVer
 
     async def transcript(request: web.Request) -> web.Response:
         room = request.match_info["room"]
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+        token = request_token(request.headers, request.query)
         try:
             claims = verifier.verify(token, now=time.time())
         except AuthError as exc:

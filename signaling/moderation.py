@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .auth import ADMIN_ALL_ROOMS, AuthError, Claims, TokenVerifier
+from .auth import AuthError, Claims, TokenVerifier, check_room_admin, request_token
 from .protocol import MODERATION_REQUESTS
 from .rooms import Participant, Room, RoomManager
 
@@ -74,11 +74,10 @@ class ModerationError(Exception):
 
 def check_admin(claims: Claims, room: str) -> None:
     """Raise ``ModerationError("forbidden")`` unless ``claims`` may moderate ``room``."""
-    grants = claims.grants
-    if not grants.room_admin:
-        raise ModerationError("forbidden", "moderation needs the roomAdmin grant")
-    if grants.room not in (room, ADMIN_ALL_ROOMS):
-        raise ModerationError("forbidden", f"token is for room {grants.room!r}, not {room!r}")
+    try:
+        check_room_admin(claims, room, "moderation")
+    except AuthError as exc:
+        raise ModerationError(exc.code, exc.message) from None
 
 
 def check_metadata(value: Any) -> Any:
@@ -417,8 +416,7 @@ def _rest_close(service: ModerationService, room: str, by: str, m: Any, data: di
 def _authorize(service: ModerationService, verifier: TokenVerifier, request: web.Request) -> tuple[str, str]:
     """(room, "api:<identity>") of a request whose bearer token may moderate the room."""
     room = request.match_info["room"]
-    header = request.headers.get("Authorization", "")
-    token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+    token = request_token(request.headers, request.query)
     try:
         claims = verifier.verify(token, now=time.time())
     except AuthError as exc:

@@ -38,7 +38,7 @@ from recorder.recording import Recording, safe_name
 from recorder.track_recorder import TrackRecorder
 from recorder.worker import MuxWorker
 
-from .auth import ADMIN_ALL_ROOMS, AuthError, Claims, TokenVerifier
+from .auth import ADMIN_ALL_ROOMS, AuthError, Claims, TokenVerifier, request_token
 from .rooms import Participant, Room, RoomManager
 
 __all__ = ["RecordingError", "RecordingService", "add_routes", "authorize_record", "check_record", "http_error"]
@@ -504,8 +504,7 @@ def add_routes(app: web.Application, service: RecordingService, verifier: TokenV
 def authorize_record(request: web.Request, verifier: TokenVerifier) -> str:
     """The `{room}` of a request whose bearer token may record it; raises 401 / 403 otherwise."""
     room = request.match_info["room"]
-    header = request.headers.get("Authorization", "")
-    token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+    token = request_token(request.headers, request.query)
     try:
         claims = verifier.verify(token, now=time.time())
     except AuthError as exc:
