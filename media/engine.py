@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from media.heap import HeapTrimmer
 from media.ortc import TransportParameters
 from media.routing.published_track import PublishedTrack
-from media.routing.router import Router, RouterListener, SubscriptionSettings
+from media.routing.report import participant_stats, subscriber_stats
+from media.routing.router import MediaParticipant, Router, RouterListener, SubscriptionSettings
 from media.routing.sink import PacketSink
 from media.rtp.ntp import ntp_from_unix
-from media.stats import DownTrackStats, EngineStats, SubscriberStats
+from media.stats import EngineStats, ParticipantStats, SubscriberStats
 from media.transport.certificate import Certificate
 from media.transport.udp_mux import UdpMux
 from media.transport.webrtc_transport import WebRtcTransport
@@ -174,30 +175,26 @@ class Engine:
                 self.mux.flush()
         self._schedule()
 
+    def _participant(self, participant_sid: str) -> tuple[Router, MediaParticipant] | None:
+        for router in self.routers.values():
+            participant = router.participants.get(participant_sid)
+            if participant is not None:
+                return router, participant
+        return None
+
     def subscriber_stats(self, participant_sid: str) -> SubscriberStats | None:
         """What `participant_sid` receives now (estimate; per track: layers, pause, RTT).
 
         None when no room has that participant.
         """
-        for router in self.routers.values():
-            participant = router.participants.get(participant_sid)
-            if participant is not None:
-                break
-        else:
-            return None
-        subscriber = participant.subscriber
-        tracks = {
-            sid: DownTrackStats(
-                track_sid=sid,
-                kind=down.track.kind,
-                current_layer=down.selector.current,
-                target_layer=down.selector.target if down.is_video else None,
-                paused=down.selector.paused,
-                rtt_ms=down.stream.rtt_ms,
-            )
-            for sid, down in subscriber.down_tracks.items()
-        }
-        return SubscriberStats(participant_sid, subscriber.estimate_bps(self.now_ms()), tracks)
+        found = self._participant(participant_sid)
+        return None if found is None else subscriber_stats(found[1], self.now_ms())
+
+    def participant_stats(self, participant_sid: str) -> ParticipantStats | None:
+        """Both directions of `participant_sid` (published layers, received tracks); None
+        when no room has that participant."""
+        found = self._participant(participant_sid)
+        return None if found is None else participant_stats(found[0], found[1], self.now_ms())
 
     def snapshot(self) -> dict[str, object]:
         """Counters for /metrics (pulled at scrape time, never pushed per packet)."""
@@ -207,7 +204,10 @@ class Engine:
             drops[f"mux_{reason}"] = count
         for router in self.routers.values():
             for participant in router.participants.values():
-                for transport in (participant.publisher.transport, participant.subscriber.transport):
+                for transport in (
+                    participant.publisher.transport,
+                    participant.subscriber.transport,
+                ):
                     for reason, count in transport.drops.items():
                         drops[reason] = drops.get(reason, 0) + count
         data["drops"] = drops

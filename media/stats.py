@@ -70,6 +70,11 @@ class DownTrackStats:
     target_layer: int | None  # layer being switched to (video); None for audio
     paused: bool  # paused by the allocator: the subscriber's bandwidth cannot carry it
     rtt_ms: float | None  # from the subscriber's receiver reports
+    wanted_layer: int | None = None  # the highest layer its pin and rendered size allow (video)
+    allocated_layer: int | None = None  # the highest its bandwidth allows now (video)
+    bitrate_bps: float = 0.0  # forwarded to it, last second or so
+    fraction_lost: float = 0.0  # in its last receiver report (after RTX repair)
+    jitter_ms: float = 0.0  # in its last receiver report
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +84,40 @@ class SubscriberStats:
     participant_sid: str
     estimate_bps: float | None  # transport-cc (GCC) estimate, else its REMB; None if neither
     tracks: dict[str, DownTrackStats]  # by track sid
+    loss: float | None = None  # transport-cc loss before repair, last window; None: no TWCC
+    rtcp_age_ms: float | None = None  # since its last RTCP; None: none yet
+
+
+@dataclass(frozen=True, slots=True)
+class LayerStats:
+    """One received RTP stream (simulcast layer) of a published track, at the time of asking."""
+
+    index: int
+    rid: str | None
+    bitrate_bps: float
+    expected: int  # packets the sequence numbers say were sent
+    lost: int  # missing on arrival (before NACK repair)
+    unrecovered: int  # given up on: a freeze until the next keyframe
+    jitter_ms: float
+    idle_ms: float | None  # since its last packet; None: none yet
+    active: bool = True  # False while dynacast has the publisher pause it (nobody watches)
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedTrackStats:
+    track_sid: str
+    kind: str
+    source: str
+    muted: bool
+    layers: list[LayerStats]
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantStats:
+    """Both sides of one participant's media: what it sends, what it receives."""
+
+    participant_sid: str
+    published: list[PublishedTrackStats]
+    subscriber: SubscriberStats

@@ -39,6 +39,8 @@ from .moderation import ModerationService
 from .moderation import add_routes as add_moderation_routes
 from .origins import known_host, origin_allowed, request_host
 from .protocol import MAX_MESSAGE_BYTES
+from .quality import QualityService
+from .quality import add_routes as add_quality_routes
 from .quic_server import QuicSignaling
 from .quic_server import add_routes as add_quic_routes
 from .recording import RecordingService, add_routes
@@ -97,6 +99,7 @@ class FerryServer:
         self.streams = StreamService(self.rooms, self.recordings)  # live HLS renderers
         self.audit = AuditLog(config.audit_dir or "audit")
         self.moderation = ModerationService(self.rooms, self.audit)
+        self.quality = QualityService(self.engine, self.rooms)
         self.webhooks = WebhookNotifier(self._webhook_endpoints(config))
         self.rooms.observers.append(AuditRoomEvents(self.audit))
         self.rooms.observers.append(WebhookEvents(self.webhooks))
@@ -145,6 +148,7 @@ class FerryServer:
         add_stream_routes(app, self.streams, self.verifier)
         add_caption_routes(app, self.captions, self.verifier)
         add_moderation_routes(app, self.moderation, self.verifier)
+        add_quality_routes(app, self.quality, self.verifier)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get(r"/{name:[A-Za-z0-9_.-]+\.(?:js|css|html|svg|png)}", self._web_file)
@@ -283,6 +287,7 @@ class FerryServer:
                 self.rooms.on_timer(time.time())
                 self.quic.on_timer(datetime.datetime.now(datetime.UTC))
                 self.recordings.on_timer(self.engine.now_ms())
+                self.quality.on_timer(self.engine.now_ms())
             except Exception:
                 log.exception("room ticker failed")
 

@@ -26,6 +26,7 @@ import { Captions } from "./captions.js";
 import { Chat } from "./chat.js";
 import { Classroom } from "./classroom.js";
 import { createSubscriber, handleSubscriberOffer, mediaPathDown, publish, restartIce, setPublisherLayers } from "./media.js";
+import { onQuality } from "./quality.js";
 import { setRecording, toggleRecording, tokenGrants } from "./recording.js";
 import { iceConfig } from "./rtc.js";
 import { FerryError, PROTOCOL_VERSION, Signaling } from "./signaling.js";
@@ -146,6 +147,9 @@ function onEvent(msg) {
     case "stream_stopped": // the room's live HLS stream (signaling/streaming.py)
       $("live-badge").hidden = msg.type === "stream_stopped";
       $("live-badge").title = msg.url || "";
+      break;
+    case "connection_quality":
+      onQuality(msg);
       break;
     case "caption":
       captions.onCaption(msg);

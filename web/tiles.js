@@ -2,6 +2,7 @@
 // stream (the size each remote video is shown at, and whether it is seen at all, sent
 // to the server as update_subscription).
 
+import { refresh as refreshQuality, forget as forgetQuality } from "./quality.js";
 import { $, app, fail, params } from "./state.js";
 
 export function participantName(info) {
@@ -14,6 +15,7 @@ export function ensureParticipant(sid, info = null) {
   if (!p) {
     p = { info: info || { sid, tracks: [] }, tile: makeTile(sid), videoTrackSid: null, lastSize: "", sendTimer: null, onScreen: true };
     app.participants.set(sid, p);
+    refreshQuality(sid);
   } else if (info) {
     p.info = info;
   }
@@ -46,6 +48,7 @@ export function removeParticipant(sid) {
   clearTimeout(p.sendTimer);
   p.tile.remove();
   app.participants.delete(sid);
+  forgetQuality(sid);
   for (const [tsid, owner] of app.trackOwner) if (owner === sid) app.trackOwner.delete(tsid);
 }
 

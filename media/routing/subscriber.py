@@ -69,6 +69,7 @@ class SubscriberPeer:
         self.send_history = TwccSendHistory()
         self._next_sr_ms = 0.0
         self.connected = False
+        self.last_rtcp_ms: float | None = None  # for connection quality: a silent viewer is lost
         # Bandwidth: a GCC estimator once the subscriber negotiated transport-cc, else
         # its REMB if it sends one, else unlimited. The pacer runs only with GCC.
         self.estimator: GccEstimator | None = None
@@ -233,6 +234,7 @@ class SubscriberPeer:
         self.stats.drop("rtp_on_subscriber_transport")
 
     def on_rtcp(self, data: bytes, now_ms: float) -> None:
+        self.last_rtcp_ms = now_ms
         try:
             packets = parse_rtcp(data)
         except ValueError:
