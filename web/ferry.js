@@ -25,8 +25,9 @@
 import { Captions } from "./captions.js";
 import { Chat } from "./chat.js";
 import { Classroom } from "./classroom.js";
-import { createSubscriber, handleSubscriberOffer, mediaPathDown, publish, restartIce, setPublisherLayers } from "./media.js";
+import { createSubscriber, handleSubscriberOffer, mediaPathDown, publish, restartIce, setPublisherLayers, syncReceivers } from "./media.js";
 import { onQuality } from "./quality.js";
+import { endShare, stageTiles, toggleShare } from "./screen.js";
 import { setRecording, toggleRecording, tokenGrants } from "./recording.js";
 import { iceConfig } from "./rtc.js";
 import { FerryError, PROTOCOL_VERSION, Signaling } from "./signaling.js";
@@ -93,6 +94,7 @@ function onEvent(msg) {
         p.info.tracks = (p.info.tracks || []).filter((x) => x.sid !== t.sid).concat([t]);
         app.trackOwner.set(t.sid, t.participant_sid);
         updateMuteBadges(p);
+        if (t.source === "screen") syncReceivers(); // its receiver may be attached already
       }
       break;
     }
@@ -336,6 +338,7 @@ function teardown() {
   for (const pc of [app.pub, app.sub]) if (pc) pc.close();
   app.pub = app.sub = null;
   app.videoSender = null;
+  endShare();
   if (app.localStream) for (const t of app.localStream.getTracks()) t.stop();
   app.localStream = null;
   $("local-video").srcObject = null;
@@ -414,6 +417,8 @@ window.ferry = {
   },
   stats: collectStats,
   localStats,
+  shareScreen: toggleShare,
+  stage: stageTiles,
   // Simulcast encodings of the camera sender as the browser applies them (dynacast tests).
   publisherEncodings() {
     if (!app.videoSender) return [];
@@ -468,6 +473,7 @@ $("transcript-toggle").addEventListener("click", () => captions.togglePanel());
 $("chat-toggle").addEventListener("click", () => chat.togglePanel());
 $("mute-mic").addEventListener("click", (ev) => toggleMute("audio", ev.currentTarget));
 $("mute-cam").addEventListener("click", (ev) => toggleMute("video", ev.currentTarget));
+$("share-screen").addEventListener("click", () => toggleShare());
 
 if (params.get("room")) $("room").value = params.get("room");
 if (params.get("name")) $("name").value = params.get("name");

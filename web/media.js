@@ -3,6 +3,7 @@
 
 import { parseMediaSections, preferCodecs, waitForGathering } from "./rtc.js";
 import { $, app, params, status } from "./state.js";
+import { syncScreens } from "./screen.js";
 import { SIZE_DEBOUNCE_MS, ensureParticipant, scheduleSend, subscribedTracks } from "./tiles.js";
 
 // ------------------------------------------------------------------------- subscriber
@@ -38,9 +39,10 @@ export function createSubscriber() {
 
 // Attach every receiving transceiver to its participant's tile, using the mid -> msid
 // map of the latest offer (robust when the server recycles an m-line for another track).
-function syncReceivers() {
+export function syncReceivers() {
   if (!app.sub) return;
   const perTile = new Map(); // psid -> {video, audio}
+  const screens = new Map(); // tsid -> {psid, track}: shared screens get the stage
   app.receivers.clear();
   for (const tr of app.sub.getTransceivers()) {
     const m = tr.mid !== null ? app.midMap.get(tr.mid) : null;
@@ -48,11 +50,16 @@ function syncReceivers() {
     if (!m || !m.active || !m.psid || !track) continue;
     app.receivers.set(track.id, { psid: m.psid, tsid: m.tsid, kind: m.kind, track, mid: tr.mid });
     app.trackOwner.set(m.tsid, m.psid);
+    if (m.kind === "video" && trackSource(m.psid, m.tsid) === "screen") {
+      screens.set(m.tsid, { psid: m.psid, track });
+      continue;
+    }
     const slot = perTile.get(m.psid) || {};
     slot[m.kind] = { track, tsid: m.tsid };
     perTile.set(m.psid, slot);
   }
-  for (const psid of perTile.keys()) ensureParticipant(psid);
+  for (const psid of [...perTile.keys(), ...[...screens.values()].map((s) => s.psid)]) ensureParticipant(psid);
+  syncScreens(screens);
   for (const [psid, p] of app.participants) {
     const slot = perTile.get(psid) || {};
     attach(p.tile.querySelector("video"), slot.video?.track);
@@ -66,7 +73,13 @@ function syncReceivers() {
   }
 }
 
-function attach(el, track) {
+function trackSource(psid, tsid) {
+  const p = app.participants.get(psid);
+  const info = p && (p.info.tracks || []).find((t) => t.sid === tsid);
+  return info ? info.source : null;
+}
+
+export function attach(el, track) {
   if (!track) {
     if (el.srcObject) el.srcObject = null;
     return;
@@ -80,17 +93,38 @@ function attach(el, track) {
 
 // ------------------------------------------------------------------------- publisher
 
+// The publisher connection, made on first use (a viewer that joined with ?publish=0
+// makes it when it starts sharing its screen).
+export function publisherConnection() {
+  if (app.pub) return app.pub;
+  const pc = new RTCPeerConnection(app.config);
+  app.pub = pc;
+  pc.onconnectionstatechange = () => {
+    if (app.pub === pc && pc.connectionState === "failed") status("publisher connection failed", true);
+  };
+  return pc;
+}
+
+// Offer what the publisher connection sends now; `tracks` names the new tracks' sources
+// (by MediaStreamTrack id). Ferry answers, and unpublishes m-lines no longer sending.
+export async function renegotiatePublisher(tracks) {
+  const pc = app.pub;
+  await pc.setLocalDescription(await pc.createOffer());
+  // Ferry is ICE-lite and does not need our candidates, but sending them in the offer
+  // costs little on loopback/relay and makes the offer self-contained.
+  await waitForGathering(pc, 3000);
+  const reply = await app.sig.request("publish", { sdp: pc.localDescription.sdp, tracks });
+  await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+  return reply;
+}
+
 export async function publish() {
   // ?video=0 publishes the microphone alone (an audio-only participant).
   const camera = params.get("video") === "0" ? false : { width: 1280, height: 720 };
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: camera });
   app.localStream = stream;
   $("local-video").srcObject = stream;
-  const pc = new RTCPeerConnection(app.config);
-  app.pub = pc;
-  pc.onconnectionstatechange = () => {
-    if (app.pub === pc && pc.connectionState === "failed") status("publisher connection failed", true);
-  };
+  const pc = publisherConnection();
   const tracks = {};
   const [audio] = stream.getAudioTracks();
   const [video] = stream.getVideoTracks();
@@ -113,13 +147,8 @@ export async function publish() {
     preferCodecs(tr, "video", ["video/vp8"]);
     tracks[video.id] = { source: "camera" };
   }
-  await pc.setLocalDescription(await pc.createOffer());
-  // Ferry is ICE-lite and does not need our candidates, but sending them in the offer
-  // costs little on loopback/relay and makes the offer self-contained.
-  await waitForGathering(pc, 3000);
-  const reply = await app.sig.request("publish", { sdp: pc.localDescription.sdp, tracks });
-  await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
-  for (const t of reply.tracks || []) app.myTracks[t.kind] = t;
+  const reply = await renegotiatePublisher(tracks);
+  for (const t of reply.tracks || []) if (t.source !== "screen") app.myTracks[t.kind] = t;
 }
 
 // ICE restart of both peer connections (the media path changed): the publisher re-offers
