@@ -184,3 +184,39 @@ def test_a_second_probe_follows_the_outage_probe_once_the_flush_is_through() -> 
     second = est.next_probe(7010.0 + OUTAGE_RECHECK_MS)
     assert second is not None
     assert second.bitrate_bps >= OUTAGE_RECHECK_RATIO * est.estimate_bps(7300.0) - 1
+
+
+def test_window_of_frame_by_frame_video_holds_a_feedback_interval() -> None:
+    """Video leaves in frames (15 per second here), the receiver reports on a 50 ms
+    cadence over a 2 ms path: a feedback often covers only a frame sent just before
+    it, so the least send-to-feedback time is a few ms. The window must still hold
+    what is sent between two feedbacks plus its queue allowance, or every keyframe
+    waits behind it (and the pacer's pushback sheds the video)."""
+    est = GccEstimator(start_bps=1_000_000)
+    seq = 0
+    batch: list[PacketResult] = []
+    last_fb: float | None = None
+    frame_ms = 0.0
+    t = 0.0
+    while t < 5000.0:
+        t += 0.5
+        if t >= frame_ms:  # a 6-packet frame at once
+            for _ in range(6):
+                seq += 1
+                est.on_packet_sent(seq, 1000, t)
+                batch.append(PacketResult(seq, t, t + 1.0, 1000))
+            frame_ms += 1000.0 / 15
+        # The receiver's cadence: 50 ms after the last feedback, or after the first
+        # arrival when nothing came for longer (media.rtp.twcc.TwccRecorder).
+        if batch:
+            due = batch[0].send_ms + 51.0 if last_fb is None or batch[0].send_ms + 1.0 - last_fb >= 50.0 else last_fb + 50.0
+            if t >= due:
+                est.on_rtt(2.0, t)
+                est.on_packet_results(batch, t)
+                batch = []
+                last_fb = t
+    base_ack = est._base_ack.get()
+    assert base_ack is not None and base_ack < 10.0  # the premise
+    rate = min(est.estimate_bps(t), WINDOW_ACKED_RATIO * (est.acked.bitrate_bps() or 0.0))
+    window = est.congestion_window_bytes(t)
+    assert window is not None and window >= InFlight.window_bytes(rate, 45.0)

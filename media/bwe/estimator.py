@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from media.bwe.acked_bitrate import AckedBitrateEstimator
 from media.bwe.aimd import DECREASE, HOLD, INCREASE, AimdRateControl
-from media.bwe.in_flight import WINDOW_ACKED_RATIO, InFlight, OutageTracker
+from media.bwe.in_flight import OUTAGE_SILENCE_MS, WINDOW_ACKED_RATIO, InFlight, OutageTracker
 from media.bwe.interarrival import InterArrival
 from media.bwe.loss_based import LossBasedControl
 from media.bwe.overuse import BandwidthUsage, OveruseDetector
@@ -73,6 +73,12 @@ HURRY_RATIO = 0.5  # estimate below this x remembered: probe at HURRY_INTERVAL_M
 # After an outage a second probe follows the first (see _on_outage_end).
 OUTAGE_RECHECK_MS = 250.0
 OUTAGE_RECHECK_RATIO = 1.5  # ... at least this x the estimate then
+FEEDBACK_GAPS = 21  # feedback gaps whose median is taken as the receiver's interval
+# ... counted up to a browser's interval at video rates (50 ms). Longer gaps are a slow
+# return path's doing, which the send-to-feedback time already holds; counted again they
+# widened the window enough to slow the recovery after outages (Verizon EVDO down: 2 of
+# 6 outages back within 1 s -> 0 of 6).
+FEEDBACK_GAP_CAP_MS = 60.0
 
 STATES = ("increasing", "holding", "decreasing")
 _STATE_NAME = {INCREASE: "increasing", HOLD: "holding", DECREASE: "decreasing"}
@@ -80,14 +86,6 @@ _STATE_NAME = {INCREASE: "increasing", HOLD: "holding", DECREASE: "decreasing"}
 
 class BandwidthEstimator(Protocol):
     """What a subscriber transport needs from an estimator."""
-
-    def _after_outage(self, results: list[PacketResult], now_ms: float) -> list[PacketResult]:
-        """Notice the end of an outage; drop what packets sent before it ended say."""
-        if any(r.arrival_ms is not None for r in results) and self.outage.on_feedback(now_ms) is not None:
-            self._on_outage_end(now_ms)
-        if results[0].send_ms < self._ignore_before_ms:
-            return [r for r in results if r.send_ms >= self._ignore_before_ms]
-        return results
 
     def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None: ...
 
@@ -114,14 +112,6 @@ class NullEstimator:
 
     def __init__(self, rate_bps: int = 2_000_000) -> None:
         self.rate_bps = int(rate_bps)
-
-    def _after_outage(self, results: list[PacketResult], now_ms: float) -> list[PacketResult]:
-        """Notice the end of an outage; drop what packets sent before it ended say."""
-        if any(r.arrival_ms is not None for r in results) and self.outage.on_feedback(now_ms) is not None:
-            self._on_outage_end(now_ms)
-        if results[0].send_ms < self._ignore_before_ms:
-            return [r for r in results if r.send_ms >= self._ignore_before_ms]
-        return results
 
     def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None:
         pass
@@ -224,6 +214,9 @@ class GccEstimator:
         self.in_flight = InFlight()
         self.outage = OutageTracker()
         self._base_ack = _MinWindow()  # least send-to-feedback time (see in_flight)
+        # The last gaps between two feedbacks; their median is the receiver's interval.
+        self._feedback_gaps: deque[float] = deque(maxlen=FEEDBACK_GAPS)
+        self._last_feedback_ms: float | None = None
         # The capacity to go back to after an outage: the highest estimate of the
         # last REMEMBER_MS (an outage's own aftermath must not overwrite it).
         self._remembered = _MaxWindow(window_ms=REMEMBER_MS)
@@ -261,6 +254,14 @@ class GccEstimator:
         base_ack = self._base_ack.get()
         if base_ack is None or self.outage.last_feedback_ms is None:
             return None
+        # The least send-to-feedback time is a round trip plus the feedback interval only
+        # while packets flow evenly; video comes in frames, and a frame sent just before a
+        # feedback tick is acked a round trip later. The window must still hold what is
+        # sent while waiting for the next feedback, or every keyframe stalls behind it
+        # and the pushback sheds the video of a viewer whose link merely loses packets.
+        gaps = self._feedback_gaps
+        if gaps:
+            base_ack = max(base_ack, min(FEEDBACK_GAP_CAP_MS, sorted(gaps)[len(gaps) // 2]))
         rate = self._combined()
         acked = self.acked.bitrate_bps()
         if acked is not None:
@@ -308,13 +309,20 @@ class GccEstimator:
             return [r for r in results if r.send_ms >= self._ignore_before_ms]
         return results
 
+    def _on_feedback_timing(self, results: list[PacketResult], now_ms: float) -> None:
+        """In-flight bytes, the least send-to-feedback time, and the gap since the last feedback."""
+        ack_ms = self.in_flight.on_feedback(max(r.seq for r in results), now_ms)
+        if ack_ms is not None and not self.outage.active:
+            self._base_ack.add(now_ms, ack_ms)
+        last, self._last_feedback_ms = self._last_feedback_ms, now_ms
+        if last is not None and now_ms - last < OUTAGE_SILENCE_MS:
+            self._feedback_gaps.append(now_ms - last)
+
     def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None:
         """One feedback's worth of results, in send order (TwccSendHistory output)."""
         if not results:
             return
-        ack_ms = self.in_flight.on_feedback(max(r.seq for r in results), now_ms)
-        if ack_ms is not None and not self.outage.active:
-            self._base_ack.add(now_ms, ack_ms)
+        self._on_feedback_timing(results, now_ms)
         self.acked.on_results(results)
         probe_done = self.probe_results.on_results(results, now_ms)
         results = self._after_outage(results, now_ms)

@@ -5,9 +5,10 @@ the link collapses (a fade to a tenth of the rate) or goes out (a handover, a tu
 a sender pacing at the old estimate keeps filling the bottleneck until feedback says
 so, and on a cellular buffer that is seconds of queue every user then waits through.
 Bytes sent but not yet covered by feedback are the queue plus one round trip: capping
-them at ``estimate * (base ack delay + WINDOW_QUEUE_MS)`` (the base ack delay: the
-least time from send to feedback, a round trip plus the receiver's feedback interval)
-bounds the queue at about
+them at ``estimate * (base ack delay + WINDOW_QUEUE_MS)`` (the base ack delay: a
+round trip plus the receiver's feedback interval; the least time from send to
+feedback, but never less than the median gap between feedbacks, see
+``GccEstimator.congestion_window_bytes``) bounds the queue at about
 ``WINDOW_QUEUE_MS`` of the estimate whatever the link does (libwebrtc's congestion
 window, same idea). During an outage the window fills within one round trip and the
 sender stops instead of queueing (or dropping) seconds of media.
