@@ -22,6 +22,16 @@ CPU time, not wall time, but on a shared machine other load still perturbs them:
 host's load average is included. If the benchmark process itself (all the clients)
 nears a full core, ``client_saturated`` says so, since the server may then be starved of
 input rather than fast.
+
+``--compare janus`` measures Janus (Debian's ``/usr/bin/janus``, VideoRoom, one static
+event loop; see bench/janus.py) the same way in the same run: for each N a Ferry round
+and a Janus round, alternately (the SFU that goes first swaps with each N, so slow drift
+of the machine's load does not favour one), each in a fresh server process, with the
+same clip, the same receivers and the same latency stamping. Janus's CPU and RSS come
+from its own ``/proc/<pid>``; it has no Prometheus counters, so the server-side packet
+counts are left out for it. A summary with Ferry/Janus ratios closes the output::
+
+    python bench/forward.py --rx raw --compare janus --subscribers 40 80 --seconds 10
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +58,19 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 
 from bench.forward_rx import LatencyLog, RawSubscriber, pace_publisher, stamp_publisher  # noqa: E402
-from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip  # noqa: E402
+from bench.janus import (  # noqa: E402
+    JanusApi,
+    JanusLiteSubscriber,
+    JanusProcess,
+    JanusPublisher,
+    JanusRawSubscriber,
+    JanusSubscriber,
+    create_room,
+    janus_available,
+    new_room_id,
+)
+from clients.lite import LiteClient, LiteSubscriber, encode_opus_clip, encode_vp8_clip  # noqa: E402
+from clients.lite.transport import shared_certificate  # noqa: E402
 from media.wire.rtp import build_rtp, parse_rtp  # noqa: E402
 from signaling.auth import generate_dev_keys, mint_token  # noqa: E402
 
@@ -186,7 +209,8 @@ class FerryProcess:
                 self.proc.wait(5)
 
 
-def _receiver_totals(subs: list[LiteClient]) -> dict[str, int]:
+def _receiver_totals(subs: Sequence[Any]) -> dict[str, int]:
+    """Sums over subscribers (anything with ``received``: SSRC -> RecvCounters)."""
     totals = {"packets": 0, "bytes": 0, "expected": 0, "unique": 0, "rtx": 0}
     for client in subs:
         for c in client.received.values():
@@ -218,15 +242,7 @@ async def run_one(
 ) -> dict[str, Any]:
     """One round: a fresh room, 1 publisher and `n` subscribers, measured over `seconds`."""
     room = f"bench-{n}-{int(time.time())}"
-    video = encode_vp8_clip(
-        VIDEO["width"],
-        VIDEO["height"],
-        VIDEO["frames"],
-        VIDEO["bitrate"],
-        keyframe_interval=VIDEO["keyframe_interval"],
-        fps=FPS,
-    )
-    audio = encode_opus_clip(5.0)
+    video, audio = clips()
     raw = args.rx == "raw"
     latency = LatencyLog()
     sampled = _latency_sampled(n, args.latency_receivers)
@@ -276,7 +292,7 @@ async def run_one(
         after = await _snapshot(ferry, subs)
         assert ferry.proc is not None
         rss = proc_rss_mb(ferry.proc.pid)
-        result = _result(n, before, after, rss, pub, args)
+        result = _result(n, before, after, rss, pub.publisher.summary() if pub.publisher else {}, args)
         result["latency"] = latency.summary()
         result["latency"]["receivers"] = len(sampled) if raw else 0
         result["subscribers_connected_at_end"] = sum(
@@ -288,6 +304,25 @@ async def run_one(
         # subscriber, which is setup noise, not what this benchmark measures.
         await asyncio.gather(*(c.leave() for c in subs), return_exceptions=True)
         await pub.leave()
+
+
+_CLIPS: tuple[list[bytes], list[bytes]] | None = None
+
+
+def clips() -> tuple[list[bytes], list[bytes]]:
+    """The publisher's VP8 and Opus clips, encoded once: both SFUs get the same bytes."""
+    global _CLIPS
+    if _CLIPS is None:
+        video = encode_vp8_clip(
+            VIDEO["width"],
+            VIDEO["height"],
+            VIDEO["frames"],
+            VIDEO["bitrate"],
+            keyframe_interval=VIDEO["keyframe_interval"],
+            fps=FPS,
+        )
+        _CLIPS = (video, encode_opus_clip(5.0))
+    return _CLIPS
 
 
 def _latency_sampled(n: int, k: int) -> set[int]:
@@ -305,7 +340,7 @@ def _result(
     before: dict[str, Any],
     after: dict[str, Any],
     rss_mb: float,
-    pub: LiteClient,
+    publisher: dict[str, Any],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     wall = after["wall"] - before["wall"]
@@ -316,8 +351,8 @@ def _result(
     metrics_out = after["rtp_out"] - before["rtp_out"]
     expected = recv["expected"]
     lost = max(0, expected - recv["unique"])
-    publisher = pub.publisher.summary() if pub.publisher else {}
     return {
+        "sfu": "ferry",
         "subscribers": n,
         "seconds": round(wall, 2),
         "packets_forwarded": forwarded,
@@ -354,7 +389,7 @@ def _result(
     }
 
 
-async def idle_cpu_pct(ferry: FerryProcess, seconds: float = 3.0) -> float:
+async def idle_cpu_pct(ferry: FerryProcess | JanusProcess, seconds: float = 3.0) -> float:
     """Server CPU with no room at all (engine ticker, HTTP server): the fixed floor."""
     assert ferry.proc is not None
     await asyncio.sleep(1.0)
@@ -419,8 +454,170 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------ Janus
+
+
+def _snapshot_janus(janus: JanusProcess, subs: Sequence[JanusSubscriber]) -> dict[str, Any]:
+    """As :func:`_snapshot`; Janus has no packet counters of its own (0: left out)."""
+    return {
+        "wall": time.monotonic(),
+        "server_cpu": proc_cpu_s(janus.pid),
+        "server_sys": proc_times_s(janus.pid)[1],
+        "client_cpu": self_cpu_s(),
+        "recv": _receiver_totals(subs),
+        "rtp_out": 0.0,
+        "rtp_in": 0.0,
+        "nack": 0.0,
+    }
+
+
+async def run_one_janus(
+    janus: JanusProcess, n: int, seconds: float, warmup: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """:func:`run_one` against Janus's VideoRoom: same clip, receivers and stamping."""
+    video, audio = clips()
+    raw = args.rx == "raw"
+    latency = LatencyLog()
+    sampled = _latency_sampled(n, args.latency_receivers)
+    async with JanusApi(janus.url) as api:
+        room = new_room_id()
+        admin = await api.attach()
+        await create_room(api, admin, room)
+        pub = JanusPublisher(api, room, shared_certificate(), video, audio, fps=FPS)
+        subs: list[JanusSubscriber] = []
+        for i in range(n):
+            transport: LiteSubscriber
+            if raw:
+                transport = JanusRawSubscriber(
+                    shared_certificate(), name=f"jsub{i}", latency=latency if i in sampled else None
+                )
+            else:
+                transport = JanusLiteSubscriber(
+                    shared_certificate(), nack=not args.no_nack, twcc=not args.no_twcc, name=f"jsub{i}"
+                )
+            subs.append(JanusSubscriber(api, room, transport))
+        try:
+            # The publisher first: VideoRoom subscribers join an existing feed.
+            await pub.publish()
+            if args.publisher_pacing:
+                pace_publisher(pub.transport, latency, args.publisher_pacing * VIDEO["bitrate"])
+            else:
+                stamp_publisher(pub.transport, latency)
+            for i in range(0, n, 10):
+                await asyncio.gather(*(s.join(pub.feed_id) for s in subs[i : i + 10]))
+            await asyncio.gather(*(s.subscriber.wait_connected(60.0) for s in subs))
+
+            async def flowing(s: JanusSubscriber) -> None:
+                deadline = time.monotonic() + 15.0
+                while not any(x.packets and x.kind == "video" for x in s.received.values()):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{s.subscriber.name}: no video from Janus")
+                    await asyncio.sleep(0.05)
+
+            await asyncio.gather(*(flowing(s) for s in subs))
+            await asyncio.sleep(warmup)
+            before = _snapshot_janus(janus, subs)
+            latency.recording = True
+            await asyncio.sleep(seconds)
+            latency.recording = False
+            after = _snapshot_janus(janus, subs)
+            rss = proc_rss_mb(janus.pid)
+            result = _result(n, before, after, rss, pub.transport.summary(), args)
+            result["sfu"] = "janus"
+            result["janus_version"] = janus.info.get("version_string")
+            result["janus_event_loops"] = janus.event_loops
+            result["janus_ice_lite"] = janus.ice_lite
+            for key in ("server_metrics_rtp_out", "server_rtp_in_per_s", "server_nacks_received"):
+                result[key] = None
+            result["latency"] = latency.summary()
+            result["latency"]["receivers"] = len(sampled) if raw else 0
+            result["subscribers_connected_at_end"] = sum(
+                1 for s in subs if s.subscriber.state == "connected"
+            )
+            return result
+        finally:
+            await asyncio.gather(*(s.leave() for s in subs), return_exceptions=True)
+            await pub.leave()
+
+
+async def _round(sfu: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One round in a fresh server process of ``sfu``, with that process's idle floor."""
+    server: FerryProcess | JanusProcess
+    if sfu == "janus":
+        server = JanusProcess(event_loops=args.janus_event_loops, ice_lite=args.janus_ice_lite)
+    else:
+        server = FerryProcess()
+    await server.start()
+    try:
+        idle = await idle_cpu_pct(server, 2.0)
+        if isinstance(server, JanusProcess):
+            result = await run_one_janus(server, n, args.seconds, args.warmup, args)
+        else:
+            result = await run_one(server, n, args.seconds, args.warmup, args)
+        add_derived([result], idle)
+        return result
+    finally:
+        server.stop()
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def compare_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-SFU summaries and Ferry/Janus ratios (below 1: Ferry uses less / is faster)."""
+    by_sfu = {
+        sfu: [r for r in results if r["sfu"] == sfu] for sfu in ("ferry", "janus")
+    }
+    out: dict[str, Any] = {sfu: summarize(rs) for sfu, rs in by_sfu.items() if rs}
+    for sfu, rs in by_sfu.items():
+        if sfu in out:
+            out[sfu]["us_per_forwarded_packet"] = [r["server_us_per_forwarded_packet"] for r in rs]
+            out[sfu]["rss_mb"] = [r["server_rss_mb"] for r in rs]
+            out[sfu]["latency_p50_ms"] = [r.get("latency", {}).get("p50_ms") for r in rs]
+    if "ferry" in out and "janus" in out:
+        ratios: dict[str, Any] = {"per_n": []}
+        janus_by_n = {r["subscribers"]: r for r in by_sfu["janus"]}
+        for f in by_sfu["ferry"]:
+            j = janus_by_n.get(f["subscribers"])
+            if j is None:
+                continue
+            fl, jl = f.get("latency", {}), j.get("latency", {})
+            ratios["per_n"].append(
+                {
+                    "subscribers": f["subscribers"],
+                    "us_per_forwarded_packet": _ratio(
+                        f["server_us_per_forwarded_packet"], j["server_us_per_forwarded_packet"]
+                    ),
+                    "rss": _ratio(f["server_rss_mb"], j["server_rss_mb"]),
+                    "latency_p50": _ratio(fl.get("p50_ms"), jl.get("p50_ms")),
+                    "latency_p99": _ratio(fl.get("p99_ms"), jl.get("p99_ms")),
+                    "latency_max": _ratio(fl.get("max_ms"), jl.get("max_ms")),
+                }
+            )
+        ratios["marginal_us_per_forwarded_packet"] = _ratio(
+            out["ferry"]["marginal_us_per_forwarded_packet"],
+            out["janus"]["marginal_us_per_forwarded_packet"],
+        )
+        ratios["rss_kb_per_subscriber"] = _ratio(
+            out["ferry"]["rss_kb_per_subscriber"], out["janus"]["rss_kb_per_subscriber"]
+        )
+        out["ferry_over_janus"] = ratios
+    return out
+
+
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
+    if args.compare == "janus":
+        for i, n in enumerate(args.subscribers):
+            # Alternate which SFU goes first, so load drift does not favour either.
+            for sfu in ("ferry", "janus") if i % 2 == 0 else ("janus", "ferry"):
+                result = await _round(sfu, n, args)
+                print(json.dumps(result), flush=True)
+                results.append(result)
+        for sfu in ("ferry", "janus"):
+            add_derived([r for r in results if r["sfu"] == sfu], None)
+        return results
     for n in args.subscribers:
         ferry = FerryProcess()
         await ferry.start()
@@ -462,6 +659,19 @@ def main(argv: list[str] | None = None) -> int:
         help="pace the publisher's video at FACTOR x its bitrate in 5 ms steps, as Chrome "
         "does (2.5); 0 (default): each frame leaves as one burst, like aiortc",
     )
+    parser.add_argument(
+        "--compare",
+        choices=("janus",),
+        default=None,
+        help="also measure Janus (VideoRoom, /usr/bin/janus) in the same run, alternating "
+        "with Ferry for each N; skipped with a message if Janus is not installed",
+    )
+    parser.add_argument(
+        "--janus-event-loops", type=int, default=1, help="Janus static event loops (janus.jcfg)"
+    )
+    parser.add_argument(
+        "--janus-ice-lite", action="store_true", help="run Janus as ICE-lite (default: full ICE)"
+    )
     parser.add_argument("--no-twcc", action="store_true", help="subscribers send no TWCC feedback")
     parser.add_argument("--no-nack", action="store_true", help="subscribers send no NACKs")
     args = parser.parse_args(argv)
@@ -471,9 +681,18 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
+    if args.compare == "janus":
+        missing = janus_available()
+        if missing is not None:
+            print(f"--compare janus skipped: {missing}; measuring Ferry alone", file=sys.stderr)
+            print(json.dumps({"janus_skipped": missing}), flush=True)
+            args.compare = None
     results = asyncio.run(main_async(args))
     print(json.dumps(results, indent=1))
-    print(json.dumps({"summary": summarize(results)}))
+    if args.compare == "janus":
+        print(json.dumps({"summary": compare_summary(results)}))
+    else:
+        print(json.dumps({"summary": summarize(results)}))
     return 0
 
 
