@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from netem.turn import TurnRelay
 from signaling.app import FerryServer
 
-from .browser import chromium, needs_chromium
+from .browser import chromium, needs_chromium, relayed_viewer
 from .conftest import wait_until
 from .test_adaptive import open_720p_page
 
@@ -34,105 +33,93 @@ async def test_viewer_on_500_kbit_gets_the_shared_screen_before_any_camera(
     server: FerryServer,
 ) -> None:
     room = "lecture"
-    relay = TurnRelay(
-        "127.0.0.1",
-        0,
-        profiles={"thin": f"delay 20ms|{DOWNLINK}"},
-        users={"viewer": "viewer-pw"},
-        allowed_peers=[f"127.0.0.1:{server.engine.port}"],
-    )
-    await relay.start()
-    viewer_url = (
-        f"{server.http_url}/?room={room}&name=viewer&autojoin=1&publish=0&relay=1"
-        f"&turn=turn:127.0.0.1:{relay.port}&turnuser=thin:viewer&turnpass=viewer-pw"
-    )
-    try:
-        async with chromium() as browser:
-            teacher = await open_720p_page(
-                browser, f"{server.http_url}/?room={room}&name=teacher&autojoin=1"
-            )
-            student = await open_720p_page(
-                browser, f"{server.http_url}/?room={room}&name=student&autojoin=1"
-            )
+    async with (
+        relayed_viewer(server, room, f"delay 20ms|{DOWNLINK}") as (relay, viewer_url),
+        chromium() as browser,
+    ):
+        teacher = await open_720p_page(
+            browser, f"{server.http_url}/?room={room}&name=teacher&autojoin=1"
+        )
+        student = await open_720p_page(
+            browser, f"{server.http_url}/?room={room}&name=student&autojoin=1"
+        )
 
-            def tracks(source: str | None = None) -> list[Any]:
-                r = server.rooms.rooms.get(room)
-                if r is None:
-                    return []
-                return [
-                    t
-                    for t in r.router.tracks.values()
-                    if t.kind == "video" and (source is None or t.source == source)
-                ]
+        def tracks(source: str | None = None) -> list[Any]:
+            r = server.rooms.rooms.get(room)
+            if r is None:
+                return []
+            return [
+                t
+                for t in r.router.tracks.values()
+                if t.kind == "video" and (source is None or t.source == source)
+            ]
 
-            await wait_until(lambda: len(tracks("camera")) == 2, 20.0)
-            await teacher.wait_for_function(
-                "window.ferry && window.ferry.state === 'joined'", timeout=10_000
-            )
-            await teacher.evaluate("window.ferry.shareScreen()")
-            await wait_until(lambda: len(tracks("screen")) == 1, 10.0)
-            (screen,) = tracks("screen")
-            assert [layer.rid for layer in screen.layers] == ["h", "f"]
-            cameras = tracks("camera")
-            viewer = await browser.new_page()
-            viewer.ferry_errors = []
-            viewer.on("pageerror", lambda exc: viewer.ferry_errors.append(str(exc)))
-            await viewer.goto(viewer_url)
-            await viewer.wait_for_function(
-                "window.ferry && window.ferry.stage().some(t => t.tsid !== 'local' && t.width > 0)",
-                timeout=20_000,
-            )
-            router = server.rooms.rooms[room].router
-            me = await viewer.evaluate("window.ferry.me.sid")
-            sub = router.participants[me].subscriber
-            # Watch the allocation: the screen is never paused and carries the most.
-            samples = []
-            start = time.monotonic()
-            while time.monotonic() - start < WATCH_S:
-                now = server.engine.now_ms()
-                row = {}
-                for t in [screen, *cameras]:
-                    down = sub.down_tracks.get(t.sid)
-                    row[t.source + ":" + t.participant_sid[-4:]] = (
-                        None
-                        if down is None
-                        else (
-                            down.selector.paused,
-                            down.selector.current,
-                            round(down.stream.bitrate_bps(now) / 1000),
-                        )
+        await wait_until(lambda: len(tracks("camera")) == 2, 20.0)
+        await teacher.wait_for_function(
+            "window.ferry && window.ferry.state === 'joined'", timeout=10_000
+        )
+        await teacher.evaluate("window.ferry.shareScreen()")
+        await wait_until(lambda: len(tracks("screen")) == 1, 10.0)
+        (screen,) = tracks("screen")
+        assert [layer.rid for layer in screen.layers] == ["h", "f"]
+        cameras = tracks("camera")
+        viewer = await browser.new_page()
+        viewer.ferry_errors = []
+        viewer.on("pageerror", lambda exc: viewer.ferry_errors.append(str(exc)))
+        await viewer.goto(viewer_url)
+        await viewer.wait_for_function(
+            "window.ferry && window.ferry.stage().some(t => t.tsid !== 'local' && t.width > 0)",
+            timeout=20_000,
+        )
+        router = server.rooms.rooms[room].router
+        me = await viewer.evaluate("window.ferry.me.sid")
+        sub = router.participants[me].subscriber
+        # Watch the allocation: the screen is never paused and carries the most.
+        samples = []
+        start = time.monotonic()
+        while time.monotonic() - start < WATCH_S:
+            now = server.engine.now_ms()
+            row = {}
+            for t in [screen, *cameras]:
+                down = sub.down_tracks.get(t.sid)
+                row[t.source + ":" + t.participant_sid[-4:]] = (
+                    None
+                    if down is None
+                    else (
+                        down.selector.paused,
+                        down.selector.current,
+                        round(down.stream.bitrate_bps(now) / 1000),
                     )
-                samples.append(row)
-                await asyncio.sleep(0.5)
-            stage = await viewer.evaluate("window.ferry.stage()")
-            estimate = sub.estimate_bps(server.engine.now_ms())
-            print(
-                "SCREEN "
-                + json.dumps(
-                    {
-                        "stage": stage,
-                        "estimate_kbps": round((estimate or 0) / 1000),
-                        "samples": samples[::2],
-                    }
                 )
+            samples.append(row)
+            await asyncio.sleep(0.5)
+        stage = await viewer.evaluate("window.ferry.stage()")
+        estimate = sub.estimate_bps(server.engine.now_ms())
+        print(
+            "SCREEN "
+            + json.dumps(
+                {
+                    "stage": stage,
+                    "estimate_kbps": round((estimate or 0) / 1000),
+                    "samples": samples[::2],
+                }
             )
-            screen_down = sub.down_tracks[screen.sid]
-            assert not screen_down.selector.paused and screen_down.selector.current is not None
-            screen_key = next(k for k in samples[0] if k.startswith("screen"))
-            assert all(
-                row[screen_key] is not None and not row[screen_key][0] for row in samples[2:]
-            ), samples
-            late = samples[len(samples) // 2 :]
-            screen_kbps = sum(row[screen_key][2] for row in late)
-            for key in samples[0]:
-                if key != screen_key:
-                    camera_kbps = sum((row[key] or (0, 0, 0))[2] for row in late)
-                    assert screen_kbps > camera_kbps, (key, samples)
-            assert any(t["name"] == "teacher's screen" and t["width"] > 0 for t in stage), stage
-            # Stopping the share empties the viewer's stage.
-            await teacher.evaluate("window.ferry.shareScreen()")
-            await viewer.wait_for_function("window.ferry.stage().length === 0", timeout=10_000)
-            await wait_until(lambda: not tracks("screen"), 5.0)
-            assert all(p.ferry_errors == [] for p in (teacher, student, viewer))
-    finally:
-        await relay.close()
+        )
+        screen_down = sub.down_tracks[screen.sid]
+        assert not screen_down.selector.paused and screen_down.selector.current is not None
+        screen_key = next(k for k in samples[0] if k.startswith("screen"))
+        assert all(row[screen_key] is not None and not row[screen_key][0] for row in samples[2:]), (
+            samples
+        )
+        late = samples[len(samples) // 2 :]
+        screen_kbps = sum(row[screen_key][2] for row in late)
+        for key in samples[0]:
+            if key != screen_key:
+                camera_kbps = sum((row[key] or (0, 0, 0))[2] for row in late)
+                assert screen_kbps > camera_kbps, (key, samples)
+        assert any(t["name"] == "teacher's screen" and t["width"] > 0 for t in stage), stage
+        # Stopping the share empties the viewer's stage.
+        await teacher.evaluate("window.ferry.shareScreen()")
+        await viewer.wait_for_function("window.ferry.stage().length === 0", timeout=10_000)
+        await wait_until(lambda: not tracks("screen"), 5.0)
+        assert all(p.ferry_errors == [] for p in (teacher, student, viewer))
