@@ -56,6 +56,12 @@ MAX_HEAVY = 6  # queued recognizer passes (partials, finals) of one track
 INBOX_MAX = 500  # packets (10 s of 20 ms Opus) waiting for the next tick
 IDLE_STOP_MS = 1500.0  # no packet for this long: end the utterance, stop the timer
 SPECULATE_AFTER_MS = 150  # silence in an utterance that starts its final early
+PCM_PER_MS = 16  # the recognizers' audio: 16 kHz mono
+
+
+def _tail_to_drop(silent_ms: int) -> int:
+    """Samples of trailing silence past ``SPECULATE_AFTER_MS`` (what a final leaves out)."""
+    return max(0, silent_ms - SPECULATE_AFTER_MS) * PCM_PER_MS
 
 
 @dataclass
@@ -398,12 +404,14 @@ class TrackCaptioner:
         utt.spec_end = end = seg.last_voiced_end
         utt.spec_text = None
         snapshot = list(utt.audio)
+        drop = _tail_to_drop(seg.silent_ms)
         start_ms, end_ms = self._unix_ms(utt.start_ts), self._unix_ms(end)
         rec = self.recognizer
 
         def speculate() -> None:
             try:
-                text = rec.partial_of(np.concatenate(snapshot))
+                pcm = np.concatenate(snapshot)
+                text = rec.partial_of(pcm[: len(pcm) - drop] if drop < len(pcm) else pcm)
             except Exception:
                 log.exception("caption pass failed")
                 text = ""
@@ -484,11 +492,16 @@ class TrackCaptioner:
             self.lane.submit(rec.cancel)  # the recognizer's copy of the audio is not needed
             return
 
+        # The audio ends a hangover after the last voiced frame; keep only as much of that
+        # silence as a speculative pass keeps, so the final reads the same audio whichever
+        # pass makes it (Whisper's words change with the length of trailing silence).
+        drop = _tail_to_drop((utt.last_ts + self.clock_rate // 50 - end_ts) * 1000 // self.clock_rate)
+
         def final() -> None:
             text = ""
             try:
                 self._feed(utt)
-                text = rec.final()
+                text = rec.final(drop)
             finally:  # an utterance is always resolved: later finals wait for it
                 utt.finalized = True
                 self._final_result(utt, text, start_ms, end_ms)

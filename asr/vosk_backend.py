@@ -106,7 +106,7 @@ class VoskRecognizer:
     def partial_of(self, pcm: np.ndarray) -> str:
         raise NotImplementedError("Vosk streams: use feed() and partial()")
 
-    def final(self) -> str:
+    def final(self, drop_tail: int = 0) -> str:
         text = json.loads(self.rec.FinalResult()).get("text", "")  # type: ignore[attr-defined]
         out = clean_text(" ".join([*self._done, text]))
         self._done = []

@@ -177,9 +177,11 @@ class WhisperRecognizer:
             return ""
         return self.backend.transcribe(pcm.astype(np.float32) / 32768.0, self.language)
 
-    def final(self) -> str:
+    def final(self, drop_tail: int = 0) -> str:
         audio = self._audio()
         self._chunks = []
+        if 0 < drop_tail < len(audio):
+            audio = audio[: len(audio) - drop_tail]
         return self.backend.transcribe(audio, self.language) if len(audio) else ""
 
     def cancel(self) -> None:

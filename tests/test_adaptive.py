@@ -554,10 +554,13 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer) 
         loop = asyncio.get_running_loop()
         start_loop, start = loop.time(), time.monotonic()
         layers_seen: dict[str, set[int | None]] = {"slow": set(), "fast": set()}
+        on_q = [0, 0]  # slow viewer's samples on q, all samples
         slow_trace: list[tuple[Any, ...]] = []
         while time.monotonic() - start < 3.0:
             for name in subs:
                 layers_seen[name].add(down(name).selector.current)
+            on_q[0] += down("slow").selector.current == 0
+            on_q[1] += 1
             slow = down("slow")
             slow_trace.append(
                 (
@@ -589,7 +592,13 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer) 
             est = down("slow").sink.estimator
             print("slow trace (t, layer, target, desired, estimate, live, prices):", slow_trace)
             print("slow probe results:", getattr(getattr(est, "probe_results", None), "results", None))
-        assert layers_seen == {"slow": {0}, "fast": {2}}
+        # The fast one never leaves f. The slow one holds q: on a loaded machine Chrome's h
+        # sometimes dips to ~225 kbit/s and priced there it fits a 295 kbit/s estimate, so
+        # a short visit to h (back to q when the queue says so) is allowed, never more
+        # than a fifth of the hold, and it must end on q.
+        assert layers_seen["fast"] == {2}
+        assert layers_seen["slow"] <= {0, 1} and on_q[0] >= 0.8 * on_q[1], (on_q, slow_trace)
+        assert down("slow").selector.current == 0
         for name in subs:
             assert keyframes[name] >= 1
             assert fps[name] >= 10, (name, fps)

@@ -94,7 +94,7 @@ class _SlowRecognizer:
     def partial_of(self, pcm: np.ndarray) -> str:
         return ""
 
-    def final(self) -> str:
+    def final(self, drop_tail: int = 0) -> str:
         time.sleep(self.delay)
         return f"{self.fed} samples"
 

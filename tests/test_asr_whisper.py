@@ -112,11 +112,11 @@ async def test_thirty_seconds_of_silence_or_noise_caption_nothing(engine: Captio
 async def test_ten_percent_loss_still_captions(engine: CaptionEngine) -> None:
     got: list[Caption] = []
     sink = open_sink(engine, got)
-    pcm, _ = lecture(SENTENCES[:2])
+    pcm, _ = lecture(SENTENCES)  # all five: two sentences alone swing tiny.en's WER 0.1-0.4
     await drive(sink, rtp_packets(opus_frames(pcm)), loss=0.10, seed=42)
     sink.close()
-    assert len([c for c in got if c.final]) == 2, got
-    assert wer(" ".join(SENTENCES[:2]), finals_text(got)) <= 0.30, finals_text(got)
+    assert len([c for c in got if c.final]) == len(SENTENCES), got
+    assert wer(" ".join(SENTENCES), finals_text(got)) <= 0.30, finals_text(got)
     assert sink.path.stats.frames_concealed + sink.path.stats.frames_fec_recovered > 0
 
 

@@ -84,6 +84,7 @@ async def test_dashboard_shows_a_live_call_with_moving_figures(
             if all(r["q"] and int(r["inb"] or 0) > 100 and int(r["out"] or 0) > 100 for r in table):
                 break
             await page.wait_for_timeout(300)
+        await page.wait_for_function("window.dashboard.rounds >= 2", timeout=10_000)
         rounds = await page.evaluate("window.dashboard.rounds")
         shot = tmp_path / "dashboard.png"
         await page.screenshot(path=str(shot), full_page=True)
