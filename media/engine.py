@@ -175,11 +175,11 @@ class Engine:
                 self.mux.flush()
         self._schedule()
 
-    def _participant(self, participant_sid: str) -> tuple[Router, MediaParticipant] | None:
+    def _participant(self, participant_sid: str) -> MediaParticipant | None:
         for router in self.routers.values():
             participant = router.participants.get(participant_sid)
             if participant is not None:
-                return router, participant
+                return participant
         return None
 
     def subscriber_stats(self, participant_sid: str) -> SubscriberStats | None:
@@ -188,13 +188,13 @@ class Engine:
         None when no room has that participant.
         """
         found = self._participant(participant_sid)
-        return None if found is None else subscriber_stats(found[1], self.now_ms())
+        return None if found is None else subscriber_stats(found, self.now_ms())
 
     def participant_stats(self, participant_sid: str) -> ParticipantStats | None:
         """Both directions of `participant_sid` (published layers, received tracks); None
         when no room has that participant."""
         found = self._participant(participant_sid)
-        return None if found is None else participant_stats(found[0], found[1], self.now_ms())
+        return None if found is None else participant_stats(found, self.now_ms())
 
     def snapshot(self) -> dict[str, object]:
         """Counters for /metrics (pulled at scrape time, never pushed per packet)."""

@@ -19,7 +19,7 @@ from media.stats import (
 
 if TYPE_CHECKING:
     from media.routing.published_track import PublishedTrack
-    from media.routing.router import MediaParticipant, Router
+    from media.routing.router import MediaParticipant
 
 __all__ = ["participant_stats", "subscriber_stats"]
 
@@ -82,13 +82,7 @@ def _track_stats(track: PublishedTrack, now_ms: float) -> PublishedTrackStats:
     return PublishedTrackStats(track.sid, track.kind, track.source, track.muted, layers)
 
 
-def participant_stats(
-    router: Router, participant: MediaParticipant, now_ms: float
-) -> ParticipantStats:
+def participant_stats(participant: MediaParticipant, now_ms: float) -> ParticipantStats:
     """Both directions of `participant`: each track it publishes and what it receives."""
-    published = [
-        _track_stats(track, now_ms)
-        for track in router.tracks.values()
-        if track.participant_sid == participant.sid
-    ]
+    published = [_track_stats(track, now_ms) for track in participant.publisher.tracks_by_mid.values()]
     return ParticipantStats(participant.sid, published, subscriber_stats(participant, now_ms))
