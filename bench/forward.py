@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from bench.child import wait_healthy  # noqa: E402
 from bench.forward_rx import LatencyLog, RawSubscriber, pace_publisher, stamp_publisher  # noqa: E402
 from bench.janus import (  # noqa: E402
     JanusApi,
@@ -171,17 +172,7 @@ class FerryProcess:
         self._config.close()
         cmd += ["--config", self._config.name]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"ferry serve exited with {self.proc.returncode}")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with http.get(f"{self.http_url}/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(0.1)
-        raise RuntimeError("ferry serve did not become healthy in time")
+        await wait_healthy(self.proc, f"{self.http_url}/healthz", timeout, "ferry serve")
 
     def token(self, room: str, identity: str) -> str:
         return mint_token(self.key, self.secret, identity=identity, room=room, now=time.time())

@@ -57,6 +57,7 @@ from typing import Any
 import aiohttp
 from aioice import stun
 
+from bench.child import wait_healthy
 from bench.forward_rx import RawSubscriber
 from clients.lite.publisher import AudioStream, LitePublisher, VideoLayer
 from clients.lite.subscriber import LiteSubscriber
@@ -257,18 +258,10 @@ admin: {{
             )
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise JanusError(f"janus exited with {self.proc.returncode}; see {self.log_path}")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with http.get(f"{self.url}/info") as resp:
-                        if resp.status == 200:
-                            self.info = await resp.json(content_type=None)
-                            return
-                await asyncio.sleep(0.1)
-        raise JanusError(f"janus did not answer on {self.url} in {timeout}s; see {self.log_path}")
+        try:
+            self.info = await wait_healthy(self.proc, f"{self.url}/info", timeout, "janus")
+        except RuntimeError as exc:
+            raise JanusError(f"{exc}; see {self.log_path}") from None
 
     def stop(self, keep_dir: bool = False) -> None:
         if self.proc is not None and self.proc.poll() is None:
