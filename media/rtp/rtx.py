@@ -57,7 +57,7 @@ class RtxCache:
         # Typed arrays, not lists: a list slot holding a float or a seq above 256 is
         # an object of its own (24-28 bytes); a full 1024-slot video ring took ~84 KB
         # of bookkeeping per subscriber, ~20 KB this way.
-        self._seqs = array("l", [-1]) * capacity
+        self._seqs = array("i", [-1]) * capacity  # -1 or a 16-bit seq: 4 bytes a slot
         # bytes, or parts the caller joins (see DownTrack.write): stored as given.
         self._packets: list[Any] = [None] * capacity
         self._put_ms = array("d", [-math.inf]) * capacity
@@ -109,7 +109,7 @@ class RtxCache:
     def clear(self) -> None:
         """Forget everything (e.g. when the outgoing stream is re-seeded)."""
         n = self.capacity
-        self._seqs = array("l", [-1]) * n
+        self._seqs = array("i", [-1]) * n
         self._packets = [None] * n
         self._put_ms = array("d", [-math.inf]) * n
         self._resent_ms = array("d", [-math.inf]) * n

@@ -70,6 +70,9 @@ def _context(certificate: Certificate, profiles: tuple[str, ...]) -> SSL.Context
     if ctx is None:
         ctx = SSL.Context(SSL.DTLS_METHOD)
         ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_QUERY_MTU)
+        # Record buffers only while a record is in flight: DTLS-SRTP carries no app data
+        # after the handshake, so each connected transport would keep ~6 KB idle.
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
         # DTLS 1.2 is what every browser speaks; it keeps the flight structure (and the
         # retransmission logic above) predictable.
         ctx.set_max_proto_version(_DTLS1_2_VERSION)
@@ -122,15 +125,10 @@ class DtlsSession:
         self._remote_fingerprints: list[tuple[str, str]] = []
         self.set_remote_fingerprints(remote_fingerprints)
 
-        self._conn = SSL.Connection(_context(certificate, tuple(srtp_profiles)), None)
-        # A weak reference: a strong one would make session and connection a cycle, and
-        # every closed transport's OpenSSL state would wait for the cyclic GC.
-        self._conn.set_app_data(weakref.ref(self))
-        self._conn.set_ciphertext_mtu(mtu)
-        if role == "server":
-            self._conn.set_accept_state()
-        else:
-            self._conn.set_connect_state()
+        # The OpenSSL connection is made when the handshake starts: every participant has
+        # a publisher transport, and a viewer's never handshakes (~22 KB each otherwise).
+        self._context = _context(certificate, tuple(srtp_profiles))
+        self._conn: SSL.Connection = None  # type: ignore[assignment]  # set by start()
 
         self._out: list[bytes] = []
         self._flight: list[bytes] = []  # last handshake flight, for verbatim re-sending
@@ -193,7 +191,15 @@ class DtlsSession:
         if self.state != "new":
             return
         self.state = "connecting"
-        if self.role == "client":
+        conn = self._conn = SSL.Connection(self._context, None)
+        # A weak reference: a strong one would make session and connection a cycle, and
+        # every closed transport's OpenSSL state would wait for the cyclic GC.
+        conn.set_app_data(weakref.ref(self))
+        conn.set_ciphertext_mtu(self.mtu)
+        if self.role == "server":
+            conn.set_accept_state()
+        else:
+            conn.set_connect_state()
             self._handshake(now_ms)
 
     def feed(self, data: bytes, now_ms: float) -> None:
