@@ -111,6 +111,35 @@ def test_full_ring_keeps_the_newest_capacity_packets() -> None:
     assert cache.get(newest[-1], 6570.0) is None
 
 
+def test_ring_grows_instead_of_dropping_a_packet_it_could_still_resend() -> None:
+    cache = RtxCache(capacity=16, max_age_ms=1000.0, max_capacity=64)
+    # 40 packets within 100 ms, across the seq wrap: more than 16 are resendable at once.
+    for n in range(40):
+        cache.put((65520 + n) & 0xFFFF, pkt(n), n * 2.5)
+    assert cache.capacity == 64
+    assert [cache.get((65520 + n) & 0xFFFF, 100.0) for n in range(40)] == [pkt(n) for n in range(40)]
+    # Old packets expire as before: a slow stream later keeps the ring where it is.
+    for n in range(40, 200):
+        cache.put((65520 + n) & 0xFFFF, pkt(n), 2000.0 + n * 20.0)
+    assert cache.capacity == 64
+    assert cache.get((65520 + 199) & 0xFFFF, 2000.0 + 199 * 20.0) == pkt(199)
+
+
+def test_ring_at_its_max_capacity_overwrites_the_oldest() -> None:
+    cache = RtxCache(capacity=16, max_capacity=32)
+    for n in range(100):
+        cache.put(n, pkt(n), n * 1.0)
+    assert cache.capacity == 32
+    assert cache.get(99, 100.0) == pkt(99) and cache.get(67, 100.0) is None
+
+
+def test_max_capacity_is_a_power_of_two_not_below_capacity() -> None:
+    with pytest.raises(ValueError, match="max_capacity"):
+        RtxCache(capacity=64, max_capacity=100)
+    with pytest.raises(ValueError, match="below capacity"):
+        RtxCache(capacity=64, max_capacity=32)
+
+
 @pytest.mark.parametrize("capacity", [0, 3, 1000, 65536, 1024.0, -2])
 def test_capacity_must_be_power_of_two(capacity: Any) -> None:
     with pytest.raises(ValueError, match=r"power of two.*allowed: 1, 2, 4, .*32768"):

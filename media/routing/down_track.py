@@ -89,7 +89,9 @@ class DownTrack:
         self.is_video = track.kind == "video"
         rng = rng or random.Random()
         self.stream = RtpStreamSend(ssrc, clock_rate)
-        self.rtx_cache = RtxCache(1024 if self.is_video else 256)
+        # Rings sized for a usual stream (256 video packets, 64 audio: over a second of
+        # each), doubling when a stream sends more within the resend horizon.
+        self.rtx_cache = RtxCache(256, max_capacity=4096) if self.is_video else RtxCache(64, max_capacity=512)
         self.closed = False
         self.selector = LayerSelector(track, len(track.layers), is_video=self.is_video)
         self.rewriter = StreamRewriter(

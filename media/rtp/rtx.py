@@ -31,6 +31,7 @@ class RtxCache:
 
     __slots__ = (
         "capacity",
+        "max_capacity",
         "max_age_ms",
         "_mask",
         "_seqs",
@@ -43,15 +44,21 @@ class RtxCache:
         "suppressed",
     )
 
-    def __init__(self, capacity: int = 1024, max_age_ms: float = 1000.0) -> None:
-        if type(capacity) is not int or capacity not in ALLOWED_CAPACITIES:
-            allowed = ", ".join(str(c) for c in ALLOWED_CAPACITIES)
-            raise ValueError(
-                f"capacity must be a power of two, got {capacity!r}; allowed: {allowed}"
-            )
+    def __init__(
+        self, capacity: int = 1024, max_age_ms: float = 1000.0, *, max_capacity: int | None = None
+    ) -> None:
+        """``capacity`` slots to start with; up to ``max_capacity`` (default: no growth)
+        when the stream sends more than that within ``max_age_ms``."""
+        for name, value in (("capacity", capacity), ("max_capacity", max_capacity or capacity)):
+            if type(value) is not int or value not in ALLOWED_CAPACITIES:
+                allowed = ", ".join(str(c) for c in ALLOWED_CAPACITIES)
+                raise ValueError(f"{name} must be a power of two, got {value!r}; allowed: {allowed}")
+        if max_capacity is not None and max_capacity < capacity:
+            raise ValueError(f"max_capacity {max_capacity} is below capacity {capacity}")
         if max_age_ms <= 0:
             raise ValueError(f"max_age_ms must be > 0, got {max_age_ms!r}")
         self.capacity = capacity
+        self.max_capacity = max_capacity or capacity
         self.max_age_ms = max_age_ms
         self._mask = capacity - 1
         # Typed arrays, not lists: a list slot holding a float or a seq above 256 is
@@ -72,6 +79,14 @@ class RtxCache:
         seq &= 0xFFFF
         mask = self._mask
         i = seq & mask
+        held = self._seqs[i]
+        if held != -1 and held != seq and self.capacity < self.max_capacity:
+            # The slot still holds a packet young enough to resend: the stream sends more
+            # than the ring holds in max_age_ms. Grow rather than lose it.
+            if self._put_ms[i] >= now_ms - self.max_age_ms:
+                self._grow()
+                mask = self._mask
+                i = seq & mask
         self._seqs[i] = seq
         self._packets[i] = packet
         put_ms = self._put_ms
@@ -105,6 +120,22 @@ class RtxCache:
         self._resent_ms[i] = now_ms
         self.hits += 1
         return self._packets[i]
+
+    def _grow(self) -> None:
+        """Double the ring, keeping every packet at its seq's slot in the new one."""
+        old = (self._seqs, self._packets, self._put_ms, self._resent_ms)
+        n = self.capacity * 2
+        self.capacity, self._mask = n, n - 1
+        self.clear()
+        seqs, packets, put_ms, resent_ms = self._seqs, self._packets, self._put_ms, self._resent_ms
+        oldest = math.inf
+        for seq, packet, put, resent in zip(*old, strict=True):
+            if seq == -1:
+                continue
+            k = seq & self._mask
+            seqs[k], packets[k], put_ms[k], resent_ms[k] = seq, packet, put, resent
+            if put < oldest:
+                oldest, self._tail = put, k
 
     def clear(self) -> None:
         """Forget everything (e.g. when the outgoing stream is re-seeded)."""

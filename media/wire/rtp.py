@@ -59,6 +59,7 @@ class RtpView:
         "ext_end",
         "payload_start",
         "payload_end",
+        "_payload",
     )
 
     buf: bytes | bytearray
@@ -82,8 +83,12 @@ class RtpView:
 
     @property
     def payload(self) -> memoryview:
-        """The payload without padding, as a zero-copy view."""
-        return memoryview(self.buf)[self.payload_start : self.payload_end]
+        """The payload without padding, as a zero-copy view; one view per packet, shared
+        by every reader (each subscriber's RTX ring keeps it: ~180 bytes a copy)."""
+        payload = self._payload
+        if payload is None:
+            payload = self._payload = memoryview(self.buf)[self.payload_start : self.payload_end]
+        return payload
 
     @property
     def csrcs(self) -> list[int]:
@@ -221,6 +226,7 @@ def parse_rtp(data: bytes | bytearray) -> RtpView:
         v.ext_start = -1
         v.ext_end = -1
     v.payload_start = pos
+    v._payload = None
     if b0 & 0x20:
         pad = data[-1]
         if not pad or pad > n - pos:
@@ -332,6 +338,7 @@ def build_rtp_view(
     v.ext_end = -1
     v.payload_start = RTP_HEADER_LENGTH
     v.payload_end = len(buf)
+    v._payload = None
     return v
 
 
