@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import gc
 import ipaddress
 import logging
 import signal
@@ -545,6 +546,13 @@ def run(config: Config) -> None:
             loop.add_signal_handler(signum, stop_requested.set)
         try:
             await server.start()
+            # Everything alive now (modules, the engine, the web app) lives as long as the
+            # process: out of the cyclic GC's sight, a full collection scans only what
+            # calls create, not hundreds of thousands of startup objects. Measured with
+            # bench/forward.py (80 subscribers, paced publisher): forwarding latency max
+            # 29-51 ms -> 6-7 ms, the pauses being full collections.
+            gc.collect()
+            gc.freeze()
             if server.dev_mode:
                 print(
                     f"No API key configured: generated a dev key for this run.\n"
