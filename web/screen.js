@@ -8,7 +8,7 @@ import { $, app, fail } from "./state.js";
 import { participantName } from "./tiles.js";
 
 const ENCODINGS = [
-  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 400000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 250000 },
   { rid: "f", maxBitrate: 1500000 },
 ];
 const share = { stream: null, sender: null, busy: false };
