@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["wait_healthy"]
+__all__ = ["stop_child", "wait_healthy"]
 
 
 async def wait_healthy(proc: subprocess.Popen, url: str, timeout: float, what: str) -> Any:
@@ -32,3 +32,15 @@ async def wait_healthy(proc: subprocess.Popen, url: str, timeout: float, what: s
                         return None
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{what} did not answer on {url} in {timeout}s")
+
+
+def stop_child(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s: a server that hangs in its stop cannot hang the bench."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

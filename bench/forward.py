@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
-from bench.child import wait_healthy  # noqa: E402
+from bench.child import stop_child, wait_healthy  # noqa: E402
 from bench.forward_rx import LatencyLog, RawSubscriber, pace_publisher, stamp_publisher  # noqa: E402
 from bench.janus import (  # noqa: E402
     JanusApi,
@@ -191,13 +191,7 @@ class FerryProcess:
         if config is not None:
             with contextlib.suppress(OSError):
                 os.unlink(config.name)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_child(self.proc)
 
 
 def _receiver_totals(subs: Sequence[Any]) -> dict[str, int]:

@@ -57,7 +57,7 @@ from typing import Any
 import aiohttp
 from aioice import stun
 
-from bench.child import wait_healthy
+from bench.child import stop_child, wait_healthy
 from bench.forward_rx import RawSubscriber
 from clients.lite.publisher import AudioStream, LitePublisher, VideoLayer
 from clients.lite.subscriber import LiteSubscriber
@@ -264,13 +264,7 @@ admin: {{
             raise JanusError(f"{exc}; see {self.log_path}") from None
 
     def stop(self, keep_dir: bool = False) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_child(self.proc)
         if not keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
