@@ -134,9 +134,8 @@ class LinkMeter:
     __slots__ = ("_totals",)
 
     def __init__(self) -> None:
-        self._totals: dict[
-            tuple[str, int], tuple[int, int]
-        ] = {}  # (track, layer) -> (expected, lost)
+        # (track sid, layer index) -> (expected, lost) at the previous report
+        self._totals: dict[tuple[str, int], tuple[int, int]] = {}
 
     def report(self, stats: ParticipantStats) -> LinkReport:
         expected = lost = 0

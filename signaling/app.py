@@ -548,9 +548,9 @@ def run(config: Config) -> None:
             await server.start()
             # Everything alive now (modules, the engine, the web app) lives as long as the
             # process: out of the cyclic GC's sight, a full collection scans only what
-            # calls create, not hundreds of thousands of startup objects. Measured with
-            # bench/forward.py (80 subscribers, paced publisher): forwarding latency max
-            # 29-51 ms -> 6-7 ms, the pauses being full collections.
+            # calls create, not hundreds of thousands of startup objects (bench/forward.py,
+            # 80 subscribers, paced publisher: forwarding latency max 6-10 ms; full
+            # collections of everything held the loop 30-65 ms).
             gc.collect()
             gc.freeze()
             if server.dev_mode:

@@ -21,10 +21,11 @@ from typing import Any
 from aiohttp import web
 
 from media.engine import Engine
-from media.quality import LinkMeter, Quality, QualityTracker
+from media.quality import LinkMeter, QualityTracker
 from media.stats import ParticipantStats
 from signaling.auth import AuthError, TokenVerifier, check_room_admin, request_token
 from signaling.protocol import event
+from signaling.recording import http_error
 from signaling.rooms import Participant, Room, RoomManager, RoomObserverBase
 
 __all__ = ["QUALITY_INTERVAL_MS", "QualityService", "add_routes", "participant_figures"]
@@ -56,9 +57,9 @@ class QualityService(RoomObserverBase):
     def participant_left(self, room: Room, participant: Participant) -> None:
         self._scored.pop(participant.sid, None)
 
-    def level(self, sid: str) -> tuple[Quality, float] | None:
-        scored = self._scored.get(sid)
-        return None if scored is None else (scored.tracker.level, round(scored.tracker.score, 2))
+    def level(self, sid: str) -> dict[str, object]:
+        """``quality`` and ``score`` of a participant (both None before its first round)."""
+        return _level(self._scored.get(sid))
 
     def on_timer(self, now_ms: float) -> None:
         if now_ms < self._next_ms:
@@ -94,13 +95,14 @@ class QualityService(RoomObserverBase):
                 self.events_sent += 1
 
 
+def _level(scored: _Scored | None) -> dict[str, object]:
+    if scored is None:
+        return {"quality": None, "score": None}
+    return {"quality": scored.tracker.level.value, "score": round(scored.tracker.score, 2)}
+
+
 def _entry(participant: Participant, scored: _Scored) -> dict[str, object]:
-    return {
-        "participant_sid": participant.sid,
-        "identity": participant.identity,
-        "quality": scored.tracker.level.value,
-        "score": round(scored.tracker.score, 2),
-    }
+    return {"participant_sid": participant.sid, "identity": participant.identity, **_level(scored)}
 
 
 def participant_figures(participant: Participant, stats: ParticipantStats) -> dict[str, Any]:
@@ -172,25 +174,20 @@ def add_routes(app: web.Application, service: QualityService, verifier: TokenVer
         try:
             claims = verifier.verify(request_token(request.headers, request.query), now=time.time())
         except AuthError as exc:
-            return _error(401, exc.code, exc.message)
+            raise http_error(401, exc.code, exc.message) from None
         try:
             check_room_admin(claims, name, "room statistics")
         except AuthError as exc:
-            return _error(403, exc.code, exc.message)
+            raise http_error(403, exc.code, exc.message) from None
         room = service.rooms.rooms.get(name)
         if room is None:
-            return _error(404, "not_found", f"no room {name!r}")
+            raise http_error(404, "not_found", f"no room {name!r}")
         participants = []
         for participant in room.visible():
             stats = service.engine.participant_stats(participant.sid)
             if stats is None:
                 continue
-            figures = participant_figures(participant, stats)
-            level = service.level(participant.sid)
-            figures["quality"], figures["score"] = (
-                (level[0].value, level[1]) if level else (None, None)
-            )
-            participants.append(figures)
+            participants.append({**participant_figures(participant, stats), **service.level(participant.sid)})
         return web.json_response({"room": name, "time": time.time(), "participants": participants})
 
     async def dashboard(request: web.Request) -> web.FileResponse:
@@ -199,6 +196,3 @@ def add_routes(app: web.Application, service: QualityService, verifier: TokenVer
     app.router.add_get("/api/rooms/{room}/stats", room_stats)
     app.router.add_get("/dashboard", dashboard)
 
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)

@@ -58,11 +58,11 @@ def subscriber_stats(participant: MediaParticipant, now_ms: float) -> Subscriber
 
 def _track_stats(track: PublishedTrack, now_ms: float) -> PublishedTrackStats:
     layers = []
+    video = track.kind == "video"
     for layer in track.layers:
         stream = layer.stream
         if stream is None:
             continue
-        video = track.kind == "video"
         last = layer.last_packet_ms
         layers.append(
             LayerStats(
