@@ -30,7 +30,9 @@ keeps queued packets: packets still waiting at the rate stage are re-served
 by the new rate from ``now_ms`` (their delay already drawn stays).
 
 Stats are plain counters on ``link.stats``; an optional ``event_log`` callable
-receives qlog-like dicts (``JsonlEventLog`` writes them as JSON lines).
+receives qlog-like dicts (``JsonlEventLog`` writes them as JSON lines). A delivered
+packet's event carries its size and, past a rate stage, its sojourn there
+(``queue_ms``): a live run can be judged per packet, as the virtual-time harness is.
 """
 
 from __future__ import annotations
@@ -461,7 +463,10 @@ class Link:
         for e in ready:
             stats.bytes_delivered += e[4]
             if log is not None:
-                log({"time": e[0], "name": "netem:packet_sent", "data": {"size": e[4]}})
+                data: dict[str, Any] = {"size": e[4]}
+                if e[3] is not None:  # sojourn at the rate stage (what queue_delay_ms counts)
+                    data["queue_ms"] = e[0] - e[3]
+                log({"time": e[0], "name": "netem:packet_sent", "data": data})
             items.append((e[1], e[2]))
         return items
 

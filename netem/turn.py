@@ -33,6 +33,10 @@ Users, peers and profiles (the relay listens on a port, so nothing is open by de
   API (``start_control``) lists allocations and changes profiles; every request
   needs ``Authorization: Bearer <control_token>``.
 
+``link_event_log(username, "up" | "down")``, when given, names the ``event_log`` of
+each new allocation's links (``None`` for none): a measurement reads every delivered
+packet's time, size and queue delay from the link itself.
+
 Bad input never raises out of the protocol: it is counted in ``stats`` and
 logged once at debug level through ``ferry.netem.turn``.
 """
@@ -46,12 +50,12 @@ import logging
 import random
 import secrets
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aioice import stun
 
-from netem.link import Link, LinkConfig
+from netem.link import EventLog, Link, LinkConfig
 from netem.profiles import Profile
 from netem.turn_allocation import Allocation, parse_peer, peer_addresses
 
@@ -103,6 +107,7 @@ class TurnRelay:
         max_allocations: int = 1000,
         seed: int = 0,
         software: str = "ferry-netem",
+        link_event_log: Callable[[str, str], EventLog | None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -118,6 +123,7 @@ class TurnRelay:
         self.max_allocations = max_allocations
         self.seed = seed
         self.software = software
+        self.link_event_log = link_event_log
         self.nonce = secrets.token_hex(8).encode()
         self._profiles: dict[str, Profile] = {"unimpaired": Profile("unimpaired")}
         for name, value in (profiles or {}).items():
@@ -244,6 +250,9 @@ class TurnRelay:
         return None if sep else self.default_profile
 
     # ------------------------------------------------------------- plumbing
+    def _event_log(self, username: str, direction: str) -> EventLog | None:
+        return self.link_event_log(username, direction) if self.link_event_log else None
+
     @staticmethod
     def _now_ms() -> float:
         return asyncio.get_running_loop().time() * 1000.0
@@ -425,8 +434,8 @@ class TurnRelay:
                 profile=profile_name,
                 key=key,
                 transaction_id=msg.transaction_id,
-                up=Link(profile.up, now_ms, rng=rng_up),
-                down=Link(profile.down, now_ms, rng=rng_down),
+                up=Link(profile.up, now_ms, rng=rng_up, event_log=self._event_log(username, "up")),
+                down=Link(profile.down, now_ms, rng=rng_down, event_log=self._event_log(username, "down")),
                 expires_at=loop.time() + self._lifetime(msg),
             )
             transport, _ = await loop.create_datagram_endpoint(

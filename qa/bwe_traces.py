@@ -38,10 +38,13 @@ __all__ = [
     "REAL_TRACES_DIR",
     "SYNTHETIC",
     "TraceMetrics",
+    "TraceRun",
     "capacity_buckets",
     "outages",
     "real_trace_scenario",
+    "run_metrics",
     "run_trace",
+    "sim_run",
     "synthetic_scenario",
     "trace_metrics",
     "trace_window",
@@ -184,7 +187,9 @@ class TraceMetrics:
     utilization: float
     queue_p95_ms: float
     queue_max_ms: float
-    pacer_p95_ms: float  # the sender's own backlog (age of the oldest packet it holds)
+    # the sender's own backlog (age of the oldest packet it holds); None where the
+    # sender does not say (a browser)
+    pacer_p95_ms: float | None
     # (outage start s, outage length s, recovery s or None when never recovered)
     recoveries: list[tuple[float, float, float | None]] = field(default_factory=list)
 
@@ -194,49 +199,91 @@ class TraceMetrics:
             "utilization": round(self.utilization, 3),
             "queue_delay_p95_ms": round(self.queue_p95_ms, 1),
             "queue_delay_max_ms": round(self.queue_max_ms, 1),
-            "pacer_queue_p95_ms": round(self.pacer_p95_ms, 1),
+            "pacer_queue_p95_ms": None if self.pacer_p95_ms is None else round(self.pacer_p95_ms, 1),
             "recoveries": [
                 {"outage_at_s": a, "outage_s": b, "recovery_s": c} for a, b, c in self.recoveries
             ],
         }
 
 
-def trace_metrics(r: SimResult, warmup_ms: float = WARMUP_MS, max_outage_ms: float = 3100.0) -> TraceMetrics:
-    """The figures of the module docstring for one simulated trace run."""
-    sc = r.scenario
-    trace = sc.down[0].trace
-    assert trace is not None, "trace_metrics needs a trace scenario"
-    caps = capacity_buckets(trace, BUCKET_MS, sc.duration_ms)
+@dataclass
+class TraceRun:
+    """What one run over a trace recorded, whoever sent: the virtual-time harness or
+    a live browser behind netem's relay. Times are ms from the trace's start.
+
+    Why apart from ``SimResult``: a live run knows the bottleneck per packet (the
+    netem link logs each delivery and its queue delay) and the sender only through
+    what it reports, so both kinds of run meet here and share ``run_metrics``.
+    """
+
+    name: str
+    trace: MahimahiTrace
+    duration_ms: float
+    desired_bps: float
+    delivered: list[tuple[float, float]]  # (t, bits the bottleneck delivered in (t - interval, t])
+    queue_delays: list[tuple[float, float]]  # (t, sojourn at the bottleneck's rate stage)
+    target: list[tuple[float, float]]  # (t, the sender's target rate, bit/s)
+    backlog: list[tuple[float, float]] | None = None  # (t, the sender's own backlog, ms)
+
+
+def run_metrics(run: TraceRun, warmup_ms: float = WARMUP_MS, max_outage_ms: float = 3100.0) -> TraceMetrics:
+    """The figures of the module docstring for one run over a trace."""
+    trace, duration, desired = run.trace, run.duration_ms, run.desired_bps
+    caps = capacity_buckets(trace, BUCKET_MS, duration)
     delivered = [0.0] * len(caps)
-    for s in r.samples:
-        k = int((s.t_ms - 1) // BUCKET_MS)
+    for t, bits in run.delivered:
+        k = int((t - 1) // BUCKET_MS)
         if 0 <= k < len(delivered):
-            delivered[k] += s.delivered_bps * sc.sample_ms / BUCKET_MS
+            delivered[k] += bits * 1000.0 / BUCKET_MS
     first = int(warmup_ms // BUCKET_MS)
-    want = sum(min(c, sc.desired_bps) for c in caps[first:])
+    want = sum(min(c, desired) for c in caps[first:])
     got = sum(delivered[first:])
-    delays = [d for t, d in r.queue_delays if t >= warmup_ms]
-    fine = capacity_buckets(trace, 100, sc.duration_ms)
+    delays = [d for t, d in run.queue_delays if t >= warmup_ms]
+    fine = capacity_buckets(trace, 100, duration)
     recs: list[tuple[float, float, float | None]] = []
-    for start, end in outages(trace, sc.duration_ms):
-        if end - start > max_outage_ms or start < warmup_ms or end + RECOVERY_REF_MS > sc.duration_ms:
+    for start, end in outages(trace, duration):
+        if end - start > max_outage_ms or start < warmup_ms or end + RECOVERY_REF_MS > duration:
             continue
         a, b = int(end // 100), int((end + RECOVERY_REF_MS) // 100)
-        ref = min(sum(fine[a:b]) / max(1, b - a), sc.desired_bps)
-        hit = next(
-            (s.t_ms for s in r.samples if s.t_ms >= end and s.target_bps >= RECOVERY_RATIO * ref), None
-        )
+        ref = min(sum(fine[a:b]) / max(1, b - a), desired)
+        hit = next((t for t, bps in run.target if t >= end and bps >= RECOVERY_RATIO * ref), None)
         recs.append(
             (round(start / 1000, 2), round((end - start) / 1000, 2), None if hit is None else round((hit - end) / 1000, 2))
         )
+    backlog = None
+    if run.backlog is not None:
+        backlog = percentile([ms for t, ms in run.backlog if t >= warmup_ms], 95)
     return TraceMetrics(
-        sc.name,
+        run.name,
         got / want if want else 1.0,
         percentile(delays, 95),
         max(delays, default=0.0),
-        percentile([s.pacer_queue_ms for s in r.samples if s.t_ms >= warmup_ms], 95),
+        backlog,
         recs,
     )
+
+
+def sim_run(r: SimResult) -> TraceRun:
+    """A virtual-time result as a ``TraceRun`` (the target is the estimate capped at
+    the desired rate: what the allocator forwards under)."""
+    sc = r.scenario
+    trace = sc.down[0].trace
+    assert trace is not None, "trace_metrics needs a trace scenario"
+    return TraceRun(
+        sc.name,
+        trace,
+        sc.duration_ms,
+        sc.desired_bps,
+        [(s.t_ms, s.delivered_bps * sc.sample_ms / 1000.0) for s in r.samples],
+        r.queue_delays,
+        [(s.t_ms, s.target_bps) for s in r.samples],
+        [(s.t_ms, s.pacer_queue_ms) for s in r.samples],
+    )
+
+
+def trace_metrics(r: SimResult, warmup_ms: float = WARMUP_MS, max_outage_ms: float = 3100.0) -> TraceMetrics:
+    """The figures of the module docstring for one simulated trace run."""
+    return run_metrics(sim_run(r), warmup_ms, max_outage_ms)
 
 
 def run_trace(sc: Scenario) -> tuple[SimResult, TraceMetrics]:
