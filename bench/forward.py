@@ -283,6 +283,7 @@ async def run_one(
         result["subscribers_connected_at_end"] = sum(
             1 for c in subs if c.subscriber is not None and c.subscriber.state == "connected"
         )
+        result["srtp_profiles"] = _srtp_profiles(c.subscriber for c in subs)
         return result
     finally:
         # Subscribers first: a publisher leaving first triggers a renegotiation per
@@ -318,6 +319,17 @@ def _latency_sampled(n: int, k: int) -> set[int]:
     if k >= n:
         return set(range(n))
     return {round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {n - 1}
+
+
+def _srtp_profiles(subscribers: Any) -> dict[str, int]:
+    """How many subscribers negotiated each SRTP profile: protect costs differ (AES-GCM
+    against AES-CM + HMAC-SHA1), so a comparison says which one each SFU ran."""
+    out: dict[str, int] = {}
+    for sub in subscribers:
+        srtp = getattr(sub, "srtp", None) if sub is not None else None
+        name = srtp.profile if srtp is not None else "none"
+        out[name] = out.get(name, 0) + 1
+    return out
 
 
 def _result(
@@ -519,6 +531,7 @@ async def run_one_janus(
             result["subscribers_connected_at_end"] = sum(
                 1 for s in subs if s.subscriber.state == "connected"
             )
+            result["srtp_profiles"] = _srtp_profiles(s.subscriber for s in subs)
             return result
         finally:
             await asyncio.gather(*(s.leave() for s in subs), return_exceptions=True)

@@ -16,7 +16,13 @@ from media.heap import HeapTrimmer
 from media.ortc import TransportParameters
 from media.routing.published_track import PublishedTrack
 from media.routing.report import participant_stats, subscriber_stats
-from media.routing.router import MediaParticipant, Router, RouterListener, SubscriptionSettings
+from media.routing.router import (
+    TIMER_PHASES,
+    MediaParticipant,
+    Router,
+    RouterListener,
+    SubscriptionSettings,
+)
 from media.routing.sink import PacketSink
 from media.rtp.ntp import ntp_from_unix
 from media.stats import EngineStats, ParticipantStats, SubscriberStats
@@ -26,7 +32,7 @@ from media.transport.webrtc_transport import WebRtcTransport
 
 log = logging.getLogger("ferry.media.engine")
 
-TICK_MS = 20.0
+TICK_MS = 20.0  # every participant's timers run once per TICK_MS, in TIMER_PHASES slices
 
 
 @dataclass
@@ -47,6 +53,7 @@ class Engine:
         self.routers: dict[str, Router] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._phase = 0  # which slice of participants the next tick runs (Router.on_timer)
         # Monotonic ms -> wall clock, fixed once so NTP times in SR/RR are consistent.
         self._wall_offset = time.time() - time.monotonic()
         # Returns heap pages freed by churn (closed tracks' caches) to the OS (media/heap.py).
@@ -158,15 +165,17 @@ class Engine:
     # -- ticker ----------------------------------------------------------------------
     def _schedule(self) -> None:
         assert self._loop is not None
-        self._timer = self._loop.call_later(TICK_MS / 1000.0, self._tick)
+        self._timer = self._loop.call_later(TICK_MS / TIMER_PHASES / 1000.0, self._tick)
 
     def _tick(self) -> None:
         now = self.now_ms()
+        phase = self._phase
+        self._phase = (phase + 1) % TIMER_PHASES
         opened = self.mux.open_batch()  # native send path: the tick's sends in one batch
         try:
             for router in list(self.routers.values()):
                 try:
-                    router.on_timer(now)
+                    router.on_timer(now, phase)
                 except Exception:
                     log.exception("timer error in room %s", router.name)
             self.heap.on_timer(now)

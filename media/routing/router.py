@@ -36,6 +36,8 @@ SPEAKER_THRESHOLD = 0.15
 DYNACAST_INTERVAL_MS = 500.0
 DYNACAST_OFF_AFTER_MS = 1000.0  # a layer must be unneeded this long before pausing it
 TOP_SPEAKERS = 3
+#: Slices of participants whose timers run on separate engine ticks (Router.on_timer).
+TIMER_PHASES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,9 @@ class MediaParticipant:
         self.sid = sid
         engine = router.engine
         self.cname = secrets.token_hex(8)
+        # Which of the engine's timer phases runs this participant's timers (see
+        # Router.on_timer): set by the router on add.
+        self.timer_phase = 0
         pub_transport = engine.create_transport(name=f"{sid}/pub")
         sub_transport = engine.create_transport(name=f"{sid}/sub")
         self.publisher = PublisherPeer(
@@ -323,6 +328,7 @@ class Router:
         self.publisher_layers: dict[str, dict[str, bool]] = {}  # track sid -> rid -> enabled
         self.dynacast = True
         self.closed = False
+        self._next_phase = 0
 
     def new_ssrc(self) -> int:
         while True:
@@ -348,6 +354,8 @@ class Router:
 
     def add_participant(self, sid: str) -> MediaParticipant:
         participant = MediaParticipant(self, sid)
+        participant.timer_phase = self._next_phase
+        self._next_phase = (self._next_phase + 1) % TIMER_PHASES
         self.participants[sid] = participant
         return participant
 
@@ -427,9 +435,15 @@ class Router:
         if self.listener is not None:
             self.listener.on_peer_failed(sid, role, reason)
 
-    def on_timer(self, now_ms: float) -> None:
+    def on_timer(self, now_ms: float, phase: int | None = None) -> None:
+        """Run timers: every participant's, or (``phase`` given) only those in that one
+        of TIMER_PHASES slices. The engine runs one slice per call so that a big room's
+        timer work (RTCP, feedback, allocation for each of N peers) is cut into pieces
+        between which received packets are forwarded, instead of one pause per tick
+        that every packet arriving in it waits out."""
         for participant in list(self.participants.values()):
-            participant.on_timer(now_ms)
+            if phase is None or participant.timer_phase == phase:
+                participant.on_timer(now_ms)
         if now_ms >= self._next_speakers_ms:
             self._next_speakers_ms = now_ms + SPEAKER_INTERVAL_MS
             self._update_speakers(now_ms)
