@@ -27,12 +27,21 @@ trace's mean rate. One JSON object per trace: utilization of ``min(capacity,
 desired)``, queue delay p95/max, and the recovery time after each outage (the figures
 ``tests/test_bwe_traces.py`` checks).
 
+Chrome beside Ferry (``--chrome``): the same trace cases, each also run live by
+``qa.chrome_gcc`` (two headless Chromium pages, one peer connection relay-only
+through netem's TURN relay replaying the trace on the sender's uplink, 60 s of wall
+time per trace); one JSON object per trace with ``ferry`` and ``chrome`` figures from
+the same ``qa.bwe_traces.run_metrics``. Run it in a loopback-only namespace:
+``unshare --net sh -c 'ip link set lo up && exec python bench/bwe.py --chrome'``.
+
 Run: python bench/bwe.py [--case NAME] [--seed N] [--plot DIR] [--traces [NAME ...]]
+[--chrome [NAME ...]]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import sys
@@ -202,13 +211,41 @@ def run_traces(names: list[str], seed: int, plot_dir: Path | None) -> None:
         print(json.dumps(row), flush=True)
 
 
+async def _run_chrome(names: list[str], all_cases: dict[str, Scenario]) -> None:
+    from qa.chrome_gcc import chromium_browser, run_chrome_trace
+
+    async with chromium_browser() as browser:
+        for name in names:
+            sc = all_cases[name]
+            ferry = trace_metrics(Simulation(sc).run()).row()
+            t0 = time.monotonic()
+            chrome = (await run_chrome_trace(sc, browser)).row()
+            print(json.dumps({"case": name, "ferry": ferry, "chrome": chrome,
+                              "wall_s": round(time.monotonic() - t0, 1)}), flush=True)
+
+
+def run_chrome(names: list[str], seed: int) -> None:
+    """Each trace case in virtual time (Ferry) and live (Chrome's own GCC)."""
+    all_cases = trace_cases(seed)
+    for name in names:
+        if name not in all_cases:
+            raise SystemExit(f"unknown trace {name!r} (allowed: {', '.join(all_cases)})")
+    asyncio.run(_run_chrome(names or list(all_cases), all_cases))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", action="append", help="case name (repeatable); default all")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--plot", type=Path, help="write PNGs of estimate vs capacity here")
     ap.add_argument("--traces", nargs="*", metavar="NAME", help="run the trace cases (all, or NAMEs)")
+    ap.add_argument(
+        "--chrome", nargs="*", metavar="NAME", help="trace cases with Chrome's own GCC live beside Ferry (all, or NAMEs)"
+    )
     args = ap.parse_args(argv)
+    if args.chrome is not None:
+        run_chrome(args.chrome, args.seed)
+        return 0
     if args.traces is not None:
         run_traces(args.traces, args.seed, args.plot)
         return 0
