@@ -52,7 +52,7 @@ class _Transportish:
     def send_rtp(self, packet: bytes, seq_at: int = 0, seq: int = 0) -> None:
         batch = self.mux.batch
         if batch is not None and self.srtp.native_tx:
-            batch.append((packet, self.addr[0], self.addr[1], self.srtp.native_tx, seq_at, seq))
+            self.mux.queue((packet, self.addr[0], self.addr[1], self.srtp.native_tx, seq_at, seq))
             return
         self.mux.sendto(self.srtp.protect(packet, seq_at, seq), self.addr)
 
@@ -151,6 +151,57 @@ def test_red_history_kept_plain_is_the_history_encoding_leaves() -> None:
         plain.remember(ts, data)
     ts, data = frames[4]
     assert plain.encode(ts, data) == built.encode(ts, data)
+
+
+def test_red_at_a_shorter_distance_from_a_longer_history_is_that_distances_red() -> None:
+    """One distance-2 history serves a subscriber whose redundancy moves between 0, 1
+    and 2 packet by packet: asked for distance 1 (or 0) it builds what an encoder of
+    that distance would."""
+    longer, one = RedEncoder(2, 111), RedEncoder(1, 111)
+    frames = [(960 * i, os.urandom(40 + i)) for i in range(8)]
+    for ts, data in frames[:3]:
+        longer.remember(ts, memoryview(data))  # the forward path hands payload views
+        one.remember(ts, data)
+    for ts, data in frames[3:6]:
+        assert longer.encode(ts, data, 1) == one.encode(ts, data)
+    ts, data = frames[6]
+    plain = RedEncoder(2, 111).encode(ts, data, 0)
+    assert plain == RedEncoder(1, 111).encode(ts, data)  # no blocks: the frame alone
+    full = RedEncoder(2, 111)
+    for ts, data in frames[4:6]:
+        full.remember(ts, data)
+    assert longer.encode(*frames[6], 2) == full.encode(*frames[6])
+
+
+def test_a_long_fan_out_leaves_in_early_batches_before_it_is_flushed() -> None:
+    """The first peers of a big fan-out get their copies while the rest are built:
+    every EARLY_FLUSH queued datagrams go out at once, the remainder at the flush."""
+
+    async def run() -> None:
+        if not udp_mux.native_available():
+            pytest.skip("native send path not built")
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        mux = UdpMux("127.0.0.1", 0, send_path="native")
+        mux.open()
+        try:
+            assert mux.open_batch()
+            count = 2 * udp_mux.EARLY_FLUSH + 3
+            for i in range(count):
+                mux.sendto(b"x%d" % i, receiver.getsockname())
+                if i == udp_mux.EARLY_FLUSH - 1:
+                    # Sent before the flush: readable now, in order.
+                    got = [receiver.recv(64) for _ in range(udp_mux.EARLY_FLUSH)]
+                    assert got == [b"x%d" % k for k in range(udp_mux.EARLY_FLUSH)]
+            assert mux.batches == 2 and len(mux.batch or []) == 3
+            mux.flush()
+            assert mux.batches == 3 and mux.packets_out == count
+        finally:
+            mux.close()
+            receiver.close()
+
+    asyncio.run(run())
 
 
 def test_flush_counts_a_full_send_buffer_as_a_drop() -> None:

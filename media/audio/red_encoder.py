@@ -37,20 +37,26 @@ class RedEncoder:
         self.max_payload = max_payload
         self._history: deque[tuple[int, bytes]] = deque(maxlen=distance)
 
-    def encode(self, timestamp: int, payload: bytes) -> bytes:
-        """RED payload for the Opus ``payload`` sent with RTP ``timestamp``."""
+    def encode(self, timestamp: int, payload: bytes | memoryview, distance: int | None = None) -> bytes:
+        """RED payload for the Opus ``payload`` sent with RTP ``timestamp``; ``distance``
+        (at most the encoder's own) carries fewer previous frames, so one encoder's
+        history serves a stream whose redundancy changes packet by packet."""
         timestamp &= 0xFFFFFFFF
+        payload = bytes(payload)
         blocks: list[tuple[int, bytes]] = []
-        for ts, data in self._history:
+        history = self._history
+        if distance is not None and distance < len(history):
+            history = list(history)[len(history) - distance :] if distance > 0 else []  # type: ignore[assignment]
+        for ts, data in history:
             offset = (timestamp - ts) & 0xFFFFFFFF
             if 0 < offset <= MAX_OFFSET and 0 < len(data) <= MAX_BLOCK:
                 blocks.append((offset, data))
         while blocks and 1 + len(payload) + sum(4 + len(d) for _, d in blocks) > self.max_payload:
             blocks.pop(0)
-        self._history.append((timestamp, bytes(payload)))
-        return build_red(self.opus_pt, bytes(payload), blocks)
+        self._history.append((timestamp, payload))
+        return build_red(self.opus_pt, payload, blocks)
 
-    def remember(self, timestamp: int, payload: bytes) -> None:
+    def remember(self, timestamp: int, payload: bytes | memoryview) -> None:
         """Keep a frame as history without building a RED payload: the same state
         `encode` leaves, for a stream that goes out plain until redundancy is needed."""
         self._history.append((timestamp & 0xFFFFFFFF, bytes(payload)))

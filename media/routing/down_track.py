@@ -121,7 +121,7 @@ class DownTrack:
         self._probe_packet: bytes | None = None  # a recent large video packet (RTX probes)
         self._probe_packet_ms = 0.0
         self._red_level = 0
-        self._red_encoders: dict[int, RedEncoder] = {}
+        self._red_encoder: RedEncoder | None = None  # history for distance 2 serves 1 too
         # Extension blocks (one-byte form). The TWCC value is a placeholder stamped at
         # send time by the subscriber peer, at TWCC_OFFSET.
         self._ext_video = b""
@@ -324,18 +324,13 @@ class DownTrack:
     def _red_history(self, out_ts: int, primary: bytes | memoryview, distance: int) -> bytes:
         """RED payload at `distance`; both encoders see every frame, so a switch from
         distance 1 to 2 has its history ready."""
-        encoders = self._red_encoders
-        if not encoders:
-            encoders[1] = RedEncoder(1, self.payload_type)
-            encoders[2] = RedEncoder(2, self.payload_type)
-        data = bytes(primary)
-        out = b""
-        for d, encoder in encoders.items():
-            if d == distance:
-                out = encoder.encode(out_ts, data)
-            else:
-                encoder.remember(out_ts, data)  # what encode would keep, without building
-        return out
+        encoder = self._red_encoder
+        if encoder is None:
+            encoder = self._red_encoder = RedEncoder(2, self.payload_type)
+        if distance == 0:
+            encoder.remember(out_ts, primary)  # what encode would keep, without building
+            return b""
+        return encoder.encode(out_ts, primary, distance)
 
     def _red_distance(self) -> int:
         """Redundancy by the subscriber's loss (reported, or NACKed if more), with
@@ -357,13 +352,9 @@ class DownTrack:
         head = self._ext_audio_head
         if not head:
             return b""
-        level_el = b""
-        if self.audio_level_ext_id:
-            track = self.track
-            value = view.extension(track.audio_level_ext_id) if track.audio_level_ext_id else None
-            level = value[0] if value and len(value) == 1 else 127
-            level_el = bytes((self.audio_level_ext_id << 4, level))
-        return head + level_el + self._ext_audio_pad
+        if not self.audio_level_ext_id:
+            return head + self._ext_audio_pad
+        return head + bytes((self.audio_level_ext_id << 4, self.track.level_byte(view))) + self._ext_audio_pad
 
     # -- feedback from the subscriber ------------------------------------------------
     def on_nack(self, seqs: list[int], now_ms: float) -> int:

@@ -263,6 +263,23 @@ class PublishedTrack:
         self.down_tracks: list[DownTrack] = []
         self.sinks: list[PacketSink] = []  # copy-on-write, like down_tracks
         self.audio_level = AudioLevel()
+        # The ssrc-audio-level byte of the packet being forwarded, read once for all
+        # subscribers (see level_byte).
+        self._level_view: RtpView | None = None
+        self._level_byte = 127
+
+    def level_byte(self, view: RtpView) -> int:
+        """``view``'s ssrc-audio-level byte (RFC 6464; 127, silence, when it has none),
+        parsed once per packet however many subscribers forward it."""
+        if view is not self._level_view:
+            ext_id = self.audio_level_ext_id
+            try:
+                value = view.extension(ext_id) if ext_id else None
+            except ValueError:
+                value = None
+            self._level_byte = value[0] if value and len(value) == 1 else 127
+            self._level_view = view
+        return self._level_byte
 
     @property
     def simulcast(self) -> bool:

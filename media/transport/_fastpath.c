@@ -10,7 +10,7 @@
  *
  * items: list of tuples (data: bytes, host: str, port: int, srtp: int, seq_at: int,
  * seq: int); srtp == 0 means "send data as it is". Returns (sent, protect_errors,
- * send_errors, would_block).
+ * send_errors, would_block, bytes): bytes is the items' size before SRTP.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -86,17 +86,32 @@ static PyObject *send_batch(PyObject *self, PyObject *args)
         return NULL;
     srtp_protect_fn protect = (srtp_protect_fn)(uintptr_t)protect_addr;
     Py_ssize_t n = PyList_GET_SIZE(items);
-    Py_ssize_t sent = 0, protect_errors = 0, send_errors = 0, would_block = 0;
+    Py_ssize_t sent = 0, protect_errors = 0, send_errors = 0, would_block = 0, nbytes = 0;
     int count = 0;
+    /* A fan-out sends to many peers, a pacer burst many packets to one: the address of
+     * the previous item is reused when its host object and port are the same. */
+    PyObject *last_host = NULL;
+    long last_port = -1;
+    struct sockaddr_storage last_addr;
+    socklen_t last_alen = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
-        const char *data;
-        Py_ssize_t size;
-        const char *host;
-        int port, seq_at, seq;
-        unsigned long long ctx;
-        if (!PyArg_ParseTuple(item, "y#siKii", &data, &size, &host, &port, &ctx, &seq_at, &seq))
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 6 || !PyBytes_Check(PyTuple_GET_ITEM(item, 0))
+            || !PyUnicode_Check(PyTuple_GET_ITEM(item, 1))) {
+            PyErr_SetString(PyExc_TypeError, "items must be (bytes, str, int, int, int, int) tuples");
             return NULL;
+        }
+        PyObject *data_obj = PyTuple_GET_ITEM(item, 0);
+        PyObject *host_obj = PyTuple_GET_ITEM(item, 1);
+        const char *data = PyBytes_AS_STRING(data_obj);
+        Py_ssize_t size = PyBytes_GET_SIZE(data_obj);
+        long port = PyLong_AsLong(PyTuple_GET_ITEM(item, 2));
+        unsigned long long ctx = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 3));
+        long seq_at = PyLong_AsLong(PyTuple_GET_ITEM(item, 4));
+        long seq = PyLong_AsLong(PyTuple_GET_ITEM(item, 5));
+        if (PyErr_Occurred())
+            return NULL;
+        nbytes += size;
         if (size > SLOT - TRAILER) {
             protect_errors++;
             continue;
@@ -115,9 +130,21 @@ static PyObject *send_batch(PyObject *self, PyObject *args)
             }
         }
         socklen_t alen;
-        if (fill_addr(host, port, &addrs[count], &alen) != 0) {
-            send_errors++;
-            continue;
+        if (host_obj == last_host && port == last_port) {
+            memcpy(&addrs[count], &last_addr, sizeof(last_addr));
+            alen = last_alen;
+        } else {
+            const char *host = PyUnicode_AsUTF8(host_obj);
+            if (host == NULL)
+                return NULL;
+            if (fill_addr(host, (int)port, &addrs[count], &alen) != 0) {
+                send_errors++;
+                continue;
+            }
+            last_host = host_obj;
+            last_port = port;
+            memcpy(&last_addr, &addrs[count], sizeof(last_addr));
+            last_alen = alen;
         }
         iovs[count].iov_base = buf;
         iovs[count].iov_len = (size_t)len;
@@ -139,12 +166,12 @@ static PyObject *send_batch(PyObject *self, PyObject *args)
         done = flush(fd, count, &send_errors, &would_block);
         sent += done;
     }
-    return Py_BuildValue("nnnn", sent, protect_errors, send_errors, would_block);
+    return Py_BuildValue("nnnnn", sent, protect_errors, send_errors, would_block, nbytes);
 }
 
 static PyMethodDef methods[] = {
     {"send_batch", send_batch, METH_VARARGS,
-     "send_batch(fd, srtp_protect_address, items) -> (sent, protect_errors, send_errors, would_block)"},
+     "send_batch(fd, srtp_protect_address, items) -> (sent, protect_errors, send_errors, would_block, bytes)"},
     {NULL, NULL, 0, NULL},
 };
 

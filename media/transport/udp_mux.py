@@ -58,6 +58,9 @@ Addr = tuple[str, int]
 
 MAX_DATAGRAM = 2048
 DRAIN_LIMIT = 512  # datagrams per wakeup before yielding to the loop
+#: A batch this long leaves at once (native path): the first subscribers of a big
+#: fan-out get their copy while the rest are built, not all after the last one.
+EARLY_FLUSH = 16
 
 
 class MuxEndpoint(Protocol):
@@ -150,7 +153,7 @@ class UdpMux:
     def sendto(self, data: bytes, addr: Addr) -> None:
         batch = self.batch
         if batch is not None:
-            batch.append((data, addr[0], addr[1], 0, 0, 0))
+            self.queue((data, addr[0], addr[1], 0, 0, 0))
             return
         sock = self._sock
         if sock is None:
@@ -165,6 +168,15 @@ class UdpMux:
             return
         self.packets_out += 1
         self.bytes_out += len(data)
+
+    def queue(self, item: tuple[bytes, str, int, int, int, int]) -> None:
+        """Add one item to the open batch (see `_fastpath.send_batch`); a batch of
+        EARLY_FLUSH items leaves at once."""
+        batch = self.batch
+        assert batch is not None
+        batch.append(item)
+        if len(batch) >= EARLY_FLUSH:
+            self.flush(close=False)
 
     def open_batch(self) -> bool:
         """Queue sends until `flush` (native path; no-op on the Python path or when a
@@ -183,10 +195,7 @@ class UdpMux:
         sock = self._sock
         if not batch or sock is None:
             return
-        nbytes = 0
-        for item in batch:
-            nbytes += len(item[0])
-        sent, protect_errors, send_errors, would_block = _fastpath.send_batch(
+        sent, protect_errors, send_errors, would_block, nbytes = _fastpath.send_batch(
             sock.fileno(), PROTECT_ADDRESS, batch
         )
         self.batches += 1

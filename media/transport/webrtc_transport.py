@@ -146,7 +146,7 @@ class WebRtcTransport:
         batch = self.mux.batch
         if batch is not None and srtp.native_tx:
             # Native path: protected in C at flush, in this order (see UdpMux).
-            batch.append((packet, addr[0], addr[1], srtp.native_tx, seq_at, seq & 0xFFFF))
+            self.mux.queue((packet, addr[0], addr[1], srtp.native_tx, seq_at, seq & 0xFFFF))
             return
         try:
             data = srtp.protect(packet, seq_at, seq)
