@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -220,8 +221,10 @@ async def _run_chrome(names: list[str], all_cases: dict[str, Scenario]) -> None:
             ferry = trace_metrics(Simulation(sc).run()).row()
             t0 = time.monotonic()
             chrome = (await run_chrome_trace(sc, browser)).row()
+            # a live run shares the machine: the load says how much the figures may owe to it
             print(json.dumps({"case": name, "ferry": ferry, "chrome": chrome,
-                              "wall_s": round(time.monotonic() - t0, 1)}), flush=True)
+                              "wall_s": round(time.monotonic() - t0, 1),
+                              "load_1m": round(os.getloadavg()[0], 2)}), flush=True)
 
 
 def run_chrome(names: list[str], seed: int) -> None:
