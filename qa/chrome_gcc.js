@@ -6,7 +6,8 @@
 // whole SDPs after gathering, no trickle.
 // Sender side, window.__gcc.sample() returns and clears what getStats said every
 // `sampleMs`: Date.now(), the selected pair's availableOutgoingBitrate (Chrome's
-// estimate) and the video sender's target and bytes.
+// estimate), the video sender's target and bytes, the receiver's reported loss and
+// the ICE state.
 (() => {
   const st = { pc: null, samples: [], timer: null };
   const GRAIN_ALPHA = 0.12;
@@ -32,11 +33,15 @@
     report.forEach((r) => {
       if (r.type === "transport" && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
     });
-    const s = { t: Date.now(), aob: null, target: null, bytes: null, width: null, fps: null, limit: null };
+    const s = {
+      t: Date.now(), aob: null, target: null, bytes: null, width: null, fps: null, limit: null,
+      lost: null, ice: pc.iceConnectionState,
+    };
     report.forEach((r) => {
       if (r.type === "candidate-pair" && r.id === pairId && r.availableOutgoingBitrate !== undefined) {
         s.aob = r.availableOutgoingBitrate;
       }
+      if (r.type === "remote-inbound-rtp" && r.kind === "video") s.lost = r.fractionLost ?? null;
       if (r.type === "outbound-rtp" && r.kind === "video") {
         s.target = r.targetBitrate ?? null;
         s.bytes = r.bytesSent;
