@@ -166,3 +166,36 @@ async def settle(sink, timeout: float = 60.0) -> None:
     while sink.busy and loop.time() < deadline:
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.05)
+
+
+# -- how fast this machine runs a recognizer now ------------------------------------------
+# The caption latency bounds are this machine's figures (2 cores, AMD EPYC, idle): a
+# machine that computes slower gets proportionally longer bounds, so a test fails on
+# added waiting (a final queued behind a partial, a lost speculative pass), not on a
+# slower CPU. REFERENCE_MS is `cpu_pace_ms()` measured here.
+REFERENCE_MS = 60.0
+
+
+def cpu_pace_ms() -> float:
+    """Median of three runs of a fixed single-threaded numeric workload (FFTs and a
+    nonlinearity over frames), in ms: what one recognizer thread gets of a core."""
+    import time
+
+    a = np.random.default_rng(3).uniform(-1.0, 1.0, (64, 4096))
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(13):
+            # sin(3x) keeps the values of order 1 (never denormal, whatever FTZ a loaded
+            # library set), so the work is the same on every run.
+            a = np.sin(3.0 * np.fft.irfft(np.fft.rfft(a, axis=1), n=4096, axis=1))
+        runs.append((time.perf_counter() - started) * 1000.0)
+    return sorted(runs)[1]
+
+
+def slowness() -> float:
+    """This machine's pace now against the reference (>= 1.0): bounds are multiplied by it."""
+    pace = cpu_pace_ms()
+    factor = max(1.0, pace / REFERENCE_MS)
+    print("CPU_PACE", {"ms": round(pace, 1), "reference_ms": REFERENCE_MS, "slowness": round(factor, 2)})
+    return factor

@@ -19,6 +19,7 @@ import pytest
 
 from signaling.app import FerryServer
 
+from .asr_media import slowness
 from .captions_live import Listener, Script, by_line, publish_script, speech_unix_ms
 from .conftest import make_config, wait_until
 
@@ -40,23 +41,26 @@ async def test_vosk_korean_streams_partials_and_a_prompt_final_per_sentence(tmp_
         reply = await host.client.request("set_captions", enabled=True, backend="vosk", language="ko")
         assert reply["captions"] == {"enabled": True, "backend": "vosk", "language": "ko", "by": "host"}
         assert server.captions.available() == {"vosk": "ready"}
+        before = slowness()
         speaker = await publish_script(server, "ko", "teacher", script, tail_s=20)
         started = time.monotonic()
         await wait_until(lambda: time.monotonic() - started > script.seconds + 1.0, script.seconds + 5)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not by_line(speaker, script, host.finals())[-1][1]:
             await asyncio.sleep(0.1)
+        slow = max(before, slowness())
         lines = by_line(speaker, script, host.finals())
         latency = [round(f[-1][0] - speech_unix_ms(speaker, line.end)) for line, f in lines if f]
         print("VOSK", {"latency_ms": latency, "text": host.text(), "partials": len(host.partials())})
         for line, finals in lines:
             assert finals, (line.text, host.text())
             began_ms, ended_ms = speech_unix_ms(speaker, line.start), speech_unix_ms(speaker, line.end)
-            assert finals[-1][0] - ended_ms <= FINAL_WITHIN_MS, (line.text, latency)
+            assert finals[-1][0] - ended_ms <= FINAL_WITHIN_MS * slow, (line.text, latency)
             # Partials of this sentence stream in, the first while it is still being spoken.
-            partials = [t for t, e in host.partials() if e["text"] and e["start_ms"] < ended_ms and e["end_ms"] > began_ms]
+            # (The first one read audio ending before the sentence did: audio time, whatever the CPU.)
+            partials = [e for _, e in host.partials() if e["text"] and e["start_ms"] < ended_ms and e["end_ms"] > began_ms]
             assert len(partials) >= 2, (line.text, partials)
-            assert partials[0] < ended_ms, (line.text, partials[0] - ended_ms)
+            assert partials[0]["end_ms"] < ended_ms - 300, (line.text, partials[0]["end_ms"] - ended_ms)
     finally:
         if speaker is not None:
             await speaker.close()
