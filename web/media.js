@@ -169,7 +169,18 @@ export function mediaPathDown() {
   return [app.pub, app.sub].some((pc) => pc && ["disconnected", "failed"].includes(pc.iceConnectionState));
 }
 
-export async function setPublisherLayers(layers) {
+// One layer change at a time: a change read while the previous setParameters is in
+// flight would read the encodings before it and undo it (and Chrome refuses a
+// setParameters whose transaction is stale).
+let layerChanges = Promise.resolve();
+
+export function setPublisherLayers(layers) {
+  const next = layerChanges.then(() => applyPublisherLayers(layers));
+  layerChanges = next.catch(() => {});
+  return next;
+}
+
+async function applyPublisherLayers(layers) {
   const sender = app.videoSender;
   if (!sender) return;
   const p = sender.getParameters();
