@@ -373,3 +373,29 @@ def test_send_history_ignores_unknown_seqs() -> None:
     hist.on_sent(100, 0.0, 10)
     assert hist.on_feedback(TwccFeedback(1, 2, 500, 0, 0, [(500, 0)]), 1.0) == []
     assert len(hist) == 1
+
+
+def test_a_viewer_that_never_sends_feedback_keeps_the_send_history_bounded() -> None:
+    """A receiver may negotiate transport-cc and never answer: what its sender remembers
+    per packet is forgotten after the history's max age all the same."""
+    from media.engine import Engine, EngineConfig
+
+    from .router_setup import publish, subscribe
+
+    engine = Engine(EngineConfig(port=0))
+    router = engine.router("room")
+    viewer = router.add_participant("PA_viewer")
+    audio = next(t for t in publish(router.add_participant("PA_pub")) if t.kind == "audio")
+    subscribe(viewer, audio, 0, twcc=True)
+    sub = viewer.subscriber
+    down = sub.down_tracks[audio.sid]
+    sub.transport.send_rtp = lambda packet, seq_at=0, seq=0: None  # type: ignore[method-assign]
+    twcc_byte = bytes((down.twcc_ext_id << 4 | 1, 0, 0, 0))
+    now = 1000.0
+    for seq in range(1500):  # 30 s of 20 ms audio, the timer every 20 ms
+        header = bytes((0x90, 111)) + seq.to_bytes(2, "big") + (960 * seq).to_bytes(4, "big") + down.ssrc.to_bytes(4, "big")
+        sub.send_rtp(header + b"\xbe\xde\x00\x01" + twcc_byte + bytes(80), "audio", now)
+        sub.on_timer(now)
+        now += 20.0
+    assert sub.stats.rtp_out == 1500
+    assert len(sub.send_history) <= sub.send_history.max_age_ms / 20.0 + 1

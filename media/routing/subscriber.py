@@ -299,6 +299,7 @@ class SubscriberPeer:
 
     # -- timers ----------------------------------------------------------------------
     def on_timer(self, now_ms: float) -> None:
+        self.send_history.prune(now_ms)
         if self.transport.srtp is not None:
             self._on_connected_timer(now_ms)
         # After the allocation, each track targets the best layer the publisher sends

@@ -206,7 +206,7 @@ class TwccSendHistory:
 
     def on_feedback(self, fb: TwccFeedback, now_ms: float) -> list[PacketResult]:
         """Results for the packets `fb` covers that are still in the history, in send order."""
-        self._prune(now_ms)
+        self.prune(now_ms)
         highest = self._highest
         if highest is None or not fb.packets:
             return []
@@ -225,7 +225,10 @@ class TwccSendHistory:
             results.append(PacketResult(ext, entry[0], arrival, entry[1]))
         return results
 
-    def _prune(self, now_ms: float) -> None:
+    def prune(self, now_ms: float) -> None:
+        """Forget entries older than `max_age_ms`. Feedback prunes too, but a receiver
+        that negotiated transport-cc and never sends feedback must not grow the history
+        for the whole call: the sender's timer calls this."""
         sent = self._sent
         cutoff = now_ms - self.max_age_ms
         while sent:
