@@ -575,3 +575,25 @@ def test_gcc_estimator_early_signal_cuts_sooner_after_a_capacity_drop() -> None:
     early, trend_only = _drop_detect_ms(True), _drop_detect_ms(False)
     assert early <= 150.0, early
     assert early < trend_only, (early, trend_only)
+
+
+def test_windowed_minimum_and_maximum_match_a_scan_of_the_window() -> None:
+    """The base delay and the remembered capacity: the least (greatest) value over the
+    last window, in whole buckets, whatever order the values come in."""
+    import random
+
+    from media.bwe.estimator import _MaxWindow, _MinWindow
+
+    rng = random.Random(8)
+    lo, hi = _MinWindow(window_ms=3000.0, bucket_ms=500.0), _MaxWindow(window_ms=3000.0, bucket_ms=500.0)
+    seen: list[tuple[float, float]] = []
+    t = 0.0
+    for _ in range(5000):
+        t += rng.expovariate(1 / 15.0)
+        v = rng.choice([rng.uniform(0, 100), t / 100.0, 1000.0 - t / 100.0])  # noise, rising, falling
+        lo.add(t, v)
+        hi.add(t, v)
+        seen.append((t, v))
+        live = [x for s, x in seen if s - s % 500.0 >= t - 3000.0]
+        assert lo.get() == min(live) and hi.get() == max(live)
+    assert len(lo._buckets) <= 3000.0 / 500.0 + 1

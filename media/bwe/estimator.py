@@ -143,26 +143,32 @@ class NullEstimator:
 
 
 class _MinWindow:
-    """Minimum of a signal over the last ``window_ms`` (1 s buckets): the base delay."""
+    """Minimum of a signal over the last ``window_ms`` (1 s buckets): the base delay.
+
+    Read on every paced send (the congestion window), so ``get`` is O(1): the deque
+    holds (bucket start, value) in increasing value order, one entry per bucket at
+    most; a value that a later, smaller one outlives can never be the minimum again.
+    """
 
     def __init__(self, window_ms: float = 10_000.0, bucket_ms: float = 1000.0) -> None:
         self.window_ms = window_ms
         self.bucket_ms = bucket_ms
-        self._buckets: deque[tuple[float, float]] = deque()  # (bucket start, min)
+        self._buckets: deque[tuple[float, float]] = deque()  # (bucket start, value)
 
     def add(self, t_ms: float, value: float) -> None:
         b = self._buckets
         start = t_ms - t_ms % self.bucket_ms
-        if b and b[-1][0] == start:
-            if value < b[-1][1]:
-                b[-1] = (start, value)
-        else:
+        if not b or b[-1][0] != start or value < b[-1][1]:
+            while b and b[-1][1] >= value:
+                b.pop()
             b.append((start, value))
-        while b and b[0][0] < t_ms - self.window_ms:
+        cutoff = t_ms - self.window_ms
+        while b and b[0][0] < cutoff:
             b.popleft()
 
     def get(self) -> float | None:
-        return min(v for _, v in self._buckets) if self._buckets else None
+        b = self._buckets
+        return b[0][1] if b else None
 
 
 class _MaxWindow(_MinWindow):
