@@ -9,6 +9,9 @@ Chromium keeps only the last `--disable-features=`, so the list is merged here.
 from __future__ import annotations
 
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 CHROMIUM_PATH = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -26,3 +29,17 @@ CHROMIUM_ARGS = [
     "--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,OptimizationHints,Translate",
     "--autoplay-policy=no-user-gesture-required",
 ]
+
+
+@asynccontextmanager
+async def chromium_browser() -> AsyncIterator[Any]:
+    """One headless Chromium (Playwright ``Browser``) with these switches; Playwright
+    gives every launch a fresh temporary profile (its own ``--user-data-dir``)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM_PATH, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()

@@ -41,7 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
-from clients.chromium import CHROMIUM_ARGS, CHROMIUM_PATH
+from clients.chromium import chromium_browser
 from netem.link import EventLog
 from netem.profiles import Profile
 from netem.turn import TurnRelay
@@ -129,19 +129,6 @@ class ChromeTraceResult:
             connect_s=round(self.connect_s, 2),
         )
         return out
-
-
-@asynccontextmanager
-async def chromium_browser() -> AsyncIterator[Any]:
-    """One headless Chromium (Playwright ``Browser``) with Ferry's usual switches."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM_PATH, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @asynccontextmanager

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from clients.chromium import CHROMIUM_ARGS
 from clients.chromium import CHROMIUM_PATH as CHROMIUM
+from clients.chromium import chromium_browser
 from netem.turn import TurnRelay
 
 needs_chromium = pytest.mark.skipif(
@@ -18,18 +18,9 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-@asynccontextmanager
-async def chromium():
+def chromium():
     """One headless browser process; yields the Playwright Browser."""
-    from playwright.async_api import async_playwright
-
-    # Playwright gives every launch a fresh temporary profile (its own --user-data-dir).
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    return chromium_browser()
 
 
 async def open_page(browser, url: str):

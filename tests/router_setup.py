@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from media.engine import Engine, EngineConfig
 from media.ortc import EXT_TWCC, Encoding, MediaDescription
+from media.routing.down_track import DownTrack
 from media.routing.published_track import PublishedTrack
 from media.routing.router import MediaParticipant
+from media.routing.subscriber import SubscriberPeer
 from signaling import sdp
 
 OFFER = (Path(__file__).parent / "fixtures" / "chromium156-simulcast-offer.sdp").read_text()
@@ -43,3 +46,15 @@ def subscribe(viewer: MediaParticipant, track: PublishedTrack, mid: int, *, twcc
         msid=(track.participant_sid, track.sid),
     )
     assert viewer.subscribe(track, section, section) is not None
+
+
+def audio_viewer(*, twcc: bool = True) -> tuple[Engine, SubscriberPeer, DownTrack]:
+    """An engine (no socket bound until started) whose room has a Chromium publisher and
+    one viewer subscribed to its audio: the engine, the viewer's subscriber, its DownTrack."""
+    engine = Engine(EngineConfig(port=0))
+    router = engine.router("room")
+    viewer = router.add_participant("PA_viewer")
+    audio = next(t for t in publish(router.add_participant("PA_pub")) if t.kind == "audio")
+    subscribe(viewer, audio, 0, twcc=twcc)
+    sub = viewer.subscriber
+    return engine, sub, sub.down_tracks[audio.sid]

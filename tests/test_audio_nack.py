@@ -8,9 +8,8 @@ index, so the resend must carry the seq it first had: the same bytes exactly.
 
 from __future__ import annotations
 
-from media.engine import Engine, EngineConfig
 from media.routing.down_track import TWCC_OFFSET
-from tests.router_setup import publish, subscribe
+from tests.router_setup import audio_viewer
 
 
 def _audio_packet(ssrc: int, seq: int, twcc_id: int) -> bytes:
@@ -20,14 +19,7 @@ def _audio_packet(ssrc: int, seq: int, twcc_id: int) -> bytes:
 
 
 def test_nacked_audio_goes_again_as_the_same_bytes_with_its_first_transport_seq() -> None:
-    engine = Engine(EngineConfig(port=0))
-    router = engine.router("room")
-    viewer = router.add_participant("PA_viewer")
-    tracks = publish(router.add_participant("PA_pub"))
-    audio = next(t for t in tracks if t.kind == "audio")
-    subscribe(viewer, audio, 0, twcc=True)
-    sub = viewer.subscriber
-    down = sub.down_tracks[audio.sid]
+    engine, sub, down = audio_viewer()
     assert down.twcc_ext_id and down.rtx_ssrc is None
     wire: list[tuple[bytes, int, int]] = []
     sub.transport.send_rtp = lambda packet, seq_at=0, seq=0: wire.append((packet, seq_at, seq))  # type: ignore[method-assign]
@@ -48,13 +40,7 @@ def test_nacked_audio_goes_again_as_the_same_bytes_with_its_first_transport_seq(
 
 
 def test_audio_nack_for_a_packet_whose_send_is_forgotten_is_skipped_not_restamped() -> None:
-    engine = Engine(EngineConfig(port=0))
-    router = engine.router("room")
-    viewer = router.add_participant("PA_viewer")
-    audio = next(t for t in publish(router.add_participant("PA_pub")) if t.kind == "audio")
-    subscribe(viewer, audio, 0, twcc=True)
-    sub = viewer.subscriber
-    down = sub.down_tracks[audio.sid]
+    engine, sub, down = audio_viewer()
     wire: list[tuple[bytes, int, int]] = []
     sub.transport.send_rtp = lambda packet, seq_at=0, seq=0: wire.append((packet, seq_at, seq))  # type: ignore[method-assign]
     now = engine.now_ms()

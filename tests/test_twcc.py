@@ -378,17 +378,9 @@ def test_send_history_ignores_unknown_seqs() -> None:
 def test_a_viewer_that_never_sends_feedback_keeps_the_send_history_bounded() -> None:
     """A receiver may negotiate transport-cc and never answer: what its sender remembers
     per packet is forgotten after the history's max age all the same."""
-    from media.engine import Engine, EngineConfig
+    from .router_setup import audio_viewer
 
-    from .router_setup import publish, subscribe
-
-    engine = Engine(EngineConfig(port=0))
-    router = engine.router("room")
-    viewer = router.add_participant("PA_viewer")
-    audio = next(t for t in publish(router.add_participant("PA_pub")) if t.kind == "audio")
-    subscribe(viewer, audio, 0, twcc=True)
-    sub = viewer.subscriber
-    down = sub.down_tracks[audio.sid]
+    _, sub, down = audio_viewer()
     sub.transport.send_rtp = lambda packet, seq_at=0, seq=0: None  # type: ignore[method-assign]
     twcc_byte = bytes((down.twcc_ext_id << 4 | 1, 0, 0, 0))
     now = 1000.0
