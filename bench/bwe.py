@@ -213,7 +213,8 @@ def run_traces(names: list[str], seed: int, plot_dir: Path | None) -> None:
 
 
 async def _run_chrome(names: list[str], all_cases: dict[str, Scenario]) -> None:
-    from qa.chrome_gcc import chromium_browser, run_chrome_trace
+    from clients.chromium import chromium_browser
+    from qa.chrome_gcc import run_chrome_trace
 
     async with chromium_browser() as browser:
         for name in names:

@@ -41,14 +41,13 @@ from typing import Any
 
 from aiohttp import web
 
-from clients.chromium import chromium_browser
 from netem.link import EventLog
 from netem.profiles import Profile
 from netem.turn import TurnRelay
 from qa.bwe_simulation import Scenario, link_config
 from qa.bwe_traces import TraceMetrics, TraceRun, run_metrics
 
-__all__ = ["ChromeTraceResult", "LinkRecorder", "chromium_browser", "run_chrome_trace", "trace_profile"]
+__all__ = ["ChromeTraceResult", "LinkRecorder", "run_chrome_trace", "trace_profile"]
 
 PAGE_JS = Path(__file__).with_name("chrome_gcc.js")
 SAMPLE_MS = 100

@@ -18,9 +18,7 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-def chromium():
-    """One headless browser process; yields the Playwright Browser."""
-    return chromium_browser()
+chromium = chromium_browser  # one headless browser process; yields the Playwright Browser
 
 
 async def open_page(browser, url: str):

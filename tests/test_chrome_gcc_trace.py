@@ -19,9 +19,10 @@ import json
 
 import pytest
 
+from clients.chromium import chromium_browser
 from qa.bwe_simulation import Phase, Scenario
 from qa.bwe_traces import SYNTHETIC, capacity_buckets, trace_window
-from qa.chrome_gcc import chromium_browser, run_chrome_trace
+from qa.chrome_gcc import run_chrome_trace
 
 from .browser import needs_chromium
 
