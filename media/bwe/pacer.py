@@ -85,12 +85,17 @@ class Pacer:
     ) -> None:
         if rate_bps <= 0 or burst_ms <= 0 or max_queue_ms <= 0 or pacing_factor <= 0:
             raise ValueError("rate_bps, burst_ms, max_queue_ms and pacing_factor must be > 0")
-        self.burst_ms = burst_ms
+        self._burst_ms = burst_ms
         self.max_queue_ms = max_queue_ms
         self.max_audio_queue_ms = max_audio_queue_ms
-        self.pacing_factor = pacing_factor
+        self._pacing_factor = pacing_factor
         self.padding_size = padding_size
-        self.rate_bps = float(rate_bps)
+        self._rate_bps = float(rate_bps)
+        # Read on every packet (try_send_now): the budget's fill rate (bytes per ms) and
+        # cap (bytes), recomputed when the rate, factor or burst changes.
+        self._fill_per_ms = 0.0
+        self._max_fill = 0.0
+        self._update_fill()
         self.dropped = {"rtx": 0, "video": 0, "audio": 0}
         self.sent_bytes = {k: 0 for k in KINDS}
         self._queues: dict[str, deque[tuple[Any, int, float]]] = {k: deque() for k in KINDS}
@@ -109,8 +114,39 @@ class Pacer:
 
     # ------------------------------------------------------------ config
     @property
+    def rate_bps(self) -> float:
+        return self._rate_bps
+
+    @rate_bps.setter
+    def rate_bps(self, value: float) -> None:
+        self._rate_bps = float(value)
+        self._update_fill()
+
+    @property
+    def pacing_factor(self) -> float:
+        return self._pacing_factor
+
+    @pacing_factor.setter
+    def pacing_factor(self, value: float) -> None:
+        self._pacing_factor = value
+        self._update_fill()
+
+    @property
+    def burst_ms(self) -> float:
+        return self._burst_ms
+
+    @burst_ms.setter
+    def burst_ms(self, value: float) -> None:
+        self._burst_ms = value
+        self._update_fill()
+
+    def _update_fill(self) -> None:
+        self._fill_per_ms = self._rate_bps * self._pacing_factor / 8000.0
+        self._max_fill = self._fill_per_ms * self._burst_ms
+
+    @property
     def pacing_bps(self) -> float:
-        return self.rate_bps * self.pacing_factor
+        return self._rate_bps * self._pacing_factor
 
     def set_rate(self, rate_bps: float, now_ms: float | None = None) -> None:
         """New estimate (the pacer multiplies it by ``pacing_factor``)."""
@@ -148,12 +184,20 @@ class Pacer:
         always may). Most packets on an uncongested link take this path, which keeps
         the pacer off the per-packet cost of the forward path.
         """
-        if self._queued_bytes or self._probe is not None or self.congested:
+        window = self._window
+        if self._queued_bytes or self._probe is not None or (window is not None and self._in_flight >= window):
             return False
-        self._refill(now_ms)
-        if kind != "audio" and self._budget <= 0:
+        last = self._budget_ms  # _refill, inline: this runs for every packet forwarded
+        self._budget_ms = now_ms
+        budget = self._budget
+        if last is not None and now_ms > last:
+            budget += self._fill_per_ms * (now_ms - last)
+            if budget > self._max_fill:
+                budget = self._max_fill
+        if kind != "audio" and budget <= 0:
+            self._budget = budget
             return False
-        self._budget -= size
+        self._budget = budget - size
         self._in_flight += size
         self.sent_bytes[kind] += size
         self._last_send_ms = now_ms
@@ -197,15 +241,12 @@ class Pacer:
         return now_ms - min(oldest) if oldest else 0.0
 
     # ------------------------------------------------------------ timing
-    def _max_budget(self) -> float:
-        return self.pacing_bps * self.burst_ms / 8000.0
-
     def _refill(self, now_ms: float) -> None:
         last = self._budget_ms
         self._budget_ms = now_ms
         if last is None or now_ms <= last:
             return
-        self._budget = min(self._budget + self.pacing_bps * (now_ms - last) / 8000.0, self._max_budget())
+        self._budget = min(self._budget + self._fill_per_ms * (now_ms - last), self._max_fill)
 
     def _has_paced(self) -> bool:
         q = self._queues

@@ -152,7 +152,7 @@ class DownTrack:
         return self.stream.packets_sent
 
     # -- forward path ----------------------------------------------------------------
-    def write(
+    def write_video(
         self,
         layer: Layer,
         view: RtpView,
@@ -160,11 +160,9 @@ class DownTrack:
         vp8: Vp8Descriptor | None,
         keyframe: bool,
         now_ms: float,
-        recovered: bool = False,
     ) -> None:
-        if not self.is_video and view.payload_end <= view.payload_start:
-            self._skip_audio_padding(ext_seq)
-            return
+        """`write` for a video packet: the forward path's hottest code (once per packet
+        and subscriber), kept to the steps a video packet takes."""
         verdict = self.selector.accept(
             layer.index, ext_seq, keyframe, vp8 is None or vp8.start_of_partition
         )
@@ -182,21 +180,78 @@ class DownTrack:
             rw.last_ext_seq = out_ext_seq
             rw.last_ts = out_ts
             rw.last_ms = now_ms
-        payload: bytes | memoryview = view.payload
-        payload_type = self.payload_type
-        if not self.is_video:
-            self._window_sent += 1
-            if self._window_sent >= NACK_LOSS_PACKETS:
-                self.nack_loss = len(self._nacked) / self._window_sent
-                self._nacked.clear()
-                self._window_sent = 0
-            audio = self._audio_payload(view, out_ts, recovered)
-            if audio is None:
-                return
-            payload_type, payload = audio
+        payload = view.payload
         # The one copy of the packet before SRTP: fixed header + Ferry's own extension
         # block + payload. The publisher's extensions (its mid/rid/twcc ids) mean
         # nothing downstream.
+        prefix = _HEADER.pack(
+            self._first_byte,
+            self.payload_type | (0x80 if view.marker else 0),
+            out_ext_seq & 0xFFFF,
+            out_ts,
+            self.ssrc,
+        ) + self._ext_video
+        rest = payload
+        if vp8 is not None and vp8.picture_id is not None:
+            if rw.pid_offset or rw.tl0_offset:  # rw.munges_vp8
+                prefix += rw.munge_vp8(payload, vp8, newest)
+                rest = payload[vp8.size :]
+            elif newest:  # rw.vp8_unchanged
+                rw.last_pid = vp8.picture_id
+                if vp8.tl0picidx is not None:
+                    rw.last_tl0 = vp8.tl0picidx
+        packet = prefix + rest
+        # The cache keeps the parts: the payload is a view of the received packet,
+        # shared by every subscriber's cache, so a cached video packet costs ~300
+        # bytes per subscriber instead of a ~1.2 KB copy (joined again on a NACK).
+        self.rtx_cache.put(out_ext_seq & 0xFFFF, (prefix, rest), now_ms)
+        probe = self._probe_packet
+        if probe is None or len(packet) >= len(probe) or now_ms - self._probe_packet_ms > PROBE_PACKET_MAX_AGE_MS:
+            self._probe_packet = packet
+            self._probe_packet_ms = now_ms
+        self.stream.on_packet_sent(out_ts, len(payload), now_ms)
+        self.sink.send_rtp(packet, "video", now_ms)
+
+    def write(
+        self,
+        layer: Layer,
+        view: RtpView,
+        ext_seq: int,
+        vp8: Vp8Descriptor | None,
+        keyframe: bool,
+        now_ms: float,
+        recovered: bool = False,
+    ) -> None:
+        if self.is_video:
+            self.write_video(layer, view, ext_seq, vp8, keyframe, now_ms)
+            return
+        if view.payload_end <= view.payload_start:
+            self._skip_audio_padding(ext_seq)
+            return
+        verdict = self.selector.accept(layer.index, ext_seq, keyframe, True)
+        if verdict == DROP:
+            return
+        rw = self.rewriter
+        if verdict != FORWARD:  # START or SWITCH: this packet follows the last one out
+            rw.start(ext_seq, view.timestamp, vp8, now_ms)
+            if verdict == SWITCH:
+                self.track.stats.layer_switches += 1
+        out_ext_seq = ext_seq + rw.seq_offset
+        out_ts = (view.timestamp + rw.ts_offset) & 0xFFFFFFFF
+        newest = out_ext_seq > rw.last_ext_seq
+        if newest:
+            rw.last_ext_seq = out_ext_seq
+            rw.last_ts = out_ts
+            rw.last_ms = now_ms
+        self._window_sent += 1
+        if self._window_sent >= NACK_LOSS_PACKETS:
+            self.nack_loss = len(self._nacked) / self._window_sent
+            self._nacked.clear()
+            self._window_sent = 0
+        audio = self._audio_payload(view, out_ts, recovered)
+        if audio is None:
+            return
+        payload_type, payload = audio
         header = _HEADER.pack(
             self._first_byte,
             payload_type | (0x80 if view.marker else 0),
@@ -204,32 +259,10 @@ class DownTrack:
             out_ts,
             self.ssrc,
         )
-        if self.is_video:
-            if vp8 is not None and vp8.picture_id is not None and rw.munges_vp8:
-                prefix = header + self._ext_video + rw.munge_vp8(payload, vp8, newest)
-                rest = payload[vp8.size :]
-            else:
-                if newest and vp8 is not None:
-                    rw.vp8_unchanged(vp8)
-                prefix = header + self._ext_video
-                rest = payload
-            packet = prefix + rest
-            # The cache keeps the parts: the payload is a view of the received packet,
-            # shared by every subscriber's cache, so a cached video packet costs ~300
-            # bytes per subscriber instead of a ~1.2 KB copy (joined again on a NACK).
-            self.rtx_cache.put(out_ext_seq & 0xFFFF, (prefix, rest), now_ms)
-        else:
-            packet = b"".join((header, self._audio_extensions(view), payload))
-            self.rtx_cache.put(out_ext_seq & 0xFFFF, packet, now_ms)
-        if self.is_video and (
-            self._probe_packet is None
-            or len(packet) >= len(self._probe_packet)
-            or now_ms - self._probe_packet_ms > PROBE_PACKET_MAX_AGE_MS
-        ):
-            self._probe_packet = packet
-            self._probe_packet_ms = now_ms
+        packet = b"".join((header, self._audio_extensions(view), payload))
+        self.rtx_cache.put(out_ext_seq & 0xFFFF, packet, now_ms)
         self.stream.on_packet_sent(out_ts, len(payload), now_ms)
-        self.sink.send_rtp(packet, "video" if self.is_video else "audio", now_ms)
+        self.sink.send_rtp(packet, "audio", now_ms)
         if self.duplicates is not None and newest:
             self._send_duplicates(packet, now_ms)
 

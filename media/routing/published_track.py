@@ -157,8 +157,12 @@ class Layer:
                 self._recover_from_red(view, ext_seq, ext_seq - highest - 1, now_ms)
         if not track.forwarding:
             return  # muted by a moderator: received and repaired, forwarded to no one
-        for down in track.down_tracks:
-            down.write(self, view, ext_seq, desc, keyframe, now_ms)
+        if track.kind == "video":
+            for down in track.down_tracks:
+                down.write_video(self, view, ext_seq, desc, keyframe, now_ms)
+        else:
+            for down in track.down_tracks:
+                down.write(self, view, ext_seq, desc, keyframe, now_ms)
         if track.sinks:  # internal consumers (recorder, captions); empty list costs one test
             track.fan_out(self.index, view, ext_seq, keyframe, now_ms)
 

@@ -176,9 +176,10 @@ class SubscriberPeer:
         if twcc_id is not None and len(packet) > TWCC_OFFSET + 2 and packet[16] == (twcc_id << 4) | 1:
             self._twcc_seq += 1
             seq = self._twcc_seq
-            self.send_history.on_sent(seq, now_ms, len(packet))
+            size = len(packet)
+            self.send_history.on_sent(seq, now_ms, size)
             if self.estimator is not None:
-                self.estimator.on_packet_sent(seq, len(packet), now_ms)
+                self.estimator.on_packet_sent(seq, size, now_ms)
             if self._resend_ssrcs:
                 self._remember_twcc(packet, seq)
             # Stamped in the copy SRTP encrypts: `packet` (also in the RTX cache) keeps
