@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import socket
 import sys
@@ -92,6 +93,8 @@ async def run(subscribers: int, packets: int, send_path: str | None) -> dict[str
             if opened:
                 mux.flush()
 
+        gc.collect()
+        gc.freeze()  # as `ferry serve` does once started
         warm = PACKETS_PER_FRAME * 20
         for k in range(warm):
             feed(k, now + k * MS_PER_PACKET)
@@ -109,6 +112,7 @@ async def run(subscribers: int, packets: int, send_path: str | None) -> dict[str
             "us_per_forwarded_packet": round(cpu * 1e6 / max(forwarded, 1), 3),
         }
     finally:
+        gc.unfreeze()
         sink.close()
         engine.mux.close()
 

@@ -50,11 +50,18 @@ class InFlight:
     """Bytes sent and not yet covered by feedback (by transport-wide seq)."""
 
     def __init__(self) -> None:
-        self._sent: deque[tuple[int, float, int]] = deque()  # (seq, send_ms, size)
+        # One entry per packet in three parallel deques, not a deque of tuples: a tuple
+        # per packet sent, alive until feedback, is work for the cyclic GC on the
+        # forward path.
+        self._seqs: deque[int] = deque()
+        self._send_ms: deque[float] = deque()
+        self._sizes: deque[int] = deque()
         self.bytes = 0
 
     def on_sent(self, seq: int, size: int, send_ms: float) -> None:
-        self._sent.append((seq, send_ms, size))
+        self._seqs.append(seq)
+        self._send_ms.append(send_ms)
+        self._sizes.append(size)
         self.bytes += size
 
     def on_feedback(self, highest_seq: int, now_ms: float) -> float | None:
@@ -64,22 +71,25 @@ class InFlight:
         Returns how long the oldest of them was in flight: a round trip plus the
         receiver's feedback interval, the time a packet counts against the window.
         """
-        s = self._sent
+        seqs, send_ms, sizes = self._seqs, self._send_ms, self._sizes
         oldest = None
-        while s and s[0][0] <= highest_seq:
-            seq, send_ms, size = s.popleft()
-            self.bytes -= size
+        while seqs and seqs[0] <= highest_seq:
+            seqs.popleft()
+            sent = send_ms.popleft()
+            self.bytes -= sizes.popleft()
             if oldest is None:
-                oldest = send_ms
+                oldest = sent
         return None if oldest is None else now_ms - oldest
 
     def prune(self, now_ms: float) -> None:
-        s = self._sent
-        while s and s[0][1] < now_ms - MAX_AGE_MS:
-            self.bytes -= s.popleft()[2]
+        seqs, send_ms, sizes = self._seqs, self._send_ms, self._sizes
+        while send_ms and send_ms[0] < now_ms - MAX_AGE_MS:
+            seqs.popleft()
+            send_ms.popleft()
+            self.bytes -= sizes.popleft()
 
     def oldest_send_ms(self) -> float | None:
-        return self._sent[0][1] if self._sent else None
+        return self._send_ms[0] if self._send_ms else None
 
     @staticmethod
     def window_bytes(estimate_bps: float, base_ack_ms: float) -> int:

@@ -204,7 +204,7 @@ class DownTrack:
         # The cache keeps the parts: the payload is a view of the received packet,
         # shared by every subscriber's cache, so a cached video packet costs ~300
         # bytes per subscriber instead of a ~1.2 KB copy (joined again on a NACK).
-        self.rtx_cache.put(out_ext_seq & 0xFFFF, (prefix, rest), now_ms)
+        self.rtx_cache.put(out_ext_seq & 0xFFFF, prefix, now_ms, rest)
         probe = self._probe_packet
         if probe is None or len(packet) >= len(probe) or now_ms - self._probe_packet_ms > PROBE_PACKET_MAX_AGE_MS:
             self._probe_packet = packet
@@ -397,10 +397,9 @@ class DownTrack:
         sent = 0
         rtt = self.stream.rtt_ms or 0.0
         for seq in seqs:
-            cached = self.rtx_cache.get(seq, now_ms, rtt)
-            if cached is None:
+            packet = self.rtx_cache.get(seq, now_ms, rtt)
+            if packet is None:
                 continue
-            packet = cached if type(cached) is bytes else cached[0] + cached[1]
             if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
                 packet = self._wrap_rtx(packet)
             elif self.twcc_ext_id:

@@ -36,6 +36,7 @@ class RtxCache:
         "_mask",
         "_seqs",
         "_packets",
+        "_rests",
         "_put_ms",
         "_resent_ms",
         "_tail",
@@ -65,8 +66,10 @@ class RtxCache:
         # an object of its own (24-28 bytes); a full 1024-slot video ring took ~84 KB
         # of bookkeeping per subscriber, ~20 KB this way.
         self._seqs = array("i", [-1]) * capacity  # -1 or a 16-bit seq: 4 bytes a slot
-        # bytes, or parts the caller joins (see DownTrack.write): stored as given.
+        # A packet, or its head with the rest beside it (`put`'s ``rest``): a video
+        # payload is a view shared by every subscriber's ring (see DownTrack.write_video).
         self._packets: list[Any] = [None] * capacity
+        self._rests: list[Any] = [None] * capacity
         self._put_ms = array("d", [-math.inf]) * capacity
         self._resent_ms = array("d", [-math.inf]) * capacity
         self._tail = 0  # oldest slot that may still hold a packet
@@ -74,8 +77,10 @@ class RtxCache:
         self.misses = 0
         self.suppressed = 0
 
-    def put(self, seq: int, packet: Any, now_ms: float) -> None:
-        """Remember ``packet`` (plain RTP) as sent with outgoing ``seq`` at ``now_ms``."""
+    def put(self, seq: int, packet: bytes, now_ms: float, rest: Any = None) -> None:
+        """Remember ``packet`` (plain RTP; with ``rest``, its first part) as sent with
+        outgoing ``seq`` at ``now_ms``. Two parts, not a tuple: a tuple held for the
+        resend horizon is one more object for the cyclic GC per packet and subscriber."""
         seq &= 0xFFFF
         mask = self._mask
         i = seq & mask
@@ -89,6 +94,7 @@ class RtxCache:
                 i = seq & mask
         self._seqs[i] = seq
         self._packets[i] = packet
+        self._rests[i] = rest
         put_ms = self._put_ms
         put_ms[i] = now_ms
         self._resent_ms[i] = -math.inf
@@ -96,16 +102,17 @@ class RtxCache:
         tail = self._tail
         expired = now_ms - self.max_age_ms
         if tail != i and put_ms[tail] < expired:
-            packets, seqs = self._packets, self._seqs
+            packets, rests, seqs = self._packets, self._rests, self._seqs
             while tail != i and put_ms[tail] < expired:
                 packets[tail] = None
+                rests[tail] = None
                 seqs[tail] = -1
                 tail = (tail + 1) & mask
             self._tail = tail
 
-    def get(self, seq: int, now_ms: float, rtt_ms: float = 0.0) -> Any:
-        """The packet to retransmit for a NACKed ``seq``, or None (missing, too old,
-        overwritten, or just retransmitted)."""
+    def get(self, seq: int, now_ms: float, rtt_ms: float = 0.0) -> bytes | None:
+        """The packet to retransmit for a NACKed ``seq`` (its parts joined), or None
+        (missing, too old, overwritten, or just retransmitted)."""
         seq &= 0xFFFF
         i = seq & self._mask
         if self._seqs[i] != seq or now_ms - self._put_ms[i] > self.max_age_ms:
@@ -119,21 +126,23 @@ class RtxCache:
             return None
         self._resent_ms[i] = now_ms
         self.hits += 1
-        return self._packets[i]
+        rest = self._rests[i]
+        return self._packets[i] if rest is None else self._packets[i] + rest
 
     def _grow(self) -> None:
         """Double the ring, keeping every packet at its seq's slot in the new one."""
-        old = (self._seqs, self._packets, self._put_ms, self._resent_ms)
+        old = (self._seqs, self._packets, self._rests, self._put_ms, self._resent_ms)
         n = self.capacity * 2
         self.capacity, self._mask = n, n - 1
         self.clear()
-        seqs, packets, put_ms, resent_ms = self._seqs, self._packets, self._put_ms, self._resent_ms
+        seqs, packets, rests = self._seqs, self._packets, self._rests
+        put_ms, resent_ms = self._put_ms, self._resent_ms
         oldest = math.inf
-        for seq, packet, put, resent in zip(*old, strict=True):
+        for seq, packet, rest, put, resent in zip(*old, strict=True):
             if seq == -1:
                 continue
             k = seq & self._mask
-            seqs[k], packets[k], put_ms[k], resent_ms[k] = seq, packet, put, resent
+            seqs[k], packets[k], rests[k], put_ms[k], resent_ms[k] = seq, packet, rest, put, resent
             if put < oldest:
                 oldest, self._tail = put, k
 
@@ -142,6 +151,7 @@ class RtxCache:
         n = self.capacity
         self._seqs = array("i", [-1]) * n
         self._packets = [None] * n
+        self._rests = [None] * n
         self._put_ms = array("d", [-math.inf]) * n
         self._resent_ms = array("d", [-math.inf]) * n
         self._tail = 0

@@ -192,7 +192,10 @@ class TwccSendHistory:
 
     def __init__(self, max_age_ms: float = 2000.0) -> None:
         self.max_age_ms = max_age_ms
-        self._sent: OrderedDict[int, tuple[float, int]] = OrderedDict()
+        # Send time and size by seq, in two maps rather than one of tuples: a tuple per
+        # packet, alive for a round trip, is work for the cyclic GC on the forward path.
+        self._sent: OrderedDict[int, float] = OrderedDict()
+        self._sizes: dict[int, int] = {}
         self._highest: int | None = None
         self._reference = Unwrapper(1 << 24)
 
@@ -200,7 +203,8 @@ class TwccSendHistory:
         return len(self._sent)
 
     def on_sent(self, twcc_seq_ext: int, send_ms: float, size: int) -> None:
-        self._sent[twcc_seq_ext] = (send_ms, size)
+        self._sent[twcc_seq_ext] = send_ms
+        self._sizes[twcc_seq_ext] = size
         if self._highest is None or twcc_seq_ext > self._highest:
             self._highest = twcc_seq_ext
 
@@ -214,25 +218,26 @@ class TwccSendHistory:
         ref_ext = self._reference.unwrap(fb.reference_time) - (1 << 24)
         offset_us = (ref_ext - fb.reference_time) * REFERENCE_UNIT_US
         base_ext = highest + seq_diff(fb.base_seq, highest & 0xFFFF)
-        sent = self._sent
+        sent, sizes = self._sent, self._sizes
         results: list[PacketResult] = []
         for i, (_seq, arrival_us) in enumerate(fb.packets):
             ext = base_ext + i
-            entry = sent.pop(ext, None)
-            if entry is None:
+            send_ms = sent.pop(ext, None)
+            if send_ms is None:
                 continue
             arrival = None if arrival_us is None else (arrival_us + offset_us) / 1000.0
-            results.append(PacketResult(ext, entry[0], arrival, entry[1]))
+            results.append(PacketResult(ext, send_ms, arrival, sizes.pop(ext)))
         return results
 
     def prune(self, now_ms: float) -> None:
         """Forget entries older than `max_age_ms`. Feedback prunes too, but a receiver
         that negotiated transport-cc and never sends feedback must not grow the history
         for the whole call: the sender's timer calls this."""
-        sent = self._sent
+        sent, sizes = self._sent, self._sizes
         cutoff = now_ms - self.max_age_ms
         while sent:
             first = next(iter(sent))
-            if sent[first][0] >= cutoff:
+            if sent[first] >= cutoff:
                 break
             sent.popitem(last=False)
+            del sizes[first]
