@@ -1,7 +1,8 @@
-"""Benchmark: the per-subscriber cost of forwarding one video packet, in one process.
+"""Benchmark: the per-subscriber cost of forwarding a packet, in one process.
 
-A Chromium publisher's top simulcast layer (the real offer in tests/fixtures) is
-forwarded to N viewers through the production Router, DownTracks, subscriber peers,
+A Chromium publisher's Opus audio and top simulcast layer (the real offer in
+tests/fixtures; ~600 kbit/s of video, 50 audio packets a second) are forwarded to N
+viewers through the production Router, DownTracks, subscriber peers,
 SRTP contexts and media socket (native or Python send path), sending to a loopback
 socket nobody reads. No signaling, no ICE/DTLS handshake (the SRTP keys are fixed), no
 load generator: the figure is Ferry's own CPU per forwarded packet, steady enough
@@ -36,6 +37,7 @@ from tests.router_setup import publish, subscribe  # noqa: E402
 KEY = bytes(range(28))
 PACKET_PAYLOAD = 1150  # bytes of VP8 after the descriptor: a full video packet
 PACKETS_PER_FRAME = 5
+OPUS_PAYLOAD = 80  # bytes: 32 kbit/s in 20 ms frames
 MS_PER_PACKET = 16.0  # ~600 kbit/s: under the start estimate, so the pacer lets it through
 
 
@@ -60,11 +62,14 @@ async def run(subscribers: int, packets: int, send_path: str | None) -> dict[str
     try:
         router = engine.router("bench")
         pub = router.add_participant("PA_pub")
-        video = next(t for t in publish(pub) if t.kind == "video")
+        tracks = publish(pub)
+        video = next(t for t in tracks if t.kind == "video")
+        audio = next(t for t in tracks if t.kind == "audio")
         now = engine.mux.now_ms()
         for i in range(subscribers):
             viewer = router.add_participant(f"PA_v{i}")
-            subscribe(viewer, video, 0)
+            subscribe(viewer, audio, 0)
+            subscribe(viewer, video, 1)
             sub = viewer.subscriber
             transport = sub.transport
             transport.srtp = SrtpContext(SRTP_AEAD_AES_128_GCM, KEY, KEY)
@@ -72,6 +77,8 @@ async def run(subscribers: int, packets: int, send_path: str | None) -> dict[str
             sub.on_transport_connected(now)
         layer = video.layers[-1]
         layer.bind_ssrc(0x5EED)
+        audio_layer = audio.layers[0]
+        audio_layer.bind_ssrc(0xA0D1)
         down = [sub.down_tracks[video.sid] for sub in (p.subscriber for p in router.participants.values()) if sub and video.sid in sub.down_tracks]
         for d in down:
             d.selector.set_allocation(len(video.layers) - 1)
@@ -90,6 +97,20 @@ async def run(subscribers: int, packets: int, send_path: str | None) -> dict[str
             )
             opened = mux.open_batch()
             layer.on_packet(parse_rtp(data), now_ms, False)
+            if opened:
+                mux.flush()
+            if k % 4 == 0:  # 16 ms video packets, 20 ms audio ones: 4 of each 5 have one
+                return
+            n = k - k // 4
+            opus = build_rtp(
+                payload_type=audio.codec.payload_type,
+                seq=(7000 + n) & 0xFFFF,
+                timestamp=(n * 960) & 0xFFFFFFFF,
+                ssrc=0xA0D1,
+                payload=b"\x78" + bytes(OPUS_PAYLOAD - 1),
+            )
+            opened = mux.open_batch()
+            audio_layer.on_packet(parse_rtp(opus), now_ms, False)
             if opened:
                 mux.flush()
 

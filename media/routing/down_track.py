@@ -39,6 +39,10 @@ _HEADER = struct.Struct("!BBHII")
 TWCC_OFFSET = 17
 
 
+# Audio extension blocks by (layout, level ext id), then by level byte: a few layouts
+# (the negotiated ids), at most 256 blocks each.
+_AUDIO_BLOCKS: dict[tuple[bytes, int | None], dict[int, bytes]] = {}
+
 PROBE_PACKET_MAX_AGE_MS = 1000.0  # a probe packet is replaced by a smaller one after this
 NACK_LOSS_PACKETS = 50  # audio: loss before repair is measured over this many packets
 
@@ -134,6 +138,8 @@ class DownTrack:
             b"\xbe\xde" + (padded // 4).to_bytes(2, "big") + twcc_el if body else b""
         )
         self._ext_audio_pad = bytes(padded - body)
+        # Blocks by audio level byte, shared by every DownTrack with the same layout.
+        self._ext_audio_by_level = _AUDIO_BLOCKS.setdefault((self._ext_audio_head, audio_level_ext_id), {})
         has_ext = bool(self._ext_video) if self.is_video else bool(body)
         self._first_byte = 0x90 if has_ext else 0x80
 
@@ -382,12 +388,15 @@ class DownTrack:
         return level
 
     def _audio_extensions(self, view: RtpView) -> bytes:
-        head = self._ext_audio_head
-        if not head:
-            return b""
+        """The extension block for an audio packet: built once per audio level byte."""
         if not self.audio_level_ext_id:
-            return head + self._ext_audio_pad
-        return head + bytes((self.audio_level_ext_id << 4, self.track.level_byte(view))) + self._ext_audio_pad
+            return self._ext_audio_head + self._ext_audio_pad if self._ext_audio_head else b""
+        level = self.track.level_byte(view)
+        block = self._ext_audio_by_level.get(level)
+        if block is None:
+            block = self._ext_audio_head + bytes((self.audio_level_ext_id << 4, level)) + self._ext_audio_pad
+            self._ext_audio_by_level[level] = block
+        return block
 
     # -- feedback from the subscriber ------------------------------------------------
     def on_nack(self, seqs: list[int], now_ms: float) -> int:

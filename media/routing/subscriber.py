@@ -89,10 +89,12 @@ class SubscriberPeer:
         self._pacer_timer_at: float | None = None
         self._twcc_id: int | None = None
         self.padding_sent = 0
-        # Audio without RTX but with transport-cc: (ssrc, rtp seq) -> the transport-wide
-        # seq it went out with, so a NACKed packet can go again as the same bytes.
-        self._resend_ssrcs: set[int] = set()
-        self._sent_twcc: OrderedDict[tuple[int, int], int] = OrderedDict()
+        # Audio without RTX but with transport-cc: the transport-wide seq each packet
+        # went out with, so a NACKed packet can go again as the same bytes. Keyed by
+        # the packet's bytes 2..12 (seq, timestamp, SSRC), SSRCs as on the wire: one
+        # slice per packet, no tuple and no int parsing on the forward path.
+        self._resend_ssrcs: set[bytes] = set()
+        self._sent_twcc: OrderedDict[bytes, int] = OrderedDict()
         self.audio_resent = 0
         transport.listener = self
 
@@ -119,7 +121,7 @@ class SubscriberPeer:
         if down.rtx_ssrc is not None:
             self._by_ssrc[down.rtx_ssrc] = down
         elif not down.is_video and down.twcc_ext_id:
-            self._resend_ssrcs.add(down.ssrc)
+            self._resend_ssrcs.add(down.ssrc.to_bytes(4, "big"))
         down.track.add_down_track(down)
 
     def remove_down_track(self, track_sid: str) -> DownTrack | None:
@@ -127,7 +129,7 @@ class SubscriberPeer:
         if down is not None:
             self.ended_streams[down.mid] = down.continuity()
             self._by_ssrc = {k: v for k, v in self._by_ssrc.items() if v is not down}
-            self._resend_ssrcs.discard(down.ssrc)
+            self._resend_ssrcs.discard(down.ssrc.to_bytes(4, "big"))
             self.allocator.forget(track_sid)
             down.close()
             if self.on_down_track_removed is not None:
@@ -138,7 +140,7 @@ class SubscriberPeer:
     def send_rtp(self, packet: bytes, kind: str, now_ms: float) -> None:
         pacer = self.pacer
         if pacer is None or pacer.try_send_now(len(packet), kind, now_ms):
-            self._transmit(packet, now_ms)
+            self._transmit(packet, kind, now_ms)
             return
         pacer.enqueue(packet, len(packet), kind, now_ms)
         self._drain(now_ms)
@@ -153,7 +155,7 @@ class SubscriberPeer:
             packet = item.packet
             if packet is None:
                 continue
-            seq = self._transmit(packet, now_ms)
+            seq = self._transmit(packet, item.kind, now_ms)
             if item.probe_id is not None and self.estimator is not None and seq is not None:
                 self.estimator.on_probe_sent(item.probe_id, seq, len(packet), now_ms)
         when = pacer.next_send_time(now_ms)
@@ -167,7 +169,7 @@ class SubscriberPeer:
         if self.pacer is not None and not self.transport.state == "closed":
             self._drain(self.transport.mux.now_ms())
 
-    def _transmit(self, packet: bytes, now_ms: float) -> int | None:
+    def _transmit(self, packet: bytes, kind: str, now_ms: float) -> int | None:
         """Stamp the transport-wide seq (at send time, for the estimator) and send."""
         stats = self.stats
         stats.rtp_out += 1
@@ -180,8 +182,11 @@ class SubscriberPeer:
             self.send_history.on_sent(seq, now_ms, size)
             if self.estimator is not None:
                 self.estimator.on_packet_sent(seq, size, now_ms)
-            if self._resend_ssrcs:
-                self._remember_twcc(packet, seq)
+            if kind == "audio" and packet[8:12] in self._resend_ssrcs:
+                sent = self._sent_twcc
+                sent[packet[2:12]] = seq
+                if len(sent) > RESEND_MEMORY:
+                    sent.popitem(last=False)
             # Stamped in the copy SRTP encrypts: `packet` (also in the RTX cache) keeps
             # its placeholder.
             self.transport.send_rtp(packet, TWCC_OFFSET, seq)
@@ -189,18 +194,9 @@ class SubscriberPeer:
         self.transport.send_rtp(packet)
         return None
 
-    def _remember_twcc(self, packet: bytes, seq: int) -> None:
-        ssrc = int.from_bytes(packet[8:12], "big")
-        if ssrc in self._resend_ssrcs:
-            sent = self._sent_twcc
-            sent[(ssrc, int.from_bytes(packet[2:4], "big"))] = seq
-            if len(sent) > RESEND_MEMORY:
-                sent.popitem(last=False)
-
     def resend_rtp(self, packet: bytes, now_ms: float) -> bool:
         """DownTrackSink: ``packet`` again with the transport-wide seq it first had."""
-        key = (int.from_bytes(packet[8:12], "big"), int.from_bytes(packet[2:4], "big"))
-        seq = self._sent_twcc.get(key)
+        seq = self._sent_twcc.get(packet[2:12])
         if seq is None:
             return False
         self.stats.rtp_out += 1
