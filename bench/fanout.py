@@ -9,7 +9,7 @@ load generator: the figure is Ferry's own CPU per forwarded packet, steady enoug
 (a few %) to compare two versions of the forward path, where bench/forward.py's
 end-to-end figure moves by 10 % between runs.
 
-    python bench/fanout.py --subscribers 80 --packets 3000
+    python bench/fanout.py --subscribers 80 --packets 3000 [--rx raw|twcc]
 
 Prints one JSON object: µs of CPU per forwarded packet (process time), packets sent,
 and the send path.
@@ -52,7 +52,9 @@ def _vp8(picture_id: int, keyframe: bool, start: bool, size: int) -> bytes:
     return desc + head + bytes(size - len(head))
 
 
-async def run(subscribers: int, packets: int, send_path: str | None) -> dict[str, object]:
+async def run(
+    subscribers: int, packets: int, send_path: str | None, rx: str, idle_s: float = 0.0
+) -> dict[str, object]:
     engine = Engine(EngineConfig(port=0))
     if send_path:
         engine.mux.send_path = send_path
@@ -68,8 +70,8 @@ async def run(subscribers: int, packets: int, send_path: str | None) -> dict[str
         now = engine.mux.now_ms()
         for i in range(subscribers):
             viewer = router.add_participant(f"PA_v{i}")
-            subscribe(viewer, audio, 0)
-            subscribe(viewer, video, 1)
+            subscribe(viewer, audio, 0, twcc=rx == "twcc")
+            subscribe(viewer, video, 1, twcc=rx == "twcc")
             sub = viewer.subscriber
             transport = sub.transport
             transport.srtp = SrtpContext(SRTP_AEAD_AES_128_GCM, KEY, KEY)
@@ -123,6 +125,8 @@ async def run(subscribers: int, packets: int, send_path: str | None) -> dict[str
         cpu0 = time.process_time()
         for k in range(warm, warm + packets):
             feed(k, now + k * MS_PER_PACKET)
+            if idle_s:
+                time.sleep(idle_s)
         cpu = time.process_time() - cpu0
         forwarded = mux.packets_out - before_out
         return {
@@ -130,6 +134,7 @@ async def run(subscribers: int, packets: int, send_path: str | None) -> dict[str
             "packets_in": packets,
             "forwarded": forwarded,
             "send_path": mux.send_path,
+            "rx": rx,
             "us_per_forwarded_packet": round(cpu * 1e6 / max(forwarded, 1), 3),
         }
     finally:
@@ -143,9 +148,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subscribers", type=int, default=80)
     parser.add_argument("--packets", type=int, default=3000, help="video packets in from the publisher")
     parser.add_argument("--send-path", choices=("native", "python"), default=None)
+    parser.add_argument(
+        "--rx",
+        choices=("raw", "twcc"),
+        default="raw",
+        help="raw: viewers without transport-cc (bench/forward.py --rx raw, the Janus "
+        "comparison); twcc: with it (transport-wide seqs, send history, pacer)",
+    )
+    parser.add_argument(
+        "--idle-ms",
+        type=float,
+        default=0.0,
+        help="sleep between packets, as a server waits for the next one (caches go cold)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs; the best is reported too")
     args = parser.parse_args(argv)
-    results = [asyncio.run(run(args.subscribers, args.packets, args.send_path)) for _ in range(args.repeat)]
+    results = [asyncio.run(run(args.subscribers, args.packets, args.send_path, args.rx, args.idle_ms / 1000.0)) for _ in range(args.repeat)]
     figures = [r["us_per_forwarded_packet"] for r in results]
     print(json.dumps({**results[-1], "runs_us_per_forwarded_packet": figures, "best": min(figures)}))
 
