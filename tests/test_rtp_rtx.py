@@ -1,4 +1,6 @@
-"""RtxCache: rows of (now_ms, op, seq, expected) in simulated time."""
+"""RtxCache and its C twin (RtxRing): rows of (now_ms, op, seq, expected) in simulated
+time, each table run against both; argument checks are RtxCache's (new_rtx_cache
+applies them to both)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,22 @@ from typing import Any
 
 import pytest
 
-from media.rtp.rtx import RtxCache
+from media.rtp.rtx import NativeRtxRing, RtxCache, new_rtx_cache
+
+IMPLEMENTATIONS = [
+    pytest.param(RtxCache, id="python"),
+    pytest.param(
+        NativeRtxRing,
+        id="native",
+        marks=pytest.mark.skipif(NativeRtxRing is None, reason="native extension not built"),
+    ),
+]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def ring(request: pytest.FixtureRequest) -> Any:
+    """The ring class under test."""
+    return request.param
 
 
 def pkt(seq: int) -> bytes:
@@ -86,8 +103,8 @@ CASES: list[tuple[str, dict[str, Any], list[Row], dict[str, int]]] = [
 @pytest.mark.parametrize(
     ("kwargs", "rows", "counters"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
-def test_rtx_table(kwargs: dict[str, Any], rows: list[Row], counters: dict[str, int]) -> None:
-    cache = RtxCache(**kwargs)
+def test_rtx_table(ring: Any, kwargs: dict[str, Any], rows: list[Row], counters: dict[str, int]) -> None:
+    cache = ring(**kwargs)
     rtt = 0.0
     for i, (now, op, seq, expected) in enumerate(rows):
         if op == "put":
@@ -100,8 +117,8 @@ def test_rtx_table(kwargs: dict[str, Any], rows: list[Row], counters: dict[str, 
         assert getattr(cache, name) == value, name
 
 
-def test_full_ring_keeps_the_newest_capacity_packets() -> None:
-    cache = RtxCache(capacity=64)
+def test_full_ring_keeps_the_newest_capacity_packets(ring: Any) -> None:
+    cache = ring(capacity=64)
     for seq in range(65500, 65500 + 200):
         cache.put(seq, pkt(seq & 0xFFFF), seq * 0.1)
     newest = [(s & 0xFFFF) for s in range(65500 + 200 - 64, 65500 + 200)]
@@ -111,8 +128,8 @@ def test_full_ring_keeps_the_newest_capacity_packets() -> None:
     assert cache.get(newest[-1], 6570.0) is None
 
 
-def test_ring_grows_instead_of_dropping_a_packet_it_could_still_resend() -> None:
-    cache = RtxCache(capacity=16, max_age_ms=1000.0, max_capacity=64)
+def test_ring_grows_instead_of_dropping_a_packet_it_could_still_resend(ring: Any) -> None:
+    cache = ring(capacity=16, max_age_ms=1000.0, max_capacity=64)
     # 40 packets within 100 ms, across the seq wrap: more than 16 are resendable at once.
     for n in range(40):
         cache.put((65520 + n) & 0xFFFF, pkt(n), n * 2.5)
@@ -125,8 +142,8 @@ def test_ring_grows_instead_of_dropping_a_packet_it_could_still_resend() -> None
     assert cache.get((65520 + 199) & 0xFFFF, 2000.0 + 199 * 20.0) == pkt(199)
 
 
-def test_ring_at_its_max_capacity_overwrites_the_oldest() -> None:
-    cache = RtxCache(capacity=16, max_capacity=32)
+def test_ring_at_its_max_capacity_overwrites_the_oldest(ring: Any) -> None:
+    cache = ring(capacity=16, max_capacity=32)
     for n in range(100):
         cache.put(n, pkt(n), n * 1.0)
     assert cache.capacity == 32
@@ -149,3 +166,57 @@ def test_capacity_must_be_power_of_two(capacity: Any) -> None:
 def test_bad_age() -> None:
     with pytest.raises(ValueError):
         RtxCache(max_age_ms=0.0)
+
+
+def test_a_packet_kept_in_two_parts_is_resent_whole(ring: Any) -> None:
+    cache = ring(capacity=16)
+    payload = memoryview(b"\x00" * 4 + b"shared payload")[4:]  # a view, as forwarded video is
+    cache.put(7, b"\x80\x60\x00\x07head", 0.0, payload)
+    cache.put(8, b"whole", 0.0)
+    assert cache.get(7, 10.0) == b"\x80\x60\x00\x07headshared payload"
+    assert cache.get(8, 10.0) == b"whole"
+
+
+def test_native_and_python_rings_answer_a_seeded_stream_alike() -> None:
+    """Puts across the seq wrap with bursts (growth), late packets and gaps, NACKs with
+    repeats under an RTT: every answer and counter the same."""
+    if NativeRtxRing is None:
+        pytest.skip("native extension not built")
+    import random
+
+    rng = random.Random(7)
+    rings = [RtxCache(16, max_capacity=256), NativeRtxRing(16, max_capacity=256)]
+    answers: list[list[object]] = [[], []]
+    now, seq, asked = 0.0, 65400, 65400
+    for _ in range(3000):
+        now += rng.choice((0.1, 1.0, 5.0, 20.0, 20.0, 1200.0 if rng.random() < 0.01 else 2.0))
+        step = rng.choice((1, 1, 1, 2, -3))
+        seq = (seq + step) & 0xFFFF
+        if rng.random() < 0.7:
+            data = seq.to_bytes(2, "big") * rng.randint(1, 4)
+            rest = memoryview(b"r" * rng.randint(0, 3)) if rng.random() < 0.5 else None
+            for r in rings:
+                r.put(seq, data, now, rest)
+        else:
+            if rng.random() < 0.5:  # a NACK again (browsers repeat until the RTX arrives)
+                asked = (seq - rng.randint(0, 60)) & 0xFFFF
+            rtt = rng.choice((0.0, 10.0, 30.0, 400.0))
+            for r, out in zip(rings, answers, strict=True):
+                out.append(r.get(asked, now, rtt))
+    assert answers[0] == answers[1]
+    python, native = rings
+    assert (python.hits, python.misses, python.suppressed, python.capacity) == (
+        native.hits,
+        native.misses,
+        native.suppressed,
+        native.capacity,
+    )
+    assert python.hits > 100 and python.misses > 100 and python.capacity > 16
+
+
+def test_new_rtx_cache_checks_arguments_for_both_and_falls_back_to_python() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        new_rtx_cache(100, native=True)
+    assert type(new_rtx_cache(64, native=False)) is RtxCache
+    if NativeRtxRing is not None:
+        assert type(new_rtx_cache(64, max_capacity=128)) is NativeRtxRing

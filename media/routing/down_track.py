@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from media.audio.duplicates import COPY_OFFSETS, AudioDuplicates
 from media.audio.red_encoder import RedEncoder
-from media.rtp.rtx import RtxCache
+from media.rtp.rtx import new_rtx_cache
 from media.rtp.stream_send import RtpStreamSend
+from media.transport.udp_mux import SEND_PATH
 from media.wire.red import parse_red
 from media.wire.rtp import RtpView, wrap_rtx
 from media.wire.vp8 import Vp8Descriptor
@@ -95,7 +96,12 @@ class DownTrack:
         self.stream = RtpStreamSend(ssrc, clock_rate)
         # Rings sized for a usual stream (256 video packets, 64 audio: over a second of
         # each), doubling when a stream sends more within the resend horizon.
-        self.rtx_cache = RtxCache(256, max_capacity=4096) if self.is_video else RtxCache(64, max_capacity=512)
+        native = SEND_PATH == "native"  # FERRY_NATIVE_SEND=0: no native code at all
+        self.rtx_cache = (
+            new_rtx_cache(256, max_capacity=4096, native=native)
+            if self.is_video
+            else new_rtx_cache(64, max_capacity=512, native=native)
+        )
         self.closed = False
         self.selector = LayerSelector(track, len(track.layers), is_video=self.is_video)
         self.rewriter = StreamRewriter(
