@@ -35,7 +35,7 @@ class RedEncoder:
         self.distance = distance
         self.opus_pt = opus_pt
         self.max_payload = max_payload
-        self._history: deque[tuple[int, bytes]] = deque(maxlen=distance)
+        self._history: deque[tuple[int, bytes | memoryview]] = deque(maxlen=distance)
 
     def encode(self, timestamp: int, payload: bytes | memoryview, distance: int | None = None) -> bytes:
         """RED payload for the Opus ``payload`` sent with RTP ``timestamp``; ``distance``
@@ -43,7 +43,7 @@ class RedEncoder:
         history serves a stream whose redundancy changes packet by packet."""
         timestamp &= 0xFFFFFFFF
         payload = bytes(payload)
-        blocks: list[tuple[int, bytes]] = []
+        blocks: list[tuple[int, bytes | memoryview]] = []
         history = self._history
         if distance is not None and distance < len(history):
             history = list(history)[len(history) - distance :] if distance > 0 else []  # type: ignore[assignment]
@@ -58,8 +58,13 @@ class RedEncoder:
 
     def remember(self, timestamp: int, payload: bytes | memoryview) -> None:
         """Keep a frame as history without building a RED payload: the same state
-        `encode` leaves, for a stream that goes out plain until redundancy is needed."""
-        self._history.append((timestamp & 0xFFFFFFFF, bytes(payload)))
+        `encode` leaves, for a stream that goes out plain until redundancy is needed.
+        A view of immutable bytes is kept as it is (every listener on a clean link calls
+        this for every frame: no copy each)."""
+        if type(payload) is memoryview and type(payload.obj) is bytes:
+            self._history.append((timestamp & 0xFFFFFFFF, payload))
+        else:
+            self._history.append((timestamp & 0xFFFFFFFF, bytes(payload)))
 
     def reset(self) -> None:
         """Forget history (new stream or after a timestamp discontinuity)."""

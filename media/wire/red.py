@@ -53,7 +53,7 @@ def primary_of(payload: bytes | memoryview) -> RedBlock:
     return parse_red(payload)[-1]
 
 
-def build_red(primary_pt: int, primary: bytes, redundant: list[tuple[int, bytes]]) -> bytes:
+def build_red(primary_pt: int, primary: bytes, redundant: list[tuple[int, bytes | memoryview]]) -> bytes:
     """Build a RED payload; `redundant` is [(timestamp_offset, data)], oldest first."""
     out = bytearray()
     for offset, data in redundant:
