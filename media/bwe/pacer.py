@@ -85,10 +85,11 @@ class Pacer:
     ) -> None:
         if rate_bps <= 0 or burst_ms <= 0 or max_queue_ms <= 0 or pacing_factor <= 0:
             raise ValueError("rate_bps, burst_ms, max_queue_ms and pacing_factor must be > 0")
-        self._burst_ms = burst_ms
+        # Fixed at construction, as pacing_factor: the budget's fill rate derives from them.
+        self.burst_ms = burst_ms
         self.max_queue_ms = max_queue_ms
         self.max_audio_queue_ms = max_audio_queue_ms
-        self._pacing_factor = pacing_factor
+        self.pacing_factor = pacing_factor
         self.padding_size = padding_size
         self._rate_bps = float(rate_bps)
         # Read on every packet (try_send_now): the budget's fill rate (bytes per ms) and
@@ -117,42 +118,20 @@ class Pacer:
     def rate_bps(self) -> float:
         return self._rate_bps
 
-    @rate_bps.setter
-    def rate_bps(self, value: float) -> None:
-        self._rate_bps = float(value)
-        self._update_fill()
-
-    @property
-    def pacing_factor(self) -> float:
-        return self._pacing_factor
-
-    @pacing_factor.setter
-    def pacing_factor(self, value: float) -> None:
-        self._pacing_factor = value
-        self._update_fill()
-
-    @property
-    def burst_ms(self) -> float:
-        return self._burst_ms
-
-    @burst_ms.setter
-    def burst_ms(self, value: float) -> None:
-        self._burst_ms = value
-        self._update_fill()
-
     def _update_fill(self) -> None:
-        self._fill_per_ms = self._rate_bps * self._pacing_factor / 8000.0
-        self._max_fill = self._fill_per_ms * self._burst_ms
+        self._fill_per_ms = self._rate_bps * self.pacing_factor / 8000.0
+        self._max_fill = self._fill_per_ms * self.burst_ms
 
     @property
     def pacing_bps(self) -> float:
-        return self._rate_bps * self._pacing_factor
+        return self._rate_bps * self.pacing_factor
 
     def set_rate(self, rate_bps: float, now_ms: float | None = None) -> None:
         """New estimate (the pacer multiplies it by ``pacing_factor``)."""
         if now_ms is not None:
             self._refill(now_ms)
-        self.rate_bps = max(float(rate_bps), 1.0)
+        self._rate_bps = max(float(rate_bps), 1.0)
+        self._update_fill()
 
     def set_window(self, window_bytes: int | None, in_flight_bytes: int) -> None:
         """The estimator's congestion window and the bytes in flight now.

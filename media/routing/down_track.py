@@ -175,23 +175,11 @@ class DownTrack:
     ) -> None:
         """`write` for a video packet: the forward path's hottest code (once per packet
         and subscriber), kept to the steps a video packet takes."""
-        verdict = self.selector.accept(
-            layer.index, ext_seq, keyframe, vp8 is None or vp8.start_of_partition
-        )
-        if verdict == DROP:
+        placed = self._place(layer, view, ext_seq, vp8, keyframe, vp8 is None or vp8.start_of_partition, now_ms)
+        if placed is None:
             return
+        out_ext_seq, out_ts, newest = placed
         rw = self.rewriter
-        if verdict != FORWARD:  # START or SWITCH: this packet follows the last one out
-            rw.start(ext_seq, view.timestamp, vp8, now_ms)
-            if verdict == SWITCH:
-                self.track.stats.layer_switches += 1
-        out_ext_seq = ext_seq + rw.seq_offset
-        out_ts = (view.timestamp + rw.ts_offset) & 0xFFFFFFFF
-        newest = out_ext_seq > rw.last_ext_seq
-        if newest:
-            rw.last_ext_seq = out_ext_seq
-            rw.last_ts = out_ts
-            rw.last_ms = now_ms
         payload = view.payload
         # The one copy of the packet before SRTP: fixed header + Ferry's own extension
         # block + payload. The publisher's extensions (its mid/rid/twcc ids) mean
@@ -240,21 +228,10 @@ class DownTrack:
         if view.payload_end <= view.payload_start:
             self._skip_audio_padding(ext_seq)
             return
-        verdict = self.selector.accept(layer.index, ext_seq, keyframe, True)
-        if verdict == DROP:
+        placed = self._place(layer, view, ext_seq, None, keyframe, True, now_ms)
+        if placed is None:
             return
-        rw = self.rewriter
-        if verdict != FORWARD:  # START or SWITCH: this packet follows the last one out
-            rw.start(ext_seq, view.timestamp, vp8, now_ms)
-            if verdict == SWITCH:
-                self.track.stats.layer_switches += 1
-        out_ext_seq = ext_seq + rw.seq_offset
-        out_ts = (view.timestamp + rw.ts_offset) & 0xFFFFFFFF
-        newest = out_ext_seq > rw.last_ext_seq
-        if newest:
-            rw.last_ext_seq = out_ext_seq
-            rw.last_ts = out_ts
-            rw.last_ms = now_ms
+        out_ext_seq, out_ts, newest = placed
         self._window_sent += 1
         if self._window_sent >= NACK_LOSS_PACKETS:
             self.nack_loss = len(self._nacked) / self._window_sent
@@ -277,6 +254,36 @@ class DownTrack:
         self.sink.send_rtp(packet, "audio", now_ms)
         if self.duplicates is not None and newest:
             self._send_duplicates(packet, now_ms)
+
+    def _place(
+        self,
+        layer: Layer,
+        view: RtpView,
+        ext_seq: int,
+        vp8: Vp8Descriptor | None,
+        keyframe: bool,
+        start: bool,
+        now_ms: float,
+    ) -> tuple[int, int, bool] | None:
+        """The selector's verdict on a packet and, unless dropped, where it goes in the
+        outgoing stream: its extended seq, its timestamp, and whether it is the newest so
+        far (the continuity point)."""
+        verdict = self.selector.accept(layer.index, ext_seq, keyframe, start)
+        if verdict == DROP:
+            return None
+        rw = self.rewriter
+        if verdict != FORWARD:  # START or SWITCH: this packet follows the last one out
+            rw.start(ext_seq, view.timestamp, vp8, now_ms)
+            if verdict == SWITCH:
+                self.track.stats.layer_switches += 1
+        out_ext_seq = ext_seq + rw.seq_offset
+        out_ts = (view.timestamp + rw.ts_offset) & 0xFFFFFFFF
+        newest = out_ext_seq > rw.last_ext_seq
+        if newest:
+            rw.last_ext_seq = out_ext_seq
+            rw.last_ts = out_ts
+            rw.last_ms = now_ms
+        return out_ext_seq, out_ts, newest
 
     def _send_duplicates(self, packet: bytes, now_ms: float) -> None:
         """The previous packets again, as many as the listener's loss asks for."""

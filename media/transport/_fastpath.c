@@ -203,14 +203,11 @@ typedef struct {
 
 static int is_power_of_two(Py_ssize_t n) { return n >= 1 && n <= 32768 && (n & (n - 1)) == 0; }
 
+static int RtxRing_clear(RtxRing *self);
+
 static void ring_release(RtxRing *r)
 {
-    if (r->packets != NULL) {
-        for (Py_ssize_t i = 0; i < r->capacity; i++) {
-            Py_CLEAR(r->packets[i]);
-            Py_CLEAR(r->rests[i]);
-        }
-    }
+    RtxRing_clear(r);
     PyMem_Free(r->seqs);
     PyMem_Free(r->packets);
     PyMem_Free(r->rests);
