@@ -20,12 +20,23 @@ gets it at that rate, the link can carry it.
   it is still draining);
 - never above the desired rate (the allocator would not use more) or max_bps.
 
+After an outage (``probe_now``) a cluster lasts ``OUTAGE_PROBE_DURATION_MS``
+(30 ms) instead of 15: the bottleneck is still flushing what waited out the
+outage and a cellular link delivers in batches, so a 15 ms burst often lands
+in one or two batches and measures nothing (or a batch's rate).
+
 ``ProbeResultEstimator`` computes the result from the cluster's feedback
 (libwebrtc ``ProbeBitrateEstimator``): send rate over the send interval without
 the last packet, receive rate over the arrival interval without the first;
 result ``min(send, receive)``, or ``0.95 * receive`` when the receive rate is
 clearly below the send rate (the link saturated: receive rate *is* the
-capacity). Needs 80 % of the packets and bytes back.
+capacity). Needs 80 % of the packets and bytes back. A receive rate far above
+the send rate (packets bunched by a draining queue or a batching radio) is no
+reason to discard the result: the link delivered every packet at least as fast
+as it was sent, so the result is the send rate. On the 16 trace cases
+(``bench/bwe.py --traces``) the two together bring the outages not recovered
+within 1 s from 8 to 5 of 51 and mean utilization from 0.791 to 0.802 (seeds
+2-4: 32 -> 26 of 153, utilization 0.786 either way).
 """
 
 from __future__ import annotations
@@ -43,10 +54,13 @@ MIN_RECEIVED_RATIO = 0.80
 MAX_PROBE_INTERVAL_MS = 1000.0
 MIN_RATIO_FOR_UNSATURATED = 0.90
 TARGET_UTILIZATION = 0.95
-MAX_VALID_RATIO = 2.0
 LATE_ARRIVAL_MS = 5.0  # a leading packet this much later than a successor's delay was held
 CLUSTER_TIMEOUT_MS = 2000.0
 HURRY_INTERVAL_MS = 1000.0
+OUTAGE_PROBE_DURATION_MS = 30.0  # clusters sent by probe_now (see the module docstring)
+# At most this share of a cluster's packets are dropped as held leaders: a cluster whose
+# delays fall all along met a draining queue, not a stalled receiver.
+MAX_HELD_FRACTION = 0.5
 
 
 @dataclass(slots=True)
@@ -60,8 +74,10 @@ class ProbeCluster:
     created_ms: float = 0.0
 
     @classmethod
-    def make(cls, cluster_id: int, bitrate_bps: float, now_ms: float) -> ProbeCluster:
-        min_bytes = int(math.ceil(bitrate_bps * MIN_PROBE_DURATION_MS / 8000.0))
+    def make(
+        cls, cluster_id: int, bitrate_bps: float, now_ms: float, duration_ms: float = MIN_PROBE_DURATION_MS
+    ) -> ProbeCluster:
+        min_bytes = int(math.ceil(bitrate_bps * duration_ms / 8000.0))
         return cls(cluster_id, int(bitrate_bps), MIN_PROBE_PACKETS, min_bytes, now_ms)
 
 
@@ -163,8 +179,6 @@ class ProbeResultEstimator:
             return None
         send_bps = (total_bytes - sent[-1].size) * 8000.0 / send_interval
         recv_bps = (recv_bytes - recv[0].size) * 8000.0 / recv_interval
-        if recv_bps > MAX_VALID_RATIO * send_bps:
-            return None
         if recv_bps < MIN_RATIO_FOR_UNSATURATED * send_bps:
             return TARGET_UTILIZATION * recv_bps
         return min(send_bps, recv_bps)
@@ -179,6 +193,10 @@ class ProbeResultEstimator:
         Wi-Fi aggregation): counting it shortens the arrival span and reads the probe's
         own send rate as capacity, which moves a 300 kbit/s viewer up a layer it cannot
         carry. The rest of the cluster still measures the link.
+
+        Delays that fall across the whole cluster are a queue draining faster than the
+        probe was sent (after an outage, or a radio delivering in batches): at most
+        ``MAX_HELD_FRACTION`` of the packets go, or nothing would be left to measure.
         """
         delays = [(r.arrival_ms or 0.0) - r.send_ms for r in recv]
         n = len(recv)
@@ -186,7 +204,7 @@ class ProbeResultEstimator:
         for i in range(n - 2, -1, -1):
             later_min[i] = min(later_min[i + 1], delays[i + 1])
         start = 0
-        while start < n - 1 and delays[start] > later_min[start] + LATE_ARRIVAL_MS:
+        while start < n - 1 and start < MAX_HELD_FRACTION * n and delays[start] > later_min[start] + LATE_ARRIVAL_MS:
             start += 1
         return recv[start:]
 
@@ -228,11 +246,14 @@ class ProbeController:
         self._pending.clear()
 
     def probe_now(self, bps: float, now_ms: float) -> None:
-        """Probe ``bps`` (capped at the desired rate) next, regardless of recent cuts."""
+        """Probe ``bps`` (capped at the desired rate) next, regardless of recent cuts.
+
+        For the return from an outage: the cluster lasts ``OUTAGE_PROBE_DURATION_MS``.
+        """
         self._last_decrease_ms = None
         self._initial_done = True
         self._pending.clear()
-        self._schedule(min(bps, self._cap()), now_ms)
+        self._schedule(min(bps, self._cap()), now_ms, OUTAGE_PROBE_DURATION_MS)
 
     def _cap(self) -> float:
         cap = self.max_bps
@@ -240,8 +261,8 @@ class ProbeController:
             cap = min(cap, self.desired_bps)
         return cap
 
-    def _schedule(self, bps: float, now_ms: float) -> None:
-        cluster = ProbeCluster.make(self._next_id, bps, now_ms)
+    def _schedule(self, bps: float, now_ms: float, duration_ms: float = MIN_PROBE_DURATION_MS) -> None:
+        cluster = ProbeCluster.make(self._next_id, bps, now_ms, duration_ms)
         self._next_id += 1
         self._pending.append(cluster)
 
