@@ -142,3 +142,19 @@ def test_rewrite_tl0_without_picture_id() -> None:
     rewrite_vp8(buf, 0, d, tl0picidx=5)
     assert parse_vp8(buf).tl0picidx == 5
     assert parse_vp8(buf).tid == 1
+
+
+def test_rewritten_descriptor_is_built_once_per_picture_id_pair_and_matches_rewrite() -> None:
+    payload = bytes([0x90, 0xC0, 0x80 | 0x12, 0x34, 0x07]) + b"frame bytes"  # 15-bit id, TL0
+    d = parse_vp8(payload)
+    first = d.rewritten(payload, 0x7FFF, 255)
+    again = d.rewritten(memoryview(payload), 0x7FFF, 255)
+    other = d.rewritten(payload, 5, 9)
+    assert again is first  # shared by every subscriber with the same offsets
+    expected = bytearray(payload[: d.size])
+    rewrite_vp8(expected, 0, d, picture_id=0x7FFF, tl0picidx=255)
+    assert first == bytes(expected) and len(first) == d.size
+    assert other != first and parse_vp8(other + b"x").picture_id == 5
+    assert parse_vp8(other + b"x").tl0picidx == 9
+    assert d == parse_vp8(payload)  # the cache is no field: equality and repr ignore it
+    assert "_heads" not in repr(d)

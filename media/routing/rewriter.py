@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from media.wire.vp8 import Vp8Descriptor, rewrite_vp8
+from media.wire.vp8 import Vp8Descriptor
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +115,7 @@ class StreamRewriter:
                 self.last_tl0 = tl0
         if newest:
             self.last_pid = pid
-        head = bytearray(payload[: vp8.size])
-        rewrite_vp8(head, 0, vp8, picture_id=pid, tl0picidx=tl0)
-        return bytes(head)
+        return vp8.rewritten(payload, pid, tl0)
 
     def next_rtx_seq(self) -> int:
         self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF

@@ -28,7 +28,7 @@ class Vp8Descriptor:
     `height` come from that packet's key-frame header when it is long enough.
     """
 
-    __slots__ = (
+    FIELDS = (
         "start_of_partition",
         "partition_index",
         "non_reference",
@@ -43,6 +43,9 @@ class Vp8Descriptor:
         "width",
         "height",
     )
+    # `_heads`: rewritten copies of this descriptor by (picture id, TL0PICIDX), see
+    # `rewritten`; a cache, not a field.
+    __slots__ = (*FIELDS, "_heads")
 
     def __init__(
         self,
@@ -74,15 +77,32 @@ class Vp8Descriptor:
         self.is_keyframe = is_keyframe
         self.width = width
         self.height = height
+        self._heads: dict[int, bytes] | None = None
+
+    def rewritten(self, payload: bytes | memoryview, picture_id: int, tl0picidx: int | None) -> bytes:
+        """This descriptor's bytes (the start of `payload`) with its picture id and
+        TL0PICIDX replaced. Built once per distinct pair and shared: every subscriber
+        that joined the stream at the same switch carries the same offsets, so a
+        packet's fan-out builds one rewritten descriptor instead of one per subscriber."""
+        heads = self._heads
+        if heads is None:
+            heads = self._heads = {}
+        key = picture_id << 9 | (256 if tl0picidx is None else tl0picidx)
+        head = heads.get(key)
+        if head is None:
+            buf = bytearray(payload[: self.size])
+            rewrite_vp8(buf, 0, self, picture_id=picture_id, tl0picidx=tl0picidx)
+            head = heads[key] = bytes(buf)
+        return head
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.FIELDS)
         return f"Vp8Descriptor({fields})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Vp8Descriptor):
             return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+        return all(getattr(self, n) == getattr(other, n) for n in self.FIELDS)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -141,6 +161,7 @@ def parse_vp8(payload: bytes | bytearray | memoryview) -> Vp8Descriptor:
     d.keyidx = keyidx
     d.size = pos
     d.width = d.height = None
+    d._heads = None
     if s and pid == 0 and not payload[pos] & 0x01:
         _keyframe_header(d, payload, pos)
     else:
