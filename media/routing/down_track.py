@@ -222,9 +222,17 @@ class DownTrack:
         now_ms: float,
         recovered: bool = False,
     ) -> None:
+        """Forward one received packet of `layer` (its extended seq `ext_seq`) to this
+        subscriber, or drop it; `recovered`: rebuilt from a RED packet's redundancy."""
         if self.is_video:
             self.write_video(layer, view, ext_seq, vp8, keyframe, now_ms)
-            return
+        else:
+            self.write_audio(layer, view, ext_seq, keyframe, now_ms, recovered)
+
+    def write_audio(
+        self, layer: Layer, view: RtpView, ext_seq: int, keyframe: bool, now_ms: float, recovered: bool = False
+    ) -> None:
+        """`write` for an audio packet: RED in or out, audio level, NACK loss window."""
         if view.payload_end <= view.payload_start:
             self._skip_audio_padding(ext_seq)
             return
@@ -241,13 +249,8 @@ class DownTrack:
         if audio is None:
             return
         payload_type, payload = audio
-        header = _HEADER.pack(
-            self._first_byte,
-            payload_type | (0x80 if view.marker else 0),
-            out_ext_seq & 0xFFFF,
-            out_ts,
-            self.ssrc,
-        )
+        marked = payload_type | (0x80 if view.marker else 0)
+        header = _HEADER.pack(self._first_byte, marked, out_ext_seq & 0xFFFF, out_ts, self.ssrc)
         packet = b"".join((header, self._audio_extensions(view), payload))
         self.rtx_cache.put(out_ext_seq & 0xFFFF, packet, now_ms)
         self.stream.on_packet_sent(out_ts, len(payload), now_ms)

@@ -162,7 +162,7 @@ class Layer:
                 down.write_video(self, view, ext_seq, desc, keyframe, now_ms)
         else:
             for down in track.down_tracks:
-                down.write(self, view, ext_seq, desc, keyframe, now_ms)
+                down.write_audio(self, view, ext_seq, keyframe, now_ms)
         if track.sinks:  # internal consumers (recorder, captions); empty list costs one test
             track.fan_out(self.index, view, ext_seq, keyframe, now_ms)
 
