@@ -431,7 +431,8 @@ async def test_ferry_adds_red_for_lossy_red_subscriber(
 class _DownTap:
     """What Ferry handed one subscriber's DownTrack, per sequence number of the track.
 
-    Wraps the DownTrack's ``write`` (observation only). Keys are Ferry's extended
+    Wraps the DownTrack's ``write_audio``, which the track's fan-out and its RED
+    recovery call (observation only). Keys are Ferry's extended
     sequence numbers of the published stream. ``in_order`` are packets that arrived
     from the publisher as the newest so far (not lost on the uplink); ``late`` arrived
     after a newer one (a retransmission answering Ferry's NACK, or reordering);
@@ -448,7 +449,7 @@ class _DownTap:
         self.red_depths: dict[int, int] = {}
         self._highest = -1
         red_pt = down.track.red_pt
-        write = down.write
+        write = down.write_audio
 
         def tapped(layer: Any, view: Any, ext_seq: int, *args: Any, **kwargs: Any) -> None:
             if kwargs.get("recovered"):
@@ -468,7 +469,7 @@ class _DownTap:
             self.first.setdefault(ext_seq, kind)
             write(layer, view, ext_seq, *args, **kwargs)
 
-        down.write = tapped
+        down.write_audio = tapped
 
     def subscriber_seq(self, ext_seq: int) -> int:
         return (ext_seq + self.down.rewriter.seq_offset) & 0xFFFF

@@ -227,7 +227,7 @@ class DownTrack:
         if self.is_video:
             self.write_video(layer, view, ext_seq, vp8, keyframe, now_ms)
         else:
-            self.write_audio(layer, view, ext_seq, keyframe, now_ms, recovered)
+            self.write_audio(layer, view, ext_seq, keyframe, now_ms, recovered=recovered)
 
     def write_audio(
         self, layer: Layer, view: RtpView, ext_seq: int, keyframe: bool, now_ms: float, recovered: bool = False

@@ -203,7 +203,7 @@ class Layer:
             if len(self._rebuilt) > 64:
                 self._rebuilt = {s for s in self._rebuilt if s > ext_seq - 64}
             for down in track.down_tracks:
-                down.write(self, rebuilt, ext_seq - k, None, False, now_ms, recovered=True)
+                down.write_audio(self, rebuilt, ext_seq - k, False, now_ms, recovered=True)
             if track.sinks:
                 track.fan_out(self.index, rebuilt, ext_seq - k, False, now_ms)
 
