@@ -25,6 +25,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -81,11 +82,18 @@ async def run(
         layer.bind_ssrc(0x5EED)
         audio_layer = audio.layers[0]
         audio_layer.bind_ssrc(0xA0D1)
-        down = [sub.down_tracks[video.sid] for sub in (p.subscriber for p in router.participants.values()) if sub and video.sid in sub.down_tracks]
-        for d in down:
+        for d in video.down_tracks:
             d.selector.set_allocation(len(video.layers) - 1)
             d.select_layer(now)
         mux = engine.mux
+
+        def deliver(into: Any, data: bytes, now_ms: float) -> None:
+            """One received packet, as the media socket hands it on: its fan-out is sent
+            in one batch."""
+            opened = mux.open_batch()
+            into.on_packet(parse_rtp(data), now_ms, False)
+            if opened:
+                mux.flush()
 
         def feed(k: int, now_ms: float) -> None:
             frame, part = divmod(k, PACKETS_PER_FRAME)
@@ -97,10 +105,7 @@ async def run(
                 payload=_vp8(frame & 0x7FFF, frame % 150 == 0, part == 0, PACKET_PAYLOAD),
                 marker=part == PACKETS_PER_FRAME - 1,
             )
-            opened = mux.open_batch()
-            layer.on_packet(parse_rtp(data), now_ms, False)
-            if opened:
-                mux.flush()
+            deliver(layer, data, now_ms)
             if k % 4 == 0:  # 16 ms video packets, 20 ms audio ones: 4 of each 5 have one
                 return
             n = k - k // 4
@@ -111,10 +116,7 @@ async def run(
                 ssrc=0xA0D1,
                 payload=b"\x78" + bytes(OPUS_PAYLOAD - 1),
             )
-            opened = mux.open_batch()
-            audio_layer.on_packet(parse_rtp(opus), now_ms, False)
-            if opened:
-                mux.flush()
+            deliver(audio_layer, opus, now_ms)
 
         gc.collect()
         gc.freeze()  # as `ferry serve` does once started

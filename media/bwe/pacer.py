@@ -23,7 +23,7 @@ link's total rate.
 
 How the DownTrack sink uses it (one pacer per subscriber transport)::
 
-    pacer.enqueue(packet, len(packet), "video", now_ms)   # from DownTrack.write
+    pacer.enqueue(packet, len(packet), "video", now_ms)   # from DownTrack.write_video
     # the shell keeps one timer at pacer.next_send_time(now_ms); when it fires:
     for item in pacer.pop(now_ms, make_padding):   # make_padding(size) -> bytes | None
         data = item.packet
@@ -163,20 +163,12 @@ class Pacer:
         always may). Most packets on an uncongested link take this path, which keeps
         the pacer off the per-packet cost of the forward path.
         """
-        window = self._window
-        if self._queued_bytes or self._probe is not None or (window is not None and self._in_flight >= window):
+        if self._queued_bytes or self._probe is not None or self.congested:
             return False
-        last = self._budget_ms  # _refill, inline: this runs for every packet forwarded
-        self._budget_ms = now_ms
-        budget = self._budget
-        if last is not None and now_ms > last:
-            budget += self._fill_per_ms * (now_ms - last)
-            if budget > self._max_fill:
-                budget = self._max_fill
-        if kind != "audio" and budget <= 0:
-            self._budget = budget
+        self._refill(now_ms)
+        if kind != "audio" and self._budget <= 0:
             return False
-        self._budget = budget - size
+        self._budget -= size
         self._in_flight += size
         self.sent_bytes[kind] += size
         self._last_send_ms = now_ms

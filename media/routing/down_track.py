@@ -144,6 +144,7 @@ class DownTrack:
             b"\xbe\xde" + (padded // 4).to_bytes(2, "big") + twcc_el if body else b""
         )
         self._ext_audio_pad = bytes(padded - body)
+        self._ext_audio_fixed = self._ext_audio_head + self._ext_audio_pad if body else b""  # no level
         # Blocks by audio level byte, shared by every DownTrack with the same layout.
         self._ext_audio_by_level = _AUDIO_BLOCKS.setdefault((self._ext_audio_head, audio_level_ext_id), {})
         has_ext = bool(self._ext_video) if self.is_video else bool(body)
@@ -173,13 +174,13 @@ class DownTrack:
         keyframe: bool,
         now_ms: float,
     ) -> None:
-        """`write` for a video packet: the forward path's hottest code (once per packet
-        and subscriber), kept to the steps a video packet takes."""
+        """Forward one received video packet of `layer` (extended seq `ext_seq`) to this
+        subscriber, or drop it: the forward path's hottest code (once per packet and
+        subscriber), kept to the steps a video packet takes."""
         placed = self._place(layer, view, ext_seq, vp8, keyframe, vp8 is None or vp8.start_of_partition, now_ms)
         if placed is None:
             return
         out_ext_seq, out_ts, newest = placed
-        rw = self.rewriter
         payload = view.payload
         # The one copy of the packet before SRTP: fixed header + Ferry's own extension
         # block + payload. The publisher's extensions (its mid/rid/twcc ids) mean
@@ -193,13 +194,10 @@ class DownTrack:
         ) + self._ext_video
         rest = payload
         if vp8 is not None and vp8.picture_id is not None:
-            if rw.pid_offset or rw.tl0_offset:  # rw.munges_vp8
-                prefix += rw.munge_vp8(payload, vp8, newest)
+            head = self.rewriter.follow_vp8(payload, vp8, newest)
+            if head is not None:
+                prefix += head
                 rest = payload[vp8.size :]
-            elif newest:  # rw.vp8_unchanged
-                rw.last_pid = vp8.picture_id
-                if vp8.tl0picidx is not None:
-                    rw.last_tl0 = vp8.tl0picidx
         packet = prefix + rest
         # The cache keeps the parts: the payload is a view of the received packet,
         # shared by every subscriber's cache, so a cached video packet costs ~300
@@ -212,27 +210,12 @@ class DownTrack:
         self.stream.on_packet_sent(out_ts, len(payload), now_ms)
         self.sink.send_rtp(packet, "video", now_ms)
 
-    def write(
-        self,
-        layer: Layer,
-        view: RtpView,
-        ext_seq: int,
-        vp8: Vp8Descriptor | None,
-        keyframe: bool,
-        now_ms: float,
-        recovered: bool = False,
-    ) -> None:
-        """Forward one received packet of `layer` (its extended seq `ext_seq`) to this
-        subscriber, or drop it; `recovered`: rebuilt from a RED packet's redundancy."""
-        if self.is_video:
-            self.write_video(layer, view, ext_seq, vp8, keyframe, now_ms)
-        else:
-            self.write_audio(layer, view, ext_seq, keyframe, now_ms, recovered=recovered)
-
     def write_audio(
         self, layer: Layer, view: RtpView, ext_seq: int, keyframe: bool, now_ms: float, recovered: bool = False
     ) -> None:
-        """`write` for an audio packet: RED in or out, audio level, NACK loss window."""
+        """Forward one received audio packet of `layer` (extended seq `ext_seq`) to this
+        subscriber, or drop it: RED in or out, audio level, NACK loss window;
+        `recovered`: rebuilt from a RED packet's redundancy."""
         if view.payload_end <= view.payload_start:
             self._skip_audio_padding(ext_seq)
             return
@@ -406,7 +389,7 @@ class DownTrack:
     def _audio_extensions(self, view: RtpView) -> bytes:
         """The extension block for an audio packet: built once per audio level byte."""
         if not self.audio_level_ext_id:
-            return self._ext_audio_head + self._ext_audio_pad if self._ext_audio_head else b""
+            return self._ext_audio_fixed
         level = self.track.level_byte(view)
         block = self._ext_audio_by_level.get(level)
         if block is None:

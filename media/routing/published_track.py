@@ -2,8 +2,9 @@
 
 Each layer owns its receive-side cores (RFC 3550 stats, NACK generator, keyframe
 request coalescing). Packets enter through `Layer.on_packet` from the publisher's
-transport and leave through every subscribed `DownTrack.write` and every internal
-`PacketSink` (recorder, captions; see `sink.py`). Keyframe requests
+transport and leave through every subscribed `DownTrack` (`write_video` or
+`write_audio`) and every internal `PacketSink` (recorder, captions; see `sink.py`).
+Keyframe requests
 from all subscribers of a layer are coalesced here (one PLI per ~300 ms).
 """
 

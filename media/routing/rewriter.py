@@ -88,25 +88,22 @@ class StreamRewriter:
             if vp8.tl0picidx is not None and self.last_tl0 is not None:
                 self.tl0_offset = self.last_tl0 + 1 - vp8.tl0picidx
 
-    @property
-    def munges_vp8(self) -> bool:
-        """True when picture ids are shifted (the descriptor must be rewritten)."""
-        return bool(self.pid_offset or self.tl0_offset)
-
-    def vp8_unchanged(self, vp8: Vp8Descriptor) -> None:
-        """The newest packet's picture id, forwarded as is, is the continuity point."""
-        if vp8.picture_id is not None:
-            self.last_pid = vp8.picture_id
-            if vp8.tl0picidx is not None:
-                self.last_tl0 = vp8.tl0picidx
-
-    def munge_vp8(self, payload: bytes | memoryview, vp8: Vp8Descriptor, newest: bool) -> bytes:
-        """Rewritten copy of the VP8 descriptor only (picture id / TL0PICIDX continuity).
+    def follow_vp8(self, payload: bytes | memoryview, vp8: Vp8Descriptor, newest: bool) -> bytes | None:
+        """VP8 picture id / TL0PICIDX continuity for one forwarded packet whose
+        descriptor carries a picture id: its rewritten descriptor when this stream
+        shifts picture ids (the caller puts it in place of the original one), else None
+        (forwarded as is).
 
         Only the newest packet moves the continuity point: a late packet or an RTX
         repair of an older frame must not pull it back.
         """
         assert vp8.picture_id is not None
+        if not (self.pid_offset or self.tl0_offset):
+            if newest:
+                self.last_pid = vp8.picture_id
+                if vp8.tl0picidx is not None:
+                    self.last_tl0 = vp8.tl0picidx
+            return None
         pid = (vp8.picture_id + self.pid_offset) % (1 << vp8.picture_id_bits)
         tl0 = None
         if vp8.tl0picidx is not None:

@@ -25,7 +25,7 @@ try:  # the same ring in C (media/transport/_fastpath.c), when the extension is 
 except ImportError:  # pragma: no cover - no compiler at install
     NativeRtxRing = None
 
-__all__ = ["ALLOWED_CAPACITIES", "NativeRtxRing", "RtxCache", "RtxStore", "new_rtx_cache"]
+__all__ = ["ALLOWED_CAPACITIES", "NativeRtxRing", "RtxCache", "RtxStore", "check_ring_arguments", "new_rtx_cache"]
 
 ALLOWED_CAPACITIES: tuple[int, ...] = tuple(1 << k for k in range(16))
 _MIN_RESEND_MS = 5.0
@@ -48,14 +48,29 @@ class RtxStore(Protocol):
     def clear(self) -> None: ...
 
 
-def new_rtx_cache(capacity: int, *, max_capacity: int | None = None, native: bool = True) -> RtxStore:
+def new_rtx_cache(
+    capacity: int, *, max_capacity: int | None = None, max_age_ms: float = 1000.0, native: bool = True
+) -> RtxStore:
     """A ring for one outgoing stream: the C one (same slots, same semantics, put at a
     tenth of the cost on the forward path) when built and ``native``, else `RtxCache`.
-    The arguments are checked by `RtxCache`'s rules either way."""
-    cache = RtxCache(capacity, max_capacity=max_capacity)
+    The arguments are checked by `check_ring_arguments` either way."""
     if native and NativeRtxRing is not None:
-        return NativeRtxRing(capacity, max_capacity=max_capacity)  # type: ignore[no-any-return]
-    return cache
+        check_ring_arguments(capacity, max_capacity, max_age_ms)
+        return NativeRtxRing(capacity, max_age_ms, max_capacity=max_capacity)  # type: ignore[no-any-return]
+    return RtxCache(capacity, max_age_ms, max_capacity=max_capacity)
+
+
+def check_ring_arguments(capacity: int, max_capacity: int | None, max_age_ms: float) -> None:
+    """ValueError unless the sizes are powers of two (max not below start) and the age
+    positive."""
+    for name, value in (("capacity", capacity), ("max_capacity", max_capacity or capacity)):
+        if type(value) is not int or value not in ALLOWED_CAPACITIES:
+            allowed = ", ".join(str(c) for c in ALLOWED_CAPACITIES)
+            raise ValueError(f"{name} must be a power of two, got {value!r}; allowed: {allowed}")
+    if max_capacity is not None and max_capacity < capacity:
+        raise ValueError(f"max_capacity {max_capacity} is below capacity {capacity}")
+    if max_age_ms <= 0:
+        raise ValueError(f"max_age_ms must be > 0, got {max_age_ms!r}")
 
 
 class RtxCache:
@@ -82,14 +97,7 @@ class RtxCache:
     ) -> None:
         """``capacity`` slots to start with; up to ``max_capacity`` (default: no growth)
         when the stream sends more than that within ``max_age_ms``."""
-        for name, value in (("capacity", capacity), ("max_capacity", max_capacity or capacity)):
-            if type(value) is not int or value not in ALLOWED_CAPACITIES:
-                allowed = ", ".join(str(c) for c in ALLOWED_CAPACITIES)
-                raise ValueError(f"{name} must be a power of two, got {value!r}; allowed: {allowed}")
-        if max_capacity is not None and max_capacity < capacity:
-            raise ValueError(f"max_capacity {max_capacity} is below capacity {capacity}")
-        if max_age_ms <= 0:
-            raise ValueError(f"max_age_ms must be > 0, got {max_age_ms!r}")
+        check_ring_arguments(capacity, max_capacity, max_age_ms)
         self.capacity = capacity
         self.max_capacity = max_capacity or capacity
         self.max_age_ms = max_age_ms

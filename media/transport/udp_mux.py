@@ -14,8 +14,8 @@ Sending has two paths, chosen once at start (``SEND_PATH``, logged and in /metri
 ``native`` (the optional C extension ``_fastpath``, built by pip on install) collects
 what one received datagram (a fan-out) or one engine tick produces and sends it with
 ``sendmmsg``, protecting RTP with libsrtp in the same call; ``python`` sends each
-datagram with ``sendto`` as it is produced. ``FERRY_NATIVE_SEND=0`` forces ``python`` (and the Python RTX cache: see
-``media.rtp.rtx.new_rtx_cache``).
+datagram with ``sendto`` as it is produced. ``FERRY_NATIVE_SEND=0`` forces ``python``
+(and the Python RTX cache: see ``media.rtp.rtx.new_rtx_cache``).
 Both send the same bytes in the same order.
 """
 

@@ -16,7 +16,7 @@ from .certificate import Certificate
 from .dtls import DtlsSession
 from .ice_lite import IceLiteAgent, generate_credentials
 from .srtp import SrtpContext, SrtpError, SrtpReplayError
-from .udp_mux import EARLY_FLUSH, Addr, UdpMux
+from .udp_mux import Addr, UdpMux
 
 log = logging.getLogger("ferry.media.transport")
 
@@ -143,14 +143,9 @@ class WebRtcTransport:
         addr = self.remote_addr
         if srtp is None or addr is None:
             return
-        mux = self.mux
-        batch = mux.batch
-        if batch is not None and srtp.native_tx:
-            # Native path: protected in C at flush, in this order (UdpMux.queue, inline:
-            # once per packet and subscriber).
-            batch.append((packet, addr[0], addr[1], srtp.native_tx, seq_at, seq & 0xFFFF))
-            if len(batch) >= EARLY_FLUSH:
-                mux.flush(close=False)
+        if self.mux.batch is not None and srtp.native_tx:
+            # Native path: protected in C at flush, in this order (see UdpMux).
+            self.mux.queue((packet, addr[0], addr[1], srtp.native_tx, seq_at, seq & 0xFFFF))
             return
         try:
             data = srtp.protect(packet, seq_at, seq)
