@@ -21,6 +21,8 @@ class LossyLeg:
         self.sent = 0
         self._send = transport.send_rtp
         transport.send_rtp = self.send_rtp
+        if transport.send_target is not None:  # video lanes send from C, past the tap
+            transport.send_target.python_path = True
 
     def send_rtp(self, packet: bytes, seq_at: int = 0, seq: int = 0) -> None:
         view = parse_rtp(packet)

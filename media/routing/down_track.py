@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from media.audio.duplicates import COPY_OFFSETS, AudioDuplicates
 from media.audio.red_encoder import RedEncoder
+from media.lanes import VideoLane
 from media.rtp.rtx import new_rtx_cache
 from media.rtp.stream_send import RtpStreamSend
 from media.transport.udp_mux import SEND_PATH
@@ -149,6 +150,22 @@ class DownTrack:
         self._ext_audio_by_level = _AUDIO_BLOCKS.setdefault((self._ext_audio_head, audio_level_ext_id), {})
         has_ext = bool(self._ext_video) if self.is_video else bool(body)
         self._first_byte = 0x90 if has_ext else 0x80
+        # Video on the native send path: the lane through which `fan_out_video` forwards
+        # this subscriber's steady packets from C (media.lanes); None: always write_video.
+        self.lane = None
+        target = getattr(sink, "send_target", None)
+        if self.is_video and VideoLane is not None and native and target is not None:
+            self.lane = VideoLane(
+                self.selector,
+                self.rewriter,
+                self.stream,
+                self.rtx_cache,
+                target,
+                self._first_byte,
+                payload_type,
+                ssrc,
+                self._ext_video,
+            )
 
     def continuity(self) -> StreamContinuity:
         return self.rewriter.continuity(self.ssrc)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from media.lanes import SelectorState
 from media.rtp.keyframe import KeyframeWaiter
 
 # Verdicts of `LayerSelector.accept`, per packet.
@@ -68,23 +69,23 @@ def layer_for_size(layers: Sequence[LayerSize], width: int, height: int) -> int 
     return len(layers) - 1
 
 
-class LayerSelector:
-    """Layer state and rules for one DownTrack (audio: one layer, always forwarded)."""
+class LayerSelector(SelectorState):
+    """Layer state and rules for one DownTrack (audio: one layer, always forwarded).
+
+    `current`, `target`, `allocated`, `blocked` and `switch_ext_seq` are the base's
+    (`media.lanes`): a video lane reads them from C to give most packets this class's
+    verdict without calling `accept`.
+    """
 
     __slots__ = (
         "host",
         "layer_count",
         "is_video",
-        "current",
-        "target",
-        "allocated",
         "pinned",
         "size_cap",
         "paused",
         "enabled",
         "closed",
-        "blocked",
-        "switch_ext_seq",
         "waiter",
     )
 

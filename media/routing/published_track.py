@@ -13,15 +13,17 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Protocol
 
+from media.lanes import fan_out_video
 from media.ortc import RtpCodec
 from media.rtp.keyframe import KeyframeRequester
 from media.rtp.nack import NackGenerator
 from media.rtp.stream_recv import SEQ_JUMP, RtpStreamRecv
 from media.stats import EngineStats
+from media.transport.udp_mux import EARLY_FLUSH
 from media.wire.h264 import is_keyframe_start
 from media.wire.red import parse_red
 from media.wire.rtp import RtpView, build_rtp_view
-from media.wire.vp8 import parse_vp8
+from media.wire.vp8 import Vp8Descriptor, parse_vp8
 
 from .pricing import update_layer_prices
 
@@ -159,8 +161,12 @@ class Layer:
         if not track.forwarding:
             return  # muted by a moderator: received and repaired, forwarded to no one
         if track.kind == "video":
-            for down in track.down_tracks:
-                down.write_video(self, view, ext_seq, desc, keyframe, now_ms)
+            downs, lanes = track.down_tracks, track.lanes
+            if lanes is None:
+                for down in downs:
+                    down.write_video(self, view, ext_seq, desc, keyframe, now_ms)
+            else:
+                self._fan_out_video(downs, lanes, view, ext_seq, desc, keyframe, now_ms)
         else:
             for down in track.down_tracks:
                 down.write_audio(self, view, ext_seq, keyframe, now_ms)
@@ -207,6 +213,39 @@ class Layer:
                 down.write_audio(self, rebuilt, ext_seq - k, False, now_ms, recovered=True)
             if track.sinks:
                 track.fan_out(self.index, rebuilt, ext_seq - k, False, now_ms)
+
+    def _fan_out_video(
+        self,
+        downs: list[DownTrack],
+        lanes: list[object],
+        view: RtpView,
+        ext_seq: int,
+        desc: Vp8Descriptor | None,
+        keyframe: bool,
+        now_ms: float,
+    ) -> None:
+        """One video packet to every subscriber: the steady ones from C in one call
+        (media.lanes), the rest (layer starts, keyframes, paced subscribers) through
+        `write_video`. Lanes send at once; `write_video` queues on the mux's batch.
+        Per subscriber the order is the Python path's: a subscriber's packet goes one
+        way or the other, never both."""
+        if desc is None:
+            pid, bits, tl0, size, start = -1, 0, -1, 0, True
+        else:
+            pid = -1 if desc.picture_id is None else desc.picture_id
+            tl0 = -1 if desc.tl0picidx is None or pid < 0 else desc.tl0picidx
+            bits, size, start = desc.picture_id_bits, desc.size, desc.start_of_partition
+        forwarded, nbytes, fallback = fan_out_video(
+            lanes, self.index, view.payload, view.timestamp, view.marker, ext_seq,
+            keyframe, start, pid, bits, tl0, size, now_ms, EARLY_FLUSH,
+        )  # fmt: skip
+        if forwarded:
+            stats = self.track.stats
+            stats.rtp_out += forwarded
+            stats.rtp_bytes_out += nbytes
+        if fallback is not None:
+            for i in fallback:
+                downs[i].write_video(self, view, ext_seq, desc, keyframe, now_ms)
 
     def set_active(self, active: bool, now_ms: float) -> None:
         """Dynacast paused (False) or resumed (True) this layer at the publisher."""
@@ -266,6 +305,9 @@ class PublishedTrack:
         ordered = sorted(rids, key=lambda r: RID_ORDER.get(r, 3)) if rids else [None]
         self.layers = [Layer(self, i, rid) for i, rid in enumerate(ordered)]
         self.down_tracks: list[DownTrack] = []
+        # Each DownTrack's video lane (media.lanes), in the same order; None while no
+        # DownTrack has one (the Python send path): every packet takes write_video.
+        self.lanes: list[object] | None = None
         self.sinks: list[PacketSink] = []  # copy-on-write, like down_tracks
         self.audio_level = AudioLevel()
         # The ssrc-audio-level byte of the packet being forwarded, read once for all
@@ -346,10 +388,15 @@ class PublishedTrack:
                     self.send_pli(layer.ssrc)
 
     def add_down_track(self, down: DownTrack) -> None:
-        self.down_tracks = [*self.down_tracks, down]  # copy-on-write: safe during iteration
+        self._set_down_tracks([*self.down_tracks, down])  # copy-on-write: safe during iteration
 
     def remove_down_track(self, down: DownTrack) -> None:
-        self.down_tracks = [d for d in self.down_tracks if d is not down]
+        self._set_down_tracks([d for d in self.down_tracks if d is not down])
+
+    def _set_down_tracks(self, down_tracks: list[DownTrack]) -> None:
+        lanes = [d.lane for d in down_tracks]
+        self.lanes = lanes if any(lane is not None for lane in lanes) else None
+        self.down_tracks = down_tracks
 
     # -- internal sinks (media.routing.sink) ---------------------------------------------
     def add_sink(self, sink: PacketSink) -> None:
@@ -386,7 +433,7 @@ class PublishedTrack:
             self.stats.upstream_unrecovered += layer.nack.given_up
         for down in list(self.down_tracks):
             down.close()
-        self.down_tracks = []
+        self._set_down_tracks([])
         sinks, self.sinks = self.sinks, []
         for sink in sinks:
             sink.on_track_closed()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from media.lanes import RewriterState
 from media.wire.vp8 import Vp8Descriptor
 
 
@@ -29,22 +30,14 @@ class StreamContinuity:
     rtx_seq: int
 
 
-class StreamRewriter:
-    """Offsets from a forwarded layer to the outgoing stream, and its last values."""
+class StreamRewriter(RewriterState):
+    """Offsets from a forwarded layer to the outgoing stream, and its last values.
 
-    __slots__ = (
-        "clock_rate",
-        "seq_offset",
-        "ts_offset",
-        "pid_offset",
-        "tl0_offset",
-        "last_ext_seq",
-        "last_ts",
-        "last_ms",
-        "last_pid",
-        "last_tl0",
-        "rtx_seq",
-    )
+    The fields are the base's (`media.lanes`): a video lane moves them from C with the
+    same arithmetic as `DownTrack._place` and `follow_vp8`.
+    """
+
+    __slots__ = ()
 
     def __init__(self, clock_rate: int, *, first_seq: int, first_ts: int, rtx_seq: int) -> None:
         self.clock_rate = clock_rate

@@ -106,6 +106,14 @@ class SubscriberPeer:
         self._twcc_id = twcc_ext_id
         self.estimator = GccEstimator(start_bps=START_BPS)
         self.pacer = Pacer(START_BPS)
+        if self.send_target is not None:
+            self.send_target.python_path = True  # every packet through the pacer: no video lane
+
+    @property
+    def send_target(self) -> object | None:
+        """DownTrackSink: where video lanes send this subscriber's packets from C
+        (media.lanes), None on the Python send path."""
+        return self.transport.send_target
 
     def estimate_bps(self, now_ms: float) -> float | None:
         if self.estimator is not None:

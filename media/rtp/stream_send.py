@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiortc.rtp import RtcpReceiverInfo, RtcpSenderInfo
 
+from media.lanes import SendCounters
 from media.rtp.ntp import ntp_to_ms
 
 __all__ = ["RtpStreamSend"]
@@ -16,18 +17,17 @@ __all__ = ["RtpStreamSend"]
 _MIN_RTT_MS = 1.0
 
 
-class RtpStreamSend:
-    """Counters of what we sent, plus what the receiver told us about it."""
+class RtpStreamSend(SendCounters):
+    """Counters of what we sent, plus what the receiver told us about it.
+
+    `packets_sent`, `bytes_sent`, `_last_rtp_ts`, `_last_sent_ms` and `_mark` are the
+    base's (`media.lanes`): a video lane counts its packets there from C.
+    """
 
     __slots__ = (
         "ssrc",
         "clock_rate",
         "_ts_per_ms",
-        "_last_rtp_ts",
-        "_last_sent_ms",
-        "_mark",
-        "packets_sent",
-        "bytes_sent",
         "rtt_ms",
         "fraction_lost",
         "jitter_ms",

@@ -54,6 +54,8 @@ def _choose_send_path() -> str:
 
 #: The send path this process uses: "native" (sendmmsg + protect in C) or "python".
 SEND_PATH = _choose_send_path()
+if SEND_PATH == "native":
+    _fastpath.set_protect(PROTECT_ADDRESS)  # for the video lanes (media.lanes)
 
 Addr = tuple[str, int]
 
@@ -133,6 +135,10 @@ class UdpMux:
         self._sock.close()
         self._sock = None
 
+    def fileno(self) -> int:
+        """The media socket's descriptor; -1 when closed."""
+        return self._sock.fileno() if self._sock is not None else -1
+
     def now_ms(self) -> float:
         loop = self._loop or asyncio.get_event_loop()
         return loop.time() * 1000.0
@@ -199,6 +205,10 @@ class UdpMux:
         sent, protect_errors, send_errors, would_block, nbytes = _fastpath.send_batch(
             sock.fileno(), PROTECT_ADDRESS, batch
         )
+        self.account(sent, nbytes, protect_errors, send_errors, would_block)
+
+    def account(self, sent: int, nbytes: int, protect_errors: int, send_errors: int, would_block: int) -> None:
+        """Count what a native batch sent (``send_batch``, or a video fan-out sent from C)."""
         self.batches += 1
         self.packets_out += sent
         self.bytes_out += nbytes  # before SRTP's tag, as close as the Python path's count

@@ -16,7 +16,7 @@ from .certificate import Certificate
 from .dtls import DtlsSession
 from .ice_lite import IceLiteAgent, generate_credentials
 from .srtp import SrtpContext, SrtpError, SrtpReplayError
-from .udp_mux import Addr, UdpMux
+from .udp_mux import Addr, UdpMux, _fastpath
 
 log = logging.getLogger("ferry.media.transport")
 
@@ -55,14 +55,45 @@ class WebRtcTransport:
         # Created now so a ClientHello that beats the SDP answer is not lost; the
         # handshake completes but keys are held until the fingerprints are known.
         self.dtls = DtlsSession(certificate, role="server", remote_fingerprints=[])
-        self.srtp: SrtpContext | None = None
+        self._srtp: SrtpContext | None = None
         self.listener: TransportListener | None = None
-        self.remote_addr: Addr | None = None
+        self._remote_addr: Addr | None = None
+        # Where video lanes send this transport's packets from C (media.lanes; native
+        # send path only): set while an SRTP session and an address are known.
+        self.send_target = _fastpath.SendTarget() if mux.send_path == "native" else None
         self.state = "new"  # new | connecting | connected | failed | closed
         self.drops: Counter[str] = Counter()
         self._armed = False  # remote description known: start the connect timeout
         self._created_ms: float | None = None
         mux.register(ufrag, self)
+
+    @property
+    def srtp(self) -> SrtpContext | None:
+        return self._srtp
+
+    @srtp.setter
+    def srtp(self, value: SrtpContext | None) -> None:
+        self._srtp = value
+        self._update_send_target()
+
+    @property
+    def remote_addr(self) -> Addr | None:
+        return self._remote_addr
+
+    @remote_addr.setter
+    def remote_addr(self, value: Addr | None) -> None:
+        self._remote_addr = value
+        self._update_send_target()
+
+    def _update_send_target(self) -> None:
+        target = self.send_target
+        if target is None:
+            return
+        srtp, addr, fd = self._srtp, self._remote_addr, self.mux.fileno()
+        if srtp is not None and srtp.native_tx and addr is not None and fd >= 0 and self.state != "closed":
+            target.set(fd, addr[0], addr[1], srtp.native_tx, self.mux.account)
+        else:
+            target.clear()
 
     @property
     def ice_ufrag(self) -> str:
@@ -114,7 +145,7 @@ class WebRtcTransport:
             self._check_dtls_state(now_ms)
 
     def on_srtp(self, data: bytes, addr: Addr, now_ms: float) -> None:
-        srtp = self.srtp
+        srtp = self._srtp
         listener = self.listener
         if srtp is None or listener is None:
             self.drops["srtp_before_dtls"] += 1
@@ -139,8 +170,8 @@ class WebRtcTransport:
     def send_rtp(self, packet: bytes, seq_at: int = 0, seq: int = 0) -> None:
         """Protect and send; `seq_at` > 0 stamps the 16-bit `seq` at that byte of what
         is sent (the transport-wide seq, see `SrtpContext.protect`)."""
-        srtp = self.srtp
-        addr = self.remote_addr
+        srtp = self._srtp
+        addr = self._remote_addr
         if srtp is None or addr is None:
             return
         if self.mux.batch is not None and srtp.native_tx:
@@ -199,6 +230,7 @@ class WebRtcTransport:
             except Exception:  # best effort
                 pass
         self.state = "closed"
+        self._update_send_target()
         self.mux.unregister(self)
         self.listener = None
 
