@@ -220,11 +220,17 @@ class DownTrack:
         # shared by every subscriber's cache, so a cached video packet costs ~300
         # bytes per subscriber instead of a ~1.2 KB copy (joined again on a NACK).
         self.rtx_cache.put(out_ext_seq & 0xFFFF, prefix, now_ms, rest)
+        self.stream.on_packet_sent(out_ts, len(payload), now_ms)
+        self.send_built(packet, now_ms)
+
+    def send_built(self, packet: bytes, now_ms: float) -> None:
+        """Send a video packet built for this subscriber (by `write_video`, or by its
+        lane for a paced subscriber), cached and counted: the sink paces, stamps and
+        sends it. A large one is kept as the next RTX probe's payload."""
         probe = self._probe_packet
         if probe is None or len(packet) >= len(probe) or now_ms - self._probe_packet_ms > PROBE_PACKET_MAX_AGE_MS:
             self._probe_packet = packet
             self._probe_packet_ms = now_ms
-        self.stream.on_packet_sent(out_ts, len(payload), now_ms)
         self.sink.send_rtp(packet, "video", now_ms)
 
     def write_audio(

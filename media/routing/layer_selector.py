@@ -182,7 +182,7 @@ class LayerSelector(SelectorState):
         self._update_blocked()
 
     def _update_blocked(self) -> None:
-        self.blocked = self.paused or not self.enabled or self.closed
+        self.blocked = bool(self.paused or not self.enabled or self.closed)
 
     @property
     def max_layer(self) -> int:

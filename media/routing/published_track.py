@@ -225,8 +225,9 @@ class Layer:
         now_ms: float,
     ) -> None:
         """One video packet to every subscriber: the steady ones from C in one call
-        (media.lanes), the rest (layer starts, keyframes, paced subscribers) through
-        `write_video`. Lanes send at once; `write_video` queues on the mux's batch.
+        (media.lanes), the rest (layer starts, keyframes) through `write_video`. A
+        paced subscriber's packet is built in C and sent here through its pacer
+        (`send_built`). Lanes send at once; the others queue on the mux's batch.
         Per subscriber the order is the Python path's: a subscriber's packet goes one
         way or the other, never both."""
         if desc is None:
@@ -235,7 +236,7 @@ class Layer:
             pid = -1 if desc.picture_id is None else desc.picture_id
             tl0 = -1 if desc.tl0picidx is None or pid < 0 else desc.tl0picidx
             bits, size, start = desc.picture_id_bits, desc.size, desc.start_of_partition
-        forwarded, nbytes, fallback = fan_out_video(
+        forwarded, nbytes, fallback, handoff = fan_out_video(
             lanes, self.index, view.payload, view.timestamp, view.marker, ext_seq,
             keyframe, start, pid, bits, tl0, size, now_ms, EARLY_FLUSH,
         )  # fmt: skip
@@ -243,6 +244,10 @@ class Layer:
             stats = self.track.stats
             stats.rtp_out += forwarded
             stats.rtp_bytes_out += nbytes
+        if handoff is not None:  # paced subscribers: built in C, through their pacer here
+            pairs = iter(handoff)
+            for i, packet in zip(pairs, pairs, strict=True):
+                downs[i].send_built(packet, now_ms)
         if fallback is not None:
             for i in fallback:
                 downs[i].write_video(self, view, ext_seq, desc, keyframe, now_ms)

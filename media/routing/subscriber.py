@@ -107,7 +107,7 @@ class SubscriberPeer:
         self.estimator = GccEstimator(start_bps=START_BPS)
         self.pacer = Pacer(START_BPS)
         if self.send_target is not None:
-            self.send_target.python_path = True  # every packet through the pacer: no video lane
+            self.send_target.paced = True  # lanes build, the pacer sends (DownTrack.send_built)
 
     @property
     def send_target(self) -> object | None:

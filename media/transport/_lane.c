@@ -12,8 +12,8 @@
  * a decision (a layer start or switch, a keyframe, a subscriber that is paced or not
  * connected) is left to the Python path: its lane's index is returned, untouched.
  *
- * Paced subscribers (transport-cc: the pacer, transport-wide seqs, the send history)
- * take the Python path, so a lane never keeps the probe packet a paced one needs.
+ * Paced subscribers (transport-cc) get their packet built here and handed back: the
+ * pacer, the transport-wide seq, the send history and the probe packet stay Python's.
  */
 #include "_fastpath.h"
 
@@ -238,6 +238,7 @@ typedef struct {
     PyObject_HEAD
     char ready;
     char python_path;
+    char paced;
     int fd;
     struct sockaddr_storage addr;
     socklen_t alen;
@@ -310,7 +311,8 @@ static PyMethodDef Target_methods[] = {
 
 static PyMemberDef Target_members[] = {
     {"ready", T_BOOL, offsetof(SendTarget, ready), READONLY, "a socket, an address and an SRTP session are set"},
-    {"python_path", T_BOOL, offsetof(SendTarget, python_path), 0, "every packet takes the Python path (a pacer, or a tap on send_rtp)"},
+    {"python_path", T_BOOL, offsetof(SendTarget, python_path), 0, "every packet takes the Python path (a test's tap on send_rtp)"},
+    {"paced", T_BOOL, offsetof(SendTarget, paced), 0, "packets are built in C and handed to Python's pacer"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -450,15 +452,17 @@ static int pending_flush(Pending *p, int settle)
 
 /* fan_out_video(lanes, index, payload, timestamp, marker, ext_seq, keyframe, start,
  *               picture_id, picture_id_bits, tl0picidx, descriptor_size, now_ms, early)
- *   -> (forwarded, forwarded_bytes, fallback)
+ *   -> (forwarded, forwarded_bytes, fallback, handoff)
  *
  * lanes: list of VideoLane or None, in the order of the track's DownTracks. payload:
  * the packet's payload (a buffer; kept by the RTX rings, sliced after the descriptor
  * when a lane rewrites it). picture_id / tl0picidx: -1 when the descriptor has none.
  * early: send once this many datagrams are built (the first subscribers need not wait
  * for the last ones). fallback: indexes of the lanes the Python path must handle
- * (None when there are none); forwarded / forwarded_bytes: packets placed and their
- * size before SRTP, as DownTrack.write_video counts them. */
+ * (None when there are none); forwarded / forwarded_bytes: packets sent from here and
+ * their size before SRTP, as DownTrack.write_video counts them. handoff: for paced
+ * subscribers, [index, packet, index, packet, ...] (None when there are none): built,
+ * cached and counted here, sent by DownTrack.send_built through the pacer. */
 PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 14) {
@@ -509,7 +513,7 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     PyObject *tail_view = NULL; /* payload after the descriptor, made once if a lane needs it */
-    PyObject *fallback = NULL;
+    PyObject *fallback = NULL, *handoff = NULL;
     Pending pend = {-1, NULL, 0, 0, 0, 0, 0, 0};
     Py_ssize_t forwarded = 0, forwarded_bytes = 0;
     Py_ssize_t n = PyList_GET_SIZE(lanes);
@@ -533,7 +537,9 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
             continue;
         SendTarget *target = (SendTarget *)lane->target;
         SendCounters *counters = (SendCounters *)lane->counters;
-        if (keyframe || !target->ready || target->python_path || counters->mark == NULL || counters->mark == Py_None)
+        int paced = target->paced;
+        if (keyframe || target->python_path || !(paced || target->ready) || counters->mark == NULL
+            || counters->mark == Py_None)
             goto python_path;
         /* FORWARD: DownTrack._place, StreamRewriter.follow_vp8, write_video. */
         RewriterState *rw = (RewriterState *)lane->rewriter;
@@ -567,14 +573,25 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
                     rw->last_pid = new_pid;
             }
         }
-        /* Build: header, Ferry's extension block, the (rewritten) descriptor, the rest. */
-        if (pend.count && (pend.fd != target->fd || pend.account != target->account)) {
-            if (pending_flush(&pend, 1) < 0)
+        /* Build: header, Ferry's extension block, the (rewritten) descriptor, the rest;
+         * into the next datagram of the batch, or (paced) into the bytes handed over. */
+        int len = (int)(12 + lane->ext_len + payload_len);
+        PyObject *packet = NULL;
+        unsigned char *buf;
+        if (paced) {
+            packet = PyBytes_FromStringAndSize(NULL, len);
+            if (packet == NULL)
                 goto error;
+            buf = (unsigned char *)PyBytes_AS_STRING(packet);
+        } else {
+            if (pend.count && (pend.fd != target->fd || pend.account != target->account)) {
+                if (pending_flush(&pend, 1) < 0)
+                    goto error;
+            }
+            pend.fd = target->fd;
+            pend.account = target->account;
+            buf = fp_buffers[pend.count];
         }
-        pend.fd = target->fd;
-        pend.account = target->account;
-        unsigned char *buf = fp_buffers[pend.count];
         uint16_t seq16 = (uint16_t)(out_ext_seq & 0xFFFF);
         buf[0] = lane->first_byte;
         buf[1] = (unsigned char)(lane->payload_type | (marker ? 0x80 : 0));
@@ -607,28 +624,48 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
             prefix_len += desc_size;
             if (tail_view == NULL) {
                 PyObject *slice = PySlice_New(args[11], Py_None, NULL);
-                if (slice == NULL)
+                if (slice == NULL) {
+                    Py_XDECREF(packet);
                     goto error;
+                }
                 tail_view = PyObject_GetItem(payload_obj, slice);
                 Py_DECREF(slice);
-                if (tail_view == NULL)
+                if (tail_view == NULL) {
+                    Py_XDECREF(packet);
                     goto error;
+                }
             }
             rest = tail_view;
         }
-        int len = (int)(12 + lane->ext_len + payload_len);
         /* The RTX ring keeps the parts, as write_video puts them. */
         PyObject *prefix = PyBytes_FromStringAndSize((const char *)buf, prefix_len);
-        if (prefix == NULL)
+        if (prefix == NULL) {
+            Py_XDECREF(packet);
             goto error;
+        }
         int put = rtx_ring_put((RtxRing *)lane->ring, (long)seq16, prefix, rest, now_ms);
         Py_DECREF(prefix);
-        if (put < 0)
+        if (put < 0) {
+            Py_XDECREF(packet);
             goto error;
+        }
         counters->packets_sent += 1;
         counters->bytes_sent += payload_len;
         counters->last_rtp_ts = out_ts;
         counters->last_sent_ms = now_ms;
+        if (paced) { /* DownTrack.send_built: the pacer, the transport-wide seq, the send */
+            if (handoff == NULL && (handoff = PyList_New(0)) == NULL) {
+                Py_DECREF(packet);
+                goto error;
+            }
+            PyObject *i = PyLong_FromSsize_t(k);
+            int failed = i == NULL || PyList_Append(handoff, i) < 0 || PyList_Append(handoff, packet) < 0;
+            Py_XDECREF(i);
+            Py_DECREF(packet);
+            if (failed)
+                goto error;
+            continue;
+        }
         forwarded += 1;
         forwarded_bytes += len;
         pend.nbytes += len;
@@ -666,8 +703,10 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
         goto error;
     PyBuffer_Release(&view);
     Py_XDECREF(tail_view);
-    PyObject *result = Py_BuildValue("nnO", forwarded, forwarded_bytes, fallback ? fallback : Py_None);
+    PyObject *result = Py_BuildValue("nnOO", forwarded, forwarded_bytes, fallback ? fallback : Py_None,
+                                     handoff ? handoff : Py_None);
     Py_XDECREF(fallback);
+    Py_XDECREF(handoff);
     return result;
 error:
     if (pend.count) { /* what was built and protected still leaves: its SRTP index is used */
@@ -679,6 +718,7 @@ error:
     PyBuffer_Release(&view);
     Py_XDECREF(tail_view);
     Py_XDECREF(fallback);
+    Py_XDECREF(handoff);
     return NULL;
 }
 
