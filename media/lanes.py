@@ -1,16 +1,17 @@
-"""Where a video DownTrack's per-packet state lives: in C when the native send path runs.
+"""Where a DownTrack's per-packet state lives: in C when the native send path runs.
 
-`media.transport._fastpath.fan_out_video` forwards a video packet to all of a track's
-steady subscribers in one call (see `_lane.c`). It reads and moves the same fields
-the Python forward path does, so those fields are kept in C base classes that
-`LayerSelector`, `StreamRewriter` and `RtpStreamSend` extend: one copy of each value,
-nothing to keep in sync. With the native path off (`FERRY_NATIVE_SEND=0`, or no
+`media.transport._fastpath.fan_out_video` / `fan_out_audio` forward a packet to all
+of a track's steady subscribers in one call (see `_lane.c`). They read and move the
+same fields the Python forward path does, so those fields are kept in C base classes
+that `LayerSelector`, `StreamRewriter`, `RtpStreamSend`, `DownTrack` and `RedEncoder`
+extend: one copy of each value, nothing to keep in sync. With the native path off (`FERRY_NATIVE_SEND=0`, or no
 compiler at install) the bases below are plain slotted classes and every packet takes
 the Python path. Chosen once, at import.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from media.transport.udp_mux import SEND_PATH, _fastpath
@@ -55,25 +56,68 @@ class _RewriterState:
 class _SendCounters:
     """RtpStreamSend's send-side counters (the C base's stand-in)."""
 
-    __slots__ = ("packets_sent", "bytes_sent", "_last_rtp_ts", "_last_sent_ms", "_mark")
+    __slots__ = (
+        "packets_sent",
+        "bytes_sent",
+        "_last_rtp_ts",
+        "_last_sent_ms",
+        "_mark",
+        "fraction_lost",
+    )
+
+
+class _DownTrackState:
+    """DownTrack's audio fields (the C base's stand-in)."""
+
+    __slots__ = ("_window_sent", "nack_loss", "_red_level")
+
+
+class _RedHistory:
+    """The frames a RedEncoder repeats, oldest first (the C base's stand-in)."""
+
+    __slots__ = ("_frames_kept",)
+
+    def __init__(self, capacity: int = 1) -> None:
+        if capacity not in (1, 2):
+            raise ValueError("a RED history holds 1 or 2 frames")
+        self._frames_kept: deque[tuple[int, Any]] = deque(maxlen=capacity)
+
+    def _remember(self, timestamp: int, data: Any) -> None:
+        self._frames_kept.append((timestamp, data))
+
+    def _frames(self) -> list[tuple[int, Any]]:
+        return list(self._frames_kept)
+
+    def _forget(self) -> None:
+        self._frames_kept.clear()
 
 
 SelectorState: Any
 RewriterState: Any
 SendCounters: Any
+DownTrackState: Any
+RedHistory: Any
 SendTarget: Any
 VideoLane: Any
+AudioLane: Any
 fan_out_video: Any
+fan_out_audio: Any
 
 if NATIVE:
     SelectorState = _fastpath.SelectorState
     RewriterState = _fastpath.RewriterState
     SendCounters = _fastpath.SendCounters
+    DownTrackState = _fastpath.DownTrackState
+    RedHistory = _fastpath.RedHistory
     SendTarget = _fastpath.SendTarget
     VideoLane = _fastpath.VideoLane
+    AudioLane = _fastpath.AudioLane
     fan_out_video = _fastpath.fan_out_video
+    fan_out_audio = _fastpath.fan_out_audio
 else:
     SelectorState = _SelectorState
     RewriterState = _RewriterState
     SendCounters = _SendCounters
-    SendTarget = VideoLane = fan_out_video = None
+    DownTrackState = _DownTrackState
+    RedHistory = _RedHistory
+    SendTarget = VideoLane = AudioLane = fan_out_video = fan_out_audio = None

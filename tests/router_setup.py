@@ -26,16 +26,19 @@ def publish(participant: MediaParticipant) -> list[PublishedTrack]:
     return added
 
 
-def subscribe(viewer: MediaParticipant, track: PublishedTrack, mid: int, *, twcc: bool = True) -> None:
+def subscribe(
+    viewer: MediaParticipant, track: PublishedTrack, mid: int, *, twcc: bool = True, red: bool = True
+) -> None:
     """The section a room would offer for ``track``, answered as offered; without
-    transport-cc (``twcc=False``) the viewer's estimate comes from REMB."""
+    transport-cc (``twcc=False``) the viewer's estimate comes from REMB; ``red=False``:
+    audio without RED."""
     router = viewer.router
     extensions = sdp.default_subscriber_extensions(track.kind)
     section = MediaDescription(
         mid=str(mid),
         kind=track.kind,
         direction="sendonly",
-        codecs=sdp.default_subscriber_codecs(track.kind, red=track.kind == "audio"),
+        codecs=sdp.default_subscriber_codecs(track.kind, red=red and track.kind == "audio"),
         header_extensions=extensions if twcc else [e for e in extensions if e.uri != EXT_TWCC],
         encodings=[
             Encoding(

@@ -10,15 +10,14 @@ Chrome's ``audio/red`` does for PT 63). The receive side is
 
 from __future__ import annotations
 
-from collections import deque
-
+from media.lanes import RedHistory
 from media.wire.red import build_red
 
 MAX_OFFSET = (1 << 14) - 1  # 14-bit timestamp offset field
 MAX_BLOCK = (1 << 10) - 1  # 10-bit length field
 
 
-class RedEncoder:
+class RedEncoder(RedHistory):
     """Stateful per-stream encoder: each call returns the RED payload for one packet.
 
     Redundant blocks are the previous ``distance`` frames (oldest first), each
@@ -32,28 +31,32 @@ class RedEncoder:
             raise ValueError("distance must be 1 or 2")
         if not 0 <= opus_pt < 128:
             raise ValueError("opus_pt must be a 7-bit payload type")
+        super().__init__(
+            distance
+        )  # the history (media.lanes): an audio lane keeps frames in it from C
         self.distance = distance
         self.opus_pt = opus_pt
         self.max_payload = max_payload
-        self._history: deque[tuple[int, bytes | memoryview]] = deque(maxlen=distance)
 
-    def encode(self, timestamp: int, payload: bytes | memoryview, distance: int | None = None) -> bytes:
+    def encode(
+        self, timestamp: int, payload: bytes | memoryview, distance: int | None = None
+    ) -> bytes:
         """RED payload for the Opus ``payload`` sent with RTP ``timestamp``; ``distance``
         (at most the encoder's own) carries fewer previous frames, so one encoder's
         history serves a stream whose redundancy changes packet by packet."""
         timestamp &= 0xFFFFFFFF
         payload = bytes(payload)
         blocks: list[tuple[int, bytes | memoryview]] = []
-        history = self._history
+        history = self._frames()
         if distance is not None and distance < len(history):
-            history = list(history)[len(history) - distance :] if distance > 0 else []  # type: ignore[assignment]
+            history = history[len(history) - distance :] if distance > 0 else []
         for ts, data in history:
             offset = (timestamp - ts) & 0xFFFFFFFF
             if 0 < offset <= MAX_OFFSET and 0 < len(data) <= MAX_BLOCK:
                 blocks.append((offset, data))
         while blocks and 1 + len(payload) + sum(4 + len(d) for _, d in blocks) > self.max_payload:
             blocks.pop(0)
-        self._history.append((timestamp, payload))
+        self._remember(timestamp, payload)
         return build_red(self.opus_pt, payload, blocks)
 
     def remember(self, timestamp: int, payload: bytes | memoryview) -> None:
@@ -62,10 +65,10 @@ class RedEncoder:
         A view of immutable bytes is kept as it is (every listener on a clean link calls
         this for every frame: no copy each)."""
         if type(payload) is memoryview and type(payload.obj) is bytes:
-            self._history.append((timestamp & 0xFFFFFFFF, payload))
+            self._remember(timestamp & 0xFFFFFFFF, payload)
         else:
-            self._history.append((timestamp & 0xFFFFFFFF, bytes(payload)))
+            self._remember(timestamp & 0xFFFFFFFF, bytes(payload))
 
     def reset(self) -> None:
         """Forget history (new stream or after a timestamp discontinuity)."""
-        self._history.clear()
+        self._forget()

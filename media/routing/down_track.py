@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from media.audio.duplicates import COPY_OFFSETS, AudioDuplicates
 from media.audio.red_encoder import RedEncoder
-from media.lanes import VideoLane
+from media.lanes import AudioLane, DownTrackState, VideoLane
 from media.rtp.rtx import new_rtx_cache
 from media.rtp.stream_send import RtpStreamSend
 from media.transport.udp_mux import SEND_PATH
@@ -60,8 +60,12 @@ class DownTrackSink(Protocol):
         ...
 
 
-class DownTrack:
-    """Forwards one PublishedTrack to one subscriber."""
+class DownTrack(DownTrackState):
+    """Forwards one PublishedTrack to one subscriber.
+
+    `_window_sent`, `nack_loss` and `_red_level` are the base's (`media.lanes`): an
+    audio lane moves them from C.
+    """
 
     def __init__(
         self,
@@ -132,7 +136,8 @@ class DownTrack:
         self._probe_packet: bytes | None = None  # a recent large video packet (RTX probes)
         self._probe_packet_ms = 0.0
         self._red_level = 0
-        self._red_encoder: RedEncoder | None = None  # history for distance 2 serves 1 too
+        # History for distance 2 serves 1 too; kept from the first frame (the lane too).
+        self._red_encoder = RedEncoder(2, payload_type) if red_payload_type is not None and not self.is_video else None
         # Extension blocks (one-byte form). The TWCC value is a placeholder stamped at
         # send time by the subscriber peer, at TWCC_OFFSET.
         self._ext_video = b""
@@ -150,11 +155,14 @@ class DownTrack:
         self._ext_audio_by_level = _AUDIO_BLOCKS.setdefault((self._ext_audio_head, audio_level_ext_id), {})
         has_ext = bool(self._ext_video) if self.is_video else bool(body)
         self._first_byte = 0x90 if has_ext else 0x80
-        # Video on the native send path: the lane through which `fan_out_video` forwards
-        # this subscriber's steady packets from C (media.lanes); None: always write_video.
+        # On the native send path: the lane through which `fan_out_video` / `fan_out_audio`
+        # forward this subscriber's steady packets from C (media.lanes); None: always
+        # write_video / write_audio.
         self.lane = None
         target = getattr(sink, "send_target", None)
-        if self.is_video and VideoLane is not None and native and target is not None:
+        if not native or target is None:
+            pass
+        elif self.is_video and VideoLane is not None:
             self.lane = VideoLane(
                 self.selector,
                 self.rewriter,
@@ -165,6 +173,22 @@ class DownTrack:
                 payload_type,
                 ssrc,
                 self._ext_video,
+            )
+        elif not self.is_video and AudioLane is not None and self.duplicates is None:  # duplicates: Python's
+            self.lane = AudioLane(
+                self,
+                self.selector,
+                self.rewriter,
+                self.stream,
+                self.rtx_cache,
+                target,
+                self._red_encoder,
+                self._first_byte,
+                payload_type,
+                ssrc,
+                self._ext_audio_head,
+                audio_level_ext_id or 0,
+                len(self._ext_audio_pad),
             )
 
     def continuity(self) -> StreamContinuity:
@@ -386,8 +410,7 @@ class DownTrack:
         """RED payload at `distance`; both encoders see every frame, so a switch from
         distance 1 to 2 has its history ready."""
         encoder = self._red_encoder
-        if encoder is None:
-            encoder = self._red_encoder = RedEncoder(2, self.payload_type)
+        assert encoder is not None, "RED history without RED negotiated"
         if distance == 0:
             encoder.remember(out_ts, primary)  # what encode would keep, without building
             return b""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Protocol
 
-from media.lanes import fan_out_video
+from media.lanes import fan_out_audio, fan_out_video
 from media.ortc import RtpCodec
 from media.rtp.keyframe import KeyframeRequester
 from media.rtp.nack import NackGenerator
@@ -25,6 +25,7 @@ from media.wire.red import parse_red
 from media.wire.rtp import RtpView, build_rtp_view
 from media.wire.vp8 import Vp8Descriptor, parse_vp8
 
+from .down_track import NACK_LOSS_PACKETS
 from .pricing import update_layer_prices
 
 if TYPE_CHECKING:
@@ -168,8 +169,12 @@ class Layer:
             else:
                 self._fan_out_video(downs, lanes, view, ext_seq, desc, keyframe, now_ms)
         else:
-            for down in track.down_tracks:
-                down.write_audio(self, view, ext_seq, keyframe, now_ms)
+            downs, lanes = track.down_tracks, track.lanes
+            if lanes is None or view.payload_end <= view.payload_start:  # no lanes, or padding
+                for down in downs:
+                    down.write_audio(self, view, ext_seq, keyframe, now_ms)
+            else:
+                self._fan_out_audio(downs, lanes, view, ext_seq, keyframe, now_ms)
         if track.sinks:  # internal consumers (recorder, captions); empty list costs one test
             track.fan_out(self.index, view, ext_seq, keyframe, now_ms)
 
@@ -251,6 +256,42 @@ class Layer:
         if fallback is not None:
             for i in fallback:
                 downs[i].write_video(self, view, ext_seq, desc, keyframe, now_ms)
+
+    def _fan_out_audio(
+        self, downs: list[DownTrack], lanes: list[object], view: RtpView, ext_seq: int, keyframe: bool, now_ms: float
+    ) -> None:
+        """One audio packet to every subscriber: those that get plain Opus from C in one
+        call (media.lanes), the rest (RED out, duplicates, a stream start, the NACK-loss
+        window's roll) through `write_audio`; a paced subscriber's packet is built in C
+        and sent here through its pacer."""
+        track = self.track
+        payload = view.payload
+        primary_at = -1
+        if track.red_pt is not None and view.payload_type == track.red_pt:
+            try:
+                blocks = parse_red(payload)
+            except ValueError:  # write_audio counts it, per subscriber
+                blocks = None
+            if blocks is None:
+                for down in downs:
+                    down.write_audio(self, view, ext_seq, keyframe, now_ms)
+                return
+            primary_at = len(payload) - len(blocks[-1].data)
+        forwarded, nbytes, fallback, handoff = fan_out_audio(
+            lanes, self.index, payload, primary_at, view.timestamp, view.marker, ext_seq,
+            track.level_byte(view), NACK_LOSS_PACKETS, now_ms, EARLY_FLUSH,
+        )  # fmt: skip
+        if forwarded:
+            stats = track.stats
+            stats.rtp_out += forwarded
+            stats.rtp_bytes_out += nbytes
+        if handoff is not None:
+            pairs = iter(handoff)
+            for i, packet in zip(pairs, pairs, strict=True):
+                downs[i].sink.send_rtp(packet, "audio", now_ms)
+        if fallback is not None:
+            for i in fallback:
+                downs[i].write_audio(self, view, ext_seq, keyframe, now_ms)
 
     def set_active(self, active: bool, now_ms: float) -> None:
         """Dynacast paused (False) or resumed (True) this layer at the publisher."""

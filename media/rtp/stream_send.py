@@ -20,8 +20,9 @@ _MIN_RTT_MS = 1.0
 class RtpStreamSend(SendCounters):
     """Counters of what we sent, plus what the receiver told us about it.
 
-    `packets_sent`, `bytes_sent`, `_last_rtp_ts`, `_last_sent_ms` and `_mark` are the
-    base's (`media.lanes`): a video lane counts its packets there from C.
+    `packets_sent`, `bytes_sent`, `_last_rtp_ts`, `_last_sent_ms`, `_mark` and
+    `fraction_lost` are the base's (`media.lanes`): a lane counts its packets there
+    from C, and an audio lane reads the loss that sets the RED distance.
     """
 
     __slots__ = (
@@ -29,7 +30,6 @@ class RtpStreamSend(SendCounters):
         "clock_rate",
         "_ts_per_ms",
         "rtt_ms",
-        "fraction_lost",
         "jitter_ms",
         "packets_lost",
         "reports_received",

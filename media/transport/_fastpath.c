@@ -178,7 +178,10 @@ static PyMethodDef methods[] = {
     {"set_protect", set_protect, METH_O, "set_protect(address): libsrtp's srtp_protect, for fan_out_video"},
     {"fan_out_video", (PyCFunction)(void (*)(void))fan_out_video, METH_FASTCALL,
      "fan_out_video(lanes, index, payload, timestamp, marker, ext_seq, keyframe, start, picture_id, "
-     "picture_id_bits, tl0picidx, descriptor_size, now_ms, early) -> (forwarded, forwarded_bytes, fallback)"},
+     "picture_id_bits, tl0picidx, descriptor_size, now_ms, early) -> (forwarded, forwarded_bytes, fallback, handoff)"},
+    {"fan_out_audio", (PyCFunction)(void (*)(void))fan_out_audio, METH_FASTCALL,
+     "fan_out_audio(lanes, index, payload, primary_at, timestamp, marker, ext_seq, level, nack_window, now_ms, "
+     "early) -> (forwarded, forwarded_bytes, fallback, handoff)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -56,5 +56,6 @@ int rtx_ring_put(RtxRing *self, long seq, PyObject *packet, PyObject *rest, doub
 /* ---- video lanes (_lane.c) ---- */
 int lane_add_types(PyObject *module);
 PyObject *fan_out_video(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *fan_out_audio(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

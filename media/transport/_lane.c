@@ -187,6 +187,7 @@ typedef struct {
     long long last_rtp_ts; /* -1: None */
     double last_sent_ms;
     PyObject *mark;
+    double fraction_lost;
 } SendCounters;
 
 static PyObject *Counters_get_last_rtp_ts(SendCounters *self, void *c) { return optional_int(self->last_rtp_ts); }
@@ -205,6 +206,7 @@ static PyMemberDef Counters_members[] = {
     {"bytes_sent", T_LONGLONG, offsetof(SendCounters, bytes_sent), 0, NULL},
     {"_last_sent_ms", T_DOUBLE, offsetof(SendCounters, last_sent_ms), 0, NULL},
     {"_mark", T_OBJECT, offsetof(SendCounters, mark), 0, NULL},
+    {"fraction_lost", T_DOUBLE, offsetof(SendCounters, fraction_lost), 0, "from the receiver's last report"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -244,6 +246,7 @@ typedef struct {
     socklen_t alen;
     uintptr_t srtp;
     PyObject *account; /* callable(sent, bytes, protect_errors, send_errors, would_block) */
+    PyObject *send_queued; /* callable(): what the Python path queued on the socket leaves first */
 } SendTarget;
 
 static PyObject *Target_set(SendTarget *self, PyObject *args)
@@ -251,11 +254,11 @@ static PyObject *Target_set(SendTarget *self, PyObject *args)
     int fd, port;
     const char *host;
     unsigned long long srtp;
-    PyObject *account;
-    if (!PyArg_ParseTuple(args, "isiKO", &fd, &host, &port, &srtp, &account))
+    PyObject *account, *send_queued;
+    if (!PyArg_ParseTuple(args, "isiKOO", &fd, &host, &port, &srtp, &account, &send_queued))
         return NULL;
-    if (!PyCallable_Check(account)) {
-        PyErr_SetString(PyExc_TypeError, "account must be callable");
+    if (!PyCallable_Check(account) || !PyCallable_Check(send_queued)) {
+        PyErr_SetString(PyExc_TypeError, "account and send_queued must be callable");
         return NULL;
     }
     if (srtp == 0 || fd < 0) {
@@ -270,6 +273,8 @@ static PyObject *Target_set(SendTarget *self, PyObject *args)
     self->srtp = (uintptr_t)srtp;
     Py_INCREF(account);
     Py_XSETREF(self->account, account);
+    Py_INCREF(send_queued);
+    Py_XSETREF(self->send_queued, send_queued);
     self->ready = 1;
     Py_RETURN_NONE;
 }
@@ -279,18 +284,21 @@ static PyObject *Target_clear_method(SendTarget *self, PyObject *Py_UNUSED(ignor
     self->ready = 0;
     self->srtp = 0;
     Py_CLEAR(self->account);
+    Py_CLEAR(self->send_queued);
     Py_RETURN_NONE;
 }
 
 static int Target_traverse(SendTarget *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->account);
+    Py_VISIT(self->send_queued);
     return 0;
 }
 
 static int Target_clear(SendTarget *self)
 {
     Py_CLEAR(self->account);
+    Py_CLEAR(self->send_queued);
     self->ready = 0;
     return 0;
 }
@@ -304,7 +312,8 @@ static void Target_dealloc(SendTarget *self)
 
 static PyMethodDef Target_methods[] = {
     {"set", (PyCFunction)Target_set, METH_VARARGS,
-     "set(fd, host, port, srtp_address, account): packets go to host:port on fd, protected with that session"},
+     "set(fd, host, port, srtp_address, account, send_queued): packets go to host:port on fd, protected with "
+     "that session; account(...) is told what a fan-out sent, send_queued() is called before its first datagram"},
     {"clear", (PyCFunction)Target_clear_method, METH_NOARGS, "nowhere to send: every lane falls back"},
     {NULL, NULL, 0, NULL},
 };
@@ -327,6 +336,146 @@ static PyTypeObject SendTargetType = {
     .tp_clear = (inquiry)Target_clear,
     .tp_methods = Target_methods,
     .tp_members = Target_members,
+};
+
+/* ---- DownTrackState: DownTrack's audio fields a lane reads and moves ---------------- */
+typedef struct {
+    PyObject_HEAD
+    int window_sent; /* audio packets sent in the current NACK-loss window */
+    double nack_loss;
+    int red_level;
+} DownTrackState;
+
+static PyMemberDef DownState_members[] = {
+    {"_window_sent", T_INT, offsetof(DownTrackState, window_sent), 0, NULL},
+    {"nack_loss", T_DOUBLE, offsetof(DownTrackState, nack_loss), 0, "audio loss before repair (NACKed share)"},
+    {"_red_level", T_INT, offsetof(DownTrackState, red_level), 0, "RED distance, with hysteresis"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject DownTrackStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "media.transport._fastpath.DownTrackState",
+    .tp_basicsize = sizeof(DownTrackState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The fields of DownTrack an audio lane reads and moves (base class).",
+    .tp_new = PyType_GenericNew,
+    .tp_members = DownState_members,
+};
+
+/* ---- RedHistory: the frames a RedEncoder repeats ------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    int capacity; /* 1 or 2 */
+    int count;
+    long long ts[2];
+    PyObject *data[2]; /* oldest first */
+} RedHistory;
+
+static void red_remember(RedHistory *h, long long ts, PyObject *data)
+{
+    Py_INCREF(data);
+    if (h->count == h->capacity) {
+        PyObject *old = h->data[0];
+        if (h->capacity == 2) {
+            h->ts[0] = h->ts[1];
+            h->data[0] = h->data[1];
+        }
+        h->ts[h->capacity - 1] = ts;
+        h->data[h->capacity - 1] = data;
+        Py_DECREF(old);
+        return;
+    }
+    h->ts[h->count] = ts;
+    h->data[h->count] = data;
+    h->count++;
+}
+
+static void red_forget(RedHistory *h)
+{
+    for (int i = 0; i < h->count; i++)
+        Py_CLEAR(h->data[i]);
+    h->count = 0;
+}
+
+static int RedHistory_init(RedHistory *self, PyObject *args, PyObject *kwds)
+{
+    int capacity = 1;
+    if (!PyArg_ParseTuple(args, "|i", &capacity))
+        return -1;
+    if (capacity != 1 && capacity != 2) {
+        PyErr_SetString(PyExc_ValueError, "a RED history holds 1 or 2 frames");
+        return -1;
+    }
+    red_forget(self);
+    self->capacity = capacity;
+    return 0;
+}
+
+static PyObject *RedHistory_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    RedHistory *self = (RedHistory *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->capacity = 1;
+    return (PyObject *)self;
+}
+
+static void RedHistory_dealloc(RedHistory *self)
+{
+    red_forget(self); /* bytes and views of bytes: no cycle through them */
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *RedHistory_remember(RedHistory *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_remember(timestamp, data)");
+        return NULL;
+    }
+    long long ts = PyLong_AsLongLong(args[0]);
+    if (ts == -1 && PyErr_Occurred())
+        return NULL;
+    red_remember(self, ts, args[1]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *RedHistory_frames(RedHistory *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(self->count);
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < self->count; i++) {
+        PyObject *item = Py_BuildValue("LO", self->ts[i], self->data[i]);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+static PyObject *RedHistory_forget(RedHistory *self, PyObject *Py_UNUSED(ignored))
+{
+    red_forget(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef RedHistory_methods[] = {
+    {"_remember", (PyCFunction)(void (*)(void))RedHistory_remember, METH_FASTCALL, "keep a frame (the oldest goes)"},
+    {"_frames", (PyCFunction)RedHistory_frames, METH_NOARGS, "[(timestamp, data)], oldest first"},
+    {"_forget", (PyCFunction)RedHistory_forget, METH_NOARGS, "forget every frame"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RedHistoryType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "media.transport._fastpath.RedHistory",
+    .tp_basicsize = sizeof(RedHistory),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The last frames a RedEncoder repeats (base class).",
+    .tp_new = RedHistory_new,
+    .tp_init = (initproc)RedHistory_init,
+    .tp_dealloc = (destructor)RedHistory_dealloc,
+    .tp_methods = RedHistory_methods,
 };
 
 /* ---- VideoLane ---------------------------------------------------------------------- */
@@ -421,7 +570,110 @@ static PyTypeObject VideoLaneType = {
     .tp_clear = (inquiry)Lane_clear,
 };
 
-/* ---- fan_out_video ------------------------------------------------------------------ */
+/* ---- AudioLane ---------------------------------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    PyObject *state;    /* DownTrackState: the DownTrack itself */
+    PyObject *selector; /* SelectorState */
+    PyObject *rewriter; /* RewriterState */
+    PyObject *counters; /* SendCounters */
+    PyObject *ring;     /* RtxRing */
+    PyObject *target;   /* SendTarget */
+    PyObject *red;      /* RedHistory, or NULL: the subscriber takes no RED */
+    unsigned char first_byte;
+    unsigned char payload_type;
+    uint32_t ssrc;
+    unsigned char ext_head[MAX_EXT]; /* one-byte header and the TWCC element */
+    int ext_head_len;
+    int level_id; /* 0: no audio level element */
+    int ext_pad;
+} AudioLane;
+
+static int AudioLane_init(AudioLane *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"state", "selector", "rewriter", "counters", "ring", "target", "red", "first_byte",
+                             "payload_type", "ssrc", "extension_head", "level_id", "extension_pad", NULL};
+    PyObject *state, *selector, *rewriter, *counters, *ring, *target, *red;
+    int first_byte, payload_type, level_id, pad;
+    unsigned long ssrc;
+    Py_buffer head;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O!O!Oiiky*ii", kwlist, &DownTrackStateType, &state,
+                                     &SelectorStateType, &selector, &RewriterStateType, &rewriter, &SendCountersType,
+                                     &counters, &RtxRingType, &ring, &SendTargetType, &target, &red, &first_byte,
+                                     &payload_type, &ssrc, &head, &level_id, &pad))
+        return -1;
+    if (red != Py_None && !PyObject_TypeCheck(red, &RedHistoryType)) {
+        PyBuffer_Release(&head);
+        PyErr_SetString(PyExc_TypeError, "red must be a RedHistory or None");
+        return -1;
+    }
+    if (head.len + 2 + pad > MAX_EXT || level_id < 0 || level_id > 14 || pad < 0 || pad > 3) {
+        PyBuffer_Release(&head);
+        PyErr_SetString(PyExc_ValueError, "extension block does not fit");
+        return -1;
+    }
+    memcpy(self->ext_head, head.buf, (size_t)head.len);
+    self->ext_head_len = (int)head.len;
+    PyBuffer_Release(&head);
+    PyObject *refs[] = {state, selector, rewriter, counters, ring, target, red == Py_None ? NULL : red};
+    PyObject **slots[] = {&self->state, &self->selector, &self->rewriter, &self->counters, &self->ring,
+                          &self->target, &self->red};
+    for (int i = 0; i < 7; i++) {
+        Py_XINCREF(refs[i]);
+        Py_XSETREF(*slots[i], refs[i]);
+    }
+    self->first_byte = (unsigned char)first_byte;
+    self->payload_type = (unsigned char)(payload_type & 0x7F);
+    self->ssrc = (uint32_t)ssrc;
+    self->level_id = level_id;
+    self->ext_pad = pad;
+    return 0;
+}
+
+static int AudioLane_traverse(AudioLane *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->state);
+    Py_VISIT(self->selector);
+    Py_VISIT(self->rewriter);
+    Py_VISIT(self->counters);
+    Py_VISIT(self->ring);
+    Py_VISIT(self->target);
+    Py_VISIT(self->red);
+    return 0;
+}
+
+static int AudioLane_clear(AudioLane *self)
+{
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->selector);
+    Py_CLEAR(self->rewriter);
+    Py_CLEAR(self->counters);
+    Py_CLEAR(self->ring);
+    Py_CLEAR(self->target);
+    Py_CLEAR(self->red);
+    return 0;
+}
+
+static void AudioLane_dealloc(AudioLane *self)
+{
+    PyObject_GC_UnTrack(self);
+    AudioLane_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject AudioLaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "media.transport._fastpath.AudioLane",
+    .tp_basicsize = sizeof(AudioLane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One audio DownTrack's steady state, forwarded from C by fan_out_audio.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)AudioLane_init,
+    .tp_dealloc = (destructor)AudioLane_dealloc,
+    .tp_traverse = (traverseproc)AudioLane_traverse,
+    .tp_clear = (inquiry)AudioLane_clear,
+};
+
+/* ---- what both fan-outs share ------------------------------------------------------- */
 
 /* What one batch being filled is for: the socket, and whom to tell what it cost. */
 typedef struct {
@@ -449,6 +701,156 @@ static int pending_flush(Pending *p, int settle)
     Py_DECREF(r);
     return 0;
 }
+
+/* The next datagram's buffer in the batch for `target` (a batch holds one socket's
+ * datagrams); NULL with an exception set. */
+static unsigned char *pending_buffer(Pending *p, SendTarget *target)
+{
+    if (p->account != NULL && (p->fd != target->fd || p->account != target->account)) {
+        if (pending_flush(p, 1) < 0)
+            return NULL;
+    }
+    if (p->account == NULL && target->send_queued != NULL) {
+        /* The first datagram of this fan-out on this socket: what the Python path queued
+         * before it (a packet rebuilt from RED, sent to the same subscribers) goes first,
+         * so every subscriber gets its packets in the order they were made. */
+        PyObject *r = PyObject_CallNoArgs(target->send_queued);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    p->fd = target->fd;
+    p->account = target->account;
+    return fp_buffers[p->count];
+}
+
+/* Protect the datagram built in pending_buffer() and add it to the batch. */
+static int pending_add(Pending *p, SendTarget *target, unsigned char *buf, int len, long early)
+{
+    p->nbytes += len;
+    if (fp_protect == NULL || fp_protect((void *)target->srtp, buf, &len) != 0) {
+        p->protect_errors++;
+        return 0;
+    }
+    int c = p->count;
+    memcpy(&fp_addrs[c], &target->addr, sizeof(target->addr));
+    fp_iovs[c].iov_base = buf;
+    fp_iovs[c].iov_len = (size_t)len;
+    memset(&fp_msgs[c], 0, sizeof(fp_msgs[c]));
+    fp_msgs[c].msg_hdr.msg_name = &fp_addrs[c];
+    fp_msgs[c].msg_hdr.msg_namelen = target->alen;
+    fp_msgs[c].msg_hdr.msg_iov = &fp_iovs[c];
+    fp_msgs[c].msg_hdr.msg_iovlen = 1;
+    p->count++;
+    return p->count >= early ? pending_flush(p, 0) : 0;
+}
+
+/* Verdicts of lane_verdict: LayerSelector.accept's, with PYTHON for START and SWITCH
+ * (and a video keyframe, whose arrival the selector's keyframe waiter hears of). */
+enum { L_DROP, L_FORWARD, L_PYTHON };
+
+static int lane_verdict(SelectorState *sel, long index, long long ext_seq, int keyframe, int start, int is_video)
+{
+    if (sel->blocked)
+        return L_DROP;
+    if (index != sel->current) {
+        if (index != sel->target || !start || !(keyframe || !is_video))
+            return L_DROP;
+        return L_PYTHON;
+    }
+    if (ext_seq < sel->switch_ext_seq)
+        return L_DROP;
+    if (sel->allocated < index && sel->target != index)
+        return L_DROP;
+    return keyframe && is_video ? L_PYTHON : L_FORWARD;
+}
+
+/* DownTrack._place's FORWARD arm: where the packet goes in the outgoing stream. */
+static long long lane_place(RewriterState *rw, long long ext_seq, long long timestamp, double now_ms, uint32_t *out_ts,
+                            int *newest)
+{
+    long long out_ext_seq = ext_seq + rw->seq_offset;
+    *out_ts = (uint32_t)((timestamp + rw->ts_offset) & 0xFFFFFFFFLL);
+    *newest = out_ext_seq > rw->last_ext_seq;
+    if (*newest) {
+        rw->last_ext_seq = out_ext_seq;
+        rw->last_ts = *out_ts;
+        rw->last_ms = now_ms;
+        rw->has_last_ms = 1;
+    }
+    return out_ext_seq;
+}
+
+static void put_header(unsigned char *buf, unsigned char first_byte, unsigned char pt, int marker, uint16_t seq,
+                       uint32_t ts, uint32_t ssrc)
+{
+    buf[0] = first_byte;
+    buf[1] = (unsigned char)(pt | (marker ? 0x80 : 0));
+    buf[2] = (unsigned char)(seq >> 8);
+    buf[3] = (unsigned char)seq;
+    buf[4] = (unsigned char)(ts >> 24);
+    buf[5] = (unsigned char)(ts >> 16);
+    buf[6] = (unsigned char)(ts >> 8);
+    buf[7] = (unsigned char)ts;
+    buf[8] = (unsigned char)(ssrc >> 24);
+    buf[9] = (unsigned char)(ssrc >> 16);
+    buf[10] = (unsigned char)(ssrc >> 8);
+    buf[11] = (unsigned char)ssrc;
+}
+
+static int append_index(PyObject **list, Py_ssize_t k)
+{
+    if (*list == NULL && (*list = PyList_New(0)) == NULL)
+        return -1;
+    PyObject *i = PyLong_FromSsize_t(k);
+    int failed = i == NULL || PyList_Append(*list, i) < 0;
+    Py_XDECREF(i);
+    return failed ? -1 : 0;
+}
+
+/* A paced subscriber's packet, handed to Python: [index, packet, ...]. Steals packet. */
+static int append_handoff(PyObject **list, Py_ssize_t k, PyObject *packet)
+{
+    int failed = append_index(list, k) < 0 || PyList_Append(*list, packet) < 0;
+    Py_DECREF(packet);
+    return failed ? -1 : 0;
+}
+
+static void count_sent(SendCounters *c, Py_ssize_t payload_len, uint32_t out_ts, double now_ms)
+{
+    c->packets_sent += 1;
+    c->bytes_sent += payload_len;
+    c->last_rtp_ts = out_ts;
+    c->last_sent_ms = now_ms;
+}
+
+/* What every fan-out returns, and cleans up on the way out. */
+typedef struct {
+    Pending pend;
+    Py_ssize_t forwarded, forwarded_bytes;
+    PyObject *fallback, *handoff;
+} FanOut;
+
+static PyObject *fan_out_finish(FanOut *f, int failed)
+{
+    PyObject *result = NULL;
+    if (failed) {
+        if (f->pend.count) { /* what was built and protected still leaves: its SRTP index is used */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            pending_flush(&f->pend, 1);
+            PyErr_Restore(type, value, tb);
+        }
+    } else if (pending_flush(&f->pend, 1) == 0) {
+        result = Py_BuildValue("nnOO", f->forwarded, f->forwarded_bytes, f->fallback ? f->fallback : Py_None,
+                               f->handoff ? f->handoff : Py_None);
+    }
+    Py_XDECREF(f->fallback);
+    Py_XDECREF(f->handoff);
+    return result;
+}
+
+/* ---- fan_out_video ------------------------------------------------------------------ */
 
 /* fan_out_video(lanes, index, payload, timestamp, marker, ext_seq, keyframe, start,
  *               picture_id, picture_id_bits, tl0picidx, descriptor_size, now_ms, early)
@@ -513,45 +915,32 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     PyObject *tail_view = NULL; /* payload after the descriptor, made once if a lane needs it */
-    PyObject *fallback = NULL, *handoff = NULL;
-    Pending pend = {-1, NULL, 0, 0, 0, 0, 0, 0};
-    Py_ssize_t forwarded = 0, forwarded_bytes = 0;
+    FanOut f = {{-1, NULL, 0, 0, 0, 0, 0, 0}, 0, 0, NULL, NULL};
+    int failed = 0;
     Py_ssize_t n = PyList_GET_SIZE(lanes);
-    for (Py_ssize_t k = 0; k < n; k++) {
+    for (Py_ssize_t k = 0; k < n && !failed; k++) {
         PyObject *item = PyList_GET_ITEM(lanes, k);
-        if (!PyObject_TypeCheck(item, &VideoLaneType) || ((VideoLane *)item)->selector == NULL)
-            goto python_path;
-        VideoLane *lane = (VideoLane *)item;
-        SelectorState *sel = (SelectorState *)lane->selector;
-        /* LayerSelector.accept, up to the verdicts only Python takes. */
-        if (sel->blocked)
+        if (!PyObject_TypeCheck(item, &VideoLaneType) || ((VideoLane *)item)->selector == NULL) {
+            failed = append_index(&f.fallback, k) < 0;
             continue;
-        if (index != sel->current) {
-            if (index != sel->target || !start || !keyframe)
-                continue;
-            goto python_path; /* START or SWITCH */
         }
-        if (ext_seq < sel->switch_ext_seq)
-            continue;
-        if (sel->allocated < index && sel->target != index)
+        VideoLane *lane = (VideoLane *)item;
+        int verdict = lane_verdict((SelectorState *)lane->selector, index, ext_seq, keyframe, start, 1);
+        if (verdict == L_DROP)
             continue;
         SendTarget *target = (SendTarget *)lane->target;
         SendCounters *counters = (SendCounters *)lane->counters;
         int paced = target->paced;
-        if (keyframe || target->python_path || !(paced || target->ready) || counters->mark == NULL
-            || counters->mark == Py_None)
-            goto python_path;
+        if (verdict == L_PYTHON || target->python_path || !(paced || target->ready) || counters->mark == NULL
+            || counters->mark == Py_None) {
+            failed = append_index(&f.fallback, k) < 0;
+            continue;
+        }
         /* FORWARD: DownTrack._place, StreamRewriter.follow_vp8, write_video. */
         RewriterState *rw = (RewriterState *)lane->rewriter;
-        long long out_ext_seq = ext_seq + rw->seq_offset;
-        uint32_t out_ts = (uint32_t)((timestamp + rw->ts_offset) & 0xFFFFFFFFLL);
-        int newest = out_ext_seq > rw->last_ext_seq;
-        if (newest) {
-            rw->last_ext_seq = out_ext_seq;
-            rw->last_ts = out_ts;
-            rw->last_ms = now_ms;
-            rw->has_last_ms = 1;
-        }
+        uint32_t out_ts;
+        int newest;
+        long long out_ext_seq = lane_place(rw, ext_seq, timestamp, now_ms, &out_ts, &newest);
         int rewrite = 0;
         long long new_pid = pid, new_tl0 = tl0;
         if (pid >= 0) {
@@ -580,31 +969,16 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
         unsigned char *buf;
         if (paced) {
             packet = PyBytes_FromStringAndSize(NULL, len);
-            if (packet == NULL)
-                goto error;
-            buf = (unsigned char *)PyBytes_AS_STRING(packet);
+            buf = packet ? (unsigned char *)PyBytes_AS_STRING(packet) : NULL;
         } else {
-            if (pend.count && (pend.fd != target->fd || pend.account != target->account)) {
-                if (pending_flush(&pend, 1) < 0)
-                    goto error;
-            }
-            pend.fd = target->fd;
-            pend.account = target->account;
-            buf = fp_buffers[pend.count];
+            buf = pending_buffer(&f.pend, target);
+        }
+        if (buf == NULL) {
+            failed = 1;
+            break;
         }
         uint16_t seq16 = (uint16_t)(out_ext_seq & 0xFFFF);
-        buf[0] = lane->first_byte;
-        buf[1] = (unsigned char)(lane->payload_type | (marker ? 0x80 : 0));
-        buf[2] = (unsigned char)(seq16 >> 8);
-        buf[3] = (unsigned char)seq16;
-        buf[4] = (unsigned char)(out_ts >> 24);
-        buf[5] = (unsigned char)(out_ts >> 16);
-        buf[6] = (unsigned char)(out_ts >> 8);
-        buf[7] = (unsigned char)out_ts;
-        buf[8] = (unsigned char)(lane->ssrc >> 24);
-        buf[9] = (unsigned char)(lane->ssrc >> 16);
-        buf[10] = (unsigned char)(lane->ssrc >> 8);
-        buf[11] = (unsigned char)lane->ssrc;
+        put_header(buf, lane->first_byte, lane->payload_type, marker, seq16, out_ts, lane->ssrc);
         Py_ssize_t at = 12;
         memcpy(buf + at, lane->ext, (size_t)lane->ext_len);
         at += lane->ext_len;
@@ -624,109 +998,202 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
             prefix_len += desc_size;
             if (tail_view == NULL) {
                 PyObject *slice = PySlice_New(args[11], Py_None, NULL);
-                if (slice == NULL) {
-                    Py_XDECREF(packet);
-                    goto error;
-                }
-                tail_view = PyObject_GetItem(payload_obj, slice);
-                Py_DECREF(slice);
-                if (tail_view == NULL) {
-                    Py_XDECREF(packet);
-                    goto error;
-                }
+                tail_view = slice ? PyObject_GetItem(payload_obj, slice) : NULL;
+                Py_XDECREF(slice);
             }
             rest = tail_view;
         }
         /* The RTX ring keeps the parts, as write_video puts them. */
-        PyObject *prefix = PyBytes_FromStringAndSize((const char *)buf, prefix_len);
-        if (prefix == NULL) {
+        PyObject *prefix = rest ? PyBytes_FromStringAndSize((const char *)buf, prefix_len) : NULL;
+        if (prefix == NULL || rtx_ring_put((RtxRing *)lane->ring, (long)seq16, prefix, rest, now_ms) < 0) {
+            Py_XDECREF(prefix);
             Py_XDECREF(packet);
-            goto error;
+            failed = 1;
+            break;
         }
-        int put = rtx_ring_put((RtxRing *)lane->ring, (long)seq16, prefix, rest, now_ms);
         Py_DECREF(prefix);
-        if (put < 0) {
-            Py_XDECREF(packet);
-            goto error;
-        }
-        counters->packets_sent += 1;
-        counters->bytes_sent += payload_len;
-        counters->last_rtp_ts = out_ts;
-        counters->last_sent_ms = now_ms;
+        count_sent(counters, payload_len, out_ts, now_ms);
         if (paced) { /* DownTrack.send_built: the pacer, the transport-wide seq, the send */
-            if (handoff == NULL && (handoff = PyList_New(0)) == NULL) {
-                Py_DECREF(packet);
-                goto error;
-            }
-            PyObject *i = PyLong_FromSsize_t(k);
-            int failed = i == NULL || PyList_Append(handoff, i) < 0 || PyList_Append(handoff, packet) < 0;
-            Py_XDECREF(i);
-            Py_DECREF(packet);
-            if (failed)
-                goto error;
+            failed = append_handoff(&f.handoff, k, packet) < 0;
             continue;
         }
-        forwarded += 1;
-        forwarded_bytes += len;
-        pend.nbytes += len;
-        if (fp_protect == NULL || fp_protect((void *)target->srtp, buf, &len) != 0) {
-            pend.protect_errors++;
-            continue;
-        }
-        memcpy(&fp_addrs[pend.count], &target->addr, sizeof(target->addr));
-        fp_iovs[pend.count].iov_base = buf;
-        fp_iovs[pend.count].iov_len = (size_t)len;
-        memset(&fp_msgs[pend.count], 0, sizeof(fp_msgs[pend.count]));
-        fp_msgs[pend.count].msg_hdr.msg_name = &fp_addrs[pend.count];
-        fp_msgs[pend.count].msg_hdr.msg_namelen = target->alen;
-        fp_msgs[pend.count].msg_hdr.msg_iov = &fp_iovs[pend.count];
-        fp_msgs[pend.count].msg_hdr.msg_iovlen = 1;
-        pend.count++;
-        if (pend.count >= early) {
-            if (pending_flush(&pend, 0) < 0)
-                goto error;
-        }
-        continue;
-    python_path:
-        if (fallback == NULL && (fallback = PyList_New(0)) == NULL)
-            goto error;
-        {
-            PyObject *i = PyLong_FromSsize_t(k);
-            if (i == NULL || PyList_Append(fallback, i) < 0) {
-                Py_XDECREF(i);
-                goto error;
-            }
-            Py_DECREF(i);
-        }
-    }
-    if (pending_flush(&pend, 1) < 0)
-        goto error;
-    PyBuffer_Release(&view);
-    Py_XDECREF(tail_view);
-    PyObject *result = Py_BuildValue("nnOO", forwarded, forwarded_bytes, fallback ? fallback : Py_None,
-                                     handoff ? handoff : Py_None);
-    Py_XDECREF(fallback);
-    Py_XDECREF(handoff);
-    return result;
-error:
-    if (pend.count) { /* what was built and protected still leaves: its SRTP index is used */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        pending_flush(&pend, 1);
-        PyErr_Restore(type, value, tb);
+        f.forwarded += 1;
+        f.forwarded_bytes += len;
+        failed = pending_add(&f.pend, target, buf, len, early) < 0;
     }
     PyBuffer_Release(&view);
     Py_XDECREF(tail_view);
-    Py_XDECREF(fallback);
-    Py_XDECREF(handoff);
-    return NULL;
+    return fan_out_finish(&f, failed);
+}
+
+/* ---- fan_out_audio ------------------------------------------------------------------ */
+
+/* DownTrack._red_distance: the RED distance for the subscriber's loss, with hysteresis. */
+static int red_level(double loss, int current)
+{
+    if (loss >= 0.10)
+        return 2;
+    if (loss >= 0.02)
+        return (loss >= 0.05 || current) ? (current > 1 ? current : 1) : 1;
+    if (loss < 0.01)
+        return 0;
+    return current;
+}
+
+/* fan_out_audio(lanes, index, payload, primary_at, timestamp, marker, ext_seq, level,
+ *               nack_window, now_ms, early) -> (forwarded, forwarded_bytes, fallback, handoff)
+ *
+ * One Opus packet (payload: plain Opus, or RED whose primary block starts at
+ * primary_at; -1: not RED) to the lanes of an audio track, for the subscribers that
+ * get plain Opus: without RED, or with RED on a clean link (distance 0; the frame is
+ * kept as RED history, as DownTrack._red_history does). Everything else is the Python
+ * path's: RED out, duplicates, the NACK-loss window's roll (nack_window packets),
+ * a stream start. level: the ssrc-audio-level byte. Returns as fan_out_video. */
+PyObject *fan_out_audio(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "fan_out_audio takes 11 arguments");
+        return NULL;
+    }
+    PyObject *lanes = args[0];
+    if (!PyList_Check(lanes)) {
+        PyErr_SetString(PyExc_TypeError, "lanes must be a list");
+        return NULL;
+    }
+    long index = PyLong_AsLong(args[1]);
+    PyObject *payload_obj = args[2];
+    Py_ssize_t primary_at = PyLong_AsSsize_t(args[3]);
+    long long timestamp = PyLong_AsLongLong(args[4]);
+    int marker = PyObject_IsTrue(args[5]);
+    long long ext_seq = PyLong_AsLongLong(args[6]);
+    long level = PyLong_AsLong(args[7]);
+    long nack_window = PyLong_AsLong(args[8]);
+    double now_ms = PyFloat_AsDouble(args[9]);
+    long early = PyLong_AsLong(args[10]);
+    if (PyErr_Occurred() || marker < 0)
+        return NULL;
+    if (early < 1 || early > BATCH)
+        early = BATCH;
+    Py_buffer view;
+    if (PyObject_GetBuffer(payload_obj, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int is_red = primary_at >= 0;
+    Py_ssize_t skip = is_red ? primary_at : 0;
+    if (skip > view.len || 12 + MAX_EXT + view.len > SLOT - TRAILER) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "primary_at or payload size out of range");
+        return NULL;
+    }
+    const unsigned char *primary = (const unsigned char *)view.buf + skip;
+    Py_ssize_t primary_len = view.len - skip;
+    /* The frame a RED history keeps: a view of immutable bytes as it is, else a copy
+     * (RedEncoder.remember), made once for every listener. */
+    PyObject *kept = NULL;
+    FanOut f = {{-1, NULL, 0, 0, 0, 0, 0, 0}, 0, 0, NULL, NULL};
+    int failed = 0;
+    Py_ssize_t n = PyList_GET_SIZE(lanes);
+    for (Py_ssize_t k = 0; k < n && !failed; k++) {
+        PyObject *item = PyList_GET_ITEM(lanes, k);
+        if (!PyObject_TypeCheck(item, &AudioLaneType) || ((AudioLane *)item)->selector == NULL) {
+            failed = append_index(&f.fallback, k) < 0;
+            continue;
+        }
+        AudioLane *lane = (AudioLane *)item;
+        int verdict = lane_verdict((SelectorState *)lane->selector, index, ext_seq, 0, 1, 0);
+        if (verdict == L_DROP)
+            continue;
+        SendTarget *target = (SendTarget *)lane->target;
+        SendCounters *counters = (SendCounters *)lane->counters;
+        DownTrackState *state = (DownTrackState *)lane->state;
+        int paced = target->paced;
+        int python = verdict == L_PYTHON || target->python_path || !(paced || target->ready) || counters->mark == NULL
+                     || counters->mark == Py_None || state->window_sent + 1 >= nack_window;
+        if (!python && lane->red != NULL) {
+            double loss = counters->fraction_lost > state->nack_loss ? counters->fraction_lost : state->nack_loss;
+            python = red_level(loss, state->red_level) != 0; /* RED out: the Python path */
+        }
+        if (python) {
+            failed = append_index(&f.fallback, k) < 0;
+            continue;
+        }
+        /* DownTrack.write_audio, plain Opus out. */
+        uint32_t out_ts;
+        int newest;
+        long long out_ext_seq = lane_place((RewriterState *)lane->rewriter, ext_seq, timestamp, now_ms, &out_ts, &newest);
+        state->window_sent += 1;
+        if (lane->red != NULL) {
+            state->red_level = 0;
+            if (!is_red) {
+                if (kept == NULL) {
+                    PyObject *base = PyMemoryView_Check(payload_obj) ? PyMemoryView_GET_BASE(payload_obj) : NULL;
+                    kept = base != NULL && PyBytes_CheckExact(base)
+                               ? Py_NewRef(payload_obj)
+                               : PyBytes_FromStringAndSize((const char *)primary, primary_len);
+                    if (kept == NULL) {
+                        failed = 1;
+                        break;
+                    }
+                }
+                red_remember((RedHistory *)lane->red, (long long)out_ts, kept);
+            }
+        }
+        int ext_len = lane->level_id ? lane->ext_head_len + 2 + lane->ext_pad : lane->ext_head_len + lane->ext_pad;
+        int len = (int)(12 + ext_len + primary_len);
+        PyObject *packet = NULL; /* the bytes the RTX ring keeps (and a paced subscriber gets) */
+        unsigned char *buf;
+        if (paced) {
+            packet = PyBytes_FromStringAndSize(NULL, len);
+            buf = packet ? (unsigned char *)PyBytes_AS_STRING(packet) : NULL;
+        } else {
+            buf = pending_buffer(&f.pend, target);
+        }
+        if (buf == NULL) {
+            failed = 1;
+            break;
+        }
+        put_header(buf, lane->first_byte, lane->payload_type, marker, (uint16_t)(out_ext_seq & 0xFFFF), out_ts,
+                   lane->ssrc);
+        unsigned char *e = buf + 12;
+        memcpy(e, lane->ext_head, (size_t)lane->ext_head_len);
+        e += lane->ext_head_len;
+        if (lane->level_id) {
+            e[0] = (unsigned char)(lane->level_id << 4);
+            e[1] = (unsigned char)level;
+            e += 2;
+        }
+        memset(e, 0, (size_t)lane->ext_pad);
+        e += lane->ext_pad;
+        memcpy(e, primary, (size_t)primary_len);
+        /* The RTX ring keeps the whole packet (audio is small). */
+        if (packet == NULL)
+            packet = PyBytes_FromStringAndSize((const char *)buf, len);
+        if (packet == NULL || rtx_ring_put((RtxRing *)lane->ring, (long)(out_ext_seq & 0xFFFF), packet, NULL, now_ms) < 0) {
+            Py_XDECREF(packet);
+            failed = 1;
+            break;
+        }
+        count_sent(counters, primary_len, out_ts, now_ms);
+        if (paced) { /* the subscriber's pacer and transport-wide seq: SubscriberPeer.send_rtp */
+            failed = append_handoff(&f.handoff, k, packet) < 0;
+            continue;
+        }
+        Py_DECREF(packet);
+        f.forwarded += 1;
+        f.forwarded_bytes += len;
+        failed = pending_add(&f.pend, target, buf, len, early) < 0;
+    }
+    PyBuffer_Release(&view);
+    Py_XDECREF(kept);
+    return fan_out_finish(&f, failed);
 }
 
 int lane_add_types(PyObject *m)
 {
-    PyTypeObject *types[] = {&SelectorStateType, &RewriterStateType, &SendCountersType, &SendTargetType, &VideoLaneType};
-    const char *names[] = {"SelectorState", "RewriterState", "SendCounters", "SendTarget", "VideoLane"};
-    for (int i = 0; i < 5; i++) {
+    PyTypeObject *types[] = {&SelectorStateType, &RewriterStateType, &SendCountersType, &SendTargetType,
+                             &VideoLaneType, &DownTrackStateType, &RedHistoryType, &AudioLaneType};
+    const char *names[] = {"SelectorState", "RewriterState", "SendCounters", "SendTarget",
+                           "VideoLane", "DownTrackState", "RedHistory", "AudioLane"};
+    for (int i = 0; i < 8; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;
         Py_INCREF(types[i]);

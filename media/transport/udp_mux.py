@@ -193,6 +193,12 @@ class UdpMux:
         self.batch = []
         return True
 
+    def send_queued(self) -> None:
+        """Send what the open batch holds now and keep it open: a video or audio lane
+        sends from C at once, after what was queued before it."""
+        if self.batch:
+            self.flush(close=False)
+
     def flush(self, close: bool = True) -> None:
         """Send what the open batch holds (one sendmmsg per 64 datagrams)."""
         batch = self.batch

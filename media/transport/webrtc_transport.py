@@ -91,7 +91,7 @@ class WebRtcTransport:
             return
         srtp, addr, fd = self._srtp, self._remote_addr, self.mux.fileno()
         if srtp is not None and srtp.native_tx and addr is not None and fd >= 0 and self.state != "closed":
-            target.set(fd, addr[0], addr[1], srtp.native_tx, self.mux.account)
+            target.set(fd, addr[0], addr[1], srtp.native_tx, self.mux.account, self.mux.send_queued)
         else:
             target.clear()
 
