@@ -54,22 +54,18 @@ MAX_RECOVERY_S = 1.0
 
 # (trace, figure) -> what it measured when last run; see the module docstring.
 NOT_YET: dict[tuple[str, str], str] = {
-    ("ATT-LTE-driving-2016.down", "utilization"): "0.610",
-    ("ATT-LTE-driving-2016.down", "queue"): "p95 258 ms",
-    ("ATT-LTE-driving-2016.up", "utilization"): "0.459",
-    ("ATT-LTE-driving-2016.up", "queue"): "p95 197 ms",
-    ("TMobile-UMTS-driving.down", "utilization"): "0.832",
-    ("TMobile-UMTS-driving.down", "queue"): "p95 376 ms",
-    ("TMobile-UMTS-driving.down", "recovery"): "6.07 s after 1.03 s at 19.8 s; 1.76 s after 0.6 s at 50.94 s; 1.12 s after 0.58 s at 51.6 s",
-    ("TMobile-UMTS-driving.up", "utilization"): "0.721",
-    ("TMobile-UMTS-driving.up", "queue"): "p95 180 ms",
-    ("Verizon-EVDO-driving.down", "utilization"): "0.478",
-    ("Verizon-EVDO-driving.down", "queue"): "p95 198 ms",
-    ("Verizon-EVDO-driving.down", "recovery"): "never after 0.54 s at 35.08 s; never after 0.53 s at 55.98 s",
-    ("Verizon-EVDO-driving.up", "utilization"): "0.747",
-    ("synthetic-3g", "utilization"): "0.809",
-    ("synthetic-3g", "queue"): "p95 375 ms",
-    ("synthetic-lte", "queue"): "p95 185 ms",
+    ("ATT-LTE-driving-2016.down", "utilization"): "0.629",
+    ("ATT-LTE-driving-2016.down", "queue"): "p95 178 ms",
+    ("ATT-LTE-driving-2016.up", "utilization"): "0.511",
+    ("ATT-LTE-driving-2016.up", "queue"): "p95 209 ms",
+    ("TMobile-UMTS-driving.down", "utilization"): "0.780",
+    ("TMobile-UMTS-driving.down", "queue"): "p95 170 ms",
+    ("TMobile-UMTS-driving.down", "recovery"): "6.87 s after 1.03 s at 19.8 s; 1.76 s after 0.6 s at 50.94 s; 1.12 s after 0.58 s at 51.6 s",
+    ("TMobile-UMTS-driving.up", "utilization"): "0.807",
+    ("TMobile-UMTS-driving.up", "queue"): "p95 219 ms",
+    ("Verizon-EVDO-driving.down", "utilization"): "0.631",
+    ("Verizon-EVDO-driving.down", "queue"): "p95 237 ms",
+    ("synthetic-3g", "queue"): "p95 286 ms",
 }
 
 

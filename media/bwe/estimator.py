@@ -13,7 +13,9 @@ Pipeline per feedback batch (``on_packet_results``)::
            ├─> ProbeResultEstimator (packets of probe clusters) ──> probe result
            ├─> InterArrival ─> TrendlineEstimator ─> OveruseDetector ──> usage
            │                       then AimdRateControl(usage, acked) ──> delay-based
-           └─> loss + queueing delay per batch ─> LossBasedControl ──> loss-based
+           ├─> loss + queueing delay per batch ─> LossBasedControl ──> loss-based
+           └─> QueueTargetControl (delivery rate, queue, link pauses) ──> replaces
+               the AIMD rate on links that pause (see _follow_queue_target)
 
 How the shell (the subscriber transport's DownTrack sink) drives it::
 
@@ -47,6 +49,7 @@ from media.bwe.interarrival import InterArrival
 from media.bwe.loss_based import LossBasedControl
 from media.bwe.overuse import BandwidthUsage, OveruseDetector
 from media.bwe.probe import ProbeCluster, ProbeController, ProbeResultEstimator
+from media.bwe.queue_target import QueueTargetControl
 from media.bwe.trendline import TrendlineEstimator
 from media.rtp.twcc import PacketResult
 
@@ -70,6 +73,15 @@ COLLAPSE_GROWTH_MS = 10.0
 COLLAPSE_RATIO = 0.5
 LINK_LIMITED_RATIO = 0.6  # arrival span vs send span: < 0.6 x the send rate
 COLLAPSE_MIN_SPAN_MS = 20.0
+
+# While the queue-target controller is in charge (media/bwe/queue_target.py) the window
+# is the delivery rate x (base ack delay + this), not the estimate x (... + 80 ms): most
+# of the queue on such a link is what was in flight when the radio paused, and the
+# controller's rate (up to 1.25 x delivery) leaves the window room to spare. Not while
+# an outage-return or other probe measures the link, which needs the room. Measured
+# (bench/bwe.py --traces, seeds 1-4): failing pairs 16/20/20/21 -> 12/11/15/16 with the
+# controller at a 35 ms target, against 14/12/13/15 at 50 ms with the usual window.
+QUEUE_TARGET_WINDOW_MS = 40.0
 
 REMEMBER_MS = 15_000.0  # how far back the pre-outage capacity is looked for
 
@@ -235,6 +247,10 @@ class GccEstimator:
         self._ignore_before_ms = -math.inf  # delay/loss of packets sent earlier: outage
         self.outage_probes = 0
         self._recheck: tuple[float, float] | None = None  # (when, at least bps)
+        # On links that pause, a queue-delay target replaces AIMD (_follow_queue_target).
+        self.queue_target = QueueTargetControl()
+        self._queue_target_bps: float | None = None  # its rate while in charge
+        self._queue_target_owns = False  # ... and no probe result floors it (the window)
 
     # ------------------------------------------------------------ inputs
     def set_desired_bps(self, bps: float | None) -> None:
@@ -277,6 +293,11 @@ class GccEstimator:
         acked = self.acked.bitrate_bps()
         if acked is not None:
             rate = min(rate, WINDOW_ACKED_RATIO * acked)
+        delivery = self.queue_target.delivery_bps
+        if self._queue_target_owns and self._recheck is None and delivery is not None:
+            # The queue-target controller sets the estimate and no probe is measuring
+            # the link: a smaller allowance (see QUEUE_TARGET_WINDOW_MS).
+            return InFlight.window_bytes(min(rate, delivery), base_ack, QUEUE_TARGET_WINDOW_MS)
         return InFlight.window_bytes(rate, base_ack)
 
     def _on_outage_start(self, now_ms: float) -> None:
@@ -305,6 +326,9 @@ class GccEstimator:
         self._newest_queue_ms = None
         self.loss_based.forget_window()
         self._ignore_before_ms = now_ms
+        self.queue_target.reset()
+        self._queue_target_bps = None
+        self._queue_target_owns = False
         target = self._pre_outage_bps or 0.0
         self._pre_outage_bps = None
         if target > 1.1 * self._combined():
@@ -376,6 +400,7 @@ class GccEstimator:
                 det.detect(trend, delta.send_delta_ms, delta.arrival_ms)
         self.usage = det.state
         base = self._base_owd.get()
+        self.queue_target.on_results(results, base)
         if received and base is not None:
             self.queue_delay_ms = max(0.0, owd_sum / received - base)
             delivered = None
@@ -397,6 +422,7 @@ class GccEstimator:
             self._early_overuse(sum(newest) / len(newest) - base, delivered, now_ms)
         self.loss_based.on_batch(len(results), lost, self.queue_delay_ms, now_ms)
         self._update_delay_based(probe_done, now_ms)
+        self._follow_queue_target(now_ms)
         delay_bps = self.aimd.current_bps
         self.loss_based.update(self._combined(), delay_bps, now_ms)
         if self.aimd.decreases != self._decreases_seen or self.loss_based.state == "decrease":
@@ -445,11 +471,7 @@ class GccEstimator:
         # Right after a probe raised the estimate, the acked window still holds the old,
         # lower rate; a cut to beta * that stale figure would undo the probe for nothing.
         # The probe measured its rate as deliverable, so it stands in as the floor.
-        if (
-            self._probe_set_ms is not None
-            and self.last_probe_bps is not None
-            and now_ms - self._probe_set_ms < self.acked.window_ms + (self.rtt_ms or 100.0)
-        ):
+        if self._probe_recent(now_ms) and self.last_probe_bps is not None:
             acked = max(acked or 0.0, self.last_probe_bps)
         if self.usage is BandwidthUsage.OVERUSING:
             # What the link delivered lately is a lower bound of its capacity, and
@@ -484,9 +506,34 @@ class GccEstimator:
             return
         self.aimd.update(self.usage, acked, now_ms, self.queue_delay_ms, self._newest_send_ms)
 
+    def _probe_recent(self, now_ms: float) -> bool:
+        """A probe set the estimate within the acked window plus a round trip."""
+        if self._probe_set_ms is None:
+            return False
+        return now_ms - self._probe_set_ms < self.acked.window_ms + (self.rtt_ms or 100.0)
+
+    def _follow_queue_target(self, now_ms: float) -> None:
+        """On a link that pauses, the queue-target rate replaces AIMD's (``queue_target``).
+
+        AIMD is set to that rate, so it carries on from there once the pauses stop. A
+        probe that just raised the estimate stays a floor: the delivery window still
+        holds the rate from before it.
+        """
+        qt = self.queue_target
+        if not qt.in_charge or qt.rate_bps is None:
+            self._queue_target_bps = None
+            self._queue_target_owns = False
+            return
+        self._queue_target_bps = qt.rate_bps
+        self._queue_target_owns = not self._probe_recent(now_ms)
+        if self._queue_target_owns:
+            self.aimd.current_bps = qt.rate_bps
+
     # ----------------------------------------------------------- outputs
     def _combined(self) -> float:
         est = self.aimd.current_bps
+        if self._queue_target_bps is not None:
+            est = max(est, self._queue_target_bps)
         lb = self.loss_based.rate_bps
         if lb is not None and lb < est:
             est = lb

@@ -92,10 +92,11 @@ class InFlight:
         return self._send_ms[0] if self._send_ms else None
 
     @staticmethod
-    def window_bytes(estimate_bps: float, base_ack_ms: float) -> int:
+    def window_bytes(estimate_bps: float, base_ack_ms: float, queue_ms: float = WINDOW_QUEUE_MS) -> int:
         """The congestion window for ``estimate_bps`` when a packet is covered by feedback
-        ``base_ack_ms`` after it left on an empty path (round trip + feedback interval)."""
-        return max(MIN_WINDOW_BYTES, int(estimate_bps * (base_ack_ms + WINDOW_QUEUE_MS) / 8000.0))
+        ``base_ack_ms`` after it left on an empty path (round trip + feedback interval),
+        allowing ``queue_ms`` of queue beyond that."""
+        return max(MIN_WINDOW_BYTES, int(estimate_bps * (base_ack_ms + queue_ms) / 8000.0))
 
 
 class OutageTracker:
