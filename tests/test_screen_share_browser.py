@@ -4,7 +4,8 @@ A presenter page (720p camera in simulcast) shares its screen (Chromium's fake d
 capture, two simulcast layers, content hint ``detail``); a second camera page joins
 too. A viewer page behind netem's TURN relay with a 500 kbit/s downlink must get the
 screen on its stage (decoded frames) and Ferry must give it the screen first: the
-screen forwarded (one short pause allowed) and carrying more than any camera. When sharing
+screen forwarded (one short pause allowed), a camera never forwarded in its place
+beyond that pause. When sharing
 stops, the stage empties for the viewer. Prints ``SCREEN {...}`` (``pytest -s``).
 """
 
@@ -105,21 +106,24 @@ async def test_viewer_on_500_kbit_gets_the_shared_screen_before_any_camera(
                 }
             )
         )
-        screen_down = sub.down_tracks[screen.sid]
-        assert not screen_down.selector.paused and screen_down.selector.current is not None
         screen_key = next(k for k in samples[0] if k.startswith("screen"))
-        # The screen is forwarded throughout, but for one short pause allowed: its layer is
-        # priced at its recent peak, and a screen keyframe's peak can briefly price it
-        # above the budget, when the allocator hands what is left to a camera.
+        # The screen is forwarded throughout, but for one short pause allowed (and that
+        # pause may be the last sample): its layer is priced at its recent peak, and a
+        # screen keyframe's peak can briefly price it above the budget, when the
+        # allocator hands what is left to a camera.
         watched = samples[2:]
-        on = sum(1 for row in watched if row[screen_key] is not None and not row[screen_key][0])
-        assert on >= len(watched) - 2, samples
-        late = samples[len(samples) // 2 :]
-        screen_kbps = sum(row[screen_key][2] for row in late)
-        for key in samples[0]:
-            if key != screen_key:
-                camera_kbps = sum((row[key] or (0, 0, 0))[2] for row in late)
-                assert screen_kbps > camera_kbps, (key, samples)
+        forwarded = [row[screen_key] is not None and not row[screen_key][0] for row in watched]
+        assert sum(forwarded) >= len(watched) - 2, samples
+        assert any(forwarded[-3:]), samples  # not left paused
+        # A camera is forwarded while the screen is paused only in those short pauses: the
+        # screen's bitrate may be below a camera's (a still screen codes cheaply), but a
+        # camera never takes its place.
+        cameras_only = [
+            row
+            for row, on in zip(watched, forwarded, strict=True)
+            if not on and any(v is not None and not v[0] for k, v in row.items() if k != screen_key)
+        ]
+        assert len(cameras_only) <= 2, samples
         assert any(t["name"] == "teacher's screen" and t["width"] > 0 for t in stage), stage
         # Stopping the share empties the viewer's stage.
         await teacher.evaluate("window.ferry.shareScreen()")
