@@ -24,7 +24,6 @@ __all__ = [
     "SelectorState",
     "SendCounters",
     "SendTarget",
-    "VideoLane",
     "fan_out_video",
 ]
 
@@ -98,8 +97,7 @@ SendCounters: Any
 DownTrackState: Any
 RedHistory: Any
 SendTarget: Any
-VideoLane: Any
-AudioLane: Any
+Lane: Any
 fan_out_video: Any
 fan_out_audio: Any
 
@@ -110,8 +108,7 @@ if NATIVE:
     DownTrackState = _fastpath.DownTrackState
     RedHistory = _fastpath.RedHistory
     SendTarget = _fastpath.SendTarget
-    VideoLane = _fastpath.VideoLane
-    AudioLane = _fastpath.AudioLane
+    Lane = _fastpath.Lane
     fan_out_video = _fastpath.fan_out_video
     fan_out_audio = _fastpath.fan_out_audio
 else:
@@ -120,4 +117,4 @@ else:
     SendCounters = _SendCounters
     DownTrackState = _DownTrackState
     RedHistory = _RedHistory
-    SendTarget = VideoLane = AudioLane = fan_out_video = fan_out_audio = None
+    SendTarget = Lane = fan_out_video = fan_out_audio = None

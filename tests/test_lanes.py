@@ -104,7 +104,7 @@ async def _run(kind: str, lanes: bool, monkeypatch: pytest.MonkeyPatch) -> dict[
 
             m.setattr(published_track_module, name, counting)
         else:
-            m.setattr(down_track_module, "VideoLane" if kind == "video" else "AudioLane", None)
+            m.setattr(down_track_module, "Lane", None)
         return await _call(kind, calls)
 
 

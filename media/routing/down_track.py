@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from media.audio.duplicates import COPY_OFFSETS, AudioDuplicates
 from media.audio.red_encoder import RedEncoder
-from media.lanes import AudioLane, DownTrackState, VideoLane
+from media.lanes import DownTrackState, Lane
 from media.rtp.rtx import new_rtx_cache
 from media.rtp.stream_send import RtpStreamSend
 from media.transport.udp_mux import SEND_PATH
@@ -160,36 +160,20 @@ class DownTrack(DownTrackState):
         # write_video / write_audio.
         self.lane = None
         target = getattr(sink, "send_target", None)
-        if not native or target is None:
+        if Lane is None or not native or target is None:
             pass
-        elif self.is_video and VideoLane is not None:
-            self.lane = VideoLane(
-                self.selector,
-                self.rewriter,
-                self.stream,
-                self.rtx_cache,
-                target,
-                self._first_byte,
-                payload_type,
-                ssrc,
-                self._ext_video,
-            )
-        elif not self.is_video and AudioLane is not None and self.duplicates is None:  # duplicates: Python's
-            self.lane = AudioLane(
-                self,
-                self.selector,
-                self.rewriter,
-                self.stream,
-                self.rtx_cache,
-                target,
-                self._red_encoder,
-                self._first_byte,
-                payload_type,
-                ssrc,
-                self._ext_audio_head,
-                audio_level_ext_id or 0,
-                len(self._ext_audio_pad),
-            )
+        elif self.is_video:
+            self.lane = Lane(
+                self.selector, self.rewriter, self.stream, self.rtx_cache, target,
+                self._first_byte, payload_type, ssrc, self._ext_video,
+            )  # fmt: skip
+        elif self.duplicates is None:  # duplicates are the Python path's
+            self.lane = Lane(
+                self.selector, self.rewriter, self.stream, self.rtx_cache, target,
+                self._first_byte, payload_type, ssrc, self._ext_audio_head,
+                state=self, red=self._red_encoder, level_id=audio_level_ext_id or 0,
+                extension_pad=len(self._ext_audio_pad),
+            )  # fmt: skip
 
     def continuity(self) -> StreamContinuity:
         return self.rewriter.continuity(self.ssrc)

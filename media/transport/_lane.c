@@ -1,16 +1,18 @@
-/* Video lanes: a video packet's fan-out to its subscribers in one call.
+/* Lanes: a packet's fan-out to its subscribers in one call.
  *
- * Forwarding one packet to N subscribers ran N times through DownTrack.write_video,
- * the layer selector, the stream rewriter, the RTX ring, the send counters and the
- * transport: ten Python calls per packet and subscriber, ~half of the forward path.
- * A VideoLane is one video DownTrack's steady state seen from C: the same objects
- * (the selector's, rewriter's and counters' fields live in the C base classes below,
- * which the Python classes extend), so there is one copy of every value and nothing
- * to keep in sync. fan_out_video walks a track's lanes for one packet: it drops what
- * the selector would drop, and forwards what it would forward (seq/timestamp/picture
- * id continuity, the RTX ring, the counters, SRTP, sendmmsg). Every packet that needs
- * a decision (a layer start or switch, a keyframe, a subscriber that is paced or not
- * connected) is left to the Python path: its lane's index is returned, untouched.
+ * In Python, forwarding one packet to N subscribers is N passes through the
+ * DownTrack, the layer selector, the stream rewriter, the RTX ring, the send counters
+ * and the transport: ten calls per packet and subscriber, about half of the forward
+ * path's cost. A Lane is one DownTrack's steady state seen from C, through the same
+ * objects: the selector's, rewriter's, counters' and DownTrack's fields live in the C
+ * base classes below, which the Python classes extend, so every value has one copy.
+ * fan_out_video / fan_out_audio walk a track's lanes for one packet: they drop what the
+ * selector would drop and forward what it would forward (seq/timestamp/picture id
+ * continuity, plain Opus with its audio level and RED history, the RTX ring, the
+ * counters, SRTP, sendmmsg). Every packet that needs a decision (a layer start or
+ * switch, a keyframe, RED toward a lossy listener, duplicates, the NACK-loss window's
+ * roll, a subscriber that is not connected) is left to the Python path: its lane's
+ * index is returned, untouched.
  *
  * Paced subscribers (transport-cc) get their packet built here and handed back: the
  * pacer, the transport-wide seq, the send history and the probe packet stay Python's.
@@ -478,9 +480,10 @@ static PyTypeObject RedHistoryType = {
     .tp_methods = RedHistory_methods,
 };
 
-/* ---- VideoLane ---------------------------------------------------------------------- */
+/* ---- Lane ----------------------------------------------------------------------------- */
 #define MAX_EXT 16
 
+/* One DownTrack's steady state: a video lane (state == NULL) or an audio lane. */
 typedef struct {
     PyObject_HEAD
     PyObject *selector; /* SelectorState */
@@ -488,139 +491,53 @@ typedef struct {
     PyObject *counters; /* SendCounters */
     PyObject *ring;     /* RtxRing */
     PyObject *target;   /* SendTarget */
+    PyObject *state;    /* audio: DownTrackState (the DownTrack itself) */
+    PyObject *red;      /* audio: RedHistory, or NULL when the subscriber takes no RED */
     unsigned char first_byte;
     unsigned char payload_type;
     uint32_t ssrc;
-    unsigned char ext[MAX_EXT];
+    unsigned char ext[MAX_EXT]; /* video: the whole block; audio: up to the level element */
     int ext_len;
-} VideoLane;
+    int level_id; /* audio: the level element's id, 0 for none */
+    int ext_pad;  /* audio: zero bytes after the level element */
+} Lane;
 
-static int Lane_init(VideoLane *self, PyObject *args, PyObject *kwds)
+static int Lane_init(Lane *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"selector", "rewriter", "counters", "ring", "target", "first_byte", "payload_type", "ssrc",
-                             "extensions", NULL};
-    PyObject *selector, *rewriter, *counters, *ring, *target;
-    int first_byte, payload_type;
+    static char *kwlist[] = {"selector", "rewriter", "counters", "ring", "target", "first_byte", "payload_type",
+                             "ssrc", "extensions", "state", "red", "level_id", "extension_pad", NULL};
+    PyObject *selector, *rewriter, *counters, *ring, *target, *state = Py_None, *red = Py_None;
+    int first_byte, payload_type, level_id = 0, pad = 0;
     unsigned long ssrc;
     Py_buffer ext;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O!iiky*", kwlist, &SelectorStateType, &selector,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O!iiky*|$OOii", kwlist, &SelectorStateType, &selector,
                                      &RewriterStateType, &rewriter, &SendCountersType, &counters, &RtxRingType, &ring,
-                                     &SendTargetType, &target, &first_byte, &payload_type, &ssrc, &ext))
+                                     &SendTargetType, &target, &first_byte, &payload_type, &ssrc, &ext, &state, &red,
+                                     &level_id, &pad))
         return -1;
-    if (ext.len > MAX_EXT || ext.len % 4 != 0) {
+    const char *error = NULL;
+    if (state != Py_None && !PyObject_TypeCheck(state, &DownTrackStateType))
+        error = "state must be a DownTrackState or None";
+    else if (red != Py_None && (state == Py_None || !PyObject_TypeCheck(red, &RedHistoryType)))
+        error = "red: a RedHistory, for an audio lane";
+    else if (level_id < 0 || level_id > 14 || pad < 0 || pad > 3 || ext.len + (level_id ? 2 : 0) + pad > MAX_EXT
+             || (state == Py_None && (ext.len % 4 != 0 || level_id || pad)))
+        error = "the extension block does not fit";
+    if (error != NULL) {
         PyBuffer_Release(&ext);
-        PyErr_SetString(PyExc_ValueError, "extensions: a block of up to 16 bytes, a multiple of 4");
+        PyErr_SetString(PyExc_ValueError, error);
         return -1;
     }
     memcpy(self->ext, ext.buf, (size_t)ext.len);
     self->ext_len = (int)ext.len;
     PyBuffer_Release(&ext);
-    Py_INCREF(selector);
-    Py_XSETREF(self->selector, selector);
-    Py_INCREF(rewriter);
-    Py_XSETREF(self->rewriter, rewriter);
-    Py_INCREF(counters);
-    Py_XSETREF(self->counters, counters);
-    Py_INCREF(ring);
-    Py_XSETREF(self->ring, ring);
-    Py_INCREF(target);
-    Py_XSETREF(self->target, target);
-    self->first_byte = (unsigned char)first_byte;
-    self->payload_type = (unsigned char)(payload_type & 0x7F);
-    self->ssrc = (uint32_t)ssrc;
-    return 0;
-}
-
-static int Lane_traverse(VideoLane *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->selector);
-    Py_VISIT(self->rewriter);
-    Py_VISIT(self->counters);
-    Py_VISIT(self->ring);
-    Py_VISIT(self->target);
-    return 0;
-}
-
-static int Lane_clear(VideoLane *self)
-{
-    Py_CLEAR(self->selector);
-    Py_CLEAR(self->rewriter);
-    Py_CLEAR(self->counters);
-    Py_CLEAR(self->ring);
-    Py_CLEAR(self->target);
-    return 0;
-}
-
-static void Lane_dealloc(VideoLane *self)
-{
-    PyObject_GC_UnTrack(self);
-    Lane_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyTypeObject VideoLaneType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "media.transport._fastpath.VideoLane",
-    .tp_basicsize = sizeof(VideoLane),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "One video DownTrack's steady state, forwarded from C by fan_out_video.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Lane_init,
-    .tp_dealloc = (destructor)Lane_dealloc,
-    .tp_traverse = (traverseproc)Lane_traverse,
-    .tp_clear = (inquiry)Lane_clear,
-};
-
-/* ---- AudioLane ---------------------------------------------------------------------- */
-typedef struct {
-    PyObject_HEAD
-    PyObject *state;    /* DownTrackState: the DownTrack itself */
-    PyObject *selector; /* SelectorState */
-    PyObject *rewriter; /* RewriterState */
-    PyObject *counters; /* SendCounters */
-    PyObject *ring;     /* RtxRing */
-    PyObject *target;   /* SendTarget */
-    PyObject *red;      /* RedHistory, or NULL: the subscriber takes no RED */
-    unsigned char first_byte;
-    unsigned char payload_type;
-    uint32_t ssrc;
-    unsigned char ext_head[MAX_EXT]; /* one-byte header and the TWCC element */
-    int ext_head_len;
-    int level_id; /* 0: no audio level element */
-    int ext_pad;
-} AudioLane;
-
-static int AudioLane_init(AudioLane *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"state", "selector", "rewriter", "counters", "ring", "target", "red", "first_byte",
-                             "payload_type", "ssrc", "extension_head", "level_id", "extension_pad", NULL};
-    PyObject *state, *selector, *rewriter, *counters, *ring, *target, *red;
-    int first_byte, payload_type, level_id, pad;
-    unsigned long ssrc;
-    Py_buffer head;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O!O!Oiiky*ii", kwlist, &DownTrackStateType, &state,
-                                     &SelectorStateType, &selector, &RewriterStateType, &rewriter, &SendCountersType,
-                                     &counters, &RtxRingType, &ring, &SendTargetType, &target, &red, &first_byte,
-                                     &payload_type, &ssrc, &head, &level_id, &pad))
-        return -1;
-    if (red != Py_None && !PyObject_TypeCheck(red, &RedHistoryType)) {
-        PyBuffer_Release(&head);
-        PyErr_SetString(PyExc_TypeError, "red must be a RedHistory or None");
-        return -1;
-    }
-    if (head.len + 2 + pad > MAX_EXT || level_id < 0 || level_id > 14 || pad < 0 || pad > 3) {
-        PyBuffer_Release(&head);
-        PyErr_SetString(PyExc_ValueError, "extension block does not fit");
-        return -1;
-    }
-    memcpy(self->ext_head, head.buf, (size_t)head.len);
-    self->ext_head_len = (int)head.len;
-    PyBuffer_Release(&head);
-    PyObject *refs[] = {state, selector, rewriter, counters, ring, target, red == Py_None ? NULL : red};
-    PyObject **slots[] = {&self->state, &self->selector, &self->rewriter, &self->counters, &self->ring,
-                          &self->target, &self->red};
+    PyObject *refs[] = {selector, rewriter, counters, ring, target, state, red};
+    PyObject **slots[] = {&self->selector, &self->rewriter, &self->counters, &self->ring,
+                          &self->target, &self->state, &self->red};
     for (int i = 0; i < 7; i++) {
-        Py_XINCREF(refs[i]);
-        Py_XSETREF(*slots[i], refs[i]);
+        PyObject *ref = refs[i] == Py_None ? NULL : refs[i];
+        Py_XINCREF(ref);
+        Py_XSETREF(*slots[i], ref);
     }
     self->first_byte = (unsigned char)first_byte;
     self->payload_type = (unsigned char)(payload_type & 0x7F);
@@ -630,48 +547,62 @@ static int AudioLane_init(AudioLane *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-static int AudioLane_traverse(AudioLane *self, visitproc visit, void *arg)
+static int Lane_traverse(Lane *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->state);
     Py_VISIT(self->selector);
     Py_VISIT(self->rewriter);
     Py_VISIT(self->counters);
     Py_VISIT(self->ring);
     Py_VISIT(self->target);
+    Py_VISIT(self->state);
     Py_VISIT(self->red);
     return 0;
 }
 
-static int AudioLane_clear(AudioLane *self)
+static int Lane_clear(Lane *self)
 {
-    Py_CLEAR(self->state);
     Py_CLEAR(self->selector);
     Py_CLEAR(self->rewriter);
     Py_CLEAR(self->counters);
     Py_CLEAR(self->ring);
     Py_CLEAR(self->target);
+    Py_CLEAR(self->state);
     Py_CLEAR(self->red);
     return 0;
 }
 
-static void AudioLane_dealloc(AudioLane *self)
+static void Lane_dealloc(Lane *self)
 {
     PyObject_GC_UnTrack(self);
-    AudioLane_clear(self);
+    Lane_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyTypeObject AudioLaneType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "media.transport._fastpath.AudioLane",
-    .tp_basicsize = sizeof(AudioLane),
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "media.transport._fastpath.Lane",
+    .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "One audio DownTrack's steady state, forwarded from C by fan_out_audio.",
+    .tp_doc = "Lane(selector, rewriter, counters, ring, target, first_byte, payload_type, ssrc, extensions, *, "
+              "state=None, red=None, level_id=0, extension_pad=0): one DownTrack's steady state, forwarded "
+              "from C by fan_out_video (a video lane: no state) or fan_out_audio (state: the DownTrack).",
     .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)AudioLane_init,
-    .tp_dealloc = (destructor)AudioLane_dealloc,
-    .tp_traverse = (traverseproc)AudioLane_traverse,
-    .tp_clear = (inquiry)AudioLane_clear,
+    .tp_init = (initproc)Lane_init,
+    .tp_dealloc = (destructor)Lane_dealloc,
+    .tp_traverse = (traverseproc)Lane_traverse,
+    .tp_clear = (inquiry)Lane_clear,
 };
+
+/* The lane at lanes[k] when it is one of this kind with its references; else NULL. */
+static Lane *lane_of(PyObject *lanes, Py_ssize_t k, int audio)
+{
+    PyObject *item = PyList_GET_ITEM(lanes, k);
+    if (!PyObject_TypeCheck(item, &LaneType))
+        return NULL;
+    Lane *lane = (Lane *)item;
+    if (lane->selector == NULL || (lane->state != NULL) != audio)
+        return NULL;
+    return lane;
+}
 
 /* ---- what both fan-outs share ------------------------------------------------------- */
 
@@ -850,13 +781,50 @@ static PyObject *fan_out_finish(FanOut *f, int failed)
     return result;
 }
 
+/* Where a lane builds its packet: the next datagram of the batch, or (paced) new bytes
+ * handed over to Python (*packet). NULL with an exception set. */
+static unsigned char *lane_buffer(FanOut *f, SendTarget *target, int paced, int len, PyObject **packet)
+{
+    if (!paced)
+        return pending_buffer(&f->pend, target);
+    *packet = PyBytes_FromStringAndSize(NULL, len);
+    return *packet ? (unsigned char *)PyBytes_AS_STRING(*packet) : NULL;
+}
+
+/* The packet lane k built leaves: handed over (paced: steals packet) or protected into
+ * the batch. -1 on a Python error. */
+static int lane_send(FanOut *f, Py_ssize_t k, SendTarget *target, PyObject *packet, unsigned char *buf, int len,
+                     long early)
+{
+    if (target->paced) /* the subscriber's pacer and transport-wide seq (SubscriberPeer.send_rtp) */
+        return append_handoff(&f->handoff, k, packet);
+    Py_XDECREF(packet);
+    f->forwarded += 1;
+    f->forwarded_bytes += len;
+    return pending_add(&f->pend, target, buf, len, early);
+}
+
+/* The arguments every fan-out starts with: nargs, and lanes a list. */
+static int fan_out_args(Py_ssize_t nargs, Py_ssize_t expected, const char *name, PyObject *lanes)
+{
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, expected);
+        return -1;
+    }
+    if (!PyList_Check(lanes)) {
+        PyErr_SetString(PyExc_TypeError, "lanes must be a list");
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- fan_out_video ------------------------------------------------------------------ */
 
 /* fan_out_video(lanes, index, payload, timestamp, marker, ext_seq, keyframe, start,
  *               picture_id, picture_id_bits, tl0picidx, descriptor_size, now_ms, early)
  *   -> (forwarded, forwarded_bytes, fallback, handoff)
  *
- * lanes: list of VideoLane or None, in the order of the track's DownTracks. payload:
+ * lanes: list of Lane or None, in the order of the track's DownTracks. payload:
  * the packet's payload (a buffer; kept by the RTX rings, sliced after the descriptor
  * when a lane rewrites it). picture_id / tl0picidx: -1 when the descriptor has none.
  * early: send once this many datagrams are built (the first subscribers need not wait
@@ -867,15 +835,9 @@ static PyObject *fan_out_finish(FanOut *f, int failed)
  * cached and counted here, sent by DownTrack.send_built through the pacer. */
 PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 14) {
-        PyErr_SetString(PyExc_TypeError, "fan_out_video takes 14 arguments");
+    PyObject *lanes = nargs > 0 ? args[0] : NULL;
+    if (fan_out_args(nargs, 14, "fan_out_video", lanes) < 0)
         return NULL;
-    }
-    PyObject *lanes = args[0];
-    if (!PyList_Check(lanes)) {
-        PyErr_SetString(PyExc_TypeError, "lanes must be a list");
-        return NULL;
-    }
     long index = PyLong_AsLong(args[1]);
     PyObject *payload_obj = args[2];
     long long timestamp = PyLong_AsLongLong(args[3]);
@@ -919,12 +881,11 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
     int failed = 0;
     Py_ssize_t n = PyList_GET_SIZE(lanes);
     for (Py_ssize_t k = 0; k < n && !failed; k++) {
-        PyObject *item = PyList_GET_ITEM(lanes, k);
-        if (!PyObject_TypeCheck(item, &VideoLaneType) || ((VideoLane *)item)->selector == NULL) {
+        Lane *lane = lane_of(lanes, k, 0);
+        if (lane == NULL) {
             failed = append_index(&f.fallback, k) < 0;
             continue;
         }
-        VideoLane *lane = (VideoLane *)item;
         int verdict = lane_verdict((SelectorState *)lane->selector, index, ext_seq, keyframe, start, 1);
         if (verdict == L_DROP)
             continue;
@@ -966,13 +927,7 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
          * into the next datagram of the batch, or (paced) into the bytes handed over. */
         int len = (int)(12 + lane->ext_len + payload_len);
         PyObject *packet = NULL;
-        unsigned char *buf;
-        if (paced) {
-            packet = PyBytes_FromStringAndSize(NULL, len);
-            buf = packet ? (unsigned char *)PyBytes_AS_STRING(packet) : NULL;
-        } else {
-            buf = pending_buffer(&f.pend, target);
-        }
+        unsigned char *buf = lane_buffer(&f, target, paced, len, &packet);
         if (buf == NULL) {
             failed = 1;
             break;
@@ -1013,13 +968,7 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
         }
         Py_DECREF(prefix);
         count_sent(counters, payload_len, out_ts, now_ms);
-        if (paced) { /* DownTrack.send_built: the pacer, the transport-wide seq, the send */
-            failed = append_handoff(&f.handoff, k, packet) < 0;
-            continue;
-        }
-        f.forwarded += 1;
-        f.forwarded_bytes += len;
-        failed = pending_add(&f.pend, target, buf, len, early) < 0;
+        failed = lane_send(&f, k, target, packet, buf, len, early) < 0; /* paced: DownTrack.send_built */
     }
     PyBuffer_Release(&view);
     Py_XDECREF(tail_view);
@@ -1051,15 +1000,9 @@ static int red_level(double loss, int current)
  * a stream start. level: the ssrc-audio-level byte. Returns as fan_out_video. */
 PyObject *fan_out_audio(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "fan_out_audio takes 11 arguments");
+    PyObject *lanes = nargs > 0 ? args[0] : NULL;
+    if (fan_out_args(nargs, 11, "fan_out_audio", lanes) < 0)
         return NULL;
-    }
-    PyObject *lanes = args[0];
-    if (!PyList_Check(lanes)) {
-        PyErr_SetString(PyExc_TypeError, "lanes must be a list");
-        return NULL;
-    }
     long index = PyLong_AsLong(args[1]);
     PyObject *payload_obj = args[2];
     Py_ssize_t primary_at = PyLong_AsSsize_t(args[3]);
@@ -1093,12 +1036,11 @@ PyObject *fan_out_audio(PyObject *module, PyObject *const *args, Py_ssize_t narg
     int failed = 0;
     Py_ssize_t n = PyList_GET_SIZE(lanes);
     for (Py_ssize_t k = 0; k < n && !failed; k++) {
-        PyObject *item = PyList_GET_ITEM(lanes, k);
-        if (!PyObject_TypeCheck(item, &AudioLaneType) || ((AudioLane *)item)->selector == NULL) {
+        Lane *lane = lane_of(lanes, k, 1);
+        if (lane == NULL) {
             failed = append_index(&f.fallback, k) < 0;
             continue;
         }
-        AudioLane *lane = (AudioLane *)item;
         int verdict = lane_verdict((SelectorState *)lane->selector, index, ext_seq, 0, 1, 0);
         if (verdict == L_DROP)
             continue;
@@ -1137,16 +1079,10 @@ PyObject *fan_out_audio(PyObject *module, PyObject *const *args, Py_ssize_t narg
                 red_remember((RedHistory *)lane->red, (long long)out_ts, kept);
             }
         }
-        int ext_len = lane->level_id ? lane->ext_head_len + 2 + lane->ext_pad : lane->ext_head_len + lane->ext_pad;
+        int ext_len = lane->ext_len + (lane->level_id ? 2 : 0) + lane->ext_pad;
         int len = (int)(12 + ext_len + primary_len);
         PyObject *packet = NULL; /* the bytes the RTX ring keeps (and a paced subscriber gets) */
-        unsigned char *buf;
-        if (paced) {
-            packet = PyBytes_FromStringAndSize(NULL, len);
-            buf = packet ? (unsigned char *)PyBytes_AS_STRING(packet) : NULL;
-        } else {
-            buf = pending_buffer(&f.pend, target);
-        }
+        unsigned char *buf = lane_buffer(&f, target, paced, len, &packet);
         if (buf == NULL) {
             failed = 1;
             break;
@@ -1154,8 +1090,8 @@ PyObject *fan_out_audio(PyObject *module, PyObject *const *args, Py_ssize_t narg
         put_header(buf, lane->first_byte, lane->payload_type, marker, (uint16_t)(out_ext_seq & 0xFFFF), out_ts,
                    lane->ssrc);
         unsigned char *e = buf + 12;
-        memcpy(e, lane->ext_head, (size_t)lane->ext_head_len);
-        e += lane->ext_head_len;
+        memcpy(e, lane->ext, (size_t)lane->ext_len);
+        e += lane->ext_len;
         if (lane->level_id) {
             e[0] = (unsigned char)(lane->level_id << 4);
             e[1] = (unsigned char)level;
@@ -1173,14 +1109,7 @@ PyObject *fan_out_audio(PyObject *module, PyObject *const *args, Py_ssize_t narg
             break;
         }
         count_sent(counters, primary_len, out_ts, now_ms);
-        if (paced) { /* the subscriber's pacer and transport-wide seq: SubscriberPeer.send_rtp */
-            failed = append_handoff(&f.handoff, k, packet) < 0;
-            continue;
-        }
-        Py_DECREF(packet);
-        f.forwarded += 1;
-        f.forwarded_bytes += len;
-        failed = pending_add(&f.pend, target, buf, len, early) < 0;
+        failed = lane_send(&f, k, target, packet, buf, len, early) < 0;
     }
     PyBuffer_Release(&view);
     Py_XDECREF(kept);
@@ -1190,10 +1119,10 @@ PyObject *fan_out_audio(PyObject *module, PyObject *const *args, Py_ssize_t narg
 int lane_add_types(PyObject *m)
 {
     PyTypeObject *types[] = {&SelectorStateType, &RewriterStateType, &SendCountersType, &SendTargetType,
-                             &VideoLaneType, &DownTrackStateType, &RedHistoryType, &AudioLaneType};
+                             &DownTrackStateType, &RedHistoryType, &LaneType};
     const char *names[] = {"SelectorState", "RewriterState", "SendCounters", "SendTarget",
-                           "VideoLane", "DownTrackState", "RedHistory", "AudioLane"};
-    for (int i = 0; i < 8; i++) {
+                           "DownTrackState", "RedHistory", "Lane"};
+    for (int i = 0; i < 7; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;
         Py_INCREF(types[i]);
