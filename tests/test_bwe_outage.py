@@ -10,9 +10,11 @@ from media.bwe.in_flight import (
     InFlight,
     OutageTracker,
 )
-from media.bwe.pacer import CONGESTED_PACKET_INTERVAL_MS, Pacer
+from media.bwe.pacer import CONGESTED_PACKET_INTERVAL_MS, OUTAGE_AUDIO_QUEUE_MS, Pacer
 from media.bwe.probe import ProbeCluster
+from media.engine import Engine, EngineConfig
 from media.rtp.twcc import PacketResult
+from tests.router_setup import publish, subscribe
 
 
 def test_in_flight_counts_until_feedback_covers_a_later_packet() -> None:
@@ -153,6 +155,25 @@ def test_a_full_window_still_lets_one_packet_out_per_interval_to_draw_feedback()
     assert p.next_send_time(4 * CONGESTED_PACKET_INTERVAL_MS + 1.0) == 5 * CONGESTED_PACKET_INTERVAL_MS
 
 
+def test_during_an_outage_only_padding_leaves_and_queued_audio_is_kept_briefly() -> None:
+    """What is sent into a dead link reaches the receiver late, in one burst: Chrome's
+    audio jitter buffer plays every packet of it (that much delay, shed over seconds),
+    and late video frames skew its playout clock. Padding only has to draw feedback."""
+    p = Pacer(1_000_000)
+    assert p.try_send_now(100, "audio", 0.0)
+    p.set_window(10_000, 100, outage=True)  # far from full, but the link is out
+    assert p.congested and not p.try_send_now(100, "audio", 10.0)
+    p.enqueue("a1", 100, "audio", 10.0)
+    p.enqueue("v1", 1000, "video", 10.0)
+    sent = p.pop(CONGESTED_PACKET_INTERVAL_MS, lambda size: b"p" * size)
+    assert [(x.kind, x.size) for x in sent] == [("padding", 200)]
+    p.enqueue("a2", 100, "audio", 250.0)
+    assert p.dropped["audio"] == 1 and p.queued_packets == 2  # a1 outlived OUTAGE_AUDIO_QUEUE_MS
+    # feedback is back: the window holds again, and fresh audio and video go
+    p.set_window(10_000, 0)
+    assert [x.packet for x in p.pop(250.0 + OUTAGE_AUDIO_QUEUE_MS / 2)] == ["a2", "v1"]
+
+
 def test_window_follows_what_the_receiver_got_when_it_falls_short_of_the_estimate() -> None:
     """A fade: the estimate is still 800 kbit/s, the last 500 ms delivered 200 kbit/s.
     Sized on the estimate, the window would hold ~4x its round trip of queue."""
@@ -220,3 +241,28 @@ def test_window_of_frame_by_frame_video_holds_a_feedback_interval() -> None:
     rate = min(est.estimate_bps(t), WINDOW_ACKED_RATIO * (est.acked.bitrate_bps() or 0.0))
     window = est.congestion_window_bytes(t)
     assert window is not None and window >= InFlight.window_bytes(rate, 45.0)
+
+
+def test_an_outage_pauses_the_viewers_video_and_its_end_resumes_it_on_a_keyframe() -> None:
+    """Video forwarded into an outage only arrives seconds late, after the frames it
+    references were shed; the viewer gets the next keyframe instead, asked for at once."""
+    engine = Engine(EngineConfig(port=0))
+    router = engine.router("room")
+    viewer = router.add_participant("PA_viewer")
+    video = next(t for t in publish(router.add_participant("PA_pub")) if t.kind == "video")
+    subscribe(viewer, video, 0)
+    sub = viewer.subscriber
+    est, selector = sub.estimator, sub.down_tracks[video.sid].selector
+    assert est is not None and sub.pacer is not None
+    sub.allocate(0.0)
+    assert not selector.paused
+    est.outage.since_ms = 1000.0  # feedback silent with data in flight (OutageTracker)
+    sub.pacer.enqueue(b"v" * 100, 100, "video", 1500.0)
+    sub._drain(1500.0)
+    assert selector.paused and sub.pacer.congested
+    asked: list[tuple[int, float]] = []
+    video.request_keyframe = lambda layer, now_ms: asked.append((layer, now_ms))  # type: ignore[method-assign]
+    est.outage.since_ms = None  # feedback is back
+    sub._drain(3500.0)
+    assert not selector.paused and not sub.pacer.congested
+    assert asked == [(selector.target, 3500.0)]

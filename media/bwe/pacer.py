@@ -59,6 +59,15 @@ PUSHBACK_QUEUE_MS = 400.0
 # sends nothing never hears again and holds its window shut until the in-flight
 # packets age out (seconds of frozen video). libwebrtc does the same (500 ms).
 CONGESTED_PACKET_INTERVAL_MS = 200.0
+# During an outage (the estimator's: no feedback at all with data in flight) queued
+# audio is kept this long at most, and what leaves past the full window is padding.
+# Everything sent into a dead link waits in the bottleneck and reaches the receiver in
+# one burst when the link returns; the audio jitter buffer (NetEq) plays every audio
+# packet of that burst, so each 20 ms of it is 20 ms of delay it then sheds by
+# time-stretching over seconds, and the video, synced to the audio, waits as long
+# (live, 3G profile, 2 s outage: audio let out every 200 ms through the outage plus the
+# last 300 ms queued kept Chrome's audio jitter buffer at 900-490 ms for 4.5 s after it).
+OUTAGE_AUDIO_QUEUE_MS = 60.0
 
 
 class PacedPacket(NamedTuple):
@@ -110,6 +119,7 @@ class Pacer:
         self._probe_packets = 0
         self._window: int | None = None  # congestion window (bytes in flight), None: off
         self._in_flight = 0
+        self._outage = False
         self._last_send_ms: float | None = None
         self.congested_sends = 0  # packets let out past a full window to get feedback
 
@@ -133,20 +143,24 @@ class Pacer:
         self._rate_bps = max(float(rate_bps), 1.0)
         self._update_fill()
 
-    def set_window(self, window_bytes: int | None, in_flight_bytes: int) -> None:
-        """The estimator's congestion window and the bytes in flight now.
+    def set_window(self, window_bytes: int | None, in_flight_bytes: int, *, outage: bool = False) -> None:
+        """The estimator's congestion window, the bytes in flight now, and whether the
+        link is out (no feedback at all with data in flight).
 
         While ``in_flight >= window`` only probes leave (the shell calls this after each
         feedback and before draining; packets popped meanwhile count as in flight).
-        Queued audio older than ``max_audio_queue_ms`` is dropped: after an outage,
-        late audio is worse than none.
+        Queued audio older than ``max_audio_queue_ms`` is dropped (during an outage,
+        older than ``OUTAGE_AUDIO_QUEUE_MS``): after an outage, late audio is worse
+        than none.
         """
         self._window = window_bytes
         self._in_flight = in_flight_bytes
+        self._outage = outage
 
     @property
     def congested(self) -> bool:
-        return self._window is not None and self._in_flight >= self._window
+        """The window is full, or the link is out (then it is shut whatever it holds)."""
+        return self._outage or (self._window is not None and self._in_flight >= self._window)
 
     # ------------------------------------------------------------ inputs
     def enqueue(self, packet: Any, size: int, kind: str, now_ms: float) -> None:
@@ -268,7 +282,8 @@ class Pacer:
                 self._queued_bytes -= q.popleft()[1]
                 self.dropped[kind] += 1
         q = self._queues["audio"]
-        cutoff = now_ms - self.max_audio_queue_ms
+        cutoff = now_ms - (min(self.max_audio_queue_ms, OUTAGE_AUDIO_QUEUE_MS) if self._outage
+                           else self.max_audio_queue_ms)
         while q and q[0][2] < cutoff:
             self._queued_bytes -= q.popleft()[1]
             self.dropped["audio"] += 1
@@ -341,9 +356,14 @@ class Pacer:
 
     def _take_congested(self, make_padding: Callable[[int], Any] | None) -> PacedPacket | None:
         """One packet past a full window: queued audio, else the oldest paced packet,
-        else a small padding packet (it only has to draw feedback)."""
+        else a small padding packet (it only has to draw feedback). During an outage
+        only padding: media sent then reaches the receiver late, in the burst."""
         audio = self._queues["audio"]
-        if audio:
+        if self._outage:
+            if make_padding is None or (made := make_padding(200)) is None:
+                return None
+            packet, size, kind = made, len(made), "padding"
+        elif audio:
             packet, size, _ = audio.popleft()
             self._queued_bytes -= size
             kind = "audio"

@@ -87,6 +87,7 @@ class SubscriberPeer:
         # bursts and can never measure more than ~1 Mbit/s.
         self.schedule = schedule
         self._pacer_timer_at: float | None = None
+        self._outage = False  # the estimator's outage, as last seen (see _on_outage)
         self._twcc_id: int | None = None
         self.padding_sent = 0
         # Audio without RTX but with transport-cc: the transport-wide seq each packet
@@ -150,7 +151,10 @@ class SubscriberPeer:
         assert pacer is not None
         est = self.estimator
         if est is not None:
-            pacer.set_window(est.congestion_window_bytes(now_ms), est.in_flight.bytes)
+            window = est.congestion_window_bytes(now_ms)  # notices an outage first
+            pacer.set_window(window, est.in_flight.bytes, outage=est.outage.active)
+            if est.outage.active != self._outage:
+                self._on_outage(est.outage.active, now_ms)
         for item in pacer.pop(now_ms, self._padding_packet):
             packet = item.packet
             if packet is None:
@@ -163,6 +167,23 @@ class SubscriberPeer:
             if self._pacer_timer_at is None or when < self._pacer_timer_at:
                 self._pacer_timer_at = when
                 self.schedule(when, self._on_pacer_timer)
+
+    def _on_outage(self, active: bool, now_ms: float) -> None:
+        """Video stops while the link is out and starts again on a keyframe when it returns.
+
+        Video forwarded into the outage would wait in the pacer (or the bottleneck) and
+        reach the viewer seconds late, in a burst after the frames it references were
+        shed: undecodable until a keyframe anyway, and every late frame it completes
+        skews the receiver's clock mapping (Chrome's video then plays that much later
+        for seconds). Paused, the selector resumes on the next keyframe of the target
+        layer, asked for the moment feedback is back.
+        """
+        self._outage = active
+        self.allocate(now_ms)
+        if not active:
+            for down in self.down_tracks.values():
+                if down.is_video and down.selector.active:
+                    down.request_keyframe(now_ms)
 
     def _on_pacer_timer(self) -> None:
         self._pacer_timer_at = None
@@ -326,7 +347,9 @@ class SubscriberPeer:
     def allocate(self, now_ms: float) -> None:
         """Split the estimate over the DownTracks (audio, screen, speaker, rest)."""
         budget = self.estimate_bps(now_ms)
-        if budget is not None and self.pacer is not None:
+        if budget is not None and self._outage:
+            budget = 0.0  # audio only (never starved): see _on_outage
+        elif budget is not None and self.pacer is not None:
             # A backlog held by the congestion window drains only if less is forwarded.
             budget *= self.pacer.pushback(now_ms)
         tracks: list[AllocTrack] = []
