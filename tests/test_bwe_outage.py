@@ -13,6 +13,8 @@ from media.bwe.in_flight import (
 from media.bwe.pacer import CONGESTED_PACKET_INTERVAL_MS, OUTAGE_AUDIO_QUEUE_MS, Pacer
 from media.bwe.probe import ProbeCluster
 from media.engine import Engine, EngineConfig
+from media.routing.rewriter import StreamRewriter
+from media.routing.subscriber import OUTAGE_RESUME_TS_SKIP_MS
 from media.rtp.twcc import PacketResult
 from tests.router_setup import publish, subscribe
 
@@ -252,6 +254,7 @@ def test_an_outage_pauses_the_viewers_video_and_its_end_resumes_it_on_a_keyframe
     video = next(t for t in publish(router.add_participant("PA_pub")) if t.kind == "video")
     subscribe(viewer, video, 0)
     sub = viewer.subscriber
+    sub.schedule = None  # no pacer timer: this test drains by hand, without a loop
     est, selector = sub.estimator, sub.down_tracks[video.sid].selector
     assert est is not None and sub.pacer is not None
     sub.allocate(0.0)
@@ -266,3 +269,17 @@ def test_an_outage_pauses_the_viewers_video_and_its_end_resumes_it_on_a_keyframe
     sub._drain(3500.0)
     assert not selector.paused and not sub.pacer.congested
     assert asked == [(selector.target, 3500.0)]
+    # ... and its timestamps jump past the 10 s that make Chrome restart its video timing
+    assert sub.down_tracks[video.sid].rewriter.ts_skip == OUTAGE_RESUME_TS_SKIP_MS * 90
+
+
+def test_a_skip_ahead_advances_the_next_start_once_beyond_the_wall_clock_gap() -> None:
+    rw = StreamRewriter(90_000, first_seq=99, first_ts=1000, rtx_seq=0)
+    rw.start(500, 7777, None, 0.0)
+    assert rw.ts_offset == (1000 - 7777) & 0xFFFFFFFF  # the first packet continues first_ts
+    rw.last_ts, rw.last_ms = 1000, 100.0
+    rw.skip_ahead(15_000.0)
+    rw.start(900, 7777, None, 2100.0)  # 2 s later, resumed
+    assert (7777 + rw.ts_offset) & 0xFFFFFFFF == 1000 + (2000 + 15_000) * 90
+    rw.start(1000, 7777, None, 2100.0)  # the next start: the wall-clock gap only
+    assert (7777 + rw.ts_offset) & 0xFFFFFFFF == 1000 + 2000 * 90

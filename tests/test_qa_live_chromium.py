@@ -121,21 +121,19 @@ def _outside_outages(points: list[list[float]]) -> list[float]:
 
 
 MEASURED_3G = (
-    "Ferry meets the freeze bound but not the latency and RTT ones; measured over 3 runs "
-    "(pytest -s): longest freeze 1.96-1.99 s (the outage itself; the keyframe that resumes "
-    "the video follows 0.7-1.2 s after the link returns), glass-to-glass p50 281-430 ms and "
-    "p95 outside the outages 537-601 ms, RTT max 457-711 ms. Where the latency comes from: "
-    "what Ferry sent in the round trip before it could tell the link was out (~300 ms of "
-    "audio and video, held in the bottleneck) reaches the viewer in one burst when the link "
-    "returns; Chrome plays every late audio packet (its audio jitter buffer then sheds that "
-    "delay over seconds) and the late video frames skew its playout clock, so the viewer "
-    "stays 400-700 ms behind for 2-3 s after each outage (Chrome's video jitter buffer delay "
-    "400-700 ms against a minimum delay of 30-70 ms), while the bottleneck holds under 50 ms "
-    "and Ferry's pacer nothing. The RTT is Chrome's STUN round trip: a check answered during "
-    "an outage waits in the bottleneck until the link returns (600-2170 ms)")
+    "Ferry meets the freeze and latency bounds but not the RTT one; measured over 4 runs "
+    "(pytest -s): longest freeze 1.98-2.08 s (the outage itself; the keyframe that resumes "
+    "the video follows 0.2-1.0 s after the link returns), glass-to-glass p50 141-175 ms and "
+    "p95 outside the outages 195-240 ms, RTT max 563-2189 ms (over 600 ms in 3 runs; the "
+    "fourth passed, hence not strict). The RTT is Chrome's STUN round trip on the selected "
+    "pair: a binding request Ferry answers while the link is out waits in the bottleneck "
+    "until it returns (725-843 ms just after the first outage in 3 runs, 2166-2189 ms at "
+    "the end of the second in 2). Not answering binding requests on a subscriber transport "
+    "while its estimator reports an outage (media/transport) would leave only those "
+    "answered in the ~0.5 s before the outage is noticed")
 
 
-@pytest.mark.xfail(strict=True, reason=MEASURED_3G)
+@pytest.mark.xfail(strict=False, reason=MEASURED_3G)
 def test_3g_trace_with_two_outages_freeze_latency_and_rtt(tmp_path: Path) -> None:
     trace = tmp_path / "3g-two-outages.trace"
     trace.write_text("\n".join(str(t) for t in THREE_G.trace().timestamps) + "\n")

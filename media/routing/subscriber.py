@@ -36,6 +36,10 @@ START_BPS = 1_000_000
 AUDIO_BPS = 48_000.0
 RESEND_MEMORY = 2048  # audio packets whose transport-wide seq is kept (~40 s of one track)
 DESIRED_HEADROOM = 1.3  # > allocator.UP_HEADROOM, so probing can unlock the next layer
+# How far a video stream's timestamps jump ahead when it resumes after an outage (see
+# _on_outage): past the 10 s beyond which libwebrtc finds a frame's render time bad
+# and resets its video timing and jitter estimate.
+OUTAGE_RESUME_TS_SKIP_MS = 15_000.0
 
 
 class SubscriberPeer:
@@ -169,20 +173,29 @@ class SubscriberPeer:
                 self.schedule(when, self._on_pacer_timer)
 
     def _on_outage(self, active: bool, now_ms: float) -> None:
-        """Video stops while the link is out and starts again on a keyframe when it returns.
+        """Video stops while the link is out and starts again on a keyframe when it returns,
+        its timestamps jumped ahead by ``OUTAGE_RESUME_TS_SKIP_MS``.
 
-        Video forwarded into the outage would wait in the pacer (or the bottleneck) and
-        reach the viewer seconds late, in a burst after the frames it references were
-        shed: undecodable until a keyframe anyway, and every late frame it completes
-        skews the receiver's clock mapping (Chrome's video then plays that much later
-        for seconds). Paused, the selector resumes on the next keyframe of the target
+        Video forwarded into the outage would wait in the pacer and reach the viewer
+        seconds late, after the frames it references were shed: undecodable until a
+        keyframe anyway. Paused, the selector resumes on the next keyframe of the target
         layer, asked for the moment feedback is back.
+
+        The frames sent in the round trip before the outage could be told still wait
+        it out in the bottleneck and arrive ~2 s late; Chrome maps RTP timestamps to
+        local time from arrivals, so they shift its mapping and every frame after them
+        waits in its jitter buffer (live, 3G profile: 400-700 ms for 2-3 s after each
+        outage, against a minimum delay of 30-70 ms). The timestamp jump makes the
+        resumed keyframe's render time lie over 10 s away, and Chrome starts its timing
+        afresh from it (measured: 10-120 ms of jitter buffer in the 2 s after the outage).
+        Sender reports follow the rewritten timestamps, so lip sync holds.
         """
         self._outage = active
         self.allocate(now_ms)
         if not active:
             for down in self.down_tracks.values():
                 if down.is_video and down.selector.active:
+                    down.rewriter.skip_ahead(OUTAGE_RESUME_TS_SKIP_MS)
                     down.request_keyframe(now_ms)
 
     def _on_pacer_timer(self) -> None:
