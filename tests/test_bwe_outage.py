@@ -176,6 +176,18 @@ def test_during_an_outage_only_padding_leaves_and_queued_audio_is_kept_briefly()
     assert [x.packet for x in p.pop(250.0 + OUTAGE_AUDIO_QUEUE_MS / 2)] == ["a2", "v1"]
 
 
+def test_held_audio_is_dropped_until_the_hold_ends() -> None:
+    p = Pacer(1_000_000)
+    p.hold_audio(100.0)
+    assert not p.try_send_now(100, "audio", 50.0)
+    p.enqueue("a1", 100, "audio", 50.0)
+    assert p.dropped["audio"] == 1 and p.queued_packets == 0
+    p.enqueue("v1", 1000, "video", 50.0)  # only audio is held
+    assert p.queued_packets == 1
+    p.enqueue("a2", 100, "audio", 100.0)
+    assert p.dropped["audio"] == 1 and p.queued_packets == 2
+
+
 def test_window_follows_what_the_receiver_got_when_it_falls_short_of_the_estimate() -> None:
     """A fade: the estimate is still 800 kbit/s, the last 500 ms delivered 200 kbit/s.
     Sized on the estimate, the window would hold ~4x its round trip of queue."""
@@ -260,15 +272,24 @@ def test_an_outage_pauses_the_viewers_video_and_its_end_resumes_it_on_a_keyframe
     sub.allocate(0.0)
     assert not selector.paused
     est.outage.since_ms = 1000.0  # feedback silent with data in flight (OutageTracker)
+    est.in_flight.on_sent(1, 1000, 1100.0)  # the oldest packet the outage holds ...
+    sub._last_audio_ms = 1400.0  # ... and the last audio sent into it: 300 ms of audio
     sub.pacer.enqueue(b"v" * 100, 100, "video", 1500.0)
     sub._drain(1500.0)
     assert selector.paused and sub.pacer.congested
     asked: list[tuple[int, float]] = []
     video.request_keyframe = lambda layer, now_ms: asked.append((layer, now_ms))  # type: ignore[method-assign]
     est.outage.since_ms = None  # feedback is back
+    est.rtt_ms = 100.0
+    est.in_flight.on_feedback(1, 3500.0)
     sub._drain(3500.0)
     assert not selector.paused and not sub.pacer.congested
     assert asked == [(selector.target, 3500.0)]
+    # the receiver plays those 300 ms from the link's return, a round trip before now:
+    # new audio waits for the last 200 of them
+    sub.pacer.enqueue(b"a" * 100, 100, "audio", 3690.0)
+    sub.pacer.enqueue(b"a" * 100, 100, "audio", 3710.0)
+    assert sub.pacer.dropped["audio"] == 1 and sub.pacer.queued_packets == 1
     # ... and its timestamps jump past the 10 s that make Chrome restart its video timing
     assert sub.down_tracks[video.sid].rewriter.ts_skip == OUTAGE_RESUME_TS_SKIP_MS * 90
 

@@ -12,7 +12,9 @@ padding**. Audio bypasses the budget entirely (it is small and late audio is
 worse than late video, so it is never starved) but is charged to it. Video and
 retransmissions older than ``max_queue_ms`` are dropped from the head (counted
 in ``dropped``): on a link that suddenly shrank, sending seconds-old video only
-adds delay; the layer selector will ask for a keyframe after the gap.
+adds delay; the layer selector will ask for a keyframe after the gap. While the
+link is out (``set_window(..., outage=True)``) nothing but padding leaves, and
+after it ``hold_audio`` keeps new audio from queueing behind the late burst.
 
 Probing: ``start_probe(cluster, now_ms)`` queues a ``ProbeCluster``; while one
 is active every packet popped (queued media first, then padding from the shell's
@@ -120,6 +122,7 @@ class Pacer:
         self._window: int | None = None  # congestion window (bytes in flight), None: off
         self._in_flight = 0
         self._outage = False
+        self._audio_hold_until = float("-inf")  # audio dropped until then (hold_audio)
         self._last_send_ms: float | None = None
         self.congested_sends = 0  # packets let out past a full window to get feedback
 
@@ -162,10 +165,23 @@ class Pacer:
         """The window is full, or the link is out (then it is shut whatever it holds)."""
         return self._outage or (self._window is not None and self._in_flight >= self._window)
 
+    def hold_audio(self, until_ms: float) -> None:
+        """Drop audio (counted in ``dropped``) until ``until_ms``.
+
+        After an outage the audio sent into it reaches the receiver in one burst, and
+        its jitter buffer plays all of it: audio resumed at once queues behind that
+        and stays as late for seconds. Held back for about the burst's length, it
+        starts again as the burst runs out.
+        """
+        self._audio_hold_until = until_ms
+
     # ------------------------------------------------------------ inputs
     def enqueue(self, packet: Any, size: int, kind: str, now_ms: float) -> None:
         if kind not in self._queues:
             raise ValueError(f"unknown packet kind {kind!r} (allowed: {', '.join(KINDS)})")
+        if kind == "audio" and now_ms < self._audio_hold_until:
+            self.dropped["audio"] += 1
+            return
         self._queues[kind].append((packet, size, now_ms))
         self._queued_bytes += size
         self._drop_stale(now_ms)
@@ -178,6 +194,8 @@ class Pacer:
         the pacer off the per-packet cost of the forward path.
         """
         if self._queued_bytes or self._probe is not None or self.congested:
+            return False
+        if kind == "audio" and now_ms < self._audio_hold_until:
             return False
         self._refill(now_ms)
         if kind != "audio" and self._budget <= 0:

@@ -92,6 +92,8 @@ class SubscriberPeer:
         self.schedule = schedule
         self._pacer_timer_at: float | None = None
         self._outage = False  # the estimator's outage, as last seen (see _on_outage)
+        self._last_audio_ms: float | None = None  # when audio last left (see _on_outage)
+        self._late_audio_ms = 0.0  # how much audio the last outage holds (see _on_outage)
         self._twcc_id: int | None = None
         self.padding_sent = 0
         # Audio without RTX but with transport-cc: the transport-wide seq each packet
@@ -189,8 +191,28 @@ class SubscriberPeer:
         resumed keyframe's render time lie over 10 s away, and Chrome starts its timing
         afresh from it (measured: 10-120 ms of jitter buffer in the 2 s after the outage).
         Sender reports follow the rewritten timestamps, so lip sync holds.
+
+        The audio sent in that round trip arrives in the same burst, and Chrome's audio
+        jitter buffer plays every packet of it: audio resumed at once would stay that
+        late for seconds (300-450 ms of audio jitter buffer after the outage, shed over
+        4 s and more). So audio resumes only once the receiver has about played the
+        burst: what was sent between the oldest packet the outage caught and the last
+        audio, less the round trip the receiver has been playing it before its
+        feedback came back (then 110-180 ms).
         """
         self._outage = active
+        est = self.estimator
+        assert est is not None and self.pacer is not None
+        if active:
+            # Audio sent since the oldest packet still unacknowledged is in the outage.
+            oldest, last = est.in_flight.oldest_send_ms(), self._last_audio_ms
+            self._late_audio_ms = max(0.0, last - oldest) if oldest is not None and last is not None else 0.0
+        else:
+            # The receiver has been playing that audio since the link returned, about
+            # a round trip before its feedback told us.
+            hold = self._late_audio_ms - (est.rtt_ms or 0.0)
+            if hold > 0:
+                self.pacer.hold_audio(now_ms + hold)
         self.allocate(now_ms)
         if not active:
             for down in self.down_tracks.values():
@@ -216,11 +238,13 @@ class SubscriberPeer:
             self.send_history.on_sent(seq, now_ms, size)
             if self.estimator is not None:
                 self.estimator.on_packet_sent(seq, size, now_ms)
-            if kind == "audio" and packet[8:12] in self._resend_ssrcs:
-                sent = self._sent_twcc
-                sent[packet[2:12]] = seq
-                if len(sent) > RESEND_MEMORY:
-                    sent.popitem(last=False)
+            if kind == "audio":
+                self._last_audio_ms = now_ms
+                if packet[8:12] in self._resend_ssrcs:
+                    sent = self._sent_twcc
+                    sent[packet[2:12]] = seq
+                    if len(sent) > RESEND_MEMORY:
+                        sent.popitem(last=False)
             # Stamped in the copy SRTP encrypts: `packet` (also in the RTX cache) keeps
             # its placeholder.
             self.transport.send_rtp(packet, TWCC_OFFSET, seq)
