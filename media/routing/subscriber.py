@@ -216,9 +216,11 @@ class SubscriberPeer:
         self.allocate(now_ms)
         if not active:
             for down in self.down_tracks.values():
-                if down.is_video and down.selector.active:
+                if down.is_video:
+                    # also a track that stays paused: the late frames reached it too
                     down.rewriter.skip_ahead(OUTAGE_RESUME_TS_SKIP_MS)
-                    down.request_keyframe(now_ms)
+                    if down.selector.active:
+                        down.request_keyframe(now_ms)
 
     def _on_pacer_timer(self) -> None:
         self._pacer_timer_at = None
