@@ -10,9 +10,13 @@ from media.bwe.in_flight import (
     InFlight,
     OutageTracker,
 )
-from media.bwe.pacer import CONGESTED_PACKET_INTERVAL_MS, Pacer
+from media.bwe.pacer import CONGESTED_PACKET_INTERVAL_MS, OUTAGE_AUDIO_QUEUE_MS, Pacer
 from media.bwe.probe import ProbeCluster
+from media.engine import Engine, EngineConfig
+from media.routing.rewriter import StreamRewriter
+from media.routing.subscriber import OUTAGE_RESUME_TS_SKIP_MS
 from media.rtp.twcc import PacketResult
+from tests.router_setup import publish, subscribe
 
 
 def test_in_flight_counts_until_feedback_covers_a_later_packet() -> None:
@@ -153,6 +157,37 @@ def test_a_full_window_still_lets_one_packet_out_per_interval_to_draw_feedback()
     assert p.next_send_time(4 * CONGESTED_PACKET_INTERVAL_MS + 1.0) == 5 * CONGESTED_PACKET_INTERVAL_MS
 
 
+def test_during_an_outage_only_padding_leaves_and_queued_audio_is_kept_briefly() -> None:
+    """What is sent into a dead link reaches the receiver late, in one burst: Chrome's
+    audio jitter buffer plays every packet of it (that much delay, shed over seconds),
+    and late video frames skew its playout clock. Padding only has to draw feedback."""
+    p = Pacer(1_000_000)
+    assert p.try_send_now(100, "audio", 0.0)
+    p.set_window(10_000, 100, outage=True)  # far from full, but the link is out
+    assert p.congested and not p.try_send_now(100, "audio", 10.0)
+    p.enqueue("a1", 100, "audio", 10.0)
+    p.enqueue("v1", 1000, "video", 10.0)
+    sent = p.pop(CONGESTED_PACKET_INTERVAL_MS, lambda size: b"p" * size)
+    assert [(x.kind, x.size) for x in sent] == [("padding", 200)]
+    p.enqueue("a2", 100, "audio", 250.0)
+    assert p.dropped["audio"] == 1 and p.queued_packets == 2  # a1 outlived OUTAGE_AUDIO_QUEUE_MS
+    # feedback is back: the window holds again, and fresh audio and video go
+    p.set_window(10_000, 0)
+    assert [x.packet for x in p.pop(250.0 + OUTAGE_AUDIO_QUEUE_MS / 2)] == ["a2", "v1"]
+
+
+def test_held_audio_is_dropped_until_the_hold_ends() -> None:
+    p = Pacer(1_000_000)
+    p.hold_audio(100.0)
+    assert not p.try_send_now(100, "audio", 50.0)
+    p.enqueue("a1", 100, "audio", 50.0)
+    assert p.dropped["audio"] == 1 and p.queued_packets == 0
+    p.enqueue("v1", 1000, "video", 50.0)  # only audio is held
+    assert p.queued_packets == 1
+    p.enqueue("a2", 100, "audio", 100.0)
+    assert p.dropped["audio"] == 1 and p.queued_packets == 2
+
+
 def test_window_follows_what_the_receiver_got_when_it_falls_short_of_the_estimate() -> None:
     """A fade: the estimate is still 800 kbit/s, the last 500 ms delivered 200 kbit/s.
     Sized on the estimate, the window would hold ~4x its round trip of queue."""
@@ -220,3 +255,52 @@ def test_window_of_frame_by_frame_video_holds_a_feedback_interval() -> None:
     rate = min(est.estimate_bps(t), WINDOW_ACKED_RATIO * (est.acked.bitrate_bps() or 0.0))
     window = est.congestion_window_bytes(t)
     assert window is not None and window >= InFlight.window_bytes(rate, 45.0)
+
+
+def test_an_outage_pauses_the_viewers_video_and_its_end_resumes_it_on_a_keyframe() -> None:
+    """Video forwarded into an outage only arrives seconds late, after the frames it
+    references were shed; the viewer gets the next keyframe instead, asked for at once."""
+    engine = Engine(EngineConfig(port=0))
+    router = engine.router("room")
+    viewer = router.add_participant("PA_viewer")
+    video = next(t for t in publish(router.add_participant("PA_pub")) if t.kind == "video")
+    subscribe(viewer, video, 0)
+    sub = viewer.subscriber
+    sub.schedule = None  # no pacer timer: this test drains by hand, without a loop
+    est, selector = sub.estimator, sub.down_tracks[video.sid].selector
+    assert est is not None and sub.pacer is not None
+    sub.allocate(0.0)
+    assert not selector.paused
+    est.outage.since_ms = 1000.0  # feedback silent with data in flight (OutageTracker)
+    est.in_flight.on_sent(1, 1000, 1100.0)  # the oldest packet the outage holds ...
+    sub._last_audio_ms = 1400.0  # ... and the last audio sent into it: 300 ms of audio
+    sub.pacer.enqueue(b"v" * 100, 100, "video", 1500.0)
+    sub._drain(1500.0)
+    assert selector.paused and sub.pacer.congested
+    asked: list[tuple[int, float]] = []
+    video.request_keyframe = lambda layer, now_ms: asked.append((layer, now_ms))  # type: ignore[method-assign]
+    est.outage.since_ms = None  # feedback is back
+    est.rtt_ms = 100.0
+    est.in_flight.on_feedback(1, 3500.0)
+    sub._drain(3500.0)
+    assert not selector.paused and not sub.pacer.congested
+    assert asked == [(selector.target, 3500.0)]
+    # the receiver plays those 300 ms from the link's return, a round trip before now:
+    # new audio waits for the last 200 of them
+    sub.pacer.enqueue(b"a" * 100, 100, "audio", 3690.0)
+    sub.pacer.enqueue(b"a" * 100, 100, "audio", 3710.0)
+    assert sub.pacer.dropped["audio"] == 1 and sub.pacer.queued_packets == 1
+    # ... and its timestamps jump past the 10 s that make Chrome restart its video timing
+    assert sub.down_tracks[video.sid].rewriter.ts_skip == OUTAGE_RESUME_TS_SKIP_MS * 90
+
+
+def test_a_skip_ahead_advances_the_next_start_once_beyond_the_wall_clock_gap() -> None:
+    rw = StreamRewriter(90_000, first_seq=99, first_ts=1000, rtx_seq=0)
+    rw.start(500, 7777, None, 0.0)
+    assert rw.ts_offset == (1000 - 7777) & 0xFFFFFFFF  # the first packet continues first_ts
+    rw.last_ts, rw.last_ms = 1000, 100.0
+    rw.skip_ahead(15_000.0)
+    rw.start(900, 7777, None, 2100.0)  # 2 s later, resumed
+    assert (7777 + rw.ts_offset) & 0xFFFFFFFF == 1000 + (2000 + 15_000) * 90
+    rw.start(1000, 7777, None, 2100.0)  # the next start: the wall-clock gap only
+    assert (7777 + rw.ts_offset) & 0xFFFFFFFF == 1000 + 2000 * 90

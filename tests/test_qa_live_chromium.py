@@ -121,18 +121,20 @@ def _outside_outages(points: list[list[float]]) -> list[float]:
 
 
 MEASURED_3G = (
-    "Ferry does not meet it yet; measured over 5 runs (pytest -s): longest freeze 2.0-4.5 s "
-    "(within the 3 s bound in 3 runs; each outage is followed by a second freeze of 0.7-2.5 s "
-    "soon after the link returns), glass-to-glass p50 216-666 ms and p95 outside the outages "
-    "480-948 ms (after an outage the viewer stays at 450-950 ms while receiving below "
-    "capacity; mouth-to-ear p50 566-794 ms: Chrome's jitter buffers grow on the backlog "
-    "delivered late), RTT max 849-1044 ms (867-1022 ms outside the outages). What would fix "
-    "it: after an outage, skip the backlog instead of delivering it (drop media older than "
-    "~300 ms at the down track and ask for a keyframe, so the viewer jumps to live), probe "
-    "back to the pre-outage rate, keep the bottleneck queue short while the estimate recovers")
+    "Ferry meets the freeze and latency bounds but not the RTT one; measured over 8 runs "
+    "(pytest -s; 4 of them with the machine's load average at 5-6): longest freeze "
+    "1.94-2.02 s (the outage itself) in 6 runs, 2.74 and 3.25 s in two loaded ones (the "
+    "estimate fell to 130-150 kbit/s on a 0.5-0.9 Mbit/s link before an outage), "
+    "glass-to-glass p95 outside the outages 210-290 ms (348-506 ms in three loaded runs), "
+    "RTT max 616-2164 ms. The RTT is Chrome's STUN round trip on the selected pair: a "
+    "binding request Ferry answers while the link is out waits in the bottleneck until it "
+    "returns (616-784 ms just after an outage, 2164 ms at the end of one). Not answering "
+    "binding requests on a subscriber transport while its estimator reports an outage "
+    "(media/transport) would leave only those answered in the ~0.5 s before the outage is "
+    "noticed; one run in 12 passed all three bounds, hence not strict")
 
 
-@pytest.mark.xfail(strict=True, reason=MEASURED_3G)
+@pytest.mark.xfail(strict=False, reason=MEASURED_3G)
 def test_3g_trace_with_two_outages_freeze_latency_and_rtt(tmp_path: Path) -> None:
     trace = tmp_path / "3g-two-outages.trace"
     trace.write_text("\n".join(str(t) for t in THREE_G.trace().timestamps) + "\n")

@@ -73,6 +73,12 @@ COLLAPSE_GROWTH_MS = 10.0
 COLLAPSE_RATIO = 0.5
 LINK_LIMITED_RATIO = 0.6  # arrival span vs send span: < 0.6 x the send rate
 COLLAPSE_MIN_SPAN_MS = 20.0
+# ... and over more than one full packet's bytes after the first arrival. A few small
+# packets spread by jitter read as link-limited too (live, 3G profile, 15 ms of jitter:
+# a "delivered" 60-170 kbit/s on a 1 Mbit/s link cut the estimate from 550 to 50-150
+# kbit/s and paused the video for 3.6-4.5 s). 2000 bytes cost the UMTS uplink trace two
+# recoveries after back-to-back outages (1.3-1.9 s): its first packets back are few.
+COLLAPSE_MIN_BYTES = 1500
 
 # While the queue-target controller is in charge (media/bwe/queue_target.py) the window
 # is the delivery rate x (base ack delay + this), not the estimate x (... + 80 ms): most
@@ -416,7 +422,11 @@ class GccEstimator:
                 # Link-limited: these packets arrived much slower than they left (a
                 # bottleneck spaced them), so their arrival rate measures the link. An
                 # app-limited trickle, spread or bunched by jitter, does not count.
-                if span >= COLLAPSE_MIN_SPAN_MS and span * LINK_LIMITED_RATIO > send_span:
+                if (
+                    span >= COLLAPSE_MIN_SPAN_MS
+                    and later_bytes >= COLLAPSE_MIN_BYTES
+                    and span * LINK_LIMITED_RATIO > send_span
+                ):
                     delivered = later_bytes * 8000.0 / span
             self._delivered_bps = delivered
             self._early_overuse(sum(newest) / len(newest) - base, delivered, now_ms)

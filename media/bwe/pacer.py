@@ -12,7 +12,9 @@ padding**. Audio bypasses the budget entirely (it is small and late audio is
 worse than late video, so it is never starved) but is charged to it. Video and
 retransmissions older than ``max_queue_ms`` are dropped from the head (counted
 in ``dropped``): on a link that suddenly shrank, sending seconds-old video only
-adds delay; the layer selector will ask for a keyframe after the gap.
+adds delay; the layer selector will ask for a keyframe after the gap. While the
+link is out (``set_window(..., outage=True)``) nothing but padding leaves, and
+after it ``hold_audio`` keeps new audio from queueing behind the late burst.
 
 Probing: ``start_probe(cluster, now_ms)`` queues a ``ProbeCluster``; while one
 is active every packet popped (queued media first, then padding from the shell's
@@ -59,6 +61,15 @@ PUSHBACK_QUEUE_MS = 400.0
 # sends nothing never hears again and holds its window shut until the in-flight
 # packets age out (seconds of frozen video). libwebrtc does the same (500 ms).
 CONGESTED_PACKET_INTERVAL_MS = 200.0
+# During an outage (the estimator's: no feedback at all with data in flight) queued
+# audio is kept this long at most, and what leaves past the full window is padding.
+# Everything sent into a dead link waits in the bottleneck and reaches the receiver in
+# one burst when the link returns; the audio jitter buffer (NetEq) plays every audio
+# packet of that burst, so each 20 ms of it is 20 ms of delay it then sheds by
+# time-stretching over seconds, and the video, synced to the audio, waits as long
+# (live, 3G profile, 2 s outage: audio let out every 200 ms through the outage plus the
+# last 300 ms queued kept Chrome's audio jitter buffer at 900-490 ms for 4.5 s after it).
+OUTAGE_AUDIO_QUEUE_MS = 60.0
 
 
 class PacedPacket(NamedTuple):
@@ -110,6 +121,8 @@ class Pacer:
         self._probe_packets = 0
         self._window: int | None = None  # congestion window (bytes in flight), None: off
         self._in_flight = 0
+        self._outage = False
+        self._audio_hold_until = float("-inf")  # audio dropped until then (hold_audio)
         self._last_send_ms: float | None = None
         self.congested_sends = 0  # packets let out past a full window to get feedback
 
@@ -133,25 +146,42 @@ class Pacer:
         self._rate_bps = max(float(rate_bps), 1.0)
         self._update_fill()
 
-    def set_window(self, window_bytes: int | None, in_flight_bytes: int) -> None:
-        """The estimator's congestion window and the bytes in flight now.
+    def set_window(self, window_bytes: int | None, in_flight_bytes: int, *, outage: bool = False) -> None:
+        """The estimator's congestion window, the bytes in flight now, and whether the
+        link is out (no feedback at all with data in flight).
 
         While ``in_flight >= window`` only probes leave (the shell calls this after each
         feedback and before draining; packets popped meanwhile count as in flight).
-        Queued audio older than ``max_audio_queue_ms`` is dropped: after an outage,
-        late audio is worse than none.
+        Queued audio older than ``max_audio_queue_ms`` is dropped (during an outage,
+        older than ``OUTAGE_AUDIO_QUEUE_MS``): after an outage, late audio is worse
+        than none.
         """
         self._window = window_bytes
         self._in_flight = in_flight_bytes
+        self._outage = outage
 
     @property
     def congested(self) -> bool:
-        return self._window is not None and self._in_flight >= self._window
+        """The window is full, or the link is out (then it is shut whatever it holds)."""
+        return self._outage or (self._window is not None and self._in_flight >= self._window)
+
+    def hold_audio(self, until_ms: float) -> None:
+        """Drop audio (counted in ``dropped``) until ``until_ms``.
+
+        After an outage the audio sent into it reaches the receiver in one burst, and
+        its jitter buffer plays all of it: audio resumed at once queues behind that
+        and stays as late for seconds. Held back for about the burst's length, it
+        starts again as the burst runs out.
+        """
+        self._audio_hold_until = until_ms
 
     # ------------------------------------------------------------ inputs
     def enqueue(self, packet: Any, size: int, kind: str, now_ms: float) -> None:
         if kind not in self._queues:
             raise ValueError(f"unknown packet kind {kind!r} (allowed: {', '.join(KINDS)})")
+        if kind == "audio" and now_ms < self._audio_hold_until:
+            self.dropped["audio"] += 1
+            return
         self._queues[kind].append((packet, size, now_ms))
         self._queued_bytes += size
         self._drop_stale(now_ms)
@@ -164,6 +194,8 @@ class Pacer:
         the pacer off the per-packet cost of the forward path.
         """
         if self._queued_bytes or self._probe is not None or self.congested:
+            return False
+        if kind == "audio" and now_ms < self._audio_hold_until:
             return False
         self._refill(now_ms)
         if kind != "audio" and self._budget <= 0:
@@ -268,7 +300,8 @@ class Pacer:
                 self._queued_bytes -= q.popleft()[1]
                 self.dropped[kind] += 1
         q = self._queues["audio"]
-        cutoff = now_ms - self.max_audio_queue_ms
+        cutoff = now_ms - (min(self.max_audio_queue_ms, OUTAGE_AUDIO_QUEUE_MS) if self._outage
+                           else self.max_audio_queue_ms)
         while q and q[0][2] < cutoff:
             self._queued_bytes -= q.popleft()[1]
             self.dropped["audio"] += 1
@@ -341,9 +374,14 @@ class Pacer:
 
     def _take_congested(self, make_padding: Callable[[int], Any] | None) -> PacedPacket | None:
         """One packet past a full window: queued audio, else the oldest paced packet,
-        else a small padding packet (it only has to draw feedback)."""
+        else a small padding packet (it only has to draw feedback). During an outage
+        only padding: media sent then reaches the receiver late, in the burst."""
         audio = self._queues["audio"]
-        if audio:
+        if self._outage:
+            if make_padding is None or (made := make_padding(200)) is None:
+                return None
+            packet, size, kind = made, len(made), "padding"
+        elif audio:
             packet, size, _ = audio.popleft()
             self._queued_bytes -= size
             kind = "audio"

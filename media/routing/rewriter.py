@@ -33,11 +33,11 @@ class StreamContinuity:
 class StreamRewriter(RewriterState):
     """Offsets from a forwarded layer to the outgoing stream, and its last values.
 
-    The fields are the base's (`media.lanes`): a video lane moves them from C with the
-    same arithmetic as `DownTrack._place` and `follow_vp8`.
+    The offsets and last values are the base's (`media.lanes`): a lane moves them from C
+    with the same arithmetic as `DownTrack._place` and `follow_vp8`.
     """
 
-    __slots__ = ()
+    __slots__ = ("ts_skip",)
 
     def __init__(self, clock_rate: int, *, first_seq: int, first_ts: int, rtx_seq: int) -> None:
         self.clock_rate = clock_rate
@@ -51,6 +51,7 @@ class StreamRewriter(RewriterState):
         self.last_pid: int | None = None
         self.last_tl0: int | None = None
         self.rtx_seq = rtx_seq
+        self.ts_skip = 0  # added to the next start's timestamp gap (skip_ahead)
 
     def continuity(self, ssrc: int) -> StreamContinuity:
         return StreamContinuity(
@@ -66,14 +67,20 @@ class StreamRewriter(RewriterState):
         self.last_tl0 = previous.last_tl0
         self.rtx_seq = previous.rtx_seq
 
+    def skip_ahead(self, ms: float) -> None:
+        """The next start advances the timestamp by ``ms`` more than the wall-clock gap."""
+        self.ts_skip = int(ms * self.clock_rate / 1000.0)
+
     def start(self, ext_seq: int, timestamp: int, vp8: Vp8Descriptor | None, now_ms: float) -> None:
         """A layer starts with this packet: it follows the last one out, its timestamp
-        advanced by the wall-clock gap."""
+        advanced by the wall-clock gap (and any ``skip_ahead``)."""
         self.seq_offset = self.last_ext_seq + 1 - ext_seq
         if self.last_ms is None:
             gap = 0
         else:
             gap = max(1, int((now_ms - self.last_ms) * self.clock_rate / 1000.0))
+        gap += self.ts_skip
+        self.ts_skip = 0
         self.ts_offset = (self.last_ts + gap - timestamp) & 0xFFFFFFFF
         if vp8 is not None and vp8.picture_id is not None:
             if self.last_pid is not None:

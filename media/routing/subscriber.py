@@ -36,6 +36,10 @@ START_BPS = 1_000_000
 AUDIO_BPS = 48_000.0
 RESEND_MEMORY = 2048  # audio packets whose transport-wide seq is kept (~40 s of one track)
 DESIRED_HEADROOM = 1.3  # > allocator.UP_HEADROOM, so probing can unlock the next layer
+# How far a video stream's timestamps jump ahead when it resumes after an outage (see
+# _on_outage): past the 10 s beyond which libwebrtc finds a frame's render time bad
+# and resets its video timing and jitter estimate.
+OUTAGE_RESUME_TS_SKIP_MS = 15_000.0
 
 
 class SubscriberPeer:
@@ -87,6 +91,9 @@ class SubscriberPeer:
         # bursts and can never measure more than ~1 Mbit/s.
         self.schedule = schedule
         self._pacer_timer_at: float | None = None
+        self._outage = False  # the estimator's outage, as last seen (see _on_outage)
+        self._last_audio_ms: float | None = None  # when audio last left (see _on_outage)
+        self._late_audio_ms = 0.0  # how much audio the last outage holds (see _on_outage)
         self._twcc_id: int | None = None
         self.padding_sent = 0
         # Audio without RTX but with transport-cc: the transport-wide seq each packet
@@ -158,7 +165,10 @@ class SubscriberPeer:
         assert pacer is not None
         est = self.estimator
         if est is not None:
-            pacer.set_window(est.congestion_window_bytes(now_ms), est.in_flight.bytes)
+            window = est.congestion_window_bytes(now_ms)  # notices an outage first
+            pacer.set_window(window, est.in_flight.bytes, outage=est.outage.active)
+            if est.outage.active != self._outage:
+                self._on_outage(est.outage.active, now_ms)
         for item in pacer.pop(now_ms, self._padding_packet):
             packet = item.packet
             if packet is None:
@@ -171,6 +181,54 @@ class SubscriberPeer:
             if self._pacer_timer_at is None or when < self._pacer_timer_at:
                 self._pacer_timer_at = when
                 self.schedule(when, self._on_pacer_timer)
+
+    def _on_outage(self, active: bool, now_ms: float) -> None:
+        """Video stops while the link is out and starts again on a keyframe when it returns,
+        its timestamps jumped ahead by ``OUTAGE_RESUME_TS_SKIP_MS``.
+
+        Video forwarded into the outage would wait in the pacer and reach the viewer
+        seconds late, after the frames it references were shed: undecodable until a
+        keyframe anyway. Paused, the selector resumes on the next keyframe of the target
+        layer, asked for the moment feedback is back.
+
+        The frames sent in the round trip before the outage could be told still wait
+        it out in the bottleneck and arrive ~2 s late; Chrome maps RTP timestamps to
+        local time from arrivals, so they shift its mapping and every frame after them
+        waits in its jitter buffer (live, 3G profile: 400-700 ms for 2-3 s after each
+        outage, against a minimum delay of 30-70 ms). The timestamp jump makes the
+        resumed keyframe's render time lie over 10 s away, and Chrome starts its timing
+        afresh from it (measured: 10-120 ms of jitter buffer in the 2 s after the outage).
+        Sender reports follow the rewritten timestamps, so lip sync holds.
+
+        The audio sent in that round trip arrives in the same burst, and Chrome's audio
+        jitter buffer plays every packet of it: audio resumed at once would stay that
+        late for seconds (300-450 ms of audio jitter buffer after the outage, shed over
+        4 s and more). So audio resumes only once the receiver has about played the
+        burst: what was sent between the oldest packet the outage caught and the last
+        audio, less the round trip the receiver has been playing it before its
+        feedback came back (then 110-180 ms).
+        """
+        self._outage = active
+        est = self.estimator
+        assert est is not None and self.pacer is not None
+        if active:
+            # Audio sent since the oldest packet still unacknowledged is in the outage.
+            oldest, last = est.in_flight.oldest_send_ms(), self._last_audio_ms
+            self._late_audio_ms = max(0.0, last - oldest) if oldest is not None and last is not None else 0.0
+        else:
+            # The receiver has been playing that audio since the link returned, about
+            # a round trip before its feedback told us.
+            hold = self._late_audio_ms - (est.rtt_ms or 0.0)
+            if hold > 0:
+                self.pacer.hold_audio(now_ms + hold)
+        self.allocate(now_ms)
+        if not active:
+            for down in self.down_tracks.values():
+                if down.is_video:
+                    # also a track that stays paused: the late frames reached it too
+                    down.rewriter.skip_ahead(OUTAGE_RESUME_TS_SKIP_MS)
+                    if down.selector.active:
+                        down.request_keyframe(now_ms)
 
     def _on_pacer_timer(self) -> None:
         self._pacer_timer_at = None
@@ -190,11 +248,13 @@ class SubscriberPeer:
             self.send_history.on_sent(seq, now_ms, size)
             if self.estimator is not None:
                 self.estimator.on_packet_sent(seq, size, now_ms)
-            if kind == "audio" and packet[8:12] in self._resend_ssrcs:
-                sent = self._sent_twcc
-                sent[packet[2:12]] = seq
-                if len(sent) > RESEND_MEMORY:
-                    sent.popitem(last=False)
+            if kind == "audio":
+                self._last_audio_ms = now_ms
+                if packet[8:12] in self._resend_ssrcs:
+                    sent = self._sent_twcc
+                    sent[packet[2:12]] = seq
+                    if len(sent) > RESEND_MEMORY:
+                        sent.popitem(last=False)
             # Stamped in the copy SRTP encrypts: `packet` (also in the RTX cache) keeps
             # its placeholder.
             self.transport.send_rtp(packet, TWCC_OFFSET, seq)
@@ -334,7 +394,9 @@ class SubscriberPeer:
     def allocate(self, now_ms: float) -> None:
         """Split the estimate over the DownTracks (audio, screen, speaker, rest)."""
         budget = self.estimate_bps(now_ms)
-        if budget is not None and self.pacer is not None:
+        if budget is not None and self._outage:
+            budget = 0.0  # audio only (never starved): see _on_outage
+        elif budget is not None and self.pacer is not None:
             # A backlog held by the congestion window drains only if less is forwarded.
             budget *= self.pacer.pushback(now_ms)
         tracks: list[AllocTrack] = []
