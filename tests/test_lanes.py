@@ -5,7 +5,9 @@ transports and media socket: once with lanes (`fan_out_video` / `fan_out_audio`
 forward the steady packets, `write_video` / `write_audio` the rest), once with every
 packet through the Python path. SRTP is deterministic for a key, SSRC and index, so
 each subscriber's datagrams must be byte for byte equal, and so must the counters and
-where every stream stopped.
+where every stream stopped. The same call with no native code at all (a child process
+with FERRY_NATIVE_SEND=0: the Python send path, the C bases' slotted stand-ins) must
+give the same bytes too.
 
 - Video: three simulcast layers with keyframes, a VP8 descriptor with picture id,
   TL0PICIDX and TID, allocations that move subscribers up and down (picture ids
@@ -19,8 +21,13 @@ where every stream stopped.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import os
 import random
 import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -294,3 +301,39 @@ async def test_lanes_send_what_the_python_path_sends(
     assert calls["forwarded"] > 0.7 * unpaced, (calls, sizes)
     assert calls["handoff"] > 0.6 * sum(sizes[-paced:]), (calls, sizes)
     assert 0 < calls["fallback"] < 0.2 * sum(sizes), calls
+
+
+def _digest(result: dict[str, Any]) -> str:
+    """What a run put on the wire and where its streams stopped, as one hash."""
+    h = hashlib.sha256()
+    for packets in result["packets"]:
+        h.update(len(packets).to_bytes(4, "big"))
+        for p in packets:
+            h.update(len(p).to_bytes(2, "big") + p)
+    for key in ("continuity", "counters", "rtx", "audio", "rtp_out", "mux_out"):
+        h.update(repr(result[key]).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["video", "audio"])
+async def test_the_pure_python_build_sends_what_the_lanes_send(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no native code at all (FERRY_NATIVE_SEND=0: the Python send path and the
+    slotted stand-ins of the C bases), the same call gives the same bytes."""
+    native = _digest(await _run(kind, True, monkeypatch))
+    script = (
+        "import asyncio, pytest\n"
+        "from media.lanes import NATIVE\n"
+        "from tests.test_lanes import _digest, _run\n"
+        "assert not NATIVE\n"
+        f"print(_digest(asyncio.run(_run({kind!r}, False, pytest.MonkeyPatch()))))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, cwd=root, env={**os.environ, "FERRY_NATIVE_SEND": "0"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120.0)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert out.decode().strip() == native
