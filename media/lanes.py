@@ -4,9 +4,9 @@
 of a track's steady subscribers in one call (see `_lane.c`). They read and move the
 same fields the Python forward path does, so those fields are kept in C base classes
 that `LayerSelector`, `StreamRewriter`, `RtpStreamSend`, `DownTrack` and `RedEncoder`
-extend: one copy of each value, nothing to keep in sync. With the native path off (`FERRY_NATIVE_SEND=0`, or no
-compiler at install) the bases below are plain slotted classes and every packet takes
-the Python path. Chosen once, at import.
+extend: one copy of each value, nothing to keep in sync. With the native path off
+(`FERRY_NATIVE_SEND=0`, or no compiler at install) the bases below are plain slotted
+classes and every packet takes the Python path. Chosen once, at import.
 """
 
 from __future__ import annotations
@@ -20,10 +20,14 @@ NATIVE = SEND_PATH == "native"
 
 __all__ = [
     "NATIVE",
+    "DownTrackState",
+    "Lane",
+    "RedHistory",
     "RewriterState",
     "SelectorState",
     "SendCounters",
     "SendTarget",
+    "fan_out_audio",
     "fan_out_video",
 ]
 

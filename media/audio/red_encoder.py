@@ -31,9 +31,8 @@ class RedEncoder(RedHistory):
             raise ValueError("distance must be 1 or 2")
         if not 0 <= opus_pt < 128:
             raise ValueError("opus_pt must be a 7-bit payload type")
-        super().__init__(
-            distance
-        )  # the history (media.lanes): an audio lane keeps frames in it from C
+        # The history is the base's (media.lanes): an audio lane keeps frames in it from C.
+        super().__init__(distance)
         self.distance = distance
         self.opus_pt = opus_pt
         self.max_payload = max_payload

@@ -160,14 +160,13 @@ class DownTrack(DownTrackState):
         # write_video / write_audio.
         self.lane = None
         target = getattr(sink, "send_target", None)
-        if Lane is None or not native or target is None:
-            pass
-        elif self.is_video:
+        laned = Lane is not None and native and target is not None
+        if laned and self.is_video:
             self.lane = Lane(
                 self.selector, self.rewriter, self.stream, self.rtx_cache, target,
                 self._first_byte, payload_type, ssrc, self._ext_video,
             )  # fmt: skip
-        elif self.duplicates is None:  # duplicates are the Python path's
+        elif laned and self.duplicates is None:  # audio; duplicates are the Python path's
             self.lane = Lane(
                 self.selector, self.rewriter, self.stream, self.rtx_cache, target,
                 self._first_byte, payload_type, ssrc, self._ext_audio_head,

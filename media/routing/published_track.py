@@ -351,8 +351,9 @@ class PublishedTrack:
         ordered = sorted(rids, key=lambda r: RID_ORDER.get(r, 3)) if rids else [None]
         self.layers = [Layer(self, i, rid) for i, rid in enumerate(ordered)]
         self.down_tracks: list[DownTrack] = []
-        # Each DownTrack's video lane (media.lanes), in the same order; None while no
-        # DownTrack has one (the Python send path): every packet takes write_video.
+        # Each DownTrack's lane (media.lanes), in the same order; None while no
+        # DownTrack has one (the Python send path): every packet takes write_video /
+        # write_audio.
         self.lanes: list[object] | None = None
         self.sinks: list[PacketSink] = []  # copy-on-write, like down_tracks
         self.audio_level = AudioLevel()

@@ -118,7 +118,7 @@ class SubscriberPeer:
 
     @property
     def send_target(self) -> object | None:
-        """DownTrackSink: where video lanes send this subscriber's packets from C
+        """DownTrackSink: where lanes send this subscriber's packets from C
         (media.lanes), None on the Python send path."""
         return self.transport.send_target
 

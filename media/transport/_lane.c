@@ -281,15 +281,6 @@ static PyObject *Target_set(SendTarget *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *Target_clear_method(SendTarget *self, PyObject *Py_UNUSED(ignored))
-{
-    self->ready = 0;
-    self->srtp = 0;
-    Py_CLEAR(self->account);
-    Py_CLEAR(self->send_queued);
-    Py_RETURN_NONE;
-}
-
 static int Target_traverse(SendTarget *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->account);
@@ -299,10 +290,17 @@ static int Target_traverse(SendTarget *self, visitproc visit, void *arg)
 
 static int Target_clear(SendTarget *self)
 {
+    self->ready = 0;
+    self->srtp = 0;
     Py_CLEAR(self->account);
     Py_CLEAR(self->send_queued);
-    self->ready = 0;
     return 0;
+}
+
+static PyObject *Target_clear_method(SendTarget *self, PyObject *Py_UNUSED(ignored))
+{
+    Target_clear(self);
+    Py_RETURN_NONE;
 }
 
 static void Target_dealloc(SendTarget *self)

@@ -55,7 +55,7 @@ def _choose_send_path() -> str:
 #: The send path this process uses: "native" (sendmmsg + protect in C) or "python".
 SEND_PATH = _choose_send_path()
 if SEND_PATH == "native":
-    _fastpath.set_protect(PROTECT_ADDRESS)  # for the video lanes (media.lanes)
+    _fastpath.set_protect(PROTECT_ADDRESS)  # for the lanes (media.lanes)
 
 Addr = tuple[str, int]
 
@@ -214,7 +214,7 @@ class UdpMux:
         self.account(sent, nbytes, protect_errors, send_errors, would_block)
 
     def account(self, sent: int, nbytes: int, protect_errors: int, send_errors: int, would_block: int) -> None:
-        """Count what a native batch sent (``send_batch``, or a video fan-out sent from C)."""
+        """Count what a native batch sent (``send_batch``, or a lane fan-out sent from C)."""
         self.batches += 1
         self.packets_out += sent
         self.bytes_out += nbytes  # before SRTP's tag, as close as the Python path's count

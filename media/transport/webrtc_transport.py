@@ -58,7 +58,7 @@ class WebRtcTransport:
         self._srtp: SrtpContext | None = None
         self.listener: TransportListener | None = None
         self._remote_addr: Addr | None = None
-        # Where video lanes send this transport's packets from C (media.lanes; native
+        # Where lanes send this transport's packets from C (media.lanes; native
         # send path only): set while an SRTP session and an address are known.
         self.send_target = _fastpath.SendTarget() if mux.send_path == "native" else None
         self.state = "new"  # new | connecting | connected | failed | closed
