@@ -13,9 +13,11 @@ from media.bwe.in_flight import (
 from media.bwe.pacer import CONGESTED_PACKET_INTERVAL_MS, OUTAGE_AUDIO_QUEUE_MS, Pacer
 from media.bwe.probe import ProbeCluster
 from media.engine import Engine, EngineConfig
+from media.routing.down_track import TWCC_OFFSET
 from media.routing.rewriter import StreamRewriter
 from media.routing.subscriber import OUTAGE_RESUME_TS_SKIP_MS
 from media.rtp.twcc import PacketResult
+from media.wire.rtp import parse_rtp
 from tests.router_setup import publish, subscribe
 
 
@@ -304,3 +306,35 @@ def test_a_skip_ahead_advances_the_next_start_once_beyond_the_wall_clock_gap() -
     assert (7777 + rw.ts_offset) & 0xFFFFFFFF == 1000 + (2000 + 15_000) * 90
     rw.start(1000, 7777, None, 2100.0)  # the next start: the wall-clock gap only
     assert (7777 + rw.ts_offset) & 0xFFFFFFFF == 1000 + 2000 * 90
+
+
+def test_what_leaves_during_an_outage_is_small_padding_on_the_rtx_ssrc() -> None:
+    """Each packet sent into a dead link waits in the bottleneck and delays everything
+    after the link returns: the ones that only draw feedback are padding, not a
+    full-size RTX copy; and the transport stops answering checks on that path."""
+    engine = Engine(EngineConfig(port=0))
+    router = engine.router("room")
+    viewer = router.add_participant("PA_viewer")
+    video = next(t for t in publish(router.add_participant("PA_pub")) if t.kind == "video")
+    subscribe(viewer, video, 0)
+    sub = viewer.subscriber
+    sub.schedule = None
+    down = sub.down_tracks[video.sid]
+    est = sub.estimator
+    assert est is not None and sub.pacer is not None and down.rtx_ssrc is not None
+    sent: list[tuple[bytes, int, int]] = []
+    sub.transport.send_rtp = lambda packet, seq_at=0, seq=0: sent.append((packet, seq_at, seq))  # type: ignore[method-assign]
+    est.outage.since_ms = 1000.0
+    est.in_flight.on_sent(1, 1000, 1100.0)
+    sub._drain(1500.0)
+    sub._drain(1500.0 + CONGESTED_PACKET_INTERVAL_MS)
+    assert sent, "one packet leaves per interval to draw feedback"
+    packet, seq_at, seq = sent[-1]
+    view = parse_rtp(packet)
+    assert view.ssrc == down.rtx_ssrc and packet[0] & 0x20 and view.payload_end == view.payload_start
+    assert len(packet) <= 20 + 255 and seq_at == TWCC_OFFSET and seq == sub._twcc_seq
+    assert sub.transport._link_out_since == 1500.0
+    est.outage.since_ms = None
+    est.in_flight.on_feedback(1, 3500.0)
+    sub._drain(3500.0)
+    assert sub.transport._link_out_since is None

@@ -10,6 +10,7 @@ import pytest
 from aioice import stun
 
 from media.transport.dtls import DtlsSession
+from media.transport.webrtc_transport import LINK_OUT_HOLD_MS
 from media.wire.rtp import build_rtp
 
 from .fuzz.harness import CLIENT_CERT, PUBLISHER_ADDR, Call, ClientPeer, Stack, binding_request
@@ -59,6 +60,35 @@ def test_authenticated_check_binds_the_sender() -> None:
     transport.set_remote(CLIENT_CERT.fingerprints(), "brws")
     stack.mux.dispatch(binding_request(transport.ice_ufrag, "brws", transport.ice_pwd), PUBLISHER_ADDR, 0.0)
     assert transport.remote_addr == PUBLISHER_ADDR and transport.state == "connecting"
+
+
+def test_binding_responses_on_the_selected_path_wait_for_the_link_while_it_is_out() -> None:
+    """Answered during an outage, a check's response waits in the bottleneck and the
+    peer reads the outage as its round-trip time; unanswered, it is a lost check."""
+    stack = Stack()
+    transport = stack.engine.create_transport(name="t")
+    transport.set_remote(CLIENT_CERT.fingerprints(), "brws")
+    check = binding_request(transport.ice_ufrag, "brws", transport.ice_pwd)
+    stack.mux.dispatch(check, PUBLISHER_ADDR, 0.0)
+    assert len(stack.mux.take(PUBLISHER_ADDR)) == 1
+
+    transport.set_link_out(True, 1000.0)
+    stack.mux.dispatch(check, PUBLISHER_ADDR, 1500.0)
+    assert stack.mux.take(PUBLISHER_ADDR) == []
+    assert transport.drops["stun_response_link_out"] == 1
+    # a check on another path is answered: it may be the way around the outage
+    probe = binding_request(transport.ice_ufrag, "brws", transport.ice_pwd, use_candidate=False)
+    stack.mux.dispatch(probe, ATTACKER, 1600.0)
+    assert len(stack.mux.take(ATTACKER)) == 1 and transport.remote_addr == PUBLISHER_ADDR
+    # an outage that lasts past the hold: the peer's consent is not put at risk
+    stack.mux.dispatch(check, PUBLISHER_ADDR, 1000.0 + LINK_OUT_HOLD_MS)
+    assert len(stack.mux.take(PUBLISHER_ADDR)) == 1
+
+    transport.set_link_out(True, 9000.0)
+    transport.set_link_out(False, 9100.0)
+    stack.mux.dispatch(check, PUBLISHER_ADDR, 9200.0)
+    assert len(stack.mux.take(PUBLISHER_ADDR)) == 1
+    assert transport.drops["stun_response_link_out"] == 1
 
 
 def _rtp(seq: int, ssrc: int = 0x1111) -> bytes:

@@ -22,7 +22,7 @@ from media.rtp.rtx import new_rtx_cache
 from media.rtp.stream_send import RtpStreamSend
 from media.transport.udp_mux import SEND_PATH
 from media.wire.red import parse_red
-from media.wire.rtp import RtpView, wrap_rtx
+from media.wire.rtp import RtpView, build_padding_only, wrap_rtx
 from media.wire.vp8 import Vp8Descriptor
 
 from .layer_selector import DROP, FORWARD, SWITCH, LayerSelector
@@ -476,6 +476,19 @@ class DownTrack(DownTrackState):
             return None
         assert self._probe_packet is not None
         return self._wrap_rtx(self._probe_packet)
+
+    def rtx_padding(self, size: int) -> bytes | None:
+        """A padding-only packet of about ``size`` bytes (at most 255 of padding) on the
+        RTX SSRC, with the transport-wide seq placeholder first: it draws feedback
+        and is counted by the receiver, but adds little to a queue (libwebrtc sends the
+        same when it has no packet to resend)."""
+        if self.rtx_ssrc is None or not self.rtx_payload_type or not self.twcc_ext_id:
+            return None
+        return build_padding_only(
+            payload_type=self.rtx_payload_type, seq=self.rewriter.next_rtx_seq(),
+            timestamp=self.rewriter.last_ts, ssrc=self.rtx_ssrc, size=size,
+            extensions=((self.twcc_ext_id, b"\x00\x00"),),
+        )
 
     def request_keyframe(self, now_ms: float) -> None:
         """A PLI/FIR from the subscriber, or our own need after a switch."""

@@ -40,6 +40,9 @@ DESIRED_HEADROOM = 1.3  # > allocator.UP_HEADROOM, so probing can unlock the nex
 # _on_outage): past the 10 s beyond which libwebrtc finds a frame's render time bad
 # and resets its video timing and jitter estimate.
 OUTAGE_RESUME_TS_SKIP_MS = 15_000.0
+# Padding asked for at or under this size (RTP padding holds 255 bytes) is padding alone;
+# above it, a probe: a full-size RTX copy (see _padding_packet).
+SMALL_PADDING_BYTES = 255
 
 
 class SubscriberPeer:
@@ -209,6 +212,7 @@ class SubscriberPeer:
         feedback came back (then 110-180 ms).
         """
         self._outage = active
+        self.transport.set_link_out(active, now_ms)
         est = self.estimator
         assert est is not None and self.pacer is not None
         if active:
@@ -274,16 +278,27 @@ class SubscriberPeer:
         return True
 
     def _padding_packet(self, size: int) -> bytes | None:
-        """A probe packet on an RTX SSRC, as Chrome does: a recent full-size video packet
-        again (harmless to the receiver). None when no track has one: probes start only
-        once video flows (``on_timer``), and RTP padding (<= 255 bytes) would measure the
-        receiver's per-packet cost, not the link; the pacer then abandons the cluster.
+        """A packet on an RTX SSRC that only has to reach the receiver.
+
+        For a probe (``size`` over ``SMALL_PADDING_BYTES``), a recent full-size video
+        packet again, as Chrome does (harmless to the receiver); None when no track has
+        one: probes start only once video flows (``on_timer``), and RTP padding (<= 255
+        bytes) would measure the receiver's per-packet cost, not the link; the pacer
+        then abandons the cluster. For the packet that leaves past a full window, or
+        every 200 ms of an outage, only to draw feedback: padding alone, so what waits
+        out an outage in the bottleneck is ~200 bytes a time, not a full packet.
         """
-        down = next((d for d in self.down_tracks.values() if d.can_probe), None)
-        if down is None or self._twcc_id is None:
+        if self._twcc_id is None:
             return None
-        self.padding_sent += 1
-        return down.rtx_probe()
+        if size <= SMALL_PADDING_BYTES:
+            down = next((d for d in self.down_tracks.values() if d.rtx_ssrc is not None), None)
+            made = down.rtx_padding(size) if down is not None else None
+        else:
+            down = next((d for d in self.down_tracks.values() if d.can_probe), None)
+            made = down.rtx_probe() if down is not None else None
+        if made is not None:
+            self.padding_sent += 1
+        return made
 
     # -- TransportListener -----------------------------------------------------------
     def on_transport_connected(self, now_ms: float) -> None:

@@ -309,6 +309,20 @@ def build_rtp(
     return b"".join((head, block, payload))
 
 
+def build_padding_only(
+    *, payload_type: int, seq: int, timestamp: int, ssrc: int, size: int,
+    extensions: Sequence[tuple[int, bytes]] = (),
+) -> bytes:
+    """A packet with no payload, only RTP padding (P bit set, RFC 3550 5.1), about
+    ``size`` bytes long: the receiver drops it after counting it, so it draws
+    transport-wide feedback without being media. Padding is 1-255 bytes."""
+    head = build_rtp(payload_type=payload_type, seq=seq, timestamp=timestamp, ssrc=ssrc,
+                     payload=b"", extensions=extensions)
+    pad = min(255, max(1, size - len(head)))
+    first = bytes((head[0] | 0x20,))
+    return b"".join((first, head[1:], bytes(pad - 1), _BYTE[pad]))
+
+
 def build_rtp_view(
     *,
     payload_type: int,
