@@ -19,6 +19,10 @@ from clients.lite import (
     encode_vp8_clip,
     is_vp8_keyframe,
 )
+from clients.lite.subscriber import LiteSubscriber
+from media.rtp.nack import NackGenerator
+from media.transport.certificate import Certificate
+from media.wire.rtp import build_padding_only, build_rtp
 from signaling import sdp
 from signaling.app import FerryServer
 from signaling.sdp import build_publisher_offer, build_subscriber_answer
@@ -124,6 +128,22 @@ def test_recv_counters_loss_recovery_and_wrap() -> None:
     assert c.account(c.unwrap(0)) and c.lost == 1  # recovered (RTX or late)
     assert not c.account(c.unwrap(2))  # duplicate
     assert c.duplicates == 1
+
+
+async def test_padding_only_rtx_packet_is_not_taken_for_a_repair() -> None:
+    """The padding that draws feedback past a full window carries no original seq: read
+    as one, its padding bytes named seq 0 as repaired and moved the NACK generator."""
+    sub = LiteSubscriber(Certificate.generate(), nack=True, twcc=False)
+    counters = RecvCounters(ssrc=1, kind="video", mid="0")
+    counters.nack = NackGenerator()
+    sub.received[1] = sub._by_ssrc[1] = sub._by_ssrc[2] = counters
+    sub._rtx_ssrcs.add(2)
+    sub.handle_rtp(build_rtp(payload_type=96, seq=1000, timestamp=0, ssrc=1, payload=b"\x10" * 100), 0.0)
+    padding = build_padding_only(payload_type=97, seq=5, timestamp=0, ssrc=2, size=200,
+                                 extensions=((3, b"\x00\x00"),))
+    sub.handle_rtp(padding, 1.0)
+    assert counters.rtx_packets == 0 and counters.highest == 1000 + (1 << 16)
+    assert (counters.unique, counters.lost) == (1, 0)
 
 
 # --------------------------------------------------------------------------- live

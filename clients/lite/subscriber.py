@@ -219,8 +219,9 @@ class LiteSubscriber(LiteTransport):
         if b0 & 0x10:
             offset += 4 + 4 * ((packet[offset + 2] << 8) | packet[offset + 3])
         if ssrc in self._rtx_ssrcs:
-            if len(packet) < offset + 2:
-                return  # padding-only probe
+            end = len(packet) - (packet[-1] if b0 & 0x20 else 0)  # RTP padding (P bit)
+            if end < offset + 2:
+                return  # padding only: a probe, or what draws feedback past a full window
             counters.rtx_packets += 1
             ext = counters.unwrap((packet[offset] << 8) | packet[offset + 1])
             if counters.account(ext):
