@@ -368,8 +368,10 @@ class GccEstimator:
         probe_done = self.probe_results.on_results(results, now_ms)
         results = self._after_outage(results, now_ms)
         if not results:
-            for cid, bps in probe_done:
-                self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)
+            # Every packet this feedback covers left before the outage ended, but a
+            # probe among them that the link then delivered at its rate still measured
+            # the link as it came back (its result is capped at the rate it was sent).
+            self._apply_probe_results(probe_done, now_ms)
             return
         self._newest_send_ms = results[-1].send_ms
         self._queue_growing = False
@@ -515,6 +517,22 @@ class GccEstimator:
                     lb.rate_bps = max(lb.rate_bps, best_probe)
             return
         self.aimd.update(self.usage, acked, now_ms, self.queue_delay_ms, self._newest_send_ms)
+
+    def _apply_probe_results(self, probe_done: list[tuple[int, float | None]], now_ms: float) -> None:
+        best: float | None = None
+        for cid, bps in probe_done:
+            self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)
+            if bps is not None and (best is None or bps > best):
+                best = bps
+        if best is None:
+            return
+        self.last_probe_bps = best
+        if best > self.aimd.current_bps:
+            self.aimd.set_estimate(best, now_ms)
+            self._probe_set_ms = now_ms
+            lb = self.loss_based
+            if lb.rate_bps is not None and lb.state != "decrease":
+                lb.rate_bps = max(lb.rate_bps, best)
 
     def _probe_recent(self, now_ms: float) -> bool:
         """A probe set the estimate within the acked window plus a round trip."""
