@@ -366,7 +366,12 @@ class GccEstimator:
         self._on_feedback_timing(results, now_ms)
         self.acked.on_results(results)
         probe_done = self.probe_results.on_results(results, now_ms)
+        everything = results
         results = self._after_outage(results, now_ms)
+        # The queue-target controller counts every arrival, also of packets that waited
+        # out an outage: the bottleneck flushing them is busy, so their arrival rate is
+        # the link's as it came back, and the queue they met says there is one to drain.
+        self.queue_target.on_results(everything, self._base_owd.get())
         if not results:
             # Every packet this feedback covers left before the outage ended, but a
             # probe among them that the link then delivered at its rate still measured
@@ -408,7 +413,6 @@ class GccEstimator:
                 det.detect(trend, delta.send_delta_ms, delta.arrival_ms)
         self.usage = det.state
         base = self._base_owd.get()
-        self.queue_target.on_results(results, base)
         if received and base is not None:
             self.queue_delay_ms = max(0.0, owd_sum / received - base)
             delivered = None
