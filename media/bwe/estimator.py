@@ -253,6 +253,7 @@ class GccEstimator:
         self._ignore_before_ms = -math.inf  # delay/loss of packets sent earlier: outage
         self.outage_probes = 0
         self._recheck: tuple[float, float] | None = None  # (when, at least bps)
+        self._outage_probe: int | None = None  # cluster id of the last outage-end probe
         # On links that pause, a queue-delay target replaces AIMD (_follow_queue_target).
         self.queue_target = QueueTargetControl()
         self._queue_target_bps: float | None = None  # its rate while in charge
@@ -337,8 +338,15 @@ class GccEstimator:
         self._queue_target_owns = False
         target = self._pre_outage_bps or 0.0
         self._pre_outage_bps = None
+        pc = self.probe_controller
+        if self._outage_probe is not None and pc.outstanding(self._outage_probe):
+            # The probe sent when the last outage ended is still out: it waited in the
+            # bottleneck and its result comes with the flush. On a link that comes back
+            # for a moment and goes out again, a probe at the old rate on every return
+            # piles seconds of queue into it.
+            return
         if target > 1.1 * self._combined():
-            self.probe_controller.probe_now(target, now_ms)
+            self._outage_probe = pc.probe_now(target, now_ms)
             self.outage_probes += 1
         self._recheck = (now_ms + OUTAGE_RECHECK_MS, target)
 
