@@ -253,6 +253,7 @@ class GccEstimator:
         self._ignore_before_ms = -math.inf  # delay/loss of packets sent earlier: outage
         self.outage_probes = 0
         self._recheck: tuple[float, float] | None = None  # (when, at least bps)
+        self._outage_probe: int | None = None  # cluster id of the last outage-end probe
         # On links that pause, a queue-delay target replaces AIMD (_follow_queue_target).
         self.queue_target = QueueTargetControl()
         self._queue_target_bps: float | None = None  # its rate while in charge
@@ -337,8 +338,15 @@ class GccEstimator:
         self._queue_target_owns = False
         target = self._pre_outage_bps or 0.0
         self._pre_outage_bps = None
+        pc = self.probe_controller
+        if self._outage_probe is not None and pc.outstanding(self._outage_probe):
+            # The probe sent when the last outage ended is still out: it waited in the
+            # bottleneck and its result comes with the flush. On a link that comes back
+            # for a moment and goes out again, a probe at the old rate on every return
+            # piles seconds of queue into it.
+            return
         if target > 1.1 * self._combined():
-            self.probe_controller.probe_now(target, now_ms)
+            self._outage_probe = pc.probe_now(target, now_ms)
             self.outage_probes += 1
         self._recheck = (now_ms + OUTAGE_RECHECK_MS, target)
 
@@ -366,10 +374,17 @@ class GccEstimator:
         self._on_feedback_timing(results, now_ms)
         self.acked.on_results(results)
         probe_done = self.probe_results.on_results(results, now_ms)
+        everything = results
         results = self._after_outage(results, now_ms)
+        # The queue-target controller counts every arrival, also of packets that waited
+        # out an outage: the bottleneck flushing them is busy, so their arrival rate is
+        # the link's as it came back, and the queue they met says there is one to drain.
+        self.queue_target.on_results(everything, self._base_owd.get())
         if not results:
-            for cid, bps in probe_done:
-                self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)
+            # Every packet this feedback covers left before the outage ended, but a
+            # probe among them that the link then delivered at its rate still measured
+            # the link as it came back (its result is capped at the rate it was sent).
+            self._apply_probe_results(probe_done, now_ms)
             return
         self._newest_send_ms = results[-1].send_ms
         self._queue_growing = False
@@ -406,7 +421,6 @@ class GccEstimator:
                 det.detect(trend, delta.send_delta_ms, delta.arrival_ms)
         self.usage = det.state
         base = self._base_owd.get()
-        self.queue_target.on_results(results, base)
         if received and base is not None:
             self.queue_delay_ms = max(0.0, owd_sum / received - base)
             delivered = None
@@ -515,6 +529,22 @@ class GccEstimator:
                     lb.rate_bps = max(lb.rate_bps, best_probe)
             return
         self.aimd.update(self.usage, acked, now_ms, self.queue_delay_ms, self._newest_send_ms)
+
+    def _apply_probe_results(self, probe_done: list[tuple[int, float | None]], now_ms: float) -> None:
+        best: float | None = None
+        for cid, bps in probe_done:
+            self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)
+            if bps is not None and (best is None or bps > best):
+                best = bps
+        if best is None:
+            return
+        self.last_probe_bps = best
+        if best > self.aimd.current_bps:
+            self.aimd.set_estimate(best, now_ms)
+            self._probe_set_ms = now_ms
+            lb = self.loss_based
+            if lb.rate_bps is not None and lb.state != "decrease":
+                lb.rate_bps = max(lb.rate_bps, best)
 
     def _probe_recent(self, now_ms: float) -> bool:
         """A probe set the estimate within the acked window plus a round trip."""

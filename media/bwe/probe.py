@@ -245,15 +245,20 @@ class ProbeController:
         self._last_decrease_ms = now_ms
         self._pending.clear()
 
-    def probe_now(self, bps: float, now_ms: float) -> None:
-        """Probe ``bps`` (capped at the desired rate) next, regardless of recent cuts.
+    def probe_now(self, bps: float, now_ms: float) -> int:
+        """Probe ``bps`` (capped at the desired rate) next, regardless of recent cuts;
+        returns the cluster's id.
 
         For the return from an outage: the cluster lasts ``OUTAGE_PROBE_DURATION_MS``.
         """
         self._last_decrease_ms = None
         self._initial_done = True
         self._pending.clear()
-        self._schedule(min(bps, self._cap()), now_ms, OUTAGE_PROBE_DURATION_MS)
+        return self._schedule(min(bps, self._cap()), now_ms, OUTAGE_PROBE_DURATION_MS)
+
+    def outstanding(self, cluster_id: int) -> bool:
+        """The cluster is pending or sent, and its result not in yet."""
+        return cluster_id in self._in_flight or any(c.id == cluster_id for c in self._pending)
 
     def _cap(self) -> float:
         cap = self.max_bps
@@ -261,10 +266,11 @@ class ProbeController:
             cap = min(cap, self.desired_bps)
         return cap
 
-    def _schedule(self, bps: float, now_ms: float, duration_ms: float = MIN_PROBE_DURATION_MS) -> None:
+    def _schedule(self, bps: float, now_ms: float, duration_ms: float = MIN_PROBE_DURATION_MS) -> int:
         cluster = ProbeCluster.make(self._next_id, bps, now_ms, duration_ms)
         self._next_id += 1
         self._pending.append(cluster)
+        return cluster.id
 
     def _recently_decreased(self, now_ms: float) -> bool:
         last = self._last_decrease_ms
