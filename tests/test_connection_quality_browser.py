@@ -1,11 +1,14 @@
 """Connection quality in the web client: a viewer on a weak link is told, and recovers.
 
 A Chromium page publishes 720p simulcast; a second page subscribes only, through
-netem's TURN relay with 10 % loss and 300 kbit/s both ways. Its own tile must show
+netem's TURN relay with 15 % loss and 300 kbit/s both ways. Its own tile must show
 ``poor`` (and the "your network is poor" hint) within 5 s of joining; once the relay's
 profile is cleared, ``good`` or better within 10 s. The camera's page shows the
 viewer's level on the viewer's tile too. Prints ``QUALITY {...}`` (``pytest -s``).
-"""
+
+Not 10 %: there the E-model sits on the poor/good line (MOS 3.43 at 10 % loss and
+3.66 at 8 %, 100 ms round trip), so a window that happened to lose 8 % reads good and
+the level stays a coin toss for seconds."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from .browser import chromium, needs_chromium, relayed_viewer
 from .conftest import wait_until
 from .test_adaptive import open_720p_page
 
-WEAK = "loss 10% rate 300kbit limit 32kb"
+WEAK = "loss 15% rate 300kbit limit 32kb"
 POOR_WITHIN_S = 5.0
 GOOD_WITHIN_S = 10.0
 LOCAL_LEVEL = "document.querySelector('#local-tile .quality')?.dataset.quality || null"
