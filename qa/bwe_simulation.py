@@ -171,6 +171,11 @@ def _capacity_at(phases: Sequence[Phase], t_ms: float, window_ms: float) -> floa
     return n * MTU_BYTES * 8000.0 / window_ms
 
 
+def _padding(size: int) -> bytes:
+    """A padding packet of ``size`` bytes (the shell's are RTX padding)."""
+    return bytes(size)
+
+
 class Simulation:
     """One sender, one receiver, a link each way; ``run()`` returns a ``SimResult``."""
 
@@ -198,6 +203,10 @@ class Simulation:
         self._next_sample = sc.sample_ms
         self._frame_no = 0
         self._next_keyframe = 0.0
+        # the subscriber transport's outage handling (media/routing/subscriber.py)
+        self._outage = False
+        self._last_audio_ms: float | None = None
+        self._late_audio_ms = 0.0
         # per-sample accumulators
         self._win_sent = 0
         self._win_delivered = 0
@@ -216,6 +225,11 @@ class Simulation:
 
     def _produce_frame(self, now_ms: float) -> None:
         sc = self.sc
+        if self._outage:  # the allocator forwards audio only while the link is out
+            self._next_keyframe = now_ms
+            self._frame_no += 1
+            self._next_frame = self._frame_no * 1000.0 / sc.fps
+            return
         video_bps = self._media_bps(now_ms) - (AUDIO_BYTES * 8000.0 / AUDIO_INTERVAL_MS if sc.audio else 0.0)
         if video_bps < MIN_VIDEO_BPS:  # below the lowest layer: video pauses, a keyframe resumes it
             self._next_keyframe = now_ms
@@ -235,10 +249,15 @@ class Simulation:
 
     def _send(self, now_ms: float) -> None:
         est = self.est
-        self.pacer.set_window(est.congestion_window_bytes(now_ms), est.in_flight.bytes)
-        for item in self.pacer.pop(now_ms):
+        window = est.congestion_window_bytes(now_ms)  # notices an outage first
+        self.pacer.set_window(window, est.in_flight.bytes, outage=est.outage.active)
+        if est.outage.active != self._outage:
+            self._on_outage(est.outage.active, now_ms)
+        for item in self.pacer.pop(now_ms, _padding):
             self._seq += 1
             seq = self._seq
+            if item.kind == "audio":
+                self._last_audio_ms = now_ms
             self.history.on_sent(seq, now_ms, item.size)
             est.on_packet_sent(seq, item.size, now_ms)
             if item.probe_id is not None:
@@ -252,6 +271,21 @@ class Simulation:
                 qd = stats.queue_delay_ms[-1]
                 self.result.queue_delays.append((now_ms, qd))
                 self._win_queue = max(self._win_queue, qd)
+
+    def _on_outage(self, active: bool, now_ms: float) -> None:
+        """What ``SubscriberTransport._on_outage`` does: video pauses while the link is
+        out and resumes on a keyframe; audio resumes once the receiver has about played
+        the audio the outage held."""
+        self._outage = active
+        est = self.est
+        if active:
+            oldest, last = est.in_flight.oldest_send_ms(), self._last_audio_ms
+            self._late_audio_ms = max(0.0, last - oldest) if oldest is not None and last is not None else 0.0
+        else:
+            hold = self._late_audio_ms - (est.rtt_ms or 0.0)
+            if hold > 0:
+                self.pacer.hold_audio(now_ms + hold)
+            self._next_keyframe = now_ms
 
     def _on_feedback(self, data: bytes, now_ms: float) -> None:
         fb = TwccFeedback.parse(data)

@@ -217,10 +217,33 @@ def test_a_second_probe_follows_the_outage_probe_once_the_flush_is_through() -> 
     est.on_packet_results([PacketResult(seq, 5390.0, 7000.0, 1000)], 7010.0)
     assert not est.outage.active
     est.next_probe(7010.0)  # the outage probe
+    seq += 1
+    est.on_packet_sent(seq, 1000, 7020.0)
+    est.on_packet_results([PacketResult(seq, 7020.0, 7100.0, 1000)], 7150.0)  # the link answers
     assert est.next_probe(7010.0 + OUTAGE_RECHECK_MS - 1) is None
     second = est.next_probe(7010.0 + OUTAGE_RECHECK_MS)
     assert second is not None
     assert second.bitrate_bps >= OUTAGE_RECHECK_RATIO * est.estimate_bps(7300.0) - 1
+
+
+def test_the_second_probe_waits_while_the_link_is_silent_again() -> None:
+    """The link came back for a moment and went out again: the second probe would
+    wait out that outage in the bottleneck, so it goes once feedback is back."""
+    est = GccEstimator(start_bps=1_000_000)
+    est.set_desired_bps(2_500_000)
+    seq = _feed_steady(est, 0.0, 5000.0, 0, 800_000)
+    est.next_probe(5000.0)
+    for t in range(5000, 5400, 10):
+        seq += 1
+        est.on_packet_sent(seq, 1000, float(t))
+    est.congestion_window_bytes(5700.0)
+    est.on_packet_results([PacketResult(seq, 5390.0, 7000.0, 1000)], 7010.0)
+    est.next_probe(7010.0)  # the outage probe
+    assert est.next_probe(7010.0 + OUTAGE_RECHECK_MS) is None  # nothing heard since 7010
+    seq += 1
+    est.on_packet_sent(seq, 1000, 7300.0)
+    est.on_packet_results([PacketResult(seq, 7300.0, 7400.0, 1000)], 7450.0)
+    assert est.next_probe(7450.0) is not None
 
 
 def test_window_of_frame_by_frame_video_holds_a_feedback_interval() -> None:

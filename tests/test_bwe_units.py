@@ -252,6 +252,17 @@ def test_loss_based_decrease_is_rate_limited_and_recovers() -> None:
     assert out is None
 
 
+def test_loss_based_forgetting_the_window_ends_its_decrease() -> None:
+    """After an outage the window is dropped; the cut made as the link went out must
+    not keep a probe of the returned link from lifting the rate."""
+    lb = LossBasedControl()
+    lb.on_batch(100, 30, 200.0, 0.0)
+    lb.update(1_000_000, 1_000_000, 0.0)
+    assert lb.state == "decrease"
+    lb.forget_window()
+    assert lb.state == "hold"
+
+
 # ---------------------------------------------------------------- acked bitrate
 def test_acked_bitrate_window() -> None:
     ab = AckedBitrateEstimator(window_ms=500.0)

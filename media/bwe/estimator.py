@@ -96,6 +96,12 @@ HURRY_RATIO = 0.5  # estimate below this x remembered: probe at HURRY_INTERVAL_M
 # After an outage a second probe follows the first (see _on_outage_end).
 OUTAGE_RECHECK_MS = 250.0
 OUTAGE_RECHECK_RATIO = 1.5  # ... at least this x the estimate then
+# ... and only while the link answers: no feedback with arrivals for this long means it
+# went out again after a moment back (cellular traces do: 40-70 ms of link between two
+# outages), and a probe at the old rate then waits out that outage in the bottleneck.
+# It goes once feedback is back. 100 ms held it back from slow returns whose feedback
+# comes in 100-200 ms gaps (ATT LTE 2016 down: 3.2-3.6 s back after its 46 s outage).
+RECHECK_SILENCE_MS = 200.0
 FEEDBACK_GAPS = 21  # feedback gaps whose median is taken as the receiver's interval
 # ... counted up to a browser's interval at video rates (50 ms). Longer gaps are a slow
 # return path's doing, which the send-to-feedback time already holds; counted again they
@@ -594,7 +600,9 @@ class GccEstimator:
     def next_probe(self, now_ms: float) -> ProbeCluster | None:
         """A probe cluster to start now (each returned once), or None."""
         recheck = self._recheck
-        if recheck is not None and now_ms >= recheck[0]:
+        last = self.outage.last_feedback_ms
+        answering = last is not None and now_ms - last <= RECHECK_SILENCE_MS
+        if recheck is not None and now_ms >= recheck[0] and answering:
             self._recheck = None
             if self.usage is not BandwidthUsage.OVERUSING:
                 self.probe_controller.probe_now(max(recheck[1], OUTAGE_RECHECK_RATIO * self._combined()), now_ms)

@@ -90,8 +90,15 @@ class LossBasedControl:
             b.popleft()
 
     def forget_window(self) -> None:
-        """Drop the loss seen so far (an outage's losses are not the link's loss rate)."""
+        """Drop the loss seen so far (an outage's losses are not the link's loss rate).
+
+        A "decrease" stands until enough new packets are measured, and in that state a
+        probe result does not lift the rate (``GccEstimator``): the probe that measures
+        the link coming back would be held under the cut made as it went out.
+        """
         self._batches.clear()
+        if self.state == "decrease":
+            self.state = "hold"
 
     def on_loss_report(self, fraction_lost: float, now_ms: float) -> None:
         """An RTCP RR loss fraction (no delay info): counted as random loss."""
