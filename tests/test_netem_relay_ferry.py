@@ -126,8 +126,17 @@ async def test_chromium_through_relay_sees_200ms_more_rtt(server, relay: TurnRel
             return None if value is None else value * 1000.0
 
         await wait_until_async(lambda: rtt_ms(), 15)
-        base = await rtt_ms()
-        assert base is not None and base < 150, base
+        # The base is the least reading over two consent checks (~2.5 s apart): one
+        # taken in a load spike of this shared machine read 79 ms against 2.
+        readings: list[float] = []
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            value = await rtt_ms()
+            if value is not None:
+                readings.append(value)
+            await asyncio.sleep(0.2)  # the poll interval of a measurement window
+        base = min(readings)
+        assert base < 150, readings
         relay.set_profile("rttweb", DELAY)
         seen: list[float | None] = []
 
