@@ -203,10 +203,9 @@ class Simulation:
         self._next_sample = sc.sample_ms
         self._frame_no = 0
         self._next_keyframe = 0.0
-        # the subscriber transport's outage handling (media/routing/subscriber.py)
+        # the subscriber peer's outage handling (media/routing/subscriber.py)
         self._outage = False
         self._last_audio_ms: float | None = None
-        self._late_audio_ms = 0.0
         # per-sample accumulators
         self._win_sent = 0
         self._win_delivered = 0
@@ -273,18 +272,13 @@ class Simulation:
                 self._win_queue = max(self._win_queue, qd)
 
     def _on_outage(self, active: bool, now_ms: float) -> None:
-        """What ``SubscriberTransport._on_outage`` does: video pauses while the link is
-        out and resumes on a keyframe; audio resumes once the receiver has about played
-        the audio the outage held."""
+        """What ``SubscriberPeer._on_outage`` does: video pauses while the link is out
+        and resumes on a keyframe; audio resumes once the receiver has about played
+        the audio the outage held (``Pacer.on_outage``)."""
         self._outage = active
         est = self.est
-        if active:
-            oldest, last = est.in_flight.oldest_send_ms(), self._last_audio_ms
-            self._late_audio_ms = max(0.0, last - oldest) if oldest is not None and last is not None else 0.0
-        else:
-            hold = self._late_audio_ms - (est.rtt_ms or 0.0)
-            if hold > 0:
-                self.pacer.hold_audio(now_ms + hold)
+        self.pacer.on_outage(active, now_ms, est.in_flight.oldest_send_ms(), self._last_audio_ms, est.rtt_ms)
+        if not active:
             self._next_keyframe = now_ms
 
     def _on_feedback(self, data: bytes, now_ms: float) -> None:

@@ -361,3 +361,19 @@ def test_what_leaves_during_an_outage_is_small_padding_on_the_rtx_ssrc() -> None
     est.in_flight.on_feedback(1, 3500.0)
     sub._drain(3500.0)
     assert sub.transport._link_out_since is None
+
+
+def test_audio_after_an_outage_waits_for_what_the_receiver_still_plays() -> None:
+    """300 ms of audio went into the outage; the receiver has played 100 ms of it a
+    round trip before its feedback came: new audio is dropped for the other 200."""
+    p = Pacer(1_000_000)
+    p.on_outage(True, 1500.0, oldest_send_ms=1100.0, last_audio_ms=1400.0, rtt_ms=None)
+    p.on_outage(False, 3500.0, oldest_send_ms=None, last_audio_ms=1400.0, rtt_ms=100.0)
+    p.enqueue("a1", 100, "audio", 3690.0)
+    p.enqueue("a2", 100, "audio", 3710.0)
+    assert p.dropped["audio"] == 1 and [x.packet for x in p.pop(3710.0)] == ["a2"]
+    # no audio sent into the outage: nothing to wait for
+    p.on_outage(True, 5000.0, oldest_send_ms=4900.0, last_audio_ms=1400.0, rtt_ms=None)
+    p.on_outage(False, 6000.0, oldest_send_ms=None, last_audio_ms=1400.0, rtt_ms=100.0)
+    p.enqueue("a3", 100, "audio", 6000.0)
+    assert p.dropped["audio"] == 1 and p.queued_packets == 1

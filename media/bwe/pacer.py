@@ -123,6 +123,7 @@ class Pacer:
         self._in_flight = 0
         self._outage = False
         self._audio_hold_until = float("-inf")  # audio dropped until then (hold_audio)
+        self._late_audio_ms = 0.0  # audio sent into the current outage (on_outage)
         self._last_send_ms: float | None = None
         self.congested_sends = 0  # packets let out past a full window to get feedback
 
@@ -174,6 +175,26 @@ class Pacer:
         starts again as the burst runs out.
         """
         self._audio_hold_until = until_ms
+
+    def on_outage(
+        self, active: bool, now_ms: float, oldest_send_ms: float | None, last_audio_ms: float | None,
+        rtt_ms: float | None,
+    ) -> None:
+        """The link went out (``active``) or came back: hold audio after it for about
+        the audio the outage caught.
+
+        That is the audio sent between the oldest packet still unacknowledged when the
+        outage began (``oldest_send_ms``) and the last audio (``last_audio_ms``). The
+        receiver has been playing it since the link returned, about a round trip
+        (``rtt_ms``) before the feedback that says so: new audio waits for the rest.
+        """
+        if active:
+            late = last_audio_ms - oldest_send_ms if last_audio_ms is not None and oldest_send_ms is not None else 0.0
+            self._late_audio_ms = max(0.0, late)
+            return
+        hold = self._late_audio_ms - (rtt_ms or 0.0)
+        if hold > 0:
+            self.hold_audio(now_ms + hold)
 
     # ------------------------------------------------------------ inputs
     def enqueue(self, packet: Any, size: int, kind: str, now_ms: float) -> None:

@@ -96,7 +96,6 @@ class SubscriberPeer:
         self._pacer_timer_at: float | None = None
         self._outage = False  # the estimator's outage, as last seen (see _on_outage)
         self._last_audio_ms: float | None = None  # when audio last left (see _on_outage)
-        self._late_audio_ms = 0.0  # how much audio the last outage holds (see _on_outage)
         self._twcc_id: int | None = None
         self.padding_sent = 0
         # Audio without RTX but with transport-cc: the transport-wide seq each packet
@@ -215,16 +214,7 @@ class SubscriberPeer:
         self.transport.set_link_out(active, now_ms)
         est = self.estimator
         assert est is not None and self.pacer is not None
-        if active:
-            # Audio sent since the oldest packet still unacknowledged is in the outage.
-            oldest, last = est.in_flight.oldest_send_ms(), self._last_audio_ms
-            self._late_audio_ms = max(0.0, last - oldest) if oldest is not None and last is not None else 0.0
-        else:
-            # The receiver has been playing that audio since the link returned, about
-            # a round trip before its feedback told us.
-            hold = self._late_audio_ms - (est.rtt_ms or 0.0)
-            if hold > 0:
-                self.pacer.hold_audio(now_ms + hold)
+        self.pacer.on_outage(active, now_ms, est.in_flight.oldest_send_ms(), self._last_audio_ms, est.rtt_ms)
         self.allocate(now_ms)
         if not active:
             for down in self.down_tracks.values():
