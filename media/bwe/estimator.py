@@ -251,6 +251,7 @@ class GccEstimator:
         self._base_ack = _MinWindow()  # least send-to-feedback time (see in_flight)
         # The last gaps between two feedbacks; their median is the receiver's interval.
         self._feedback_gaps: deque[float] = deque(maxlen=FEEDBACK_GAPS)
+        self._median_gap: float | None = None  # theirs, kept as they change (read per send)
         self._last_feedback_ms: float | None = None
         # The capacity to go back to after an outage: the highest estimate of the
         # last REMEMBER_MS (an outage's own aftermath must not overwrite it).
@@ -299,9 +300,9 @@ class GccEstimator:
         # feedback tick is acked a round trip later. The window must still hold what is
         # sent while waiting for the next feedback, or every keyframe stalls behind it
         # and the pushback sheds the video of a viewer whose link merely loses packets.
-        gaps = self._feedback_gaps
-        if gaps:
-            base_ack = max(base_ack, min(FEEDBACK_GAP_CAP_MS, sorted(gaps)[len(gaps) // 2]))
+        gap = self._median_gap
+        if gap is not None:
+            base_ack = max(base_ack, min(FEEDBACK_GAP_CAP_MS, gap))
         rate = self._combined()
         acked = self.acked.bitrate_bps()
         if acked is not None:
@@ -371,7 +372,9 @@ class GccEstimator:
             self._base_ack.add(now_ms, ack_ms)
         last, self._last_feedback_ms = self._last_feedback_ms, now_ms
         if last is not None and now_ms - last < OUTAGE_SILENCE_MS:
-            self._feedback_gaps.append(now_ms - last)
+            gaps = self._feedback_gaps
+            gaps.append(now_ms - last)
+            self._median_gap = sorted(gaps)[len(gaps) // 2]
 
     def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None:
         """One feedback's worth of results, in send order (TwccSendHistory output)."""

@@ -117,6 +117,7 @@ class QueueTargetControl:
         self._arrivals: deque[tuple[float, int]] = deque()  # (arrival ms, bytes)
         self._bytes = 0
         self._first_ms: float | None = None
+        self._latest: float | None = None  # the latest arrival in _arrivals
         self.delivery_bps: float | None = None
         self.queue_ms: float | None = None
         self.rate_bps: float | None = None
@@ -134,6 +135,7 @@ class QueueTargetControl:
         self._arrivals.clear()
         self._bytes = 0
         self._first_ms = None
+        self._latest = None
         self.delivery_bps = self.queue_ms = self.rate_bps = None
         self.pauses.forget_last_packet()
 
@@ -149,7 +151,10 @@ class QueueTargetControl:
             self._bytes += size
         if self._first_ms is None:
             self._first_ms = got[0][0]
-        latest = max(a for a, _ in arrivals)
+        # The window's latest arrival: what it held (never popped: pops go below it)
+        # or one of these.
+        latest = got[-1][0] if self._latest is None else max(self._latest, got[-1][0])
+        self._latest = latest
         while arrivals and arrivals[0][0] <= latest - self.window_ms:
             self._bytes -= arrivals.popleft()[1]
         if base_owd_ms is None or latest - self._first_ms < self.window_ms:
