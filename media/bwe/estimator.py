@@ -211,6 +211,23 @@ class _MaxWindow(_MinWindow):
         return None if v is None else -v
 
 
+def _link_limited_bps(span_ms: float, send_span_ms: float, later_bytes: int, received: int) -> float | None:
+    """The arrival rate of one feedback's packets when the link spaced them, else None.
+
+    Link-limited: these packets arrived much slower than they left (a bottleneck
+    spaced them), so their arrival rate measures the link. An app-limited trickle,
+    spread or bunched by jitter, does not count.
+    """
+    if (
+        received >= 3
+        and span_ms >= COLLAPSE_MIN_SPAN_MS
+        and later_bytes >= COLLAPSE_MIN_BYTES
+        and span_ms * LINK_LIMITED_RATIO > send_span_ms
+    ):
+        return later_bytes * 8000.0 / span_ms
+    return None
+
+
 class GccEstimator:
     """Google Congestion Control, send side, with probing (see the module docstring)."""
 
@@ -400,20 +417,22 @@ class GccEstimator:
         self._delivered_bps = None
         lost = 0
         owd_sum = 0.0
-        received = 0
-        newest: deque[float] = deque(maxlen=NEWEST_N)
+        owds: list[float] = []
+        min_owd = math.inf
         first_arrival = last_arrival = first_send = last_send = None
         later_bytes = 0
-        ia, tl, det = self.interarrival, self.trendline, self.detector
+        ia_add, tl_update, detect = self.interarrival.add, self.trendline.update, self.detector.detect
         for r in results:
             arrival = r.arrival_ms
             if arrival is None:
                 lost += 1
                 continue
-            owd = arrival - r.send_ms
-            self._base_owd.add(now_ms, owd)
+            send_ms = r.send_ms
+            owd = arrival - send_ms
+            if owd < min_owd:
+                min_owd = owd
             owd_sum += owd
-            newest.append(owd)
+            owds.append(owd)
             if first_arrival is None or arrival < first_arrival:
                 first_arrival = arrival
             else:
@@ -421,36 +440,27 @@ class GccEstimator:
             if last_arrival is None or arrival > last_arrival:
                 last_arrival = arrival
             if first_send is None:
-                first_send = r.send_ms
-            last_send = r.send_ms
-            received += 1
-            delta = ia.add(r.send_ms, arrival, r.size)
+                first_send = send_ms
+            last_send = send_ms
+            delta = ia_add(send_ms, arrival, r.size)
             if delta is not None:
-                trend = tl.update(delta.arrival_delta_ms, delta.send_delta_ms, delta.arrival_ms)
-                det.detect(trend, delta.send_delta_ms, delta.arrival_ms)
-        self.usage = det.state
+                trend = tl_update(delta.arrival_delta_ms, delta.send_delta_ms, delta.arrival_ms)
+                detect(trend, delta.send_delta_ms, delta.arrival_ms)
+        received = len(owds)
+        if received:
+            # One sample per feedback, its least delay: the window keeps minima of
+            # samples taken at one time, so this is what adding each would leave.
+            self._base_owd.add(now_ms, min_owd)
+        newest = owds[-NEWEST_N:]
+        self.usage = self.detector.state
         base = self._base_owd.get()
         if received and base is not None:
             self.queue_delay_ms = max(0.0, owd_sum / received - base)
             delivered = None
-            if (
-                first_arrival is not None
-                and last_arrival is not None
-                and first_send is not None
-                and last_send is not None
-                and received >= 3
-            ):
-                span = last_arrival - first_arrival
-                send_span = last_send - first_send
-                # Link-limited: these packets arrived much slower than they left (a
-                # bottleneck spaced them), so their arrival rate measures the link. An
-                # app-limited trickle, spread or bunched by jitter, does not count.
-                if (
-                    span >= COLLAPSE_MIN_SPAN_MS
-                    and later_bytes >= COLLAPSE_MIN_BYTES
-                    and span * LINK_LIMITED_RATIO > send_span
-                ):
-                    delivered = later_bytes * 8000.0 / span
+            if first_arrival is not None and last_arrival is not None and first_send is not None and last_send is not None:
+                delivered = _link_limited_bps(
+                    last_arrival - first_arrival, last_send - first_send, later_bytes, received
+                )
             self._delivered_bps = delivered
             self._early_overuse(sum(newest) / len(newest) - base, delivered, now_ms)
         self.loss_based.on_batch(len(results), lost, self.queue_delay_ms, now_ms)

@@ -45,6 +45,26 @@ def linear_fit_slope(points: deque[tuple[float, float]] | list[tuple[float, floa
     return num / den
 
 
+def _slope(xs: deque[float], ys: deque[float]) -> float | None:
+    """`linear_fit_slope` of points given as two sequences, with the same float
+    operations in the same order (so the same result to the last bit)."""
+    n = len(xs)
+    sx = sy = 0.0
+    for x in xs:
+        sx += x
+    for y in ys:
+        sy += y
+    mx, my = sx / n, sy / n
+    num = den = 0.0
+    for x, y in zip(xs, ys, strict=True):
+        dx = x - mx
+        num += dx * (y - my)
+        den += dx * dx
+    if den == 0.0:
+        return None
+    return num / den
+
+
 class TrendlineEstimator:
     """Smoothed accumulated delay, regression slope over a window, threshold gain."""
 
@@ -64,7 +84,9 @@ class TrendlineEstimator:
         self.trend = 0.0  # last raw slope
         self.modified_trend = 0.0
         self._first_arrival_ms: float | None = None
-        self._history: deque[tuple[float, float]] = deque(maxlen=window)
+        # the window's points, x and y apart (no tuple per group delta)
+        self._xs: deque[float] = deque(maxlen=window)
+        self._ys: deque[float] = deque(maxlen=window)
 
     def update(self, arrival_delta_ms: float, send_delta_ms: float, arrival_ms: float) -> float:
         """Add one group delta; returns the modified trend (0 until the window fills)."""
@@ -74,9 +96,11 @@ class TrendlineEstimator:
         self.accumulated_delay_ms += arrival_delta_ms - send_delta_ms
         a = self.smoothing
         self.smoothed_delay_ms = a * self.smoothed_delay_ms + (1.0 - a) * self.accumulated_delay_ms
-        self._history.append((arrival_ms - self._first_arrival_ms, self.smoothed_delay_ms))
-        if len(self._history) == self.window:
-            slope = linear_fit_slope(self._history)
+        xs, ys = self._xs, self._ys
+        xs.append(arrival_ms - self._first_arrival_ms)
+        ys.append(self.smoothed_delay_ms)
+        if len(xs) == self.window:
+            slope = _slope(xs, ys)
             if slope is not None:
                 self.trend = slope
         self.modified_trend = (
