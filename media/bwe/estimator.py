@@ -621,10 +621,11 @@ class GccEstimator:
                 self.probe_controller.probe_now(max(recheck[1], OUTAGE_RECHECK_RATIO * self._combined()), now_ms)
                 self.outage_probes += 1
         remembered = self._remembered.get()
+        combined = self._combined()
         # Far below what the link carried lately (a fade or an outage cut it): look
         # for the way back every second rather than every few.
-        self.probe_controller.hurry = remembered is not None and self._combined() < HURRY_RATIO * remembered
-        cluster = self.probe_controller.next_probe(self._combined(), now_ms)
+        self.probe_controller.hurry = remembered is not None and combined < HURRY_RATIO * remembered
+        cluster = self.probe_controller.next_probe(combined, now_ms)
         if cluster is not None:
             self.probe_results.add_cluster(cluster)
         return cluster
