@@ -17,9 +17,11 @@ fast and is far less noisy with paced, bursty video. Per group delta:
 
 from __future__ import annotations
 
+import os
 from collections import deque
+from collections.abc import Callable
 
-__all__ = ["TrendlineEstimator", "linear_fit_slope"]
+__all__ = ["NATIVE_FIT", "TrendlineEstimator", "linear_fit_slope"]
 
 MIN_DELTAS_FOR_FULL_GAIN = 60
 DELTA_COUNTER_MAX = 1000
@@ -45,9 +47,10 @@ def linear_fit_slope(points: deque[tuple[float, float]] | list[tuple[float, floa
     return num / den
 
 
-def _slope(xs: deque[float], ys: deque[float]) -> float | None:
+def _py_slope(xs: deque[float], ys: deque[float]) -> float | None:
     """`linear_fit_slope` of points given as two sequences, with the same float
-    operations in the same order (so the same result to the last bit)."""
+    operations in the same order (so the same result to the last bit); `_trendfit.c`
+    does the same in C."""
     n = len(xs)
     sx = sy = 0.0
     for x in xs:
@@ -63,6 +66,24 @@ def _slope(xs: deque[float], ys: deque[float]) -> float | None:
     if den == 0.0:
         return None
     return num / den
+
+
+def _native_slope() -> Callable[[deque[float], deque[float]], float | None] | None:
+    """The C fit (`_trendfit.c`, the same floats as `_py_slope`), unless it is not built
+    or FERRY_NATIVE_SEND=0 asks for no native code at all."""
+    if os.environ.get("FERRY_NATIVE_SEND", "1").strip() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from media.bwe._trendfit import slope
+    except ImportError:
+        return None
+    return slope
+
+
+_c_slope = _native_slope()
+#: True when the trendline is fitted in C. Chosen once, at import.
+NATIVE_FIT = _c_slope is not None
+_slope = _py_slope if _c_slope is None else _c_slope
 
 
 class TrendlineEstimator:
