@@ -207,8 +207,8 @@ class _MaxWindow(_MinWindow):
         super().add(t_ms, -value)
 
     def get(self) -> float | None:
-        v = super().get()
-        return None if v is None else -v
+        b = self._buckets
+        return -b[0][1] if b else None
 
 
 def _link_limited_bps(span_ms: float, send_span_ms: float, later_bytes: int, received: int) -> float | None:
@@ -242,6 +242,7 @@ class GccEstimator:
             raise ValueError(f"need 0 < min_bps <= max_bps (got {min_bps}, {max_bps})")
         self.min_bps = min_bps
         self.max_bps = max_bps
+        self._min_f, self._max_f = float(min_bps), float(max_bps)
         self.interarrival = InterArrival()
         self.trendline = TrendlineEstimator()
         self.detector = OveruseDetector()
@@ -590,13 +591,20 @@ class GccEstimator:
 
     # ----------------------------------------------------------- outputs
     def _combined(self) -> float:
+        """min(delay-based, loss-based) within [min, max] (read on every send and timer:
+        comparisons, no calls)."""
         est = self.aimd.current_bps
-        if self._queue_target_bps is not None:
-            est = max(est, self._queue_target_bps)
+        qt = self._queue_target_bps
+        if qt is not None and qt > est:
+            est = qt
         lb = self.loss_based.rate_bps
         if lb is not None and lb < est:
             est = lb
-        return min(max(est, float(self.min_bps)), float(self.max_bps))
+        if est < self._min_f:
+            est = self._min_f
+        if est > self._max_f:
+            est = self._max_f
+        return est
 
     def estimate_bps(self, now_ms: float) -> int:
         """The target send rate: min(delay-based, loss-based), within [min, max]."""
