@@ -203,10 +203,18 @@ class Pacer:
             return False  # (the last two: `congested`, inline on the forward path)
         if kind == "audio" and now_ms < self._audio_hold_until:
             return False
-        self._refill(now_ms)
-        if kind != "audio" and self._budget <= 0:
+        # _refill, inline
+        last = self._budget_ms
+        self._budget_ms = now_ms
+        budget = self._budget
+        if last is not None and now_ms > last:
+            budget += self._fill_per_ms * (now_ms - last)
+            if budget > self._max_fill:
+                budget = self._max_fill
+        if kind != "audio" and budget <= 0:
+            self._budget = budget
             return False
-        self._budget -= size
+        self._budget = budget - size
         self._in_flight += size
         self.sent_bytes[kind] += size
         self._last_send_ms = now_ms
