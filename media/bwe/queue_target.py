@@ -67,18 +67,25 @@ class PauseDetector:
     def on_results(self, results: list[PacketResult]) -> None:
         """One feedback's results, in send order."""
         prev = self._prev
+        # the previous packet's send and arrival times, apart (no tuple per packet)
+        have_prev = prev is not None
+        prev_send, prev_arrival = (0.0, 0.0) if prev is None else prev
+        latest, pause_ms = self.latest_arrival_ms, self.pause_ms
         for r in results:
             arrival = r.arrival_ms
             if arrival is None:
                 continue
-            if prev is not None and (arrival - prev[1]) - (r.send_ms - prev[0]) > self.pause_ms:
+            send = r.send_ms
+            if have_prev and (arrival - prev_arrival) - (send - prev_send) > pause_ms:
                 self._pauses.append(arrival)
-            prev = (r.send_ms, arrival)
-            if self.latest_arrival_ms is None or arrival > self.latest_arrival_ms:
-                self.latest_arrival_ms = arrival
-        self._prev = prev
-        if self.latest_arrival_ms is not None:
-            cutoff = self.latest_arrival_ms - self.memory_ms
+            have_prev, prev_send, prev_arrival = True, send, arrival
+            if latest is None or arrival > latest:
+                latest = arrival
+        if have_prev:
+            self._prev = (prev_send, prev_arrival)
+        self.latest_arrival_ms = latest
+        if latest is not None:
+            cutoff = latest - self.memory_ms
             while self._pauses and self._pauses[0] <= cutoff:
                 self._pauses.popleft()
 
