@@ -1,7 +1,8 @@
 """Build hook for the optional native send path (metadata lives in pyproject.toml).
 
-`media/transport/_fastpath.c` (SRTP protect + sendmmsg per batch, the RTX ring, video lanes) is compiled with the
-machine's C compiler on install. It is optional: without a compiler, or off Linux, the
+`media/transport/_fastpath.c` (SRTP protect + sendmmsg per batch, the RTX ring, video lanes) and
+`media/bwe/_trendfit.c` (the estimator's trendline fit) are compiled with the
+machine's C compiler on install. They are optional: without a compiler, or off Linux, the
 build goes on without it and Ferry uses its pure-Python send path (reported at start
 and in /metrics).
 """
@@ -23,6 +24,16 @@ if sys.platform.startswith("linux"):
             depends=["media/transport/_fastpath.h"],
             optional=True,
             extra_compile_args=["-O2"],
+        )
+    )
+    # The trendline's slope (media/bwe/trendline.py); no fused multiply-add, so its
+    # floats are Python's to the bit.
+    ext_modules.append(
+        Extension(
+            "media.bwe._trendfit",
+            sources=["media/bwe/_trendfit.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-ffp-contract=off"],
         )
     )
 

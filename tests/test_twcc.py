@@ -391,3 +391,49 @@ def test_a_viewer_that_never_sends_feedback_keeps_the_send_history_bounded() -> 
         now += 20.0
     assert sub.stats.rtp_out == 1500
     assert len(sub.send_history) <= sub.send_history.max_age_ms / 20.0 + 1
+
+
+def _all_received(base: int, n: int) -> TwccFeedback:
+    return TwccFeedback(1, 2, base & 0xFFFF, 0, 0, [((base + i) & 0xFFFF, 1000 * i) for i in range(n)])
+
+
+def test_send_history_grows_its_ring_when_more_packets_are_in_flight_than_it_holds() -> None:
+    hist = TwccSendHistory(capacity=4)
+    for seq in range(10, 30):
+        hist.on_sent(seq, float(seq), seq + 1000)
+    assert hist.capacity == 32 and len(hist) == 20
+    results = hist.on_feedback(_all_received(10, 20), 30.0)
+    assert [(r.seq, r.send_ms, r.size) for r in results] == [(s, float(s), s + 1000) for s in range(10, 30)]
+    assert len(hist) == 0
+
+
+def test_send_history_reuses_ring_slots_as_feedback_frees_them() -> None:
+    hist = TwccSendHistory(capacity=8)
+    seq = 0
+    for _ in range(50):  # 5 packets out, then feedback for them: the ring never grows
+        for _ in range(5):
+            hist.on_sent(seq, float(seq), 100)
+            seq += 1
+        assert [r.seq for r in hist.on_feedback(_all_received(seq - 5, 5), float(seq))] == list(range(seq - 5, seq))
+    assert hist.capacity == 8 and len(hist) == 0
+
+
+def test_send_history_prune_passes_over_reported_packets_to_the_oldest_unreported() -> None:
+    hist = TwccSendHistory(max_age_ms=100.0, capacity=16)
+    for seq in range(10):
+        hist.on_sent(seq, 10.0 * seq, 100)
+    hist.on_feedback(_all_received(0, 3), 0.0)  # 0-2 reported
+    hist.prune(150.0)  # 3, 4 older than 100 ms; 5 (50 ms) is the oldest kept
+    assert len(hist) == 5
+    assert [r.seq for r in hist.on_feedback(_all_received(0, 10), 150.0)] == [5, 6, 7, 8, 9]
+
+
+def test_send_history_forgets_packets_feedback_could_no_longer_name() -> None:
+    """Feedback's 16-bit seqs are unwrapped within half a cycle of the highest sent:
+    an entry 2^15 or more behind can never be matched, and is not kept."""
+    hist = TwccSendHistory(max_age_ms=1e9)
+    hist.on_sent(0, 0.0, 100)
+    hist.on_sent(1, 1.0, 100)
+    hist.on_sent(40_000, 2.0, 100)
+    assert len(hist) == 1 and hist.capacity <= 1 << 15
+    assert [r.seq for r in hist.on_feedback(_all_received(40_000, 1), 3.0)] == [40_000]

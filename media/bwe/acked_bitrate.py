@@ -38,18 +38,20 @@ class AckedBitrateEstimator:
             (r.arrival_ms, r.size) for r in results if r.arrival_ms is not None
         )
         samples = self._samples
+        latest, window, total = self._latest_ms, self.window_ms, self._bytes
         for arrival, size in received:
-            if self._latest_ms is not None and arrival < self._latest_ms - self.window_ms:
+            if latest is not None and arrival < latest - window:
                 continue  # far too late to count in the current window
             samples.append((arrival, size))
-            self._bytes += size
-            if self._latest_ms is None or arrival > self._latest_ms:
-                self._latest_ms = arrival
+            total += size
+            if latest is None or arrival > latest:
+                latest = arrival
             if self._first_arrival_ms is None:
                 self._first_arrival_ms = arrival
-        if self._latest_ms is None:
+        self._latest_ms, self._bytes = latest, total
+        if latest is None:
             return
-        cutoff = self._latest_ms - self.window_ms
+        cutoff = latest - window
         while samples and samples[0][0] <= cutoff:
             self._bytes -= samples.popleft()[1]
 

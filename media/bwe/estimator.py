@@ -207,8 +207,25 @@ class _MaxWindow(_MinWindow):
         super().add(t_ms, -value)
 
     def get(self) -> float | None:
-        v = super().get()
-        return None if v is None else -v
+        b = self._buckets
+        return -b[0][1] if b else None
+
+
+def _link_limited_bps(span_ms: float, send_span_ms: float, later_bytes: int, received: int) -> float | None:
+    """The arrival rate of one feedback's packets when the link spaced them, else None.
+
+    Link-limited: these packets arrived much slower than they left (a bottleneck
+    spaced them), so their arrival rate measures the link. An app-limited trickle,
+    spread or bunched by jitter, does not count.
+    """
+    if (
+        received >= 3
+        and span_ms >= COLLAPSE_MIN_SPAN_MS
+        and later_bytes >= COLLAPSE_MIN_BYTES
+        and span_ms * LINK_LIMITED_RATIO > send_span_ms
+    ):
+        return later_bytes * 8000.0 / span_ms
+    return None
 
 
 class GccEstimator:
@@ -225,6 +242,7 @@ class GccEstimator:
             raise ValueError(f"need 0 < min_bps <= max_bps (got {min_bps}, {max_bps})")
         self.min_bps = min_bps
         self.max_bps = max_bps
+        self._min_f, self._max_f = float(min_bps), float(max_bps)
         self.interarrival = InterArrival()
         self.trendline = TrendlineEstimator()
         self.detector = OveruseDetector()
@@ -251,6 +269,7 @@ class GccEstimator:
         self._base_ack = _MinWindow()  # least send-to-feedback time (see in_flight)
         # The last gaps between two feedbacks; their median is the receiver's interval.
         self._feedback_gaps: deque[float] = deque(maxlen=FEEDBACK_GAPS)
+        self._median_gap: float | None = None  # theirs, kept as they change (read per send)
         self._last_feedback_ms: float | None = None
         # The capacity to go back to after an outage: the highest estimate of the
         # last REMEMBER_MS (an outage's own aftermath must not overwrite it).
@@ -299,9 +318,9 @@ class GccEstimator:
         # feedback tick is acked a round trip later. The window must still hold what is
         # sent while waiting for the next feedback, or every keyframe stalls behind it
         # and the pushback sheds the video of a viewer whose link merely loses packets.
-        gaps = self._feedback_gaps
-        if gaps:
-            base_ack = max(base_ack, min(FEEDBACK_GAP_CAP_MS, sorted(gaps)[len(gaps) // 2]))
+        gap = self._median_gap
+        if gap is not None:
+            base_ack = max(base_ack, min(FEEDBACK_GAP_CAP_MS, gap))
         rate = self._combined()
         acked = self.acked.bitrate_bps()
         if acked is not None:
@@ -371,7 +390,9 @@ class GccEstimator:
             self._base_ack.add(now_ms, ack_ms)
         last, self._last_feedback_ms = self._last_feedback_ms, now_ms
         if last is not None and now_ms - last < OUTAGE_SILENCE_MS:
-            self._feedback_gaps.append(now_ms - last)
+            gaps = self._feedback_gaps
+            gaps.append(now_ms - last)
+            self._median_gap = sorted(gaps)[len(gaps) // 2]
 
     def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None:
         """One feedback's worth of results, in send order (TwccSendHistory output)."""
@@ -397,20 +418,22 @@ class GccEstimator:
         self._delivered_bps = None
         lost = 0
         owd_sum = 0.0
-        received = 0
-        newest: deque[float] = deque(maxlen=NEWEST_N)
+        owds: list[float] = []
+        min_owd = math.inf
         first_arrival = last_arrival = first_send = last_send = None
         later_bytes = 0
-        ia, tl, det = self.interarrival, self.trendline, self.detector
+        ia_add, tl_update, detect = self.interarrival.add, self.trendline.update, self.detector.detect
         for r in results:
             arrival = r.arrival_ms
             if arrival is None:
                 lost += 1
                 continue
-            owd = arrival - r.send_ms
-            self._base_owd.add(now_ms, owd)
+            send_ms = r.send_ms
+            owd = arrival - send_ms
+            if owd < min_owd:
+                min_owd = owd
             owd_sum += owd
-            newest.append(owd)
+            owds.append(owd)
             if first_arrival is None or arrival < first_arrival:
                 first_arrival = arrival
             else:
@@ -418,36 +441,27 @@ class GccEstimator:
             if last_arrival is None or arrival > last_arrival:
                 last_arrival = arrival
             if first_send is None:
-                first_send = r.send_ms
-            last_send = r.send_ms
-            received += 1
-            delta = ia.add(r.send_ms, arrival, r.size)
+                first_send = send_ms
+            last_send = send_ms
+            delta = ia_add(send_ms, arrival, r.size)
             if delta is not None:
-                trend = tl.update(delta.arrival_delta_ms, delta.send_delta_ms, delta.arrival_ms)
-                det.detect(trend, delta.send_delta_ms, delta.arrival_ms)
-        self.usage = det.state
+                trend = tl_update(delta.arrival_delta_ms, delta.send_delta_ms, delta.arrival_ms)
+                detect(trend, delta.send_delta_ms, delta.arrival_ms)
+        received = len(owds)
+        if received:
+            # One sample per feedback, its least delay: the window keeps minima of
+            # samples taken at one time, so this is what adding each would leave.
+            self._base_owd.add(now_ms, min_owd)
+        newest = owds[-NEWEST_N:]
+        self.usage = self.detector.state
         base = self._base_owd.get()
         if received and base is not None:
             self.queue_delay_ms = max(0.0, owd_sum / received - base)
             delivered = None
-            if (
-                first_arrival is not None
-                and last_arrival is not None
-                and first_send is not None
-                and last_send is not None
-                and received >= 3
-            ):
-                span = last_arrival - first_arrival
-                send_span = last_send - first_send
-                # Link-limited: these packets arrived much slower than they left (a
-                # bottleneck spaced them), so their arrival rate measures the link. An
-                # app-limited trickle, spread or bunched by jitter, does not count.
-                if (
-                    span >= COLLAPSE_MIN_SPAN_MS
-                    and later_bytes >= COLLAPSE_MIN_BYTES
-                    and span * LINK_LIMITED_RATIO > send_span
-                ):
-                    delivered = later_bytes * 8000.0 / span
+            if first_arrival is not None and last_arrival is not None and first_send is not None and last_send is not None:
+                delivered = _link_limited_bps(
+                    last_arrival - first_arrival, last_send - first_send, later_bytes, received
+                )
             self._delivered_bps = delivered
             self._early_overuse(sum(newest) / len(newest) - base, delivered, now_ms)
         self.loss_based.on_batch(len(results), lost, self.queue_delay_ms, now_ms)
@@ -577,13 +591,20 @@ class GccEstimator:
 
     # ----------------------------------------------------------- outputs
     def _combined(self) -> float:
+        """min(delay-based, loss-based) within [min, max] (read on every send and timer:
+        comparisons, no calls)."""
         est = self.aimd.current_bps
-        if self._queue_target_bps is not None:
-            est = max(est, self._queue_target_bps)
+        qt = self._queue_target_bps
+        if qt is not None and qt > est:
+            est = qt
         lb = self.loss_based.rate_bps
         if lb is not None and lb < est:
             est = lb
-        return min(max(est, float(self.min_bps)), float(self.max_bps))
+        if est < self._min_f:
+            est = self._min_f
+        if est > self._max_f:
+            est = self._max_f
+        return est
 
     def estimate_bps(self, now_ms: float) -> int:
         """The target send rate: min(delay-based, loss-based), within [min, max]."""
@@ -608,10 +629,11 @@ class GccEstimator:
                 self.probe_controller.probe_now(max(recheck[1], OUTAGE_RECHECK_RATIO * self._combined()), now_ms)
                 self.outage_probes += 1
         remembered = self._remembered.get()
+        combined = self._combined()
         # Far below what the link carried lately (a fade or an outage cut it): look
         # for the way back every second rather than every few.
-        self.probe_controller.hurry = remembered is not None and self._combined() < HURRY_RATIO * remembered
-        cluster = self.probe_controller.next_probe(self._combined(), now_ms)
+        self.probe_controller.hurry = remembered is not None and combined < HURRY_RATIO * remembered
+        cluster = self.probe_controller.next_probe(combined, now_ms)
         if cluster is not None:
             self.probe_results.add_cluster(cluster)
         return cluster

@@ -67,30 +67,26 @@ class InterArrival:
         self._reordered = 0
         self.resets += 1
 
-    def _belongs(self, g: _Group, send_ms: float, arrival_ms: float) -> bool:
-        send_delta = send_ms - g.first_send_ms
-        if send_delta <= self.group_ms:
-            return True
-        # burst: arrived close to the previous one, and sooner than sent spacing says
-        arrival_delta = arrival_ms - g.last_arrival_ms
-        propagation_delta = arrival_delta - (send_ms - g.last_send_ms)
-        return (
-            propagation_delta < 0
-            and arrival_delta <= self.burst_ms
-            and arrival_ms - g.first_arrival_ms < MAX_BURST_DURATION_MS
-        )
-
     def add(self, send_ms: float, arrival_ms: float, size: int) -> GroupDelta | None:
         """Add one received packet (in send order); a delta when a group completes."""
         cur = self._cur
         if cur is None:
             self._cur = _Group(send_ms, send_ms, arrival_ms, arrival_ms, size)
             return None
-        if send_ms < cur.first_send_ms:
+        first_send = cur.first_send_ms
+        if send_ms < first_send:
             return None  # sent before the current group: out of order, ignore
-        if self._belongs(cur, send_ms, arrival_ms):
-            cur.last_send_ms = max(cur.last_send_ms, send_ms)
-            cur.last_arrival_ms = max(cur.last_arrival_ms, arrival_ms)
+        # In the group: sent within group_ms of its first packet, or a burst (arrived
+        # close to the previous one, and sooner than the send spacing says).
+        if send_ms - first_send <= self.group_ms or (
+            (arrival_ms - cur.last_arrival_ms) - (send_ms - cur.last_send_ms) < 0
+            and arrival_ms - cur.last_arrival_ms <= self.burst_ms
+            and arrival_ms - cur.first_arrival_ms < MAX_BURST_DURATION_MS
+        ):
+            if send_ms > cur.last_send_ms:
+                cur.last_send_ms = send_ms
+            if arrival_ms > cur.last_arrival_ms:
+                cur.last_arrival_ms = arrival_ms
             cur.size += size
             return None
         out: GroupDelta | None = None

@@ -72,6 +72,8 @@ class LossBasedControl:
         self.rtt_ms = 200.0
         # (now_ms, sent, lost, congestion_lost) per feedback batch
         self._batches: deque[tuple[float, int, int, int]] = deque()
+        # their sums (sent, lost, congestion-lost), kept as batches come and go
+        self._sent = self._lost = self._cong = 0
         self._last_decrease_ms: float | None = None
         self._last_update_ms: float | None = None
 
@@ -83,11 +85,24 @@ class LossBasedControl:
         if sent <= 0:
             return
         congestion = lost if queue_delay_ms >= self.queue_threshold_ms else 0
-        self._batches.append((now_ms, sent, lost, congestion))
+        self._add(now_ms, sent, lost, congestion)
         cutoff = now_ms - self.window_ms
         b = self._batches
         while b and b[0][0] < cutoff:
-            b.popleft()
+            _, sent, lost, congestion = b.popleft()
+            self._sent -= sent
+            self._lost -= lost
+            self._cong -= congestion
+
+    def _add(self, now_ms: float, sent: int, lost: int, congestion: int) -> None:
+        self._batches.append((now_ms, sent, lost, congestion))
+        self._sent += sent
+        self._lost += lost
+        self._cong += congestion
+
+    def _clear(self) -> None:
+        self._batches.clear()
+        self._sent = self._lost = self._cong = 0
 
     def forget_window(self) -> None:
         """Drop the loss seen so far (an outage's losses are not the link's loss rate).
@@ -96,21 +111,21 @@ class LossBasedControl:
         probe result does not lift the rate (``GccEstimator``): the probe that measures
         the link coming back would be held under the cut made as it went out.
         """
-        self._batches.clear()
+        self._clear()
         if self.state == "decrease":
             self.state = "hold"
 
     def on_loss_report(self, fraction_lost: float, now_ms: float) -> None:
         """An RTCP RR loss fraction (no delay info): counted as random loss."""
         n = 100
-        self._batches.append((now_ms, n, int(round(fraction_lost * n)), 0))
+        self._add(now_ms, n, int(round(fraction_lost * n)), 0)
 
     def _measure(self) -> bool:
-        sent = sum(x[1] for x in self._batches)
+        sent = self._sent
         if sent < self.min_packets:
             return False
-        lost = sum(x[2] for x in self._batches)
-        cong = sum(x[3] for x in self._batches)
+        lost = self._lost
+        cong = self._cong
         self.loss = lost / sent
         self.congestion_loss = cong / sent
         self.random_loss = (lost - cong) / sent
@@ -135,7 +150,7 @@ class LossBasedControl:
                 self.rate_bps = max(self.min_bps, base * (1.0 - 0.5 * p))
                 self._last_decrease_ms = now_ms
                 # this loss has been acted on: judge the next cut on new packets only
-                self._batches.clear()
+                self._clear()
         elif p >= LOW_LOSS:
             self.state = "hold"
             if self.rate_bps is None:

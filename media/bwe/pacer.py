@@ -214,14 +214,28 @@ class Pacer:
         always may). Most packets on an uncongested link take this path, which keeps
         the pacer off the per-packet cost of the forward path.
         """
-        if self._queued_bytes or self._probe is not None or self.congested:
-            return False
+        window = self._window
+        if (
+            self._queued_bytes
+            or self._probe is not None
+            or self._outage
+            or (window is not None and self._in_flight >= window)
+        ):
+            return False  # (the last two: `congested`, inline on the forward path)
         if kind == "audio" and now_ms < self._audio_hold_until:
             return False
-        self._refill(now_ms)
-        if kind != "audio" and self._budget <= 0:
+        # _refill, inline
+        last = self._budget_ms
+        self._budget_ms = now_ms
+        budget = self._budget
+        if last is not None and now_ms > last:
+            budget += self._fill_per_ms * (now_ms - last)
+            if budget > self._max_fill:
+                budget = self._max_fill
+        if kind != "audio" and budget <= 0:
+            self._budget = budget
             return False
-        self._budget -= size
+        self._budget = budget - size
         self._in_flight += size
         self.sent_bytes[kind] += size
         self._last_send_ms = now_ms
@@ -339,6 +353,13 @@ class Pacer:
         Without it, padding items have ``packet=None`` and the shell makes them.
         """
         self._refill(now_ms)
+        q = self._queues
+        if (
+            self._probe is None
+            and not (q["audio"] or q["rtx"] or q["video"] or q["padding"])
+            and not self.congested
+        ):
+            return []  # nothing queued and the window open: what the timer mostly finds
         self._drop_stale(now_ms)
         out: list[PacedPacket] = []
         sent = self.sent_bytes

@@ -67,18 +67,25 @@ class PauseDetector:
     def on_results(self, results: list[PacketResult]) -> None:
         """One feedback's results, in send order."""
         prev = self._prev
+        # the previous packet's send and arrival times, apart (no tuple per packet)
+        have_prev = prev is not None
+        prev_send, prev_arrival = (0.0, 0.0) if prev is None else prev
+        latest, pause_ms = self.latest_arrival_ms, self.pause_ms
         for r in results:
             arrival = r.arrival_ms
             if arrival is None:
                 continue
-            if prev is not None and (arrival - prev[1]) - (r.send_ms - prev[0]) > self.pause_ms:
+            send = r.send_ms
+            if have_prev and (arrival - prev_arrival) - (send - prev_send) > pause_ms:
                 self._pauses.append(arrival)
-            prev = (r.send_ms, arrival)
-            if self.latest_arrival_ms is None or arrival > self.latest_arrival_ms:
-                self.latest_arrival_ms = arrival
-        self._prev = prev
-        if self.latest_arrival_ms is not None:
-            cutoff = self.latest_arrival_ms - self.memory_ms
+            have_prev, prev_send, prev_arrival = True, send, arrival
+            if latest is None or arrival > latest:
+                latest = arrival
+        if have_prev:
+            self._prev = (prev_send, prev_arrival)
+        self.latest_arrival_ms = latest
+        if latest is not None:
+            cutoff = latest - self.memory_ms
             while self._pauses and self._pauses[0] <= cutoff:
                 self._pauses.popleft()
 
@@ -117,6 +124,7 @@ class QueueTargetControl:
         self._arrivals: deque[tuple[float, int]] = deque()  # (arrival ms, bytes)
         self._bytes = 0
         self._first_ms: float | None = None
+        self._latest: float | None = None  # the latest arrival in _arrivals
         self.delivery_bps: float | None = None
         self.queue_ms: float | None = None
         self.rate_bps: float | None = None
@@ -134,6 +142,7 @@ class QueueTargetControl:
         self._arrivals.clear()
         self._bytes = 0
         self._first_ms = None
+        self._latest = None
         self.delivery_bps = self.queue_ms = self.rate_bps = None
         self.pauses.forget_last_packet()
 
@@ -149,7 +158,10 @@ class QueueTargetControl:
             self._bytes += size
         if self._first_ms is None:
             self._first_ms = got[0][0]
-        latest = max(a for a, _ in arrivals)
+        # The window's latest arrival: what it held (never popped: pops go below it)
+        # or one of these.
+        latest = got[-1][0] if self._latest is None else max(self._latest, got[-1][0])
+        self._latest = latest
         while arrivals and arrivals[0][0] <= latest - self.window_ms:
             self._bytes -= arrivals.popleft()[1]
         if base_owd_ms is None or latest - self._first_ms < self.window_ms:

@@ -17,9 +17,11 @@ fast and is far less noisy with paced, bursty video. Per group delta:
 
 from __future__ import annotations
 
+import os
 from collections import deque
+from collections.abc import Callable
 
-__all__ = ["TrendlineEstimator", "linear_fit_slope"]
+__all__ = ["NATIVE_FIT", "TrendlineEstimator", "linear_fit_slope"]
 
 MIN_DELTAS_FOR_FULL_GAIN = 60
 DELTA_COUNTER_MAX = 1000
@@ -45,6 +47,45 @@ def linear_fit_slope(points: deque[tuple[float, float]] | list[tuple[float, floa
     return num / den
 
 
+def _py_slope(xs: deque[float], ys: deque[float]) -> float | None:
+    """`linear_fit_slope` of points given as two sequences, with the same float
+    operations in the same order (so the same result to the last bit); `_trendfit.c`
+    does the same in C."""
+    n = len(xs)
+    sx = sy = 0.0
+    for x in xs:
+        sx += x
+    for y in ys:
+        sy += y
+    mx, my = sx / n, sy / n
+    num = den = 0.0
+    for x, y in zip(xs, ys, strict=True):
+        dx = x - mx
+        num += dx * (y - my)
+        den += dx * dx
+    if den == 0.0:
+        return None
+    return num / den
+
+
+def _native_slope() -> Callable[[deque[float], deque[float]], float | None] | None:
+    """The C fit (`_trendfit.c`, the same floats as `_py_slope`), unless it is not built
+    or FERRY_NATIVE_SEND=0 asks for no native code at all."""
+    if os.environ.get("FERRY_NATIVE_SEND", "1").strip() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from media.bwe._trendfit import slope
+    except ImportError:
+        return None
+    return slope
+
+
+_c_slope = _native_slope()
+#: True when the trendline is fitted in C. Chosen once, at import.
+NATIVE_FIT = _c_slope is not None
+_slope = _py_slope if _c_slope is None else _c_slope
+
+
 class TrendlineEstimator:
     """Smoothed accumulated delay, regression slope over a window, threshold gain."""
 
@@ -64,7 +105,9 @@ class TrendlineEstimator:
         self.trend = 0.0  # last raw slope
         self.modified_trend = 0.0
         self._first_arrival_ms: float | None = None
-        self._history: deque[tuple[float, float]] = deque(maxlen=window)
+        # the window's points, x and y apart (no tuple per group delta)
+        self._xs: deque[float] = deque(maxlen=window)
+        self._ys: deque[float] = deque(maxlen=window)
 
     def update(self, arrival_delta_ms: float, send_delta_ms: float, arrival_ms: float) -> float:
         """Add one group delta; returns the modified trend (0 until the window fills)."""
@@ -74,9 +117,11 @@ class TrendlineEstimator:
         self.accumulated_delay_ms += arrival_delta_ms - send_delta_ms
         a = self.smoothing
         self.smoothed_delay_ms = a * self.smoothed_delay_ms + (1.0 - a) * self.accumulated_delay_ms
-        self._history.append((arrival_ms - self._first_arrival_ms, self.smoothed_delay_ms))
-        if len(self._history) == self.window:
-            slope = linear_fit_slope(self._history)
+        xs, ys = self._xs, self._ys
+        xs.append(arrival_ms - self._first_arrival_ms)
+        ys.append(self.smoothed_delay_ms)
+        if len(xs) == self.window:
+            slope = _slope(xs, ys)
             if slope is not None:
                 self.trend = slope
         self.modified_trend = (

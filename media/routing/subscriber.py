@@ -97,6 +97,9 @@ class SubscriberPeer:
         self._outage = False  # the estimator's outage, as last seen (see _on_outage)
         self._last_audio_ms: float | None = None  # when audio last left (see _on_outage)
         self._twcc_id: int | None = None
+        # The byte a packet starts its extensions with when the transport-wide seq
+        # is its first one-byte extension (0: transport-cc not negotiated).
+        self._twcc_marker = 0
         self.padding_sent = 0
         # Audio without RTX but with transport-cc: the transport-wide seq each packet
         # went out with, so a NACKed packet can go again as the same bytes. Keyed by
@@ -113,6 +116,7 @@ class SubscriberPeer:
         if twcc_ext_id is None or self.estimator is not None:
             return
         self._twcc_id = twcc_ext_id
+        self._twcc_marker = (twcc_ext_id << 4) | 1
         self.estimator = GccEstimator(start_bps=START_BPS)
         self.pacer = Pacer(START_BPS)
         if self.send_target is not None:
@@ -232,16 +236,16 @@ class SubscriberPeer:
     def _transmit(self, packet: bytes, kind: str, now_ms: float) -> int | None:
         """Stamp the transport-wide seq (at send time, for the estimator) and send."""
         stats = self.stats
+        size = len(packet)
         stats.rtp_out += 1
-        stats.rtp_bytes_out += len(packet)
-        twcc_id = self._twcc_id
-        if twcc_id is not None and len(packet) > TWCC_OFFSET + 2 and packet[16] == (twcc_id << 4) | 1:
-            self._twcc_seq += 1
-            seq = self._twcc_seq
-            size = len(packet)
+        stats.rtp_bytes_out += size
+        marker = self._twcc_marker
+        if marker and size > TWCC_OFFSET + 2 and packet[16] == marker:
+            seq = self._twcc_seq = self._twcc_seq + 1
             self.send_history.on_sent(seq, now_ms, size)
-            if self.estimator is not None:
-                self.estimator.on_packet_sent(seq, size, now_ms)
+            estimator = self.estimator
+            if estimator is not None:
+                estimator.on_packet_sent(seq, size, now_ms)
             if kind == "audio":
                 self._last_audio_ms = now_ms
                 if packet[8:12] in self._resend_ssrcs:
@@ -387,10 +391,12 @@ class SubscriberPeer:
         if self.estimator is not None and self.pacer is not None:
             # Probe only once video flows: RTX copies of real packets are full-size,
             # RTP padding (<= 255 bytes) would measure per-packet cost, not the link.
-            if any(d.can_probe for d in self.down_tracks.values()):
-                cluster = self.estimator.next_probe(now_ms)
-                if cluster is not None:
-                    self.pacer.start_probe(cluster, now_ms)
+            for down in self.down_tracks.values():
+                if down.can_probe:
+                    cluster = self.estimator.next_probe(now_ms)
+                    if cluster is not None:
+                        self.pacer.start_probe(cluster, now_ms)
+                    break
             self._drain(now_ms)
         if now_ms >= self._next_sr_ms:
             self._next_sr_ms = now_ms + SR_INTERVAL_MS

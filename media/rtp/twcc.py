@@ -10,7 +10,6 @@ Two sans-I/O pieces:
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from media.wire.seqnum import Unwrapper, seq_diff
@@ -27,6 +26,11 @@ DEFAULT_MAX_PACKET_SIZE = 1200
 # a sender jumping its seq costs seconds of CPU per round. A gap that does not fit what
 # is left of the budget is not reported: the next feedback packet starts after it.
 MAX_LOST_PER_ROUND = 8192
+# The send history's ring: its first size (doubled as needed), and the widest span of
+# seqs it keeps: feedback names 16-bit seqs, unwrapped within half a cycle of the
+# highest sent, so entries further behind can never be matched.
+INITIAL_RING = 512
+MAX_SPAN = 1 << 15
 
 
 class TwccRecorder:
@@ -187,26 +191,73 @@ class TwccSendHistory:
     """Sender side: remembers (send time, size) per extended transport-wide seq.
 
     Each packet is reported at most once (its entry is removed when feedback covers
-    it); entries older than `max_age_ms` are pruned.
+    it); entries older than `max_age_ms` are pruned, oldest seq first.
+
+    The seqs a sender stamps count up one by one, so the history is a ring indexed by
+    ``seq & mask``: two preallocated lists (send time, size), a slot holding None
+    once reported or pruned, and the live span ``[oldest, highest]``. On the forward
+    path a packet costs two list stores, with no per-packet object and no hashing;
+    the ring doubles when the span outgrows it (a fast sender with a long max age).
     """
 
-    def __init__(self, max_age_ms: float = 2000.0) -> None:
+    def __init__(self, max_age_ms: float = 2000.0, capacity: int = INITIAL_RING) -> None:
+        if capacity < 1 or capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two (got {capacity})")
         self.max_age_ms = max_age_ms
-        # Send time and size by seq, in two maps rather than one of tuples: a tuple per
-        # packet, alive for a round trip, is work for the cyclic GC on the forward path.
-        self._sent: OrderedDict[int, float] = OrderedDict()
-        self._sizes: dict[int, int] = {}
+        self._mask = capacity - 1
+        self._send_ms: list[float | None] = [None] * capacity
+        self._sizes: list[int] = [0] * capacity
+        self._oldest = 0  # no entry below this seq
         self._highest: int | None = None
+        self._count = 0
         self._reference = Unwrapper(1 << 24)
 
     def __len__(self) -> int:
-        return len(self._sent)
+        return self._count
+
+    @property
+    def capacity(self) -> int:
+        return self._mask + 1
 
     def on_sent(self, twcc_seq_ext: int, send_ms: float, size: int) -> None:
-        self._sent[twcc_seq_ext] = send_ms
-        self._sizes[twcc_seq_ext] = size
-        if self._highest is None or twcc_seq_ext > self._highest:
-            self._highest = twcc_seq_ext
+        """Remember a packet; seqs are expected in increasing order (as stamped)."""
+        highest = self._highest
+        if highest is None:
+            self._oldest = highest = twcc_seq_ext
+        elif twcc_seq_ext - self._oldest > self._mask or twcc_seq_ext < self._oldest:
+            self._make_room(twcc_seq_ext)
+        i = twcc_seq_ext & self._mask
+        if self._send_ms[i] is None:
+            self._count += 1
+        self._send_ms[i] = send_ms
+        self._sizes[i] = size
+        if twcc_seq_ext > highest:
+            highest = twcc_seq_ext
+        self._highest = highest
+
+    def _make_room(self, seq: int) -> None:
+        """The span [oldest, highest] must take in ``seq``: grow the ring, and forget
+        entries more than ``MAX_SPAN`` behind (no feedback can name them: its 16-bit
+        seqs are unwrapped within half a cycle of the highest)."""
+        highest = self._highest
+        assert highest is not None
+        low = min(self._oldest, seq)
+        high = max(highest, seq)
+        if high - low >= MAX_SPAN:
+            low = high - MAX_SPAN + 1
+        entries = [(s, ms, self._sizes[s & self._mask]) for s in range(max(self._oldest, low), highest + 1)
+                   if (ms := self._send_ms[s & self._mask]) is not None]
+        capacity = self._mask + 1
+        while capacity <= high - low:
+            capacity *= 2
+        self._mask = capacity - 1
+        self._send_ms = [None] * capacity
+        self._sizes = [0] * capacity
+        for s, ms, size in entries:
+            self._send_ms[s & self._mask] = ms
+            self._sizes[s & self._mask] = size
+        self._count = len(entries)
+        self._oldest = low
 
     def on_feedback(self, fb: TwccFeedback, now_ms: float) -> list[PacketResult]:
         """Results for the packets `fb` covers that are still in the history, in send order."""
@@ -218,26 +269,48 @@ class TwccSendHistory:
         ref_ext = self._reference.unwrap(fb.reference_time) - (1 << 24)
         offset_us = (ref_ext - fb.reference_time) * REFERENCE_UNIT_US
         base_ext = highest + seq_diff(fb.base_seq, highest & 0xFFFF)
-        sent, sizes = self._sent, self._sizes
+        sent, sizes, mask = self._send_ms, self._sizes, self._mask
+        # only seqs in [oldest, highest] can be in the ring
+        first = max(base_ext, self._oldest)
+        stop = min(base_ext + len(fb.packets), highest + 1)
         results: list[PacketResult] = []
-        for i, (_seq, arrival_us) in enumerate(fb.packets):
-            ext = base_ext + i
-            send_ms = sent.pop(ext, None)
+        packets = fb.packets
+        for ext in range(first, stop):
+            i = ext & mask
+            send_ms = sent[i]
             if send_ms is None:
                 continue
+            sent[i] = None
+            arrival_us = packets[ext - base_ext][1]
             arrival = None if arrival_us is None else (arrival_us + offset_us) / 1000.0
-            results.append(PacketResult(ext, send_ms, arrival, sizes.pop(ext)))
+            results.append(PacketResult(ext, send_ms, arrival, sizes[i]))
+        self._count -= len(results)
+        # past the reported packets to the oldest one still waiting: slots to reuse
+        oldest = self._oldest
+        while oldest <= highest and sent[oldest & mask] is None:
+            oldest += 1
+        self._oldest = oldest
         return results
 
     def prune(self, now_ms: float) -> None:
         """Forget entries older than `max_age_ms`. Feedback prunes too, but a receiver
         that negotiated transport-cc and never sends feedback must not grow the history
         for the whole call: the sender's timer calls this."""
-        sent, sizes = self._sent, self._sizes
+        highest = self._highest
+        if highest is None:
+            return
+        sent, mask = self._send_ms, self._mask
         cutoff = now_ms - self.max_age_ms
-        while sent:
-            first = next(iter(sent))
-            if sent[first] >= cutoff:
-                break
-            sent.popitem(last=False)
-            del sizes[first]
+        oldest = self._oldest
+        count = self._count
+        while oldest <= highest:
+            i = oldest & mask
+            send_ms = sent[i]
+            if send_ms is not None:
+                if send_ms >= cutoff:
+                    break
+                sent[i] = None
+                count -= 1
+            oldest += 1
+        self._oldest = oldest
+        self._count = count
