@@ -7,6 +7,7 @@ import pytest
 from media.bwe.estimator import GccEstimator
 from media.bwe.queue_target import (
     GAIN,
+    GAIN_DOWN,
     MIN_RATIO,
     PAUSE_MEMORY_MS,
     PAUSE_MS,
@@ -98,7 +99,7 @@ def test_no_rate_before_a_full_window_or_without_a_base_delay() -> None:
         (0.0, 1.0 + GAIN),  # empty queue: the most above D
         (TARGET_MS / 2, 1.0 + GAIN / 2),
         (TARGET_MS, 1.0),  # at the target: D
-        (2 * TARGET_MS, 1.0 - GAIN),
+        (2 * TARGET_MS, 1.0 - GAIN_DOWN),  # above it: the gentler slope
         (10 * TARGET_MS, MIN_RATIO),  # a deep queue: the floor
     ],
 )
@@ -125,7 +126,7 @@ def test_in_charge_only_on_a_pausing_link_and_not_right_after_a_reset() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"target_ms": 0.0}, {"gain": 0.0}, {"min_ratio": 0.0}, {"min_ratio": 1.5}, {"window_ms": 0.0}]
+    "kwargs", [{"target_ms": 0.0}, {"gain": 0.0}, {"gain_down": 0.0}, {"min_ratio": 0.0}, {"min_ratio": 1.5}, {"window_ms": 0.0}]
 )
 def test_controller_rejects_bad_parameters(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
@@ -166,6 +167,8 @@ def test_estimator_follows_the_controller_only_on_a_pausing_link() -> None:
     now = 300 * GAP_MS + 700.0
     window = pausing.congestion_window_bytes(now)
     pausing._queue_target_owns = False  # as while a probe result floors the estimate
+    assert pausing.congestion_window_bytes(now) == window  # ... its packets acked
+    pausing.probe_controller.probe_now(1_000_000, now)  # a probe about to measure the link
     usual = pausing.congestion_window_bytes(now)
     assert window is not None and usual is not None
     assert window < 0.9 * usual

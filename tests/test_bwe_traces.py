@@ -54,20 +54,13 @@ MAX_RECOVERY_S = 1.0
 
 # (trace, figure) -> what it measured when last run; see the module docstring.
 NOT_YET: dict[tuple[str, str], str] = {
-    ("ATT-LTE-driving-2016.down", "utilization"): "0.697",
-    ("ATT-LTE-driving-2016.down", "queue"): "p95 194 ms",
-    ("ATT-LTE-driving-2016.up", "utilization"): "0.551",
-    ("ATT-LTE-driving-2016.up", "queue"): "p95 224 ms",
-    # Before the outage the link trickles (0.1-0.5 Mbit/s between 300-400 ms gaps from
-    # 19.1 s) and the estimate is 150-210 kbit/s; after it the link carries 1.5-3
-    # Mbit/s, and the estimate climbs there from 0.3 s on (1.47 s to 80 % of it).
-    ("TMobile-UMTS-driving.down", "recovery"): "1.47 s after 1.03 s at 19.8 s",
-    ("TMobile-UMTS-driving.up", "utilization"): "0.838",
-    ("Verizon-EVDO-driving.down", "utilization"): "0.673",
-    ("Verizon-EVDO-driving.down", "queue"): "p95 233 ms",
-    ("Verizon-EVDO-driving.up", "queue"): "p95 151 ms",
-    ("synthetic-3g", "queue"): "p95 204 ms",
-    ("synthetic-lte", "queue"): "p95 166 ms",
+    ("ATT-LTE-driving-2016.down", "utilization"): "0.585",
+    ("ATT-LTE-driving-2016.up", "utilization"): "0.523",
+    ("ATT-LTE-driving-2016.up", "queue"): "p95 215 ms",
+    ("Verizon-EVDO-driving.down", "utilization"): "0.746",
+    ("Verizon-EVDO-driving.down", "queue"): "p95 220 ms",
+    ("Verizon-EVDO-driving.down", "recovery"): "1.2 s after 0.61 s at 27.19 s",
+    ("synthetic-3g", "queue"): "p95 255 ms",
 }
 
 

@@ -260,6 +260,11 @@ class ProbeController:
         """The cluster is pending or sent, and its result not in yet."""
         return cluster_id in self._in_flight or any(c.id == cluster_id for c in self._pending)
 
+    @property
+    def busy(self) -> bool:
+        """A cluster is pending or sent and its result not in yet."""
+        return bool(self._pending or self._in_flight)
+
     def _cap(self) -> float:
         cap = self.max_bps
         if self.desired_bps is not None:
