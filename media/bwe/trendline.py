@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 __all__ = ["NATIVE_FIT", "TrendlineEstimator", "linear_fit_slope"]
 
@@ -27,30 +27,17 @@ MIN_DELTAS_FOR_FULL_GAIN = 60
 DELTA_COUNTER_MAX = 1000
 
 
-def linear_fit_slope(points: deque[tuple[float, float]] | list[tuple[float, float]]) -> float | None:
+def linear_fit_slope(points: Sequence[tuple[float, float]]) -> float | None:
     """Least-squares slope of ``y`` over ``x``; None when all ``x`` are equal."""
-    n = len(points)
-    if n < 2:
+    if len(points) < 2:
         return None
-    sx = sy = 0.0
-    for x, y in points:
-        sx += x
-        sy += y
-    mx, my = sx / n, sy / n
-    num = den = 0.0
-    for x, y in points:
-        dx = x - mx
-        num += dx * (y - my)
-        den += dx * dx
-    if den == 0.0:
-        return None
-    return num / den
+    return _py_slope([x for x, _ in points], [y for _, y in points])
 
 
-def _py_slope(xs: deque[float], ys: deque[float]) -> float | None:
-    """`linear_fit_slope` of points given as two sequences, with the same float
-    operations in the same order (so the same result to the last bit); `_trendfit.c`
-    does the same in C."""
+def _py_slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """The least-squares slope of points given as two sequences (x and y apart, as the
+    trendline keeps them); `_trendfit.c` does the same float operations in the same
+    order, so the same result to the last bit."""
     n = len(xs)
     sx = sy = 0.0
     for x in xs:
