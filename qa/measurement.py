@@ -153,17 +153,18 @@ class LoopLag:
     PERIOD_S = 0.05
     STALL_MS = 250.0  # a wake-up this late is named in the report's notes
 
-    def __init__(self) -> None:
+    def __init__(self, stall_ms: float = STALL_MS) -> None:
+        self.stall_ms = stall_ms
         self.expected: float | None = None
         self.window_max_ms = 0.0
-        self.stalls: list[tuple[float, float]] = []  # (monotonic s, lag ms) over STALL_MS
+        self.stalls: list[tuple[float, float]] = []  # (monotonic s, lag ms) over stall_ms
 
     def woke(self, now: float) -> None:
         """The nap that should have ended at ``self.expected`` ended at ``now``."""
         if self.expected is not None:
             lag = max(0.0, (now - self.expected) * 1000.0)
             self.window_max_ms = max(self.window_max_ms, lag)
-            if lag > self.STALL_MS:
+            if lag > self.stall_ms:
                 self.stalls.append((now, lag))
         self.expected = now + self.PERIOD_S
 

@@ -39,6 +39,7 @@ from media.wire.red import parse_red
 from media.wire.rtp import parse_rtp
 from netem.proxy import UdpProxy
 from netem.turn import TurnRelay
+from qa.measurement import LoopLag
 from signaling.app import FerryServer
 from tests.browser import chromium, needs_chromium, open_page
 from tests.conftest import wait_until
@@ -166,31 +167,26 @@ class _VideoProbe:
 
 
 class _LoopStalls:
-    """When the test's own event loop woke late, and by how much (ms).
+    """When the test's own event loop woke late, and by how much (``LoopLag``).
 
     The clients, the proxies and Ferry share this process's loop: while it does not
     run, packets wait in socket buffers and frames complete late, so a freeze seen
     then is partly the test machine's, not the network's or Ferry's."""
 
-    PERIOD_S = 0.02
-    MIN_LAG_MS = 20.0
-
     def __init__(self) -> None:
-        self.stalls: list[tuple[float, float]] = []  # (wake-up, loop.time() ms; lag ms)
+        self.lag = LoopLag(stall_ms=20.0)
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            expected = loop.time() + self.PERIOD_S
-            await asyncio.sleep(self.PERIOD_S)
-            lag = (loop.time() - expected) * 1000.0
-            if lag > self.MIN_LAG_MS:
-                self.stalls.append((loop.time() * 1000.0, lag))
+            self.lag.woke(loop.time())  # the clock the probe stamps frames with
+            await asyncio.sleep(LoopLag.PERIOD_S)
 
     def within(self, start_ms: float, end_ms: float) -> float:
         """Milliseconds the loop stood still between ``start_ms`` and ``end_ms``."""
-        return sum(min(lag, t - start_ms) for t, lag in self.stalls if start_ms < t <= end_ms)
+        return sum(min(lag, t * 1000.0 - start_ms) for t, lag in self.lag.stalls
+                   if start_ms < t * 1000.0 <= end_ms)
 
     def stop(self) -> None:
         self._task.cancel()
@@ -256,7 +252,7 @@ async def test_video_through_10pct_loss_both_legs(server: FerryServer) -> None:
             "unrecovered_pct": round(100.0 * unrecovered / max(1, expected), 3),
             "max_freeze_ms": round(freeze, 1),
             "loop_stalled_in_freeze_ms": round(stalled, 1),
-            "loop_stalls_over_100ms": len([x for x in stalls.stalls if x[1] > 100.0]),
+            "loop_stalls_over_100ms": len([x for x in stalls.lag.stalls if x[1] > 100.0]),
             "complete_frames": frames,
             "rtx_received": probe.rtx,
             "up_dropped": [c.up.stats.dropped_loss for c in up.clients.values()],
