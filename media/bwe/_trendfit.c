@@ -1,7 +1,7 @@
 /* The trendline's least-squares slope in C (media/bwe/trendline.py `_slope`).
  *
  * Why: the fit runs once per group delta of every subscriber's feedback (20 points,
- * two passes), and in Python it was the largest single cost of handling TWCC
+ * two passes), and in Python it is the largest single cost of handling TWCC
  * feedback. The float operations are Python's, in Python's order (IEEE doubles,
  * built with -ffp-contract=off so no fused multiply-add), so the result is the same
  * to the last bit: the estimator's outputs do not depend on which one runs.

@@ -68,8 +68,9 @@ STANDING_MIN_MS = 200.0  # ... for this long
 # a collapse; the cut to its rate (TMobile UMTS up at 41 s: 1.0 -> 0.41 Mbit/s with the
 # queue at 15 ms) is climbed back from for seconds. A real collapse has a queue deeper
 # than that within a feedback or two. Measured (bench/bwe.py --traces, seeds 1-4):
-# failing pairs 49 -> 47, mean utilization 0.8631 -> 0.8684, mean queue p95 122.2 ->
-# 121.8 ms; 25-60 ms all give 47, 60 with a longer mean queue; RFC 8867 cases unchanged.
+# failing pairs 47 at 25-60 ms (60 with a longer mean queue) against 49 at 15 ms; mean
+# utilization 0.8684 against 0.8631, mean queue p95 121.8 against 122.2 ms; the RFC 8867
+# cases are the same either way.
 COLLAPSE_QUEUE_MS = 40.0
 COLLAPSE_GROWTH_MS = 10.0
 # Under half the estimate: one 50 ms feedback of a cellular link often carries 0.5-0.6x
@@ -92,8 +93,9 @@ COLLAPSE_MIN_BYTES = 1500
 # of the queue on such a link is what was in flight when the radio paused, and the
 # controller's rate (up to 1.4 x delivery) leaves the window room to spare. Not while
 # an outage-return or other probe measures the link, which needs the room. Measured
-# (bench/bwe.py --traces, seeds 1-4): failing pairs 16/20/20/21 -> 12/11/15/16 with the
-# controller at a 35 ms target, against 14/12/13/15 at 50 ms with the usual window.
+# (bench/bwe.py --traces, seeds 1-4): failing pairs 12/11/15/16 with the controller at a
+# 35 ms target, against 16/20/20/21 with the usual window and 14/12/13/15 at 50 ms with
+# the usual window.
 QUEUE_TARGET_WINDOW_MS = 40.0
 
 REMEMBER_MS = 15_000.0  # how far back the pre-outage capacity is looked for

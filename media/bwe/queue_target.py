@@ -24,9 +24,9 @@ p95, all with the window of ``GccEstimator._queue_target_window`` and the pause
 detector at 60 ms / 10 s, see PAUSE_MS): 0.25 both ways 43 / 0.857 / 111 ms; 0.25 up
 45 / 0.868 / 115; 0.3 up 46 / 0.867 / 114; 0.35 up 40 / 0.871 / 116; 0.4 up 39 /
 0.875 / 116; 0.5 up 42 / 0.872 / 115 (each 0.125 down); 0.35 up with 0.2 down 42 /
-0.868 / 112, with 0.08 down 45 / 0.876 / 118. Before (0.25 both
-ways, the window on the delivery rate only while this controller owns the estimate):
-47 / 0.868 / 122 ms; seeds 5-8 46 / 0.864 / 121 -> 36 / 0.871 / 115 ms.
+0.868 / 112, with 0.08 down 45 / 0.876 / 118. With 0.25 both ways and the window on the
+delivery rate only while this controller owns the estimate: 47 / 0.868 / 122 ms (seeds
+5-8: 46 / 0.864 / 121, against 36 / 0.871 / 115 ms for 0.4 up and 0.125 down).
 
 ``PauseDetector`` says when the link is of that kind. A pause is two consecutive
 packets whose arrival gap exceeds their send gap by more than ``PAUSE_MS``; after
@@ -55,12 +55,13 @@ PAUSE_MEMORY_MS = 20_000.0  # ... within this much arrival time: the controller 
 # 50 ms and 20 s, not 60 ms and 10 s: on the trace cases this controller (with its
 # gains and window, above) does better than GCC wherever the link paused at all, also
 # in the calm stretches between pauses. Measured (bench/bwe.py --traces, failing pairs
-# / mean utilization / mean queue p95): seeds 1-4 39 / 0.875 / 115.8 ms -> 30 / 0.884 /
-# 105.0 ms, seeds 5-8 36 / 0.871 / 114.6 -> 31 / 0.883 / 103.3; 20 s alone 32 / 0.880 /
-# 109.1, 50 ms alone 34 / 0.883 / 107.6 (40 ms 34, 45 ms 32, 55 ms 31 with 20 s; 15 s
-# with 50 ms 30 / 0.886 / 106.4; 30 and 60 s like 20 s); one pause enough (10 s) 32 /
-# 0.879 / 107.1. A gap beyond 90 ms only: 47 / 0.853 / 127. The RFC 8867 cases
-# (bench/bwe.py, the jitter case's +-25 ms too) never pause: unchanged.
+# / mean utilization / mean queue p95): seeds 1-4 30 / 0.884 / 105.0 ms against 39 /
+# 0.875 / 115.8 at 60 ms and 10 s, seeds 5-8 31 / 0.883 / 103.3 against 36 / 0.871 /
+# 114.6; 20 s alone 32 / 0.880 / 109.1, 50 ms alone 34 / 0.883 / 107.6 (40 ms 34, 45
+# ms 32, 55 ms 31 with 20 s; 15 s with 50 ms 30 / 0.886 / 106.4; 30 and 60 s like 20 s);
+# one pause enough (10 s) 32 / 0.879 / 107.1. A gap beyond 90 ms only: 47 / 0.853 / 127.
+# The RFC 8867 cases (bench/bwe.py, the jitter case's +-25 ms too) never pause, so these
+# settings do not touch them.
 
 
 class PauseDetector:
