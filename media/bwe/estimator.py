@@ -556,38 +556,33 @@ class GccEstimator:
                 acked = self._delivered_bps
             elif recent is not None:
                 acked = recent if acked is None else max(acked, recent)
-        best_probe: float | None = None
-        for cid, bps in probe_done:
-            self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)
-            if bps is not None and (best_probe is None or bps > best_probe):
-                best_probe = bps
-        if best_probe is not None:
-            self.last_probe_bps = best_probe
-        if self.usage is not BandwidthUsage.OVERUSING and best_probe is not None:
-            if best_probe > self.aimd.current_bps:
-                self.aimd.set_estimate(best_probe, now_ms)
-                self._probe_set_ms = now_ms
-                lb = self.loss_based
-                if lb.rate_bps is not None and lb.state != "decrease":
-                    lb.rate_bps = max(lb.rate_bps, best_probe)
+        overusing = self.usage is BandwidthUsage.OVERUSING
+        # a probe result stands in for AIMD's step, unless the delay says overuse
+        if self._apply_probe_results(probe_done, now_ms, raise_estimate=not overusing) and not overusing:
             return
         self.aimd.update(self.usage, acked, now_ms, self.queue_delay_ms, self._newest_send_ms)
 
-    def _apply_probe_results(self, probe_done: list[tuple[int, float | None]], now_ms: float) -> None:
+    def _apply_probe_results(
+        self, probe_done: list[tuple[int, float | None]], now_ms: float, *, raise_estimate: bool = True
+    ) -> bool:
+        """Report finished probes to the controller; the best result (if any) is the
+        latest probe rate and, with ``raise_estimate``, lifts an estimate below it.
+        True when some probe measured a rate."""
         best: float | None = None
         for cid, bps in probe_done:
             self.probe_controller.on_result(cid, bps, self.aimd.current_bps, now_ms)
             if bps is not None and (best is None or bps > best):
                 best = bps
         if best is None:
-            return
+            return False
         self.last_probe_bps = best
-        if best > self.aimd.current_bps:
+        if raise_estimate and best > self.aimd.current_bps:
             self.aimd.set_estimate(best, now_ms)
             self._probe_set_ms = now_ms
             lb = self.loss_based
             if lb.rate_bps is not None and lb.state != "decrease":
                 lb.rate_bps = max(lb.rate_bps, best)
+        return True
 
     def _probe_recent(self, now_ms: float) -> bool:
         """A probe set the estimate within the acked window plus a round trip."""
