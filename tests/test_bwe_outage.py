@@ -50,6 +50,24 @@ def test_outage_is_silence_with_data_in_flight_not_an_idle_sender() -> None:
     assert not o.active
 
 
+def test_packets_whose_feedback_was_lost_do_not_make_an_outage() -> None:
+    """Only a packet sent after the last feedback can draw the next one (a receiver
+    reports each packet once): silence about earlier packets is a lost feedback."""
+    f, o = InFlight(), OutageTracker(silence_ms=300.0)
+    for seq in range(1, 11):
+        f.on_sent(seq, 1000, 900.0 + seq)
+    o.on_feedback(1000.0)  # covers packets 1-5 (in_flight.on_feedback)
+    f.on_feedback(5, 1000.0)
+    # the feedback for 6-10 is lost and the window is full: nothing else leaves
+    assert not o.check(1200.0, f)
+    assert not o.check(1500.0, f)  # 500 ms of silence, but about packets sent before it
+    f.on_sent(11, 200, 1500.0)  # a packet past the full window
+    assert not o.check(1510.0, f)
+    assert not o.check(1790.0, f)
+    assert o.check(1810.0, f)  # it, too, unanswered for over 300 ms: the link is out
+    assert o.since_ms == 1000.0
+
+
 def test_pacer_holds_media_while_the_window_is_full_but_lets_probes_out() -> None:
     p = Pacer(1_000_000)
     assert p.try_send_now(100, "audio", 0.0)

@@ -111,6 +111,7 @@ class _VideoProbe:
         self._highest: int | None = None
         self._frames: dict[int, list[int | None]] = {}  # ts -> [first ext, last ext]
         self.completed: dict[int, float] = {}  # ts -> completion time (ms)
+        self.arrivals: list[float] = []  # every packet of the stream or its RTX (ms)
 
     def _extend(self, seq: int) -> int:
         if self._highest is None:
@@ -131,6 +132,7 @@ class _VideoProbe:
             seq = view.seq
         else:
             return
+        self.arrivals.append(now_ms)
         ext = self._extend(seq)
         if self._highest is None or ext > self._highest:
             self._highest = ext
@@ -158,6 +160,11 @@ class _VideoProbe:
 
     def missing(self, lo: int, hi: int) -> int:
         return sum(1 for s in range(lo, hi + 1) if s not in self.seqs)
+
+    def longest_silence(self, start_ms: float, end_ms: float) -> float:
+        """The longest time (ms) in ``start_ms .. end_ms`` with no packet arriving."""
+        times = [start_ms, *(t for t in self.arrivals if start_ms < t < end_ms), end_ms]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
 
     def longest_freeze(self, t0: float, t1: float) -> tuple[float, float, float]:
         """(length, start, end) in ms of the longest gap between completed frames."""
@@ -251,6 +258,12 @@ async def test_video_through_10pct_loss_both_legs(server: FerryServer) -> None:
             "unrecovered": unrecovered,
             "unrecovered_pct": round(100.0 * unrecovered / max(1, expected), 3),
             "max_freeze_ms": round(freeze, 1),
+            "silence_in_freeze_ms": round(probe.longest_silence(freeze_from, freeze_to), 1),
+            "sub_outages": [
+                p.subscriber.estimator.outage.outages
+                for p in server.rooms.rooms["loss10"].router.participants.values()
+                if p.subscriber.estimator is not None
+            ],
             "loop_stalled_in_freeze_ms": round(stalled, 1),
             "loop_stalls_over_100ms": len([x for x in stalls.lag.stalls if x[1] > 100.0]),
             "complete_frames": frames,

