@@ -249,7 +249,13 @@ class Simulation:
     def _send(self, now_ms: float) -> None:
         est = self.est
         window = est.congestion_window_bytes(now_ms)  # notices an outage first
-        self.pacer.set_window(window, est.in_flight.bytes, outage=est.outage.active)
+        self.pacer.set_window(
+            window,
+            est.in_flight.bytes,
+            outage=est.outage.active,
+            last_feedback_ms=est.outage.last_feedback_ms,
+            feedback_wait_ms=est.feedback_wait_ms(now_ms),
+        )
         if est.outage.active != self._outage:
             self._on_outage(est.outage.active, now_ms)
         for item in self.pacer.pop(now_ms, _padding):
@@ -283,6 +289,7 @@ class Simulation:
 
     def _on_feedback(self, data: bytes, now_ms: float) -> None:
         fb = TwccFeedback.parse(data)
+        self.est.outage.on_feedback_count(fb.fb_pkt_count, now_ms)
         results = self.history.on_feedback(fb, now_ms)
         newest = max((r.send_ms for r in results if r.arrival_ms is not None), default=None)
         if newest is not None:

@@ -177,6 +177,62 @@ def test_a_full_window_still_lets_one_packet_out_per_interval_to_draw_feedback()
     assert p.next_send_time(4 * CONGESTED_PACKET_INTERVAL_MS + 1.0) == 5 * CONGESTED_PACKET_INTERVAL_MS
 
 
+def test_where_feedback_gets_lost_an_overdue_feedback_is_redrawn_with_small_padding() -> None:
+    """A full window and no feedback for a round trip plus two feedback intervals, on a
+    link that has lost feedback: a small packet draws the next one well before the
+    200 ms trickle, and again each wait while none comes."""
+    pad = lambda size: b"p" * size  # noqa: E731
+    p = Pacer(1_000_000)
+    assert p.try_send_now(100, "audio", 1000.0)
+    p.set_window(6000, 6000, last_feedback_ms=1000.0, feedback_wait_ms=110.0)
+    p.enqueue("v1", 1000, "video", 1000.0)
+    assert p.pop(1100.0, pad) == []
+    assert p.next_send_time(1100.0) == 1110.0
+    sent = p.pop(1110.0, pad)
+    assert [(x.kind, x.size) for x in sent] == [("padding", 200)]  # not the 1000 B video
+    assert p.next_send_time(1111.0) == 1220.0  # that one's feedback is lost too
+    assert [x.kind for x in p.pop(1220.0, pad)] == ["padding"]
+    # the last trickle was 200 ms ago: the queued video goes, as without feedback loss
+    p.set_window(6000, 6000, last_feedback_ms=1000.0, feedback_wait_ms=None)
+    assert p.pop(1400.0, pad) == []
+    assert [x.packet for x in p.pop(1420.0, pad)] == ["v1"]
+
+
+def test_where_feedback_gets_lost_sparse_traffic_redraws_it_too() -> None:
+    """Video paused, no audio: the one packet in flight lost its feedback, and nothing
+    else would ever draw the next one before the silence reads as an outage."""
+    pad = lambda size: b"p" * size  # noqa: E731
+    p = Pacer(1_000_000)
+    p.set_window(20_000, 1200, last_feedback_ms=1000.0, feedback_wait_ms=110.0)
+    assert not p.congested
+    assert p.next_send_time(1000.0) == 1110.0
+    assert [(x.kind, x.size) for x in p.pop(1110.0, pad)] == [("padding", 200)]
+    assert p.redraws == 1
+    p.set_window(20_000, 0, last_feedback_ms=1160.0, feedback_wait_ms=110.0)  # answered
+    assert p.next_send_time(1200.0) is None and p.pop(1400.0, pad) == []
+
+
+def test_feedback_count_gaps_count_lost_feedback_for_ten_seconds() -> None:
+    o = OutageTracker()
+    for count in (250, 251, 252, 253, 254, 255, 0, 1):  # wraps at 8 bits
+        o.on_feedback_count(count, 1000.0)
+    assert o.feedback_lost == 0 and not o.losing_feedback(1000.0)
+    o.on_feedback_count(3, 2000.0)  # 2 never came
+    o.on_feedback_count(2, 2010.0)  # ... or came late: a reorder is not a second loss
+    assert o.feedback_lost == 1
+    assert o.losing_feedback(11_999.0) and not o.losing_feedback(12_001.0)
+
+
+def test_the_estimator_redraws_feedback_only_where_feedback_gets_lost() -> None:
+    est = GccEstimator(start_bps=1_000_000)
+    seq = _feed_steady(est, 0.0, 2000.0, 0, 800_000)
+    assert seq > 0 and est.feedback_wait_ms(2000.0) is None  # a full window: slow link
+    est.outage.on_feedback_count(0, 2000.0)
+    est.outage.on_feedback_count(2, 2050.0)
+    wait = est.feedback_wait_ms(2050.0)
+    assert wait is not None and 100.0 <= wait <= 300.0
+
+
 def test_during_an_outage_only_padding_leaves_and_queued_audio_is_kept_briefly() -> None:
     """What is sent into a dead link reaches the receiver late, in one burst: Chrome's
     audio jitter buffer plays every packet of it (that much delay, shed over seconds),

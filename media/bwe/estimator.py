@@ -311,6 +311,19 @@ class GccEstimator:
         """A packet left with transport-wide seq ``seq`` (for the window and outages)."""
         self.in_flight.on_sent(seq, size, send_ms)
 
+    def feedback_wait_ms(self, now_ms: float) -> float | None:
+        """How long after a feedback the next is overdue (a round trip plus two of the
+        receiver's feedback intervals), on a link that has been losing feedback; else
+        None. The pacer then redraws feedback past a full window (``Pacer.set_window``).
+        Where no feedback gets lost, a full window means a slow or dead link, and a
+        packet sent to draw feedback only adds to its queue."""
+        if not self.outage.losing_feedback(now_ms):
+            return None
+        base, gap = self._base_ack.get(), self._median_gap
+        if base is None or gap is None:
+            return None
+        return base + 2.0 * gap
+
     def congestion_window_bytes(self, now_ms: float) -> int | None:
         """How many bytes may be in flight now (None: no limit yet, no feedback seen).
 

@@ -44,6 +44,7 @@ WINDOW_ACKED_RATIO = 2.0  # the window's rate: at most this x the last 500 ms ac
 MIN_WINDOW_BYTES = 3000  # two or three packets: below this the feedback loop starves
 MAX_AGE_MS = 5000.0  # packets never covered by feedback stop counting after this long
 OUTAGE_SILENCE_MS = 300.0  # no feedback this long with data in flight: the link is out
+FEEDBACK_LOSS_MEMORY_MS = 10_000.0  # a lost feedback this recent: feedback gets lost here
 
 
 class InFlight:
@@ -119,6 +120,9 @@ class OutageTracker:
         self.last_feedback_ms: float | None = None
         self.since_ms: float | None = None  # the last feedback before the current outage
         self._first_sent_after: float | None = None  # first send after the last feedback
+        self._last_count: int | None = None  # the last feedback's 8-bit packet count
+        self.feedback_lost = 0  # feedback packets that never came (count gaps)
+        self.feedback_lost_ms: float | None = None  # when the last such gap was seen
         self.outages = 0
 
     @property
@@ -151,6 +155,23 @@ class OutageTracker:
             self.outages += 1
             return True
         return False
+
+    def on_feedback_count(self, count: int, now_ms: float) -> None:
+        """A TWCC feedback's packet count (8 bits, +1 per feedback the receiver sends):
+        a gap is feedback lost on the way back."""
+        last = self._last_count
+        self._last_count = count & 0xFF
+        if last is None:
+            return
+        gap = (count - last - 1) & 0xFF
+        if 0 < gap < 0x80:  # a larger gap: reordered, or the receiver restarted
+            self.feedback_lost += gap
+            self.feedback_lost_ms = now_ms
+
+    def losing_feedback(self, now_ms: float) -> bool:
+        """Whether feedback was lost in the last ``FEEDBACK_LOSS_MEMORY_MS``."""
+        lost = self.feedback_lost_ms
+        return lost is not None and now_ms - lost < FEEDBACK_LOSS_MEMORY_MS
 
     def on_feedback(self, now_ms: float) -> float | None:
         """Feedback with arrivals came: the outage's length (ms) if one just ended."""

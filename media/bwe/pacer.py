@@ -61,6 +61,13 @@ PUSHBACK_QUEUE_MS = 400.0
 # sends nothing never hears again and holds its window shut until the in-flight
 # packets age out (seconds of frozen video). libwebrtc does the same (500 ms).
 CONGESTED_PACKET_INTERVAL_MS = 200.0
+# Where feedback gets lost (``set_window(..., feedback_wait_ms=)``), once the next
+# feedback is overdue a small packet redraws it, full window or not, whenever bytes are
+# in flight and nothing else leaves. The window holds about a round trip of media, so a
+# keyframe fills it: a lost feedback then stalled video until the 200 ms packet, and
+# three lost in a row (about once a minute at 10 % loss, feedback every 50 ms) left the
+# packets sent before them unanswered for 300 ms, which reads as an outage. With video
+# paused (no audio, waiting for a keyframe), one packet whose feedback is lost did too.
 # During an outage (the estimator's: no feedback at all with data in flight) queued
 # audio is kept this long at most, and what leaves past the full window is padding.
 # Everything sent into a dead link waits in the bottleneck and reaches the receiver in
@@ -125,6 +132,10 @@ class Pacer:
         self._audio_hold_until = float("-inf")  # audio dropped until then (hold_audio)
         self._late_audio_ms = 0.0  # audio sent into the current outage (on_outage)
         self._last_send_ms: float | None = None
+        self._last_feedback_ms: float | None = None
+        self._feedback_wait_ms: float | None = None
+        self._last_redraw_ms = float("-inf")
+        self.redraws = 0  # small packets sent because feedback was overdue
         self.congested_sends = 0  # packets let out past a full window to get feedback
 
     # ------------------------------------------------------------ config
@@ -147,9 +158,21 @@ class Pacer:
         self._rate_bps = max(float(rate_bps), 1.0)
         self._update_fill()
 
-    def set_window(self, window_bytes: int | None, in_flight_bytes: int, *, outage: bool = False) -> None:
+    def set_window(
+        self,
+        window_bytes: int | None,
+        in_flight_bytes: int,
+        *,
+        outage: bool = False,
+        last_feedback_ms: float | None = None,
+        feedback_wait_ms: float | None = None,
+    ) -> None:
         """The estimator's congestion window, the bytes in flight now, and whether the
-        link is out (no feedback at all with data in flight).
+        link is out (no feedback at all with data in flight). With ``last_feedback_ms``
+        and ``feedback_wait_ms`` (how long after a feedback the next is overdue), a
+        small packet leaves to draw feedback once that wait has passed since both the
+        last feedback and the last such packet, while bytes are in flight and
+        nothing else leaves.
 
         While ``in_flight >= window`` only probes leave (the shell calls this after each
         feedback and before draining; packets popped meanwhile count as in flight).
@@ -158,6 +181,8 @@ class Pacer:
         than none.
         """
         self._window = window_bytes
+        self._last_feedback_ms = last_feedback_ms
+        self._feedback_wait_ms = feedback_wait_ms
         self._in_flight = in_flight_bytes
         self._outage = outage
 
@@ -297,11 +322,12 @@ class Pacer:
         if self._probe is not None:
             due = self._probe_start_ms + self._probe_bytes * 8000.0 / self._probe.bitrate_bps
             return max(now_ms, due)
+        redraw = self._redraw_at()
         if self.congested:
             # The next feedback opens the window; if none comes, a packet goes anyway.
-            return max(now_ms, self._congested_send_at())
+            return max(now_ms, min(self._congested_send_at(), redraw))
         if not self._has_paced():
-            return None
+            return None if redraw == float("inf") else max(now_ms, redraw)
         self._refill(now_ms)
         if self._budget > 0:
             return now_ms
@@ -309,7 +335,16 @@ class Pacer:
 
     def _congested_send_at(self) -> float:
         last = self._last_send_ms
-        return float("-inf") if last is None else last + CONGESTED_PACKET_INTERVAL_MS
+        if last is None:
+            return float("-inf")
+        return last + CONGESTED_PACKET_INTERVAL_MS
+
+    def _redraw_at(self) -> float:
+        """When overdue feedback is next redrawn (inf: not on this link, or not now)."""
+        wait, feedback = self._feedback_wait_ms, self._last_feedback_ms
+        if wait is None or feedback is None or self._outage or self._in_flight <= 0:
+            return float("inf")
+        return max(feedback, self._last_redraw_ms) + wait
 
     # ------------------------------------------------------------ output
     def _take_paced(self) -> tuple[Any, int, str] | None:
@@ -358,6 +393,7 @@ class Pacer:
             self._probe is None
             and not (q["audio"] or q["rtx"] or q["video"] or q["padding"])
             and not self.congested
+            and now_ms < self._redraw_at()
         ):
             return []  # nothing queued and the window open: what the timer mostly finds
         self._drop_stale(now_ms)
@@ -404,25 +440,45 @@ class Pacer:
                 self._in_flight += size
                 sent[kind] += size
                 out.append(PacedPacket(packet, kind, size))
-            if not out and self.congested and now_ms >= self._congested_send_at():
-                self._last_send_ms = now_ms  # also when nothing could go: no busy timer
-                item = self._take_congested(make_padding)
-                if item is not None:
-                    self.congested_sends += 1
-                    out.append(item)
+        if not out:
+            self._draw_feedback(now_ms, make_padding, out)
         if out:
             self._last_send_ms = now_ms
         return out
 
-    def _take_congested(self, make_padding: Callable[[int], Any] | None) -> PacedPacket | None:
+    def _draw_feedback(self, now_ms: float, make_padding: Callable[[int], Any] | None, out: list[PacedPacket]) -> None:
+        """Nothing else left: a packet past a full window each interval, and one that
+        redraws overdue feedback (see ``CONGESTED_PACKET_INTERVAL_MS``)."""
+        if self._probe is None and self.congested and now_ms >= self._congested_send_at():
+            self._last_send_ms = now_ms  # also when nothing could go: no busy timer
+            item = self._take_congested(make_padding)
+            if item is not None:
+                self.congested_sends += 1
+                out.append(item)
+                return
+        if now_ms >= self._redraw_at():
+            self._last_redraw_ms = now_ms  # also when nothing could go: no busy timer
+            item = self._take_congested(make_padding, redraw=True)
+            if item is not None:
+                self.redraws += 1
+                out.append(item)
+
+    def _take_congested(
+        self, make_padding: Callable[[int], Any] | None, *, redraw: bool = False
+    ) -> PacedPacket | None:
         """One packet past a full window: queued audio, else the oldest paced packet,
         else a small padding packet (it only has to draw feedback). During an outage
-        only padding: media sent then reaches the receiver late, in the burst."""
+        only padding: media sent then reaches the receiver late, in the burst. To
+        redraw overdue feedback, padding before video: it only has to reach the
+        receiver, and the window may be full because the link is slow."""
         audio = self._queues["audio"]
-        if self._outage:
-            if make_padding is None or (made := make_padding(200)) is None:
-                return None
+        made = None
+        if make_padding is not None and (self._outage or (redraw and not audio)):
+            made = make_padding(200)
+        if made is not None:
             packet, size, kind = made, len(made), "padding"
+        elif self._outage:
+            return None
         elif audio:
             packet, size, _ = audio.popleft()
             self._queued_bytes -= size

@@ -172,7 +172,13 @@ class SubscriberPeer:
         est = self.estimator
         if est is not None:
             window = est.congestion_window_bytes(now_ms)  # notices an outage first
-            pacer.set_window(window, est.in_flight.bytes, outage=est.outage.active)
+            pacer.set_window(
+                window,
+                est.in_flight.bytes,
+                outage=est.outage.active,
+                last_feedback_ms=est.outage.last_feedback_ms,
+                feedback_wait_ms=est.feedback_wait_ms(now_ms),
+            )
             if est.outage.active != self._outage:
                 self._on_outage(est.outage.active, now_ms)
         for item in pacer.pop(now_ms, self._padding_packet):
@@ -334,6 +340,8 @@ class SubscriberPeer:
 
     def _on_twcc(self, feedback: TwccFeedback, now_ms: float) -> None:
         results = self.send_history.on_feedback(feedback, now_ms)
+        if self.estimator is not None:
+            self.estimator.outage.on_feedback_count(feedback.fb_pkt_count, now_ms)
         if self.estimator is not None and results:
             self.estimator.on_packet_results(results, now_ms)
             estimate = self.estimator.estimate_bps(now_ms)
