@@ -68,6 +68,27 @@ def test_packets_whose_feedback_was_lost_do_not_make_an_outage() -> None:
     assert o.since_ms == 1000.0
 
 
+def test_a_receiver_that_feeds_back_seldom_is_not_out_between_feedbacks() -> None:
+    """Feedback every 200 ms: 300 ms without it is one late feedback, not an outage."""
+    est = GccEstimator(start_bps=300_000)
+    seq, t = 0, 0.0
+    while t < 3000.0:
+        batch = []
+        for _ in range(5):
+            seq += 1
+            est.on_packet_sent(seq, 1000, t)
+            batch.append(PacketResult(seq, t, t + 25.0, 1000))
+            t += 40.0
+        est.on_packet_results(batch, t)
+        est.congestion_window_bytes(t)
+    assert est.outage.silence_ms == 600.0
+    seq += 1
+    est.on_packet_sent(seq, 1000, t)
+    assert est.congestion_window_bytes(t + 450.0) is not None and not est.outage.active
+    est.congestion_window_bytes(t + 650.0)
+    assert est.outage.active
+
+
 def test_pacer_holds_media_while_the_window_is_full_but_lets_probes_out() -> None:
     p = Pacer(1_000_000)
     assert p.try_send_now(100, "audio", 0.0)

@@ -98,6 +98,7 @@ COLLAPSE_MIN_BYTES = 1500
 # the usual window.
 QUEUE_TARGET_WINDOW_MS = 40.0
 
+OUTAGE_SILENCE_GAPS = 3.0  # an outage is also at least this many feedback intervals
 REMEMBER_MS = 15_000.0  # how far back the pre-outage capacity is looked for
 
 HURRY_RATIO = 0.5  # estimate below this x remembered: probe at HURRY_INTERVAL_MS
@@ -428,7 +429,15 @@ class GccEstimator:
         if last is not None and now_ms - last < OUTAGE_SILENCE_MS:
             gaps = self._feedback_gaps
             gaps.append(now_ms - last)
-            self._median_gap = sorted(gaps)[len(gaps) // 2]
+            ordered = sorted(gaps)
+            self._median_gap = ordered[len(ordered) // 2]
+            # A receiver that sends feedback seldom (Chrome: up to every 250 ms at low
+            # rates) is silent that long between feedbacks on a working link. Its
+            # interval is the low end of the gaps: on a slow link the gaps also grow
+            # while too few packets arrive to report, and that is what an outage
+            # detector must not wait out.
+            interval = ordered[len(ordered) // 10]
+            self.outage.silence_ms = max(OUTAGE_SILENCE_MS, OUTAGE_SILENCE_GAPS * interval)
 
     def on_packet_results(self, results: list[PacketResult], now_ms: float) -> None:
         """One feedback's worth of results, in send order (TwccSendHistory output)."""
