@@ -248,16 +248,9 @@ class Simulation:
 
     def _send(self, now_ms: float) -> None:
         est = self.est
-        window = est.congestion_window_bytes(now_ms)  # notices an outage first
-        self.pacer.set_window(
-            window,
-            est.in_flight.bytes,
-            outage=est.outage.active,
-            last_feedback_ms=est.outage.last_feedback_ms,
-            feedback_wait_ms=est.feedback_wait_ms(now_ms),
-        )
-        if est.outage.active != self._outage:
-            self._on_outage(est.outage.active, now_ms)
+        outage = est.set_pacer_window(self.pacer, now_ms)
+        if outage != self._outage:
+            self._on_outage(outage, now_ms)
         for item in self.pacer.pop(now_ms, _padding):
             self._seq += 1
             seq = self._seq

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from media.bwe.acked_bitrate import AckedBitrateEstimator
 from media.bwe.aimd import DECREASE, HOLD, INCREASE, AimdRateControl
@@ -52,6 +52,9 @@ from media.bwe.probe import ProbeCluster, ProbeController, ProbeResultEstimator
 from media.bwe.queue_target import QueueTargetControl
 from media.bwe.trendline import TrendlineEstimator
 from media.rtp.twcc import PacketResult
+
+if TYPE_CHECKING:
+    from media.bwe.pacer import Pacer
 
 __all__ = ["BandwidthEstimator", "GccEstimator", "NullEstimator"]
 
@@ -315,15 +318,30 @@ class GccEstimator:
     def feedback_wait_ms(self, now_ms: float) -> float | None:
         """How long after a feedback the next is overdue (a round trip plus two of the
         receiver's feedback intervals), on a link that has been losing feedback; else
-        None. The pacer then redraws feedback past a full window (``Pacer.set_window``).
-        Where no feedback gets lost, a full window means a slow or dead link, and a
-        packet sent to draw feedback only adds to its queue."""
+        None. The pacer then redraws overdue feedback (``Pacer.set_window``). Where no
+        feedback gets lost, silence with a full window means a slow or dead link, and
+        a packet sent to draw feedback only adds to its queue."""
         if not self.outage.losing_feedback(now_ms):
             return None
         base, gap = self._base_ack.get(), self._median_gap
         if base is None or gap is None:
             return None
         return base + 2.0 * gap
+
+    def set_pacer_window(self, pacer: Pacer, now_ms: float) -> bool:
+        """Tell ``pacer`` the congestion window, the bytes in flight, whether the link
+        is out and when feedback is overdue (call before it drains); returns whether
+        the link is out, noticed first."""
+        window = self.congestion_window_bytes(now_ms)  # notices an outage first
+        outage = self.outage
+        pacer.set_window(
+            window,
+            self.in_flight.bytes,
+            outage=outage.active,
+            last_feedback_ms=outage.last_feedback_ms,
+            feedback_wait_ms=self.feedback_wait_ms(now_ms),
+        )
+        return outage.active
 
     def congestion_window_bytes(self, now_ms: float) -> int | None:
         """How many bytes may be in flight now (None: no limit yet, no feedback seen).

@@ -335,9 +335,7 @@ class Pacer:
 
     def _congested_send_at(self) -> float:
         last = self._last_send_ms
-        if last is None:
-            return float("-inf")
-        return last + CONGESTED_PACKET_INTERVAL_MS
+        return float("-inf") if last is None else last + CONGESTED_PACKET_INTERVAL_MS
 
     def _redraw_at(self) -> float:
         """When overdue feedback is next redrawn (inf: not on this link, or not now)."""

@@ -171,16 +171,9 @@ class SubscriberPeer:
         assert pacer is not None
         est = self.estimator
         if est is not None:
-            window = est.congestion_window_bytes(now_ms)  # notices an outage first
-            pacer.set_window(
-                window,
-                est.in_flight.bytes,
-                outage=est.outage.active,
-                last_feedback_ms=est.outage.last_feedback_ms,
-                feedback_wait_ms=est.feedback_wait_ms(now_ms),
-            )
-            if est.outage.active != self._outage:
-                self._on_outage(est.outage.active, now_ms)
+            outage = est.set_pacer_window(pacer, now_ms)
+            if outage != self._outage:
+                self._on_outage(outage, now_ms)
         for item in pacer.pop(now_ms, self._padding_packet):
             packet = item.packet
             if packet is None:
@@ -340,11 +333,13 @@ class SubscriberPeer:
 
     def _on_twcc(self, feedback: TwccFeedback, now_ms: float) -> None:
         results = self.send_history.on_feedback(feedback, now_ms)
-        if self.estimator is not None:
-            self.estimator.outage.on_feedback_count(feedback.fb_pkt_count, now_ms)
-        if self.estimator is not None and results:
-            self.estimator.on_packet_results(results, now_ms)
-            estimate = self.estimator.estimate_bps(now_ms)
+        est = self.estimator
+        if est is None:
+            return
+        est.outage.on_feedback_count(feedback.fb_pkt_count, now_ms)
+        if results:
+            est.on_packet_results(results, now_ms)
+            estimate = est.estimate_bps(now_ms)
             if self.pacer is not None:
                 self.pacer.set_rate(estimate, now_ms)
                 self._drain(now_ms)  # the feedback may have opened the congestion window
