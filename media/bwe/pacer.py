@@ -64,10 +64,11 @@ CONGESTED_PACKET_INTERVAL_MS = 200.0
 # Where feedback gets lost (``set_window(..., feedback_wait_ms=)``), once the next
 # feedback is overdue a small packet redraws it, full window or not, whenever bytes are
 # in flight and nothing else leaves. The window holds about a round trip of media, so a
-# keyframe fills it: a lost feedback then stalled video until the 200 ms packet, and
-# three lost in a row (about once a minute at 10 % loss, feedback every 50 ms) left the
-# packets sent before them unanswered for 300 ms, which reads as an outage. With video
-# paused (no audio, waiting for a keyframe), one packet whose feedback is lost did too.
+# keyframe fills it: without the redraw, a lost feedback stalls video until the 200 ms
+# packet, and three lost in a row (about once a minute at 10 % loss, feedback every
+# 50 ms) leave the packets sent before them unanswered for 300 ms, which reads as an
+# outage. With video paused (no audio, waiting for a keyframe), so does one packet
+# whose feedback is lost.
 # During an outage (the estimator's: no feedback at all with data in flight) queued
 # audio is kept this long at most, and what leaves past the full window is padding.
 # Everything sent into a dead link waits in the bottleneck and reaches the receiver in
