@@ -93,3 +93,22 @@ def test_a_paused_track_resumes_its_lowest_layer_sooner_than_it_climbs():
     t = 100.0 + RESUME_HOLD_MS
     assert alloc.allocate(3_000_000, [video("v", current=0)], t + 100.0).layers == {"v": 0}
     assert alloc.allocate(3_000_000, [video("v", current=0)], t + UP_HOLD_MS).layers == {"v": 2}
+
+
+def test_a_dip_just_under_the_lowest_layer_does_not_pause_it_nor_hand_it_to_a_camera():
+    """Pausing costs a freeze and a keyframe burst to resume: a track on its lowest
+    layer keeps it while the budget is within a headroom of its price, so a dip does not
+    hand the link to a cheaper, less important camera."""
+    screen = AllocTrack("screen", "video", PRIO_SCREEN, [200_000.0, 500_000.0], 1, 0)
+    camera = AllocTrack("cam", "video", PRIO_VIDEO, [100_000.0, 300_000.0], 1, None)
+    alloc = Allocator()
+    # 5 % under the screen's price: kept, and nothing left for the camera.
+    dip = alloc.allocate(80_000 + 190_000, [audio("a1"), audio("a2"), screen, camera], 0.0)
+    assert dip.layers == {"a1": 0, "a2": 0, "screen": 0, "cam": None}
+    # Well under it (more than the headroom): paused, and the camera may use the link.
+    low = alloc.allocate(80_000 + 150_000, [audio("a1"), audio("a2"), screen, camera], 5000.0)
+    assert low.layers == {"a1": 0, "a2": 0, "screen": None, "cam": 0}
+    # A paused track needs the headroom above its price to resume.
+    paused = AllocTrack("screen", "video", PRIO_SCREEN, [200_000.0, 500_000.0], 1, None)
+    assert alloc.allocate(210_000, [paused], 10_000.0).layers == {"screen": None}
+    assert alloc.allocate(235_000, [paused], 10_000.0).layers == {"screen": 0}

@@ -4,8 +4,10 @@ Pure policy (sans-I/O, takes `now_ms`), propose-then-commit like mediasoup's
 `DistributeAvailableOutgoingBitrate`: audio first (never starved), then every video
 track gets its lowest layer in priority order (so nobody is paused while a more
 important track takes a higher layer), then, most important first, each track climbs
-to the best layer the remaining budget affords. Hysteresis keeps layers from flapping: going up needs headroom and a
-quiet period since the last change; going down happens as soon as the budget says so.
+to the best layer the remaining budget affords. Hysteresis keeps layers from flapping:
+going up needs headroom and a quiet period since the last change; going down a layer
+happens as soon as the budget says so, but a track is paused only when the budget falls
+a headroom below its lowest layer.
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ class Allocator:
         """Bandwidth required to put `track` on `layer`, with hysteresis for upgrades."""
         cost = track.layer_bps[layer] if step is None else step
         current = track.current
+        if current is not None and layer == 0:
+            # Pausing costs a freeze and a keyframe to resume (a burst that can itself
+            # dent the estimate), so the lowest layer is kept until the budget falls a
+            # headroom below its price: resuming needs a headroom above it.
+            return cost / UP_HEADROOM
         if current is not None and layer <= current:
             return cost  # keeping what it has: no headroom required
         since = now_ms - self._last_change_ms.get(track.key, -1e12)
