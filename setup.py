@@ -1,6 +1,7 @@
 """Build hook for the optional native send path (metadata lives in pyproject.toml).
 
-`media/transport/_fastpath.c` (SRTP protect + sendmmsg per batch, the RTX ring, video lanes) and
+`media/transport/_fastpath.c` (the outbox: SRTP protect, sendmmsg and UDP GSO; the RTX ring;
+the lanes) and
 `media/bwe/_trendfit.c` (the estimator's trendline fit) are compiled with the
 machine's C compiler on install. They are optional: without a compiler, or off Linux, the
 build goes on without it and Ferry uses its pure-Python send path (reported at start
@@ -18,6 +19,7 @@ if sys.platform.startswith("linux"):
             "media.transport._fastpath",
             sources=[
                 "media/transport/_fastpath.c",
+                "media/transport/_outbox.c",
                 "media/transport/_rtx_ring.c",
                 "media/transport/_lane.c",
             ],

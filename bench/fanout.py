@@ -13,13 +13,13 @@ end-to-end figure moves by 10 % between runs.
 
 With ``--rx twcc`` every viewer also sends transport-wide CC feedback (``--feedback-ms``,
 0: none), as a browser does: the bench reads what each viewer was actually sent off the
-sink socket (the transport-wide seq is in the clear RTP header), gives each packet an
+sink sockets (the transport-wide seq is in the clear RTP header), gives each packet an
 arrival time (send time + 10 ms + seeded jitter of up to 1 ms), and every
 ``--feedback-ms`` builds that viewer's feedback with the production `TwccRecorder`,
 SRTCP-protects it and hands it to the viewer's transport as the media socket would
 (unprotect -> parse -> send history -> estimator -> pacer and allocation). The engine's
 timers (the 20 ms tick in 4 phases, the pacers' one-shot timers) then run on the
-bench's simulated clock too. Building the feedback and reading the sink are the
+bench's simulated clock too. Building the feedback and reading the sinks are the
 viewers' work, not Ferry's: their CPU is left out of the figure.
 
 Prints one JSON object: µs of CPU per forwarded packet (process time), packets sent,
@@ -75,12 +75,12 @@ def _vp8(picture_id: int, keyframe: bool, start: bool, size: int) -> bytes:
 
 
 class Viewers:
-    """The viewers' side of feedback: what each was sent (read off the sink socket),
+    """The viewers' side of feedback: what each was sent (read off its sink socket),
     their arrival times, and their TWCC feedback (the production `TwccRecorder`),
     SRTCP-protected as a browser sends it."""
 
-    def __init__(self, sink: socket.socket, subs: list[Any], twcc_ext_id: int, seed: int = 1) -> None:
-        self.sink = sink
+    def __init__(self, sinks: list[socket.socket], subs: list[Any], twcc_ext_id: int, seed: int = 1) -> None:
+        self.sinks = sinks
         self.subs = subs
         self.marker = (twcc_ext_id << 4) | 1  # the one-byte extension's id/len byte
         self.by_ssrc: dict[int, int] = {}
@@ -98,21 +98,22 @@ class Viewers:
 
     def drain(self, now_ms: float) -> None:
         """Everything sent so far left at ``now_ms``: note each packet's arrival."""
-        recv = self.sink.recv
         marker, by_ssrc, pending, rnd = self.marker, self.by_ssrc, self.pending, self.random.random
-        while True:
-            try:
-                data = recv(2048)
-            except BlockingIOError:
-                return
-            if 192 <= data[1] <= 223 or len(data) < TWCC_OFFSET + 2 or data[16] != marker:
-                continue  # RTCP (sender reports), or no transport-wide seq
-            i = by_ssrc.get(int.from_bytes(data[8:12], "big"))
-            if i is None:
-                continue
-            self.received += 1
-            seq = (data[TWCC_OFFSET] << 8) | data[TWCC_OFFSET + 1]
-            pending[i].append((seq, now_ms + ONE_WAY_MS + JITTER_MS * rnd()))
+        for sink in self.sinks:
+            recv = sink.recv
+            while True:
+                try:
+                    data = recv(2048)
+                except BlockingIOError:
+                    break
+                if 192 <= data[1] <= 223 or len(data) < TWCC_OFFSET + 2 or data[16] != marker:
+                    continue  # RTCP (sender reports), or no transport-wide seq
+                i = by_ssrc.get(int.from_bytes(data[8:12], "big"))
+                if i is None:
+                    continue
+                self.received += 1
+                seq = (data[TWCC_OFFSET] << 8) | data[TWCC_OFFSET + 1]
+                pending[i].append((seq, now_ms + ONE_WAY_MS + JITTER_MS * rnd()))
 
     def feedback(self, i: int, now_ms: float) -> list[bytes]:
         """Viewer ``i``'s feedback reaching Ferry at ``now_ms`` (built a one-way delay
@@ -132,6 +133,19 @@ class Viewers:
         return [srtp.protect_rtcp(p) for p in packets]
 
 
+def _sink(read: bool) -> socket.socket:
+    """A viewer's loopback socket; one the bench reads holds a whole step of packets."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    if read:
+        sink.setblocking(False)
+        try:  # as root, past net.core.rmem_max
+            sink.setsockopt(socket.SOL_SOCKET, 33, 1 << 20)  # SO_RCVBUFFORCE
+        except OSError:
+            sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    return sink
+
+
 async def run(
     subscribers: int, packets: int, send_path: str | None, rx: str, idle_s: float = 0.0, feedback_ms: float = 0.0
 ) -> dict[str, object]:
@@ -139,15 +153,10 @@ async def run(
     if send_path:
         engine.mux.send_path = send_path
     engine.mux.open()
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
+    # One sink per viewer, as real viewers have their own addresses: the native path
+    # sends one viewer's run of packets as one GSO message, never several viewers'.
     with_feedback = rx == "twcc" and feedback_ms > 0
-    if with_feedback:
-        sink.setblocking(False)
-        try:  # as root, past net.core.rmem_max: a 80-viewer step is ~200 KB of skbs
-            sink.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
-        except OSError:
-            sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+    sinks = [_sink(with_feedback) for _ in range(subscribers)]
     try:
         router = engine.router("bench")
         pub = router.add_participant("PA_pub")
@@ -168,7 +177,7 @@ async def run(
             sub = viewer.subscriber
             transport = sub.transport
             transport.srtp = SrtpContext(SRTP_AEAD_AES_128_GCM, KEY, KEY)
-            transport.remote_addr = sink.getsockname()
+            transport.remote_addr = sinks[i].getsockname()
             sub.on_transport_connected(now)
             subs.append(sub)
         layer = video.layers[-1]
@@ -228,7 +237,7 @@ async def run(
             extra: dict[str, object] = {}
         else:
             cpu, forwarded, extra = _run_with_feedback(
-                engine, router, subs, sink, feed, clock, warm, packets, feedback_ms, idle_s
+                engine, router, subs, sinks, feed, clock, warm, packets, feedback_ms, idle_s
             )
         return {
             "subscribers": subscribers,
@@ -241,7 +250,8 @@ async def run(
         }
     finally:
         gc.unfreeze()
-        sink.close()
+        for sink in sinks:
+            sink.close()
         engine.mux.close()
 
 
@@ -249,7 +259,7 @@ def _run_with_feedback(
     engine: Engine,
     router: Any,
     subs: list[Any],
-    sink: socket.socket,
+    sinks: list[socket.socket],
     feed: Any,
     clock: list[float],
     warm: int,
@@ -267,7 +277,7 @@ def _run_with_feedback(
     for sub in subs:
         sub.schedule = lambda when, cb: heapq.heappush(timers, (when, next(order), cb))
     twcc_id = subs[0]._twcc_id
-    viewers = Viewers(sink, subs, twcc_id)
+    viewers = Viewers(sinks, subs, twcc_id)
     tick_ms = TICK_MS / TIMER_PHASES
     groups = [list(range(g, len(subs), FEEDBACK_GROUPS)) for g in range(FEEDBACK_GROUPS)]
     # next time of each kind of event: publisher packet, tick, feedback group

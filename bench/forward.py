@@ -219,6 +219,9 @@ async def _snapshot(ferry: FerryProcess, subs: list[LiteClient]) -> dict[str, An
         "rtp_out": metrics.get("ferry_rtp_packets_out_total", 0.0),
         "rtp_in": metrics.get("ferry_rtp_packets_in_total", 0.0),
         "nack": metrics.get("ferry_nack_received_total", 0.0),
+        "udp_out": metrics.get("ferry_packets_out_total", 0.0),
+        "gso_datagrams": metrics.get("ferry_udp_gso_datagrams_total", 0.0),
+        "gso_messages": metrics.get("ferry_udp_gso_messages_total", 0.0),
     }
 
 
@@ -356,6 +359,14 @@ def _result(
         "packets_forwarded_per_s": round(forwarded / wall, 1),
         "server_metrics_rtp_out": int(metrics_out),
         "server_rtp_in_per_s": round((after["rtp_in"] - before["rtp_in"]) / wall, 1),
+        # Datagrams that left inside UDP GSO messages, and how many such a message held.
+        "server_gso_share": round(
+            (after["gso_datagrams"] - before["gso_datagrams"]) / max(1.0, after["udp_out"] - before["udp_out"]), 3
+        ),
+        "server_gso_datagrams_per_message": round(
+            (after["gso_datagrams"] - before["gso_datagrams"]) / max(1.0, after["gso_messages"] - before["gso_messages"]),
+            1,
+        ),
         "server_cpu_s": round(server_cpu, 3),
         "server_cpu_pct": round(100.0 * server_cpu / wall, 1),
         # Kernel share: loopback sendto and the wake-ups of the receiving process.
@@ -465,6 +476,9 @@ def _snapshot_janus(janus: JanusProcess, subs: Sequence[JanusSubscriber]) -> dic
         "rtp_out": 0.0,
         "rtp_in": 0.0,
         "nack": 0.0,
+        "udp_out": 0.0,
+        "gso_datagrams": 0.0,
+        "gso_messages": 0.0,
     }
 
 
@@ -524,7 +538,13 @@ async def run_one_janus(
             result["janus_version"] = janus.info.get("version_string")
             result["janus_event_loops"] = janus.event_loops
             result["janus_ice_lite"] = janus.ice_lite
-            for key in ("server_metrics_rtp_out", "server_rtp_in_per_s", "server_nacks_received"):
+            for key in (
+                "server_metrics_rtp_out",
+                "server_rtp_in_per_s",
+                "server_nacks_received",
+                "server_gso_share",
+                "server_gso_datagrams_per_message",
+            ):
                 result[key] = None
             result["latency"] = latency.summary()
             result["latency"]["receivers"] = len(sampled) if raw else 0

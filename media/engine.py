@@ -231,6 +231,10 @@ class Engine:
         data["udp_packets_out"] = self.mux.packets_out
         data["udp_bytes_out"] = self.mux.bytes_out
         data["native_send_path"] = 1 if self.mux.send_path == "native" else 0
+        outbox = self.mux.outbox
+        data["udp_gso"] = 1 if self.mux.gso_active else 0
+        data["udp_gso_messages"] = outbox.gso_messages if outbox is not None else 0
+        data["udp_gso_datagrams"] = outbox.gso_datagrams if outbox is not None else 0
         data["rooms"] = len(self.routers)
         data["tracks"] = sum(len(r.tracks) for r in self.routers.values())
         return data

@@ -74,6 +74,11 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "ferry_bytes_in_total": (("bytes_in", "udp_bytes_in"), "UDP bytes received"),
     "ferry_packets_out_total": (("packets_out", "udp_packets_out"), "UDP datagrams sent"),
     "ferry_bytes_out_total": (("bytes_out", "udp_bytes_out"), "UDP bytes sent"),
+    "ferry_udp_gso_messages_total": (
+        ("udp_gso_messages",),
+        "UDP GSO messages sent (a run of datagrams to one peer in one send)",
+    ),
+    "ferry_udp_gso_datagrams_total": (("udp_gso_datagrams",), "UDP datagrams sent inside GSO messages"),
     "ferry_nack_received_total": (("nack_received",), "Sequence numbers NACKed by subscribers"),
     "ferry_rtx_sent_total": (("rtx_sent",), "Retransmissions sent in answer to NACKs"),
     "ferry_pli_sent_total": (("pli_sent",), "Picture loss indications sent to publishers"),
@@ -143,6 +148,10 @@ GAUGES: dict[str, tuple[str, str]] = {
     "ferry_native_send_path": (
         "native_send_path",
         "1: media is sent through the C extension (SRTP protect + sendmmsg per batch); 0: Python sendto",
+    ),
+    "ferry_udp_gso": (
+        "udp_gso",
+        "1: runs of datagrams to one peer leave as UDP GSO messages; 0: off, or refused by the kernel",
     ),
 }
 TRACKS = ("ferry_tracks", "tracks_by_kind", "Published tracks currently live, by kind")

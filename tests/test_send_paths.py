@@ -11,6 +11,7 @@ kept without building RED payloads is the history encoding leaves.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 
@@ -50,9 +51,8 @@ class _Transportish:
         self.mux, self.srtp, self.addr = mux, srtp, addr
 
     def send_rtp(self, packet: bytes, seq_at: int = 0, seq: int = 0) -> None:
-        batch = self.mux.batch
-        if batch is not None and self.srtp.native_tx:
-            self.mux.queue((packet, self.addr[0], self.addr[1], self.srtp.native_tx, seq_at, seq))
+        if self.mux.holding and self.srtp.native_tx:
+            self.mux.queue(packet, self.addr[0], self.addr[1], self.srtp.native_tx, seq_at, seq)
             return
         self.mux.sendto(self.srtp.protect(packet, seq_at, seq), self.addr)
 
@@ -74,7 +74,7 @@ async def _send_all(path: str, profile: str) -> list[bytes]:
             if i % 10 == 9:
                 mux.sendto(b"\x80\xc8not-rtp-just-bytes-%d" % i, receiver.getsockname())
         mux.flush()
-        assert mux.batch is None
+        assert not mux.holding
         got = [receiver.recv(4096) for _ in range(150 + 15)]
         assert mux.packets_out == 165
         return got
@@ -103,7 +103,7 @@ async def test_python_path_sends_at_once_and_batches_nothing() -> None:
     mux = UdpMux("127.0.0.1", 0, send_path="python")
     mux.open()
     try:
-        assert mux.open_batch() is False and mux.batch is None
+        assert mux.open_batch() is False and not mux.holding and mux.outbox is None
     finally:
         mux.close()
 
@@ -173,33 +173,124 @@ def test_red_at_a_shorter_distance_from_a_longer_history_is_that_distances_red()
     assert longer.encode(*frames[6], 2) == full.encode(*frames[6])
 
 
-def test_a_long_fan_out_leaves_in_early_batches_before_it_is_flushed() -> None:
+def test_a_held_outbox_sends_once_its_cap_of_datagrams_wait() -> None:
     """The first peers of a big fan-out get their copies while the rest are built:
-    every EARLY_FLUSH queued datagrams go out at once, the remainder at the flush."""
+    a held outbox sends once HOLD_CAP datagrams wait, the remainder at the flush."""
 
     async def run() -> None:
         if not udp_mux.native_available():
             pytest.skip("native send path not built")
         receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         receiver.bind(("127.0.0.1", 0))
         receiver.setblocking(False)
         mux = UdpMux("127.0.0.1", 0, send_path="native")
         mux.open()
         try:
             assert mux.open_batch()
-            count = 2 * udp_mux.EARLY_FLUSH + 3
-            for i in range(count):
+            cap = udp_mux.HOLD_CAP
+            for i in range(cap + 3):
                 mux.sendto(b"x%d" % i, receiver.getsockname())
-                if i == udp_mux.EARLY_FLUSH - 1:
+                if i == cap - 1:
                     # Sent before the flush: readable now, in order.
-                    got = [receiver.recv(64) for _ in range(udp_mux.EARLY_FLUSH)]
-                    assert got == [b"x%d" % k for k in range(udp_mux.EARLY_FLUSH)]
-            assert mux.batches == 2 and len(mux.batch or []) == 3
+                    got = [receiver.recv(64) for _ in range(cap)]
+                    assert got == [b"x%d" % k for k in range(cap)]
+                    with pytest.raises(BlockingIOError):
+                        receiver.recv(64)
+            assert mux.outbox.pending == 3
             mux.flush()
-            assert mux.batches == 3 and mux.packets_out == count
+            assert mux.packets_out == cap + 3 and mux.outbox.pending == 0
+            assert [receiver.recv(64) for _ in range(3)] == [b"x%d" % k for k in range(cap, cap + 3)]
         finally:
             mux.close()
             receiver.close()
+
+    asyncio.run(run())
+
+
+def _fan_out_like(mux: UdpMux, peers: list[socket.socket]) -> dict[int, list[bytes]]:
+    """What a drain of a keyframe, an audio packet and a delta frame fans out: for
+    each packet, one datagram per peer (sizes as a packetizer makes them: equal, the
+    last of a frame shorter). Returns what each peer should get, in order."""
+    sizes = [1100] * 9 + [700] + [120] + [1100, 1100, 400] + [1100] * 70  # > 64 segments
+    want: dict[int, list[bytes]] = {k: [] for k in range(len(peers))}
+    for i, size in enumerate(sizes):
+        for k, peer in enumerate(peers):
+            data = bytes([k, i & 0xFF]) + bytes([(i * 7 + k) & 0xFF]) * (size - 2)
+            mux.sendto(data, peer.getsockname())
+            want[k].append(data)
+    return want
+
+
+@pytest.mark.parametrize("gso", [True, False])
+def test_each_peer_gets_its_datagrams_in_order_whether_runs_leave_by_gso_or_not(gso: bool) -> None:
+    async def run() -> None:
+        if not udp_mux.native_available():
+            pytest.skip("native send path not built")
+        peers = []
+        for _ in range(3):
+            peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            peer.bind(("127.0.0.1", 0))
+            peer.setblocking(False)
+            peers.append(peer)
+        mux = UdpMux("127.0.0.1", 0, send_path="native")
+        mux.open()
+        try:
+            mux.outbox.gso = gso
+            assert mux.open_batch()
+            want = _fan_out_like(mux, peers)
+            mux.flush()
+            total = sum(len(v) for v in want.values())
+            assert mux.packets_out == total and not mux.drops
+            for k, peer in enumerate(peers):
+                assert [peer.recv(2048) for _ in want[k]] == want[k]
+                with pytest.raises(BlockingIOError):
+                    peer.recv(2048)
+            if gso:
+                # Per peer: 9 x 1100 + 700 | 120 | 1100, 1100, 400 | 64 x 1100 | 6 x 1100.
+                assert mux.outbox.gso_messages == 3 * 4
+                assert mux.outbox.gso_datagrams == 3 * (10 + 3 + 70)
+                assert mux.send_path_label == "native, UDP GSO"
+            else:
+                assert mux.outbox.gso_messages == 0 and mux.send_path_label == "native"
+        finally:
+            mux.close()
+            for peer in peers:
+                peer.close()
+
+    asyncio.run(run())
+
+
+def test_a_kernel_refusing_gso_gets_every_datagram_sent_one_by_one(caplog: pytest.LogCaptureFixture) -> None:
+    """A socket without UDP checksums makes the kernel refuse GSO (EINVAL): the refused
+    run still leaves, datagram by datagram, GSO stays off and the log says why once."""
+
+    async def run() -> None:
+        if not udp_mux.native_available():
+            pytest.skip("native send path not built")
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        peer.bind(("127.0.0.1", 0))
+        peer.setblocking(False)
+        mux = UdpMux("127.0.0.1", 0, send_path="native")
+        mux.open()
+        try:
+            assert mux._sock is not None and mux.gso_active
+            mux._sock.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK
+            for _ in range(2):
+                assert mux.open_batch()
+                want = _fan_out_like(mux, [peer])[0]
+                mux.flush()
+                assert [peer.recv(2048) for _ in want] == want
+            assert mux.packets_out == 2 * len(want) and not mux.drops
+            assert mux.outbox.gso_refused == errno.EINVAL and mux.outbox.gso_messages == 0
+            assert not mux.gso_active and mux.send_path_label == "native"
+            refused = [r for r in caplog.records if "refused UDP GSO" in r.getMessage()]
+            assert len(refused) == 1 and "EINVAL" in refused[0].getMessage()
+        finally:
+            mux.close()
+            peer.close()
 
     asyncio.run(run())
 

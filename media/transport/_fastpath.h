@@ -1,6 +1,6 @@
-/* Shared between the native send path's sources: the sendmmsg buffers (_fastpath.c),
- * the RTX ring (_rtx_ring.c) and the video lanes (_lane.c). One extension module,
- * media.transport._fastpath, built from all three. */
+/* Shared between the native send path's sources: the outbox (_outbox.c), the RTX
+ * ring (_rtx_ring.c) and the lanes (_lane.c). One extension module,
+ * media.transport._fastpath, built from them and _fastpath.c. */
 #ifndef FERRY_FASTPATH_H
 #define FERRY_FASTPATH_H
 
@@ -11,25 +11,29 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#define BATCH 64
+#define BATCH 64 /* messages per sendmmsg(2) */
 #define SLOT 2304 /* 2048-byte datagram + libsrtp's maximum trailer (144) and room */
 #define TRAILER 144
 
 typedef int (*srtp_protect_fn)(void *ctx, void *rtp_hdr, int *len_ptr);
 
-/* One batch of outgoing datagrams, filled by send_batch or fan_out_video and sent
- * with fp_flush before either returns: never shared across calls. */
-extern unsigned char fp_buffers[BATCH][SLOT];
-extern struct mmsghdr fp_msgs[BATCH];
-extern struct iovec fp_iovs[BATCH];
-extern struct sockaddr_storage fp_addrs[BATCH];
-
 /* libsrtp's srtp_protect, as pylibsrtp loaded it (set once: set_protect). */
 extern srtp_protect_fn fp_protect;
 
 int fp_fill_addr(const char *host, int port, struct sockaddr_storage *out, socklen_t *len);
-/* Send fp_msgs[0..count) on fd; returns how many the kernel took, counting failures. */
-Py_ssize_t fp_flush(int fd, int count, Py_ssize_t *send_errors, Py_ssize_t *would_block);
+
+/* ---- Outbox (_outbox.c): the media socket's outgoing datagrams ---- */
+typedef struct Outbox Outbox;
+extern PyTypeObject OutboxType;
+/* The buffer (SLOT bytes) the next datagram is built in; NULL with an exception set. */
+unsigned char *outbox_slot(Outbox *o);
+/* Protect (srtp != 0) the datagram built in outbox_slot() and queue it for addr; it
+ * leaves once `early` datagrams wait (a held outbox: its cap). -1 on a Python error. */
+int outbox_commit(Outbox *o, unsigned char *buf, int len, const struct sockaddr_storage *addr, socklen_t alen,
+                  uintptr_t srtp, int early);
+/* The end of one fan-out: a held outbox keeps what waits for the mux's flush; else it
+ * is sent and accounted. -1 on a Python error (the account callback's). */
+int outbox_settle(Outbox *o);
 
 /* ---- RtxRing (media.rtp.rtx.RtxCache in C) ---- */
 typedef struct {

@@ -9,7 +9,7 @@
  * fan_out_video / fan_out_audio walk a track's lanes for one packet: they drop what the
  * selector would drop and forward what it would forward (seq/timestamp/picture id
  * continuity, plain Opus with its audio level and RED history, the RTX ring, the
- * counters, SRTP, sendmmsg). Every packet that needs a decision (a layer start or
+ * counters, SRTP into the media socket's outbox). Every packet that needs a decision (a layer start or
  * switch, a keyframe, RED toward a lossy listener, duplicates, the NACK-loss window's
  * roll, a subscriber that is not connected) is left to the Python path: its lane's
  * index is returned, untouched.
@@ -243,48 +243,38 @@ typedef struct {
     char ready;
     char python_path;
     char paced;
-    int fd;
     struct sockaddr_storage addr;
     socklen_t alen;
     uintptr_t srtp;
-    PyObject *account; /* callable(sent, bytes, protect_errors, send_errors, would_block) */
-    PyObject *send_queued; /* callable(): what the Python path queued on the socket leaves first */
+    Outbox *outbox; /* the media socket's (the mux's): shared by every target on it */
 } SendTarget;
 
 static PyObject *Target_set(SendTarget *self, PyObject *args)
 {
-    int fd, port;
+    int port;
     const char *host;
     unsigned long long srtp;
-    PyObject *account, *send_queued;
-    if (!PyArg_ParseTuple(args, "isiKOO", &fd, &host, &port, &srtp, &account, &send_queued))
+    PyObject *outbox;
+    if (!PyArg_ParseTuple(args, "O!siK", &OutboxType, &outbox, &host, &port, &srtp))
         return NULL;
-    if (!PyCallable_Check(account) || !PyCallable_Check(send_queued)) {
-        PyErr_SetString(PyExc_TypeError, "account and send_queued must be callable");
-        return NULL;
-    }
-    if (srtp == 0 || fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "a target needs a socket and an SRTP session");
+    if (srtp == 0) {
+        PyErr_SetString(PyExc_ValueError, "a target needs an SRTP session");
         return NULL;
     }
     if (fp_fill_addr(host, port, &self->addr, &self->alen) != 0) {
         PyErr_Format(PyExc_ValueError, "not a numeric address: %s", host);
         return NULL;
     }
-    self->fd = fd;
     self->srtp = (uintptr_t)srtp;
-    Py_INCREF(account);
-    Py_XSETREF(self->account, account);
-    Py_INCREF(send_queued);
-    Py_XSETREF(self->send_queued, send_queued);
+    Py_INCREF(outbox);
+    Py_XSETREF(self->outbox, (Outbox *)outbox);
     self->ready = 1;
     Py_RETURN_NONE;
 }
 
 static int Target_traverse(SendTarget *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->account);
-    Py_VISIT(self->send_queued);
+    Py_VISIT(self->outbox);
     return 0;
 }
 
@@ -292,8 +282,7 @@ static int Target_clear(SendTarget *self)
 {
     self->ready = 0;
     self->srtp = 0;
-    Py_CLEAR(self->account);
-    Py_CLEAR(self->send_queued);
+    Py_CLEAR(self->outbox);
     return 0;
 }
 
@@ -312,8 +301,8 @@ static void Target_dealloc(SendTarget *self)
 
 static PyMethodDef Target_methods[] = {
     {"set", (PyCFunction)Target_set, METH_VARARGS,
-     "set(fd, host, port, srtp_address, account, send_queued): packets go to host:port on fd, protected with "
-     "that session; account(...) is told what a fan-out sent, send_queued() is called before its first datagram"},
+     "set(outbox, host, port, srtp_address): packets go to host:port through the media socket's outbox, "
+     "protected with that session"},
     {"clear", (PyCFunction)Target_clear_method, METH_NOARGS, "nowhere to send: every lane falls back"},
     {NULL, NULL, 0, NULL},
 };
@@ -604,74 +593,39 @@ static Lane *lane_of(PyObject *lanes, Py_ssize_t k, int audio)
 
 /* ---- what both fan-outs share ------------------------------------------------------- */
 
-/* What one batch being filled is for: the socket, and whom to tell what it cost. */
+/* The outbox one fan-out fills (its targets' socket's), held for the fan-out. */
 typedef struct {
-    int fd;
-    PyObject *account; /* borrowed from a target for the batch's lifetime */
-    int count;
-    Py_ssize_t sent, nbytes, protect_errors, send_errors, would_block;
+    Outbox *outbox;
 } Pending;
 
-/* Send what is pending; with `settle`, tell its account and reset. -1 on a Python error. */
-static int pending_flush(Pending *p, int settle)
+/* The end of the fan-out on this outbox (see outbox_settle). -1 on a Python error. */
+static int pending_settle(Pending *p)
 {
-    if (p->count) {
-        p->sent += fp_flush(p->fd, p->count, &p->send_errors, &p->would_block);
-        p->count = 0;
-    }
-    if (!settle || p->account == NULL)
+    Outbox *o = p->outbox;
+    if (o == NULL)
         return 0;
-    PyObject *r = PyObject_CallFunction(p->account, "nnnnn", p->sent, p->nbytes, p->protect_errors, p->send_errors,
-                                        p->would_block);
-    p->account = NULL;
-    p->sent = p->nbytes = p->protect_errors = p->send_errors = p->would_block = 0;
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
+    p->outbox = NULL;
+    int r = outbox_settle(o);
+    Py_DECREF(o);
+    return r;
 }
 
-/* The next datagram's buffer in the batch for `target` (a batch holds one socket's
- * datagrams); NULL with an exception set. */
+/* The next datagram's buffer, in the outbox of `target`; NULL with an exception set. */
 static unsigned char *pending_buffer(Pending *p, SendTarget *target)
 {
-    if (p->account != NULL && (p->fd != target->fd || p->account != target->account)) {
-        if (pending_flush(p, 1) < 0)
+    if (p->outbox != target->outbox) {
+        if (pending_settle(p) < 0)
             return NULL;
+        Py_INCREF(target->outbox);
+        p->outbox = target->outbox;
     }
-    if (p->account == NULL && target->send_queued != NULL) {
-        /* The first datagram of this fan-out on this socket: what the Python path queued
-         * before it (a packet rebuilt from RED, sent to the same subscribers) goes first,
-         * so every subscriber gets its packets in the order they were made. */
-        PyObject *r = PyObject_CallNoArgs(target->send_queued);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-    }
-    p->fd = target->fd;
-    p->account = target->account;
-    return fp_buffers[p->count];
+    return outbox_slot(p->outbox);
 }
 
-/* Protect the datagram built in pending_buffer() and add it to the batch. */
+/* Protect the datagram built in pending_buffer() and queue it. */
 static int pending_add(Pending *p, SendTarget *target, unsigned char *buf, int len, long early)
 {
-    p->nbytes += len;
-    if (fp_protect == NULL || fp_protect((void *)target->srtp, buf, &len) != 0) {
-        p->protect_errors++;
-        return 0;
-    }
-    int c = p->count;
-    memcpy(&fp_addrs[c], &target->addr, sizeof(target->addr));
-    fp_iovs[c].iov_base = buf;
-    fp_iovs[c].iov_len = (size_t)len;
-    memset(&fp_msgs[c], 0, sizeof(fp_msgs[c]));
-    fp_msgs[c].msg_hdr.msg_name = &fp_addrs[c];
-    fp_msgs[c].msg_hdr.msg_namelen = target->alen;
-    fp_msgs[c].msg_hdr.msg_iov = &fp_iovs[c];
-    fp_msgs[c].msg_hdr.msg_iovlen = 1;
-    p->count++;
-    return p->count >= early ? pending_flush(p, 0) : 0;
+    return outbox_commit(p->outbox, buf, len, &target->addr, target->alen, target->srtp, (int)early);
 }
 
 /* Verdicts of lane_verdict: LayerSelector.accept's, with PYTHON for START and SWITCH
@@ -764,13 +718,13 @@ static PyObject *fan_out_finish(FanOut *f, int failed)
 {
     PyObject *result = NULL;
     if (failed) {
-        if (f->pend.count) { /* what was built and protected still leaves: its SRTP index is used */
+        if (f->pend.outbox != NULL) { /* what was built and protected still leaves: its SRTP index is used */
             PyObject *type, *value, *tb;
             PyErr_Fetch(&type, &value, &tb);
-            pending_flush(&f->pend, 1);
+            pending_settle(&f->pend);
             PyErr_Restore(type, value, tb);
         }
-    } else if (pending_flush(&f->pend, 1) == 0) {
+    } else if (pending_settle(&f->pend) == 0) {
         result = Py_BuildValue("nnOO", f->forwarded, f->forwarded_bytes, f->fallback ? f->fallback : Py_None,
                                f->handoff ? f->handoff : Py_None);
     }
@@ -825,8 +779,8 @@ static int fan_out_args(Py_ssize_t nargs, Py_ssize_t expected, const char *name,
  * lanes: list of Lane or None, in the order of the track's DownTracks. payload:
  * the packet's payload (a buffer; kept by the RTX rings, sliced after the descriptor
  * when a lane rewrites it). picture_id / tl0picidx: -1 when the descriptor has none.
- * early: send once this many datagrams are built (the first subscribers need not wait
- * for the last ones). fallback: indexes of the lanes the Python path must handle
+ * early: an outbox not held sends once this many datagrams are built (the first
+ * subscribers need not wait for the last ones; a held one waits for its cap). fallback: indexes of the lanes the Python path must handle
  * (None when there are none); forwarded / forwarded_bytes: packets sent from here and
  * their size before SRTP, as DownTrack.write_video counts them. handoff: for paced
  * subscribers, [index, packet, index, packet, ...] (None when there are none): built,
@@ -875,7 +829,7 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     PyObject *tail_view = NULL; /* payload after the descriptor, made once if a lane needs it */
-    FanOut f = {{-1, NULL, 0, 0, 0, 0, 0, 0}, 0, 0, NULL, NULL};
+    FanOut f = {{NULL}, 0, 0, NULL, NULL};
     int failed = 0;
     Py_ssize_t n = PyList_GET_SIZE(lanes);
     for (Py_ssize_t k = 0; k < n && !failed; k++) {
@@ -1030,7 +984,7 @@ PyObject *fan_out_audio(PyObject *module, PyObject *const *args, Py_ssize_t narg
     /* The frame a RED history keeps: a view of immutable bytes as it is, else a copy
      * (RedEncoder.remember), made once for every listener. */
     PyObject *kept = NULL;
-    FanOut f = {{-1, NULL, 0, 0, 0, 0, 0, 0}, 0, 0, NULL, NULL};
+    FanOut f = {{NULL}, 0, 0, NULL, NULL};
     int failed = 0;
     Py_ssize_t n = PyList_GET_SIZE(lanes);
     for (Py_ssize_t k = 0; k < n && !failed; k++) {

@@ -11,12 +11,15 @@ datagram transport reads one datagram per loop iteration, which drops keyframe b
 per-packet await.
 
 Sending has two paths, chosen once at start (``SEND_PATH``, logged and in /metrics):
-``native`` (the optional C extension ``_fastpath``, built by pip on install) collects
-what one received datagram (a fan-out) or one engine tick produces and sends it with
-``sendmmsg``, protecting RTP with libsrtp in the same call; ``python`` sends each
-datagram with ``sendto`` as it is produced. ``FERRY_NATIVE_SEND=0`` forces ``python``
-(and the Python RTX cache: see ``media.rtp.rtx.new_rtx_cache``).
-Both send the same bytes in the same order.
+``native`` (the optional C extension ``_fastpath``, built by pip on install) builds
+and protects datagrams in the socket's ``Outbox`` and holds them while one drain of
+the socket (every fan-out of what was read) or one engine tick runs, then sends them
+grouped by peer: ``sendmmsg``, and UDP GSO for a run of one peer's datagrams, so a
+keyframe fanned out to 80 peers is 80 messages to the kernel, not 80 per packet.
+``python`` sends each datagram with ``sendto`` as it is produced.
+``FERRY_NATIVE_SEND=0`` forces ``python`` (and the Python RTX cache: see
+``media.rtp.rtx.new_rtx_cache``); ``FERRY_GSO=0`` keeps the native path off GSO.
+Both send the same bytes, in the same order to each peer.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ def _choose_send_path() -> str:
     return "native" if native_available() else "python"
 
 
+def _gso_wanted() -> bool:
+    return os.environ.get("FERRY_GSO", "1").strip() not in ("0", "false", "no", "off")
+
+
 #: The send path this process uses: "native" (sendmmsg + protect in C) or "python".
 SEND_PATH = _choose_send_path()
 if SEND_PATH == "native":
@@ -61,9 +68,12 @@ Addr = tuple[str, int]
 
 MAX_DATAGRAM = 2048
 DRAIN_LIMIT = 512  # datagrams per wakeup before yielding to the loop
-#: A batch this long leaves at once (native path): the first subscribers of a big
-#: fan-out get their copy while the rest are built, not all after the last one.
+#: Outside a drain or a tick (the outbox not held), a fan-out's datagrams leave every
+#: EARLY_FLUSH: the first subscribers get their copy while the rest are built.
 EARLY_FLUSH = 16
+#: A held outbox sends once this many datagrams wait: what one drain reads is grouped
+#: per peer (GSO), and the first peers of a big fan-out wait at most this many builds.
+HOLD_CAP = 512
 
 
 class MuxEndpoint(Protocol):
@@ -91,9 +101,9 @@ class UdpMux:
         self.send_path = send_path or SEND_PATH
         if self.send_path == "native" and not native_available():
             raise ValueError("the native send path is not built (media/transport/_fastpath.c)")
-        # Datagrams queued while a batch is open (native path only): tuples of
-        # (data, host, port, srtp_t address or 0, transport-wide seq offset, seq).
-        self.batch: list[tuple[Any, ...]] | None = None
+        # Native path: where datagrams are built, protected and held (made at open()).
+        self.outbox: Any = None
+        self.gso = self.send_path == "native" and _gso_wanted()
         self.batches = 0
         self.port = port
         self._rcvbuf = rcvbuf
@@ -121,10 +131,14 @@ class UdpMux:
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
         self._sock = sock
+        if self.send_path == "native":
+            self.outbox = _fastpath.Outbox(sock.fileno(), self.account)
+            self.outbox.gso = self.gso
+            self.outbox.cap = HOLD_CAP
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._on_readable)
         log.info(
-            "media socket listening on udp %s:%d (send path: %s)", self.host, self.port, self.send_path
+            "media socket listening on udp %s:%d (send path: %s)", self.host, self.port, self.send_path_label
         )
 
     def close(self) -> None:
@@ -132,8 +146,23 @@ class UdpMux:
             return
         if self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
+        if self.outbox is not None:
+            self.outbox.held = False
+            self.outbox.fd = -1  # what is still built fails as a counted send error
         self._sock.close()
         self._sock = None
+
+    @property
+    def send_path_label(self) -> str:
+        """The send path as the start-up line and /metrics name it."""
+        if self.send_path != "native":
+            return self.send_path
+        return "native, UDP GSO" if self.gso_active else "native"
+
+    @property
+    def gso_active(self) -> bool:
+        """GSO is on and the kernel has not refused it."""
+        return self.outbox is not None and bool(self.outbox.gso)
 
     def fileno(self) -> int:
         """The media socket's descriptor; -1 when closed."""
@@ -157,10 +186,16 @@ class UdpMux:
         self._by_addr[addr] = endpoint
 
     # -- I/O -------------------------------------------------------------------------
+    @property
+    def holding(self) -> bool:
+        """Sends are held in the outbox until `flush` (native path, a batch open)."""
+        outbox = self.outbox
+        return outbox is not None and outbox.held
+
     def sendto(self, data: bytes, addr: Addr) -> None:
-        batch = self.batch
-        if batch is not None:
-            self.queue((data, addr[0], addr[1], 0, 0, 0))
+        outbox = self.outbox
+        if outbox is not None and outbox.held:
+            outbox.add(data, addr[0], addr[1], 0, 0, 0)
             return
         sock = self._sock
         if sock is None:
@@ -176,45 +211,39 @@ class UdpMux:
         self.packets_out += 1
         self.bytes_out += len(data)
 
-    def queue(self, item: tuple[bytes, str, int, int, int, int]) -> None:
-        """Add one item to the open batch (see `_fastpath.send_batch`); a batch of
-        EARLY_FLUSH items leaves at once."""
-        batch = self.batch
-        assert batch is not None
-        batch.append(item)
-        if len(batch) >= EARLY_FLUSH:
-            self.flush(close=False)
+    def queue(self, data: bytes, host: str, port: int, srtp: int, seq_at: int, seq: int) -> None:
+        """Add one RTP packet to the held outbox, protected there with the libsrtp
+        session at address `srtp`, the 16-bit `seq` stamped at `seq_at` (> 0)."""
+        self.outbox.add(data, host, port, srtp, seq_at, seq)
 
     def open_batch(self) -> bool:
-        """Queue sends until `flush` (native path; no-op on the Python path or when a
+        """Hold sends until `flush` (native path; no-op on the Python path or when a
         batch is already open). Returns True when this call opened it."""
-        if self.send_path != "native" or self.batch is not None or self._sock is None:
+        outbox = self.outbox
+        if outbox is None or outbox.held or self._sock is None:
             return False
-        self.batch = []
+        outbox.held = True
         return True
 
-    def send_queued(self) -> None:
-        """Send what the open batch holds now and keep it open: a video or audio lane
-        sends from C at once, after what was queued before it."""
-        if self.batch:
-            self.flush(close=False)
-
     def flush(self, close: bool = True) -> None:
-        """Send what the open batch holds (one sendmmsg per 64 datagrams)."""
-        batch = self.batch
-        if batch is None:
+        """Send what the outbox holds; `close` ends the batch."""
+        outbox = self.outbox
+        if outbox is None:
             return
-        self.batch = None if close else []
-        sock = self._sock
-        if not batch or sock is None:
+        if close:
+            outbox.held = False
+        if self._sock is None:
             return
-        sent, protect_errors, send_errors, would_block, nbytes = _fastpath.send_batch(
-            sock.fileno(), PROTECT_ADDRESS, batch
-        )
-        self.account(sent, nbytes, protect_errors, send_errors, would_block)
+        outbox.flush()
+        if not outbox.gso and self.gso and outbox.gso_refused:
+            self.gso = False
+            log.warning(
+                "the kernel refused UDP GSO (%s): sending datagrams one by one",
+                errno.errorcode.get(outbox.gso_refused, outbox.gso_refused),
+            )
 
     def account(self, sent: int, nbytes: int, protect_errors: int, send_errors: int, would_block: int) -> None:
-        """Count what a native batch sent (``send_batch``, or a lane fan-out sent from C)."""
+        """Count what the outbox sent (told by the outbox when it sends)."""
         self.batches += 1
         self.packets_out += sent
         self.bytes_out += nbytes  # before SRTP's tag, as close as the Python path's count
@@ -232,14 +261,16 @@ class UdpMux:
         if sock is None:
             return
         if self.open_batch():
+            # What the drain's fan-outs build leaves at its end (or at HOLD_CAP), one
+            # message per peer and run.
             try:
-                self._drain(sock, flush_each=True)
+                self._drain(sock)
             finally:
                 self.flush()
         else:
-            self._drain(sock, flush_each=False)
+            self._drain(sock)
 
-    def _drain(self, sock: socket.socket, flush_each: bool) -> None:
+    def _drain(self, sock: socket.socket) -> None:
         recvfrom = sock.recvfrom
         clock = time.monotonic  # the loop's clock base; read per datagram (TWCC needs it)
         for _ in range(DRAIN_LIMIT):
@@ -259,9 +290,6 @@ class UdpMux:
             except Exception:  # a bug must not kill the socket for everyone
                 self.drops["handler_error"] += 1
                 log.exception("error handling a datagram from %s", addr)
-            if flush_each and self.batch:
-                # One received packet's fan-out leaves before the next is read.
-                self.flush(close=False)
 
     def dispatch(self, data: bytes, addr: Addr, now_ms: float) -> None:
         if not data:

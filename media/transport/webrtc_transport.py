@@ -98,9 +98,9 @@ class WebRtcTransport:
         target = self.send_target
         if target is None:
             return
-        srtp, addr, fd = self._srtp, self._remote_addr, self.mux.fileno()
-        if srtp is not None and srtp.native_tx and addr is not None and fd >= 0 and self.state != "closed":
-            target.set(fd, addr[0], addr[1], srtp.native_tx, self.mux.account, self.mux.send_queued)
+        srtp, addr, outbox = self._srtp, self._remote_addr, self.mux.outbox
+        if srtp is not None and srtp.native_tx and addr is not None and outbox is not None and self.state != "closed":
+            target.set(outbox, addr[0], addr[1], srtp.native_tx)
         else:
             target.clear()
 
@@ -193,9 +193,9 @@ class WebRtcTransport:
         addr = self._remote_addr
         if srtp is None or addr is None:
             return
-        if self.mux.batch is not None and srtp.native_tx:
-            # Native path: protected in C at flush, in this order (see UdpMux).
-            self.mux.queue((packet, addr[0], addr[1], srtp.native_tx, seq_at, seq & 0xFFFF))
+        if srtp.native_tx and self.mux.holding:
+            # Native path: protected in C into the held outbox (see UdpMux).
+            self.mux.queue(packet, addr[0], addr[1], srtp.native_tx, seq_at, seq & 0xFFFF)
             return
         try:
             data = srtp.protect(packet, seq_at, seq)
