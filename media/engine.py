@@ -171,6 +171,8 @@ class Engine:
         now = self.now_ms()
         phase = self._phase
         self._phase = (phase + 1) % TIMER_PHASES
+        if phase == 0:
+            self.mux.fit_fan_out(max((len(r.participants) for r in self.routers.values()), default=0))
         opened = self.mux.open_batch()  # native send path: the tick's sends in one batch
         try:
             for router in list(self.routers.values()):

@@ -313,3 +313,23 @@ def test_flush_counts_a_full_send_buffer_as_a_drop() -> None:
             mux.close()
 
     asyncio.run(run())
+
+
+def test_a_big_room_raises_the_held_outbox_cap_so_each_peer_still_gets_runs() -> None:
+    async def run() -> None:
+        if not udp_mux.native_available():
+            pytest.skip("native send path not built")
+        mux = UdpMux("127.0.0.1", 0, send_path="native")
+        mux.open()
+        try:
+            assert mux.outbox.cap == udp_mux.HOLD_CAP
+            mux.fit_fan_out(80)
+            assert mux.outbox.cap == udp_mux.HOLD_CAP  # 80 peers x 4 packets fit already
+            mux.fit_fan_out(500)
+            assert mux.outbox.cap == 500 * udp_mux.PACKETS_PER_RUN
+            mux.fit_fan_out(100_000)
+            assert mux.outbox.cap == udp_mux.MAX_HOLD_CAP
+        finally:
+            mux.close()
+
+    asyncio.run(run())

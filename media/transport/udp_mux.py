@@ -72,8 +72,13 @@ DRAIN_LIMIT = 512  # datagrams per wakeup before yielding to the loop
 #: EARLY_FLUSH: the first subscribers get their copy while the rest are built.
 EARLY_FLUSH = 16
 #: A held outbox sends once this many datagrams wait: what one drain reads is grouped
-#: per peer (GSO), and the first peers of a big fan-out wait at most this many builds.
+#: per peer (GSO), and the first peers of a fan-out wait at most this many builds.
+#: A room bigger than HOLD_CAP / PACKETS_PER_RUN raises it (`fit_fan_out`), so each
+#: peer's run still holds a few packets (at 500 viewers: 0.03 of datagrams in GSO
+#: runs with 512, 0.69 with 2048, and 7.4 -> 6.9 µs per forwarded packet).
 HOLD_CAP = 512
+PACKETS_PER_RUN = 4
+MAX_HOLD_CAP = 4096
 
 
 class MuxEndpoint(Protocol):
@@ -224,6 +229,12 @@ class UdpMux:
             return False
         outbox.held = True
         return True
+
+    def fit_fan_out(self, peers: int) -> None:
+        """Size the held outbox for a fan-out to `peers` (the biggest room's)."""
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.cap = min(MAX_HOLD_CAP, max(HOLD_CAP, PACKETS_PER_RUN * peers))
 
     def flush(self, close: bool = True) -> None:
         """Send what the outbox holds; `close` ends the batch."""
