@@ -55,6 +55,19 @@ def _choose_send_path() -> str:
     return "native" if native_available() else "python"
 
 
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+
+
+def _kernel_has_gso(sock: socket.socket) -> bool:
+    """Linux >= 4.18 knows the UDP_SEGMENT option; an older kernel would ignore the
+    control message and send a run as one big datagram, so it must not get one."""
+    try:
+        sock.getsockopt(socket.SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
+
+
 def _gso_wanted() -> bool:
     return os.environ.get("FERRY_GSO", "1").strip() not in ("0", "false", "no", "off")
 
@@ -137,6 +150,9 @@ class UdpMux:
         self.port = sock.getsockname()[1]
         self._sock = sock
         if self.send_path == "native":
+            if self.gso and not _kernel_has_gso(sock):
+                self.gso = False
+                log.info("this kernel has no UDP GSO: datagrams leave one by one")
             self.outbox = _fastpath.Outbox(sock.fileno(), self.account)
             self.outbox.gso = self.gso
             self.outbox.cap = HOLD_CAP
