@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 
@@ -272,7 +273,16 @@ def test_each_peer_gets_its_datagrams_in_order_whether_runs_leave_by_gso_or_not(
     asyncio.run(run())
 
 
-def test_a_kernel_refusing_gso_gets_every_datagram_sent_one_by_one(caplog: pytest.LogCaptureFixture) -> None:
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_kernel_refusing_gso_gets_every_datagram_sent_one_by_one() -> None:
     """A socket without UDP checksums makes the kernel refuse GSO (EINVAL): the refused
     run still leaves, datagram by datagram, GSO stays off and the log says why once."""
 
@@ -285,6 +295,11 @@ def test_a_kernel_refusing_gso_gets_every_datagram_sent_one_by_one(caplog: pytes
         peer.setblocking(False)
         mux = UdpMux("127.0.0.1", 0, send_path="native")
         mux.open()
+        # On the mux's own logger, at its level: an app test earlier in the run may have
+        # left the root logger's level above WARNING.
+        records, level = _Records(), udp_mux.log.level
+        udp_mux.log.addHandler(records)
+        udp_mux.log.setLevel(logging.WARNING)
         try:
             assert mux._sock is not None
             if not mux.gso_active:
@@ -298,9 +313,11 @@ def test_a_kernel_refusing_gso_gets_every_datagram_sent_one_by_one(caplog: pytes
             assert mux.packets_out == 2 * len(want) and not mux.drops
             assert mux.outbox.gso_refused == errno.EINVAL and mux.outbox.gso_messages == 0
             assert not mux.gso_active and mux.send_path_label == "native"
-            refused = [r for r in caplog.records if "refused UDP GSO" in r.getMessage()]
-            assert len(refused) == 1 and "EINVAL" in refused[0].getMessage()
+            refused = [m for m in records.messages if "refused UDP GSO" in m]
+            assert len(refused) == 1 and "EINVAL" in refused[0]
         finally:
+            udp_mux.log.removeHandler(records)
+            udp_mux.log.setLevel(level)
             mux.close()
             peer.close()
 
