@@ -218,7 +218,7 @@ class FerryServer:
             self.quic.port,
             self.config.host,
             self.engine.port,
-            self.engine.mux.send_path,
+            self.engine.mux.send_path_label,
         )
 
     async def stop(self, timeout: float | None = None) -> None:
