@@ -1,10 +1,12 @@
 """The media socket's two send paths put the same bytes on the wire in the same order.
 
-The native path (C extension: libsrtp protect + sendmmsg per batch) and the Python
-path (protect, then sendto per datagram) are driven through real loopback sockets with
-the same SRTP keys; SRTP is deterministic for a key, SSRC and index, so the datagrams a
-receiver gets must be byte for byte equal, transport-wide seq stamped in the copy
-that is encrypted. Also: what an RTX cache holds follows its max age, and RED history
+The native path (C extension: libsrtp protect into the socket's outbox, sendmmsg and
+UDP GSO runs per peer) and the Python path (protect, then sendto per datagram) are
+driven through real loopback sockets with the same SRTP keys; SRTP is deterministic for
+a key, SSRC and index, so the datagrams a receiver gets must be byte for byte equal,
+transport-wide seq stamped in the copy that is encrypted. Each peer gets its datagrams
+in order whether its runs leave by GSO, one by one, or one by one after the kernel
+refused GSO. Also: what an RTX cache holds follows its max age, and RED history
 kept without building RED payloads is the history encoding leaves.
 """
 

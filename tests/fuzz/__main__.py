@@ -121,9 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Ferry logs what it drops (once per reason) and tracebacks for internal errors;
     # the summary counts those, so keep stderr for the fuzzer's own lines.
+    # Restored on the way out: a test calls main() in-process.
+    previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
-    target = make(args.name, args.seed)
-    report = run(target, args.cases, args.seed, args.hang_s, args.save_dir, args.progress, args.slow_ms / 1000.0)
+    try:
+        target = make(args.name, args.seed)
+        report = run(target, args.cases, args.seed, args.hang_s, args.save_dir, args.progress, args.slow_ms / 1000.0)
+    finally:
+        logging.disable(previous)
     print(json.dumps(report, indent=2))
     return 1 if report["crashes"] else 0
 
