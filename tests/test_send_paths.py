@@ -297,8 +297,7 @@ def test_a_kernel_refusing_gso_gets_every_datagram_sent_one_by_one() -> None:
         peer.setblocking(False)
         mux = UdpMux("127.0.0.1", 0, send_path="native")
         mux.open()
-        # On the mux's own logger, at its level: an app test earlier in the run may have
-        # left the root logger's level above WARNING.
+        # On the mux's own logger at its own level: whatever level the root logger has.
         records, level = _Records(), udp_mux.log.level
         udp_mux.log.addHandler(records)
         udp_mux.log.setLevel(logging.WARNING)
