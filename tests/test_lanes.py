@@ -96,7 +96,7 @@ Viewer = tuple[bool, bool]  # (transport-cc: paced, RED)
 
 
 async def _run(kind: str, lanes: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    calls = {"forwarded": 0, "fallback": 0, "handoff": 0}
+    calls = {"forwarded": 0, "fallback": 0, "handoff": 0, "keyframe_from_c": 0}
     name = f"fan_out_{kind}"
     with monkeypatch.context() as m:
         if lanes:
@@ -107,6 +107,8 @@ async def _run(kind: str, lanes: bool, monkeypatch: pytest.MonkeyPatch) -> dict[
                 calls["forwarded"] += result[0]
                 calls["fallback"] += len(result[2] or ())
                 calls["handoff"] += len(result[3] or ()) // 2
+                if kind == "video" and args[6]:  # a keyframe's first packet
+                    calls["keyframe_from_c"] += result[0] + len(result[3] or ()) // 2
                 return result
 
             m.setattr(published_track_module, name, counting)
@@ -301,6 +303,10 @@ async def test_lanes_send_what_the_python_path_sends(
     assert calls["forwarded"] > 0.7 * unpaced, (calls, sizes)
     assert calls["handoff"] > 0.6 * sum(sizes[-paced:]), (calls, sizes)
     assert 0 < calls["fallback"] < 0.2 * sum(sizes), calls
+    if kind == "video":
+        # A keyframe on the layer a subscriber is on leaves from C too; only a subscriber
+        # whose waiter waits for one (or that starts or switches on it) takes Python's.
+        assert calls["keyframe_from_c"] > 0, calls
 
 
 def _digest(result: dict[str, Any]) -> str:

@@ -9,10 +9,10 @@
  * fan_out_video / fan_out_audio walk a track's lanes for one packet: they drop what the
  * selector would drop and forward what it would forward (seq/timestamp/picture id
  * continuity, plain Opus with its audio level and RED history, the RTX ring, the
- * counters, SRTP into the media socket's outbox). Every packet that needs a decision (a layer start or
- * switch, a keyframe, RED toward a lossy listener, duplicates, the NACK-loss window's
- * roll, a subscriber that is not connected) is left to the Python path: its lane's
- * index is returned, untouched.
+ * counters, SRTP into the media socket's outbox). Every packet that needs a decision
+ * (a layer start or switch, a keyframe a subscriber waits for, RED toward a lossy
+ * listener, duplicates, the NACK-loss window's roll, a subscriber that is not
+ * connected) is left to the Python path: its lane's index is returned, untouched.
  *
  * Paced subscribers (transport-cc) get their packet built here and handed back: the
  * pacer, the transport-wide seq, the send history and the probe packet stay Python's.
@@ -629,8 +629,33 @@ static int pending_add(Pending *p, SendTarget *target, unsigned char *buf, int l
 }
 
 /* Verdicts of lane_verdict: LayerSelector.accept's, with PYTHON for START and SWITCH
- * (and a video keyframe, whose arrival the selector's keyframe waiter hears of). */
+ * (and a video keyframe while the selector's keyframe waiter waits for one). */
 enum { L_DROP, L_FORWARD, L_PYTHON };
+
+/* Whether the selector's keyframe waiter waits (LayerSelector.waiter._waiting): only
+ * then must it hear of a keyframe on the current layer, from the Python path; for one
+ * that does not wait hearing of it changes nothing. 1 when it cannot be read. */
+static int waiter_waits(SelectorState *sel)
+{
+    PyObject *waiter = PyObject_GetAttrString((PyObject *)sel, "waiter");
+    if (waiter == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    PyObject *waiting = PyObject_GetAttrString(waiter, "_waiting");
+    Py_DECREF(waiter);
+    if (waiting == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    int r = PyObject_IsTrue(waiting);
+    Py_DECREF(waiting);
+    if (r < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    return r;
+}
 
 static int lane_verdict(SelectorState *sel, long index, long long ext_seq, int keyframe, int start, int is_video)
 {
@@ -645,7 +670,7 @@ static int lane_verdict(SelectorState *sel, long index, long long ext_seq, int k
         return L_DROP;
     if (sel->allocated < index && sel->target != index)
         return L_DROP;
-    return keyframe && is_video ? L_PYTHON : L_FORWARD;
+    return keyframe && is_video && waiter_waits(sel) ? L_PYTHON : L_FORWARD;
 }
 
 /* DownTrack._place's FORWARD arm: where the packet goes in the outgoing stream. */
