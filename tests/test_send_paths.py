@@ -47,6 +47,15 @@ def _packets() -> list[bytes]:
     return out
 
 
+def _peer() -> socket.socket:
+    """A non-blocking loopback receiver with room for a whole fan-out."""
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+    return peer
+
+
 class _Transportish:
     """What WebRtcTransport.send_rtp does, on a bare mux and SRTP context."""
 
@@ -191,10 +200,7 @@ def test_a_held_outbox_sends_once_its_cap_of_datagrams_wait() -> None:
     async def run() -> None:
         if not udp_mux.native_available():
             pytest.skip("native send path not built")
-        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        receiver.bind(("127.0.0.1", 0))
-        receiver.setblocking(False)
+        receiver = _peer()
         mux = UdpMux("127.0.0.1", 0, send_path="native")
         mux.open()
         try:
@@ -238,13 +244,7 @@ def test_each_peer_gets_its_datagrams_in_order_whether_runs_leave_by_gso_or_not(
     async def run() -> None:
         if not udp_mux.native_available():
             pytest.skip("native send path not built")
-        peers = []
-        for _ in range(3):
-            peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            peer.bind(("127.0.0.1", 0))
-            peer.setblocking(False)
-            peers.append(peer)
+        peers = [_peer() for _ in range(3)]
         mux = UdpMux("127.0.0.1", 0, send_path="native")
         mux.open()
         try:
@@ -291,10 +291,7 @@ def test_a_kernel_refusing_gso_gets_every_datagram_sent_one_by_one() -> None:
     async def run() -> None:
         if not udp_mux.native_available():
             pytest.skip("native send path not built")
-        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        peer.bind(("127.0.0.1", 0))
-        peer.setblocking(False)
+        peer = _peer()
         mux = UdpMux("127.0.0.1", 0, send_path="native")
         mux.open()
         # On the mux's own logger at its own level: whatever level the root logger has.
@@ -353,10 +350,7 @@ def test_a_kernel_without_udp_gso_never_gets_a_gso_message(monkeypatch: pytest.M
         if not udp_mux.native_available():
             pytest.skip("native send path not built")
         monkeypatch.setattr(udp_mux, "UDP_SEGMENT", 0x7FFF)  # an option no kernel knows
-        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        peer.bind(("127.0.0.1", 0))
-        peer.setblocking(False)
+        peer = _peer()
         mux = UdpMux("127.0.0.1", 0, send_path="native")
         mux.open()
         try:

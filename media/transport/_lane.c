@@ -805,8 +805,8 @@ static int fan_out_args(Py_ssize_t nargs, Py_ssize_t expected, const char *name,
  * the packet's payload (a buffer; kept by the RTX rings, sliced after the descriptor
  * when a lane rewrites it). picture_id / tl0picidx: -1 when the descriptor has none.
  * early: an outbox not held sends once this many datagrams are built (the first
- * subscribers need not wait for the last ones; a held one waits for its cap). fallback: indexes of the lanes the Python path must handle
- * (None when there are none); forwarded / forwarded_bytes: packets sent from here and
+ * subscribers need not wait for the last ones; a held one waits for its cap).
+ * fallback: indexes of the lanes the Python path must handle (None when there are none); forwarded / forwarded_bytes: packets sent from here and
  * their size before SRTP, as DownTrack.write_video counts them. handoff: for paced
  * subscribers, [index, packet, index, packet, ...] (None when there are none): built,
  * cached and counted here, sent by DownTrack.send_built through the pacer. */
