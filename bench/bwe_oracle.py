@@ -13,10 +13,13 @@ queue p95 with utilization over its bound, and the least queue p95 at all.
 The link is the harness's: the Mahimahi trace's delivery opportunities (one MTU
 each), a drop-tail buffer of 300 ms at the trace's mean rate; 1200-byte packets,
 queue delay counted after the 5 s warm-up, utilization over min(capacity, desired)
-per second as in ``qa.bwe_traces``. No audio, no frames: a fluid sender, so what it
-cannot reach no real one does (with the same lag).
+per second as in ``qa.bwe_traces``. No frames: a fluid sender, so what it cannot
+reach no real one does (with the same lag). With ``--audio`` it also sends the
+simulation's audio, 120 B every 20 ms, except while it knows the link is out; each
+audio packet counts in the queue p95 as in ``qa.bwe_traces``, and in a deep fade those
+small packets are most of the packets, all waiting for the link's rare opportunities.
 
-    python bench/bwe_oracle.py [NAME ...] [--lag 50] [--full]
+    python bench/bwe_oracle.py [NAME ...] [--lag 50] [--full] [--audio]
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from qa.bwe_traces import (  # noqa: E402
 )
 
 PACKET = 1200
+AUDIO_BYTES = 120  # what qa.bwe_simulation's sender adds with audio on
+AUDIO_INTERVAL_MS = 20
 DESIRED_BPS = 2_500_000.0
 WARMUP_MS = 5000
 BUFFER_MS = 300.0
@@ -57,7 +62,7 @@ def _trace(name: str):  # type: ignore[no-untyped-def]
 
 
 def run(name: str, *, lag_ms: int = 50, window_ms: int = 200, target_ms: float = 35.0, gain: float = 0.25,
-        allowance_ms: float | None = None, rate_cap: float = 1.25) -> tuple[float, float]:
+        allowance_ms: float | None = None, rate_cap: float = 1.25, audio: bool = False) -> tuple[float, float]:
     """(utilization, queue delay p95 ms) of the oracle sender on trace ``name``."""
     trace, duration = _trace(name)
     opportunities = [0] * (duration + 1)
@@ -89,6 +94,16 @@ def run(name: str, *, lag_ms: int = 50, window_ms: int = 200, target_ms: float =
         queue_ms = seen * 8000.0 / max(cap, 1e3)
         rate = min(DESIRED_BPS, cap * min(max(1.0 + gain * (target_ms - queue_ms) / target_ms, 0.0), rate_cap))
         credit = min(credit + rate / 8000.0, 3 * PACKET)
+        # audio leaves every 20 ms, charged to the rate, except while the oracle knows
+        # the link is out (nothing delivered over the last 100 ms it knows of, with a
+        # backlog): what reached a dead link waits there, however little it is
+        out = known >= 100 and seen > 0 and capacity(known - 100, known) == 0
+        if audio and t % AUDIO_INTERVAL_MS == 0 and not out:
+            credit -= AUDIO_BYTES
+            sent[t] += AUDIO_BYTES
+            if queued + AUDIO_BYTES <= limit:
+                queue.append([t, AUDIO_BYTES])
+                queued += AUDIO_BYTES
         in_flight = seen + sum(sent[max(0, known):t])
         window = None if allowance_ms is None else max(3000.0, cap * (lag_ms + allowance_ms) / 8000.0)
         while credit >= PACKET and (window is None or in_flight + PACKET <= window):
@@ -120,7 +135,7 @@ def run(name: str, *, lag_ms: int = 50, window_ms: int = 200, target_ms: float =
     return got / wanted, p95
 
 
-def frontier(name: str, lag_ms: int, grid: dict[str, tuple]) -> dict[str, object]:
+def frontier(name: str, lag_ms: int, grid: dict[str, tuple], audio: bool = False) -> dict[str, object]:
     """The best of the grid on ``name`` against the two bounds."""
     best_util: tuple[float, float, dict] | None = None  # with queue p95 under the bound
     least_queue: tuple[float, float, dict] | None = None  # with utilization over its bound
@@ -128,7 +143,7 @@ def frontier(name: str, lag_ms: int, grid: dict[str, tuple]) -> dict[str, object
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
         settings = dict(zip(keys, values, strict=True))
-        util, p95 = run(name, lag_ms=lag_ms, **settings)
+        util, p95 = run(name, lag_ms=lag_ms, audio=audio, **settings)
         if p95 < MAX_QUEUE_P95_MS and (best_util is None or util > best_util[0]):
             best_util = (util, p95, settings)
         if util >= MIN_UTILIZATION and (least_queue is None or p95 < least_queue[1]):
@@ -139,7 +154,7 @@ def frontier(name: str, lag_ms: int, grid: dict[str, tuple]) -> dict[str, object
     def show(x: tuple[float, float, dict] | None) -> dict[str, object] | None:
         return None if x is None else {"utilization": round(x[0], 3), "queue_p95_ms": x[1], **x[2]}
 
-    return {"case": name, "lag_ms": lag_ms, "settings_tried": len(list(itertools.product(*grid.values()))),
+    return {"case": name, "lag_ms": lag_ms, "audio": audio, "settings_tried": len(list(itertools.product(*grid.values()))),
             "best_utilization_within_queue_bound": show(best_util),
             "least_queue_within_utilization_bound": show(least_queue),
             "least_queue": show(least_any)}
@@ -151,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                                                  "Verizon-EVDO-driving.down"])
     ap.add_argument("--lag", type=int, default=50, help="how late the oracle learns the link (ms)")
     ap.add_argument("--full", action="store_true", help="the 300-setting grid (else 54 settings)")
+    ap.add_argument("--audio", action="store_true",
+                    help="also send the simulation's audio (120 B every 20 ms, always, each packet counted)")
     args = ap.parse_args(argv)
     for name in args.names:
-        print(json.dumps(frontier(name, args.lag, FULL_GRID if args.full else SMALL_GRID)), flush=True)
+        grid = FULL_GRID if args.full else SMALL_GRID
+        print(json.dumps(frontier(name, args.lag, grid, args.audio)), flush=True)
     return 0
 
 

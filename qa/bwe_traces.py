@@ -18,9 +18,12 @@ numbers in the README are the ones the tests check.
     backlog (pacer queue p95, sampled every 100 ms): a congestion window moves queue
     from the network into the sender, and that wait is latency too;
   * **outage**: a gap of at least ``OUTAGE_MIN_MS`` between two delivery
-    opportunities; **recovery** = from the link's return until the sender's target
-    rate (the estimate, capped at the desired rate: what the allocator forwards
-    under) is back at 80 % of ``min(capacity over the next 2 s, desired)``.
+    opportunities; **recovery** = the time the link is up from its return until the
+    sender's target rate (the estimate, capped at the desired rate: what the
+    allocator forwards under) is back at 80 % of ``min(capacity over the next 2 s,
+    desired)``. A link back for 70 ms between two outages (the cellular traces have
+    them) gives no sender a second to reach its rate: the time it then spends out
+    again does not count.
 """
 
 from __future__ import annotations
@@ -240,16 +243,16 @@ def run_metrics(run: TraceRun, warmup_ms: float = WARMUP_MS, max_outage_ms: floa
     got = sum(delivered[first:])
     delays = [d for t, d in run.queue_delays if t >= warmup_ms]
     fine = capacity_buckets(trace, 100, duration)
+    gaps = outages(trace, duration)
     recs: list[tuple[float, float, float | None]] = []
-    for start, end in outages(trace, duration):
+    for i, (start, end) in enumerate(gaps):
         if end - start > max_outage_ms or start < warmup_ms or end + RECOVERY_REF_MS > duration:
             continue
         a, b = int(end // 100), int((end + RECOVERY_REF_MS) // 100)
         ref = min(sum(fine[a:b]) / max(1, b - a), desired)
         hit = next((t for t, bps in run.target if t >= end and bps >= RECOVERY_RATIO * ref), None)
-        recs.append(
-            (round(start / 1000, 2), round((end - start) / 1000, 2), None if hit is None else round((hit - end) / 1000, 2))
-        )
+        rec = None if hit is None else (hit - end - _overlap(end, hit, gaps[i + 1:])) / 1000
+        recs.append((round(start / 1000, 2), round((end - start) / 1000, 2), None if rec is None else round(rec, 2)))
     backlog = None
     if run.backlog is not None:
         backlog = percentile([ms for t, ms in run.backlog if t >= warmup_ms], 95)
@@ -261,6 +264,11 @@ def run_metrics(run: TraceRun, warmup_ms: float = WARMUP_MS, max_outage_ms: floa
         backlog,
         recs,
     )
+
+
+def _overlap(t0: float, t1: float, gaps: list[tuple[float, float]]) -> float:
+    """How much of ``(t0, t1)`` the link spent in ``gaps``."""
+    return sum(max(0.0, min(b, t1) - max(a, t0)) for a, b in gaps)
 
 
 def sim_run(r: SimResult) -> TraceRun:

@@ -22,11 +22,14 @@ import functools
 
 import pytest
 
+from netem.rate import MahimahiTrace
 from qa.bwe_traces import (
     REAL_TRACES_DIR,
     SYNTHETIC,
     TraceMetrics,
+    TraceRun,
     real_trace_scenario,
+    run_metrics,
     run_trace,
     synthetic_scenario,
 )
@@ -59,7 +62,6 @@ NOT_YET: dict[tuple[str, str], str] = {
     ("ATT-LTE-driving-2016.up", "queue"): "p95 215 ms",
     ("Verizon-EVDO-driving.down", "utilization"): "0.746",
     ("Verizon-EVDO-driving.down", "queue"): "p95 220 ms",
-    ("Verizon-EVDO-driving.down", "recovery"): "1.2 s after 0.61 s at 27.19 s",
     ("synthetic-3g", "queue"): "p95 255 ms",
 }
 
@@ -111,3 +113,25 @@ def test_synthetic_traces_have_the_outages_they_claim() -> None:
         lengths = sorted(length for _, length, _ in m.recoveries)
         assert len(st.forced_outages) <= len(lengths), (st.name, m.recoveries)
         assert max(lengths) >= 2.9, (st.name, lengths)
+
+
+def _steady_link(ms: int, holes: list[tuple[int, int]]) -> MahimahiTrace:
+    """One 1500-byte opportunity per ms (12 Mbit/s), none inside ``holes``."""
+    return MahimahiTrace(tuple(t for t in range(1, ms + 1) if not any(a <= t < b for a, b in holes)))
+
+
+def test_recovery_counts_only_the_time_the_link_is_up() -> None:
+    """Out 6.0-6.6 s, back for 70 ms, out again until 7.67 s: a sender that reaches the
+    rate 200 ms after the second return recovered in 0.27 s of link, not 1.47 s."""
+    trace = _steady_link(10_000, [(6000, 6600), (6670, 7670)])
+    run = TraceRun("blip", trace, 10_000.0, 2_500_000.0, [], [],
+                   [(0.0, 2_500_000.0), (6100.0, 100_000.0), (7870.0, 2_500_000.0)])
+    recs = run_metrics(run).recoveries
+    assert recs == [(6.0, 0.6, 0.27), (6.67, 1.0, 0.2)]
+
+
+def test_recovery_after_a_lasting_return_counts_every_millisecond() -> None:
+    trace = _steady_link(10_000, [(6000, 6600)])
+    run = TraceRun("late", trace, 10_000.0, 2_500_000.0, [], [],
+                   [(0.0, 2_500_000.0), (6100.0, 100_000.0), (7870.0, 2_500_000.0)])
+    assert run_metrics(run).recoveries == [(6.0, 0.6, 1.27)]
