@@ -61,81 +61,120 @@ def _trace(name: str):  # type: ignore[no-untyped-def]
     return sc.down[0].trace, int(sc.duration_ms)
 
 
+class _Link:
+    """The harness's bottleneck per ms: drop-tail FIFO served by the trace's
+    opportunities (one MTU each), and what it did at each ms for the oracle to read late."""
+
+    def __init__(self, trace, duration: int) -> None:  # type: ignore[no-untyped-def]
+        self.opportunities = [0] * (duration + 1)
+        base = 0
+        while base < duration:
+            for t in trace.timestamps:
+                if base + t <= duration:
+                    self.opportunities[base + t] += 1
+            base += trace.period_ms
+        self._cumulative = [0]
+        for n in self.opportunities:
+            self._cumulative.append(self._cumulative[-1] + n)
+        self.limit = trace.mean_bps() * BUFFER_MS / 8000.0
+        self.queue: deque[list[int]] = deque()  # [enqueued at ms, bytes left]
+        self.queued = 0
+        self.backlog = [0] * (duration + 1)  # bytes queued at each ms
+        self.head = [-1] * (duration + 1)  # when the packet at the head at each ms was queued
+        self.sojourns: list[tuple[int, int]] = []  # (delivered at ms, its sojourn) per packet
+        self.delivered = [0.0] * (duration // 1000 + 2)  # bits per second of the run
+        self.delays: list[int] = []  # sojourns of packets queued after the warm-up
+
+    def capacity(self, t0: int, t1: int) -> float:
+        """Bit/s the trace offered over (t0, t1]."""
+        return (self._cumulative[t1 + 1] - self._cumulative[t0 + 1]) * MTU_BYTES * 8000.0 / (t1 - t0)
+
+    def push(self, t: int, size: int) -> None:
+        if self.queued + size <= self.limit:
+            self.queue.append([t, size])
+            self.queued += size
+
+    def serve(self, t: int) -> None:
+        queue = self.queue
+        for _ in range(self.opportunities[t]):
+            room = MTU_BYTES
+            while queue and room > 0:
+                take = min(room, queue[0][1])
+                queue[0][1] -= take
+                room -= take
+                self.queued -= take
+                self.delivered[max(0, t - 1) // 1000] += take * 8
+                if queue[0][1] == 0:
+                    start = queue.popleft()[0]
+                    self.sojourns.append((t, t - start))
+                    if start >= WARMUP_MS:
+                        self.delays.append(t - start)
+        self.backlog[t] = self.queued
+        self.head[t] = queue[0][0] if queue else -1
+
+
+class _FeedbackQueue:
+    """The queue as a sender learns it from feedback ``lag`` ms late: the newest
+    delivered packet's sojourn, and that the oldest undelivered one has waited at
+    least this long."""
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.newest = 0  # link.sojourns[:newest] were delivered by the time known
+
+    def queue_ms(self, known: int) -> float:
+        sojourns = self.link.sojourns
+        while self.newest < len(sojourns) and sojourns[self.newest][0] <= known:
+            self.newest += 1
+        q = float(sojourns[self.newest - 1][1]) if self.newest else 0.0
+        if known >= 0 and self.link.head[known] >= 0:
+            q = max(q, float(known - self.link.head[known]))
+        return q
+
+
 def run(name: str, *, lag_ms: int = 50, window_ms: int = 200, target_ms: float = 35.0, gain: float = 0.25,
-        allowance_ms: float | None = None, rate_cap: float = 1.25, audio: bool = False) -> tuple[float, float]:
+        allowance_ms: float | None = None, rate_cap: float = 1.25, audio: bool = False,
+        feedback_only: bool = False) -> tuple[float, float]:
     """(utilization, queue delay p95 ms) of the oracle sender on trace ``name``."""
     trace, duration = _trace(name)
-    opportunities = [0] * (duration + 1)
-    base = 0
-    while base < duration:
-        for t in trace.timestamps:
-            if base + t <= duration:
-                opportunities[base + t] += 1
-        base += trace.period_ms
-    cumulative = [0]
-    for n in opportunities:
-        cumulative.append(cumulative[-1] + n)
-
-    def capacity(t0: int, t1: int) -> float:
-        return (cumulative[t1 + 1] - cumulative[t0 + 1]) * MTU_BYTES * 8000.0 / (t1 - t0)
-
-    limit = trace.mean_bps() * BUFFER_MS / 8000.0
-    queue: deque[list[int]] = deque()  # [enqueued at ms, bytes left]
-    queued = 0
-    backlog = [0] * (duration + 1)  # bytes queued at each ms (what the oracle sees late)
+    link = _Link(trace, duration)
+    told = _FeedbackQueue(link)
     sent = [0] * (duration + 1)
-    delivered = [0.0] * (duration // 1000 + 2)
-    delays: list[int] = []
     credit = 0.0
     for t in range(duration):
         known = t - lag_ms
-        cap = capacity(known - window_ms, known) if known - window_ms >= 0 else 1e6
-        seen = backlog[known] if known >= 0 else 0
-        queue_ms = seen * 8000.0 / max(cap, 1e3)
+        cap = link.capacity(known - window_ms, known) if known - window_ms >= 0 else 1e6
+        seen = link.backlog[known] if known >= 0 else 0
+        queue_ms = told.queue_ms(known) if feedback_only else seen * 8000.0 / max(cap, 1e3)
         rate = min(DESIRED_BPS, cap * min(max(1.0 + gain * (target_ms - queue_ms) / target_ms, 0.0), rate_cap))
         credit = min(credit + rate / 8000.0, 3 * PACKET)
         # audio leaves every 20 ms, charged to the rate, except while the oracle knows
         # the link is out (nothing delivered over the last 100 ms it knows of, with a
         # backlog): what reached a dead link waits there, however little it is
-        out = known >= 100 and seen > 0 and capacity(known - 100, known) == 0
+        out = known >= 100 and seen > 0 and link.capacity(known - 100, known) == 0
         if audio and t % AUDIO_INTERVAL_MS == 0 and not out:
             credit -= AUDIO_BYTES
             sent[t] += AUDIO_BYTES
-            if queued + AUDIO_BYTES <= limit:
-                queue.append([t, AUDIO_BYTES])
-                queued += AUDIO_BYTES
+            link.push(t, AUDIO_BYTES)
         in_flight = seen + sum(sent[max(0, known):t])
         window = None if allowance_ms is None else max(3000.0, cap * (lag_ms + allowance_ms) / 8000.0)
         while credit >= PACKET and (window is None or in_flight + PACKET <= window):
             credit -= PACKET
             sent[t] += PACKET
             in_flight += PACKET
-            if queued + PACKET <= limit:
-                queue.append([t, PACKET])
-                queued += PACKET
-        for _ in range(opportunities[t]):
-            room = MTU_BYTES
-            while queue and room > 0:
-                take = min(room, queue[0][1])
-                queue[0][1] -= take
-                room -= take
-                queued -= take
-                delivered[max(0, t - 1) // 1000] += take * 8
-                if queue[0][1] == 0:
-                    start = queue.popleft()[0]
-                    if start >= WARMUP_MS:
-                        delays.append(t - start)
-        backlog[t] = queued
+            link.push(t, PACKET)
+        link.serve(t)
     caps = capacity_buckets(trace, 1000, duration)
     skip = WARMUP_MS // 1000
     wanted = sum(min(c, DESIRED_BPS) for c in caps[skip:])
-    got = sum(delivered[skip:len(caps)])
-    delays.sort()
+    got = sum(link.delivered[skip:len(caps)])
+    delays = sorted(link.delays)
     p95 = float(delays[int(0.95 * len(delays)) - 1]) if delays else 0.0
     return got / wanted, p95
 
 
-def frontier(name: str, lag_ms: int, grid: dict[str, tuple], audio: bool = False) -> dict[str, object]:
+def frontier(name: str, lag_ms: int, grid: dict[str, tuple], audio: bool = False,
+             feedback_only: bool = False) -> dict[str, object]:
     """The best of the grid on ``name`` against the two bounds."""
     best_util: tuple[float, float, dict] | None = None  # with queue p95 under the bound
     least_queue: tuple[float, float, dict] | None = None  # with utilization over its bound
@@ -143,7 +182,7 @@ def frontier(name: str, lag_ms: int, grid: dict[str, tuple], audio: bool = False
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
         settings = dict(zip(keys, values, strict=True))
-        util, p95 = run(name, lag_ms=lag_ms, audio=audio, **settings)
+        util, p95 = run(name, lag_ms=lag_ms, audio=audio, feedback_only=feedback_only, **settings)
         if p95 < MAX_QUEUE_P95_MS and (best_util is None or util > best_util[0]):
             best_util = (util, p95, settings)
         if util >= MIN_UTILIZATION and (least_queue is None or p95 < least_queue[1]):
@@ -154,7 +193,7 @@ def frontier(name: str, lag_ms: int, grid: dict[str, tuple], audio: bool = False
     def show(x: tuple[float, float, dict] | None) -> dict[str, object] | None:
         return None if x is None else {"utilization": round(x[0], 3), "queue_p95_ms": x[1], **x[2]}
 
-    return {"case": name, "lag_ms": lag_ms, "audio": audio, "settings_tried": len(list(itertools.product(*grid.values()))),
+    return {"case": name, "lag_ms": lag_ms, "audio": audio, "feedback_only": feedback_only, "settings_tried": len(list(itertools.product(*grid.values()))),
             "best_utilization_within_queue_bound": show(best_util),
             "least_queue_within_utilization_bound": show(least_queue),
             "least_queue": show(least_any)}
@@ -168,10 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="the 300-setting grid (else 54 settings)")
     ap.add_argument("--audio", action="store_true",
                     help="also send the simulation's audio (120 B every 20 ms, always, each packet counted)")
+    ap.add_argument("--feedback-only", action="store_true",
+                    help="know the queue only as a sender does: the newest delivered packet's sojourn and "
+                         "the age of the oldest undelivered one (else: the bottleneck's backlog itself)")
     args = ap.parse_args(argv)
     for name in args.names:
         grid = FULL_GRID if args.full else SMALL_GRID
-        print(json.dumps(frontier(name, args.lag, grid, args.audio)), flush=True)
+        print(json.dumps(frontier(name, args.lag, grid, args.audio, args.feedback_only)), flush=True)
     return 0
 
 
