@@ -593,11 +593,14 @@ async def test_chromium_simulcast_low_and_high_subscribers(server: FerryServer) 
             print("slow trace (t, layer, target, desired, estimate, live, prices):", slow_trace)
             print("slow probe results:", getattr(getattr(est, "probe_results", None), "results", None))
         # The fast one never leaves f. The slow one holds q: on a loaded machine Chrome's h
-        # sometimes dips to ~225 kbit/s and priced there it fits a 295 kbit/s estimate, so
-        # a short visit to h (back to q when the queue says so) is allowed, never more
-        # than a fifth of the hold, and it must end on q.
+        # sometimes dips to 190-225 kbit/s for a second and priced there it fits a
+        # 240-295 kbit/s estimate, so a visit to h is allowed while h fits (never chosen
+        # above the estimate), back to q once h's price rises; most of the hold on q,
+        # and it ends there.
         assert layers_seen["fast"] == {2}
-        assert layers_seen["slow"] <= {0, 1} and on_q[0] >= 0.8 * on_q[1], (on_q, slow_trace)
+        assert layers_seen["slow"] <= {0, 1} and on_q[0] >= 0.5 * on_q[1], (on_q, slow_trace)
+        over = [s for s in slow_trace if s[2] == 1 and s[6][1] > s[4]]  # h chosen above the estimate
+        assert not over, (over, slow_trace)
         assert down("slow").selector.current == 0
         for name in subs:
             assert keyframes[name] >= 1
