@@ -12,11 +12,12 @@ kept without building RED payloads is the history encoding leaves.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import errno
 import logging
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -193,36 +194,37 @@ def test_red_at_a_shorter_distance_from_a_longer_history_is_that_distances_red()
     assert longer.encode(*frames[6], 2) == full.encode(*frames[6])
 
 
-def test_a_held_outbox_sends_once_its_cap_of_datagrams_wait() -> None:
+@contextlib.contextmanager
+def _native_mux(**kwargs: object) -> Iterator[UdpMux]:
+    """An open mux on the native send path (the test skips where it is not built)."""
+    if not udp_mux.native_available():
+        pytest.skip("native send path not built")
+    mux = UdpMux("127.0.0.1", 0, send_path="native", **kwargs)  # type: ignore[arg-type]
+    mux.open()
+    try:
+        yield mux
+    finally:
+        mux.close()
+
+
+async def test_a_held_outbox_sends_once_its_cap_of_datagrams_wait() -> None:
     """The first peers of a big fan-out get their copies while the rest are built:
     a held outbox sends once HOLD_CAP datagrams wait, the remainder at the flush."""
-
-    async def run() -> None:
-        if not udp_mux.native_available():
-            pytest.skip("native send path not built")
-        receiver = _peer()
-        mux = UdpMux("127.0.0.1", 0, send_path="native")
-        mux.open()
-        try:
-            assert mux.open_batch()
-            cap = udp_mux.HOLD_CAP
-            for i in range(cap + 3):
-                mux.sendto(b"x%d" % i, receiver.getsockname())
-                if i == cap - 1:
-                    # Sent before the flush: readable now, in order.
-                    got = [receiver.recv(64) for _ in range(cap)]
-                    assert got == [b"x%d" % k for k in range(cap)]
-                    with pytest.raises(BlockingIOError):
-                        receiver.recv(64)
-            assert mux.outbox.pending == 3
-            mux.flush()
-            assert mux.packets_out == cap + 3 and mux.outbox.pending == 0
-            assert [receiver.recv(64) for _ in range(3)] == [b"x%d" % k for k in range(cap, cap + 3)]
-        finally:
-            mux.close()
-            receiver.close()
-
-    asyncio.run(run())
+    with _native_mux() as mux, contextlib.closing(_peer()) as receiver:
+        assert mux.open_batch()
+        cap = udp_mux.HOLD_CAP
+        for i in range(cap + 3):
+            mux.sendto(b"x%d" % i, receiver.getsockname())
+            if i == cap - 1:
+                # Sent before the flush: readable now, in order.
+                got = [receiver.recv(64) for _ in range(cap)]
+                assert got == [b"x%d" % k for k in range(cap)]
+                with pytest.raises(BlockingIOError):
+                    receiver.recv(64)
+        assert mux.outbox.pending == 3
+        mux.flush()
+        assert mux.packets_out == cap + 3 and mux.outbox.pending == 0
+        assert [receiver.recv(64) for _ in range(3)] == [b"x%d" % k for k in range(cap, cap + 3)]
 
 
 def _fan_out_like(mux: UdpMux, peers: list[socket.socket]) -> dict[int, list[bytes]]:
@@ -240,39 +242,28 @@ def _fan_out_like(mux: UdpMux, peers: list[socket.socket]) -> dict[int, list[byt
 
 
 @pytest.mark.parametrize("gso", [True, False])
-def test_each_peer_gets_its_datagrams_in_order_whether_runs_leave_by_gso_or_not(gso: bool) -> None:
-    async def run() -> None:
-        if not udp_mux.native_available():
-            pytest.skip("native send path not built")
-        peers = [_peer() for _ in range(3)]
-        mux = UdpMux("127.0.0.1", 0, send_path="native")
-        mux.open()
-        try:
-            if gso and not mux.gso_active:
-                pytest.skip("this kernel has no UDP GSO")
-            mux.outbox.gso = gso
-            assert mux.open_batch()
-            want = _fan_out_like(mux, peers)
-            mux.flush()
-            total = sum(len(v) for v in want.values())
-            assert mux.packets_out == total and not mux.drops
-            for k, peer in enumerate(peers):
-                assert [peer.recv(2048) for _ in want[k]] == want[k]
-                with pytest.raises(BlockingIOError):
-                    peer.recv(2048)
-            if gso:
-                # Per peer: 9 x 1100 + 700 | 120 | 1100, 1100, 400 | 64 x 1100 | 6 x 1100.
-                assert mux.outbox.gso_messages == 3 * 4
-                assert mux.outbox.gso_datagrams == 3 * (10 + 3 + 70)
-                assert mux.send_path_label == "native, UDP GSO"
-            else:
-                assert mux.outbox.gso_messages == 0 and mux.send_path_label == "native"
-        finally:
-            mux.close()
-            for peer in peers:
-                peer.close()
-
-    asyncio.run(run())
+async def test_each_peer_gets_its_datagrams_in_order_whether_runs_leave_by_gso_or_not(gso: bool) -> None:
+    with _native_mux() as mux, contextlib.ExitStack() as stack:
+        peers = [stack.enter_context(contextlib.closing(_peer())) for _ in range(3)]
+        if gso and not mux.gso_active:
+            pytest.skip("this kernel has no UDP GSO")
+        mux.outbox.gso = gso
+        assert mux.open_batch()
+        want = _fan_out_like(mux, peers)
+        mux.flush()
+        total = sum(len(v) for v in want.values())
+        assert mux.packets_out == total and not mux.drops
+        for k, peer in enumerate(peers):
+            assert [peer.recv(2048) for _ in want[k]] == want[k]
+            with pytest.raises(BlockingIOError):
+                peer.recv(2048)
+        if gso:
+            # Per peer: 9 x 1100 + 700 | 120 | 1100, 1100, 400 | 64 x 1100 | 6 x 1100.
+            assert mux.outbox.gso_messages == 3 * 4
+            assert mux.outbox.gso_datagrams == 3 * (10 + 3 + 70)
+            assert mux.send_path_label == "native, UDP GSO"
+        else:
+            assert mux.outbox.gso_messages == 0 and mux.send_path_label == "native"
 
 
 class _Records(logging.Handler):
@@ -284,16 +275,10 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_a_kernel_refusing_gso_gets_every_datagram_sent_one_by_one() -> None:
+async def test_a_kernel_refusing_gso_gets_every_datagram_sent_one_by_one() -> None:
     """A socket without UDP checksums makes the kernel refuse GSO (EINVAL): the refused
     run still leaves, datagram by datagram, GSO stays off and the log says why once."""
-
-    async def run() -> None:
-        if not udp_mux.native_available():
-            pytest.skip("native send path not built")
-        peer = _peer()
-        mux = UdpMux("127.0.0.1", 0, send_path="native")
-        mux.open()
+    with _native_mux() as mux, contextlib.closing(_peer()) as peer:
         # On the mux's own logger at its own level: whatever level the root logger has.
         records, level = _Records(), udp_mux.log.level
         udp_mux.log.addHandler(records)
@@ -316,72 +301,38 @@ def test_a_kernel_refusing_gso_gets_every_datagram_sent_one_by_one() -> None:
         finally:
             udp_mux.log.removeHandler(records)
             udp_mux.log.setLevel(level)
-            mux.close()
-            peer.close()
-
-    asyncio.run(run())
 
 
-def test_flush_counts_a_full_send_buffer_as_a_drop() -> None:
-    async def run() -> None:
-        if not udp_mux.native_available():
-            pytest.skip("native send path not built")
-        mux = UdpMux("127.0.0.1", 0, send_path="native", rcvbuf=4096)
-        mux.open()
-        try:
-            mux.open_batch()
-            for _ in range(2000):
-                mux.sendto(bytes(1200), ("127.0.0.1", 9))  # discard port: nobody reads
-            mux.flush()
-            sent = mux.packets_out
-            full = mux.drops["send_buffer_full"]
-            assert sent + full + mux.drops["send_error"] == 2000
-        finally:
-            mux.close()
-
-    asyncio.run(run())
+async def test_flush_counts_a_full_send_buffer_as_a_drop() -> None:
+    with _native_mux(rcvbuf=4096) as mux:
+        mux.open_batch()
+        for _ in range(2000):
+            mux.sendto(bytes(1200), ("127.0.0.1", 9))  # discard port: nobody reads
+        mux.flush()
+        sent = mux.packets_out
+        full = mux.drops["send_buffer_full"]
+        assert sent + full + mux.drops["send_error"] == 2000
 
 
-def test_a_kernel_without_udp_gso_never_gets_a_gso_message(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_kernel_without_udp_gso_never_gets_a_gso_message(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where UDP_SEGMENT is unknown the kernel would ignore the control message and send
     a run as one jumbo datagram: the outbox starts with GSO off and runs leave singly."""
-
-    async def run() -> None:
-        if not udp_mux.native_available():
-            pytest.skip("native send path not built")
-        monkeypatch.setattr(udp_mux, "UDP_SEGMENT", 0x7FFF)  # an option no kernel knows
-        peer = _peer()
-        mux = UdpMux("127.0.0.1", 0, send_path="native")
-        mux.open()
-        try:
-            assert not mux.gso and not mux.gso_active
-            assert mux.open_batch()
-            want = _fan_out_like(mux, [peer])[0]
-            mux.flush()
-            assert [peer.recv(4096) for _ in want] == want
-            assert mux.outbox.gso_messages == 0 and mux.outbox.gso_refused == 0
-        finally:
-            mux.close()
-            peer.close()
-
-    asyncio.run(run())
+    monkeypatch.setattr(udp_mux, "UDP_SEGMENT", 0x7FFF)  # an option no kernel knows
+    with _native_mux() as mux, contextlib.closing(_peer()) as peer:
+        assert not mux.gso and not mux.gso_active
+        assert mux.open_batch()
+        want = _fan_out_like(mux, [peer])[0]
+        mux.flush()
+        assert [peer.recv(4096) for _ in want] == want
+        assert mux.outbox.gso_messages == 0 and mux.outbox.gso_refused == 0
 
 
-def test_a_big_room_raises_the_held_outbox_cap_so_each_peer_still_gets_runs() -> None:
-    async def run() -> None:
-        if not udp_mux.native_available():
-            pytest.skip("native send path not built")
-        mux = UdpMux("127.0.0.1", 0, send_path="native")
-        mux.open()
-        try:
-            assert mux.outbox.cap == udp_mux.HOLD_CAP
-            mux.fit_fan_out(80)
-            assert mux.outbox.cap == udp_mux.HOLD_CAP  # 80 peers x 4 packets fit already
-            mux.fit_fan_out(500)
-            assert mux.outbox.cap == 500 * udp_mux.PACKETS_PER_RUN
-            mux.fit_fan_out(100_000)
-            assert mux.outbox.cap == udp_mux.MAX_HOLD_CAP
-        finally:
-            mux.close()
-
-    asyncio.run(run())
+async def test_a_big_room_raises_the_held_outbox_cap_so_each_peer_still_gets_runs() -> None:
+    with _native_mux() as mux:
+        assert mux.outbox.cap == udp_mux.HOLD_CAP
+        mux.fit_fan_out(80)
+        assert mux.outbox.cap == udp_mux.HOLD_CAP  # 80 peers x 4 packets fit already
+        mux.fit_fan_out(500)
+        assert mux.outbox.cap == 500 * udp_mux.PACKETS_PER_RUN
+        mux.fit_fan_out(100_000)
+        assert mux.outbox.cap == udp_mux.MAX_HOLD_CAP
