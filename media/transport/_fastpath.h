@@ -28,9 +28,9 @@ extern PyTypeObject OutboxType;
 /* The buffer (SLOT bytes) the next datagram is built in; NULL with an exception set. */
 unsigned char *outbox_slot(Outbox *o);
 /* Protect (srtp != 0) the datagram built in outbox_slot() and queue it for addr; it
- * leaves once `early` datagrams wait (a held outbox: its cap). -1 on a Python error. */
-int outbox_commit(Outbox *o, unsigned char *buf, int len, const struct sockaddr_storage *addr, socklen_t alen,
-                  uintptr_t srtp, int early);
+ * leaves once `early` datagrams wait (a held outbox: its cap). Failures are counted. */
+void outbox_commit(Outbox *o, unsigned char *buf, int len, const struct sockaddr_storage *addr, socklen_t alen,
+                   uintptr_t srtp, int early);
 /* The end of one fan-out: a held outbox keeps what waits for the mux's flush; else it
  * is sent and accounted. -1 on a Python error (the account callback's). */
 int outbox_settle(Outbox *o);

@@ -623,9 +623,9 @@ static unsigned char *pending_buffer(Pending *p, SendTarget *target)
 }
 
 /* Protect the datagram built in pending_buffer() and queue it. */
-static int pending_add(Pending *p, SendTarget *target, unsigned char *buf, int len, long early)
+static void pending_add(Pending *p, SendTarget *target, unsigned char *buf, int len, long early)
 {
-    return outbox_commit(p->outbox, buf, len, &target->addr, target->alen, target->srtp, (int)early);
+    outbox_commit(p->outbox, buf, len, &target->addr, target->alen, target->srtp, (int)early);
 }
 
 /* Verdicts of lane_verdict: LayerSelector.accept's, with PYTHON for START and SWITCH
@@ -758,7 +758,7 @@ static PyObject *fan_out_finish(FanOut *f, int failed)
     return result;
 }
 
-/* Where a lane builds its packet: the next datagram of the batch, or (paced) new bytes
+/* Where a lane builds its packet: the next slot of the outbox, or (paced) new bytes
  * handed over to Python (*packet). NULL with an exception set. */
 static unsigned char *lane_buffer(FanOut *f, SendTarget *target, int paced, int len, PyObject **packet)
 {
@@ -769,7 +769,7 @@ static unsigned char *lane_buffer(FanOut *f, SendTarget *target, int paced, int 
 }
 
 /* The packet lane k built leaves: handed over (paced: steals packet) or protected into
- * the batch. -1 on a Python error. */
+ * the outbox. -1 on a Python error. */
 static int lane_send(FanOut *f, Py_ssize_t k, SendTarget *target, PyObject *packet, unsigned char *buf, int len,
                      long early)
 {
@@ -778,7 +778,8 @@ static int lane_send(FanOut *f, Py_ssize_t k, SendTarget *target, PyObject *pack
     Py_XDECREF(packet);
     f->forwarded += 1;
     f->forwarded_bytes += len;
-    return pending_add(&f->pend, target, buf, len, early);
+    pending_add(&f->pend, target, buf, len, early);
+    return 0;
 }
 
 /* The arguments every fan-out starts with: nargs, and lanes a list. */
@@ -806,8 +807,9 @@ static int fan_out_args(Py_ssize_t nargs, Py_ssize_t expected, const char *name,
  * when a lane rewrites it). picture_id / tl0picidx: -1 when the descriptor has none.
  * early: an outbox not held sends once this many datagrams are built (the first
  * subscribers need not wait for the last ones; a held one waits for its cap).
- * fallback: indexes of the lanes the Python path must handle (None when there are none); forwarded / forwarded_bytes: packets sent from here and
- * their size before SRTP, as DownTrack.write_video counts them. handoff: for paced
+ * fallback: indexes of the lanes the Python path must handle (None when there are
+ * none); forwarded / forwarded_bytes: packets sent from here and their size before
+ * SRTP, as DownTrack.write_video counts them. handoff: for paced
  * subscribers, [index, packet, index, packet, ...] (None when there are none): built,
  * cached and counted here, sent by DownTrack.send_built through the pacer. */
 PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -901,7 +903,7 @@ PyObject *fan_out_video(PyObject *module, PyObject *const *args, Py_ssize_t narg
             }
         }
         /* Build: header, Ferry's extension block, the (rewritten) descriptor, the rest;
-         * into the next datagram of the batch, or (paced) into the bytes handed over. */
+         * into the next slot of the outbox, or (paced) into the bytes handed over. */
         int len = (int)(12 + lane->ext_len + payload_len);
         PyObject *packet = NULL;
         unsigned char *buf = lane_buffer(&f, target, paced, len, &packet);

@@ -14,7 +14,8 @@
  * Messages leave by sendmmsg(2), BATCH at a time.
  *
  * The kernel may refuse GSO (no checksum offload on the route's device: EIO; a socket
- * without UDP checksums, or a segment over the path MTU: EINVAL): that message's
+ * without UDP checksums, or a segment over the path MTU: EINVAL; EOPNOTSUPP or
+ * ENOPROTOOPT where the socket or kernel lacks it): that message's
  * datagrams are sent one by one, GSO is off for the outbox from then on, and
  * `gso_refused` says why. Without GSO the datagrams leave in the order they came.
  */
@@ -304,13 +305,13 @@ unsigned char *outbox_slot(Outbox *o)
     return slot_at(o, o->count);
 }
 
-int outbox_commit(Outbox *o, unsigned char *buf, int len, const struct sockaddr_storage *addr, socklen_t alen,
-                  uintptr_t srtp, int early)
+void outbox_commit(Outbox *o, unsigned char *buf, int len, const struct sockaddr_storage *addr, socklen_t alen,
+                   uintptr_t srtp, int early)
 {
     o->nbytes += len;
     if (srtp != 0 && (fp_protect == NULL || fp_protect((void *)srtp, buf, &len) != 0)) {
         o->protect_errors++;
-        return 0;
+        return;
     }
     int c = o->count++;
     o->lens[c] = len;
@@ -318,7 +319,6 @@ int outbox_commit(Outbox *o, unsigned char *buf, int len, const struct sockaddr_
     o->alens[c] = alen;
     if (o->count >= (o->held ? o->cap : early))
         send_waiting(o);
-    return 0;
 }
 
 int outbox_settle(Outbox *o)
@@ -428,8 +428,7 @@ static PyObject *Outbox_add(Outbox *self, PyObject *const *args, Py_ssize_t narg
         buf[seq_at] = (unsigned char)((seq >> 8) & 0xFF);
         buf[seq_at + 1] = (unsigned char)(seq & 0xFF);
     }
-    if (outbox_commit(self, buf, (int)size, &addr, alen, (uintptr_t)srtp, self->cap) < 0)
-        return NULL;
+    outbox_commit(self, buf, (int)size, &addr, alen, (uintptr_t)srtp, self->cap);
     Py_RETURN_NONE;
 }
 
