@@ -62,7 +62,7 @@ def main() -> None:
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     outbox = udp_mux._fastpath.Outbox(tx.fileno())
-    outbox.cap = 4096
+    outbox.cap = udp_mux.MAX_HOLD_CAP
     data = bytes(args.size)
     per = args.peers * args.packets
     totals = {"gso": [0.0, 0.0, 0], "one_by_one": [0.0, 0.0, 0]}
