@@ -490,6 +490,20 @@ class DownTrack(DownTrackState):
             extensions=((self.twcc_ext_id, b"\x00\x00"),),
         )
 
+    def capture_timestamp(self, now_ms: float) -> int | None:
+        """This stream's RTP timestamp for the capture instant ``now_ms``, from the
+        forwarded layer's latest sender report through the rewriter's offset; None
+        before the layer has sent one (`media.rtp.sender_clock` says why)."""
+        current = self.selector.current
+        if current is None:
+            return None
+        anchor = self.track.layers[current].capture_anchor
+        if anchor is None:
+            return None
+        rtp_ts, at_ms = anchor
+        elapsed = round((now_ms - at_ms) * self.clock_rate / 1000.0)
+        return (rtp_ts + self.rewriter.ts_offset + elapsed) & 0xFFFFFFFF
+
     def request_keyframe(self, now_ms: float) -> None:
         """A PLI/FIR from the subscriber, or our own need after a switch."""
         self.selector.request_keyframe(now_ms)

@@ -80,6 +80,7 @@ class Layer:
         "last_packet_ms",
         "last_bps",
         "price_ms",
+        "capture_anchor",
         "_highest_ext",
         "_rebuilt",
     )
@@ -101,6 +102,9 @@ class Layer:
         self.last_packet_ms: float | None = None
         self.last_bps = 0.0  # its price: recent peak rate (pricing.py)
         self.price_ms = 0.0  # when last_bps was last measured
+        # (RTP timestamp, Ferry ms) of the latest sender report: the capture clock
+        # Ferry's own reports for this layer's forwarded stream are drawn from.
+        self.capture_anchor: tuple[int, float] | None = None
         self._highest_ext: int | None = None
         self._rebuilt: set[int] = set()  # audio seqs rebuilt from RED (not to forward twice)
 
@@ -303,8 +307,11 @@ class Layer:
         if self.ssrc is not None and self.keyframes.request(now_ms):
             self.track.send_pli(self.ssrc)
 
-    def on_sender_report(self, ntp: int, rtp_timestamp: int, now_ms: float) -> None:
-        """An RTCP SR for this layer: LSR/DLSR bookkeeping, then the sinks' clock mapping."""
+    def on_sender_report(self, ntp: int, rtp_timestamp: int, now_ms: float, at_ms: float | None = None) -> None:
+        """An RTCP SR for this layer: LSR/DLSR bookkeeping, the capture anchor (``at_ms``:
+        the report's NTP instant on Ferry's clock), then the sinks' clock mapping."""
+        if at_ms is not None:
+            self.capture_anchor = (rtp_timestamp, at_ms)
         if self.stream is not None:
             self.stream.on_sender_report((ntp >> 16) & 0xFFFFFFFF, now_ms)
         for sink in self.track.sinks:

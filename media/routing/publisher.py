@@ -14,6 +14,7 @@ from collections.abc import Callable
 from aiortc.rtp import RtcpSrPacket
 
 from media.ortc import EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TWCC
+from media.rtp.sender_clock import SenderClock
 from media.rtp.twcc import TwccRecorder
 from media.stats import EngineStats
 from media.transport.webrtc_transport import WebRtcTransport
@@ -62,6 +63,7 @@ class PublisherPeer:
         self._ext_twcc: int | None = None
         self._ext_audio_level: int | None = None
         self.twcc: TwccRecorder | None = None
+        self.clock = SenderClock()  # its reports' NTP time on Ferry's clock
         self._next_rr_ms = 0.0
         self.connected = False
         transport.listener = self
@@ -222,7 +224,8 @@ class PublisherPeer:
                 entry = self._ssrc_map.get(packet.ssrc)
                 if entry is not None and not entry[1] and entry[0].stream is not None:
                     info = packet.sender_info
-                    entry[0].on_sender_report(info.ntp_timestamp, info.rtp_timestamp, now_ms)
+                    at_ms = self.clock.on_sender_report(info.ntp_timestamp, now_ms)
+                    entry[0].on_sender_report(info.ntp_timestamp, info.rtp_timestamp, now_ms, at_ms)
 
     def send_pli(self, media_ssrc: int) -> None:
         self.transport.send_rtcp(build_pli(self.rtcp_ssrc, media_ssrc))

@@ -465,7 +465,7 @@ class SubscriberPeer:
         for down in self.down_tracks.values():
             if down.stream.packets_sent == 0:
                 continue
-            info = down.stream.sender_report_info(now_ms, ntp)
+            info = down.stream.sender_report_info(now_ms, ntp, down.capture_timestamp(now_ms))
             chunk += build_sr(
                 down.ssrc,
                 info.ntp_timestamp,

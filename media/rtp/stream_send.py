@@ -74,15 +74,17 @@ class RtpStreamSend(SendCounters):
             self._mark = (now_ms, self.bytes_sent)
         return rate
 
-    def sender_report_info(self, now_ms: float, ntp: int) -> RtcpSenderInfo:
+    def sender_report_info(self, now_ms: float, ntp: int, rtp_ts: int | None = None) -> RtcpSenderInfo:
         """Sender info for an SR sent at ``now_ms`` (wall time ``ntp``).
 
-        The RTP timestamp is the last sent packet's, advanced by the time since at the
-        clock rate, so it names the same instant as ``ntp`` (RFC 3550 6.4.1).
+        ``rtp_ts`` is the stream's timestamp for that instant when the caller knows the
+        capture clock; else it is the last sent packet's, advanced by the time since at
+        the clock rate (RFC 3550 6.4.1), which reads late by however long that packet
+        waited before it was sent.
         """
-        if self._last_rtp_ts is None:
+        if rtp_ts is None and self._last_rtp_ts is None:
             rtp_ts = 0
-        else:
+        elif rtp_ts is None:
             elapsed = (now_ms - self._last_sent_ms) * self._ts_per_ms
             rtp_ts = (self._last_rtp_ts + round(elapsed)) & 0xFFFFFFFF
         return RtcpSenderInfo(
