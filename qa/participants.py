@@ -273,8 +273,9 @@ class ChromiumParticipant(Participant):
                                           timeout=self.ctx.options.connect_timeout_s * 1000)
         self.connected = True
         self._chrome_prev: dict[str, tuple[int, int, float]] = {}  # sid -> frames, freezes, s
-        self._jitter_prev: tuple[float, int] = (0.0, 0)
+        self._jitter_prev: dict[str, tuple[float, int]] = {}  # kind -> delay s, emitted
         self.jitter_buffer_ms: float | None = None
+        self.audio_jitter_buffer_ms: float | None = None
 
     async def client_sample(self) -> dict[str, Any]:
         stats = await self.page.evaluate("window.ferry.stats()")
@@ -300,17 +301,35 @@ class ChromiumParticipant(Participant):
                 for epoch_ms, ms in (tile.get(key) or []) if m is not None else []:
                     m.on_latency(now - (float(probe["now"]) - float(epoch_ms)) / 1000.0, float(ms))
         return {"rtt_ms": rtt * 1000.0 if rtt is not None else None, "jitter_ms": None,
-                "rx": (rx, lost), "connected": True, "jitter_buffer_ms": self.jitter_buffer_ms}
+                "rx": (rx, lost), "connected": True, "jitter_buffer_ms": self.jitter_buffer_ms,
+                "audio_jitter_buffer_ms": self.audio_jitter_buffer_ms}
 
     def video_frames_sent(self) -> int | None:
         return getattr(self, "_frames_encoded", None)
+
+    def _jitter_buffers(self, inbound: list[dict[str, Any]]) -> None:
+        """Chrome's video and audio jitter buffer delay over the last sample (their share
+        of latency); the video's follows the audio's where lip sync holds it back."""
+        jitter = {"video": [0.0, 0], "audio": [0.0, 0]}  # kind -> delay s, emitted
+        for s in inbound:
+            if s.get("sid") and s.get("kind") in jitter:
+                j = jitter[s["kind"]]
+                j[0] += float(s.get("jitterBufferDelay") or 0.0)
+                j[1] += int(s.get("jitterBufferEmittedCount") or 0)
+        for kind, (delay, emitted) in jitter.items():
+            prev_delay, prev_emitted = self._jitter_prev.get(kind, (0.0, 0))
+            ms = (delay - prev_delay) / (emitted - prev_emitted) * 1000.0 if emitted > prev_emitted else None
+            self._jitter_prev[kind] = (delay, emitted)
+            if kind == "video":
+                self.jitter_buffer_ms = ms
+            else:
+                self.audio_jitter_buffer_ms = ms
 
     def _chrome_inbound(self, inbound: list[dict[str, Any]], now: float) -> None:
         """Chrome's own per-track figures: decoded frames, freezes (``freezeCount``,
         ``totalFreezesDuration``) and audio concealment, summed per remote participant."""
         videos: dict[str, list[float]] = {}
         audios: dict[str, list[float]] = {}  # concealed samples, received samples, events
-        jitter_delay, emitted = 0.0, 0
         for s in inbound:
             sid = s.get("sid")
             if not sid:
@@ -320,18 +339,12 @@ class ChromiumParticipant(Participant):
                 v[0] += int(s.get("framesDecoded") or 0)
                 v[1] += int(s.get("freezeCount") or 0)
                 v[2] += float(s.get("totalFreezesDuration") or 0.0)
-                jitter_delay += float(s.get("jitterBufferDelay") or 0.0)
-                emitted += int(s.get("jitterBufferEmittedCount") or 0)
             elif s.get("kind") == "audio":
                 a = audios.setdefault(sid, [0.0, 0.0, 0.0])
                 a[0] += float(s.get("concealedSamples") or 0)
                 a[1] += float(s.get("totalSamplesReceived") or 0)
                 a[2] += float(s.get("concealmentEvents") or 0)
-        # Chrome's video jitter buffer delay over the last sample (its share of latency)
-        prev_delay, prev_emitted = self._jitter_prev
-        self.jitter_buffer_ms = ((jitter_delay - prev_delay) / (emitted - prev_emitted) * 1000.0
-                                 if emitted > prev_emitted else None)
-        self._jitter_prev = (jitter_delay, emitted)
+        self._jitter_buffers(inbound)
         # The first sample (at t = 0) only sets the baselines: counters run from the
         # track's start, the window from t = 0.
         t0 = self.ctx.t0
