@@ -133,11 +133,17 @@ async def test_red_packets_are_unwrapped_and_fill_losses(engine: CaptionEngine) 
 async def test_loud_clipped_speech_is_captioned(engine: CaptionEngine) -> None:
     got: list[Caption] = []
     sink = open_sink(engine, got)
-    pcm, _ = lecture(SENTENCES[2:3])
+    # All four sentences: tiny.en's words for one clipped sentence hang on the CPU's
+    # instruction set (CTranslate2's int8 kernels): "Can everyone hear me clearly now?"
+    # reads back with a WER of 0 (AVX2) to 0.5 (AVX-512, "here be clearly out"), the four
+    # together 0-0.1 on every one (CT2_FORCE_CPU_ISA=AVX512/AVX2/AVX/GENERIC).
+    pcm, _ = lecture(SENTENCES)
     clipped = np.clip(pcm.astype(np.int32) * 3, -32768, 32767).astype(np.int16)
+    assert np.mean(np.abs(clipped.astype(np.int32)) >= 32767) > 0.002  # really clipped
     await drive(sink, rtp_packets(opus_frames(clipped, bit_rate=48000)))
     sink.close()
-    assert wer(SENTENCES[2], finals_text(got)) <= 0.34, got
+    assert len([c for c in got if c.final]) == len(SENTENCES), got
+    assert wer(" ".join(SENTENCES), finals_text(got)) <= 0.25, finals_text(got)
 
 
 def test_bad_models_and_languages_are_one_clear_error(tmp_path: Path) -> None:
