@@ -119,9 +119,11 @@ def _outside_outages(points: list[list[float]]) -> list[float]:
 
 
 def test_3g_trace_with_two_outages_freeze_latency_and_rtt(tmp_path: Path) -> None:
-    """Measured (``pytest -s``, 9 runs, 4 of them with the load average at 4-10): longest
-    freeze 1.98-2.03 s (the outage itself), glass-to-glass p95 outside the outages
-    197-383 ms, RTT max 246-378 ms. The RTT stays short because nothing large waits out an outage
+    """Measured (``pytest -s``, 16 runs, one core kept busy beside them): longest freeze
+    1.95-2.03 s (the outage itself), glass-to-glass p95 outside the outages 196-332 ms
+    in 15 runs and 572 ms in one (a fade from 1.05 to 0.55 Mbit/s while on f queued
+    600 ms, and Chrome's audio jitter buffer, the video synced to it, stayed 320-440 ms
+    fuller for 10 s), RTT max 222-386 ms. The RTT stays short because nothing large waits out an outage
     in the bottleneck: video is paused, audio shed, the packet that draws feedback is
     padding alone, and checks on the path are not answered while the link is out."""
     trace = tmp_path / "3g-two-outages.trace"
