@@ -7,10 +7,15 @@ offset; time a packet spent in pacers does not move it.
 
 from __future__ import annotations
 
+from aiortc.rtp import RtcpSrPacket
+
 from media.rtp.ntp import ntp_from_unix
 from media.rtp.sender_clock import WINDOW_MS, SenderClock
+from media.wire.rtcp import build_sr, parse_rtcp
+from media.wire.rtp import build_rtp
 
-from .fakes import OpusStream, Vp8Layer
+from .fakes import OpusStream, Vp8Layer, opus_frame
+from .router_setup import audio_viewer
 from .test_routing import LAYER_SSRCS, TS_MASK, Simulcast, audio_track, feed, subscribe, video_track
 
 UNIX0 = 1_700_000_000.0
@@ -89,3 +94,32 @@ def test_audio_reports_from_the_send_time_until_the_publisher_sends_one() -> Non
     # the publisher's SR: its first frame (timestamp 48000) was captured at Ferry time 60
     track.layers[0].on_sender_report(NTP0, 48_000, 150.0, 60.0)
     assert down.capture_timestamp(200.0) == (out[0].view.timestamp + 140 * 48) & TS_MASK
+
+
+def test_a_publishers_sr_reaches_the_viewers_sr_through_the_engine() -> None:
+    """Publisher RTCP in, through the publisher's clock and the audio layer's anchor,
+    to the SR Ferry sends the viewer: socket-free, the Router as a publish and a
+    subscription leave it."""
+    engine, sub, down = audio_viewer()
+    pub = engine.router("room").participants["PA_pub"].publisher
+    ssrc = 573889840  # the fixture offer's audio SSRC
+    rtcp: list[bytes] = []
+    sub.transport.send_rtcp = rtcp.append  # type: ignore[method-assign]
+    wire: list[bytes] = []
+    sub.transport.send_rtp = lambda packet, seq_at=0, seq=0: wire.append(packet)  # type: ignore[method-assign]
+    t0 = engine.now_ms()
+    # The publisher's SR: RTP 48000 is NTP0; it arrives 30 ms later, then its audio,
+    # each packet 100 ms after capture (a pacer's worth of wait on the way).
+    pub.on_rtcp(build_sr(ssrc, NTP0, 48_000, 0, 0), t0 + 30.0)
+    for k in range(10):
+        ts = 48_000 + 960 * k
+        packet = build_rtp(payload_type=111, seq=100 + k, timestamp=ts, ssrc=ssrc, payload=opus_frame(k))
+        pub.on_rtp(packet, t0 + 30.0 + 20.0 * k + 100.0)
+    assert down.packets_sent == 10 and len(wire) == 10
+    first_out = int.from_bytes(wire[0][4:8], "big")  # the forwarded RTP 48000: NTP0
+    sub._send_sender_reports(t0 + 1_000.0)
+    srs = [p for data in rtcp for p in parse_rtcp(data) if isinstance(p, RtcpSrPacket) and p.ssrc == down.ssrc]
+    assert len(srs) == 1
+    # NTP0 is t0 + 30 on Ferry's clock, 970 ms before the SR; the send times would say
+    # 870 ms (its last packet left at t0 + 310 with RTP 48000 + 9 x 960)
+    assert (srs[0].sender_info.rtp_timestamp - first_out) & TS_MASK == 970 * 48
