@@ -61,7 +61,7 @@ def _chromium(t0: float) -> ChromiumParticipant:
     ctx = SimpleNamespace(t0=t0, turn_passwords={}, options=SimpleNamespace(sample_interval_s=0.5))
     p = ChromiumParticipant("viewer", ParticipantSpec("viewer", "chromium", publish=()), ctx)
     p._chrome_prev = {}
-    p._jitter_prev = (0.0, 0)
+    p._jitter_prev = {}
     return p
 
 
@@ -82,6 +82,25 @@ def test_chromium_freezes_and_concealment_come_from_chromes_own_counters() -> No
     assert [(round(s, 2), round(g, 2)) for s, g in m.gaps] == [(100.3, 0.7)]
     concealed, received, events = (b - a for a, b in zip(*p.concealment["PA"], strict=True))
     assert (concealed, received, events) == (960, 48_000, 1)
+
+
+def test_chromium_jitter_buffer_delays_are_per_kind_and_per_sample() -> None:
+    p = _chromium(t0=0.0)
+
+    def sample(video_s: float, video_n: int, audio_s: float, audio_n: int) -> None:
+        p._chrome_inbound([
+            {"sid": "PA", "kind": "video", "framesDecoded": video_n, "jitterBufferDelay": video_s,
+             "jitterBufferEmittedCount": video_n},
+            {"sid": "PA", "kind": "audio", "jitterBufferDelay": audio_s, "jitterBufferEmittedCount": audio_n},
+        ], 0.5)
+
+    # Chrome sums each emitted frame's (video) or sample's (audio) wait, in seconds
+    sample(1.0, 20, 2_400.0, 24_000)  # since the track began: 50 ms video, 100 ms audio
+    assert (p.jitter_buffer_ms, p.audio_jitter_buffer_ms) == (50.0, 100.0)
+    sample(1.0 + 15 * 0.08, 35, 2_400.0 + 24_000 * 0.3, 48_000)  # this sample: 80 ms, 300 ms
+    assert (round(p.jitter_buffer_ms, 3), round(p.audio_jitter_buffer_ms, 3)) == (80.0, 300.0)
+    sample(2.2, 35, 9_600.0, 48_000)  # nothing new emitted: no figure
+    assert (p.jitter_buffer_ms, p.audio_jitter_buffer_ms) == (None, None)
 
 
 def test_an_audio_only_chromium_call_has_no_video_meter() -> None:
