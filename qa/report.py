@@ -31,8 +31,10 @@ PLOTS: list[tuple[str, str, list[tuple[str, str, float]], str]] = [
      [("rtt_ms", "-", 1.0)], "ms"),
     ("freezes", "Video fps: decoded (solid, worst track), encoded by publishers (dashed); "
      "shaded: freezes", [("fps", "-", 1.0), ("sent_fps", "--", 1.0)], "frames/s"),
-    ("latency", "Glass-to-glass latency (solid: median per 500 ms, dotted: max)",
-     [("latency_ms", "-", 1.0), ("latency_max_ms", ":", 1.0)], "ms"),
+    ("latency", "Glass-to-glass latency (solid: median per 500 ms, dotted: max); Chrome's "
+     "jitter buffers (dashed: video, dash-dot: audio)",
+     [("latency_ms", "-", 1.0), ("latency_max_ms", ":", 1.0), ("jitter_buffer_ms", "--", 1.0),
+      ("audio_jitter_buffer_ms", "-.", 1.0)], "ms"),
 ]
 CAPACITY_PLOTS = ("bitrate", "estimate")  # drawn with the downlink's capacity (thin, dash-dot)
 CAPACITY_CLIP = 3.0  # a capacity above 3x the plot's largest figure is named, not drawn
