@@ -14,7 +14,9 @@ numbers in the README are the ones the tests check.
     windows after warm-up: where the link carries more than the sender wants (the
     sender is app-limited) only the wanted rate counts as capacity;
   * **queue delay** p95 / max of the per-packet sojourn at the bottleneck's rate
-    stage (what the netem link measures) after warm-up; beside it the sender's own
+    stage (what the netem link measures) after warm-up, and the p95 of the packets
+    no outage caught (whose stay in the queue did not overlap one: what waited only
+    for the link's rate, the sender's part); beside it the sender's own
     backlog (pacer queue p95, sampled every 100 ms): a congestion window moves queue
     from the network into the sender, and that wait is latency too;
   * **outage**: a gap of at least ``OUTAGE_MIN_MS`` between two delivery
@@ -195,6 +197,7 @@ class TraceMetrics:
     pacer_p95_ms: float | None
     # (outage start s, outage length s, recovery s or None when never recovered)
     recoveries: list[tuple[float, float, float | None]] = field(default_factory=list)
+    queue_p95_outside_outages_ms: float = 0.0  # of the packets whose stay no outage overlapped
 
     def row(self) -> dict[str, object]:
         return {
@@ -202,6 +205,7 @@ class TraceMetrics:
             "utilization": round(self.utilization, 3),
             "queue_delay_p95_ms": round(self.queue_p95_ms, 1),
             "queue_delay_max_ms": round(self.queue_max_ms, 1),
+            "queue_delay_p95_outside_outages_ms": round(self.queue_p95_outside_outages_ms, 1),
             "pacer_queue_p95_ms": None if self.pacer_p95_ms is None else round(self.pacer_p95_ms, 1),
             "recoveries": [
                 {"outage_at_s": a, "outage_s": b, "recovery_s": c} for a, b, c in self.recoveries
@@ -253,6 +257,7 @@ def run_metrics(run: TraceRun, warmup_ms: float = WARMUP_MS, max_outage_ms: floa
         hit = next((t for t, bps in run.target if t >= end and bps >= RECOVERY_RATIO * ref), None)
         rec = None if hit is None else (hit - end - _overlap(end, hit, gaps[i + 1:])) / 1000
         recs.append((round(start / 1000, 2), round((end - start) / 1000, 2), None if rec is None else round(rec, 2)))
+    outside = [d for t, d in run.queue_delays if t >= warmup_ms and not _overlap(t, t + d, gaps)]
     backlog = None
     if run.backlog is not None:
         backlog = percentile([ms for t, ms in run.backlog if t >= warmup_ms], 95)
@@ -263,6 +268,7 @@ def run_metrics(run: TraceRun, warmup_ms: float = WARMUP_MS, max_outage_ms: floa
         max(delays, default=0.0),
         backlog,
         recs,
+        percentile(outside, 95),
     )
 
 

@@ -135,3 +135,19 @@ def test_recovery_after_a_lasting_return_counts_every_millisecond() -> None:
     run = TraceRun("late", trace, 10_000.0, 2_500_000.0, [], [],
                    [(0.0, 2_500_000.0), (6100.0, 100_000.0), (7870.0, 2_500_000.0)])
     assert run_metrics(run).recoveries == [(6.0, 0.6, 1.27)]
+
+
+def test_queue_outside_outages_leaves_out_the_packets_an_outage_caught() -> None:
+    """Out 6.0-7.0 s: a packet that entered at 5.95 s and waited 1.1 s, and one that
+    entered during the outage, were caught; one that waited 200 ms at 8 s was not."""
+    trace = _steady_link(10_000, [(6000, 7000)])
+    calm = [(5000.0 + 40 * k, 20.0) for k in range(20)]  # 5.0-5.8 s, 20 ms each
+    delays = [*calm, (5950.0, 1100.0), (6500.0, 560.0), (8000.0, 200.0)]
+    run = TraceRun("caught", trace, 10_000.0, 2_500_000.0, [], delays, [(0.0, 2_500_000.0)])
+    m = run_metrics(run)
+    assert m.queue_max_ms == 1100.0 and m.queue_p95_ms > 150.0
+    assert m.queue_p95_outside_outages_ms == 20.0  # 200 ms is the top 1 of 21: above the p95
+    assert m.row()["queue_delay_p95_outside_outages_ms"] == 20.0
+    late = run_metrics(TraceRun("late", trace, 10_000.0, 2_500_000.0, [], [*delays, *[(8000.0, 200.0)] * 9],
+                                [(0.0, 2_500_000.0)]))
+    assert late.queue_p95_outside_outages_ms == 200.0  # waiting for the link counts
