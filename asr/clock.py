@@ -10,16 +10,12 @@ difference to the anchor is taken as a signed 32-bit number (good for +-12 hours
 
 from __future__ import annotations
 
-__all__ = ["NTP_UNIX_OFFSET_S", "RtpWallClock", "ntp_to_unix"]
+from media.rtp.ntp import ntp_to_unix
 
-NTP_UNIX_OFFSET_S = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
+__all__ = ["RtpWallClock"]
+
 _MOD = 1 << 32
 _HALF = 1 << 31
-
-
-def ntp_to_unix(ntp: int) -> float:
-    """64-bit NTP timestamp (32.32 since 1900) -> Unix seconds."""
-    return (ntp >> 32) - NTP_UNIX_OFFSET_S + (ntp & 0xFFFFFFFF) / 4294967296.0
 
 
 def _diff32(a: int, b: int) -> int:

@@ -12,7 +12,7 @@ Outputs: `Frame`s with `timestamp` on the output timeline, and `keyframe_request
 
 from __future__ import annotations
 
-from media.rtp.ntp import NTP_UNIX_OFFSET_S
+from media.rtp.ntp import ntp_to_unix
 from media.wire.seqnum import TS_MOD, seq_diff
 
 from .jitter import AUDIO_LOSS_WAIT_MS, LOSS_WAIT_MS, Frame, Gap, JitterBuffer
@@ -42,11 +42,6 @@ class SenderClock:
 
     def from_unix(self, unix: float) -> int:
         return self.rtp + round((unix - self.unix) * self.clock_rate)
-
-
-def ntp_to_unix(ntp: int) -> float:
-    """64-bit NTP timestamp -> Unix seconds."""
-    return (ntp >> 32) - NTP_UNIX_OFFSET_S + (ntp & 0xFFFFFFFF) / 4294967296.0
 
 
 class TrackAssembler:

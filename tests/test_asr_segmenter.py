@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asr.clock import RtpWallClock, ntp_to_unix
+from asr.clock import RtpWallClock
 from asr.segmenter import Segmenter, SegmenterConfig, frame_features
-from media.rtp.ntp import ntp_from_unix
+from media.rtp.ntp import ntp_from_unix, ntp_to_unix
 
 from .asr_media import silence, speak, white_noise
 

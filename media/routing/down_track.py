@@ -493,7 +493,7 @@ class DownTrack(DownTrackState):
     def capture_timestamp(self, now_ms: float) -> int | None:
         """This stream's RTP timestamp for the capture instant ``now_ms``, from the
         forwarded layer's latest sender report through the rewriter's offset; None
-        before the layer has sent one (`media.rtp.sender_clock` says why)."""
+        before the layer has sent one (`media.rtp.remote_clock` says why)."""
         current = self.selector.current
         if current is None:
             return None

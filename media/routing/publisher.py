@@ -14,7 +14,7 @@ from collections.abc import Callable
 from aiortc.rtp import RtcpSrPacket
 
 from media.ortc import EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TWCC
-from media.rtp.sender_clock import SenderClock
+from media.rtp.remote_clock import RemoteClock
 from media.rtp.twcc import TwccRecorder
 from media.stats import EngineStats
 from media.transport.webrtc_transport import WebRtcTransport
@@ -63,7 +63,7 @@ class PublisherPeer:
         self._ext_twcc: int | None = None
         self._ext_audio_level: int | None = None
         self.twcc: TwccRecorder | None = None
-        self.clock = SenderClock()  # its reports' NTP time on Ferry's clock
+        self.clock = RemoteClock()  # its reports' NTP time on Ferry's clock
         self._next_rr_ms = 0.0
         self.connected = False
         transport.listener = self

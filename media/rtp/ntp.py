@@ -9,7 +9,7 @@ same mapping.
 
 from __future__ import annotations
 
-__all__ = ["NTP_UNIX_OFFSET_S", "ntp_at", "ntp_from_unix", "ntp_middle32", "ntp_to_ms"]
+__all__ = ["NTP_UNIX_OFFSET_S", "ntp_at", "ntp_from_unix", "ntp_middle32", "ntp_to_ms", "ntp_to_unix"]
 
 NTP_UNIX_OFFSET_S = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 _MASK64 = (1 << 64) - 1
@@ -23,6 +23,11 @@ def ntp_from_unix(seconds: float) -> int:
         whole += 1
         frac -= 1 << 32
     return (((whole + NTP_UNIX_OFFSET_S) << 32) | frac) & _MASK64
+
+
+def ntp_to_unix(ntp: int) -> float:
+    """Unix seconds for a 64-bit NTP timestamp (32.32 since 1900): ``ntp_from_unix``'s inverse."""
+    return (ntp >> 32) - NTP_UNIX_OFFSET_S + (ntp & 0xFFFFFFFF) / 4294967296.0
 
 
 def ntp_at(now_ms: float, unix_offset_s: float) -> int:

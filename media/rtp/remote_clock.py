@@ -20,17 +20,14 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["SenderClock", "ntp_ms"]
+from media.rtp.ntp import ntp_to_unix
+
+__all__ = ["RemoteClock"]
 
 WINDOW_MS = 10_000.0
 
 
-def ntp_ms(ntp: int) -> float:
-    """Milliseconds since the NTP epoch for a 64-bit (32.32) NTP timestamp."""
-    return (ntp >> 32) * 1000.0 + (ntp & 0xFFFFFFFF) * 1000.0 / 4294967296.0
-
-
-class SenderClock:
+class RemoteClock:
     """One remote sender's NTP clock seen from Ferry's ``now_ms`` clock."""
 
     __slots__ = ("_samples",)
@@ -41,7 +38,7 @@ class SenderClock:
     def on_sender_report(self, ntp: int, now_ms: float) -> float:
         """A report sent at ``ntp`` arrived at ``now_ms``: the Ferry time of ``ntp``."""
         samples = self._samples
-        at = ntp_ms(ntp)
+        at = ntp_to_unix(ntp) * 1000.0
         samples.append((now_ms, now_ms - at))
         while samples[0][0] < now_ms - WINDOW_MS:
             samples.popleft()

@@ -1,7 +1,7 @@
 """Ferry's sender reports name capture instants, so a browser's lip sync lines up.
 
 A forwarded stream's SR timestamp comes from the publisher's own SR (its capture
-clock), carried through `SenderClock` onto Ferry's clock and through the rewriter's
+clock), carried through `RemoteClock` onto Ferry's clock and through the rewriter's
 offset; time a packet spent in pacers does not move it.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiortc.rtp import RtcpSrPacket
 
 from media.rtp.ntp import ntp_from_unix
-from media.rtp.sender_clock import WINDOW_MS, SenderClock
+from media.rtp.remote_clock import WINDOW_MS, RemoteClock
 from media.wire.rtcp import build_sr, parse_rtcp
 from media.wire.rtp import build_rtp
 
@@ -23,7 +23,7 @@ NTP0 = ntp_from_unix(UNIX0)
 
 
 def test_a_report_that_waited_in_a_queue_does_not_move_the_clock() -> None:
-    clock = SenderClock()
+    clock = RemoteClock()
     # sent at NTP0 + k s; the first two took 20 ms to arrive, the third waited 300 ms more
     assert clock.on_sender_report(NTP0, 20.0) == 20.0
     assert clock.on_sender_report(ntp_from_unix(UNIX0 + 1), 1020.0) == 1020.0
@@ -32,7 +32,7 @@ def test_a_report_that_waited_in_a_queue_does_not_move_the_clock() -> None:
 
 
 def test_the_clock_follows_a_stepped_sender_clock_within_the_window() -> None:
-    clock = SenderClock()
+    clock = RemoteClock()
     clock.on_sender_report(NTP0, 20.0)
     stepped = UNIX0 + 1 - 5.0  # one second on, the sender's clock stepped back 5 s
     assert abs(clock.on_sender_report(ntp_from_unix(stepped), 1020.0) - (1020.0 - 5000.0)) < 1e-3
