@@ -82,11 +82,12 @@ class RtpStreamSend(SendCounters):
         the clock rate (RFC 3550 6.4.1), which reads late by however long that packet
         waited before it was sent.
         """
-        if rtp_ts is None and self._last_rtp_ts is None:
-            rtp_ts = 0
-        elif rtp_ts is None:
-            elapsed = (now_ms - self._last_sent_ms) * self._ts_per_ms
-            rtp_ts = (self._last_rtp_ts + round(elapsed)) & 0xFFFFFFFF
+        if rtp_ts is None:
+            if self._last_rtp_ts is None:
+                rtp_ts = 0
+            else:
+                elapsed = (now_ms - self._last_sent_ms) * self._ts_per_ms
+                rtp_ts = (self._last_rtp_ts + round(elapsed)) & 0xFFFFFFFF
         return RtcpSenderInfo(
             ntp_timestamp=ntp,
             rtp_timestamp=rtp_ts,
