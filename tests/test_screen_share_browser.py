@@ -5,8 +5,8 @@ capture, two simulcast layers, content hint ``detail``); a second camera page jo
 too. A viewer page behind netem's TURN relay with a 500 kbit/s downlink must get the
 screen on its stage (decoded frames) and Ferry must give it the screen first: the
 screen forwarded whenever the budget carries it (one short pause allowed beyond), a
-camera never forwarded in its place beyond that pause. When sharing
-stops, the stage empties for the viewer. Prints ``SCREEN {...}`` (``pytest -s``).
+camera never forwarded in its place beyond that pause. When sharing stops, the stage
+empties for the viewer. Prints ``SCREEN {...}`` (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -118,10 +118,10 @@ async def test_viewer_on_500_kbit_gets_the_shared_screen_before_any_camera(
         # the screen's low layer needs: on this shared 2-core machine, late in a full
         # run, the estimate of this 500 kbit/s link (its TURN relay runs on the test's
         # own event loop) dips to 80-350 kbit/s, and feedback late by 300 ms reads as an
-        # outage (budget 0). Beyond
-        # those, one short pause is allowed (and it may be the last sample): the layer
-        # is priced at its recent peak, and a screen keyframe's peak can briefly price
-        # it above the budget, when the allocator hands what is left to a camera.
+        # outage (budget 0). Beyond those, one short pause is allowed (and it may be the
+        # last sample): the layer is priced at its recent peak, and a screen keyframe's
+        # peak can briefly price it above the budget, when the allocator hands what is
+        # left to a camera.
         watched = samples[2:]
         forwarded = [row[screen_key] is not None and not row[screen_key][0] for row in watched]
 
