@@ -166,6 +166,36 @@ def test_an_outage_neither_crashes_the_estimate_nor_fills_the_window() -> None:
     assert est.loss_based.rate_bps is None or est.loss_based.rate_bps >= 0.9 * before
 
 
+def test_no_probe_goes_into_a_link_that_is_out_and_one_goes_when_it_returns() -> None:
+    """A probe sent while the link is out waits in the bottleneck for the link's return
+    and measures only that wait; the periodic and hurry probes are due there, not sent."""
+    est = GccEstimator(start_bps=1_000_000)
+    est.set_desired_bps(2_500_000)
+    seq = _feed_steady(est, 0.0, 5000.0, 0, 800_000)
+    while (done := est.next_probe(5000.0)) is not None:  # the start-up probes, answered
+        est.probe_controller.on_result(done.id, None, est.estimate_bps(5000.0), 5000.0)
+    window = est.congestion_window_bytes(5000.0)
+    assert window is not None
+    sent: list[tuple[int, float]] = []
+    t = 5000.0
+    while est.in_flight.bytes < window:
+        seq += 1
+        est.on_packet_sent(seq, 1000, t)
+        sent.append((seq, t))
+        t += 10.0
+    est.congestion_window_bytes(5400.0)
+    assert est.outage.active
+    # 3 s out: well past the periodic probe interval (and the hurry one, 1 s)
+    for now in range(5400, 8400, 50):
+        est.congestion_window_bytes(float(now))
+        assert est.next_probe(float(now)) is None, now
+    results = [PacketResult(s, st, 8400.0 + i * 10.0, 1000) for i, (s, st) in enumerate(sent)]
+    est.on_packet_results(results, 8450.0)
+    assert not est.outage.active
+    cluster = est.next_probe(8450.0)
+    assert cluster is not None and cluster.bitrate_bps >= 700_000
+
+
 def test_pacer_pushback_shrinks_what_is_produced_as_its_backlog_ages() -> None:
     p = Pacer(1_000_000)
     assert p.pushback(0.0) == 1.0
