@@ -381,8 +381,9 @@ LITE_LAYERS = ((160, 120, 120_000), (320, 240, 350_000), (640, 480, 900_000))
 class LiteParticipant(Participant):
     """Ferry's own cheap endpoint (``clients.lite.LiteClient``).
 
-    It publishes pre-encoded simulcast VP8 (three layers, so Ferry's layer selection
-    has something to choose from) and receives without decoding; a "frame" here is a
+    It publishes simulcast VP8 (three layers, so Ferry's layer selection has something
+    to choose from; encoded live and stamped by the first of a group, pre-encoded clips
+    from the rest) and receives without decoding; a "frame" here is a
     video RTP packet with the marker bit (the last packet of a frame). Its network is
     a per-participant ``UdpProxy`` with the same links a TURN allocation would get.
     """
@@ -390,7 +391,7 @@ class LiteParticipant(Participant):
     kind = "lite"
 
     async def start(self) -> None:
-        from clients.lite import LiteClient, encode_opus_clip, encode_vp8_clip
+        from clients.lite import LiteClient, LiveVp8Source, encode_opus_clip, encode_vp8_clip
         from netem.proxy import UdpProxy
 
         seed = self.ctx.options.seed if self.ctx.options.seed is not None else self.ctx.scenario.seed
@@ -410,8 +411,15 @@ class LiteParticipant(Participant):
                                auto_subscribe=self.spec.subscribe)
         if self.spec.publish:
             fps = int(self.ctx.scenario.video.get("fps", 15))
-            video = [encode_vp8_clip(w, h, 4 * fps, br, keyframe_interval=2 * fps, fps=fps)
-                     for w, h, br in LITE_LAYERS]
+            # The first publisher of a group encodes live, each frame stamped with its
+            # capture time (its viewers' glass-to-glass figure, and a PLI answered with a
+            # keyframe of the picture then); the rest send the shared pre-encoded clips.
+            video: list[Any]
+            if self.name == self.spec.instance_names()[0]:
+                video = [LiveVp8Source(w, h, br, fps) for w, h, br in LITE_LAYERS]
+            else:
+                video = [encode_vp8_clip(w, h, 4 * fps, br, keyframe_interval=2 * fps, fps=fps)
+                         for w, h, br in LITE_LAYERS]
             audio = encode_opus_clip(4.0) if "audio" in self.spec.publish else None
             await self.client.publish_vp8(video, fps=fps, audio=audio)
         self.connected = True

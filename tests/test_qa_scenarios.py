@@ -193,3 +193,7 @@ def test_capacity_step_report_plots_estimate_and_layer(tmp_path: Path) -> None:
     assert before and low and max(low) < 300_000 < min(before), (before, low)
     assert max(during("layer", 3.0, 5.0)) == 2
     assert max(during("layer", 6.5, 9.0)) < 2
+    # the LiteClient presenter stamps its frames live, so the viewer has glass-to-glass
+    viewer = report["participants"]["viewer"]
+    assert viewer["latency_frames"] > 5 * 14, viewer["latency_frames"]
+    assert 0 < viewer["latency_p50_ms"] < 150.0, viewer["latency_p50_ms"]

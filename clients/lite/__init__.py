@@ -8,11 +8,12 @@ media stack is Ferry's own: ICE (a controlling full agent toward Ferry's ICE-lit
 :class:`DtlsSession` as DTLS client, :class:`SrtpContext`, and the RTP/RTCP wire helpers.
 
 Modules: ``transport`` (socket, ICE, DTLS, SRTP), ``publisher``, ``subscriber``,
-``clips`` (pre-encoded media), ``client`` (the participant); SDP comes from
+``clips`` (pre-encoded media), ``live`` (a stamped pattern encoded live), ``client`` (the participant); SDP comes from
 ``signaling.sdp`` (``build_publisher_offer``, ``build_subscriber_answer``).
 
 What it does not do: decode, jitter-buffer or congestion-control. A publisher paces
-pre-encoded frames (:func:`encode_vp8_clip`, :func:`encode_opus_clip`) in real time,
+pre-encoded frames (:func:`encode_vp8_clip`, :func:`encode_opus_clip`) in real time
+(or video encoded live with a capture-time stamp, :class:`LiveVp8Source`),
 with simulcast (rid q/h/f, no ``a=ssrc`` lines, like Chrome), RTX answering NACKs and
 keyframes on PLI; a subscriber counts what arrives per SSRC (packets, bytes, loss,
 VP8 keyframes) and sends NACK, receiver reports and transport-wide CC feedback.
@@ -35,6 +36,7 @@ Every wait is bounded; every error on the media path is counted and logged once.
 
 from .client import LiteClient
 from .clips import encode_opus_clip, encode_vp8_clip, is_descriptor_keyframe, is_vp8_keyframe
+from .live import LiveVp8Source
 from .publisher import LitePublisher
 from .subscriber import LiteSubscriber, RecvCounters
 from .transport import Addr, CandidateRewrite, LiteTransport
@@ -46,6 +48,7 @@ __all__ = [
     "LitePublisher",
     "LiteSubscriber",
     "LiteTransport",
+    "LiveVp8Source",
     "RecvCounters",
     "encode_opus_clip",
     "encode_vp8_clip",

@@ -22,6 +22,7 @@ from signaling.sdp import build_publisher_offer, build_subscriber_answer
 
 from ..channel import ConnectTimeout, FerryError
 from ..session import ClientSession
+from .live import LiveVp8Source
 from .publisher import AudioStream, LitePublisher, VideoLayer
 from .subscriber import LiteSubscriber, RecvCounters
 from .transport import CandidateRewrite, shared_certificate
@@ -34,15 +35,18 @@ EVENT_LOG_LIMIT = 5000
 
 
 def _normalize_layers(
-    frames_per_layer: Sequence[Sequence[bytes]] | Sequence[bytes],
+    frames_per_layer: Sequence[Sequence[bytes] | LiveVp8Source] | Sequence[bytes],
     simulcast_rids: Sequence[str] | None,
-) -> tuple[list[list[bytes]], list[str] | None]:
+) -> tuple[list[list[bytes] | LiveVp8Source], list[str] | None]:
     """(frames per layer, rids or None): a flat list of frames is one plain layer."""
     if not frames_per_layer:
         raise ValueError("no video frames")
     if isinstance(frames_per_layer[0], (bytes, bytearray, memoryview)):
         return [[bytes(f) for f in frames_per_layer]], None  # type: ignore[union-attr]
-    layers = [list(layer) for layer in frames_per_layer]  # type: ignore[arg-type]
+    layers: list[list[bytes] | LiveVp8Source] = [
+        layer if isinstance(layer, LiveVp8Source) else list(layer)  # type: ignore[arg-type]
+        for layer in frames_per_layer
+    ]
     if len(layers) == 1:
         return layers, None
     if not simulcast_rids:
@@ -111,7 +115,7 @@ class LiteClient(ClientSession):
     # -- publishing ----------------------------------------------------------------------
     async def publish_vp8(
         self,
-        frames_per_layer: Sequence[Sequence[bytes]] | Sequence[bytes],
+        frames_per_layer: Sequence[Sequence[bytes] | LiveVp8Source] | Sequence[bytes],
         *,
         fps: int = 30,
         simulcast_rids: Sequence[str] | None = ("q", "h", "f"),
@@ -121,7 +125,9 @@ class LiteClient(ClientSession):
         """Offer VP8 (1..3 layers, ascending quality) and optional Opus, connect, start pacing.
 
         ``frames_per_layer`` is either one clip (a list of VP8 frames: no simulcast) or
-        one clip per layer, low to high, sent with ``simulcast_rids``. Returns the
+        one clip per layer, low to high, sent with ``simulcast_rids``; a layer can also
+        be a :class:`LiveVp8Source` (encoded live, each frame stamped with its capture
+        time for glass-to-glass latency). Returns the
         publish reply's TrackInfo list. Raises :class:`ConnectTimeout` if ICE/DTLS does
         not come up within ``connect_timeout``.
         """

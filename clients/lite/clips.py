@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import fractions
 import functools
+from typing import Any
 
 from media.wire.vp8 import parse_vp8
 
-__all__ = ["encode_opus_clip", "encode_vp8_clip", "is_descriptor_keyframe", "is_vp8_keyframe"]
+__all__ = ["MovingPattern", "encode_opus_clip", "encode_vp8_clip", "is_descriptor_keyframe", "is_vp8_keyframe"]
 
 
 def is_vp8_keyframe(frame: bytes) -> bool:
@@ -19,12 +20,38 @@ def is_vp8_keyframe(frame: bytes) -> bool:
     return bool(frame) and not frame[0] & 0x01
 
 
+class MovingPattern:
+    """The clips' picture: a moving diagonal gradient plus a bouncing box, enough motion
+    that inter frames carry real data at a layer's target bitrate."""
+
+    def __init__(self, width: int, height: int) -> None:
+        import numpy as np
+
+        self.width, self.height = width, height
+        self._plane = np.zeros((height * 3 // 2, width), np.uint8)
+        self._xx = np.arange(width, dtype=np.int32)[None, :]
+        self._yy = np.arange(height, dtype=np.int32)[:, None]
+        self._box = (max(8, width // 6), max(8, height // 6))
+
+    def plane(self, i: int) -> Any:
+        """Frame ``i`` as one ``yuv420p`` array (luma rows, then chroma); reused per call."""
+        width, height = self.width, self.height
+        plane = self._plane
+        plane[:height] = (self._xx + 2 * self._yy + 4 * i) % 256
+        box_w, box_h = self._box
+        bx = (i * 7) % max(1, width - box_w)
+        by = (i * 3) % max(1, height - box_h)
+        plane[by : by + box_h, bx : bx + box_w] = 255 - (i * 5) % 128
+        plane[height:] = 128
+        plane[height : height + height // 4, : width // 2] = (i * 3) % 256
+        return plane
+
+
 @functools.lru_cache(maxsize=16)
 def _encode_vp8(
     width: int, height: int, frames: int, bitrate: int, keyframe_interval: int, fps: int
 ) -> tuple[bytes, ...]:
     import av
-    import numpy as np
 
     codec = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height = width, height
@@ -41,20 +68,9 @@ def _encode_vp8(
         "kf-min-dist": str(keyframe_interval),
     }
     out: list[bytes] = []
-    plane = np.zeros((height * 3 // 2, width), np.uint8)
-    xx = np.arange(width, dtype=np.int32)[None, :]
-    yy = np.arange(height, dtype=np.int32)[:, None]
-    box_w, box_h = max(8, width // 6), max(8, height // 6)
+    pattern = MovingPattern(width, height)
     for i in range(frames):
-        # A moving diagonal gradient plus a bouncing box: enough motion that inter
-        # frames carry real data at the target bitrate.
-        plane[:height] = (xx + 2 * yy + 4 * i) % 256
-        bx = (i * 7) % max(1, width - box_w)
-        by = (i * 3) % max(1, height - box_h)
-        plane[by : by + box_h, bx : bx + box_w] = 255 - (i * 5) % 128
-        plane[height:] = 128
-        plane[height : height + height // 4, : width // 2] = (i * 3) % 256
-        frame = av.VideoFrame.from_ndarray(plane, format="yuv420p")
+        frame = av.VideoFrame.from_ndarray(pattern.plane(i), format="yuv420p")
         frame.pts = i
         out.extend(bytes(p) for p in codec.encode(frame))
     out.extend(bytes(p) for p in codec.encode(None))

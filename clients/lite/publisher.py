@@ -28,6 +28,7 @@ from media.wire.rtp import build_audio_level, build_rtp, build_twcc_seq, parse_r
 from signaling.sdp import PT_OPUS, PT_RTX, PT_VP8, PUBLISHER_EXTENSION_IDS
 
 from .clips import is_vp8_keyframe
+from .live import LiveVp8Source
 from .transport import CandidateRewrite, LiteTransport
 
 __all__ = ["AudioStream", "LitePublisher", "VideoLayer"]
@@ -48,16 +49,21 @@ _AUDIO_LEVEL = build_audio_level(True, 30)
 
 
 class VideoLayer:
-    """One simulcast encoding (or the only one): its SSRCs, clip position and RTX cache."""
+    """One simulcast encoding (or the only one): its SSRCs, frames and RTX cache.
 
-    def __init__(self, rid: str | None, frames: Sequence[bytes]) -> None:
-        if not frames:
-            raise ValueError("a video layer needs at least one frame")
+    The frames are a pre-encoded clip sent in a loop, or a ``LiveVp8Source`` that
+    encodes each one (stamped with its capture time) when it is due.
+    """
+
+    def __init__(self, rid: str | None, frames: Sequence[bytes] | LiveVp8Source) -> None:
         self.rid = rid
         self.rid_bytes = rid.encode("ascii") if rid else b""
-        self.frames = list(frames)
+        self.live = frames if isinstance(frames, LiveVp8Source) else None
+        self.frames = [] if isinstance(frames, LiveVp8Source) else list(frames)
         self.keyframe_indices = [i for i, f in enumerate(self.frames) if is_vp8_keyframe(f)]
-        if not self.keyframe_indices:
+        if self.live is None and not self.frames:
+            raise ValueError("a video layer needs at least one frame")
+        if self.live is None and not self.keyframe_indices:
             raise ValueError(f"layer {rid!r}: the clip has no VP8 keyframe")
         self.ssrc = random.getrandbits(32) or 1
         self.rtx_ssrc = random.getrandbits(32) or 2
@@ -65,7 +71,7 @@ class VideoLayer:
         self.rtx_seq = random.getrandbits(16)
         self.ts_base = random.getrandbits(32)
         self.picture_id = random.getrandbits(15)
-        self.index = self.keyframe_indices[0]
+        self.index = self.keyframe_indices[0] if self.keyframe_indices else 0
         self.active = True
         self.cache = RtxCache(1024)
         self.last_ts = self.ts_base
@@ -79,12 +85,19 @@ class VideoLayer:
         self.rtx_sent = 0
 
     def jump_to_keyframe(self) -> None:
-        """Answer a PLI: the next frame sent is the next keyframe of the clip."""
+        """Answer a PLI: the next frame sent is a keyframe (live: of the picture then;
+        a clip: its next keyframe)."""
+        if self.live is not None:
+            self.live.jump_to_keyframe()
+            return
         current = self.index
         nxt = next((k for k in self.keyframe_indices if k >= current), self.keyframe_indices[0])
         self.index = nxt
 
-    def next_frame(self) -> tuple[bytes, bool]:
+    def next_frame(self) -> tuple[bytes, bool] | None:
+        """The next frame to send and whether it is a keyframe (None: none this time)."""
+        if self.live is not None:
+            return self.live.next_frame()
         frame = self.frames[self.index]
         self.index = (self.index + 1) % len(self.frames)
         return frame, is_vp8_keyframe(frame)
@@ -103,6 +116,11 @@ class VideoLayer:
             "nacked": self.nacked,
             "rtx_sent": self.rtx_sent,
         }
+
+
+def _encode_layers(layers: list[VideoLayer]) -> list[tuple[bytes, bool] | None]:
+    """The next frame of each live layer (run on a worker thread), stamped now."""
+    return [layer.next_frame() for layer in layers]
 
 
 class AudioStream:
@@ -165,7 +183,9 @@ class LitePublisher(LiteTransport):
     def start_media(self) -> None:
         if self._tasks:
             return
-        if self.layers:
+        if any(layer.live is not None for layer in self.layers):
+            self._tasks.append(asyncio.ensure_future(self._pace_live()))
+        elif self.layers:
             self._tasks.append(asyncio.ensure_future(self._pace(self.fps, self._send_frames)))
         if self.audio is not None:
             self._tasks.append(asyncio.ensure_future(self._pace(50, self._send_audio)))
@@ -191,6 +211,31 @@ class LitePublisher(LiteTransport):
             self.log_once("pacer_error", repr(exc))
             logger.debug("%s: pacer error", self.name, exc_info=True)
 
+    async def _pace_live(self) -> None:
+        """Frame ``n`` of live layers at ``start + n/fps``: each is encoded on a worker
+        thread (libvpx releases the GIL) while the loop goes on receiving; a tick the
+        encoder missed is skipped, as a camera drops frames, rather than sent late."""
+        loop = self._loop
+        start = loop.time()
+        n = 0
+        try:
+            while self.state == "connected":
+                active = [layer for layer in self.layers if layer.active]
+                frames = await loop.run_in_executor(None, _encode_layers, active)
+                if self.state != "connected":
+                    break
+                now = loop.time()
+                ts_step = 90000 // self.fps
+                for layer, got in zip(active, frames, strict=True):
+                    self._send_frame(layer, (layer.ts_base + n * ts_step) & 0xFFFFFFFF, now * 1000.0, got)
+                n = max(n + 1, int((loop.time() - start) * self.fps) + 1)
+                await asyncio.sleep(max(0.0, start + n / self.fps - loop.time()))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log_once("pacer_error", repr(exc))
+            logger.debug("%s: live pacer error", self.name, exc_info=True)
+
     def _next_twcc(self) -> bytes:
         self._twcc_seq = (self._twcc_seq + 1) & 0xFFFF
         return build_twcc_seq(self._twcc_seq)
@@ -201,8 +246,15 @@ class LitePublisher(LiteTransport):
             if layer.active:
                 self._send_frame(layer, (layer.ts_base + n * ts_step) & 0xFFFFFFFF, now_ms)
 
-    def _send_frame(self, layer: VideoLayer, timestamp: int, now_ms: float) -> None:
-        frame, key = layer.next_frame()
+    def _send_frame(
+        self, layer: VideoLayer, timestamp: int, now_ms: float, got: tuple[bytes, bool] | None = None
+    ) -> None:
+        """Packetize and send one frame: ``got`` when encoded already, else the layer's next."""
+        if got is None and layer.live is None:
+            got = layer.next_frame()
+        if got is None:
+            return  # the live encoder dropped this frame
+        frame, key = got
         pid = layer.picture_id
         layer.picture_id = (pid + 1) & 0x7FFF
         pid_bytes = bytes((0x80 | (pid >> 8), pid & 0xFF))
