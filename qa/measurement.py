@@ -187,7 +187,8 @@ class SeqTracker:
         self.received: dict[int, set[int]] = {}
         self.highest: dict[int, int] = {}
 
-    def add(self, ssrc: int, seq: int) -> None:
+    def add(self, ssrc: int, seq: int) -> bool:
+        """Count ``seq``; True the first time it arrives (not a copy or retransmission)."""
         high = self.highest.get(ssrc)
         if high is None:
             ext = seq + 65536
@@ -196,7 +197,11 @@ class SeqTracker:
             ext = high + delta if delta < 0x8000 else high + delta - 0x10000
         if high is None or ext > high:
             self.highest[ssrc] = ext
-        self.received.setdefault(ssrc, set()).add(ext)
+        got = self.received.setdefault(ssrc, set())
+        if ext in got:
+            return False
+        got.add(ext)
+        return True
 
     def snapshot(self) -> dict[int, int]:
         return dict(self.highest)

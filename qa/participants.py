@@ -384,7 +384,8 @@ class LiteParticipant(Participant):
     It publishes simulcast VP8 (three layers, so Ferry's layer selection has something
     to choose from; encoded live and stamped by the first of a group, pre-encoded clips
     from the rest) and receives without decoding; a "frame" here is a
-    video RTP packet with the marker bit (the last packet of a frame). Its network is
+    video RTP packet with the marker bit (the last packet of a frame) or an audio
+    packet (20 ms of Opus) the first time it arrives. Its network is
     a per-participant ``UdpProxy`` with the same links a TURN allocation would get.
     """
 
@@ -451,8 +452,8 @@ class LiteParticipant(Participant):
                     pass
                 elif ssrc == counters.ssrc:
                     seq = (packet[2] << 8) | packet[3]
-                    tracker.add(ssrc, seq)
-                    if counters.kind == "video" and packet[1] & 0x80:
+                    first = tracker.add(ssrc, seq)
+                    if packet[1] & 0x80 if counters.kind == "video" else first:  # a frame's end
                         key = f"{counters.participant_sid}/{counters.track_sid}"
                         self.meter(key, counters.kind).on_frame()
                     if counters.kind == "video" and self.decodes:

@@ -92,8 +92,8 @@ def test_seq_tracker_counts_rtx_recovered_packets_once() -> None:
         t.add(7, seq)
     mark = t.snapshot()
     assert t.missing({7: 65534 + 65536 - 1}, mark) == (7, 2)
-    t.add(7, 0)  # recovered by RTX
-    t.add(7, 0)  # duplicate
+    assert t.add(7, 0)  # recovered by RTX: its first arrival
+    assert not t.add(7, 0)  # duplicate
     assert t.missing({7: 65534 + 65536 - 1}, mark) == (7, 1)
 
 
@@ -197,3 +197,6 @@ def test_capacity_step_report_plots_estimate_and_layer(tmp_path: Path) -> None:
     viewer = report["participants"]["viewer"]
     assert viewer["latency_frames"] > 5 * 14, viewer["latency_frames"]
     assert 0 < viewer["latency_p50_ms"] < 150.0, viewer["latency_p50_ms"]
+    # ... and its audio (packets counted as they first arrive) is reported as such
+    assert viewer["remote_audio_tracks"] == 1 and viewer["audio_frames"] > 40 * 10
+    assert viewer["audio_loss_after_recovery"] is not None and viewer["audio_concealed"] is not None
