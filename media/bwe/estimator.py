@@ -548,7 +548,7 @@ class GccEstimator:
         can trip it too; the cost is one cut to 0.85x what the link just delivered.
         When this feedback's arrivals were spaced by the link (well under their send
         rate) and came at well under the estimate, the link collapsed rather than
-        queued one burst, and 15 ms of queue growing by 10 ms is enough.
+        queued one burst, and 40 ms of queue growing by 10 ms is enough (COLLAPSE_*).
         """
         previous = self._newest_queue_ms
         self._newest_queue_ms = newest_queue_ms
