@@ -286,6 +286,30 @@ def capacity_bps(rate: Any, since: float, start: float, end: float) -> float | N
     return None
 
 
+def capacity_over(history: list[tuple[float, Any]], start: float, end: float) -> float | None:
+    """Mean capacity (bit/s) over ``[start, end]`` of a link whose downlink rate stage
+    changed over time: ``history`` is (since, rate) per change, oldest first.
+
+    Why not the rate now: a sample covers the interval before it, and a link changed
+    halfway through carried the old rate for the first half; read from the rate now,
+    the report drew every change one sample early, before the estimate could follow.
+    """
+    span = end - start
+    if span <= 0 or not history:
+        return None
+    bits = 0.0
+    for i, (since, rate) in enumerate(history):
+        until = history[i + 1][0] if i + 1 < len(history) else end
+        a, b = max(start, since), min(end, until)
+        if b <= a:
+            continue
+        bps = capacity_bps(rate, since, a, b)
+        if bps is None:
+            return None
+        bits += bps * (b - a)
+    return bits / span
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The ``q`` quantile (0..1, nearest rank) of ``values``; None when empty."""
     if not values:

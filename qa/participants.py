@@ -67,9 +67,9 @@ class Participant:
         self.frame_counts: dict[int, int] = {}  # decoded frames per meter at the last sample
         self.proxy: Any = None  # a UdpProxy instead of the relay (LiteClient)
         self._prev_frames_sent: int | None = None
-        self.link_label = spec.link_label  # the link now, and its downlink rate stage since when
-        self.link_rate: Any = spec.link.down.rate
-        self.link_since = time.monotonic()
+        self.link_label = spec.link_label  # the link now
+        # (since when, downlink rate stage) per link change, oldest first
+        self.link_history: list[tuple[float, Any]] = [(time.monotonic(), spec.link.down.rate)]
 
     @property
     def publishes(self) -> bool:
@@ -88,7 +88,7 @@ class Participant:
         self._note_link(profile, label)
 
     def _note_link(self, profile: Profile, label: str | None) -> None:
-        self.link_rate, self.link_since = profile.down.rate, time.monotonic()
+        self.link_history.append((time.monotonic(), profile.down.rate))
         self.link_label = label or profile.name
 
     async def client_sample(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 from netem.profiles import Profile
 from netem.turn import TurnRelay
 from qa.context import RunContext, RunOptions
-from qa.measurement import RECOVERY_GRACE_S, LoopLag, capacity_bps, fraction, server_sample
+from qa.measurement import RECOVERY_GRACE_S, LoopLag, capacity_over, fraction, server_sample
 from qa.participants import (
     ChromiumParticipant,
     FerryParticipant,
@@ -210,7 +210,7 @@ class Runner:
                 per.append(layer)
             for per in p.layer_series.values():
                 per.extend([None] * (len(self.t) - len(per)))
-            s["capacity_bps"].append(capacity_bps(p.link_rate, p.link_since, now - dt, now)
+            s["capacity_bps"].append(capacity_over(p.link_history, now - dt, now)
                                      if self.t[-1] > 0 else None)
             s["loss_before"].append(fraction(rc["down_drop"] - prev["down_drop"],
                                           rc["down_sent"] - prev["down_sent"]))

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from netem.rate import ConstantRate, MahimahiTrace, StepRate
 from netem.tracegen import opportunities
-from qa.measurement import FrameMeter, capacity_bps, freeze_threshold, percentile
+from qa.measurement import FrameMeter, capacity_bps, capacity_over, freeze_threshold, percentile
 from qa.participants import ChromiumParticipant
 from qa.scenario import ParticipantSpec
 
@@ -124,6 +124,19 @@ def test_capacity_follows_the_links_rate_trace_and_steps() -> None:
     steps = StepRate(((0.0, 1e6), (1000.0, 3e6)))
     assert abs(capacity_bps(steps, 0.0, 0.5, 1.5) - 2e6) < 1e3
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.95) == 5.0 and percentile([], 0.5) is None
+
+
+def test_a_link_change_counts_from_when_it_happened_not_from_the_samples_start() -> None:
+    """A sample covers the interval before it: the old rate until the change, the new one after."""
+    rates = [1.2e6] * 20 + [0.0] * 20  # 2 s of link, then out
+    history = [(0.0, ConstantRate(2.5e6)), (10.0, ConstantRate(0.3e6)), (20.0, MahimahiTrace(tuple(opportunities(rates))))]
+    assert capacity_over(history, 9.5, 10.0) == 2.5e6
+    assert abs(capacity_over(history, 9.75, 10.25) - 1.4e6) < 1.0  # type: ignore[operator]
+    assert capacity_over(history, 10.0, 10.5) == 0.3e6
+    assert abs(capacity_over(history, 19.5, 20.5) - 0.75e6) < 0.05e6  # type: ignore[operator]
+    assert capacity_over(history, 22.5, 23.0) == 0.0  # the trace counted from its own start
+    assert capacity_over([(0.0, None), (1.0, ConstantRate(1e6))], 0.5, 1.5) is None
+    assert capacity_over(history, 5.0, 5.0) is None
 
 
 def test_an_audio_only_listeners_loss_after_repair_is_its_audio_loss(tmp_path) -> None:
