@@ -4,9 +4,12 @@ Why beside the clips: a pre-encoded clip cannot carry the wall-clock stamp
 (``clients.stamp``) that glass-to-glass latency is read from, and a PLI answered by
 jumping ahead in a clip shows a picture from up to a keyframe interval later. A live
 encoder stamps each frame when it is made and answers a PLI with a keyframe of the
-current picture, as a browser does. It costs libvpx time on the publisher's event loop
-for every frame (``bench/lite_live.py`` prints it), so the QA runner gives it to one
-publisher per group and sends clips from the others.
+current picture, as a browser does. It costs libvpx time for every frame
+(``bench/lite_live.py`` prints it), so the QA runner gives it to one publisher per
+group and sends clips from the others. The publisher encodes on a worker thread: on
+the event loop that every client and Ferry share in a QA run, each frame held the
+loop ~7 ms, the receivers' arrival times (their TWCC feedback) carried that jitter,
+and Ferry's estimate of a 2.5 Mbit/s link swung between 0.3 and 1.6 Mbit/s.
 """
 
 from __future__ import annotations
