@@ -290,9 +290,10 @@ def capacity_over(history: list[tuple[float, Any]], start: float, end: float) ->
     """Mean capacity (bit/s) over ``[start, end]`` of a link whose downlink rate stage
     changed over time: ``history`` is (since, rate) per change, oldest first.
 
-    Why not the rate now: a sample covers the interval before it, and a link changed
-    halfway through carried the old rate for the first half; read from the rate now,
-    the report drew every change one sample early, before the estimate could follow.
+    Why not the rate at the sample: a sample covers the interval before it, and a link
+    changed halfway through carried the old rate for the first half; read from the rate
+    at the sample, every change would show one sample early, before the estimate could
+    follow it.
     """
     span = end - start
     if span <= 0 or not history:

@@ -679,12 +679,13 @@ class GccEstimator:
     def next_probe(self, now_ms: float) -> ProbeCluster | None:
         """A probe cluster to start now (each returned once), or None.
 
-        None while the link is out: a probe sent then waits in the bottleneck until
-        the link returns and measures nothing but that wait (the periodic and hurry
-        probes kept going into outages; the outage's end sends its own). On the trace
-        cases (``bench/bwe.py --traces``) synthetic-3g's queue p95 over seeds 1-8:
-        189-225 ms against 200-238 with them (Verizon-EVDO-driving.down 205-215
-        against 205-227), the other figures as before.
+        None while the link is out: a probe sent then would wait in the bottleneck
+        until the link returns and measure nothing but that wait; the outage's end
+        sends its own. On the trace cases (``bench/bwe.py --traces``), seeds 1-8,
+        synthetic-3g's queue p95 is 189-225 ms this way and 200-238 ms with the
+        periodic and hurry probes going into outages (Verizon-EVDO-driving.down
+        205-215 against 205-227); the other traces move by -18 to +2 ms and at most
+        0.03 in utilization.
         """
         if self.outage.active:
             return None
