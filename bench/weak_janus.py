@@ -11,8 +11,9 @@ machine's load.
 Per SFU and phase it prints the video the viewer received (kbit/s), its frame rate,
 the longest gap between frames, glass-to-glass latency (the viewer assembles and
 decodes the VP8 and reads the publisher's stamp: a lower bound of what a browser
-shows, without a playout buffer), audio packets lost, and the queue the viewer's
-packets met in the bottleneck (p95 / max).
+shows, without a playout buffer), the audio packets that never came (of those sent
+while the phase's packets were arriving), and the queue the viewer's packets met in
+the bottleneck (p95 / max).
 
 Janus (Debian's, VideoRoom, ``bench/janus.py``) is told the simulcast rids high to low
 (f;h;q, as its demos send them), so its viewer gets the top layer; it picks a
@@ -86,8 +87,9 @@ class Watch:
         self.frames: list[float] = []  # monotonic s of each video frame's last packet
         self.latency: list[tuple[float, float]] = []  # (monotonic s, glass-to-glass ms)
         self.video_bytes: list[tuple[float, int]] = []
-        self.audio: list[tuple[float, int]] = []  # (monotonic s, seq) first arrivals
+        self.audio: list[tuple[float, int]] = []  # (monotonic s, extended seq) first arrivals
         self._seen_audio: set[int] = set()
+        self._audio_high: int | None = None
         self._assembler, self._decoder = Vp8FrameAssembler(), Vp8Decoder()
         original = sub.handle_rtp
 
@@ -105,9 +107,12 @@ class Watch:
         now = time.monotonic()
         seq = (packet[2] << 8) | packet[3]
         if counters.kind == "audio":
-            if seq not in self._seen_audio:
-                self._seen_audio.add(seq)
-                self.audio.append((now, seq))
+            high = self._audio_high
+            ext = seq if high is None else high + ((seq - high + 0x8000) & 0xFFFF) - 0x8000
+            self._audio_high = ext if high is None else max(high, ext)
+            if ext not in self._seen_audio:
+                self._seen_audio.add(ext)
+                self.audio.append((now, ext))
             return
         self.video_bytes.append((now, len(packet)))
         b0 = packet[0]
@@ -129,8 +134,15 @@ class Watch:
         frames = [t for t in self.frames if start <= t < end]
         gaps = [b - a for a, b in zip([start, *frames], [*frames, end], strict=True)]
         lat = sorted(ms for t, ms in self.latency if start <= t < end)
-        seqs = sorted(s for t, s in self.audio if start <= t < end)
-        expected = round((end - start) * 50)
+        # Audio by sequence number, not arrival time: the packets between the highest
+        # seq heard when the phase began and when it ended, and how many of them ever
+        # came (a queue that builds delays packets into the next phase; that is not loss).
+        lo = max((x for t, x in self.audio if t < start), default=None)
+        if lo is None:  # nothing heard before the phase: from its first packet on
+            lo = min((x - 1 for t, x in self.audio if start <= t < end), default=None)
+        hi = max((x for t, x in self.audio if t < end), default=None)
+        expected = 0 if lo is None or hi is None else hi - lo
+        got = 0 if lo is None or hi is None else sum(1 for x in self._seen_audio if lo < x <= hi)
         q = sorted(queue)
         return {
             "video_kbps": round(sum(n for t, n in self.video_bytes if start <= t < end) * 8 / (end - start) / 1000, 1),
@@ -138,7 +150,7 @@ class Watch:
             "longest_frame_gap_ms": round(max(gaps) * 1000),
             "glass_to_glass_p50_ms": _pct(lat, 0.5),
             "glass_to_glass_p95_ms": _pct(lat, 0.95),
-            "audio_lost": round(max(0, expected - len(seqs)) / expected, 3),
+            "audio_lost": round((expected - got) / expected, 3) if expected > 0 else None,
             "queue_p95_ms": _pct(q, 0.95),
             "queue_max_ms": round(q[-1]) if q else None,
         }
@@ -169,11 +181,16 @@ async def _ferry(server: FerryProcess, proxy: UdpProxy) -> tuple[list[Any], Watc
     await viewer.connect(server.ws_url)
     await viewer.join(server.token(room, "viewer"), auto_subscribe=True)
     deadline = time.monotonic() + 20.0
-    while viewer.subscriber is None or not any(c.kind == "video" and c.packets for c in viewer.received.values()):
+    while viewer.subscriber is None:  # watched from before its first packet (and keyframe)
+        if time.monotonic() > deadline:
+            raise TimeoutError("Ferry never offered the viewer a subscription")
+        await asyncio.sleep(0.005)
+    watch = Watch(viewer.subscriber)
+    while not any(c.kind == "video" and c.packets for c in viewer.received.values()):
         if time.monotonic() > deadline:
             raise TimeoutError("Ferry's viewer got no video")
         await asyncio.sleep(0.05)
-    return [pub, viewer], Watch(viewer.subscriber)
+    return [pub, viewer], watch
 
 
 async def _janus(api: JanusApi, proxy: UdpProxy) -> tuple[list[Any], Watch]:
@@ -202,10 +219,11 @@ async def _janus(api: JanusApi, proxy: UdpProxy) -> tuple[list[Any], Watch]:
     pub.start_media()
     transport = ProxiedJanusSubscriber(shared_certificate(), nack=True, twcc=True, name="janus-viewer",
                                        candidate_rewrite=proxy.route)
+    watch = Watch(transport)  # from before its first packet (and keyframe)
     sub = JanusSubscriber(api, room, transport)
     await sub.join(feed)
     await transport.wait_connected(30.0)
-    return [pub, sub], Watch(transport)
+    return [pub, sub], watch
 
 
 async def run(seconds: float, step_at: float, step_for: float) -> dict[str, Any]:
