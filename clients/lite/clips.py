@@ -12,7 +12,7 @@ from typing import Any
 
 from media.wire.vp8 import parse_vp8
 
-__all__ = ["MovingPattern", "encode_opus_clip", "encode_vp8_clip", "is_descriptor_keyframe", "is_vp8_keyframe"]
+__all__ = ["MovingPattern", "encode_opus_clip", "open_vp8_encoder", "encode_vp8_clip", "is_descriptor_keyframe", "is_vp8_keyframe"]
 
 
 def is_vp8_keyframe(frame: bytes) -> bool:
@@ -47,10 +47,12 @@ class MovingPattern:
         return plane
 
 
-@functools.lru_cache(maxsize=16)
-def _encode_vp8(
-    width: int, height: int, frames: int, bitrate: int, keyframe_interval: int, fps: int
-) -> tuple[bytes, ...]:
+def open_vp8_encoder(
+    width: int, height: int, bitrate: int, fps: int, keyframe_interval: int, *, fixed_keyframes: bool
+) -> Any:
+    """A libvpx encoder (PyAV) for the lite client's pattern: realtime, one packet per
+    frame, a keyframe at most every ``keyframe_interval`` frames (exactly that often
+    with ``fixed_keyframes``, as a looping clip needs)."""
     import av
 
     codec = av.CodecContext.create("libvpx", "w")
@@ -60,13 +62,25 @@ def _encode_vp8(
     codec.framerate = fractions.Fraction(fps, 1)
     codec.time_base = fractions.Fraction(1, fps)
     codec.gop_size = keyframe_interval
-    codec.options = {
+    options = {
         "deadline": "realtime",
         "cpu-used": "8",
         "lag-in-frames": "0",  # one packet per input frame, no look-ahead
         "kf-max-dist": str(keyframe_interval),
-        "kf-min-dist": str(keyframe_interval),
     }
+    if fixed_keyframes:
+        options["kf-min-dist"] = str(keyframe_interval)
+    codec.options = options
+    return codec
+
+
+@functools.lru_cache(maxsize=16)
+def _encode_vp8(
+    width: int, height: int, frames: int, bitrate: int, keyframe_interval: int, fps: int
+) -> tuple[bytes, ...]:
+    import av
+
+    codec = open_vp8_encoder(width, height, bitrate, fps, keyframe_interval, fixed_keyframes=True)
     out: list[bytes] = []
     pattern = MovingPattern(width, height)
     for i in range(frames):

@@ -6,22 +6,22 @@ jumping ahead in a clip shows a picture from up to a keyframe interval later. A 
 encoder stamps each frame when it is made and answers a PLI with a keyframe of the
 current picture, as a browser does. It costs libvpx time for every frame
 (``bench/lite_live.py`` prints it), so the QA runner gives it to one publisher per
-group and sends clips from the others. The publisher encodes on a worker thread: on
-the event loop that every client and Ferry share in a QA run, each frame held the
-loop ~7 ms, the receivers' arrival times (their TWCC feedback) carried that jitter,
-and Ferry's estimate of a 2.5 Mbit/s link swung between 0.3 and 1.6 Mbit/s.
+group and sends clips from the others. The publisher encodes on a worker thread:
+encoded on the event loop that every client and Ferry share in a QA run, each frame
+holds the loop ~7 ms, the receivers' arrival times (their TWCC feedback) carry that
+jitter, and Ferry's estimate of a 2.5 Mbit/s link swings between 0.3 and 1.6 Mbit/s
+(measured on the capacity-step scenario).
 """
 
 from __future__ import annotations
 
-import fractions
 import time
 
 import av
 
 from clients.stamp import draw_stamp
 
-from .clips import MovingPattern, is_vp8_keyframe
+from .clips import MovingPattern, is_vp8_keyframe, open_vp8_encoder
 
 __all__ = ["LiveVp8Source"]
 
@@ -34,20 +34,8 @@ class LiveVp8Source:
     def __init__(self, width: int, height: int, bitrate: int, fps: int) -> None:
         self.width, self.height, self.bitrate, self.fps = width, height, bitrate, fps
         self._pattern = MovingPattern(width, height)
-        codec = av.CodecContext.create("libvpx", "w")
-        codec.width, codec.height = width, height
-        codec.pix_fmt = "yuv420p"
-        codec.bit_rate = bitrate
-        codec.framerate = fractions.Fraction(fps, 1)
-        codec.time_base = fractions.Fraction(1, fps)
-        codec.gop_size = KEYFRAME_INTERVAL_S * fps
-        codec.options = {
-            "deadline": "realtime",
-            "cpu-used": "8",
-            "lag-in-frames": "0",  # one packet per input frame, no look-ahead
-            "kf-max-dist": str(KEYFRAME_INTERVAL_S * fps),
-        }
-        self._codec = codec
+        self._codec = open_vp8_encoder(width, height, bitrate, fps, KEYFRAME_INTERVAL_S * fps,
+                                       fixed_keyframes=False)
         self._index = 0
         self._want_key = True
         self.frames_encoded = 0
