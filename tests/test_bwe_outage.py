@@ -136,6 +136,21 @@ def _feed_steady(est: GccEstimator, start_ms: float, end_ms: float, seq: int, ra
     return seq
 
 
+def _send_into_outage(est: GccEstimator, seq: int, window: int) -> list[tuple[int, float]]:
+    """From 5000 ms, 1000 B packets (seq after ``seq``) every 10 ms until ``window`` is
+    in flight, then nothing comes back: at 5400 ms the link is out. Returns (seq, sent)."""
+    sent: list[tuple[int, float]] = []
+    t = 5000.0
+    while est.in_flight.bytes < window:
+        seq += 1
+        est.on_packet_sent(seq, 1000, t)
+        sent.append((seq, t))
+        t += 10.0
+    est.congestion_window_bytes(5400.0)
+    assert est.outage.active
+    return sent
+
+
 def test_an_outage_neither_crashes_the_estimate_nor_fills_the_window() -> None:
     """2 s without any delivery: the packets that waited it out come back with seconds
     of delay and the tail-dropped ones as lost. That is not congestion: the estimate
@@ -147,15 +162,7 @@ def test_an_outage_neither_crashes_the_estimate_nor_fills_the_window() -> None:
     window = est.congestion_window_bytes(5000.0)
     assert window is not None and window < 50_000
     # the outage: packets go out until the window is full, then nothing comes back
-    sent: list[tuple[int, float]] = []
-    t = 5000.0
-    while est.in_flight.bytes < window:
-        seq += 1
-        est.on_packet_sent(seq, 1000, t)
-        sent.append((seq, t))
-        t += 10.0
-    est.congestion_window_bytes(5400.0)
-    assert est.outage.active
+    sent = _send_into_outage(est, seq, window)
     # back at 7000: the first half waited out the outage, the rest was tail-dropped
     half = len(sent) // 2
     results = [PacketResult(s, st, 7000.0 + i * 10.0, 1000) for i, (s, st) in enumerate(sent[:half])]
@@ -176,15 +183,7 @@ def test_no_probe_goes_into_a_link_that_is_out_and_one_goes_when_it_returns() ->
         est.probe_controller.on_result(done.id, None, est.estimate_bps(5000.0), 5000.0)
     window = est.congestion_window_bytes(5000.0)
     assert window is not None
-    sent: list[tuple[int, float]] = []
-    t = 5000.0
-    while est.in_flight.bytes < window:
-        seq += 1
-        est.on_packet_sent(seq, 1000, t)
-        sent.append((seq, t))
-        t += 10.0
-    est.congestion_window_bytes(5400.0)
-    assert est.outage.active
+    sent = _send_into_outage(est, seq, window)
     # 3 s out: well past the periodic probe interval (and the hurry one, 1 s)
     for now in range(5400, 8400, 50):
         est.congestion_window_bytes(float(now))
