@@ -425,6 +425,8 @@ class IceFullMixin(LiteTransport):
             raise JanusError(f"{self.name}: Janus's SDP has no UDP candidate")
         self.remote_ufrag = remote.ice_ufrag
         self.remote_pwd = remote.ice_pwd.encode("utf8")
+        if self.candidate_rewrite is not None:
+            addr = self.candidate_rewrite(addr)  # a proxy on the way (bench/weak_janus.py)
         self.remote_addr = addr
         self.sock.connect(addr)
         role = "server" if remote.setup == "active" else "client"

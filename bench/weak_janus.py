@@ -67,18 +67,6 @@ FAST = "delay 20ms rate 2500kbit limit 64kb"
 SLOW = "delay 20ms rate 300kbit limit 32kb"
 
 
-class ProxiedJanusSubscriber(JanusLiteSubscriber):
-    """A Janus subscriber whose packets go through ``candidate_rewrite`` (the proxy)."""
-
-    def set_remote(self, remote: Any) -> None:
-        if self.dtls is not None:
-            return
-        super().set_remote(remote)
-        if self.candidate_rewrite is not None and self.remote_addr is not None:
-            self.remote_addr = self.candidate_rewrite(self.remote_addr)
-            self.sock.connect(self.remote_addr)
-
-
 class Watch:
     """What one viewer's transport receives: frame times, stamps, bytes, audio seqs."""
 
@@ -217,8 +205,8 @@ async def _janus(api: JanusApi, proxy: UdpProxy) -> tuple[list[Any], Watch]:
     pub.start(15.0)
     await pub.wait_connected(16.0)
     pub.start_media()
-    transport = ProxiedJanusSubscriber(shared_certificate(), nack=True, twcc=True, name="janus-viewer",
-                                       candidate_rewrite=proxy.route)
+    transport = JanusLiteSubscriber(shared_certificate(), nack=True, twcc=True, name="janus-viewer",
+                                    candidate_rewrite=proxy.route)
     watch = Watch(transport)  # from before its first packet (and keyframe)
     sub = JanusSubscriber(api, room, transport)
     await sub.join(feed)
