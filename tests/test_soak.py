@@ -14,7 +14,8 @@ number of publishers seen; the assertion is that the end is within 5% of the war
 figure.
 
 CI runs a short form (``FERRY_SOAK_SECONDS``, default 45 s of churn after the warm-up;
-the warm-up runs ``WARMUP_LANES`` publishers at a time, a few minutes);
+the warm-up runs ``WARMUP_LANES`` publishers at a time, each leaving once its media
+reached the viewer: about 20 s);
 by hand, for an hour, in a loopback-only network namespace::
 
     FERRY_SOAK_SECONDS=3600 unshare --net sh -c \\
@@ -64,6 +65,9 @@ WARMUP_CYCLES = int(os.environ.get("FERRY_SOAK_WARMUP_CYCLES", "24"))
 LANES = 2  # publishers alive at the same time
 WARMUP_LANES = 4  # the warm-up only has to get through its publishers
 HOLD_S = 3.0  # a publisher's life once its media has reached the viewer
+# The warm-up only has to get through its publishers (and the viewer's events): each
+# leaves as soon as its media has reached the viewer.
+WARMUP_HOLD_S = 0.3
 MEDIA_TIMEOUT_S = 20.0  # publish -> viewer has audio and a video keyframe
 TOLERANCE = 0.05
 FPS = 15
@@ -226,7 +230,7 @@ class Churn:
                 return False
         return True
 
-    async def one_publisher(self) -> None:
+    async def one_publisher(self, hold_s: float = HOLD_S) -> None:
         self.started += 1
         name = f"pub{self.started}"
         pub = LiteClient(name=name)
@@ -251,11 +255,13 @@ class Churn:
                         "viewer_errors": [repr(e) for e in self.viewer.subscriber_errors[-3:]],
                     }
                 )
-            await asyncio.sleep(HOLD_S)  # pacing of the churn, not a wait for a condition
+            await asyncio.sleep(hold_s)  # pacing of the churn, not a wait for a condition
         finally:
             await pub.leave()
 
-    async def run(self, *, cycles: int | None = None, until: float | None = None, lanes: int = LANES) -> None:
+    async def run(
+        self, *, cycles: int | None = None, until: float | None = None, lanes: int = LANES, hold_s: float = HOLD_S
+    ) -> None:
         """``cycles`` publishers in all, or new ones until monotonic time ``until``."""
 
         def more() -> bool:
@@ -265,9 +271,9 @@ class Churn:
             return time.monotonic() < until
 
         async def lane(index: int) -> None:
-            await asyncio.sleep(index * HOLD_S / lanes)  # stagger the lanes
+            await asyncio.sleep(index * hold_s / lanes)  # stagger the lanes
             while more():
-                await self.one_publisher()
+                await self.one_publisher(hold_s)
 
         await asyncio.gather(*(lane(i) for i in range(lanes)))
 
@@ -287,9 +293,9 @@ async def test_churn_keeps_server_rss_and_fds_flat(tmp_path: Path) -> None:
         churn = Churn(server, viewer, video, audio)
         report["start"] = server.usage().as_dict()
 
-        await churn.run(cycles=WARMUP_CYCLES, lanes=WARMUP_LANES)
+        await churn.run(cycles=WARMUP_CYCLES, lanes=WARMUP_LANES, hold_s=WARMUP_HOLD_S)
         while viewer.last_seq < EVENT_LOG_LIMIT:  # the resume log reaches its bound
-            await churn.run(cycles=churn.started + 2 * WARMUP_LANES, lanes=WARMUP_LANES)
+            await churn.run(cycles=churn.started + 2 * WARMUP_LANES, lanes=WARMUP_LANES, hold_s=WARMUP_HOLD_S)
         report["warm_viewer_seq"] = viewer.last_seq
         await server.wait_quiet()
         warm = server.usage()
