@@ -44,6 +44,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 
 from signaling.sdp import parse_media_sections
 
+from . import nack_repeat, video_jitter
 from .channel import ConnectTimeout, FerryError, RequestTimeout
 from .loopback import allow_loopback
 from .rtc_stats import peer_connection_stats, stats_totals
@@ -131,6 +132,7 @@ class FerryClient(ClientSession):
         self.publisher: RTCPeerConnection | None = None
         self.subscriber: RTCPeerConnection | None = None
         self._mid_map: dict[str, TrackKey] = {}
+        self._nack_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ signaling
 
@@ -284,6 +286,7 @@ class FerryClient(ClientSession):
         if self.subscriber is None:
             self.subscriber = RTCPeerConnection(self._configuration())
             self.subscriber.on("track", self._on_remote_track)
+            self._nack_task = asyncio.ensure_future(nack_repeat.repeat_nacks(self._video_receivers))
         pc = self.subscriber
         sections = parse_media_sections(offer["sdp"])
         new_map = {
@@ -317,6 +320,9 @@ class FerryClient(ClientSession):
             return
         live: set[TrackKey] = set()
         for tr in self.subscriber.getTransceivers():
+            if tr.kind == "video":  # before media flows
+                video_jitter.install(tr.receiver)  # a hole not filled in time ends in a keyframe
+                nack_repeat.install(tr.receiver)  # a missing packet is asked for again
             track = tr.receiver.track
             key = self._mid_map.get(tr.mid or "")
             if track is None or key is None:
@@ -399,7 +405,17 @@ class FerryClient(ClientSession):
 
     # ------------------------------------------------------------------ teardown
 
+    def _video_receivers(self) -> list[Any]:
+        if self.subscriber is None:
+            return []
+        return [tr.receiver for tr in self.subscriber.getTransceivers() if tr.kind == "video"]
+
     async def _close_media(self) -> None:
+        if self._nack_task is not None:
+            self._nack_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._nack_task
+            self._nack_task = None
         for sink in list(self.sinks.values()):
             await sink.stop()
         for pc in (self.publisher, self.subscriber):

@@ -7,7 +7,29 @@ from typing import Any
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
+from . import nack_repeat, video_jitter
 from .sink import TrackKey, TrackSink
+
+
+def _received(transceiver: Any, sink: TrackSink | None) -> dict[str, Any]:
+    """A received track's decode counters and, for video, its loss recovery."""
+    out = sink.summary() if sink is not None else {}
+    if transceiver.kind == "video":
+        out.update(_recovery(transceiver.receiver))
+    return out
+
+
+def _recovery(receiver: Any) -> dict[str, int | None]:
+    """What the receive path did about loss: packets NACKed again, holes waited out
+    (each ends in a keyframe), holes a keyframe after them ended, and frames dropped
+    waiting for a keyframe."""
+    generator, buffer = nack_repeat.generator_of(receiver), video_jitter.buffer_of(receiver)
+    return {
+        "nacksRepeated": generator.repeated if generator else None,
+        "holesGivenUp": buffer.gave_up if buffer else None,
+        "holesSkippedToKeyframe": buffer.skipped_to_keyframe if buffer else None,
+        "framesDroppedAfterLoss": buffer.dropped_frames if buffer else None,
+    }
 
 
 def stats_totals(publisher: dict[str, Any], subscriber: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +123,6 @@ async def peer_connection_stats(
                     jitter=s.jitter / rate,
                 )
         if not sending:
-            sink = sinks.get(found)  # type: ignore[arg-type]
-            if sink is not None:
-                entry.update(sink.summary())
+            entry.update(_received(tr, sinks.get(found)))  # type: ignore[arg-type]
         result["tracks"][key] = entry
     return result
