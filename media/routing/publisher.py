@@ -3,7 +3,8 @@
 Per datagram, in order (STYLE habit 4): parse once -> latch SSRC to (track, layer)
 from MID/RID/repaired-RID or SDP SSRCs -> record transport-wide seq -> unwrap RTX ->
 stats + NACK log -> forward. Feedback toward the publisher (RR, NACK, PLI, TWCC)
-is produced in `on_timer`.
+is produced in `on_timer`, and REMB for a sender that takes no transport-wide feedback
+(``media.bwe.remb``: its abs-send-time stamps, when it sends no transport-wide seq).
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ from collections.abc import Callable
 
 from aiortc.rtp import RtcpSrPacket
 
-from media.ortc import EXT_AUDIO_LEVEL, EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TWCC
+from media.bwe.remb import RembEstimator
+from media.ortc import (
+    EXT_ABS_SEND_TIME,
+    EXT_AUDIO_LEVEL,
+    EXT_MID,
+    EXT_REPAIRED_RID,
+    EXT_RID,
+    EXT_TWCC,
+)
 from media.rtp.remote_clock import RemoteClock
 from media.rtp.twcc import TwccRecorder
 from media.stats import EngineStats
 from media.transport.webrtc_transport import WebRtcTransport
-from media.wire.rtcp import build_nack, build_pli, build_rr, parse_rtcp
+from media.wire.rtcp import build_nack, build_pli, build_remb, build_rr, parse_rtcp
 from media.wire.rtp import (
     RtpView,
     build_rtp_view,
@@ -63,6 +72,8 @@ class PublisherPeer:
         self._ext_twcc: int | None = None
         self._ext_audio_level: int | None = None
         self.twcc: TwccRecorder | None = None
+        self._ext_abs: int | None = None
+        self.remb: RembEstimator | None = None
         self.clock = RemoteClock()  # its reports' NTP time on Ferry's clock
         self._next_rr_ms = 0.0
         self.connected = False
@@ -79,6 +90,12 @@ class PublisherPeer:
         if twcc != self._ext_twcc:
             self._ext_twcc = twcc
             self.twcc = TwccRecorder(self.rtcp_ssrc, 0) if twcc else None
+        # A sender that stamps abs-send-time but no transport-wide seq estimates nothing
+        # itself (aiortc): Ferry estimates its uplink and tells it by REMB.
+        abs_id = ids.get(EXT_ABS_SEND_TIME) if not twcc else None
+        if abs_id != self._ext_abs:
+            self._ext_abs = abs_id
+            self.remb = RembEstimator() if abs_id else None
 
     def add_track(self, track: PublishedTrack, ssrcs: list[tuple[int | None, int | None]]) -> None:
         """Register a track; `ssrcs` are (primary, rtx) per layer when the SDP names them."""
@@ -123,6 +140,7 @@ class PublisherPeer:
                     stats.drop("rtp_unknown_ssrc")
                     return
             value = view.extension(self._ext_twcc) if self.twcc is not None and self._ext_twcc else None
+            sent_at = view.extension(self._ext_abs) if self.remb is not None and self._ext_abs else None
             level = None
             if self._ext_audio_level and not entry[1] and entry[0].track.kind == "audio":
                 level = view.extension(self._ext_audio_level)
@@ -135,6 +153,8 @@ class PublisherPeer:
                     # Chrome ignores transport-wide feedback naming media SSRC 0.
                     self.twcc.media_ssrc = view.ssrc
                 self.twcc.record(parse_twcc_seq(value), now_ms)
+        if sent_at is not None and len(sent_at) == 3 and self.remb is not None:
+            self.remb.on_packet(int.from_bytes(sent_at, "big"), now_ms, len(data))
         layer, is_rtx = entry
         track = layer.track
         if track.closed:
@@ -254,6 +274,18 @@ class PublisherPeer:
             if deadline is not None and deadline <= now_ms:
                 for packet in twcc.build_feedback(now_ms):
                     send(packet)
+        remb = self.remb
+        if remb is not None:
+            bps = remb.due(now_ms)
+            ssrcs = [
+                layer.ssrc
+                for track in self.tracks_by_mid.values()
+                if track.kind == "video"
+                for layer in track.layers
+                if layer.ssrc is not None
+            ]
+            if bps is not None and ssrcs:
+                send(build_remb(self.rtcp_ssrc, bps, ssrcs))
         if now_ms >= self._next_rr_ms:
             self._next_rr_ms = now_ms + RR_INTERVAL_MS
             reports = [
