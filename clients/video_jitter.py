@@ -116,11 +116,15 @@ class RecoveringJitterBuffer(JitterBuffer):
             return pli or self._pli_due(now), frame
         if self._origin != self._held_origin:
             self._held_origin, self._held_since = self._origin, now
-        hole = self._hole_before(packet.sequence_number)
-        if hole is not None and (
-            (now - self._held_since) * 1000.0 >= self.give_up_ms or hole >= RTP_HISTORY_SIZE
+        # Looked for only when it could matter: held long enough, or enough packets
+        # behind the origin for a hole there to have left the NACK history.
+        held_long = (now - self._held_since) * 1000.0 >= self.give_up_ms
+        if self._origin is not None and (
+            held_long or uint16_add(packet.sequence_number, -self._origin) >= RTP_HISTORY_SIZE
         ):
-            return self._give_up(now) or pli, None
+            hole = self._hole_before(packet.sequence_number)
+            if hole is not None and (held_long or hole >= RTP_HISTORY_SIZE):
+                return self._give_up(now) or pli, None
         return pli or self._pli_due(now), None
 
     def _hole_before(self, seq: int) -> int | None:

@@ -54,8 +54,10 @@ async def test_an_aiortc_publisher_on_a_narrow_uplink_keeps_its_queue_short_by_r
         }
         print("PUBLISHER_REMB", figures)
         assert peer.remb.rembs >= 3, figures
-        assert (peer.remb.estimate_bps or 0) <= 350_000, figures
-        assert figures["uplink_queue_p95_ms"] < 400, figures
+        # The estimate moves around the link's 350 kbit/s (AIMD looks for more, overuse
+        # cuts); what it must do is keep the encoder from its 500 kbit/s and the queue short.
+        assert (peer.remb.estimate_bps or 0) < 450_000, figures
+        assert figures["uplink_queue_p95_ms"] < 400 and figures["uplink_dropped"] < 50, figures
     finally:
         await pub.close()
         await relay.close()
