@@ -54,6 +54,9 @@ class Participant:
         self._window_rx: tuple[int, int] | None = None
         self._window_relay: dict[str, float] | None = None
         self.rx_totals: tuple[int, int] = (0, 0)  # (received, lost) RTP packets, cumulative
+        # aiortc viewers' video loss repair, cumulative: (packets NACKed again, holes given
+        # up for a keyframe); None for other clients
+        self.video_repair: tuple[int, int] | None = None
         self.tracker: SeqTracker | None = None  # video RTP, set by clients that see every packet
         self.audio_tracker: SeqTracker | None = None  # audio RTP, likewise
         self.audio_marks: list[dict[int, int]] = []  # audio tracker snapshot per sample
@@ -191,6 +194,11 @@ class FerryParticipant(Participant):
         rx = sum(t.get("packetsReceived") or 0 for t in st["subscriber"]["tracks"].values())
         lost = sum(max(0, t.get("packetsLost") or 0) for t in st["subscriber"]["tracks"].values())
         pcs = [pc for pc in (self.client.publisher, self.client.subscriber) if pc is not None]
+        videos = [t for t in st["subscriber"]["tracks"].values() if t.get("kind") == "video"]
+        self.video_repair = (
+            sum(t.get("nacksRepeated") or 0 for t in videos),
+            sum(t.get("holesGivenUp") or 0 for t in videos),
+        )
         return {
             "rtt_ms": max(rtts) * 1000.0 if rtts else None,
             "jitter_ms": max(jit) * 1000.0 if jit else None,

@@ -107,6 +107,8 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
             else p.loss_after_total if p.tracker is not None and p.loss_after_total is not None
             else fraction(d_lost, d_rx + d_lost)) if sub else None,
         "audio_loss_after_recovery": audio_loss if sub and audios else None,
+        "video_nacks_repeated": p.video_repair[0] if sub and p.video_repair else None,
+        "video_holes_given_up": p.video_repair[1] if sub and p.video_repair else None,
         "audio_concealed": concealed if sub else None,
         "audio_concealment_events": sum(m[1][2] - m[0][2] for m in marks) if marks else None,
         "uplink_loss": fraction(rc["up_drop"] - w["up_drop"], rc["up_sent"] - w["up_sent"]),

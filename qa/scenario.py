@@ -72,6 +72,10 @@ METRICS: dict[str, str] = {
     "audio_concealed": "fraction of audio concealed (Chromium: concealedSamples / "
                        "totalSamplesReceived; aiortc: time without audio frames)",
     "audio_loss_after_recovery": "fraction of audio RTP packets that never arrived",
+    "video_nacks_repeated": "video packets an aiortc viewer NACKed again (still missing 100 ms "
+                            "after it asked; clients.nack_repeat)",
+    "video_holes_given_up": "video packets an aiortc viewer stopped waiting for after 1 s and "
+                            "asked a keyframe instead (clients.video_jitter)",
     "latency_p50_ms": "glass-to-glass latency, median over shown frames (capture stamp in the "
                       "picture to display; Python and Chromium publishers stamp, LiteClient not)",
     "latency_p95_ms": "glass-to-glass latency, 95th percentile",

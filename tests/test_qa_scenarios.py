@@ -118,6 +118,7 @@ def test_run_broadband_writes_report(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert p["connected"] == 1 and p["decoded_frames"] > 20, p
         assert p["recv_bps"] > 100_000 and len(p["series"]["recv_bps"]) == len(report["t"])
         assert p["layer_mean"] is not None  # read from the in-process Ferry
+        assert p["video_holes_given_up"] == 0 and p["video_nacks_repeated"] is not None  # aiortc
     assert len(report["t"]) >= 12
     text = capsys.readouterr().out
     assert "alice" in text and "result:" in text
