@@ -11,9 +11,9 @@ abs-send-time stamps and Ferry's arrival times, with the send side's own delay-b
 pieces (``InterArrival`` groups, the trendline, the overuse detector, AIMD on the rate
 received), as libwebrtc's receive-side estimator does. ``due`` says when to send a
 REMB: once a second, and at once when the estimate fell 3 % or more below the last one
-sent (at most every ``MIN_INTERVAL_MS``). Until ``INIT_MS`` of packets have come it
-says nothing: the estimate starts from the rate received then, not from a guess that
-would throttle a sender that has not shown its rate yet.
+sent (at most every ``MIN_INTERVAL_MS``). Until ``INIT_MS`` of packets have come (or
+overuse is seen first) it says nothing: the estimate starts from the rate received
+then, not from a guess that would throttle a sender that has not shown its rate yet.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from media.bwe.interarrival import InterArrival
 from media.bwe.overuse import BandwidthUsage, OveruseDetector
 from media.bwe.trendline import TrendlineEstimator
 from media.rtp.twcc import PacketResult
+from media.wire.seqnum import Unwrapper
 
 __all__ = ["RembEstimator", "abs_send_time_ms"]
 
@@ -51,8 +52,7 @@ class RembEstimator:
         self.usage = BandwidthUsage.NORMAL
         self._first_ms: float | None = None
         self._initialized = False
-        self._last_raw: int | None = None
-        self._wraps = 0
+        self._send_time = Unwrapper(ABS_SEND_TIME_WRAP)
         self._seq = 0
         self._sent_bps: int | None = None
         self._sent_ms: float | None = None
@@ -64,13 +64,7 @@ class RembEstimator:
 
     def on_packet(self, abs_send_time: int, arrival_ms: float, size: int) -> None:
         """A packet with abs-send-time ``abs_send_time`` (the raw 24-bit field) arrived."""
-        last = self._last_raw
-        if last is not None and abs_send_time < last and last - abs_send_time > ABS_SEND_TIME_WRAP // 2:
-            self._wraps += 1
-        elif last is not None and abs_send_time > last and abs_send_time - last > ABS_SEND_TIME_WRAP // 2:
-            return  # from before the last wrap, reordered: too late to matter
-        self._last_raw = abs_send_time
-        send_ms = abs_send_time_ms(abs_send_time + self._wraps * ABS_SEND_TIME_WRAP)
+        send_ms = abs_send_time_ms(self._send_time.unwrap(abs_send_time))
         self._seq += 1
         self.incoming.on_results((PacketResult(self._seq, send_ms, arrival_ms, size),))
         if self._first_ms is None:
@@ -82,15 +76,12 @@ class RembEstimator:
         self.usage = self.detector.detect(trend, delta.send_delta_ms, delta.arrival_ms)
         incoming = self.incoming.bitrate_bps()
         if not self._initialized:
-            if incoming is None or arrival_ms - self._first_ms < INIT_MS:
-                if self.usage is not BandwidthUsage.OVERUSING or incoming is None:
-                    return
+            early = arrival_ms - self._first_ms < INIT_MS
+            if incoming is None or (early and self.usage is not BandwidthUsage.OVERUSING):
+                return
             self.aimd.set_estimate(incoming, arrival_ms)
             self._initialized = True
         self.aimd.update(self.usage, incoming, arrival_ms)
-
-    def set_rtt(self, rtt_ms: float) -> None:
-        self.aimd.set_rtt(rtt_ms)
 
     def due(self, now_ms: float) -> int | None:
         """The bitrate to send in a REMB now, or None."""

@@ -274,9 +274,8 @@ class PublisherPeer:
             if deadline is not None and deadline <= now_ms:
                 for packet in twcc.build_feedback(now_ms):
                     send(packet)
-        remb = self.remb
-        if remb is not None:
-            bps = remb.due(now_ms)
+        bps = self.remb.due(now_ms) if self.remb is not None else None
+        if bps is not None:
             ssrcs = [
                 layer.ssrc
                 for track in self.tracks_by_mid.values()
@@ -284,7 +283,7 @@ class PublisherPeer:
                 for layer in track.layers
                 if layer.ssrc is not None
             ]
-            if bps is not None and ssrcs:
+            if ssrcs:
                 send(build_remb(self.rtcp_ssrc, bps, ssrcs))
         if now_ms >= self._next_rr_ms:
             self._next_rr_ms = now_ms + RR_INTERVAL_MS
