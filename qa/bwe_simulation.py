@@ -9,7 +9,8 @@ What runs (all sans-I/O, one loop over the earliest deadline):
 
 - **sender** (the SFU's DownTrack side): audio (one 120-byte packet per 20 ms,
   optional) and video at ``min(estimate, desired) - audio`` as 30 fps frames of
-  +-20 % size noise, a keyframe 4x a frame every ``keyframe_interval_ms``;
+  +-20 % size noise, a keyframe ``keyframe_ratio`` x a frame every
+  ``keyframe_interval_ms``;
   packets of at most 1200 bytes go through the ``Pacer``; the transport-wide
   seq is stamped when a packet leaves the pacer (``TwccSendHistory.on_sent``);
   probe clusters from ``GccEstimator.next_probe`` go to the pacer, and tagged
@@ -103,6 +104,7 @@ class Scenario:
     audio: bool = True
     fps: float = 30.0
     keyframe_interval_ms: float = 10_000.0
+    keyframe_ratio: float = 4.0  # a keyframe's size in frames
     feedback_interval_ms: float = 50.0
     sample_ms: float = 100.0
 
@@ -237,7 +239,7 @@ class Simulation:
             return
         size = video_bps / sc.fps / 8.0 * self.rng.uniform(0.8, 1.2)
         if now_ms >= self._next_keyframe:
-            size *= 4.0
+            size *= sc.keyframe_ratio
             self._next_keyframe = now_ms + sc.keyframe_interval_ms
         n = max(1, math.ceil(size / MAX_PACKET))
         each = max(1, int(size / n))
@@ -386,5 +388,6 @@ class Simulation:
             "probes": self.est.probe_controller.sent_clusters,
             "probe_results": list(self.est.probe_results.results),
             "late_feedback_packets": self.recorder.late_packets,
+            "outages": self.est.outage.outages,
         }
         return self.result

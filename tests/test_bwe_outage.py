@@ -273,6 +273,27 @@ def test_feedback_count_gaps_count_lost_feedback_for_ten_seconds() -> None:
     assert o.losing_feedback(11_999.0) and not o.losing_feedback(12_001.0)
 
 
+def test_where_feedback_gets_lost_an_outage_needs_silence_over_several_redraws() -> None:
+    """At 10 % loss a redraw or its feedback is lost one time in five: three unanswered
+    redraws (one every 160 ms) happen by chance under 1 % of the time, and the fourth's
+    answer is due by then. Without feedback loss, or with no redraws, 300 ms; never
+    over a second."""
+    o = OutageTracker(silence_ms=300.0)
+    assert o.required_silence_ms(160.0) == 300.0
+    count = 0
+    for i in range(60):
+        count += 2 if i % 9 == 0 else 1  # one lost in ten
+        o.on_feedback_count(count, 1000.0 + 50.0 * i)
+    assert 0.09 < o.feedback_loss() < 0.12
+    assert o.required_silence_ms(160.0) == 4 * 160.0
+    assert o.required_silence_ms(None) == 300.0
+    assert o.required_silence_ms(750.0) == 1000.0  # a long path: a second at most
+    for i in range(64):  # the return path stops losing feedback
+        count += 1
+        o.on_feedback_count(count, 5000.0 + 50.0 * i)
+    assert o.feedback_loss() == 0.0 and o.required_silence_ms(160.0) == 300.0
+
+
 def test_the_estimator_redraws_feedback_only_where_feedback_gets_lost() -> None:
     est = GccEstimator(start_bps=1_000_000)
     seq = _feed_steady(est, 0.0, 2000.0, 0, 800_000)

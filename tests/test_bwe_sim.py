@@ -100,3 +100,40 @@ def test_simulation_is_deterministic() -> None:
     a, b = run(sc), run(sc)
     assert a.series("estimate_bps") == b.series("estimate_bps")
     assert a.queue_delays == b.queue_delays
+
+
+def _lossy_both_ways(seed: int, duration_ms: float, outage: tuple[float, float] | None = None) -> Scenario:
+    """10 % random loss each way on an ample link, 550 kbit/s of video whose keyframe
+    (every 2 s) is 10 frames: it fills the congestion window by itself, so a lost
+    feedback leaves the sender waiting on redraws. ``outage``: (start, end) ms of a
+    dead link both ways."""
+    down = [Phase(0, 5_000_000, 10.0, loss=0.1)]
+    up = [Phase(0, None, 10.0, loss=0.1)]
+    if outage is not None:
+        start, end = outage
+        down += [Phase(start, 5_000_000, 10.0, loss=1.0), Phase(end, 5_000_000, 10.0, loss=0.1)]
+        up += [Phase(start, None, 10.0, loss=1.0), Phase(end, None, 10.0, loss=0.1)]
+    return Scenario(
+        "lossy", duration_ms, down, up, desired_bps=550_000, seed=seed,
+        keyframe_interval_ms=2000.0, keyframe_ratio=10.0,
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_lost_feedback_on_a_lossy_link_is_not_an_outage(seed: int) -> None:
+    """Five minutes at 10 % loss each way: no outage (one would pause the video until a
+    keyframe), and the video keeps its rate."""
+    r = run(_lossy_both_ways(seed, 300_000))
+    assert r.counters["outages"] == 0
+    assert statistics.mean(r.series("delivered_bps", WARMUP_MS)) > 0.8 * 550_000
+
+
+def test_a_real_outage_on_a_lossy_link_is_still_noticed_and_recovered_from() -> None:
+    """The same lossy link dead for 2 s: one outage, and the video is back at its rate
+    within a second of the return."""
+    r = run(_lossy_both_ways(3, 40_000, outage=(20_000.0, 22_000.0)))
+    assert r.counters["outages"] == 1
+    during = r.series("delivered_bps", 20_500.0, 22_000.0)
+    assert max(during) == 0.0
+    back = r.series("delivered_bps", 23_000.0, 30_000.0)
+    assert statistics.mean(back) > 0.8 * 550_000

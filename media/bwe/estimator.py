@@ -349,7 +349,7 @@ class GccEstimator:
         Also notices an outage (feedback silent with data in flight): see ``in_flight``.
         """
         self.in_flight.prune(now_ms)
-        if self.outage.check(now_ms, self.in_flight):
+        if self.outage.check(now_ms, self.in_flight, self.feedback_wait_ms(now_ms)):
             self._on_outage_start(now_ms)
         base_ack = self._base_ack.get()
         if base_ack is None or self.outage.last_feedback_ms is None:

@@ -35,6 +35,7 @@ evidence and probe the remembered capacity instead.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 __all__ = ["InFlight", "OutageTracker"]
@@ -45,6 +46,18 @@ MIN_WINDOW_BYTES = 3000  # two or three packets: below this the feedback loop st
 MAX_AGE_MS = 5000.0  # packets never covered by feedback stop counting after this long
 OUTAGE_SILENCE_MS = 300.0  # no feedback this long with data in flight: the link is out
 FEEDBACK_LOSS_MEMORY_MS = 10_000.0  # a lost feedback this recent: feedback gets lost here
+# Where feedback gets lost, silence is an outage only once so many redraws went
+# unanswered (see ``OutageTracker.required_silence_ms``) that lost packets alone would
+# explain it less often than this. Measured in virtual time (10 % loss each way, 550
+# kbit/s video with a keyframe of 10 frames every 2 s, 6 x 5 min): at a flat 300 ms, 11
+# outages, each pausing the video until a keyframe.
+FALSE_OUTAGE_ODDS = 0.01
+MAX_UNANSWERED_REDRAWS = 5
+# ... but a link silent this long is out whatever its loss: on a long path (satellite,
+# redraws 750 ms apart) two redraws would take 2.25 s, and an outage not noticed is read
+# as congestion when the link returns (the estimate cut to what waited out the outage).
+MAX_LOSSY_SILENCE_MS = 1000.0
+FEEDBACK_LOSS_WINDOW = 64  # feedback packets the return path's loss is counted over
 
 
 class InFlight:
@@ -123,14 +136,19 @@ class OutageTracker:
         self._last_count: int | None = None  # the last feedback's 8-bit packet count
         self.feedback_lost = 0  # feedback packets that never came (count gaps)
         self.feedback_lost_ms: float | None = None  # when the last such gap was seen
+        self._recent_lost: deque[int] = deque()  # feedbacks lost before each one received
+        self._recent_lost_sum = 0
         self.outages = 0
 
     @property
     def active(self) -> bool:
         return self.since_ms is not None
 
-    def check(self, now_ms: float, in_flight: InFlight) -> bool:
+    def check(self, now_ms: float, in_flight: InFlight, redraw_wait_ms: float | None = None) -> bool:
         """True when an outage begins now (call from timers and before sending).
+
+        ``redraw_wait_ms``: how often overdue feedback is redrawn, where it gets lost
+        (see ``required_silence_ms``).
 
         The silence counts from the first packet sent after the last feedback, not
         from the oldest one in flight: a receiver reports each packet once, so when
@@ -150,7 +168,8 @@ class OutageTracker:
             if first is None:
                 return False
             self._first_sent_after = first
-        if now_ms - last > self.silence_ms and now_ms - first > self.silence_ms:
+        quiet = min(now_ms - last, now_ms - first)
+        if quiet > self.silence_ms and quiet > self.required_silence_ms(redraw_wait_ms):
             self.since_ms = last
             self.outages += 1
             return True
@@ -167,6 +186,40 @@ class OutageTracker:
         if 0 < gap < 0x80:  # a larger gap: reordered, or the receiver restarted
             self.feedback_lost += gap
             self.feedback_lost_ms = now_ms
+        else:
+            gap = 0
+        recent = self._recent_lost
+        recent.append(gap)
+        self._recent_lost_sum += gap
+        if len(recent) > FEEDBACK_LOSS_WINDOW:
+            self._recent_lost_sum -= recent.popleft()
+
+    def feedback_loss(self) -> float:
+        """The fraction of the last ``FEEDBACK_LOSS_WINDOW`` feedback packets lost."""
+        lost = self._recent_lost_sum
+        return lost / (lost + len(self._recent_lost)) if lost else 0.0
+
+    def required_silence_ms(self, redraw_wait_ms: float | None) -> float:
+        """How long feedback must be silent for an outage.
+
+        Where feedback gets lost, a full window (a keyframe is enough) with the
+        feedback for it lost leaves the sender waiting on redraws (``Pacer``), and each
+        redraw goes unanswered when it or its feedback is lost: at 10 % loss each way,
+        one in five. ``silence_ms`` is then too short: a false outage pauses the video
+        until a keyframe comes (live, 0.5 s freezes at 10 % loss). So the silence must
+        also span enough redraws, one every ``redraw_wait_ms``, that all of them going
+        unanswered by chance is rarer than ``FALSE_OUTAGE_ODDS``, taking the loss on
+        the way out as that on the way back; at most ``MAX_LOSSY_SILENCE_MS``.
+        """
+        p = self.feedback_loss()
+        if redraw_wait_ms is None or p <= 0.0:
+            return self.silence_ms
+        unanswered = 1.0 - (1.0 - p) ** 2
+        if unanswered >= 0.5:
+            redraws = MAX_UNANSWERED_REDRAWS
+        else:
+            redraws = min(MAX_UNANSWERED_REDRAWS, math.ceil(math.log(FALSE_OUTAGE_ODDS) / math.log(unanswered)))
+        return max(self.silence_ms, min(MAX_LOSSY_SILENCE_MS, (redraws + 1) * redraw_wait_ms))
 
     def losing_feedback(self, now_ms: float) -> bool:
         """Whether feedback was lost in the last ``FEEDBACK_LOSS_MEMORY_MS``."""
