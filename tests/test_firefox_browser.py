@@ -4,7 +4,8 @@ Firefox is Debian's firefox-esr in headless mode, driven over WebDriver BiDi
 (``tests.firefox``); skipped only when it is not installed. Both pages publish a camera
 in three simulcast layers and a microphone; each must decode the other's video and
 play its audio, and Ferry must receive at least two of the three layers of each camera
-(all three on an idle machine; Chrome drops its top layer when the CPU is short). Prints
+(all three on an idle machine; Chrome drops its top layer when the CPU is short, and
+more of them when it reports its encoder limited by CPU). Prints
 ``FIREFOX {...}`` (``pytest -s``) with each layer's rate and Ferry's drop counters:
 what Firefox sends on its lowest layer is compared with what the page asked (150 kbit/s).
 """
@@ -105,8 +106,23 @@ async def _meeting(server: FerryServer) -> None:
             for k, v in snap1["drops"].items()
             if v - snap0["drops"].get(k, 0)
         }
+        local = {
+            "chrome": await chrome.evaluate("window.ferry.localStats()"),
+            "firefox": await page.evaluate("window.ferry.localStats()"),
+        }
+        # A browser whose encoder is short of CPU sends fewer layers (Chrome: as few as
+        # one once it scales its camera down far enough); what it sends Ferry forwards.
+        cpu_limited = {
+            name: any(e["kind"] == "video" and e["qualityLimitationReason"] == "cpu" for e in s["encodings"])
+            for name, s in local.items()
+        }
         figures = {
             "layer_kbps": {names[s]: [round(r / 1000) for r in v] for s, v in rates.items()},
+            "encodings": {
+                name: [(e["rid"], e["frameHeight"], e["qualityLimitationReason"]) for e in s["encodings"]
+                       if e["kind"] == "video"]
+                for name, s in local.items()
+            },
             "firefox_sees": await page.evaluate(decoded),
             "chrome_sees": await chrome.evaluate(decoded),
             "drops_in_8s": drops,
@@ -115,7 +131,7 @@ async def _meeting(server: FerryServer) -> None:
         print("FIREFOX " + json.dumps(figures))
         assert len(sids) == 2
         for sid, per_layer in rates.items():
-            assert sum(1 for r in per_layer if r > 0) >= 2, (names[sid], per_layer)
+            assert sum(1 for r in per_layer if r > 0) >= (1 if cpu_limited[names[sid]] else 2), figures
         firefox_sid = next(s for s, n in names.items() if n == "firefox")
         assert rates[firefox_sid][0] < 2 * LOW_LAYER_MAX_BPS, figures
         assert page.errors == [] and chrome.ferry_errors == [], figures
