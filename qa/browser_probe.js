@@ -243,6 +243,7 @@
           concealedSamples: s.concealedSamples ?? null, silentConcealedSamples: s.silentConcealedSamples ?? null,
           totalSamplesReceived: s.totalSamplesReceived ?? null, concealmentEvents: s.concealmentEvents ?? null,
           jitterBufferDelay: s.jitterBufferDelay ?? null, jitterBufferEmittedCount: s.jitterBufferEmittedCount ?? null,
+          jitterBufferMinimumDelay: s.jitterBufferMinimumDelay ?? null,
         });
       });
     }

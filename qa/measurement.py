@@ -28,7 +28,7 @@ AUDIO_GAP_S = 0.06
 SERIES_KEYS = ("recv_bps", "sent_bps", "estimate_bps", "layer", "target_layer", "loss_before",
                "loss_after", "uplink_loss", "rtt_ms", "jitter_ms", "fps", "freezes", "frozen",
                "latency_ms", "latency_max_ms", "capacity_bps", "audio_concealed",
-               "jitter_buffer_ms", "audio_jitter_buffer_ms", "sent_fps")
+               "jitter_buffer_ms", "audio_jitter_buffer_ms", "audio_jitter_target_ms", "sent_fps")
 
 
 def freeze_threshold(intervals: list[float]) -> float:

@@ -281,9 +281,10 @@ class ChromiumParticipant(Participant):
                                           timeout=self.ctx.options.connect_timeout_s * 1000)
         self.connected = True
         self._chrome_prev: dict[str, tuple[int, int, float]] = {}  # sid -> frames, freezes, s
-        self._jitter_prev: dict[str, tuple[float, int]] = {}  # kind -> delay s, emitted
+        self._jitter_prev: dict[str, tuple[float, int, float]] = {}  # kind -> delay s, emitted, minimum s
         self.jitter_buffer_ms: float | None = None
         self.audio_jitter_buffer_ms: float | None = None
+        self.audio_jitter_target_ms: float | None = None
 
     async def client_sample(self) -> dict[str, Any]:
         stats = await self.page.evaluate("window.ferry.stats()")
@@ -310,28 +311,40 @@ class ChromiumParticipant(Participant):
                     m.on_latency(now - (float(probe["now"]) - float(epoch_ms)) / 1000.0, float(ms))
         return {"rtt_ms": rtt * 1000.0 if rtt is not None else None, "jitter_ms": None,
                 "rx": (rx, lost), "connected": True, "jitter_buffer_ms": self.jitter_buffer_ms,
-                "audio_jitter_buffer_ms": self.audio_jitter_buffer_ms}
+                "audio_jitter_buffer_ms": self.audio_jitter_buffer_ms,
+                "audio_jitter_target_ms": self.audio_jitter_target_ms}
 
     def video_frames_sent(self) -> int | None:
         return getattr(self, "_frames_encoded", None)
 
     def _jitter_buffers(self, inbound: list[dict[str, Any]]) -> None:
         """Chrome's video and audio jitter buffer delay over the last sample (their share
-        of latency); the video's follows the audio's where lip sync holds it back."""
-        jitter = {"video": [0.0, 0], "audio": [0.0, 0]}  # kind -> delay s, emitted
+        of latency); the video's follows the audio's where lip sync holds it back.
+
+        Also the delay the audio jitter buffer aims for on the network's evidence alone
+        (``jitterBufferMinimumDelay``: lip sync not included). Audio that waited out an
+        outage in the bottleneck reaches it seconds late in one burst, and that evidence
+        can hold its aim at up to 2 s until the next outage: a delay no sender can take
+        back, which this figure tells apart from one Ferry's queues make."""
+        jitter = {"video": [0.0, 0, 0.0], "audio": [0.0, 0, 0.0]}  # kind -> delay s, emitted, minimum s
         for s in inbound:
             if s.get("sid") and s.get("kind") in jitter:
                 j = jitter[s["kind"]]
                 j[0] += float(s.get("jitterBufferDelay") or 0.0)
                 j[1] += int(s.get("jitterBufferEmittedCount") or 0)
-        for kind, (delay, emitted) in jitter.items():
-            prev_delay, prev_emitted = self._jitter_prev.get(kind, (0.0, 0))
-            ms = (delay - prev_delay) / (emitted - prev_emitted) * 1000.0 if emitted > prev_emitted else None
-            self._jitter_prev[kind] = (delay, emitted)
+                j[2] += float(s.get("jitterBufferMinimumDelay") or 0.0)
+        for kind, (delay, emitted, minimum) in jitter.items():
+            prev_delay, prev_emitted, prev_minimum = self._jitter_prev.get(kind, (0.0, 0, 0.0))
+            self._jitter_prev[kind] = (delay, emitted, minimum)
+            fresh = emitted - prev_emitted
+            ms = (delay - prev_delay) / fresh * 1000.0 if fresh > 0 else None
             if kind == "video":
                 self.jitter_buffer_ms = ms
             else:
                 self.audio_jitter_buffer_ms = ms
+                self.audio_jitter_target_ms = (
+                    (minimum - prev_minimum) / fresh * 1000.0 if fresh > 0 and minimum > 0 else None
+                )
 
     def _chrome_inbound(self, inbound: list[dict[str, Any]], now: float) -> None:
         """Chrome's own per-track figures: decoded frames, freezes (``freezeCount``,

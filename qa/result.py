@@ -121,6 +121,7 @@ def summarise(p: Participant, t: list[float], t0: float, end: float) -> dict[str
         "jitter_ms": median_of(s["jitter_ms"]),
         "jitter_buffer_ms": median_of(s["jitter_buffer_ms"]),
         "audio_jitter_buffer_ms": median_of(s["audio_jitter_buffer_ms"]),
+        "audio_jitter_target_max_ms": max((x for x in s["audio_jitter_target_ms"] if x is not None), default=None),
         "sent_fps_min": min((x for x in s["sent_fps"] if x is not None), default=None),
         "layer_mean": mean_of(layers_after),
         "layer_min": min(layers_after) if layers_after else None,

@@ -223,6 +223,7 @@ class Runner:
             s["jitter_ms"].append(cs.get("jitter_ms"))
             s["jitter_buffer_ms"].append(cs.get("jitter_buffer_ms"))
             s["audio_jitter_buffer_ms"].append(cs.get("audio_jitter_buffer_ms"))
+            s["audio_jitter_target_ms"].append(cs.get("audio_jitter_target_ms"))
             sent = p.video_frames_sent() if p.error is None else None
             prev_sent, p._prev_frames_sent = p._prev_frames_sent, sent
             s["sent_fps"].append((sent - prev_sent) / dt if sent is not None and

@@ -98,6 +98,8 @@ METRICS: dict[str, str] = {
                     "(a publisher starved of CPU makes every viewer freeze)",
     "jitter_buffer_ms": "median of Chrome's video jitter buffer delay per 500 ms (Chromium)",
     "audio_jitter_buffer_ms": "median of Chrome's audio jitter buffer delay per 500 ms (Chromium)",
+    "audio_jitter_target_max_ms": "largest delay Chrome's audio jitter buffer aimed for on network "
+                                  "evidence alone, per 500 ms (jitterBufferMinimumDelay; Chromium)",
     "layer_mean": "mean simulcast layer Ferry forwarded to this subscriber (0 = lowest)",
     "layer_min": "lowest simulcast layer forwarded after the first frame",
     "estimate_bps": "mean of Ferry's bandwidth estimate for this subscriber, if exposed",

@@ -71,7 +71,8 @@ def _figures(p: dict[str, Any]) -> dict[str, Any]:
             "latency_max_ms", "latency_frames", "rtt_ms", "rtt_max_ms", "recv_bps", "utilization",
             "audio_concealed", "audio_concealment_events", "loss_after_recovery",
             "remote_video_tracks", "remote_audio_tracks", "audio_latency_p50_ms",
-            "audio_latency_max_ms", "audio_latency_beeps", "jitter_buffer_ms", "audio_jitter_buffer_ms")
+            "audio_latency_max_ms", "audio_latency_beeps", "jitter_buffer_ms", "audio_jitter_buffer_ms",
+            "audio_jitter_target_max_ms")
     return {k: (round(p[k], 3) if isinstance(p.get(k), float) else p.get(k)) for k in keys}
 
 

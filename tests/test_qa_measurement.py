@@ -87,11 +87,12 @@ def test_chromium_freezes_and_concealment_come_from_chromes_own_counters() -> No
 def test_chromium_jitter_buffer_delays_are_per_kind_and_per_sample() -> None:
     p = _chromium(t0=0.0)
 
-    def sample(video_s: float, video_n: int, audio_s: float, audio_n: int) -> None:
+    def sample(video_s: float, video_n: int, audio_s: float, audio_n: int, audio_min_s: float = 0.0) -> None:
         p._chrome_inbound([
             {"sid": "PA", "kind": "video", "framesDecoded": video_n, "jitterBufferDelay": video_s,
              "jitterBufferEmittedCount": video_n},
-            {"sid": "PA", "kind": "audio", "jitterBufferDelay": audio_s, "jitterBufferEmittedCount": audio_n},
+            {"sid": "PA", "kind": "audio", "jitterBufferDelay": audio_s, "jitterBufferEmittedCount": audio_n,
+             "jitterBufferMinimumDelay": audio_min_s},
         ], 0.5)
 
     # Chrome sums each emitted frame's (video) or sample's (audio) wait, in seconds
@@ -99,8 +100,24 @@ def test_chromium_jitter_buffer_delays_are_per_kind_and_per_sample() -> None:
     assert (p.jitter_buffer_ms, p.audio_jitter_buffer_ms) == (50.0, 100.0)
     sample(1.0 + 15 * 0.08, 35, 2_400.0 + 24_000 * 0.3, 48_000)  # this sample: 80 ms, 300 ms
     assert (round(p.jitter_buffer_ms, 3), round(p.audio_jitter_buffer_ms, 3)) == (80.0, 300.0)
+    assert p.audio_jitter_target_ms is None  # a Chrome without jitterBufferMinimumDelay
     sample(2.2, 35, 9_600.0, 48_000)  # nothing new emitted: no figure
     assert (p.jitter_buffer_ms, p.audio_jitter_buffer_ms) == (None, None)
+
+
+def test_chromium_audio_jitter_target_is_the_minimum_delay_per_emitted_sample() -> None:
+    """After an outage Chrome's audio jitter buffer may aim for 2 s on network evidence
+    alone (jitterBufferMinimumDelay, lip sync not included): the runner shows that aim."""
+    p = _chromium(t0=0.0)
+
+    def sample(minimum_s: float, emitted: int) -> None:
+        p._chrome_inbound([{"sid": "PA", "kind": "audio", "jitterBufferDelay": 0.0,
+                            "jitterBufferEmittedCount": emitted, "jitterBufferMinimumDelay": minimum_s}], 0.5)
+
+    sample(24_000 * 0.1, 24_000)  # since the track began: 100 ms
+    assert round(p.audio_jitter_target_ms, 3) == 100.0
+    sample(24_000 * 0.1 + 24_000 * 2.0, 48_000)  # this sample: 2 s
+    assert round(p.audio_jitter_target_ms, 3) == 2000.0
 
 
 def test_an_audio_only_chromium_call_has_no_video_meter() -> None:
